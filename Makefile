@@ -1,0 +1,48 @@
+# django-tether: `make run` starts the sandbox, `make test` runs the suite, `make bench` measures.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PYTEST_ARGS ?=
+
+.PHONY: run test bench bench-smoke lint install install-test clean
+
+$(VENV)/.installed-sandbox: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[sandbox]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	touch $@ $(VENV)/.installed-sandbox
+
+install: $(VENV)/.installed-sandbox
+install-test: $(VENV)/.installed-test
+
+run: $(VENV)/.installed-sandbox
+	VENV=$(VENV) ./sandbox_project/run.sh
+
+test: $(VENV)/.installed-test
+	./tests/ensure_services.sh
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-test
+	./tests/ensure_services.sh
+	$(PY) bench/ingest.py
+	$(PY) bench/outbound.py
+
+bench-smoke: $(VENV)/.installed-test
+	./tests/ensure_services.sh
+	$(PY) bench/ingest.py --smoke
+	$(PY) bench/outbound.py --smoke
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf .sandbox .pytest_cache .ruff_cache .hypothesis

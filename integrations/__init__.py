@@ -1,0 +1,29 @@
+"""django-tether outbound integrations: service clients with timeouts, retries, circuit breakers
+stored in the database, and fallbacks. Names are imported on first use."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["BreakerPolicy", "RetryPolicy", "ServiceClient", "Timeout", "with_fallback"]
+
+if TYPE_CHECKING:
+    from .client import ServiceClient
+    from .fallback import with_fallback
+    from .policies import BreakerPolicy, RetryPolicy, Timeout
+
+_LOCATIONS = {
+    "ServiceClient": "client",
+    "with_fallback": "fallback",
+    "BreakerPolicy": "policies",
+    "RetryPolicy": "policies",
+    "Timeout": "policies",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LOCATIONS:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LOCATIONS[name]}", __name__), name)
+    raise AttributeError(f"module 'integrations' has no attribute {name!r}")

@@ -1,0 +1,34 @@
+"""Settings for the integrations app: ``settings.INTEGRATIONS`` merged over these defaults.
+
+Per-service dicts in ``SERVICES`` override the global ``TIMEOUT``, ``RETRY`` and ``BREAKER``
+key by key; class attributes of a ``ServiceClient`` override both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from webhooks.conf import AppSettings, deep_merge
+
+DEFAULTS: dict[str, Any] = {
+    "TIMEOUT": {"CONNECT": 3.05, "READ": 10.0, "WRITE": 10.0, "POOL": 5.0},
+    "RETRY": {"MAX_ATTEMPTS": 3, "BASE_DELAY": 0.5, "MAX_DELAY": 8.0, "DEADLINE": 30.0},
+    "BREAKER": {
+        "FAILURE_THRESHOLD": 5,
+        "RESET_TIMEOUT": 30.0,
+        "HALF_OPEN_MAX_CALLS": 1,
+        "CACHE_TTL": 1.0,
+        "FAIL_OPEN_ON_DB_ERROR": True,
+    },
+    "SERVICES": {},
+}
+
+integrations_settings = AppSettings("INTEGRATIONS", DEFAULTS)
+
+
+def service_settings(service: str) -> dict[str, Any]:
+    """The merged settings for one service: global policy dicts overridden by its own entry."""
+    merged = integrations_settings.merged
+    own = merged["SERVICES"].get(service, {})
+    base = {key: merged[key] for key in ("TIMEOUT", "RETRY", "BREAKER")}
+    return deep_merge(base, own)

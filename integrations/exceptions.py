@@ -1,0 +1,95 @@
+"""One error hierarchy for every outbound call, rooted at ``IntegrationError``.
+
+Every error carries the service, the operation and how many attempts were made; the underlying
+exception is ``__cause__``. Messages never contain credentials: they are built from the service,
+operation, status and a short reason, never from request headers or URLs with query strings.
+"""
+
+from __future__ import annotations
+
+
+class IntegrationError(Exception):
+    """A call to a vendor failed. Base of the hierarchy."""
+
+    #: Whether a retry of the same call may succeed.
+    retryable: bool = False
+    #: Whether this failure counts against the service's circuit breaker.
+    breaker_failure: bool = True
+
+    def __init__(
+        self,
+        service: str,
+        operation: str,
+        message: str = "",
+        *,
+        cause: BaseException | None = None,
+        attempts: int = 0,
+    ) -> None:
+        self.service = service
+        self.operation = operation
+        self.attempts = attempts
+        self.message = message or self.__class__.__doc__.splitlines()[0].rstrip(".")
+        super().__init__(self.message)
+        if cause is not None:
+            self.__cause__ = cause
+
+    def __str__(self) -> str:
+        attempts = f" after {self.attempts} attempt(s)" if self.attempts else ""
+        return f"{self.service}.{self.operation}: {self.message}{attempts}"
+
+
+class IntegrationTimeout(IntegrationError):
+    """The vendor did not answer in time."""
+
+    retryable = True
+
+
+class IntegrationUnavailable(IntegrationError):
+    """The vendor could not be reached or answered with a server error."""
+
+    retryable = True
+
+    def __init__(self, *args, status_code: int | None = None, **kwargs) -> None:
+        self.status_code = status_code
+        super().__init__(*args, **kwargs)
+
+
+class CircuitOpenError(IntegrationUnavailable):
+    """The circuit breaker is open: the call was not attempted."""
+
+    retryable = False
+    breaker_failure = False
+
+    def __init__(self, *args, retry_after: float | None = None, **kwargs) -> None:
+        #: Seconds until the breaker lets a probe through (None when a person holds it open).
+        self.retry_after = retry_after
+        super().__init__(*args, **kwargs)
+
+
+class RateLimitedError(IntegrationError):
+    """The vendor is rate limiting us (HTTP 429)."""
+
+    retryable = True
+
+    def __init__(self, *args, retry_after: float | None = None, **kwargs) -> None:
+        #: Seconds the vendor asked us to wait, from ``Retry-After`` (None when absent).
+        self.retry_after = retry_after
+        super().__init__(*args, **kwargs)
+
+
+class ClientRequestError(IntegrationError):
+    """The vendor rejected the request (4xx): retrying the same request will not help."""
+
+    breaker_failure = False
+
+    def __init__(self, *args, status_code: int | None = None, **kwargs) -> None:
+        self.status_code = status_code
+        super().__init__(*args, **kwargs)
+        # 408 Request Timeout is the vendor's timeout, not our mistake.
+        if status_code == 408:
+            self.retryable = True
+            self.breaker_failure = True
+
+
+class InvalidResponseError(IntegrationError):
+    """The vendor's answer was not what we can use (not JSON, or a required field missing)."""

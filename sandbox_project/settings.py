@@ -1,0 +1,150 @@
+"""Settings of the sandbox: a demo project that uses django-tether as a user would.
+
+Zero setup by default (SQLite and kombu's filesystem broker). Set ``DATABASE_URL`` and
+``CELERY_BROKER_URL`` to run it on PostgreSQL and Redis or RabbitMQ. Webhook secrets come from
+the environment; the sandbox falls back to fixed demo secrets so that ``make run`` works with no
+set-up (never do that in a real project).
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+STATE_DIR = Path(os.environ.get("SANDBOX_STATE_DIR", BASE_DIR / ".sandbox"))
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "sandbox-only-insecure-key")
+DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "webhooks",
+    "integrations",
+    "sandbox_project.demo",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "sandbox_project.urls"
+WSGI_APPLICATION = "sandbox_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASES = {
+    "default": dj_database_url.config(
+        default=f"sqlite:///{STATE_DIR / 'sandbox.sqlite3'}", conn_max_age=60
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web server and worker share one file: wait for locks instead of failing at once.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+if os.environ.get("REDIS_CACHE_URL"):
+    CACHES["default"] = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": os.environ["REDIS_CACHE_URL"],
+    }
+
+USE_TZ = True
+TIME_ZONE = "UTC"
+LANGUAGE_CODE = "en-us"
+USE_I18N = True
+STATIC_URL = "static/"
+STATIC_ROOT = STATE_DIR / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Celery: the embedded default is kombu's filesystem transport, so no broker server is needed.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _broker_dir = STATE_DIR / "broker"
+    for _sub in ("queue", "processed"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Publishing must fail fast when the broker is down (the event is already stored and the sweeper
+# enqueues it later), instead of holding the webhook response for kombu's default retries.
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_TASK_PUBLISH_RETRY = False
+CELERY_BEAT_SCHEDULE = {
+    "requeue-stuck-webhooks": {"task": "webhooks.requeue_stuck", "schedule": 60.0},
+}
+
+WEBHOOKS = {
+    "ENDPOINTS": {
+        "stripe": {
+            "PROVIDER": "stripe",
+            "SECRETS": [os.environ.get("STRIPE_WEBHOOK_SECRET", "whsec_sandbox_stripe_secret")],
+        },
+        "github": {
+            "PROVIDER": "github",
+            "SECRETS": [os.environ.get("GITHUB_WEBHOOK_SECRET", "sandbox-github-secret")],
+        },
+        "acme": {
+            "PROVIDER": "standard",
+            "SECRETS": [
+                os.environ.get("ACME_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            ],
+        },
+    },
+}
+
+INTEGRATIONS = {
+    "SERVICES": {
+        "stripe": {
+            "API_KEY": os.environ.get("STRIPE_API_KEY", ""),
+            "BASE_URL": os.environ.get("STRIPE_API_BASE", ""),
+        },
+    },
+}
+
+REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "webhooks": {"handlers": ["console"], "level": "INFO"},
+        "integrations": {"handlers": ["console"], "level": "INFO"},
+    },
+}

@@ -1,0 +1,76 @@
+"""Settings for the webhooks app.
+
+One dict, ``settings.WEBHOOKS``, merged key by key over the defaults below and read at call time
+(never at import), so ``override_settings`` works. The merge machinery, ``AppSettings``, is also
+used by ``integrations.conf``: one accessor for both apps.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+
+DEFAULTS: dict[str, Any] = {
+    "ENDPOINTS": {},
+    "MAX_BODY_BYTES": 1_048_576,
+    "TOLERANCE": 300,
+    "MAX_ATTEMPTS": 8,
+    "RETRY_BASE_DELAY": 10,
+    "RETRY_MAX_DELAY": 3600,
+    "TASK_QUEUE": None,
+    "STUCK_AFTER": 600,
+    "RETENTION_DAYS": 30,
+}
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``base`` updated by ``override`` key by key, recursing into nested dicts."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+class AppSettings:
+    """Lazy, merged view of one settings dict; reloaded when the setting changes."""
+
+    def __init__(self, setting_name: str, defaults: Mapping[str, Any]) -> None:
+        self.setting_name = setting_name
+        self.defaults = defaults
+        self._merged: dict[str, Any] | None = None
+        setting_changed.connect(self._on_setting_changed, weak=False)
+
+    @property
+    def merged(self) -> dict[str, Any]:
+        if self._merged is None:
+            user = getattr(settings, self.setting_name, None) or {}
+            self._merged = deep_merge(self.defaults, user)
+        return self._merged
+
+    def __getitem__(self, key: str) -> Any:
+        return self.merged[key]
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_") or not key.isupper():
+            raise AttributeError(key)
+        try:
+            return self.merged[key]
+        except KeyError as exc:
+            raise AttributeError(f"{self.setting_name} has no key {key!r}") from exc
+
+    def reload(self) -> None:
+        self._merged = None
+
+    def _on_setting_changed(self, *, setting: str, **kwargs: Any) -> None:
+        if setting == self.setting_name:
+            self.reload()
+
+
+webhooks_settings = AppSettings("WEBHOOKS", DEFAULTS)

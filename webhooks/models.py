@@ -1,0 +1,67 @@
+"""The stored webhook event: exactly what arrived, and where its processing stands."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+class WebhookEvent(models.Model):
+    class Status(models.TextChoices):
+        RECEIVED = "received", _("received")
+        PROCESSING = "processing", _("processing")
+        PROCESSED = "processed", _("processed")
+        IGNORED = "ignored", _("ignored")
+        FAILED = "failed", _("failed")
+
+    FINISHED_STATUSES = (Status.PROCESSED, Status.IGNORED, Status.FAILED)
+
+    endpoint = models.CharField(_("endpoint"), max_length=100)
+    event_id = models.CharField(_("event id"), max_length=255, help_text=_("The vendor's id."))
+    event_type = models.CharField(_("event type"), max_length=255, blank=True, default="")
+    body = models.BinaryField(
+        _("body"), help_text=_("The exact bytes received, so the signature can be re-verified.")
+    )
+    payload = models.JSONField(_("payload"), null=True, blank=True)
+    headers = models.JSONField(
+        _("headers"), default=dict, blank=True, help_text=_("Allow-listed request headers only.")
+    )
+    status = models.CharField(
+        _("status"), max_length=20, choices=Status.choices, default=Status.RECEIVED
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    last_error = models.TextField(_("last error"), blank=True, default="")
+    received_at = models.DateTimeField(_("received at"), default=timezone.now)
+    occurred_at = models.DateTimeField(_("occurred at"), null=True, blank=True)
+    last_attempt_at = models.DateTimeField(_("last attempt at"), null=True, blank=True)
+    next_attempt_at = models.DateTimeField(
+        _("next attempt at"),
+        null=True,
+        blank=True,
+        help_text=_("When a retry is due; a task delivered earlier leaves the event alone."),
+    )
+    processed_at = models.DateTimeField(_("processed at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("webhook event")
+        verbose_name_plural = _("webhook events")
+        ordering = ("-received_at", "-id")
+        constraints = [
+            models.UniqueConstraint(
+                fields=("endpoint", "event_id"), name="webhooks_event_endpoint_event_id_uniq"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=("status", "received_at"), name="webhooks_ev_status_recv_idx"),
+            models.Index(fields=("endpoint", "status"), name="webhooks_ev_endpoint_st_idx"),
+            models.Index(fields=("event_type",), name="webhooks_ev_type_idx"),
+            models.Index(fields=("received_at", "id"), name="webhooks_ev_recv_id_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint}:{self.event_id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED_STATUSES
