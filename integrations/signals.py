@@ -1,0 +1,16 @@
+"""Signals of the integrations app (sender is the service name, a ``str``, unless noted).
+
+- ``call_finished(service, operation, outcome, duration, attempts)``: one public call ended;
+  ``outcome`` is ``"success"`` or the snake_case name of the error class raised
+  (``integration_timeout``, ``circuit_open_error``, ...); ``duration`` in seconds, retries included.
+- ``call_retried(service, operation, attempt, delay, error)``: attempt number ``attempt`` failed
+  with ``error`` and the next one starts after ``delay`` seconds.
+- ``breaker_transitioned(breaker, from_state, to_state, reason, actor)`` (sender
+  ``CircuitBreaker``): sent after the transition committed.
+"""
+
+from django.dispatch import Signal
+
+call_finished = Signal()
+call_retried = Signal()
+breaker_transitioned = Signal()
