@@ -1,59 +1,136 @@
 """Policy objects: timeouts, retries and the circuit breaker, built from settings.
 
 Precedence, lowest first: ``INTEGRATIONS`` global dicts, the service's entry in
-``INTEGRATIONS["SERVICES"]``, then what a ``ServiceClient`` subclass or constructor passes.
+``INTEGRATIONS["SERVICES"]``, a ``ServiceClient`` subclass's class attribute, then what its
+constructor is given. An override is either a whole policy object (it replaces what is below it)
+or a dict of some fields (``{"READ": 2.0}``, keys in either case), merged over what is below it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Self
 
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+
 from .conf import service_settings
 
+_cache: dict[tuple[type, str], Any] = {}
 
-def _from_dict(cls: type, values: dict[str, Any]) -> Any:
-    names = {f.name for f in fields(cls)}
+
+def _clear_cache(*, setting: str, **kwargs: Any) -> None:
+    if setting == "INTEGRATIONS":
+        _cache.clear()
+
+
+setting_changed.connect(_clear_cache, weak=False, dispatch_uid="integrations.policies")
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def _from_dict(cls: type, values: Mapping[str, Any]) -> Any:
+    names = _field_names(cls)
     return cls(**{k.lower(): v for k, v in values.items() if k.lower() in names})
 
 
+class _Policy:
+    """Shared behaviour of the three policy dataclasses."""
+
+    #: The settings section this policy is read from (``"TIMEOUT"``, ...).
+    section: str = ""
+
+    @classmethod
+    def for_service(cls, service: str) -> Self:
+        """The policy for ``service`` from settings (global dict, then the service's own)."""
+        key = (cls, service)
+        policy = _cache.get(key)
+        if policy is None:
+            policy = _cache[key] = _from_dict(cls, service_settings(service)[cls.section])
+        return policy
+
+    def with_overrides(self, **changes: Any) -> Self:
+        return replace(self, **changes)  # type: ignore[type-var]
+
+    def merged(self, override: Self | Mapping[str, Any] | None) -> Self:
+        """This policy with ``override`` applied: a policy object replaces it, a dict of some
+        fields (keys in any case) changes those fields only."""
+        if override is None:
+            return self
+        if isinstance(override, type(self)):
+            return override
+        if isinstance(override, Mapping):
+            names = _field_names(type(self))
+            changes = {str(k).lower(): v for k, v in override.items()}
+            unknown = sorted(set(changes) - names)
+            if unknown:
+                raise ImproperlyConfigured(
+                    f"Unknown {self.section} policy key(s) {', '.join(unknown).upper()}; "
+                    f"known: {', '.join(sorted(names)).upper()}."
+                )
+            return replace(self, **changes)  # type: ignore[type-var]
+        raise ImproperlyConfigured(
+            f"A {self.section} policy override must be a {type(self).__name__} or a dict, "
+            f"not {type(override).__name__}."
+        )
+
+    @classmethod
+    def resolve(cls, service: str, *overrides: Self | Mapping[str, Any] | None) -> Self:
+        """Settings for ``service``, then each override in turn (lowest precedence first)."""
+        policy = cls.for_service(service)
+        for override in overrides:
+            policy = policy.merged(override)
+        return policy
+
+
 @dataclass(frozen=True)
-class Timeout:
-    """httpx's four timeouts, in seconds."""
+class Timeout(_Policy):
+    """httpx's four timeouts, in seconds: establishing a connection, waiting for each chunk of
+    the answer, sending each chunk of the request, and waiting for a free pooled connection."""
+
+    section = "TIMEOUT"
 
     connect: float = 3.05
     read: float = 10.0
     write: float = 10.0
     pool: float = 5.0
 
-    @classmethod
-    def for_service(cls, service: str) -> Self:
-        return _from_dict(cls, service_settings(service)["TIMEOUT"])
-
-    def with_overrides(self, **changes: Any) -> Self:
-        return replace(self, **changes)
+    def capped(self, remaining: float) -> Self:
+        """Each timeout shortened so that none outlasts ``remaining`` seconds."""
+        remaining = max(remaining, 0.001)
+        return replace(
+            self,
+            connect=min(self.connect, remaining),
+            read=min(self.read, remaining),
+            write=min(self.write, remaining),
+            pool=min(self.pool, remaining),
+        )
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Attempts, exponential backoff with full jitter, and an overall deadline per call."""
+class RetryPolicy(_Policy):
+    """Attempts, exponential backoff with full jitter, and an overall deadline per call.
+
+    The n-th wait (n from 1) is uniform over ``[0, min(max_delay, base_delay * 2**(n-1))]``,
+    or what the vendor's ``Retry-After`` asks; ``deadline`` bounds attempts plus waits.
+    """
+
+    section = "RETRY"
 
     max_attempts: int = 3
     base_delay: float = 0.5
     max_delay: float = 8.0
     deadline: float = 30.0
 
-    @classmethod
-    def for_service(cls, service: str) -> Self:
-        return _from_dict(cls, service_settings(service)["RETRY"])
-
-    def with_overrides(self, **changes: Any) -> Self:
-        return replace(self, **changes)
-
 
 @dataclass(frozen=True)
-class BreakerPolicy:
+class BreakerPolicy(_Policy):
     """When the breaker opens, how long it stays open, and how it is cached."""
+
+    section = "BREAKER"
 
     failure_threshold: int = 5
     reset_timeout: float = 30.0
@@ -65,10 +142,3 @@ class BreakerPolicy:
     failure_rate: float | None = None
     minimum_calls: int = 20
     window: float = 60.0
-
-    @classmethod
-    def for_service(cls, service: str) -> Self:
-        return _from_dict(cls, service_settings(service)["BREAKER"])
-
-    def with_overrides(self, **changes: Any) -> Self:
-        return replace(self, **changes)

@@ -1,0 +1,466 @@
+"""``ServiceClient``: the base class for calling one vendor's HTTP API resiliently.
+
+A subclass names its service and says what it extracts; everything else (pooled connections,
+timeouts, the circuit breaker, retries, idempotency keys, error mapping) happens here and in
+``integrations.resilience``::
+
+    class ExchangeRates(ServiceClient):
+        service = "exchange-rates"
+        base_url = "https://rates.example.com"
+
+        def rate(self, currency: str) -> Decimal:
+            data = self.get_json(f"/v1/rates/{currency}", operation="rate", required=["rate"])
+            return Decimal(str(data["rate"]))
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json as jsonlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import httpx
+from django.core.exceptions import ImproperlyConfigured
+
+from .conf import service_settings
+from .exceptions import (
+    ClientRequestError,
+    IntegrationError,
+    IntegrationTimeout,
+    IntegrationUnavailable,
+    InvalidResponseError,
+    RateLimitedError,
+)
+from .policies import BreakerPolicy, RetryPolicy, Timeout
+from .resilience import AttemptInfo, call_with_resilience
+
+__all__ = ["ServiceClient", "parse_retry_after", "require_fields"]
+
+#: Methods that get an idempotency key even when the caller passes none.
+AUTO_IDEMPOTENT_METHODS = frozenset({"POST", "PATCH"})
+
+PolicyOverride = Timeout | RetryPolicy | BreakerPolicy | Mapping[str, Any] | None
+
+# --- one pooled httpx.Client per service and process ---------------------------------------------
+
+_pools: dict[str, httpx.Client] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool_for(service: str) -> httpx.Client:
+    client = _pools.get(service)
+    if client is None:
+        with _pools_lock:
+            client = _pools.get(service)
+            if client is None:
+                client = _pools[service] = httpx.Client(
+                    follow_redirects=False,
+                    headers={"User-Agent": "django-tether"},
+                    # Per-request timeouts are always passed; this only guards direct use.
+                    timeout=httpx.Timeout(10.0, connect=3.05),
+                )
+    return client
+
+
+def close_pools() -> None:
+    """Close every pooled connection of this process (tests, and after a fork)."""
+    with _pools_lock:
+        clients = list(_pools.values())
+        _pools.clear()
+    for client in clients:
+        client.close()
+
+
+def _forget_pools_after_fork() -> None:
+    # A forked child (Celery prefork, gunicorn) must not share its parent's sockets.
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_after_fork)
+
+
+# --- response helpers ----------------------------------------------------------------------------
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP-date.
+
+    Returns None when the header is absent or unreadable, and never less than 0.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        current = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
+        seconds = (when - current).total_seconds()
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN or infinite
+        return None
+    return max(0.0, seconds)
+
+
+_MISSING = object()
+
+
+def _lookup(data: Any, path: str) -> Any:
+    current = data
+    for part in path.split("."):
+        if isinstance(current, Mapping):
+            current = current.get(part, _MISSING)
+        elif isinstance(current, list) and part.lstrip("-").isdigit():
+            index = int(part)
+            current = current[index] if -len(current) <= index < len(current) else _MISSING
+        else:
+            return _MISSING
+        if current is _MISSING:
+            return _MISSING
+    return current
+
+
+def require_fields(data: Any, fields: Iterable[str], *, service: str, operation: str) -> Any:
+    """Return ``data`` if every dotted path in ``fields`` is present and not null (``"rate"``,
+    ``"customer.id"``, ``"items.0.id"``); otherwise raise ``InvalidResponseError`` naming the
+    missing ones. Fields nobody asked for are ignored."""
+    missing = [path for path in fields if _lookup(data, path) in (_MISSING, None)]
+    if missing:
+        raise InvalidResponseError(
+            service, operation, f"response lacks required field(s): {', '.join(missing)}"
+        )
+    return data
+
+
+# --- the client ----------------------------------------------------------------------------------
+
+
+class ServiceClient:
+    """Base class for one vendor's HTTP API. Subclasses set ``service`` and usually nothing else.
+
+    Class attributes (all optional except ``service``): ``base_url``; ``timeout``, ``retry`` and
+    ``breaker``, each a policy object or a dict of some fields, overriding the settings; and
+    ``idempotency_header``. Constructor arguments override the class attributes the same way.
+    """
+
+    #: The service's name: its key in ``INTEGRATIONS["SERVICES"]`` and its breaker's name.
+    service: ClassVar[str] = ""
+    #: The vendor's base URL; else ``INTEGRATIONS["SERVICES"][service]["BASE_URL"]``.
+    base_url: ClassVar[str | None] = None
+    timeout: ClassVar[Timeout | Mapping[str, Any] | None] = None
+    retry: ClassVar[RetryPolicy | Mapping[str, Any] | None] = None
+    breaker: ClassVar[BreakerPolicy | Mapping[str, Any] | None] = None
+    #: Header carrying the idempotency key (POST and PATCH always get one).
+    idempotency_header: ClassVar[str] = "Idempotency-Key"
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        timeout: Timeout | Mapping[str, Any] | None = None,
+        retry: RetryPolicy | Mapping[str, Any] | None = None,
+        breaker: BreakerPolicy | Mapping[str, Any] | None = None,
+    ) -> None:
+        if not self.service:
+            raise ImproperlyConfigured(f"{type(self).__name__} must set the `service` attribute.")
+        self._base_url = base_url
+        self._timeout = timeout
+        self._retry = retry
+        self._breaker = breaker
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} service={self.service!r}>"
+
+    # Policies, resolved at call time so that settings changes apply at once.
+
+    def get_base_url(self) -> str:
+        url = self._base_url or type(self).base_url
+        if not url:
+            url = service_settings(self.service).get("BASE_URL")
+        if not url:
+            raise ImproperlyConfigured(
+                f"No base URL for service {self.service!r}: set "
+                f'INTEGRATIONS["SERVICES"][{self.service!r}]["BASE_URL"], the class attribute '
+                f"`base_url` or the constructor's `base_url=`."
+            )
+        return str(url)
+
+    def get_timeout(self) -> Timeout:
+        return Timeout.resolve(self.service, type(self).timeout, self._timeout)
+
+    def get_retry_policy(self) -> RetryPolicy:
+        return RetryPolicy.resolve(self.service, type(self).retry, self._retry)
+
+    def get_breaker_policy(self) -> BreakerPolicy:
+        return BreakerPolicy.resolve(self.service, type(self).breaker, self._breaker)
+
+    def get_breaker(self) -> Any:
+        from .breaker import get_breaker
+
+        return get_breaker(self.service, self.get_breaker_policy())
+
+    def default_headers(self) -> dict[str, str]:
+        """Headers sent with every request (override to add credentials, read at call time)."""
+        return {}
+
+    # Public methods.
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        idempotency_key: str | None = None,
+        **httpx_kwargs: Any,
+    ) -> httpx.Response:
+        """One call (with its retries): the response, whose status is below 400.
+
+        POST and PATCH carry an idempotency key (``idempotency_key`` or a fresh one), the same on
+        every retry of this call; other methods carry one only when given.
+        """
+        method = method.upper()
+        headers = self._headers(method, httpx_kwargs.pop("headers", None), idempotency_key)
+        return self._call(method, path, operation, headers, httpx_kwargs, parse=None)
+
+    def get_json(
+        self,
+        path: str,
+        *,
+        operation: str,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        required: Iterable[str] = (),
+    ) -> Any:
+        """GET ``path`` and return its parsed JSON (``required`` dotted paths must be present)."""
+        return self._json_call(
+            "GET", path, operation, headers, {"params": params}, required, idempotency_key=None
+        )
+
+    def post_json(
+        self,
+        path: str,
+        *,
+        operation: str,
+        json: Any = None,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        required: Iterable[str] = (),
+    ) -> Any:
+        return self._json_call(
+            "POST",
+            path,
+            operation,
+            headers,
+            {"json": json},
+            required,
+            idempotency_key=idempotency_key,
+        )
+
+    def put_json(
+        self,
+        path: str,
+        *,
+        operation: str,
+        json: Any = None,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        required: Iterable[str] = (),
+    ) -> Any:
+        return self._json_call(
+            "PUT",
+            path,
+            operation,
+            headers,
+            {"json": json},
+            required,
+            idempotency_key=idempotency_key,
+        )
+
+    def patch_json(
+        self,
+        path: str,
+        *,
+        operation: str,
+        json: Any = None,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        required: Iterable[str] = (),
+    ) -> Any:
+        return self._json_call(
+            "PATCH",
+            path,
+            operation,
+            headers,
+            {"json": json},
+            required,
+            idempotency_key=idempotency_key,
+        )
+
+    def delete(
+        self, path: str, *, operation: str, idempotency_key: str | None = None
+    ) -> httpx.Response:
+        return self.request("DELETE", path, operation=operation, idempotency_key=idempotency_key)
+
+    def require(self, data: Any, *fields: str, operation: str) -> Any:
+        """``data`` if every dotted path in ``fields`` is present, else ``InvalidResponseError``
+        (raised after the call, so it does not count against the breaker: prefer ``required=``)."""
+        return require_fields(data, fields, service=self.service, operation=operation)
+
+    # Internals.
+
+    def _json_call(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        headers: Mapping[str, str] | None,
+        kwargs: dict[str, Any],
+        required: Iterable[str],
+        *,
+        idempotency_key: str | None,
+    ) -> Any:
+        required = tuple(required)
+        merged = self._headers(method, headers, idempotency_key, accept="application/json")
+
+        def parse(response: httpx.Response) -> Any:
+            return self._parse_json(response, operation, required)
+
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        return self._call(method, path, operation, merged, kwargs, parse=parse)
+
+    def _headers(
+        self,
+        method: str,
+        headers: Mapping[str, str] | None,
+        idempotency_key: str | None,
+        *,
+        accept: str | None = None,
+    ) -> dict[str, str]:
+        merged = {"Accept": accept} if accept else {}
+        merged.update(self.default_headers())
+        merged.update(headers or {})
+        if idempotency_key is None and method in AUTO_IDEMPOTENT_METHODS:
+            # One key per call, generated before the first attempt: every retry resends it.
+            idempotency_key = str(uuid.uuid4())
+        wanted = self.idempotency_header.lower()
+        if idempotency_key is not None and not any(name.lower() == wanted for name in merged):
+            merged[self.idempotency_header] = idempotency_key
+        return merged
+
+    def _url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            return path
+        return self.get_base_url().rstrip("/") + "/" + path.lstrip("/")
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        headers: dict[str, str],
+        kwargs: dict[str, Any],
+        *,
+        parse: Any,
+    ) -> Any:
+        url = self._url(path)
+        shown = f"{method} {httpx.URL(url).path}"  # never the query string or headers
+        timeout = self.get_timeout()
+        client = _pool_for(self.service)
+        kwargs.pop("timeout", None)
+
+        def attempt(info: AttemptInfo) -> Any:
+            limits = timeout.capped(info.remaining)
+            try:
+                response = client.request(
+                    method,
+                    url,
+                    headers=headers,
+                    timeout=httpx.Timeout(
+                        connect=limits.connect,
+                        read=limits.read,
+                        write=limits.write,
+                        pool=limits.pool,
+                    ),
+                    **kwargs,
+                )
+            except httpx.HTTPError as exc:
+                raise self._map_transport_error(exc, operation, shown) from exc
+            self._check_status(response, operation, shown)
+            return parse(response) if parse is not None else response
+
+        return call_with_resilience(
+            attempt,
+            service=self.service,
+            operation=operation,
+            retry=self.get_retry_policy(),
+            breaker=self.get_breaker(),
+        )
+
+    def _map_transport_error(
+        self, exc: httpx.HTTPError, operation: str, shown: str
+    ) -> IntegrationError:
+        kind = type(exc).__name__
+        if isinstance(exc, httpx.TimeoutException):
+            return IntegrationTimeout(
+                self.service, operation, f"{shown} timed out ({kind})", cause=exc
+            )
+        if isinstance(exc, httpx.DecodingError):
+            return InvalidResponseError(
+                self.service, operation, f"{shown} answered an undecodable body", cause=exc
+            )
+        return IntegrationUnavailable(
+            self.service, operation, f"{shown} failed ({kind})", cause=exc
+        )
+
+    def _check_status(self, response: httpx.Response, operation: str, shown: str) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        message = f"{shown} answered {status}"
+        if status == 429:
+            raise RateLimitedError(
+                self.service,
+                operation,
+                message,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
+        if status >= 500:
+            raise IntegrationUnavailable(self.service, operation, message, status_code=status)
+        error = ClientRequestError(self.service, operation, message, status_code=status)
+        #: The vendor's answer, for callers that read its validation details. It holds the
+        #: request too (with its headers): never log it whole.
+        error.response = response  # type: ignore[attr-defined]
+        raise error
+
+    def _parse_json(
+        self, response: httpx.Response, operation: str, required: tuple[str, ...]
+    ) -> Any:
+        if not 200 <= response.status_code < 300:
+            raise InvalidResponseError(
+                self.service, operation, f"unexpected status {response.status_code}"
+            )
+        if response.status_code == 204 or (not response.content and not required):
+            return None
+        try:
+            data = jsonlib.loads(response.content)
+        except ValueError as exc:
+            raise InvalidResponseError(
+                self.service, operation, f"response is not JSON ({type(exc).__name__})", cause=exc
+            ) from exc
+        return require_fields(data, required, service=self.service, operation=operation)

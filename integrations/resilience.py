@@ -1,0 +1,310 @@
+"""The one retry runner of the project: every outbound call goes through ``call_with_resilience``.
+
+``ServiceClient`` and ``StripeService`` both hand it an ``attempt`` callable that makes ONE try and
+either returns or raises an ``IntegrationError`` already mapped from the transport's exception.
+The runner, built from tenacity's composable stop/wait/retry objects, then:
+
+- checks each attempt against the circuit breaker (``acquire``) and counts its outcome
+  (``record_success`` / ``record_failure`` as ``error.breaker_failure`` says);
+- retries only when ``error.retryable`` (timeouts, connection errors, 5xx, 408, 429), waiting with
+  exponential backoff and full jitter capped at ``max_delay``, or as long as the vendor's
+  ``Retry-After`` asks;
+- bounds attempts plus waits by ``retry.deadline`` and passes what is left to each attempt
+  (``AttemptInfo.remaining``) so that it can shorten its own timeouts; a wait that would end past
+  the deadline is not started: the last error is raised at once (a ``RateLimitedError`` keeps its
+  ``retry_after`` so a Celery task can retry later);
+- sets ``error.attempts``, logs one line per call with ``logging`` extras and sends the
+  ``call_retried`` / ``call_finished`` signals.
+
+Time is read and waited through a ``BackoffClock``; ``integrations.testing.instant_backoff()``
+installs one whose waits return at once (and are recorded) while its clock still moves on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
+
+from .exceptions import CircuitOpenError, IntegrationError, RateLimitedError
+from .signals import call_finished, call_retried
+
+if TYPE_CHECKING:
+    from .policies import RetryPolicy
+
+__all__ = [
+    "AttemptInfo",
+    "BackoffClock",
+    "BreakerLike",
+    "call_with_resilience",
+    "get_backoff_clock",
+    "use_backoff_clock",
+]
+
+logger = logging.getLogger("integrations.calls")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class AttemptInfo:
+    """What one attempt needs to know: its number (from 1) and the seconds left before the
+    call's deadline (shorten timeouts to fit)."""
+
+    number: int
+    remaining: float
+
+
+class BreakerLike(Protocol):
+    """The part of ``integrations.breaker.Breaker`` the runner uses."""
+
+    @property
+    def state(self) -> str: ...
+
+    def acquire(self, operation: str) -> Any: ...
+
+    def record_success(self, permit: Any) -> None: ...
+
+    def record_failure(self, permit: Any, error: BaseException) -> None: ...
+
+
+class BackoffClock:
+    """Where the runner reads time (for the deadline) and waits between attempts."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+
+_default_clock = BackoffClock()
+_clock_lock = threading.Lock()
+_installed_clock: BackoffClock = _default_clock
+
+
+def get_backoff_clock() -> BackoffClock:
+    """The clock calls use when none is passed explicitly."""
+    return _installed_clock
+
+
+@contextmanager
+def use_backoff_clock(clock: BackoffClock) -> Iterator[BackoffClock]:
+    """Install ``clock`` process-wide for the duration of the block (tests)."""
+    global _installed_clock
+    with _clock_lock:
+        previous, _installed_clock = _installed_clock, clock
+    try:
+        yield clock
+    finally:
+        with _clock_lock:
+            _installed_clock = previous
+
+
+# --- tenacity building blocks -------------------------------------------------------------------
+
+
+def _is_retryable(error: BaseException) -> bool:
+    return isinstance(error, IntegrationError) and bool(error.retryable)
+
+
+class wait_retry_after(wait_base):
+    """Wait what a ``RateLimitedError`` asks (``Retry-After``), else defer to ``fallback``."""
+
+    def __init__(self, fallback: wait_base) -> None:
+        self.fallback = fallback
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(error, RateLimitedError) and error.retry_after is not None:
+            return max(0.0, float(error.retry_after))
+        return self.fallback(retry_state)
+
+
+class stop_before_deadline(stop_base):
+    """Stop when the upcoming wait would end at or past the call's deadline."""
+
+    def __init__(self, clock: BackoffClock, deadline_at: float) -> None:
+        self.clock = clock
+        self.deadline_at = deadline_at
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.clock.monotonic() + retry_state.upcoming_sleep >= self.deadline_at
+
+
+# --- the runner ---------------------------------------------------------------------------------
+
+
+def call_with_resilience(
+    attempt: Callable[[AttemptInfo], T],
+    *,
+    service: str,
+    operation: str,
+    retry: RetryPolicy,
+    breaker: BreakerLike | None,
+    clock: BackoffClock | None = None,
+) -> T:
+    """Run ``attempt`` under ``retry`` and ``breaker``; return its result or raise the last
+    ``IntegrationError`` (with ``attempts`` set). ``breaker=None`` runs without a breaker."""
+    clock = clock or _installed_clock
+    started = time.perf_counter()
+    deadline_at = clock.monotonic() + retry.deadline
+    sent = 0  # attempts that went past the breaker
+
+    def one_attempt(number: int) -> T:
+        nonlocal sent
+        permit = breaker.acquire(operation) if breaker is not None else None
+        sent += 1
+        try:
+            result = attempt(AttemptInfo(number, max(0.0, deadline_at - clock.monotonic())))
+        except BaseException as error:
+            if breaker is not None:
+                counts = not isinstance(error, IntegrationError) or error.breaker_failure
+                if counts:
+                    breaker.record_failure(permit, error)
+                else:
+                    breaker.record_success(permit)
+            raise
+        if breaker is not None:
+            breaker.record_success(permit)
+        return result
+
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        delay = state.upcoming_sleep
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "%s.%s attempt %d failed (%s), retrying in %.2fs",
+                service,
+                operation,
+                state.attempt_number,
+                _outcome(error),
+                delay,
+                extra={
+                    "service": service,
+                    "operation": operation,
+                    "status": _outcome(error),
+                    "status_code": getattr(error, "status_code", None),
+                    "attempt": state.attempt_number,
+                    "delay": delay,
+                },
+            )
+        call_retried.send(
+            sender=service,
+            service=service,
+            operation=operation,
+            attempt=state.attempt_number,
+            delay=delay,
+            error=error,
+        )
+
+    retrying = Retrying(
+        stop=stop_after_attempt(max(1, retry.max_attempts))
+        | stop_before_deadline(clock, deadline_at),
+        wait=wait_retry_after(
+            wait_random_exponential(multiplier=retry.base_delay, max=retry.max_delay)
+        ),
+        retry=retry_if_exception(_is_retryable),
+        sleep=clock.sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+    previous_error: BaseException | None = None
+    try:
+        for tenacity_attempt in retrying:
+            with tenacity_attempt:
+                try:
+                    result = one_attempt(tenacity_attempt.retry_state.attempt_number)
+                except BaseException as error:
+                    previous_error = _chain(error, previous_error)
+                    raise
+    except IntegrationError as error:
+        error.attempts = sent
+        _finish(service, operation, breaker, started, sent, error)
+        raise
+    except BaseException as error:
+        _finish(service, operation, breaker, started, sent, error)
+        raise
+    _finish(service, operation, breaker, started, sent, None)
+    return result
+
+
+def _chain(error: BaseException, previous: BaseException | None) -> BaseException:
+    """A circuit refusing a later attempt keeps the vendor's last error as its cause."""
+    if isinstance(error, CircuitOpenError) and error.__cause__ is None and previous is not None:
+        error.__cause__ = previous
+    return error
+
+
+def _outcome(error: BaseException | None) -> str:
+    if error is None:
+        return "success"
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()
+
+
+def _finish(
+    service: str,
+    operation: str,
+    breaker: BreakerLike | None,
+    started: float,
+    attempts: int,
+    error: BaseException | None,
+) -> None:
+    duration = time.perf_counter() - started
+    outcome = _outcome(error)
+    level = logging.INFO if error is None else logging.WARNING
+    if logger.isEnabledFor(level):
+        breaker_state = _breaker_state(breaker)
+        logger.log(
+            level,
+            "%s.%s %s after %d attempt(s) in %.3fs (breaker %s)",
+            service,
+            operation,
+            outcome if error is None else f"failed: {error}",
+            attempts,
+            duration,
+            breaker_state,
+            extra={
+                "service": service,
+                "operation": operation,
+                "status": outcome,
+                "status_code": getattr(error, "status_code", None),
+                "attempts": attempts,
+                "duration": duration,
+                "breaker_state": breaker_state,
+            },
+        )
+    call_finished.send(
+        sender=service,
+        service=service,
+        operation=operation,
+        outcome=outcome,
+        duration=duration,
+        attempts=attempts,
+    )
+
+
+def _breaker_state(breaker: BreakerLike | None) -> str:
+    if breaker is None:
+        return "none"
+    try:
+        return str(breaker.state)
+    except Exception:  # a log line must never turn into a failure of the call
+        return "unknown"
