@@ -25,6 +25,10 @@ class PayloadTooLarge(WebhookError):
     """The body is over the endpoint's ``MAX_BODY_BYTES``."""
 
 
+class BrokerUnavailable(WebhookError):
+    """The Celery broker refused to publish a task (the sweeper's ``requeue_stuck`` stops)."""
+
+
 class Ignore(WebhookError):
     """Raised by a handler: end the event ``ignored`` now, without retries."""
 

@@ -1,14 +1,151 @@
-"""Handler registry (stub: completed by the processing work)."""
+"""Handler registry: ``@on(endpoint, pattern)`` and autodiscovery of apps' ``webhooks.py``.
+
+Patterns, as octokit reads them:
+- a glob with ``*`` (any run of characters, dots included) and ``?`` (one character):
+  ``invoice.*``, ``customer.*.created``, ``*``;
+- a plain name, which matches itself and everything below it: ``pull_request`` matches
+  ``pull_request`` and ``pull_request.opened``, not ``pull_request_review``.
+
+The same rules are translated to a database filter by ``webhooks.selectors.type_pattern_q``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from .models import WebhookEvent
+
+Handler = Callable[["WebhookEvent"], Any]
+H = TypeVar("H", bound=Callable[..., Any])
+
+GLOB_CHARS = frozenset("*?")
 
 
-def on(endpoint: str, pattern: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    raise NotImplementedError
+def is_glob(pattern: str) -> bool:
+    """Whether ``pattern`` is a glob (contains ``*`` or ``?``) rather than a plain name."""
+    return any(char in GLOB_CHARS for char in pattern)
+
+
+def pattern_regex(pattern: str) -> str:
+    """The anchored regular expression for ``pattern``, valid in Python and PostgreSQL."""
+    if not is_glob(pattern):
+        return "^" + re.escape(pattern) + r"(\..*)?$"
+    parts = []
+    for char in pattern:
+        if char == "*":
+            parts.append(".*")
+        elif char == "?":
+            parts.append(".")
+        else:
+            parts.append(re.escape(char))
+    return "^" + "".join(parts) + "$"
+
+
+@lru_cache(maxsize=1024)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern_regex(pattern), re.DOTALL)
+
+
+def pattern_matches(pattern: str, event_type: str) -> bool:
+    """Whether ``event_type`` matches ``pattern`` (a glob or a plain name, see module doc)."""
+    if not is_glob(pattern):
+        return event_type == pattern or event_type.startswith(pattern + ".")
+    return _compiled(pattern).match(event_type) is not None
+
+
+@dataclass(frozen=True)
+class Registration:
+    endpoint: str
+    pattern: str
+    handler: Handler
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        h = self.handler
+        return (self.endpoint, self.pattern, getattr(h, "__module__", ""), _qualname(h))
+
+
+def _qualname(handler: Handler) -> str:
+    return getattr(handler, "__qualname__", repr(handler))
+
+
+class HandlerRegistry:
+    """The handlers registered with ``@on``, in registration order."""
+
+    def __init__(self) -> None:
+        self._registrations: list[Registration] = []
+        self._lock = threading.Lock()
+
+    def register(self, endpoint: str, pattern: str, handler: Handler) -> None:
+        if not endpoint or not isinstance(endpoint, str):
+            raise ValueError("a webhook handler needs an endpoint name")
+        if not pattern or not isinstance(pattern, str):
+            raise ValueError("a webhook handler needs an event type pattern")
+        if not callable(handler):
+            raise TypeError(f"webhook handler {handler!r} is not callable")
+        registration = Registration(endpoint, pattern, handler)
+        with self._lock:
+            # A module imported twice (under two names, or reloaded) replaces its own entry
+            # instead of running the handler twice.
+            self._registrations = [r for r in self._registrations if r.key != registration.key]
+            self._registrations.append(registration)
+
+    def unregister(self, handler: Handler) -> None:
+        with self._lock:
+            self._registrations = [r for r in self._registrations if r.handler is not handler]
+
+    def handlers_for(self, endpoint: str, event_type: str) -> list[Handler]:
+        return [
+            r.handler
+            for r in self._registrations
+            if r.endpoint == endpoint and pattern_matches(r.pattern, event_type)
+        ]
+
+    def __iter__(self) -> Iterator[Registration]:
+        return iter(list(self._registrations))
+
+    def __len__(self) -> int:
+        return len(self._registrations)
+
+    def snapshot(self) -> list[Registration]:
+        return list(self._registrations)
+
+    def restore(self, snapshot: list[Registration]) -> None:
+        with self._lock:
+            self._registrations = list(snapshot)
+
+
+registry = HandlerRegistry()
+
+
+def on(endpoint: str, pattern: str) -> Callable[[H], H]:
+    """Register the decorated function as a handler of ``endpoint``'s events matching ``pattern``.
+
+    The handler receives the ``WebhookEvent``. It runs inside the transaction that marks the
+    event processed; raise ``webhooks.Ignore`` to end the event ``ignored``,
+    ``webhooks.PermanentFailure`` to end it ``failed`` at once, anything else to have it retried.
+    """
+
+    def decorator(handler: H) -> H:
+        registry.register(endpoint, pattern, handler)
+        return handler
+
+    return decorator
+
+
+def handlers_for(endpoint: str, event_type: str) -> list[Handler]:
+    """The handlers to run for an event of ``endpoint`` with ``event_type``, in order."""
+    return registry.handlers_for(endpoint, event_type)
 
 
 def autodiscover() -> None:
-    return None
+    """Import the ``webhooks`` module of every installed app, like ``admin.autodiscover``."""
+    from django.utils.module_loading import autodiscover_modules
+
+    autodiscover_modules("webhooks")

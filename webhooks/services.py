@@ -1,21 +1,53 @@
 """Processing of stored webhook events: enqueue, attempt, retry schedule, replay, sweep, prune.
 
 Business logic lives here; the Celery tasks, commands, admin actions and API are thin shells.
+
+One processing attempt (``process_event``) runs in two short steps:
+
+1. **Claim** (its own transaction, committed at once): lock the row with
+   ``select_for_update(skip_locked=True)``; leave it alone unless it is due (``received`` or
+   ``processing``, and ``next_attempt_at`` empty or reached); count the attempt (``attempts + 1``,
+   ``last_attempt_at = now``, status ``processing``). Because the count is committed before any
+   handler runs, an attempt whose worker dies mid-handler is still counted: when a claim finds
+   every attempt already used (the last one never finished), the event ends ``failed`` without
+   running its handlers again, so a poison event that kills its worker cannot loop forever.
+2. **Run** (a second transaction): lock the row again, with ``skip_locked``, and check that the
+   claim is still ours (same ``attempts`` and ``last_attempt_at``; a newer claim means another
+   worker took over). Then run the handlers inside a savepoint and write the outcome in the same
+   transaction: handler writes and the ``processed`` mark commit together, or, when a handler
+   raises, its writes are rolled back and only the outcome (retry or ``failed``) is written.
+   The row stays locked while the handlers run, so concurrent deliveries skip it.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from .conf import webhooks_settings
+from .exceptions import BrokerUnavailable, Ignore, PermanentFailure
 from .models import WebhookEvent
+from .registry import handlers_for
+from .signals import webhook_failed, webhook_ignored, webhook_processed
 
 logger = logging.getLogger(__name__)
 
-PROCESS_TASK = "webhooks.process_event"
+Status = WebhookEvent.Status
+DUE_STATUSES = (Status.RECEIVED, Status.PROCESSING)
+CHUNK_SIZE = 500
+LAST_ERROR_MAX_CHARS = 2000
+
+
+# --------------------------------------------------------------------------------------------
+# Enqueueing
 
 
 def publish_process_task(event_pk: int, *, countdown: float | None = None) -> bool:
@@ -28,7 +60,7 @@ def publish_process_task(event_pk: int, *, countdown: float | None = None) -> bo
     """
     from .tasks import process_event as process_event_task
 
-    options: dict = {}
+    options: dict[str, Any] = {}
     queue = webhooks_settings["TASK_QUEUE"]
     if queue:
         options["queue"] = queue
@@ -54,3 +86,348 @@ def enqueue_on_commit(event: WebhookEvent) -> None:
     swallowed: the event stays ``received`` and ``requeue_stuck`` enqueues it later.
     """
     transaction.on_commit(partial(publish_process_task, event.pk))
+
+
+# --------------------------------------------------------------------------------------------
+# Processing
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds to wait before the attempt after ``attempts`` failed ones: full jitter.
+
+    ``random.uniform(0, min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2 ** (attempts - 1)))``, so the
+    cap doubles after each failure (10 s, 20 s, 40 s... by default) up to ``RETRY_MAX_DELAY``.
+    """
+    base = float(webhooks_settings["RETRY_BASE_DELAY"])
+    cap = float(webhooks_settings["RETRY_MAX_DELAY"])
+    exponent = max(attempts - 1, 0)
+    ceiling = cap if exponent >= 64 else min(cap, base * 2**exponent)
+    return random.uniform(0, max(ceiling, 0.0))
+
+
+def describe_error(exc: BaseException) -> str:
+    """What ``last_error`` keeps: the exception's type and message, bounded in length.
+
+    No traceback (locals and frames may hold secrets); handlers should not put secrets in their
+    exception messages.
+    """
+    message = str(exc)
+    text = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    if text.startswith("builtins."):
+        text = text[len("builtins.") :]
+    if message:
+        text = f"{text}: {message}"
+    return text[:LAST_ERROR_MAX_CHARS]
+
+
+def is_due(event: WebhookEvent, now: datetime | None = None) -> bool:
+    """Whether a processing attempt may start now."""
+    if event.status not in DUE_STATUSES:
+        return False
+    now = now or timezone.now()
+    return event.next_attempt_at is None or event.next_attempt_at <= now
+
+
+def _claim(event_pk: int) -> tuple[int, datetime] | str | None:
+    """Step 1: count the attempt and commit. Returns the claim token, a final status, or None."""
+    max_attempts = int(webhooks_settings["MAX_ATTEMPTS"])
+    with transaction.atomic():
+        event = (
+            WebhookEvent.objects.select_for_update(skip_locked=True)
+            .only("id", "status", "attempts", "next_attempt_at", "last_error")
+            .filter(pk=event_pk)
+            .first()
+        )
+        if event is None:
+            return None  # gone, or locked by an attempt in progress
+        now = timezone.now()
+        if not is_due(event, now):
+            return None
+        if event.attempts >= max_attempts:
+            # Every attempt has been counted and the last one never recorded an outcome: its
+            # worker died mid-handler. Do not run the handlers again.
+            lost = f"WorkerLost: attempt {event.attempts} of {max_attempts} did not finish"
+            event.status = Status.FAILED
+            event.next_attempt_at = None
+            event.last_error = f"{lost}; {event.last_error}" if event.last_error else lost
+            event.save(update_fields=["status", "next_attempt_at", "last_error"])
+            error = RuntimeError(lost)
+            transaction.on_commit(partial(_send_failed, event_pk, error))
+            return Status.FAILED
+        event.attempts += 1
+        event.last_attempt_at = now
+        event.status = Status.PROCESSING
+        event.next_attempt_at = None
+        event.save(update_fields=["attempts", "last_attempt_at", "status", "next_attempt_at"])
+        return event.attempts, now
+
+
+def process_event(event_pk: int) -> str | None:
+    """Make one processing attempt of an event; return its status after, or None if skipped.
+
+    Skipped (None): the event does not exist, is locked by an attempt in progress, is finished,
+    or its next retry is not yet due. Otherwise the result is ``processed``, ``ignored``,
+    ``failed``, or ``processing`` when a retry is scheduled at ``next_attempt_at`` (the caller
+    arranges the retry: the Celery task with its own ``retry(countdown=...)``).
+    """
+    claim = _claim(event_pk)
+    if claim is None or isinstance(claim, str):
+        return claim
+    attempt, started_at = claim
+    max_attempts = int(webhooks_settings["MAX_ATTEMPTS"])
+
+    with transaction.atomic():
+        event = (
+            WebhookEvent.objects.select_for_update(skip_locked=True)
+            .filter(pk=event_pk, attempts=attempt, last_attempt_at=started_at)
+            .first()
+        )
+        if event is None or event.status != Status.PROCESSING:
+            return None  # another worker claimed it after us: that worker runs the handlers
+        handlers = handlers_for(event.endpoint, event.event_type)
+        error: BaseException | None = None
+        if not handlers:
+            outcome = Status.IGNORED
+            event.last_error = ""
+        else:
+            try:
+                with transaction.atomic():
+                    for handler in handlers:
+                        handler(event)
+            except Ignore as exc:
+                outcome = Status.IGNORED
+                event.last_error = describe_error(exc) if str(exc) else ""
+            except PermanentFailure as exc:
+                outcome, error = Status.FAILED, exc
+            except Exception as exc:
+                error = exc
+                outcome = Status.FAILED if attempt >= max_attempts else Status.PROCESSING
+            else:
+                outcome = Status.PROCESSED
+
+        now = timezone.now()
+        event.status = outcome
+        event.next_attempt_at = None
+        if outcome in (Status.PROCESSED, Status.IGNORED):
+            event.processed_at = now
+        if error is not None:
+            event.last_error = describe_error(error)
+            logger.warning(
+                "webhooks: handler failed for %s:%s (attempt %s of %s): %s",
+                event.endpoint,
+                event.event_id,
+                attempt,
+                max_attempts,
+                type(error).__name__,
+            )
+        if outcome == Status.PROCESSING:
+            event.next_attempt_at = now + timedelta(seconds=retry_delay(attempt))
+        event.save(
+            update_fields=["status", "next_attempt_at", "processed_at", "last_error"]
+        )
+        if outcome == Status.PROCESSED:
+            transaction.on_commit(partial(_send, webhook_processed, event))
+        elif outcome == Status.IGNORED:
+            transaction.on_commit(partial(_send, webhook_ignored, event))
+        elif outcome == Status.FAILED:
+            transaction.on_commit(partial(_send, webhook_failed, event, error=error))
+    return outcome
+
+
+def seconds_until_due(event_pk: int) -> float | None:
+    """Seconds until the event's scheduled retry (0 if due now); None if none is scheduled."""
+    row = (
+        WebhookEvent.objects.filter(pk=event_pk, status__in=DUE_STATUSES)
+        .values_list("next_attempt_at", flat=True)
+        .first()
+    )
+    if row is None:
+        return None
+    return max((row - timezone.now()).total_seconds(), 0.0)
+
+
+def _send(signal: Any, event: WebhookEvent, **kwargs: Any) -> None:
+    for receiver, response in signal.send_robust(sender=WebhookEvent, event=event, **kwargs):
+        if isinstance(response, Exception):
+            logger.error(
+                "webhooks: signal receiver %r raised %s",
+                receiver,
+                type(response).__name__,
+                exc_info=response,
+            )
+
+
+def _send_failed(event_pk: int, error: BaseException) -> None:
+    event = WebhookEvent.objects.filter(pk=event_pk).first()
+    if event is not None:
+        _send(webhook_failed, event, error=error)
+
+
+# --------------------------------------------------------------------------------------------
+# Operator actions: replay, ignore, sweep, prune
+
+
+def _pks(queryset: QuerySet[WebhookEvent], chunk_size: int) -> Iterator[list[int]]:
+    """The queryset's primary keys in lists of ``chunk_size``, streamed from the database."""
+    batch: list[int] = []
+    for pk in queryset.values_list("pk", flat=True).iterator(chunk_size=chunk_size):
+        batch.append(pk)
+        if len(batch) >= chunk_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def replay_event(event: WebhookEvent, *, sync: bool = False) -> None:
+    """Set one event back to ``received`` with ``attempts`` 0 and process it again."""
+    replay_events(WebhookEvent.objects.filter(pk=event.pk), sync=sync)
+    event.refresh_from_db()
+
+
+def replay_events(
+    queryset: QuerySet[WebhookEvent] | Iterable[WebhookEvent],
+    *,
+    sync: bool = False,
+    dry_run: bool = False,
+    chunk_size: int = CHUNK_SIZE,
+) -> int:
+    """Replay the events: back to ``received``, ``attempts`` 0, then enqueue (or, with ``sync``,
+    process each in this process). Returns how many were replayed (would be, with ``dry_run``).
+
+    Rows are streamed in chunks, so memory does not grow with the count. Any status may be
+    replayed: this is an operator's explicit request (the default filter of the command is
+    ``failed``). A replay never waits on the event's age: timestamps are checked at receipt only.
+    """
+    if not isinstance(queryset, QuerySet):
+        queryset = WebhookEvent.objects.filter(pk__in=[e.pk for e in queryset])
+    count = 0
+    for pks in _pks(queryset.order_by(), chunk_size):
+        if dry_run:
+            count += len(pks)
+            continue
+        with transaction.atomic():
+            count += WebhookEvent.objects.filter(pk__in=pks).update(
+                status=Status.RECEIVED,
+                attempts=0,
+                next_attempt_at=timezone.now(),
+                processed_at=None,
+            )
+            if not sync:
+                for pk in pks:
+                    transaction.on_commit(partial(publish_process_task, pk))
+        if sync:
+            for pk in pks:
+                if process_event(pk) == Status.PROCESSING:
+                    publish_process_task(pk, countdown=seconds_until_due(pk))
+    logger.info("webhooks: replayed %s event(s)%s", count, " (sync)" if sync else "")
+    return count
+
+
+def mark_ignored(event: WebhookEvent, *, reason: str = "") -> bool:
+    """End an unfinished or failed event ``ignored``. False if it was processed or ignored.
+
+    If an attempt is running, this waits for it and then applies only if the event did not end
+    ``processed`` meanwhile.
+    """
+    now = timezone.now()
+    changes: dict[str, Any] = {"status": Status.IGNORED, "next_attempt_at": None}
+    changes["processed_at"] = now
+    if reason:
+        changes["last_error"] = f"Ignored: {reason}"[:LAST_ERROR_MAX_CHARS]
+    updated = WebhookEvent.objects.filter(
+        pk=event.pk, status__in=(Status.RECEIVED, Status.PROCESSING, Status.FAILED)
+    ).update(**changes)
+    event.refresh_from_db()
+    if updated:
+        _send(webhook_ignored, event)
+    return bool(updated)
+
+
+def stuck_events(older_than: float | None = None) -> QuerySet[WebhookEvent]:
+    """Events the sweeper should enqueue again.
+
+    ``received`` ones received more than ``older_than`` seconds ago (default ``STUCK_AFTER``),
+    and ``processing`` ones whose latest attempt began more than ``older_than`` ago; in both
+    cases only if their next scheduled attempt (``next_attempt_at``, set by a retry or a replay)
+    is also more than ``older_than`` in the past, so a retry that is merely waiting for its
+    countdown is left to its own task.
+    """
+    if older_than is None:
+        older_than = float(webhooks_settings["STUCK_AFTER"])
+    if older_than < 0:
+        raise ValueError("older_than must be zero or more seconds")
+    cutoff = timezone.now() - timedelta(seconds=older_than)
+    not_scheduled = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lt=cutoff)
+    received = Q(status=Status.RECEIVED, received_at__lt=cutoff)
+    processing = Q(status=Status.PROCESSING) & (
+        Q(last_attempt_at__lt=cutoff) | Q(last_attempt_at__isnull=True, received_at__lt=cutoff)
+    )
+    return WebhookEvent.objects.filter((received | processing) & not_scheduled)
+
+
+def requeue_stuck(
+    *, older_than: float | None = None, dry_run: bool = False, chunk_size: int = CHUNK_SIZE
+) -> int:
+    """Enqueue the stuck events (see ``stuck_events``) again: the sweeper. Returns the count.
+
+    Raises ``BrokerUnavailable`` at the first publish the broker refuses (the rest would fail
+    too); the events published before it stay published, the others are found by the next sweep.
+    """
+    queryset = stuck_events(older_than).order_by()
+    count = 0
+    for pks in _pks(queryset, chunk_size):
+        if dry_run:
+            count += len(pks)
+            continue
+        for pk in pks:
+            if not publish_process_task(pk):
+                raise BrokerUnavailable(
+                    f"the broker refused a publish after {count} event(s) were requeued"
+                )
+            count += 1
+    if count:
+        logger.info("webhooks: requeued %s stuck event(s)%s", count, " (dry run)" * dry_run)
+    return count
+
+
+def prunable_events(
+    older_than_days: float | None = None, *, include_failed: bool = False
+) -> QuerySet[WebhookEvent]:
+    """Finished events received more than ``older_than_days`` ago (default ``RETENTION_DAYS``):
+    ``processed`` and ``ignored``, and ``failed`` only with ``include_failed``."""
+    if older_than_days is None:
+        older_than_days = float(webhooks_settings["RETENTION_DAYS"])
+    if older_than_days < 0:
+        raise ValueError("older_than_days must be zero or more")
+    statuses = [Status.PROCESSED, Status.IGNORED]
+    if include_failed:
+        statuses.append(Status.FAILED)
+    cutoff = timezone.now() - timedelta(days=older_than_days)
+    return WebhookEvent.objects.filter(status__in=statuses, received_at__lt=cutoff)
+
+
+def prune_events(
+    *,
+    older_than_days: float | None = None,
+    include_failed: bool = False,
+    dry_run: bool = False,
+    batch_size: int = CHUNK_SIZE,
+) -> int:
+    """Delete finished events older than the retention, in batches. Returns the count.
+
+    A pruned event id can no longer be recognised as a duplicate, so the default retention
+    (``RETENTION_DAYS``, 30) outlasts every sender's retry period (Stripe: 3 days).
+    """
+    queryset = prunable_events(older_than_days, include_failed=include_failed)
+    if dry_run:
+        return queryset.count()
+    deleted = 0
+    while True:
+        pks = list(queryset.order_by().values_list("pk", flat=True)[:batch_size])
+        if not pks:
+            break
+        deleted += queryset.filter(pk__in=pks).delete()[0]
+    if deleted:
+        logger.info("webhooks: pruned %s event(s)", deleted)
+    return deleted

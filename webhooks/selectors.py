@@ -1,0 +1,106 @@
+"""Reads of stored webhook events, shared by the commands, the admin and the operator API."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from .models import WebhookEvent
+from .registry import is_glob, pattern_regex
+
+
+def type_pattern_q(pattern: str) -> Q:
+    """The database filter for an event type pattern (same rules as ``registry.pattern_matches``).
+
+    A plain name uses an exact or prefix match (index-friendly); a glob uses a regular expression.
+    """
+    if not is_glob(pattern):
+        return Q(event_type=pattern) | Q(event_type__startswith=pattern + ".")
+    if set(pattern) == {"*"}:
+        return Q()
+    return Q(event_type__regex=pattern_regex(pattern))
+
+
+def parse_when(value: str | dt.date | dt.datetime) -> dt.datetime:
+    """An ISO 8601 date or datetime as an aware datetime; a date means its midnight.
+
+    Naive values are in the current time zone (``TIME_ZONE``). Raises ``ValueError`` with a
+    readable message for anything else.
+    """
+    if isinstance(value, dt.datetime):
+        parsed = value
+    elif isinstance(value, dt.date):
+        parsed = dt.datetime.combine(value, dt.time.min)
+    else:
+        text = str(value).strip()
+        try:
+            parsed = parse_datetime(text)
+            if parsed is None:
+                day = parse_date(text)
+                parsed = dt.datetime.combine(day, dt.time.min) if day else None
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            raise ValueError(
+                f"{text!r} is not an ISO 8601 date (YYYY-MM-DD) or datetime "
+                "(YYYY-MM-DDThh:mm[:ss][+hh:mm])"
+            )
+    if timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed)
+    return parsed
+
+
+def _as_list(value: str | Iterable[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+def filter_events(
+    queryset: QuerySet[WebhookEvent] | None = None,
+    *,
+    status: str | Iterable[str] | None = None,
+    endpoint: str | Iterable[str] | None = None,
+    type_pattern: str | None = None,
+    since: dt.datetime | dt.date | str | None = None,
+    until: dt.datetime | dt.date | str | None = None,
+    event_ids: Iterable[str] | None = None,
+) -> QuerySet[WebhookEvent]:
+    """Events matching every given filter (``None`` means no filter).
+
+    - ``status``, ``endpoint``: one value or several.
+    - ``type_pattern``: a glob (``invoice.*``) or a plain name matching itself and below it.
+    - ``since`` (inclusive) and ``until`` (exclusive) bound ``received_at``; each is a datetime,
+      a date (its midnight) or an ISO 8601 string.
+    - ``event_ids``: vendor event ids.
+
+    Raises ``ValueError`` for an unknown status or a date that does not parse.
+    """
+    qs = WebhookEvent.objects.all() if queryset is None else queryset
+    statuses = _as_list(status)
+    if statuses is not None:
+        unknown = sorted(set(statuses) - set(WebhookEvent.Status.values))
+        if unknown:
+            raise ValueError(
+                f"unknown status {', '.join(unknown)}; choose from "
+                f"{', '.join(WebhookEvent.Status.values)}"
+            )
+        qs = qs.filter(status__in=statuses)
+    endpoints = _as_list(endpoint)
+    if endpoints is not None:
+        qs = qs.filter(endpoint__in=endpoints)
+    if type_pattern:
+        qs = qs.filter(type_pattern_q(type_pattern))
+    if since is not None:
+        qs = qs.filter(received_at__gte=parse_when(since))
+    if until is not None:
+        qs = qs.filter(received_at__lt=parse_when(until))
+    if event_ids is not None:
+        qs = qs.filter(event_id__in=_as_list(event_ids))
+    return qs
