@@ -8,6 +8,10 @@ from django.core.cache import cache
 
 @pytest.fixture(autouse=True)
 def _clear_cache():
-    """Each test starts with an empty Django cache (Redis, in a database of its own)."""
+    """Each test starts with an empty Django cache (Redis, in a database of its own) and no
+    process-local circuit-breaker snapshot (a rolled-back test's rows must not linger there)."""
+    from integrations.breaker import clear_local_cache
+
     cache.clear()
+    clear_local_cache()
     yield
