@@ -1,0 +1,763 @@
+"""A fake Stripe API over real HTTP on 127.0.0.1, for tests of code that calls Stripe.
+
+``FakeStripe`` answers the four endpoints ``StripeService`` uses the way Stripe's v1 API does:
+form-encoded requests, JSON objects shaped like Stripe's (from Stripe's own OpenAPI fixtures,
+with the request's values filled in), Stripe-shaped error bodies, ``Request-Id`` headers and
+idempotency (the same ``Idempotency-Key`` with the same parameters replays the first answer with
+``Idempotent-Replayed: true``; with other parameters it is a 400 ``idempotency_error``).
+
+- ``POST /v1/customers`` (``email``, ``name``), ``GET /v1/customers/{id}``
+- ``POST /v1/payment_intents`` (``amount``, ``currency``, ``customer``)
+- ``POST /v1/refunds`` (``payment_intent``, ``amount``)
+
+Every request is recorded (``requests``, ``count()``), and failures are scripted with
+``fail(kind, times=..., path=...)``: ``card_declined`` (402), ``invalid_request`` (400),
+``resource_missing`` (404), ``authentication`` (401), ``permission`` (403), ``idempotency``
+(400 ``idempotency_error``), ``conflict`` (409), ``rate_limited`` (429 with ``Retry-After``),
+``server_error`` (500), ``bad_gateway`` (502 HTML), ``hang`` (never answers), ``slow``
+(answers after ``delay``), ``garbage`` (200 with a non-JSON body), ``drop`` (closes the
+connection without answering). A refused connection is a stopped fake (``stop()``) or
+``refused_url()``.
+
+Usage::
+
+    with FakeStripe(api_key="sk_test_123") as fake:
+        service = StripeService(api_key="sk_test_123", base_url=fake.base_url)
+        fake.fail("server_error", times=1)
+        service.create_customer("a@example.com")
+        assert fake.count("POST", "/v1/customers") == 2
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import secrets
+import socket
+import string
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+__all__ = ["FAILURES", "FakeStripe", "RecordedRequest"]
+
+# --- object shapes, from stripe/openapi fixtures3.json (resources.customer, .payment_intent,
+# .refund); values that describe an older object (a discount, a cancellation, a pending action)
+# are reset to what a freshly created object has. -------------------------------------------
+
+_CUSTOMER: dict[str, Any] = {
+    "address": None,
+    "balance": 0,
+    "created": 1234567890,
+    "currency": None,
+    "default_source": None,
+    "delinquent": False,
+    "description": None,
+    "discount": None,
+    "email": None,
+    "id": "cus_QXg1o8vcGmoR32",
+    "invoice_prefix": "7FE1103",
+    "invoice_settings": {
+        "custom_fields": None,
+        "default_payment_method": None,
+        "footer": None,
+        "rendering_options": None,
+    },
+    "livemode": False,
+    "metadata": {},
+    "name": None,
+    "next_invoice_sequence": 1,
+    "object": "customer",
+    "phone": None,
+    "preferred_locales": [],
+    "shipping": None,
+    "tax_exempt": "none",
+    "test_clock": None,
+}
+
+_PAYMENT_INTENT: dict[str, Any] = {
+    "amount": 1099,
+    "amount_capturable": 0,
+    "amount_details": {"tip": {}},
+    "amount_received": 0,
+    "application": None,
+    "application_fee_amount": None,
+    "automatic_payment_methods": {"enabled": True},
+    "canceled_at": None,
+    "cancellation_reason": None,
+    "capture_method": "automatic",
+    "client_secret": "pi_1PgafyB7WZ01zgkWSjxsAJo3_secret_Dm43xiq1k0ywrRRjDoi8y1gkM",
+    "confirmation_method": "automatic",
+    "created": 1234567890,
+    "currency": "usd",
+    "customer": None,
+    "description": None,
+    "excluded_payment_method_types": None,
+    "id": "pi_1PgafyB7WZ01zgkWSjxsAJo3",
+    "last_payment_error": None,
+    "latest_charge": None,
+    "livemode": False,
+    "metadata": {},
+    "next_action": None,
+    "object": "payment_intent",
+    "on_behalf_of": None,
+    "payment_method": None,
+    "payment_method_configuration_details": None,
+    "payment_method_options": {},
+    "payment_method_types": ["card"],
+    "processing": None,
+    "receipt_email": None,
+    "review": None,
+    "setup_future_usage": None,
+    "shipping": None,
+    "source": None,
+    "statement_descriptor": None,
+    "statement_descriptor_suffix": None,
+    "status": "requires_payment_method",
+    "transfer_data": None,
+    "transfer_group": None,
+}
+
+_REFUND: dict[str, Any] = {
+    "amount": 100,
+    "balance_transaction": None,
+    "charge": "ch_1PgafuB7WZ01zgkWXYmPNZs8",
+    "created": 1234567890,
+    "currency": "usd",
+    "destination_details": {"card": {"type": "refund"}, "type": "card"},
+    "id": "re_1Pgc72B7WZ01zgkWqPvrRrPE",
+    "metadata": {},
+    "object": "refund",
+    "payment_intent": None,
+    "payment_method": None,
+    "reason": None,
+    "receipt_number": None,
+    "source_transfer_reversal": None,
+    "status": "succeeded",
+    "transfer_reversal": None,
+}
+
+
+def _error(status: int, **error: Any) -> tuple[int, dict[str, Any]]:
+    return status, {"error": {k: v for k, v in error.items() if v is not None}}
+
+
+#: Scriptable Stripe-shaped error answers: name -> (HTTP status, body). Bodies follow Stripe's
+#: API reference, "Errors" (type, code, decline_code, message, param, doc_url).
+FAILURES: dict[str, tuple[int, dict[str, Any]]] = {
+    "card_declined": _error(
+        402,
+        code="card_declined",
+        decline_code="generic_decline",
+        doc_url="https://stripe.com/docs/error-codes/card-declined",
+        message="Your card was declined.",
+        param="",
+        type="card_error",
+    ),
+    "invalid_request": _error(
+        400,
+        code="parameter_missing",
+        doc_url="https://stripe.com/docs/error-codes/parameter-missing",
+        message="Missing required param: currency.",
+        param="currency",
+        type="invalid_request_error",
+    ),
+    "resource_missing": _error(
+        404,
+        code="resource_missing",
+        doc_url="https://stripe.com/docs/error-codes/resource-missing",
+        message="No such customer: 'cus_missing'",
+        param="id",
+        type="invalid_request_error",
+    ),
+    "authentication": _error(
+        401,
+        message="Invalid API Key provided: sk_test_********************0000",
+        type="invalid_request_error",
+    ),
+    "permission": _error(
+        403,
+        code="secret_key_required",
+        message="The provided key 'rk_test_***0000' does not have the required permissions "
+        "for this endpoint.",
+        type="invalid_request_error",
+    ),
+    "idempotency": _error(
+        400,
+        message="Keys for idempotent requests can only be used with the same parameters they "
+        "were first used with.",
+        type="idempotency_error",
+    ),
+    "conflict": _error(
+        409,
+        message="There is currently another in-progress request using this idempotent key "
+        "(that probably means you submitted twice, and the other request is still going "
+        "through). Please try again later.",
+        type="idempotency_error",
+    ),
+    "rate_limited": _error(
+        429,
+        code="rate_limit",
+        doc_url="https://stripe.com/docs/error-codes/rate-limit",
+        message="Request rate limit exceeded. Learn more about rate limits here "
+        "https://stripe.com/docs/rate-limits.",
+        type="invalid_request_error",
+    ),
+    "server_error": _error(500, message="An unknown error occurred", type="api_error"),
+}
+
+#: Behaviours that are not a Stripe error body.
+BEHAVIOURS = frozenset({"hang", "slow", "garbage", "drop", "bad_gateway"})
+
+_ALPHANUM = string.ascii_letters + string.digits
+
+
+def _new_id(prefix: str, length: int = 24) -> str:
+    return prefix + "".join(secrets.choice(_ALPHANUM) for _ in range(length))
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the fake received."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]  # lower-cased names
+    params: Mapping[str, str]  # form body (POST) or query string (GET)
+
+    @property
+    def idempotency_key(self) -> str | None:
+        return self.headers.get("idempotency-key")
+
+    @property
+    def api_key(self) -> str | None:
+        auth = self.headers.get("authorization", "")
+        return auth[len("Bearer ") :] if auth.startswith("Bearer ") else None
+
+
+@dataclass
+class _Script:
+    kind: str
+    remaining: int | None  # None: until healed
+    path: str | None
+    method: str | None
+    retry_after: str | None
+    delay: float
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method is None or self.method == method) and (
+            self.path is None or path == self.path or path.startswith(self.path.rstrip("/") + "/")
+        )
+
+
+@dataclass
+class _Answer:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class FakeStripe:
+    """A threaded HTTP server on 127.0.0.1 that behaves like Stripe's v1 API (see module doc).
+
+    ``api_key``: when set, requests must carry ``Authorization: Bearer <api_key>`` or get a 401
+    like Stripe's (the key masked). ``hang_for``: the longest a ``hang`` holds a connection.
+    """
+
+    def __init__(self, *, api_key: str | None = None, hang_for: float = 30.0) -> None:
+        self.api_key = api_key
+        self.hang_for = hang_for
+        self.customers: dict[str, dict[str, Any]] = {}
+        self.payment_intents: dict[str, dict[str, Any]] = {}
+        self.refunds: dict[str, dict[str, Any]] = {}
+        self._requests: list[RecordedRequest] = []
+        self._scripts: list[_Script] = []
+        self._idempotent: dict[str, tuple[str, str, dict[str, str], _Answer]] = {}
+        self._in_flight: set[str] = set()
+        self._lock = threading.RLock()
+        self._closing = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._port: int | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> FakeStripe:
+        if self._server is not None:
+            return self
+        self._closing.clear()
+        server = ThreadingHTTPServer(("127.0.0.1", self._port or 0), _Handler)
+        server.daemon_threads = True
+        server.block_on_close = False
+        server.fake = self  # type: ignore[attr-defined]
+        self._server = server
+        self._port = server.server_address[1]
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening: later connections are refused. ``start()`` again reuses the port."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._closing.set()
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeStripe:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("FakeStripe is not started")
+        return f"http://127.0.0.1:{self._port}"
+
+    @staticmethod
+    def refused_url() -> str:
+        """A base URL on 127.0.0.1 where nothing listens (connections are refused)."""
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    # --- scripting -----------------------------------------------------------------------
+
+    def fail(
+        self,
+        kind: str,
+        *,
+        times: int | None = 1,
+        path: str | None = None,
+        method: str | None = None,
+        retry_after: float | str | None = 1,
+        delay: float = 1.0,
+    ) -> None:
+        """Answer the next ``times`` matching requests (``None``: all until ``heal()``) with
+        failure ``kind`` (a key of ``FAILURES`` or ``hang``/``slow``/``garbage``/``drop``/
+        ``bad_gateway``). ``retry_after`` is sent with ``rate_limited`` (None: no header);
+        ``delay`` is how long ``slow`` waits before answering normally."""
+        if kind not in FAILURES and kind not in BEHAVIOURS:
+            raise ValueError(f"unknown failure {kind!r}")
+        with self._lock:
+            self._scripts.append(
+                _Script(
+                    kind=kind,
+                    remaining=times,
+                    path=path,
+                    method=method.upper() if method else None,
+                    retry_after=None if retry_after is None else str(retry_after),
+                    delay=delay,
+                )
+            )
+
+    def heal(self) -> None:
+        """Forget every scripted failure."""
+        with self._lock:
+            self._scripts.clear()
+
+    def _take_script(self, method: str, path: str) -> _Script | None:
+        with self._lock:
+            for script in self._scripts:
+                if script.matches(method, path):
+                    if script.remaining is not None:
+                        script.remaining -= 1
+                        if script.remaining <= 0:
+                            self._scripts.remove(script)
+                    return script
+        return None
+
+    # --- what was received ---------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def count(self, method: str | None = None, path: str | None = None) -> int:
+        return sum(
+            1
+            for r in self.requests
+            if (method is None or r.method == method.upper()) and (path is None or r.path == path)
+        )
+
+    def reset(self) -> None:
+        """Forget requests, scripts, objects and idempotency keys."""
+        with self._lock:
+            self._requests.clear()
+            self._scripts.clear()
+            self._idempotent.clear()
+            self.customers.clear()
+            self.payment_intents.clear()
+            self.refunds.clear()
+
+    # --- seeding (like Stripe's dashboard or test helpers) --------------------------------
+
+    def add_customer(self, *, email: str | None = None, name: str | None = None) -> dict[str, Any]:
+        with self._lock:
+            return copy.deepcopy(self._create_customer({"email": email or "", "name": name or ""}))
+
+    def delete_customer(self, customer_id: str) -> None:
+        with self._lock:
+            self.customers[customer_id] = {"id": customer_id, "object": "customer", "deleted": True}
+
+    def add_payment_intent(
+        self,
+        *,
+        amount: int = 1099,
+        currency: str = "usd",
+        customer: str | None = None,
+        status: str = "succeeded",
+    ) -> dict[str, Any]:
+        with self._lock:
+            pi = self._new_payment_intent(amount, currency, customer)
+            if status == "succeeded":
+                self._succeed(pi)
+            else:
+                pi["status"] = status
+            return copy.deepcopy(pi)
+
+    def confirm_payment_intent(self, payment_intent_id: str) -> None:
+        """Move a payment intent to ``succeeded``, as a confirmed card payment would."""
+        with self._lock:
+            self._succeed(self.payment_intents[payment_intent_id])
+
+    # --- request handling ----------------------------------------------------------------
+
+    def _handle(
+        self, method: str, path: str, headers: dict[str, str], params: dict[str, str]
+    ) -> _Answer | str:
+        """The answer to one request, or a behaviour name (``hang``, ``drop``, ...)."""
+        with self._lock:
+            self._requests.append(RecordedRequest(method, path, headers, params))
+        script = self._take_script(method, path)
+        if script is not None:
+            if script.kind == "slow":
+                self._closing.wait(script.delay)
+            elif script.kind in BEHAVIOURS:
+                return script.kind
+            else:
+                status, body = FAILURES[script.kind]
+                answer = _Answer(status, copy.deepcopy(body))
+                if script.kind == "rate_limited" and script.retry_after is not None:
+                    answer.headers["Retry-After"] = script.retry_after
+                return answer
+
+        denied = self._check_key(headers.get("authorization"))
+        if denied is not None:
+            return denied
+
+        key = headers.get("idempotency-key") if method == "POST" else None
+        if key is None:
+            return self._route(method, path, params)
+        with self._lock:
+            stored = self._idempotent.get(key)
+            if stored is not None:
+                first_method, first_path, first_params, answer = stored
+                if (first_method, first_path, first_params) != (method, path, params):
+                    return _Answer(
+                        *_error(
+                            400,
+                            message="Keys for idempotent requests can only be used with the "
+                            "same parameters they were first used with. Try using a key other "
+                            f"than '{key}' if you meant to execute a different request.",
+                            type="idempotency_error",
+                        )
+                    )
+                return _Answer(
+                    answer.status, copy.deepcopy(answer.body), {"Idempotent-Replayed": "true"}
+                )
+            if key in self._in_flight:
+                status, body = FAILURES["conflict"]
+                return _Answer(status, copy.deepcopy(body))
+            self._in_flight.add(key)
+        try:
+            answer = self._route(method, path, params)
+            with self._lock:
+                # Stripe saves results once an endpoint has started executing: successes here.
+                if answer.status < 400:
+                    self._idempotent[key] = (method, path, dict(params), answer)
+            return answer
+        finally:
+            with self._lock:
+                self._in_flight.discard(key)
+
+    def _check_key(self, authorization: str | None) -> _Answer | None:
+        if self.api_key is None:
+            return None
+        if not authorization or not authorization.startswith("Bearer "):
+            return _Answer(
+                *_error(
+                    401,
+                    message="You did not provide an API key. You need to provide your API key "
+                    "in the Authorization header, using Bearer auth.",
+                    type="invalid_request_error",
+                )
+            )
+        given = authorization[len("Bearer ") :]
+        if not secrets.compare_digest(given.encode(), self.api_key.encode()):
+            masked = given[:8] + "*" * max(0, len(given) - 12) + given[-4:]
+            return _Answer(
+                *_error(
+                    401,
+                    message=f"Invalid API Key provided: {masked}",
+                    type="invalid_request_error",
+                )
+            )
+        return None
+
+    def _route(self, method: str, path: str, params: dict[str, str]) -> _Answer:
+        with self._lock:
+            if method == "POST" and path == "/v1/customers":
+                return _Answer(200, copy.deepcopy(self._create_customer(params)))
+            if method == "GET" and path.startswith("/v1/customers/"):
+                customer_id = path[len("/v1/customers/") :]
+                customer = self.customers.get(customer_id)
+                if customer is None or "/" in customer_id:
+                    return _missing("customer", customer_id, 404, param="id")
+                return _Answer(200, copy.deepcopy(customer))
+            if method == "POST" and path == "/v1/payment_intents":
+                return self._create_payment_intent(params)
+            if method == "POST" and path == "/v1/refunds":
+                return self._create_refund(params)
+        return _Answer(
+            *_error(
+                404,
+                message=f"Unrecognized request URL ({method}: {path}). Please see "
+                "https://stripe.com/docs or we can help at https://support.stripe.com/.",
+                type="invalid_request_error",
+            )
+        )
+
+    def _create_customer(self, params: Mapping[str, str]) -> dict[str, Any]:
+        customer = copy.deepcopy(_CUSTOMER)
+        customer.update(
+            id=_new_id("cus_", 14),
+            created=int(time.time()),
+            email=params.get("email") or None,
+            name=params.get("name") or None,
+            invoice_prefix="".join(secrets.choice(string.hexdigits.upper()[:16]) for _ in range(7)),
+        )
+        self.customers[customer["id"]] = customer
+        return customer
+
+    def _new_payment_intent(
+        self, amount: int, currency: str, customer: str | None
+    ) -> dict[str, Any]:
+        pi = copy.deepcopy(_PAYMENT_INTENT)
+        pi_id = _new_id("pi_")
+        pi.update(
+            id=pi_id,
+            amount=amount,
+            currency=currency.lower(),
+            customer=customer,
+            created=int(time.time()),
+            client_secret=f"{pi_id}_secret_{_new_id('', 25)}",
+        )
+        self.payment_intents[pi_id] = pi
+        return pi
+
+    @staticmethod
+    def _succeed(pi: dict[str, Any]) -> None:
+        pi.update(
+            status="succeeded",
+            amount_received=pi["amount"],
+            latest_charge=pi["latest_charge"] or _new_id("ch_"),
+            payment_method=pi["payment_method"] or _new_id("pm_"),
+        )
+
+    def _create_payment_intent(self, params: Mapping[str, str]) -> _Answer:
+        for name in ("amount", "currency"):
+            if not params.get(name):
+                return _param_missing(name)
+        amount = _integer(params["amount"])
+        if amount is None:
+            return _invalid_integer("amount", params["amount"])
+        if amount < 1:
+            return _Answer(
+                *_error(
+                    400,
+                    code="amount_too_small",
+                    message="Amount must be at least 1.",
+                    param="amount",
+                    type="invalid_request_error",
+                )
+            )
+        customer = params.get("customer") or None
+        if customer is not None and customer not in self.customers:
+            return _missing("customer", customer, 400, param="customer")
+        return _Answer(
+            200, copy.deepcopy(self._new_payment_intent(amount, params["currency"], customer))
+        )
+
+    def _create_refund(self, params: Mapping[str, str]) -> _Answer:
+        pi_id = params.get("payment_intent")
+        if not pi_id:
+            return _Answer(
+                *_error(
+                    400,
+                    code="parameter_missing",
+                    message="One of the following params should be provided for this request: "
+                    "payment_intent or charge.",
+                    type="invalid_request_error",
+                )
+            )
+        pi = self.payment_intents.get(pi_id)
+        if pi is None:
+            return _missing("payment_intent", pi_id, 400, param="payment_intent")
+        if pi["status"] != "succeeded":
+            return _Answer(
+                *_error(
+                    400,
+                    message=f"This PaymentIntent ({pi_id}) does not have a successful charge "
+                    "to refund.",
+                    param="payment_intent",
+                    type="invalid_request_error",
+                )
+            )
+        refunded = sum(r["amount"] for r in self.refunds.values() if r["payment_intent"] == pi_id)
+        left = pi["amount_received"] - refunded
+        amount = left
+        if params.get("amount"):
+            amount = _integer(params["amount"])
+            if amount is None:
+                return _invalid_integer("amount", params["amount"])
+        if amount <= 0 or amount > left:
+            return _Answer(
+                *_error(
+                    400,
+                    code="amount_too_large" if amount > 0 else "amount_too_small",
+                    message=f"Refund amount ({amount}) is greater than unrefunded amount on "
+                    f"charge ({left})"
+                    if amount > 0
+                    else "Refund amount must be positive.",
+                    param="amount",
+                    type="invalid_request_error",
+                )
+            )
+        refund = copy.deepcopy(_REFUND)
+        refund.update(
+            id=_new_id("re_"),
+            amount=amount,
+            charge=pi["latest_charge"],
+            currency=pi["currency"],
+            payment_intent=pi_id,
+            payment_method=pi["payment_method"],
+            created=int(time.time()),
+        )
+        self.refunds[refund["id"]] = refund
+        return _Answer(200, copy.deepcopy(refund))
+
+
+def _integer(value: str) -> int | None:
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _param_missing(name: str) -> _Answer:
+    return _Answer(
+        *_error(
+            400,
+            code="parameter_missing",
+            doc_url="https://stripe.com/docs/error-codes/parameter-missing",
+            message=f"Missing required param: {name}.",
+            param=name,
+            type="invalid_request_error",
+        )
+    )
+
+
+def _invalid_integer(name: str, value: str) -> _Answer:
+    return _Answer(
+        *_error(
+            400,
+            code="parameter_invalid_integer",
+            message=f"Invalid integer: {value}",
+            param=name,
+            type="invalid_request_error",
+        )
+    )
+
+
+def _missing(kind: str, object_id: str, status: int, *, param: str) -> _Answer:
+    return _Answer(
+        *_error(
+            status,
+            code="resource_missing",
+            doc_url="https://stripe.com/docs/error-codes/resource-missing",
+            message=f"No such {kind}: '{object_id}'",
+            param=param,
+            type="invalid_request_error",
+        )
+    )
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "nginx"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    def _serve(self, method: str) -> None:
+        fake: FakeStripe = self.server.fake  # type: ignore[attr-defined]
+        url = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length).decode("utf-8", "replace") if length else ""
+        params = dict(parse_qsl(raw if method == "POST" else url.query, keep_blank_values=True))
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        answer = fake._handle(method, url.path, headers, params)
+        if answer == "hang":
+            fake._closing.wait(fake.hang_for)
+            self.close_connection = True
+            return
+        if answer == "drop":
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if answer == "garbage":
+            self._send(200, b"<html><body>upstream says hi</body></html>", "text/html")
+            return
+        if answer == "bad_gateway":
+            self._send(502, b"<html><body>502 Bad Gateway</body></html>", "text/html")
+            return
+        assert isinstance(answer, _Answer)
+        body = json.dumps(answer.body, indent=2).encode()
+        self._send(answer.status, body, "application/json", answer.headers)
+
+    def _send(
+        self, status: int, body: bytes, content_type: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        self.send_response(status, HTTPStatus(status).phrase)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Request-Id", _new_id("req_", 14))
+        self.send_header("Stripe-Version", self.headers.get("Stripe-Version") or "2024-06-20")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)

@@ -1,0 +1,496 @@
+"""Stripe, through the official ``stripe`` SDK, with our timeouts, retries, breaker and errors.
+
+``StripeService`` is the service ``"stripe"`` (also its circuit breaker's name). Each public
+method makes one logical call through ``integrations.resilience.call_with_resilience``, the
+project's one retry runner: every attempt is checked against and counted by the shared database
+breaker, retries and waits are bounded by the call's deadline, and creates carry an idempotency
+key made once per call (or given by the caller) and sent unchanged on every attempt. The SDK's
+own retries are switched off (``max_network_retries=0``) so that retries are never stacked:
+stripe-python retries without our breaker and deadline, and makes a fresh idempotency key per
+request, so a Celery task retried later would lose Stripe's deduplication.
+
+Answers come back as small frozen dataclasses of the fields we use (``Customer``,
+``PaymentIntent``, ``Refund``), never the SDK's objects; Stripe's errors are mapped onto
+``integrations.exceptions`` (see ``map_stripe_error``) with messages that never contain the key.
+
+Settings (read at call time)::
+
+    INTEGRATIONS = {"SERVICES": {"stripe": {
+        "API_KEY": os.environ["STRIPE_API_KEY"],
+        "BASE_URL": None,              # the SDK's api base; a local fake in tests
+        "TIMEOUT": {"READ": 20.0},     # and RETRY, BREAKER: as for every service
+    }}}
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import stripe
+from django.core.exceptions import ImproperlyConfigured
+
+from ..client import parse_retry_after
+from ..conf import service_settings
+from ..exceptions import (
+    ClientRequestError,
+    IntegrationError,
+    IntegrationTimeout,
+    IntegrationUnavailable,
+    InvalidResponseError,
+    RateLimitedError,
+)
+from ..policies import BreakerPolicy, RetryPolicy, Timeout
+from ..resilience import AttemptInfo, call_with_resilience
+
+__all__ = [
+    "SERVICE",
+    "Customer",
+    "PaymentIntent",
+    "Refund",
+    "StripeService",
+    "map_stripe_error",
+]
+
+#: The service name: settings key, breaker name, and the ``service`` of every error.
+SERVICE = "stripe"
+
+T = TypeVar("T")
+
+#: Stripe accepts idempotency keys of up to 255 characters.
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+# --- what we extract ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Customer:
+    """A Stripe customer: the fields we use."""
+
+    id: str
+    email: str | None
+    name: str | None
+
+
+@dataclass(frozen=True)
+class PaymentIntent:
+    """A Stripe payment intent: ``amount`` in the currency's smallest unit, ``currency``
+    lower-case ISO code, ``status`` as Stripe says (``requires_payment_method``, ``succeeded``,
+    ...), ``customer`` the customer id or None."""
+
+    id: str
+    amount: int
+    currency: str
+    status: str
+    customer: str | None
+
+
+@dataclass(frozen=True)
+class Refund:
+    """A Stripe refund: the fields we use."""
+
+    id: str
+    amount: int
+    status: str
+    payment_intent: str | None
+
+
+class _BadField(Exception):
+    """A field of Stripe's answer is missing or of the wrong type (becomes InvalidResponseError)."""
+
+
+def _field(data: Mapping[str, Any], name: str, kind: type, *, nullable: bool = False) -> Any:
+    if name not in data:
+        raise _BadField(f"field {name!r} missing from Stripe's answer")
+    value = data[name]
+    if value is None and nullable:
+        return None
+    if kind is str and isinstance(value, Mapping) and isinstance(value.get("id"), str):
+        return value["id"]  # an expanded object where we keep its id
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise _BadField(f"field {name!r} of Stripe's answer is not {kind.__name__}")
+    return value
+
+
+def _customer(data: Mapping[str, Any]) -> Customer:
+    return Customer(
+        id=_field(data, "id", str),
+        email=_field(data, "email", str, nullable=True),
+        name=_field(data, "name", str, nullable=True),
+    )
+
+
+def _payment_intent(data: Mapping[str, Any]) -> PaymentIntent:
+    return PaymentIntent(
+        id=_field(data, "id", str),
+        amount=_field(data, "amount", int),
+        currency=_field(data, "currency", str),
+        status=_field(data, "status", str),
+        customer=_field(data, "customer", str, nullable=True),
+    )
+
+
+def _refund(data: Mapping[str, Any]) -> Refund:
+    return Refund(
+        id=_field(data, "id", str),
+        amount=_field(data, "amount", int),
+        status=_field(data, "status", str),
+        payment_intent=_field(data, "payment_intent", str, nullable=True),
+    )
+
+
+# --- error mapping ------------------------------------------------------------------------------
+
+#: The request was refused for what it is (declined card, bad parameter, key without rights,
+#: misused idempotency key, and the v2 API's business refusals): a ``ClientRequestError``, never
+#: retried, not a breaker failure.
+_CLIENT_ERRORS: tuple[type[stripe.StripeError], ...] = (
+    stripe.CardError,
+    stripe.InvalidRequestError,
+    stripe.AuthenticationError,
+    stripe.PermissionError,
+    stripe.IdempotencyError,
+    stripe._error.AlreadyCanceledError,
+    stripe._error.BlockedByStripeError,
+    stripe._error.CannotProceedError,
+    stripe._error.CapabilityNotEnabledError,
+    stripe._error.ControlledByAlternateResourceError,
+    stripe._error.FeatureNotEnabledError,
+    stripe._error.FinancialAccountNotOpenError,
+    stripe._error.FxQuoteNeedsRefreshError,
+    stripe._error.InsufficientFundsError,
+    stripe._error.InvalidPaymentMethodError,
+    stripe._error.InvalidPayoutMethodError,
+    stripe._error.InvalidVaultedCredentialError,
+    stripe._error.NotCancelableError,
+    stripe._error.QuotaExceededError,
+    stripe._error.RecipientNotNotifiableError,
+    stripe._error.TemporarySessionExpiredError,
+    stripe._error.VerificationAttemptFailedError,
+    stripe._error.VerificationExpiredError,
+    stripe._error.VerificationNotInitiatedError,
+)
+
+_KEY_PATTERN = re.compile(r"\b(?:sk|rk)_(?:test|live)_[A-Za-z0-9*]+")
+_TIMEOUT_CAUSES: tuple[type[BaseException], ...] = (httpx.TimeoutException, TimeoutError)
+try:  # the SDK's default client, should a user plug it in
+    import requests
+
+    _TIMEOUT_CAUSES += (requests.exceptions.Timeout,)
+except ImportError:  # pragma: no cover - requests is a dependency of stripe
+    pass
+
+
+def _redact(text: str, api_key: str | None) -> str:
+    if api_key:
+        text = text.replace(api_key, "[redacted]")
+    return _KEY_PATTERN.sub("[redacted]", text)
+
+
+def _reason(exc: stripe.StripeError, api_key: str | None) -> str:
+    error = exc.error
+    parts = [
+        getattr(error, "type", None) or type(exc).__name__,
+        getattr(error, "code", None) or exc.code,
+        getattr(error, "decline_code", None),
+    ]
+    label = "/".join(str(p) for p in parts if p)
+    status = f" (HTTP {exc.http_status})" if exc.http_status else ""
+    message = exc.user_message if isinstance(exc.user_message, str) else ""
+    if isinstance(exc, stripe.APIError) and exc.http_status and not getattr(error, "type", None):
+        message = "the answer was not a Stripe JSON object"  # never echo an arbitrary body
+    message = _redact(message.splitlines()[0] if message else "", api_key)[:300]
+    return f"{label}{status}: {message}" if message else f"{label}{status}"
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _TIMEOUT_CAUSES):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds from the answer's ``Retry-After`` header (any case), if it has one."""
+    value = next((v for k, v in (headers or {}).items() if k.lower() == "retry-after"), None)
+    return parse_retry_after(value)
+
+
+def map_stripe_error(
+    exc: stripe.StripeError, *, operation: str, api_key: str | None = None
+) -> IntegrationError:
+    """Our error for one of the SDK's: see the table in API-CONTRACTS.md ("Stripe")."""
+    reason = _reason(exc, api_key)
+    status = exc.http_status
+    kwargs: dict[str, Any] = {"cause": exc}
+    if isinstance(exc, stripe.APIConnectionError):
+        if _is_timeout(exc):
+            return IntegrationTimeout(SERVICE, operation, "Stripe did not answer in time", **kwargs)
+        return IntegrationUnavailable(SERVICE, operation, "Stripe could not be reached", **kwargs)
+    if isinstance(exc, stripe.RateLimitError) or status == 429:
+        return RateLimitedError(
+            SERVICE, operation, reason, retry_after=_retry_after(exc.headers), **kwargs
+        )
+    if isinstance(exc, _CLIENT_ERRORS):
+        return ClientRequestError(SERVICE, operation, reason, status_code=status, **kwargs)
+    if isinstance(exc, stripe.SignatureVerificationError):
+        # Inbound only (webhooks.providers.stripe); met here it can only mean data we cannot
+        # trust: an invalid response, not retried.
+        return InvalidResponseError(SERVICE, operation, reason, **kwargs)
+    # APIError, the StripeError base and anything newer: decide by the HTTP status.
+    if status is not None and status < 400:
+        return InvalidResponseError(SERVICE, operation, reason, **kwargs)
+    if status is not None and status < 500:
+        return ClientRequestError(SERVICE, operation, reason, status_code=status, **kwargs)
+    return IntegrationUnavailable(SERVICE, operation, reason, status_code=status, **kwargs)
+
+
+# --- the SDK's HTTP client ----------------------------------------------------------------------
+
+#: Seconds left before the current call's deadline, set around each attempt.
+_attempt_budget: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "tether_stripe_attempt_budget", default=None
+)
+
+
+class _HTTPXClient(stripe.HTTPXClient):
+    """stripe's own httpx client, with two adjustments:
+
+    - each request's timeouts are capped by what the call's deadline leaves (the runner passes
+      it per attempt), so a hanging Stripe cannot outlast the deadline by a whole read timeout;
+    - the form body goes as ``content=`` (httpx deprecates ``data=<str>``; stripe-python
+      passes a string there).
+    """
+
+    def __init__(self, policy: Timeout) -> None:
+        super().__init__(timeout=_httpx_timeout(policy), allow_sync_methods=True)
+        self.policy = policy
+
+    def _get_request_args_kwargs(self, method, url, headers, post_data):  # type: ignore[no-untyped-def]
+        args, kwargs = super()._get_request_args_kwargs(method, url, headers, post_data)
+        data = kwargs.get("data")
+        if isinstance(data, str | bytes):
+            kwargs["content"] = kwargs.pop("data")
+        elif not data:
+            kwargs.pop("data", None)
+        budget = _attempt_budget.get()
+        if budget is not None:
+            kwargs["timeout"] = _httpx_timeout(self.policy.capped(budget))
+        return args, kwargs
+
+
+def _httpx_timeout(policy: Timeout) -> httpx.Timeout:
+    return httpx.Timeout(
+        connect=policy.connect, read=policy.read, write=policy.write, pool=policy.pool
+    )
+
+
+@contextmanager
+def _budget(seconds: float) -> Iterator[None]:
+    token = _attempt_budget.set(seconds)
+    try:
+        yield
+    finally:
+        _attempt_budget.reset(token)
+
+
+# --- the service --------------------------------------------------------------------------------
+
+
+class StripeService:
+    """Customers, payment intents and refunds on Stripe.
+
+    ``api_key`` and ``base_url`` default to ``INTEGRATIONS["SERVICES"]["stripe"]["API_KEY"]``
+    and ``["BASE_URL"]``; ``timeout``, ``retry`` and ``breaker`` override the service's policies
+    (a policy object, or a dict of some of its fields, as for ``ServiceClient``). Settings are
+    read when a call is made, never at construction or import. An instance keeps one SDK client
+    (one connection pool) and is safe to share between threads.
+    """
+
+    service = SERVICE
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: Timeout | Mapping[str, Any] | None = None,
+        retry: RetryPolicy | Mapping[str, Any] | None = None,
+        breaker: BreakerPolicy | Mapping[str, Any] | None = None,
+    ) -> None:
+        self._api_key = api_key
+        self._base_url = base_url
+        self._timeout = timeout
+        self._retry = retry
+        self._breaker_policy = breaker
+        self._lock = threading.Lock()
+        self._client: stripe.StripeClient | None = None
+        self._http_client: stripe.HTTPXClient | None = None
+        self._client_config: tuple[str, str | None, Timeout] | None = None
+
+    # --- public API --------------------------------------------------------------------------
+
+    def create_customer(
+        self, email: str, *, name: str | None = None, idempotency_key: str | None = None
+    ) -> Customer:
+        params: dict[str, Any] = {"email": email}
+        if name is not None:
+            params["name"] = name
+        return self._call(
+            "create_customer",
+            lambda client, options: client.v1.customers.create(params=params, options=options),
+            _customer,
+            idempotency_key=_key(idempotency_key),
+        )
+
+    def retrieve_customer(self, customer_id: str) -> Customer:
+        if not customer_id:
+            raise ValueError("customer_id is required")
+
+        def build(data: Mapping[str, Any]) -> Customer:
+            if data.get("deleted") is True:
+                raise _Deleted(customer_id)
+            return _customer(data)
+
+        return self._call(
+            "retrieve_customer",
+            lambda client, options: client.v1.customers.retrieve(customer_id, options=options),
+            build,
+        )
+
+    def create_payment_intent(
+        self,
+        amount: int,
+        currency: str,
+        *,
+        customer: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> PaymentIntent:
+        params: dict[str, Any] = {"amount": amount, "currency": currency}
+        if customer is not None:
+            params["customer"] = customer
+        return self._call(
+            "create_payment_intent",
+            lambda client, options: client.v1.payment_intents.create(
+                params=params, options=options
+            ),
+            _payment_intent,
+            idempotency_key=_key(idempotency_key),
+        )
+
+    def refund(
+        self,
+        payment_intent: str,
+        *,
+        amount: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Refund:
+        params: dict[str, Any] = {"payment_intent": payment_intent}
+        if amount is not None:
+            params["amount"] = amount
+        return self._call(
+            "refund",
+            lambda client, options: client.v1.refunds.create(params=params, options=options),
+            _refund,
+            idempotency_key=_key(idempotency_key),
+        )
+
+    def close(self) -> None:
+        """Close the SDK client's connection pool (a later call opens a new one)."""
+        with self._lock:
+            http_client, self._http_client = self._http_client, None
+            self._client = self._client_config = None
+        if http_client is not None:
+            http_client.close()
+
+    # --- machinery ---------------------------------------------------------------------------
+
+    def _call(
+        self,
+        operation: str,
+        request: Callable[[stripe.StripeClient, dict[str, Any]], Any],
+        build: Callable[[Mapping[str, Any]], T],
+        *,
+        idempotency_key: str | None = None,
+    ) -> T:
+        from ..breaker import get_breaker
+
+        settings = service_settings(SERVICE)
+        client, api_key = self._sdk_client(settings)
+        retry = RetryPolicy.resolve(SERVICE, self._retry)
+        breaker = get_breaker(SERVICE, BreakerPolicy.resolve(SERVICE, self._breaker_policy))
+        options: dict[str, Any] = {"max_network_retries": 0}
+        if idempotency_key is not None:
+            options["idempotency_key"] = idempotency_key
+
+        def attempt(info: AttemptInfo) -> T:
+            try:
+                with _budget(info.remaining):
+                    obj = request(client, dict(options))
+            except stripe.StripeError as exc:
+                raise map_stripe_error(exc, operation=operation, api_key=api_key) from exc
+            try:
+                return build(obj.to_dict())
+            except _Deleted as exc:
+                raise ClientRequestError(
+                    SERVICE, operation, "the customer is deleted", status_code=404
+                ) from exc
+            except _BadField as exc:
+                raise InvalidResponseError(SERVICE, operation, str(exc)) from exc
+
+        return call_with_resilience(
+            attempt, service=SERVICE, operation=operation, retry=retry, breaker=breaker
+        )
+
+    def _sdk_client(self, settings: Mapping[str, Any]) -> tuple[stripe.StripeClient, str]:
+        api_key = self._api_key or settings.get("API_KEY")
+        if not api_key:
+            raise ImproperlyConfigured(
+                "Stripe has no API key: set INTEGRATIONS['SERVICES']['stripe']['API_KEY'] "
+                "or pass StripeService(api_key=...)."
+            )
+        base_url = self._base_url or settings.get("BASE_URL") or None
+        timeout = Timeout.resolve(SERVICE, self._timeout)
+        config = (api_key, base_url, timeout)
+        with self._lock:
+            if self._client is None or self._client_config != config:
+                if self._http_client is not None:
+                    self._http_client.close()
+                self._http_client = _HTTPXClient(timeout)
+                self._client = stripe.StripeClient(
+                    api_key,
+                    base_addresses={"api": base_url.rstrip("/")} if base_url else None,
+                    http_client=self._http_client,
+                    # Our runner retries (breaker-checked, deadline-bounded, with idempotency
+                    # keys stable across retries); the SDK's retries would stack on ours.
+                    max_network_retries=0,
+                )
+                self._client_config = config
+            return self._client, api_key
+
+
+class _Deleted(Exception):
+    pass
+
+
+def _key(idempotency_key: str | None) -> str:
+    """The caller's key as given, or a fresh one for this call (kept across our retries)."""
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    if not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise ValueError(
+            f"idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters long"
+        )
+    return idempotency_key
