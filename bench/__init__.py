@@ -1,0 +1,7 @@
+"""Benchmarks for django-tether: each prints ratios against a baseline measured in the same run.
+
+``bench/ingest.py`` measures the inbound webhook view under gunicorn and the end-to-end path
+through Celery; ``bench/outbound.py`` measures ``ServiceClient`` calls. ``bench`` is also a tiny
+Django app (a bare baseline view, a no-op webhook handler and a no-op Celery task) installed only
+by ``bench.settings``.
+"""

@@ -1,0 +1,88 @@
+"""The benchmarks' own PostgreSQL database: created fresh, migrated, and dropped afterwards."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .processes import ROOT, BenchError
+
+SETTINGS_MODULE = "bench.settings"
+
+
+def setup_django() -> None:
+    """Configure Django in this process with ``bench.settings``."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
+    import django
+
+    django.setup()
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process that runs the bench's Django project."""
+    env = dict(os.environ)
+    env["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    env.update(extra)
+    return env
+
+
+def _admin_connection():
+    import psycopg
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    try:
+        return psycopg.connect(
+            dbname="postgres",
+            user=db.get("USER") or None,
+            password=db.get("PASSWORD") or None,
+            host=db.get("HOST") or None,
+            port=db.get("PORT") or None,
+            autocommit=True,
+            connect_timeout=5,
+        )
+    except psycopg.OperationalError as exc:
+        raise BenchError(
+            f"PostgreSQL is not reachable ({exc}); run ./tests/ensure_services.sh or set "
+            "TETHER_PG_URL"
+        ) from exc
+
+
+def recreate_database() -> str:
+    """Drop and create the bench database, then migrate it. Returns its name."""
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connections
+
+    name = settings.DATABASES["default"]["NAME"]
+    connections.close_all()
+    with _admin_connection() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    call_command("migrate", verbosity=0, interactive=False)
+    return name
+
+
+def drop_database() -> None:
+    from django.conf import settings
+    from django.db import connections
+
+    name = settings.DATABASES["default"]["NAME"]
+    connections.close_all()
+    with _admin_connection() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def backend_pids() -> list[int]:
+    """PostgreSQL server processes serving the bench database, except this process's own."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+        return [row[0] for row in cursor.fetchall()]

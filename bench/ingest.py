@@ -1,0 +1,590 @@
+"""Benchmark of the inbound path: the webhook view under gunicorn, and end to end through Celery.
+
+    python bench/ingest.py            # full run (a few minutes)
+    python bench/ingest.py --smoke    # tiny run that checks the harness end to end (CI)
+
+Starts gunicorn on a free port of 127.0.0.1 with ``bench.settings`` (the sandbox's settings on
+PostgreSQL + Redis, DEBUG off), and drives it from a separate load-generator process
+(``bench/loadgen.py``) with Stripe events signed before timing:
+
+(a) a bare JSON view of the same project (the baseline),
+(b) new events: ``POST /webhooks/bench/``, verified, stored and enqueued,
+(c) duplicates of events stored in (b),
+(d) end to end: N events posted until all are ``processed`` by a real Celery worker with a
+    no-op handler, against N no-op Celery tasks sent directly and drained by the same worker.
+
+Prints throughput and latency per case, the server's and the generator's CPU per request, the
+ratios b/a, c/a and d/celery, and, last, one JSON line with ``b_over_a``, ``c_over_a``,
+``b_p99_ms`` and ``d_over_celery``. Exit status: 0 when every case ran without errors (targets
+are reported, not enforced), 1 when a case failed, 3 when a piece of the app is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
+    sys.path[0] = str(ROOT)  # so that `webhooks` is the app, not bench/webhooks.py
+
+from bench.database import (  # noqa: E402
+    backend_pids,
+    child_env,
+    drop_database,
+    recreate_database,
+    setup_django,
+)
+from bench.processes import (  # noqa: E402
+    PYTHON,
+    BenchError,
+    Child,
+    children_stopped_on_exit,
+    cpu_of,
+    free_port,
+    machine_busy,
+    wait_until,
+)
+
+ENDPOINT_PATH = "/webhooks/bench/"
+BARE_PATH = "/bench/bare/"
+CONCURRENCY = 16
+TARGETS = {"b_over_a": 0.5, "c_over_a": 0.7, "b_p99_ms": 25.0, "d_over_celery": 0.5}
+
+# A realistic Stripe event: the envelope of Stripe's API fixtures around a payment intent.
+PAYMENT_INTENT = {
+    "object": "payment_intent",
+    "amount": 1099,
+    "amount_capturable": 0,
+    "amount_received": 1099,
+    "capture_method": "automatic",
+    "confirmation_method": "automatic",
+    "created": 1732780800,
+    "currency": "usd",
+    "customer": "cus_QXg1hqf4jFNsqG",
+    "description": None,
+    "last_payment_error": None,
+    "livemode": False,
+    "metadata": {"order_id": "0"},
+    "payment_method": "pm_1PgafyB7WZ01zgkW3H4r0z1c",
+    "payment_method_types": ["card"],
+    "receipt_email": "jenny.rosen@example.com",
+    "status": "succeeded",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# What the benchmark needs from the app
+
+
+def missing_pieces() -> list[str]:
+    """What of the app is not there yet, in words that say who owns it."""
+    missing = []
+    from django.urls import Resolver404, resolve
+
+    try:
+        resolve(ENDPOINT_PATH)
+    except Resolver404:
+        missing.append(
+            "receive view: POST /webhooks/<endpoint>/ is not routed (webhooks/urls.py, "
+            "webhooks/views.py)"
+        )
+    try:
+        from webhooks.services import enqueue_on_commit  # noqa: F401
+    except ImportError as exc:
+        missing.append(f"webhooks.services.enqueue_on_commit ({exc})")
+    try:
+        from webhooks import registry
+
+        registry.handlers_for  # noqa: B018
+    except AttributeError:
+        missing.append("webhooks.registry.handlers_for (the handler registry)")
+    try:
+        import bench.webhooks  # noqa: F401  (registers the no-op handler with @on)
+    except NotImplementedError:
+        missing.append("webhooks.registry.on is a stub (cannot register the no-op handler)")
+    from sandbox_project.celery import app
+
+    app.loader.import_default_modules()
+    if "webhooks.process_event" not in app.tasks:
+        missing.append("Celery task 'webhooks.process_event' is not registered (webhooks/tasks.py)")
+    return missing
+
+
+def make_signer():
+    """(sign(body) -> headers, description): the app's test helper, else the stripe SDK."""
+    from django.conf import settings
+
+    try:
+        from webhooks.testing import sign_request
+
+        return (lambda body: dict(sign_request(settings.BENCH_ENDPOINT, body))), (
+            "webhooks.testing.sign_request"
+        )
+    except ImportError:
+        import stripe
+
+        secret = settings.BENCH_SECRET
+
+        def sign(body: bytes) -> dict[str, str]:
+            header = stripe.WebhookSignature.generate_signature_header(body.decode(), secret)
+            return {"Stripe-Signature": header}
+
+        return sign, "stripe.WebhookSignature.generate_signature_header (SDK)"
+
+
+# --------------------------------------------------------------------------------------------
+# Requests, built and signed before any timing
+
+
+def event_body(run_id: str, index: int) -> bytes:
+    intent = {**PAYMENT_INTENT, "id": f"pi_{run_id}_{index:07d}"}
+    intent["metadata"] = {"order_id": str(index)}
+    event = {
+        "id": f"evt_{run_id}_{index:07d}",
+        "object": "event",
+        "api_version": "2024-06-20",
+        "created": int(time.time()),
+        "data": {"object": intent},
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": f"req_{run_id}_{index:07d}", "idempotency_key": None},
+        "type": "payment_intent.succeeded",
+    }
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+def raw_post(port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "User-Agent: Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+        "Accept: */*; q=0.5, application/xml",
+        "Content-Type: application/json; charset=utf-8",
+        f"Content-Length: {len(body)}",
+    ]
+    skip = {"host", "user-agent", "content-type", "content-length", "accept"}
+    lines += [f"{name}: {value}" for name, value in headers.items() if name.lower() not in skip]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def write_requests(workdir: Path, name: str, requests: list[bytes]) -> Path:
+    path = workdir / f"{name}.pkl"
+    path.write_bytes(pickle.dumps(requests))
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Running the load generator and measuring the server
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path, started: list[Child]) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.started = started
+        self.gunicorn: Child | None = None
+        self.port = 0
+        self.run_id = f"b{uuid.uuid4().hex[:8]}"
+        self.sign, self.signer_name = make_signer()
+        self.results: dict[str, dict] = {}
+
+    # -- processes -----------------------------------------------------------------------
+    def start(self, name: str, argv: list[str], **env: str) -> Child:
+        child = Child(name, argv, env=child_env(**env), log=self.workdir / f"{name}.log")
+        self.started.append(child)
+        return child
+
+    def start_gunicorn(self) -> None:
+        self.port = free_port()
+        argv = [
+            PYTHON, "-m", "gunicorn", "sandbox_project.wsgi:application",
+            "--bind", f"127.0.0.1:{self.port}",
+            "--workers", str(self.args.workers),
+            "--worker-class", self.args.worker_class,
+            "--threads", str(self.args.threads),
+            "--backlog", "2048",
+            "--timeout", "60",
+            "--log-level", "warning",
+        ]  # fmt: skip
+        if self.args.profile:
+            argv += ["--config", "python:bench.gunicorn_profile"]
+        self.gunicorn = self.start("gunicorn", argv, BENCH_PROFILE_DIR=str(self.workdir))
+        import httpx
+
+        def ready() -> bool:
+            if not self.gunicorn.alive():
+                raise BenchError(f"gunicorn exited:\n{self.gunicorn.log_tail()}")
+            try:
+                return httpx.post(f"http://127.0.0.1:{self.port}{BARE_PATH}", timeout=2).is_success
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout=60, what="gunicorn to answer")
+        # Wait for every worker (each answers once it has booted).
+        wait_until(
+            lambda: len(self.gunicorn.children()) >= self.args.workers,
+            timeout=30,
+            what="gunicorn workers",
+        )
+
+    def loadgen(self, port: int, requests: Path, *, count: int, duration: float,
+                offset: int = 0, cycle: bool = False, expect: str = "") -> Child:  # fmt: skip
+        argv = [
+            PYTHON, str(ROOT / "bench" / "loadgen.py"),
+            "--port", str(port), "--requests", str(requests),
+            "--concurrency", str(CONCURRENCY), "--count", str(count),
+            "--duration", str(duration), "--offset", str(offset), "--timeout", "30",
+        ]  # fmt: skip
+        if cycle:
+            argv.append("--cycle")
+        if expect:
+            argv += ["--expect", expect]
+        return self.start(f"loadgen-{len(self.started)}", argv)
+
+    @staticmethod
+    def loadgen_result(child: Child, timeout: float) -> dict:
+        try:
+            child.popen.wait(timeout)
+        except Exception as exc:
+            raise BenchError(f"the load generator did not finish in {timeout:.0f} s") from exc
+        out = child.popen.stdout.read().decode().strip().splitlines()
+        if child.popen.returncode != 0 or not out:
+            raise BenchError(f"the load generator failed:\n{child.log_tail()}")
+        return json.loads(out[-1])
+
+    def drive(self, requests: Path, *, count: int, duration: float, offset: int = 0,
+              cycle: bool = False, expect: str = "") -> dict:  # fmt: skip
+        """One measured case against gunicorn, with the server's CPU over the case."""
+        workers = self.gunicorn.children()
+        backends = backend_pids()
+        before = (cpu_of(workers), cpu_of(backends), machine_busy())
+        child = self.loadgen(self.port, requests, count=count, duration=duration,
+                             offset=offset, cycle=cycle, expect=expect)  # fmt: skip
+        result = self.loadgen_result(child, duration + 90)
+        backends_after = backend_pids()
+        new_backends = [pid for pid in backends_after if pid not in backends]
+        after = (cpu_of(workers), cpu_of(backends) + cpu_of(new_backends), machine_busy())
+        ok = max(result["ok"], 1)
+        result["server_cpu_ms_per_req"] = 1000 * (after[0] - before[0]) / ok
+        result["db_cpu_ms_per_req"] = 1000 * (after[1] - before[1]) / ok
+        busy = after[2][0] - before[2][0]
+        total = after[2][1] - before[2][1]
+        result["machine_busy"] = busy / total if total else 0.0
+        result["server_cpu_share"] = (after[0] - before[0]) / result["wall_s"] / len(workers)
+        return result
+
+    # -- cases ---------------------------------------------------------------------------
+    def generator_ceiling(self) -> dict:
+        """The generator's own maximum rate against a trivial server that closes like gunicorn."""
+        server = self.start(
+            "fastserver",
+            [PYTHON, str(ROOT / "bench" / "fastserver.py"), "--close", "--max-seconds", "300"],
+        )
+        line = server.read_line(30)
+        if not line.startswith("READY "):
+            raise BenchError(f"fastserver did not start: {line!r}\n{server.log_tail()}")
+        port = int(line.split()[1])
+        body = event_body(self.run_id, 0)
+        path = write_requests(
+            self.workdir, "ceiling", [raw_post(port, BARE_PATH, body, self.sign(body))]
+        )
+        child = self.loadgen(
+            port, path, count=10**9, duration=self.args.ceiling_seconds, cycle=True
+        )
+        result = self.loadgen_result(child, self.args.ceiling_seconds + 60)
+        server.stop()
+        return result
+
+    def case_bare(self) -> dict:
+        bodies = [event_body(self.run_id + "a", i) for i in range(64)]
+        path = write_requests(
+            self.workdir, "bare", [raw_post(self.port, BARE_PATH, b, self.sign(b)) for b in bodies]
+        )
+        self.drive(path, count=self.args.warmup, duration=30, cycle=True, expect='"ok"')
+        return self.drive(path, count=10**9, duration=self.args.seconds, cycle=True, expect='"ok"')
+
+    def new_event_requests(self, prefix: str, count: int) -> tuple[Path, list[bytes]]:
+        bodies = [event_body(self.run_id + prefix, i) for i in range(count)]
+        requests = [raw_post(self.port, ENDPOINT_PATH, b, self.sign(b)) for b in bodies]
+        return write_requests(self.workdir, f"new-{prefix}", requests), bodies
+
+    def case_new(self) -> tuple[dict, list[bytes]]:
+        # Enough distinct events for the whole case at up to --max-rate requests/s.
+        count = self.args.warmup + int(self.args.seconds * self.args.max_rate)
+        path, bodies = self.new_event_requests("b", count)
+        self.drive(path, count=self.args.warmup, duration=30, expect='"accepted"')
+        result = self.drive(
+            path,
+            count=count - self.args.warmup,
+            duration=self.args.seconds,
+            offset=self.args.warmup,
+            expect='"accepted"',
+        )
+        if result["sent"] >= count - self.args.warmup:
+            result["note"] = "ran out of pre-signed events: raise --max-rate"
+        return result, bodies[: self.args.warmup + result["sent"]]
+
+    def case_duplicates(self, stored: list[bytes]) -> dict:
+        # Re-signed now (a vendor re-signs every delivery), so no signature is near the tolerance.
+        requests = [raw_post(self.port, ENDPOINT_PATH, b, self.sign(b)) for b in stored]
+        path = write_requests(self.workdir, "duplicates", requests)
+        self.drive(path, count=self.args.warmup, duration=30, cycle=True, expect='"duplicate"')
+        return self.drive(
+            path, count=10**9, duration=self.args.seconds, cycle=True, expect='"duplicate"'
+        )
+
+    # -- end to end ----------------------------------------------------------------------
+    def start_worker(self) -> Child:
+        argv = [
+            PYTHON, "-m", "celery", "-A", "sandbox_project.celery", "worker",
+            "--pool", "prefork", "--concurrency", str(self.args.celery_concurrency),
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--loglevel", "WARNING", "--hostname", f"bench-{self.run_id}@%h",
+        ]  # fmt: skip
+        return self.start("celery", argv)
+
+    def drain_noop_tasks(self, count: int, timeout: float) -> tuple[float, float]:
+        """Send ``count`` no-op tasks and wait until all ran: (start, end) wall-clock times."""
+        from bench.tasks import DONE_KEY, _redis, noop
+
+        _redis().delete(DONE_KEY)
+        start = time.time()
+        for _ in range(count):
+            noop.apply_async()
+        wait_until(
+            lambda: int(_redis().get(DONE_KEY) or 0) >= count,
+            timeout=timeout,
+            what=f"{count} no-op Celery tasks to run",
+            interval=0.02,
+        )
+        return start, time.time()
+
+    def post_until_processed(self, prefix: str, count: int, timeout: float) -> tuple[dict, float]:
+        """Post ``count`` new events and wait until all are processed: (loadgen result, end)."""
+        from django.db.models import Count
+
+        from webhooks.models import WebhookEvent
+
+        path, _ = self.new_event_requests(prefix, count)
+        child = self.loadgen(self.port, path, count=count, duration=timeout, expect='"accepted"')
+        events = WebhookEvent.objects.filter(event_id__startswith=f"evt_{self.run_id}{prefix}_")
+        states: dict[str, int] = {}
+
+        def all_processed() -> bool:
+            nonlocal states
+            states = dict(events.values_list("status").annotate(n=Count("id")))
+            if states.get("failed") or states.get("ignored"):
+                raise BenchError(f"events did not end processed: {states}")
+            if child.popen.poll() not in (None, 0):
+                raise BenchError(f"the load generator failed:\n{child.log_tail()}")
+            return states.get("processed", 0) >= count
+
+        try:
+            wait_until(all_processed, timeout=timeout, what=f"{count} events", interval=0.02)
+        except BenchError as exc:
+            raise BenchError(f"{exc} (by status: {states})") from exc
+        end = time.time()
+        return self.loadgen_result(child, 60), end
+
+    def case_end_to_end(self) -> tuple[dict, dict]:
+        from sandbox_project.celery import app
+
+        # Tasks enqueued by (b) and (c) had no worker: drop them, so the worker starts idle.
+        app.control.purge()
+        n = self.args.e2e_events
+        timeout = 120 + n / 20
+        worker = self.start_worker()
+        try:
+            self.drain_noop_tasks(4, timeout=60)  # the worker is up and warm
+        except BenchError as exc:
+            raise BenchError(f"{exc}: is the Celery worker running?\n{worker.log_tail()}") from exc
+        self.post_until_processed("w", 8, timeout=60)  # warm the processing path too
+
+        start, end = self.drain_noop_tasks(n, timeout)
+        celery = {"n": n, "wall_s": end - start, "throughput": n / (end - start)}
+        posted, end = self.post_until_processed("d", n, timeout)
+        e2e = {
+            "n": n,
+            "wall_s": end - posted["started_at"],
+            "throughput": n / (end - posted["started_at"]),
+            "post_throughput": posted["throughput"],
+            "post_p99_ms": posted["p99_ms"],
+            "errors": posted["errors"],
+        }
+        worker.stop()
+        return e2e, celery
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def ratio(x: float | None, y: float | None) -> float | None:
+    return round(x / y, 3) if x and y else None
+
+
+def print_report(bench: Bench, results: dict) -> dict:
+    a, b, c = results.get("a"), results.get("b"), results.get("c")
+    d, celery, ceiling = results.get("d"), results.get("celery"), results.get("ceiling")
+    args = bench.args
+    print()
+    print(
+        f"gunicorn: {args.workers} {args.worker_class} worker(s)"
+        + (f" x {args.threads} threads" if args.worker_class == "gthread" else "")
+        + f"; {CONCURRENCY} connections; {args.seconds:g} s per case; signing: {bench.signer_name}"
+    )
+    header = (
+        f"{'case':<34}{'ok':>8}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'err':>5}"
+        f"{'srv ms/req':>11}{'db ms/req':>10}{'gen cpu':>8}{'busy':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    rows = [
+        ("generator ceiling (trivial server)", ceiling),
+        ("(a) bare JSON view (baseline)", a),
+        ("(b) new events", b),
+        ("(c) duplicates", c),
+    ]
+    for label, r in rows:
+        if not r:
+            continue
+        errors = sum(r["errors"].values())
+        print(
+            f"{label:<34}{r['ok']:>8}{r['throughput']:>9.0f}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}"
+            f"{errors:>5}{r.get('server_cpu_ms_per_req', 0):>11.2f}"
+            f"{r.get('db_cpu_ms_per_req', 0):>10.2f}{r['cpu_share']:>8.0%}"
+            f"{r.get('machine_busy', 0):>6.0%}"
+        )
+    if d and celery:
+        print(
+            f"{'(d) end to end, events processed':<34}{d['n']:>8}{d['throughput']:>9.0f}"
+            f"   (posting alone {d['post_throughput']:.0f} req/s, p99 {d['post_p99_ms']:.1f} ms)"
+        )
+        print(f"{'    bare Celery no-op tasks':<34}{celery['n']:>8}{celery['throughput']:>9.0f}")
+    for label, r in rows[1:]:
+        if r and r["errors"]:
+            print(f"  {label}: errors {r['errors']}; first: {r['first_error']}")
+        if r and r.get("note"):
+            print(f"  {label}: {r['note']}")
+    if ceiling and a:
+        print(
+            f"generator: {ceiling['throughput']:.0f} req/s against a trivial server "
+            f"({ceiling['throughput'] / max(a['throughput'], 1):.1f}x the baseline's rate), "
+            f"{ceiling['cpu_us_per_request']:.0f} µs of its CPU per request; during (a) it used "
+            f"{a['cpu_share']:.0%} of one core, during (b) {b['cpu_share']:.0%}"
+            if b
+            else ""
+        )
+    summary = {
+        "b_over_a": ratio(b and b["throughput"], a and a["throughput"]),
+        "c_over_a": ratio(c and c["throughput"], a and a["throughput"]),
+        "b_p99_ms": round(b["p99_ms"], 2) if b else None,
+        "d_over_celery": ratio(d and d["throughput"], celery and celery["throughput"]),
+    }
+    checks = []
+    for key, target in TARGETS.items():
+        value = summary[key]
+        if value is None:
+            continue
+        met = value <= target if key == "b_p99_ms" else value >= target
+        sign = "<=" if key == "b_p99_ms" else ">="
+        checks.append(f"{key} = {value} (target {sign} {target}: {'met' if met else 'NOT met'})")
+    print("ratios: " + "; ".join(checks))
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny run, for CI")
+    parser.add_argument("--seconds", type=float, default=15.0, help="duration of (a), (b), (c)")
+    parser.add_argument("--warmup", type=int, default=300, help="unmeasured requests per case")
+    parser.add_argument("--e2e-events", type=int, default=2000, help="N for (d)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--worker-class", default="sync", help="gunicorn worker class")
+    parser.add_argument("--threads", type=int, default=1, help="threads per gthread worker")
+    parser.add_argument("--celery-concurrency", type=int, default=2, help="Celery processes")
+    parser.add_argument("--max-rate", type=float, default=4000.0, help="events signed per s")
+    parser.add_argument("--ceiling-seconds", type=float, default=3.0)
+    parser.add_argument("--cases", default="abcd", help="subset of the cases to run, e.g. ab")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile the gunicorn workers (slower figures)"
+    )
+    parser.add_argument("--keep-db", action="store_true", help="leave the database behind")
+    args = parser.parse_args(argv)
+    if args.profile:
+        args.cases = "b"  # the profile covers the warm-up and (b) only
+    if args.smoke:
+        args.seconds, args.warmup, args.e2e_events = 1.5, 20, 30
+        args.ceiling_seconds = 1.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_django()
+    missing = missing_pieces()
+    if missing:
+        print("bench/ingest.py cannot run: these parts of the app are missing:")
+        for item in missing:
+            print(f"  - {item}")
+        print(json.dumps({**dict.fromkeys(TARGETS), "missing": missing}))
+        return 3
+    results: dict[str, dict] = {}
+    status = 0
+    with (
+        tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp,
+        children_stopped_on_exit() as started,
+    ):
+        workdir = Path(tmp)
+        db_name = recreate_database()
+        bench = Bench(args, workdir, started)
+        try:
+            print(f"database {db_name}; starting gunicorn ...", flush=True)
+            bench.start_gunicorn()
+            results["ceiling"] = bench.generator_ceiling()
+            if "a" in args.cases:
+                print("(a) bare view ...", flush=True)
+                results["a"] = bench.case_bare()
+            stored: list[bytes] = []
+            if "b" in args.cases or "c" in args.cases:
+                print("(b) new events ...", flush=True)
+                results["b"], stored = bench.case_new()
+            if "c" in args.cases:
+                print("(c) duplicates ...", flush=True)
+                results["c"] = bench.case_duplicates(stored)
+            if args.profile:
+                bench.gunicorn.stop()  # workers write their profiles on exit
+                from bench.gunicorn_profile import print_profile
+
+                measured = results["b"]["ok"] + args.warmup if "b" in results else 1
+                print_profile(workdir, measured)
+            if "d" in args.cases:
+                print(f"(d) end to end, {args.e2e_events} events ...", flush=True)
+                results["d"], results["celery"] = bench.case_end_to_end()
+        except BenchError as exc:
+            print(f"bench/ingest.py failed: {exc}", file=sys.stderr)
+            status = 1
+        finally:
+            for child in started:
+                child.stop()
+            if not args.keep_db:
+                drop_database()
+        if any(r.get("errors") for r in results.values()):
+            status = 1
+        summary = print_report(bench, results)
+    print(json.dumps(summary))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
