@@ -271,21 +271,25 @@ class DatabaseStorage:
         )
 
     def add_failure(
-        self, pk: int, error: BaseException | None, successes: int, *, now: float, window: float
+        self, name: str, error: BaseException | None, successes: int, *, now: float, window: float
     ) -> Any:
         """Count one failure (and this process's batched successes); return the fresh row.
-        One UPDATE with ``F()`` increments: concurrent failures are never lost."""
+        One UPDATE with ``F()`` increments: concurrent failures are never lost. A row deleted
+        meanwhile (by an operator) is created again."""
         model = self.model()
-        model.objects.filter(pk=pk).update(
-            consecutive_failures=F("consecutive_failures") + 1,
-            total_failures=F("total_failures") + 1,
-            total_successes=F("total_successes") + successes,
-            last_failure_at=_dt(now),
-            last_error=_error_text(error),
-            updated_at=_dt(now),
+        changes = {
+            "consecutive_failures": F("consecutive_failures") + 1,
+            "total_failures": F("total_failures") + 1,
+            "total_successes": F("total_successes") + successes,
+            "last_failure_at": _dt(now),
+            "last_error": _error_text(error),
+            "updated_at": _dt(now),
             **self.window_changes(now, window, successes + 1, 1),
-        )
-        return model.objects.get(pk=pk)
+        }
+        if not model.objects.filter(name=name).update(**changes):
+            self.load(name)
+            model.objects.filter(name=name).update(**changes)
+        return model.objects.get(name=name)
 
     def transition(
         self,
@@ -717,7 +721,7 @@ class Breaker:
         successes = _take_pending(self.name)
         try:
             row = self.storage.add_failure(
-                snapshot.pk, error, successes, now=now, window=self.policy.window
+                self.name, error, successes, now=now, window=self.policy.window
             )
         except DatabaseError:
             _give_back_pending(self.name, successes)

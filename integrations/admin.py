@@ -1,0 +1,183 @@
+"""Admin for circuit breakers: state at a glance, the transition history, operator actions.
+
+The actions are thin: each calls ``integrations.services`` with the acting username as actor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+
+from . import services
+from .breaker import clear_local_cache
+from .models import BreakerState, BreakerTransition, CircuitBreaker
+
+DEFAULT_REASON = "admin action"
+
+_BADGE_COLOURS = {
+    BreakerState.CLOSED: "#2e7d32",
+    BreakerState.OPEN: "#c62828",
+    BreakerState.HALF_OPEN: "#ef6c00",
+    BreakerState.FORCED_OPEN: "#6a1b9a",
+    BreakerState.DISABLED: "#616161",
+}
+
+
+class ReadOnlyMixin:
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class BreakerTransitionInline(ReadOnlyMixin, admin.TabularInline):
+    model = BreakerTransition
+    extra = 0
+    ordering = ("-created_at", "-id")
+    fields = ("created_at", "from_state", "to_state", "reason", "actor", "snapshot")
+    readonly_fields = fields
+    show_change_link = False
+    verbose_name_plural = _("transition history (newest first)")
+
+
+@admin.register(CircuitBreaker)
+class CircuitBreakerAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "state_badge",
+        "consecutive_failures",
+        "total_failures",
+        "total_successes",
+        "opened_at",
+        "last_failure_at",
+        "last_error",
+        "forced_until",
+    )
+    list_filter = ("state",)
+    search_fields = ("name",)
+    ordering = ("name",)
+    actions = ("reset_selected", "force_open_selected", "disable_selected")
+    inlines = (BreakerTransitionInline,)
+    readonly_fields = (
+        "name",
+        "state_badge",
+        "version",
+        "consecutive_failures",
+        "total_successes",
+        "total_failures",
+        "half_open_in_flight",
+        "probe_lease_until",
+        "window_start",
+        "window_calls",
+        "window_failures",
+        "previous_window_calls",
+        "previous_window_failures",
+        "opened_at",
+        "last_failure_at",
+        "last_error",
+        "forced_until",
+        "created_at",
+        "updated_at",
+    )
+    fieldsets = (
+        (None, {"fields": ("name", "state_badge", "forced_until", "last_error")}),
+        (
+            _("Counts"),
+            {
+                "fields": (
+                    "consecutive_failures",
+                    "total_failures",
+                    "total_successes",
+                    "half_open_in_flight",
+                    "probe_lease_until",
+                    "opened_at",
+                    "last_failure_at",
+                )
+            },
+        ),
+        (
+            _("Failure-rate window"),
+            {
+                "classes": ("collapse",),
+                "fields": (
+                    "window_start",
+                    "window_calls",
+                    "window_failures",
+                    "previous_window_calls",
+                    "previous_window_failures",
+                ),
+            },
+        ),
+        (
+            _("Policy overrides (empty = from settings)"),
+            {"fields": ("failure_threshold", "reset_timeout", "half_open_max_calls")},
+        ),
+        (_("Record"), {"fields": ("version", "created_at", "updated_at")}),
+    )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # a breaker row is created by its service's first call
+
+    def save_model(
+        self, request: HttpRequest, obj: CircuitBreaker, form: Any, change: bool
+    ) -> None:
+        """Write only the policy overrides that changed: a full save would overwrite counters
+        that other processes incremented since the page was read."""
+        if form.changed_data:
+            obj.updated_at = timezone.now()
+            obj.save(update_fields=[*form.changed_data, "updated_at"])
+        clear_local_cache(obj.name)
+
+    @admin.display(description=_("state"), ordering="state")
+    def state_badge(self, obj: CircuitBreaker) -> str:
+        return format_html(
+            '<span style="background:{};color:#fff;padding:2px 8px;border-radius:8px;'
+            'font-weight:bold;white-space:nowrap">{}</span>',
+            _BADGE_COLOURS.get(obj.state, "#616161"),
+            obj.get_state_display(),
+        )
+
+    def _apply(self, request: HttpRequest, queryset: QuerySet, action: Any, done: str) -> None:
+        actor = request.user.get_username()
+        names = list(queryset.values_list("name", flat=True))
+        for name in names:
+            try:
+                action(name, actor=actor, reason=DEFAULT_REASON)
+            except services.BreakerNotFound:
+                self.message_user(request, _("%s no longer exists.") % name, messages.WARNING)
+        self.message_user(request, f"{done}: {', '.join(names)}", messages.SUCCESS)
+
+    @admin.action(description=_("Reset selected breakers (close)"), permissions=("change",))
+    def reset_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._apply(request, queryset, services.reset_breaker, _("Reset"))
+
+    @admin.action(description=_("Force open selected breakers"), permissions=("change",))
+    def force_open_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._apply(request, queryset, services.force_open_breaker, _("Forced open"))
+
+    @admin.action(description=_("Disable selected breakers"), permissions=("change",))
+    def disable_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._apply(request, queryset, services.disable_breaker, _("Disabled"))
+
+
+@admin.register(BreakerTransition)
+class BreakerTransitionAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ("created_at", "breaker", "from_state", "to_state", "actor", "reason")
+    list_filter = ("to_state", "actor")
+    search_fields = ("breaker__name", "reason", "actor")
+    list_select_related = ("breaker",)
+    ordering = ("-created_at", "-id")
+    date_hierarchy = "created_at"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).select_related("breaker")

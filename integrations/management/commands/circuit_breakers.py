@@ -1,0 +1,136 @@
+"""``circuit_breakers list|reset NAME|open NAME|disable NAME``: the admin's actions, from a shell.
+
+Exit codes: 0 done; 2 bad usage (missing NAME or --reason); 3 no breaker with that name;
+4 bad --until (not ISO 8601, or not in the future).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from datetime import datetime, time
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from integrations import services
+from integrations.models import CircuitBreaker
+
+EXIT_USAGE = 2
+EXIT_UNKNOWN_BREAKER = 3
+EXIT_BAD_DATE = 4
+
+
+def cli_actor() -> str:
+    """``cli:`` plus the OS user running the command."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers) and no LOGNAME/USER
+        user = os.environ.get("USER", "") or f"uid{os.getuid()}"
+    return f"cli:{user}"
+
+
+def parse_until(value: str) -> datetime:
+    """An ISO 8601 datetime or date (a date means its midnight), in the current time zone when
+    it names none."""
+    parsed: datetime | None
+    try:
+        parsed = parse_datetime(value)
+        if parsed is None:
+            day = parse_date(value)
+            parsed = datetime.combine(day, time.min) if day is not None else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise CommandError(
+            f"--until {value!r} is not an ISO 8601 date or datetime "
+            "(e.g. 2026-12-01 or 2026-12-01T09:30:00+00:00)",
+            returncode=EXIT_BAD_DATE,
+        )
+    if timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed)
+    return parsed
+
+
+class Command(BaseCommand):
+    help = (
+        "List circuit breakers, or reset, force open or disable one. Each change is recorded "
+        "as a transition with actor 'cli:<OS user>'. Exit codes: 0 done, 2 bad usage, "
+        "3 unknown breaker, 4 bad --until."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "action",
+            choices=("list", "reset", "open", "disable"),
+            help="list all breakers; reset NAME (close it); open NAME (force open); "
+            "disable NAME (let every call through).",
+        )
+        parser.add_argument("name", nargs="?", help="The breaker (service) name.")
+        parser.add_argument(
+            "--reason",
+            default="",
+            help="Why: recorded in the transition. Required for open and disable; "
+            "default for reset: 'reset'.",
+        )
+        parser.add_argument(
+            "--until",
+            default=None,
+            help="open/disable only: ISO 8601 date or datetime when the breaker returns to "
+            "closed by itself (default: never; a naive time is in the project's time zone).",
+        )
+
+    def handle(self, *args: Any, action: str, name: str | None, **options: Any) -> None:
+        if action == "list":
+            self._list()
+            return
+        if not name:
+            raise CommandError(f"{action} needs a breaker NAME", returncode=EXIT_USAGE)
+        reason = options["reason"].strip()
+        until_text = options["until"]
+        if action == "reset" and until_text:
+            raise CommandError("--until applies to open and disable only", returncode=EXIT_USAGE)
+        if action in ("open", "disable") and not reason:
+            raise CommandError(f"{action} needs --reason TEXT", returncode=EXIT_USAGE)
+        until = parse_until(until_text) if until_text else None
+        act = {
+            "reset": services.reset_breaker,
+            "open": services.force_open_breaker,
+            "disable": services.disable_breaker,
+        }[action]
+        kwargs: dict[str, Any] = {"actor": cli_actor(), "reason": reason}
+        if action != "reset":
+            kwargs["until"] = until
+        try:
+            breaker = act(name, **kwargs)
+        except services.BreakerNotFound as exc:
+            known = ", ".join(CircuitBreaker.objects.values_list("name", flat=True)[:20])
+            raise CommandError(
+                f"{exc}; known breakers: {known or '(none yet)'}",
+                returncode=EXIT_UNKNOWN_BREAKER,
+            ) from None
+        except services.InvalidExpiry as exc:
+            raise CommandError(f"--until: {exc}", returncode=EXIT_BAD_DATE) from None
+        expiry = f" until {breaker.forced_until.isoformat()}" if breaker.forced_until else ""
+        self.stdout.write(self.style.SUCCESS(f"{breaker.name}: {breaker.state}{expiry}"))
+
+    def _list(self) -> None:
+        rows = CircuitBreaker.objects.order_by("name")
+        header = (
+            f"{'NAME':<30} {'STATE':<12} {'CONSEC':>6} {'FAILURES':>9} {'SUCCESSES':>10}  "
+            "OPENED AT / UNTIL  LAST ERROR"
+        )
+        self.stdout.write(header)
+        count = 0
+        for row in rows.iterator():
+            count += 1
+            when = row.forced_until or row.opened_at
+            self.stdout.write(
+                f"{row.name:<30} {row.state:<12} {row.consecutive_failures:>6} "
+                f"{row.total_failures:>9} {row.total_successes:>10}  "
+                f"{when.isoformat(timespec='seconds') if when else '-'}  {row.last_error or '-'}"
+            )
+        if not count:
+            self.stdout.write("(no circuit breakers yet: one is created on a service's first call)")
