@@ -1,0 +1,24 @@
+from django.contrib import admin
+
+from .models import GitHubPush, Order
+
+
+@admin.register(Order)
+class OrderAdmin(admin.ModelAdmin):
+    list_display = ("reference", "amount", "currency", "status", "payment_intent_id", "paid_at")
+    list_filter = ("status", "currency")
+    search_fields = ("reference", "payment_intent_id")
+    readonly_fields = ("paid_at", "created_at")
+
+
+@admin.register(GitHubPush)
+class GitHubPushAdmin(admin.ModelAdmin):
+    list_display = ("repository", "ref", "after", "pusher", "commit_count", "deleted", "pushed_at")
+    list_filter = ("repository", "deleted")
+    search_fields = ("repository", "ref", "after", "delivery_id")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

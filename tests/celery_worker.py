@@ -1,0 +1,176 @@
+"""A real Celery worker for tests: ``celery -A sandbox_project worker`` as a subprocess.
+
+The worker runs with ``DJANGO_SETTINGS_MODULE=tests.worker_settings`` and ``TETHER_DB_NAME`` set
+to the test database, so it sees what the test commits (tests that use it need
+``@pytest.mark.django_db(transaction=True)``), on the same Redis database (``TETHER_REDIS_DB``).
+Settings the worker should use differently travel by environment variables (``override_settings``
+does not reach another process): ``webhooks={...}`` is merged into its ``WEBHOOKS``.
+
+    with CeleryWorker(webhooks={"RETRY_BASE_DELAY": 0.1}) as worker:
+        ...
+        worker.kill()          # SIGKILL the whole worker (main process and pool children)
+        worker.kill_child()    # SIGKILL one prefork pool process (the main one survives)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(condition: Callable[[], Any], *, timeout: float, interval: float = 0.1,
+               message: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class CeleryWorker:
+    def __init__(
+        self,
+        *,
+        pool: str = "solo",
+        concurrency: int = 1,
+        webhooks: dict[str, Any] | None = None,
+        queues: str | None = None,
+        broker_url: str | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.concurrency = concurrency
+        self.webhooks = webhooks or {}
+        self.queues = queues
+        self.broker_url = broker_url
+        self.extra_env = extra_env or {}
+        self.nodename = f"tether-test-{uuid.uuid4().hex[:8]}@localhost"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open while it runs)
+            prefix="tether-worker-", suffix=".log", delete=False
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            DJANGO_SETTINGS_MODULE="tests.worker_settings",
+            TETHER_DB_NAME=connection.settings_dict["NAME"],
+            TETHER_REDIS_DB=os.environ.get("TETHER_REDIS_DB", "0"),
+            TETHER_WORKER_WEBHOOKS=json.dumps(self.webhooks),
+            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+        )
+        if self.broker_url:
+            env["TETHER_WORKER_BROKER_URL"] = self.broker_url
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout: float = 90) -> CeleryWorker:
+        command = [
+            sys.executable, "-m", "celery", "-A", "sandbox_project", "worker",
+            f"--pool={self.pool}", f"--concurrency={self.concurrency}",
+            f"--hostname={self.nodename}", "--loglevel=INFO",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--prefetch-multiplier=1",
+        ]  # fmt: skip
+        if self.queues:
+            command.append(f"--queues={self.queues}")
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=self.env(),
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so kill() reaches its children
+        )
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        from sandbox_project.celery import app
+
+        def answered() -> bool:
+            if self.process is None or self.process.poll() is not None:
+                raise AssertionError(f"the Celery worker exited early:\n{self.log()}")
+            replies = app.control.ping(destination=[self.nodename], timeout=0.5)
+            return bool(replies)
+
+        try:
+            wait_until(answered, timeout=timeout, interval=0.2, message="the worker to start")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"the Celery worker did not start:\n{self.log()}") from None
+
+    def stop(self, timeout: float = 20) -> None:
+        """Warm shutdown (SIGTERM: finish the current task), SIGKILL if it does not exit."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self._signal_group(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the worker's whole process group (main process and pool children)."""
+        if self.process is None:
+            return
+        self._signal_group(signal.SIGKILL)
+        self.process.wait(10)
+
+    def kill_child(self) -> int:
+        """SIGKILL one prefork pool process; the main process stays up. Returns its pid."""
+        children = self.child_pids()
+        if not children:
+            raise AssertionError("the worker has no pool process (use pool='prefork')")
+        os.kill(children[0], signal.SIGKILL)
+        return children[0]
+
+    def child_pids(self) -> list[int]:
+        assert self.process is not None
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in path.read_text().split()]
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)  # the group this Popen created (start_new_session)
+
+    def log(self) -> str:
+        self.log_file.flush()
+        return Path(self.log_file.name).read_text(errors="replace")[-6000:]
+
+    def __enter__(self) -> CeleryWorker:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        self.log_file.close()
+        os.unlink(self.log_file.name)
+
+
+def purge_broker() -> None:
+    """Drop every message left in this test run's Redis database (``TETHER_REDIS_DB``)."""
+    import redis
+    from django.conf import settings
+
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()

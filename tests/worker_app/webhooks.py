@@ -1,0 +1,44 @@
+"""Handlers the worker tests drive, on the ``stripe`` endpoint under the ``test.`` types.
+
+Each run writes a row to the plain table ``tether_handler_runs`` (see ``tests.handler_runs``)
+inside the processing transaction, so a committed row is a side effect that really happened.
+"""
+
+import time
+from pathlib import Path
+
+from tests.handler_runs import record_run
+from webhooks import PermanentFailure, on
+
+
+@on("stripe", "test.record")
+def record(event):
+    record_run(event)
+
+
+@on("stripe", "test.flaky")
+def flaky(event):
+    """Fails its first ``payload["fail_times"]`` attempts, then succeeds."""
+    record_run(event)
+    if event.attempts <= event.payload.get("fail_times", 1):
+        raise RuntimeError(f"flaky failure on attempt {event.attempts}")
+
+
+@on("stripe", "test.always_fails")
+def always_fails(event):
+    record_run(event)
+    raise RuntimeError("this handler always fails")
+
+
+@on("stripe", "test.permanent")
+def permanent(event):
+    raise PermanentFailure("not recoverable")
+
+
+@on("stripe", "test.block")
+def block(event):
+    """On its first attempt: records, touches ``payload["marker"]`` and sleeps (to be killed)."""
+    record_run(event)
+    if event.attempts == 1:
+        Path(event.payload["marker"]).write_text(str(event.attempts))
+        time.sleep(event.payload.get("sleep", 120))
