@@ -31,7 +31,9 @@ def free_port() -> int:
 class Child:
     """A process (and its process group) started by the benchmark."""
 
-    def __init__(self, name: str, argv: Sequence[str], *, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], *, env: dict[str, str] | None, log: Path
+    ) -> None:
         self.name = name
         self.log = log
         self._log_file = log.open("wb")

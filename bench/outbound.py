@@ -1,0 +1,299 @@
+"""Benchmark of the outbound path: what ``ServiceClient`` adds to a healthy call.
+
+    python bench/outbound.py            # full run (about a minute)
+    python bench/outbound.py --smoke    # tiny run that checks the harness (CI)
+
+A fast local HTTP server runs in another process (``bench/fastserver.py``, a fixed small JSON
+document over keep-alive connections). In this process, with Django set up on ``bench.settings``
+(PostgreSQL database created and migrated by the script, Redis cache), five ways of making the
+same GET + JSON parse are timed call by call, in interleaved rounds so that a change in the
+machine's load affects all of them alike:
+
+(a) a bare, reused ``httpx.Client`` (the baseline),
+(b) ``ServiceClient.get_json`` with its breaker closed (database-backed breaker, retries),
+(c) the same call with the breaker held open: it fails fast with ``CircuitOpenError``,
+(d) the bare call through ``pybreaker`` with its Redis storage (``CircuitRedisStorage``),
+(e) the bare call wrapped by tenacity alone.
+
+Prints median, p99 and mean per call, the ratios to (a), the database queries per call of (b)
+(counted with ``connection.execute_wrapper`` over the measured calls) and, last, one JSON line
+with ``b_over_a``, ``open_fail_fast_us``, ``queries_per_call`` and ``pybreaker_redis_over_a``.
+Exit status: 0 when every case ran, 1 when one failed, 3 when a piece of the app is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
+    sys.path[0] = str(ROOT)  # so that `webhooks` is the app, not bench/webhooks.py
+
+from bench.database import drop_database, recreate_database, setup_django  # noqa: E402
+from bench.processes import (  # noqa: E402
+    PYTHON,
+    BenchError,
+    Child,
+    children_stopped_on_exit,
+)
+
+PATH = "/v1/rates/usd"
+SERVICE = "bench-vendor"
+OPEN_SERVICE = "bench-vendor-open"
+TARGETS = {"b_over_a": 1.10, "open_fail_fast_us": 50.0, "queries_per_call": 0.05}
+CASES = {
+    "a": "(a) bare httpx.Client",
+    "b": "(b) ServiceClient, breaker closed",
+    "c": "(c) ServiceClient, breaker open",
+    "d": "(d) pybreaker + Redis storage",
+    "e": "(e) tenacity alone",
+}
+
+
+def missing_pieces() -> list[str]:
+    missing = []
+    try:
+        from integrations.client import ServiceClient  # noqa: F401
+    except ImportError as exc:
+        missing.append(f"integrations.client.ServiceClient ({exc})")
+    try:
+        from integrations.breaker import get_breaker  # noqa: F401
+    except ImportError as exc:
+        missing.append(f"integrations.breaker.get_breaker ({exc})")
+    try:
+        from integrations.services import force_open_breaker  # noqa: F401
+    except ImportError as exc:
+        missing.append(f"integrations.services.force_open_breaker ({exc})")
+    try:
+        import pybreaker
+
+        pybreaker.CircuitRedisStorage  # noqa: B018
+    except (ImportError, AttributeError) as exc:
+        missing.append(f"pybreaker with CircuitRedisStorage (pip install pybreaker redis): {exc}")
+    return missing
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[rank]
+
+
+def build_cases(base_url: str) -> dict[str, Callable[[], object]]:
+    """One zero-argument callable per case, each making the same GET + JSON parse."""
+    import httpx
+    import pybreaker
+    import redis
+    import tenacity
+    from django.conf import settings
+
+    from integrations.client import ServiceClient
+    from integrations.exceptions import CircuitOpenError
+    from integrations.services import force_open_breaker
+
+    def bare_with(client: httpx.Client) -> Callable[[], object]:
+        def call() -> object:
+            response = client.get(PATH)
+            response.raise_for_status()
+            return response.json()
+
+        return call
+
+    timeout = httpx.Timeout(10.0, connect=3.05)
+    bare = bare_with(httpx.Client(base_url=base_url, timeout=timeout))
+
+    closed = type("BenchVendor", (ServiceClient,), {"service": SERVICE, "base_url": base_url})()
+    opened = type(
+        "BenchVendorOpen", (ServiceClient,), {"service": OPEN_SERVICE, "base_url": base_url}
+    )()
+    force_open_breaker(OPEN_SERVICE, actor="bench", reason="bench: fail-fast case", create=True)
+
+    def service_closed() -> object:
+        return closed.get_json(PATH, operation="rate")
+
+    def service_open() -> object:
+        try:
+            opened.get_json(PATH, operation="rate")
+        except CircuitOpenError:
+            return None
+        raise BenchError("the open breaker let a call through")
+
+    storage = pybreaker.CircuitRedisStorage(
+        pybreaker.STATE_CLOSED,
+        redis.Redis.from_url(settings.REDIS_URL),
+        namespace=f"tether-bench-{uuid.uuid4().hex[:8]}",
+    )
+    py_breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30, state_storage=storage)
+    pyb_bare = bare_with(httpx.Client(base_url=base_url, timeout=timeout))
+
+    def with_pybreaker() -> object:
+        return py_breaker.call(pyb_bare)
+
+    ten_bare = bare_with(httpx.Client(base_url=base_url, timeout=timeout))
+
+    @tenacity.retry(
+        stop=tenacity.stop_after_attempt(3),
+        wait=tenacity.wait_random_exponential(multiplier=0.5, max=8.0),
+        retry=tenacity.retry_if_exception_type((httpx.TransportError, httpx.HTTPStatusError)),
+        reraise=True,
+    )
+    def with_tenacity() -> object:
+        return ten_bare()
+
+    return {
+        "a": bare,
+        "b": service_closed,
+        "c": service_open,
+        "d": with_pybreaker,
+        "e": with_tenacity,
+    }
+
+
+class QueryCounter:
+    """Counts the queries run through Django's connection while installed."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, execute, sql, params, many, context):
+        self.count += 1
+        return execute(sql, params, many, context)
+
+
+def measure(cases: dict[str, Callable[[], object]], rounds: int, per_round: int) -> tuple:
+    from django.db import connection
+
+    samples: dict[str, list[float]] = {key: [] for key in cases}
+    queries = {key: QueryCounter() for key in cases}
+    keys = list(cases)
+    perf = time.perf_counter_ns
+    for round_number in range(rounds):
+        order = keys[round_number % len(keys) :] + keys[: round_number % len(keys)]
+        for key in order:
+            call = cases[key]
+            out = samples[key]
+            gc.collect()
+            with connection.execute_wrapper(queries[key]):
+                for _ in range(per_round):
+                    start = perf()
+                    call()
+                    out.append(perf() - start)
+    return samples, {key: counter.count for key, counter in queries.items()}
+
+
+def report(samples: dict[str, list[float]], queries: dict[str, int]) -> dict:
+    stats = {}
+    for key, values in samples.items():
+        ordered = sorted(values)
+        stats[key] = {
+            "calls": len(values),
+            "median_us": statistics.median(ordered) / 1000,
+            "p99_us": percentile(ordered, 99) / 1000,
+            "mean_us": statistics.fmean(ordered) / 1000,
+            "queries_per_call": queries[key] / len(values),
+        }
+    a = stats["a"]["median_us"]
+    print()
+    print(f"{'case':<36}{'calls':>7}{'median µs':>11}{'p99 µs':>9}{'mean µs':>9}{'x (a)':>7}"
+          f"{'queries/call':>14}")  # fmt: skip
+    for key, label in CASES.items():
+        s = stats[key]
+        print(
+            f"{label:<36}{s['calls']:>7}{s['median_us']:>11.1f}{s['p99_us']:>9.1f}"
+            f"{s['mean_us']:>9.1f}{s['median_us'] / a:>7.2f}{s['queries_per_call']:>14.4f}"
+        )
+    summary = {
+        "b_over_a": round(stats["b"]["median_us"] / a, 3),
+        "open_fail_fast_us": round(stats["c"]["median_us"], 1),
+        "queries_per_call": round(stats["b"]["queries_per_call"], 4),
+        "pybreaker_redis_over_a": round(stats["d"]["median_us"] / a, 3),
+    }
+    checks = []
+    for key, target in TARGETS.items():
+        sign = "<=" if key == "b_over_a" else "<"
+        met = summary[key] <= target if key == "b_over_a" else summary[key] < target
+        checks.append(f"{key} = {summary[key]} (target {sign} {target}: "
+                      f"{'met' if met else 'NOT met'})")  # fmt: skip
+    print(f"tenacity alone: {stats['e']['median_us'] / a:.2f}x (a) on the median")
+    print("ratios: " + "; ".join(checks))
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny run, for CI")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds")
+    parser.add_argument("--per-round", type=int, default=500, help="calls per case per round")
+    parser.add_argument("--warmup", type=int, default=300, help="unmeasured calls per case")
+    parser.add_argument("--keep-db", action="store_true", help="leave the database behind")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.rounds, args.per_round, args.warmup = 2, 50, 20
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_django()
+    missing = missing_pieces()
+    if missing:
+        print("bench/outbound.py cannot run: these parts of the app are missing:")
+        for item in missing:
+            print(f"  - {item}")
+        print(
+            json.dumps({**dict.fromkeys([*TARGETS, "pybreaker_redis_over_a"]), "missing": missing})
+        )
+        return 3
+    import tempfile
+
+    summary = dict.fromkeys([*TARGETS, "pybreaker_redis_over_a"])
+    status = 0
+    with (
+        tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp,
+        children_stopped_on_exit() as started,
+    ):
+        db_name = recreate_database()
+        try:
+            server = Child(
+                "fastserver",
+                [PYTHON, str(ROOT / "bench" / "fastserver.py"), "--max-seconds", "900"],
+                env=None,
+                log=Path(tmp) / "fastserver.log",
+            )
+            started.append(server)
+            line = server.read_line(30)
+            if not line.startswith("READY "):
+                raise BenchError(f"fastserver did not start: {line!r}\n{server.log_tail()}")
+            base_url = f"http://127.0.0.1:{line.split()[1]}"
+            print(
+                f"database {db_name}; vendor stand-in at {base_url}; "
+                f"{args.rounds} rounds x {args.per_round} calls per case",
+                flush=True,
+            )
+            cases = build_cases(base_url)
+            for call in cases.values():
+                for _ in range(args.warmup):
+                    call()
+            samples, queries = measure(cases, args.rounds, args.per_round)
+            summary = report(samples, queries)
+        except BenchError as exc:
+            print(f"bench/outbound.py failed: {exc}", file=sys.stderr)
+            status = 1
+        finally:
+            for child in started:
+                child.stop()
+            if not args.keep_db:
+                drop_database()
+    print(json.dumps(summary))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
