@@ -9,3 +9,6 @@ class IntegrationsConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from .metrics import connect_receivers
+
+        connect_receivers()  # Prometheus metrics, only with the django-tether[metrics] extra

@@ -21,6 +21,10 @@ DEFAULTS: dict[str, Any] = {
         "FAIL_OPEN_ON_DB_ERROR": True,
     },
     "SERVICES": {},
+    # Operator API (integrations.api): DRF permission and throttle classes, dotted paths or
+    # classes. Model permissions (view/change on CircuitBreaker) are always checked on top.
+    "API_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "API_THROTTLE_CLASSES": [],
 }
 
 integrations_settings = AppSettings("INTEGRATIONS", DEFAULTS)

@@ -137,6 +137,17 @@ INTEGRATIONS = {
 }
 
 REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "django-tether operator API",
+    "DESCRIPTION": "Webhook events and circuit breakers: inspect, replay, ignore, reset, open.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # One name per choice set shared by several fields (state, from_state, to_state).
+    "ENUM_NAME_OVERRIDES": {
+        "BreakerStateEnum": "integrations.models.BreakerState",
+        "WebhookEventStatusEnum": "webhooks.models.WebhookEvent.Status",
+    },
+}
 
 LOGGING = {
     "version": 1,

@@ -12,3 +12,7 @@ class WebhooksConfig(AppConfig):
         from .registry import autodiscover
 
         autodiscover()
+
+        from .metrics import connect_receivers
+
+        connect_receivers()  # Prometheus metrics, only with the django-tether[metrics] extra

@@ -24,6 +24,13 @@ DEFAULTS: dict[str, Any] = {
     "TASK_QUEUE": None,
     "STUCK_AFTER": 600,
     "RETENTION_DAYS": 30,
+    # Operator API (webhooks.api): DRF permission and throttle classes, dotted paths or classes.
+    # Model permissions (view/change on WebhookEvent) are always checked on top of these.
+    "API_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "API_THROTTLE_CLASSES": [],
+    # Health view (webhooks.health): broker probe timeout and how long its result is reused.
+    "HEALTH_BROKER_TIMEOUT": 1.0,
+    "HEALTH_CACHE_TTL": 2.0,
 }
 
 

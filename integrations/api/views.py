@@ -1,0 +1,115 @@
+"""Circuit breakers API: list, detail with recent transitions, reset, open, disable.
+
+Thin views over ``integrations.services``; each action is recorded as a ``BreakerTransition``
+with the actor ``api:<username>`` and the reason given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema, extend_schema_view
+from rest_framework import viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from webhooks.api.base import OperatorAPIMixin
+
+from .. import services
+from ..conf import integrations_settings
+from ..models import CircuitBreaker
+from .serializers import (
+    BreakerActionSerializer,
+    BreakerHoldSerializer,
+    CircuitBreakerDetailSerializer,
+    CircuitBreakerSerializer,
+)
+
+VIEW = "integrations.view_circuitbreaker"
+CHANGE = "integrations.change_circuitbreaker"
+
+
+def api_actor(request: Request) -> str:
+    """Who did it, as recorded in the transition: ``api:`` plus the username."""
+    return f"api:{request.user.get_username()}"
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List circuit breakers"),
+    retrieve=extend_schema(summary="One circuit breaker with its recent transitions"),
+)
+class CircuitBreakerViewSet(OperatorAPIMixin, viewsets.ReadOnlyModelViewSet):
+    """Circuit breakers, one per service: inspect them, reset, force open or disable them."""
+
+    app_settings = integrations_settings
+    settings_name = "INTEGRATIONS"
+    throttle_scope = "integrations"
+    lookup_field = "name"
+    lookup_value_regex = r"[^/]+"
+    pagination_class = None  # one row per service: a short list
+    action_permissions = {
+        "*": (VIEW,),
+        "reset": (VIEW, CHANGE),
+        "force_open": (VIEW, CHANGE),
+        "disable": (VIEW, CHANGE),
+    }
+    queryset = CircuitBreaker.objects.all()
+
+    def get_queryset(self) -> QuerySet[CircuitBreaker]:
+        return CircuitBreaker.objects.order_by("name")
+
+    def get_serializer_class(self) -> type:
+        return CircuitBreakerSerializer if self.action == "list" else CircuitBreakerDetailSerializer
+
+    def _act(self, service_action: Any, serializer_class: type) -> Response:
+        """Run one operator action on the breaker named in the URL.
+
+        A breaker is created on its service's first call; one of a service configured in
+        ``INTEGRATIONS["SERVICES"]`` can be acted on before that (e.g. opened ahead of a vendor's
+        maintenance). Any other unknown name is a 404.
+        """
+        name = self.kwargs["name"]
+        body = serializer_class(data=self.request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            breaker = service_action(
+                name,
+                actor=api_actor(self.request),
+                create=name in integrations_settings["SERVICES"],
+                **body.validated_data,
+            )
+        except services.BreakerNotFound as exc:
+            raise NotFound(f"No circuit breaker named {name!r}.") from exc
+        except services.InvalidExpiry as exc:
+            raise ValidationError({"until": [str(exc)]}) from exc
+        return Response(CircuitBreakerDetailSerializer(breaker).data)
+
+    @extend_schema(
+        summary="Reset to closed (counters cleared)",
+        request=BreakerActionSerializer,
+        responses={200: CircuitBreakerDetailSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def reset(self, request: Request, name: Any = None) -> Response:
+        return self._act(services.reset_breaker, BreakerActionSerializer)
+
+    @extend_schema(
+        summary="Force open: refuse every call until reset or `until`",
+        request=BreakerHoldSerializer,
+        responses={200: CircuitBreakerDetailSerializer},
+    )
+    @action(detail=True, methods=["post"], url_path="open", url_name="open")
+    def force_open(self, request: Request, name: Any = None) -> Response:
+        return self._act(services.force_open_breaker, BreakerHoldSerializer)
+
+    @extend_schema(
+        summary="Disable: let every call through, breaker not consulted, until reset or `until`",
+        request=BreakerHoldSerializer,
+        responses={200: CircuitBreakerDetailSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def disable(self, request: Request, name: Any = None) -> Response:
+        return self._act(services.disable_breaker, BreakerHoldSerializer)

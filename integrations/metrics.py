@@ -1,0 +1,122 @@
+"""Prometheus metrics of outbound calls (optional extra: ``pip install 'django-tether[metrics]'``).
+
+Connected from ``IntegrationsConfig.ready()`` only when ``prometheus_client`` is installed;
+served by ``webhooks.metrics.metrics_view`` together with the webhook metrics.
+
+- ``tether_integration_calls_total{service,operation,outcome}``: public calls that ended;
+  ``outcome`` is ``success`` or the snake_case error class (``integration_timeout``, ...).
+- ``tether_integration_call_seconds{service,operation}``: histogram of a call's duration,
+  retries and backoff included.
+- ``tether_integration_retries_total{service,operation}``: attempts that failed and were retried.
+- ``tether_circuit_breaker_transitions_total{breaker,from_state,to_state}``.
+- ``tether_circuit_breaker_state{breaker,state}``: gauge at scrape time from the database (the
+  state every process shares): 1 for the breaker's current state, 0 for the others.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+from webhooks.metrics import add_scrape_collector, available
+
+from . import signals
+
+logger = logging.getLogger("integrations.metrics")
+
+CALL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+@functools.cache
+def instruments() -> SimpleNamespace:
+    from prometheus_client import Counter, Histogram
+
+    call = ["service", "operation"]
+    return SimpleNamespace(
+        calls=Counter(
+            "tether_integration_calls", "Outbound calls, by outcome.", [*call, "outcome"]
+        ),
+        seconds=Histogram(
+            "tether_integration_call_seconds",
+            "Duration of an outbound call, retries included.",
+            call,
+            buckets=CALL_BUCKETS,
+        ),
+        retries=Counter("tether_integration_retries", "Outbound attempts retried.", call),
+        transitions=Counter(
+            "tether_circuit_breaker_transitions",
+            "Circuit breaker state changes.",
+            ["breaker", "from_state", "to_state"],
+        ),
+    )
+
+
+def on_call_finished(
+    sender: Any, operation: str, outcome: str, duration: float, **kwargs: Any
+) -> None:
+    service = kwargs.get("service", sender)
+    metrics = instruments()
+    metrics.calls.labels(service, operation, outcome).inc()
+    metrics.seconds.labels(service, operation).observe(max(0.0, duration))
+
+
+def on_call_retried(sender: Any, operation: str, **kwargs: Any) -> None:
+    instruments().retries.labels(kwargs.get("service", sender), operation).inc()
+
+
+def on_breaker_transitioned(
+    sender: Any, breaker: Any, from_state: str, to_state: str, **kwargs: Any
+) -> None:
+    name = getattr(breaker, "name", breaker)
+    instruments().transitions.labels(name, from_state, to_state).inc()
+
+
+class BreakerStateCollector:
+    """``tether_circuit_breaker_state{breaker,state}``, read from the database at scrape time."""
+
+    name = "tether_circuit_breaker_state"
+    documentation = "1 for each circuit breaker's current state, 0 for its other states."
+
+    def describe(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        yield GaugeMetricFamily(self.name, self.documentation, labels=["breaker", "state"])
+
+    def collect(self) -> Iterator[Any]:
+        from django.db import DatabaseError
+        from prometheus_client.core import GaugeMetricFamily
+
+        from .models import CircuitBreaker
+
+        try:
+            rows = list(CircuitBreaker.objects.order_by("name").values_list("name", "state"))
+        except DatabaseError as exc:  # the rest of the scrape still answers
+            logger.warning("metrics: cannot read circuit breakers (%s)", type(exc).__name__)
+            return
+        states = [value for value, _label in CircuitBreaker.State.choices]
+        family = GaugeMetricFamily(self.name, self.documentation, labels=["breaker", "state"])
+        for name, current in rows:
+            for state in states:
+                family.add_metric([name, state], 1 if state == current else 0)
+        yield family
+
+
+_RECEIVERS = (
+    (signals.call_finished, on_call_finished),
+    (signals.call_retried, on_call_retried),
+    (signals.breaker_transitioned, on_breaker_transitioned),
+)
+
+
+def connect_receivers() -> bool:
+    """Connect the metric receivers; False (and nothing imported) without the extra."""
+    if not available():
+        return False
+    instruments()
+    for signal, receiver in _RECEIVERS:
+        signal.connect(receiver, dispatch_uid=f"tether-metrics-{receiver.__name__}")
+    add_scrape_collector(BreakerStateCollector())
+    return True

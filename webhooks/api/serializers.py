@@ -1,0 +1,146 @@
+"""Serializers of the webhook events API: what an operator needs, never a secret.
+
+Signature secrets are not stored on events at all; the stored headers are the provider's
+allow-list (ids, type, timestamp, signature, ``Content-Type``, ``User-Agent``).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from ..models import WebhookEvent
+from .fields import DateOrDateTimeField, OneOrManyStringsField
+
+
+class WebhookEventSerializer(serializers.ModelSerializer):
+    """One event in a list: where it stands, without its body."""
+
+    class Meta:
+        model = WebhookEvent
+        fields = (
+            "id",
+            "endpoint",
+            "event_id",
+            "event_type",
+            "status",
+            "attempts",
+            "last_error",
+            "received_at",
+            "occurred_at",
+            "last_attempt_at",
+            "next_attempt_at",
+            "processed_at",
+        )
+        read_only_fields = fields
+
+
+class WebhookEventDetailSerializer(WebhookEventSerializer):
+    """One event in full: payload, stored headers, last error and the exact body received.
+
+    ``body`` is the raw body as text when it is UTF-8 (``body_encoding`` ``"utf-8"``), else
+    base64 (``"base64"``), so that an operator can re-verify a signature.
+    """
+
+    body = serializers.SerializerMethodField()
+    body_encoding = serializers.SerializerMethodField()
+
+    class Meta(WebhookEventSerializer.Meta):
+        fields = (
+            *WebhookEventSerializer.Meta.fields,
+            "payload",
+            "headers",
+            "body",
+            "body_encoding",
+        )
+        read_only_fields = fields
+
+    def _decoded(self, event: WebhookEvent) -> tuple[str, str]:
+        raw = bytes(event.body or b"")
+        try:
+            return raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            return base64.b64encode(raw).decode("ascii"), "base64"
+
+    @extend_schema_field(serializers.CharField())
+    def get_body(self, event: WebhookEvent) -> str:
+        return self._decoded(event)[0]
+
+    @extend_schema_field(serializers.ChoiceField(choices=["utf-8", "base64"]))
+    def get_body_encoding(self, event: WebhookEvent) -> str:
+        return self._decoded(event)[1]
+
+
+class WebhookEventFilterSerializer(serializers.Serializer):
+    """Filters of the list (query string) and of the bulk replay (JSON body)."""
+
+    endpoint = serializers.CharField(required=False, max_length=100)
+    status = serializers.ChoiceField(choices=WebhookEvent.Status.choices, required=False)
+    type = serializers.CharField(
+        required=False, max_length=255, help_text="Event type pattern: `invoice.*`, `*`, or a name."
+    )
+    event_id = OneOrManyStringsField(
+        required=False, max_length=1000, help_text="The vendor's event id; repeatable."
+    )
+    since = DateOrDateTimeField(
+        required=False, help_text="Received at or after (ISO 8601 date or datetime)."
+    )
+    until = DateOrDateTimeField(
+        required=False, help_text="Received before (ISO 8601; exclusive, a date is its midnight)."
+    )
+
+    #: Query parameters that are not filters (pagination).
+    passthrough: tuple[str, ...] = ()
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if hasattr(data, "keys"):
+            unknown = sorted(set(data.keys()) - set(self.fields) - set(self.passthrough))
+            if unknown:
+                raise serializers.ValidationError(
+                    {name: ["Unknown parameter."] for name in unknown}
+                )
+        return super().to_internal_value(data)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        since, until = attrs.get("since"), attrs.get("until")
+        if since and until and since >= until:
+            raise serializers.ValidationError({"until": ["Must be later than since."]})
+        return attrs
+
+    def selector_kwargs(self) -> dict[str, Any]:
+        """The validated filters as ``webhooks.selectors.filter_events`` keywords."""
+        data = self.validated_data
+        return {
+            "status": data.get("status"),
+            "endpoint": data.get("endpoint"),
+            "type_pattern": data.get("type"),
+            "event_ids": data.get("event_id"),
+            "since": data.get("since"),
+            "until": data.get("until"),
+        }
+
+
+class WebhookEventQuerySerializer(WebhookEventFilterSerializer):
+    passthrough = ("cursor", "page_size")
+
+
+class BulkReplaySerializer(WebhookEventFilterSerializer):
+    """Bulk replay: the list's filters, ``status`` defaulting to ``failed`` as in
+    ``replay_webhooks``, an optional ``limit`` and ``dry_run``."""
+
+    status = serializers.ChoiceField(
+        choices=WebhookEvent.Status.choices, required=False, default=WebhookEvent.Status.FAILED
+    )
+    limit = serializers.IntegerField(required=False, min_value=1)
+    dry_run = serializers.BooleanField(required=False, default=False)
+
+
+class ReplayCountSerializer(serializers.Serializer):
+    count = serializers.IntegerField(help_text="Events replayed, or that would be with dry_run.")
+
+
+class IgnoreSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=1000, default="")

@@ -1,0 +1,219 @@
+"""Prometheus metrics (optional extra: ``pip install 'django-tether[metrics]'``).
+
+Receivers connected to ``webhooks.signals`` count what happens to deliveries and events; the
+stuck-event gauge is computed when Prometheus scrapes. ``connect_receivers()`` is called from
+``WebhooksConfig.ready()`` and does nothing when ``prometheus_client`` is not installed, so
+nothing is imported and everything else works. ``metrics_view`` serves the default registry
+(also ``integrations.metrics``); mount it with ``path("metrics", metrics_view)``.
+
+Metrics (``endpoint`` is a configured endpoint name, or ``_unknown`` for any other path, so
+that strangers cannot grow the label set):
+
+- ``tether_webhooks_received_total{endpoint}``: new events stored.
+- ``tether_webhooks_rejected_total{endpoint,reason}``: refused requests, ``reason`` being the
+  response's error code (``invalid_signature``, ``malformed_payload``, ...).
+- ``tether_webhooks_duplicates_total{endpoint}``: deliveries of an already stored event.
+- ``tether_webhooks_processed_total{endpoint}``, ``..._failed_total``, ``..._ignored_total``.
+- ``tether_webhook_processing_seconds{endpoint}``: histogram, last attempt start to processed.
+- ``tether_webhook_end_to_end_seconds{endpoint}``: histogram, received to processed.
+- ``tether_webhooks_stuck{endpoint}``: gauge at scrape time, events the sweeper would requeue.
+
+With several processes per host (gunicorn workers, Celery prefork children), set
+``PROMETHEUS_MULTIPROC_DIR`` for all of them before start: the view then aggregates every
+process's files (prometheus_client's multiprocess mode) and adds the scrape-time gauges once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.http import require_safe
+
+from . import signals
+from .conf import webhooks_settings
+
+logger = logging.getLogger("webhooks.metrics")
+
+EXTRA = "django-tether[metrics]"
+UNKNOWN_ENDPOINT = "_unknown"
+END_TO_END_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
+
+#: Collectors that read the database at scrape time (added once per scrape in multiprocess
+#: mode, registered in the default registry otherwise). ``integrations.metrics`` adds its own.
+scrape_collectors: list[Any] = []
+
+
+def available() -> bool:
+    """Whether the metrics extra (``prometheus_client``) is installed."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def instruments() -> SimpleNamespace:
+    """The metric objects, created (and registered) once per process on first use."""
+    from prometheus_client import Counter, Histogram
+
+    by_endpoint = ["endpoint"]
+    return SimpleNamespace(
+        received=Counter("tether_webhooks_received", "New webhook events stored.", by_endpoint),
+        rejected=Counter(
+            "tether_webhooks_rejected",
+            "Webhook requests refused, by error code.",
+            ["endpoint", "reason"],
+        ),
+        duplicates=Counter(
+            "tether_webhooks_duplicates", "Deliveries of an already stored event.", by_endpoint
+        ),
+        processed=Counter("tether_webhooks_processed", "Events processed.", by_endpoint),
+        failed=Counter("tether_webhooks_failed", "Events that ended failed.", by_endpoint),
+        ignored=Counter("tether_webhooks_ignored", "Events that ended ignored.", by_endpoint),
+        processing_seconds=Histogram(
+            "tether_webhook_processing_seconds",
+            "Time from the start of the successful attempt to processed.",
+            by_endpoint,
+        ),
+        end_to_end_seconds=Histogram(
+            "tether_webhook_end_to_end_seconds",
+            "Time from receipt to processed, queueing and retries included.",
+            by_endpoint,
+            buckets=END_TO_END_BUCKETS,
+        ),
+    )
+
+
+def endpoint_label(endpoint: str | None) -> str:
+    return endpoint if endpoint in webhooks_settings["ENDPOINTS"] else UNKNOWN_ENDPOINT
+
+
+def _seconds(start: Any, end: Any) -> float | None:
+    if start is None or end is None:
+        return None
+    return max(0.0, (end - start).total_seconds())
+
+
+def on_received(sender: Any, event: Any, **kwargs: Any) -> None:
+    instruments().received.labels(endpoint_label(event.endpoint)).inc()
+
+
+def on_rejected(sender: Any, endpoint: str | None = None, reason: str = "", **kwargs: Any) -> None:
+    instruments().rejected.labels(endpoint_label(endpoint), reason or "unknown").inc()
+
+
+def on_duplicate(sender: Any, endpoint: str | None = None, **kwargs: Any) -> None:
+    instruments().duplicates.labels(endpoint_label(endpoint)).inc()
+
+
+def on_processed(sender: Any, event: Any, **kwargs: Any) -> None:
+    metrics, label = instruments(), endpoint_label(event.endpoint)
+    metrics.processed.labels(label).inc()
+    if (seconds := _seconds(event.last_attempt_at, event.processed_at)) is not None:
+        metrics.processing_seconds.labels(label).observe(seconds)
+    if (seconds := _seconds(event.received_at, event.processed_at)) is not None:
+        metrics.end_to_end_seconds.labels(label).observe(seconds)
+
+
+def on_failed(sender: Any, event: Any, **kwargs: Any) -> None:
+    instruments().failed.labels(endpoint_label(event.endpoint)).inc()
+
+
+def on_ignored(sender: Any, event: Any, **kwargs: Any) -> None:
+    instruments().ignored.labels(endpoint_label(event.endpoint)).inc()
+
+
+class StuckEventsCollector:
+    """``tether_webhooks_stuck{endpoint}``, counted in the database at scrape time."""
+
+    name = "tether_webhooks_stuck"
+    documentation = "Events the sweeper would requeue now (older than WEBHOOKS['STUCK_AFTER'])."
+
+    def describe(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        yield GaugeMetricFamily(self.name, self.documentation, labels=["endpoint"])
+
+    def collect(self) -> Iterator[Any]:
+        from django.db import DatabaseError
+        from prometheus_client.core import GaugeMetricFamily
+
+        from .health import stuck_event_counts
+
+        try:
+            counts = stuck_event_counts()
+        except DatabaseError as exc:  # the rest of the scrape still answers
+            logger.warning("metrics: cannot count stuck events (%s)", type(exc).__name__)
+            return
+        family = GaugeMetricFamily(self.name, self.documentation, labels=["endpoint"])
+        for endpoint, count in sorted(counts.items()):
+            family.add_metric([endpoint], count)
+        yield family
+
+
+_RECEIVERS = (
+    (signals.webhook_received, on_received),
+    (signals.webhook_rejected, on_rejected),
+    (signals.webhook_duplicate, on_duplicate),
+    (signals.webhook_processed, on_processed),
+    (signals.webhook_failed, on_failed),
+    (signals.webhook_ignored, on_ignored),
+)
+
+
+def add_scrape_collector(collector: Any) -> None:
+    """Register a scrape-time collector once (no-op if already added)."""
+    if any(type(c) is type(collector) for c in scrape_collectors):
+        return
+    scrape_collectors.append(collector)
+    if not multiprocess_mode():
+        from prometheus_client import REGISTRY
+
+        REGISTRY.register(collector)
+
+
+def multiprocess_mode() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def connect_receivers() -> bool:
+    """Connect the metric receivers; False (and nothing imported) without the extra."""
+    if not available():
+        return False
+    instruments()
+    for signal, receiver in _RECEIVERS:
+        signal.connect(receiver, dispatch_uid=f"tether-metrics-{receiver.__name__}")
+    add_scrape_collector(StuckEventsCollector())
+    return True
+
+
+@require_safe
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus text exposition of every django-tether metric (and the process's others)."""
+    if not available():
+        logger.error("metrics view: prometheus_client is not installed (extra %s)", EXTRA)
+        return HttpResponse(
+            f"Metrics need the optional extra: pip install '{EXTRA}'\n",
+            status=501,
+            content_type="text/plain; charset=utf-8",
+        )
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+    registry = REGISTRY
+    if multiprocess_mode():
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        for collector in scrape_collectors:
+            registry.register(collector)
+    response = HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    response["Cache-Control"] = "no-store"
+    return response
