@@ -52,3 +52,9 @@ def worker_factory(transactional_db, runs):
     yield start
     for worker in started:
         worker.__exit__(None, None, None)
+
+
+@pytest.fixture
+def on_commit(django_capture_on_commit_callbacks):
+    """``with on_commit(execute=True):`` runs on-commit callbacks inside a test transaction."""
+    return django_capture_on_commit_callbacks

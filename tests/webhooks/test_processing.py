@@ -1,0 +1,519 @@
+"""Processing in this process: outcomes, retries, the transaction, signals, operator services.
+
+Behaviour that depends on a real worker (redelivery, countdown retries, a dying worker) is in
+``test_worker.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection, transaction
+from django.test import override_settings
+from django.utils import timezone
+
+from sandbox_project.celery import app as celery_app
+from tests.celery_worker import purge_broker
+from tests.webhooks.factories import WebhookEventFactory
+from webhooks import Ignore, PermanentFailure, on, services
+from webhooks.exceptions import BrokerUnavailable
+from webhooks.models import WebhookEvent
+from webhooks.signals import webhook_failed, webhook_ignored, webhook_processed
+
+Status = WebhookEvent.Status
+CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
+
+
+@pytest.fixture
+def received_signals():
+    got: list[tuple[str, WebhookEvent, dict]] = []
+
+    def receiver(name):
+        def receive(sender, event, **kwargs):
+            kwargs.pop("signal", None)
+            got.append((name, event, kwargs))
+
+        return receive
+
+    receivers = {
+        webhook_processed: receiver("processed"),
+        webhook_failed: receiver("failed"),
+        webhook_ignored: receiver("ignored"),
+    }
+    for signal, fn in receivers.items():
+        signal.connect(fn, weak=False)
+    yield got
+    for signal, fn in receivers.items():
+        signal.disconnect(fn)
+
+
+def _queue_length() -> int:
+    return redis.Redis.from_url(settings.CELERY_BROKER_URL).llen("celery")
+
+
+@pytest.fixture
+def broker_down():
+    """Point the test process's Celery app at a closed port (as if the broker were down)."""
+    conf = celery_app.conf
+    saved = conf.broker_url
+
+    def switch(url):
+        conf.broker_url = url
+        # Drop the app's cached pools (as Celery does after a fork); kombu keeps one pool per
+        # broker URL, so switching back finds the working one again.
+        celery_app._pool = None
+        celery_app.amqp._producer_pool = None
+
+    switch(CLOSED_PORT_URL)
+    yield
+    switch(saved)
+
+
+# -- outcomes -------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_handled_event_ends_processed_with_one_attempt(handlers, on_commit, received_signals):
+    seen = []
+    on("stripe", "test.ok")(lambda event: seen.append(event.pk))
+    event = WebhookEventFactory(event_type="test.ok")
+
+    with on_commit(execute=True):
+        assert services.process_event(event.pk) == Status.PROCESSED
+
+    event.refresh_from_db()
+    assert seen == [event.pk]
+    assert event.status == Status.PROCESSED
+    assert event.attempts == 1
+    assert event.last_attempt_at is not None and event.processed_at >= event.last_attempt_at
+    assert event.next_attempt_at is None
+    assert [(name, e.pk) for name, e, _ in received_signals] == [("processed", event.pk)]
+
+
+@pytest.mark.django_db
+def test_an_event_without_handler_ends_ignored(handlers, on_commit, received_signals):
+    event = WebhookEventFactory(endpoint="acme", event_type="nobody.listens")
+    with on_commit(execute=True):
+        assert services.process_event(event.pk) == Status.IGNORED
+    event.refresh_from_db()
+    assert (event.status, event.attempts) == (Status.IGNORED, 1)
+    assert [name for name, _, _ in received_signals] == ["ignored"]
+
+
+@pytest.mark.django_db
+def test_ignore_ends_the_event_ignored_with_its_reason(handlers, on_commit, received_signals):
+    @on("stripe", "test.ignore")
+    def handler(event):
+        raise Ignore("not for us")
+
+    event = WebhookEventFactory(event_type="test.ignore")
+    with on_commit(execute=True):
+        assert services.process_event(event.pk) == Status.IGNORED
+    event.refresh_from_db()
+    assert event.status == Status.IGNORED
+    assert "not for us" in event.last_error
+    assert event.next_attempt_at is None
+    assert [name for name, _, _ in received_signals] == ["ignored"]
+
+
+@pytest.mark.django_db
+def test_permanent_failure_ends_failed_without_retry(handlers, on_commit, received_signals):
+    @on("stripe", "test.permanent")
+    def handler(event):
+        raise PermanentFailure("amount mismatch")
+
+    event = WebhookEventFactory(event_type="test.permanent")
+    with on_commit(execute=True):
+        assert services.process_event(event.pk) == Status.FAILED
+    event.refresh_from_db()
+    assert (event.status, event.attempts) == (Status.FAILED, 1)
+    assert event.last_error == "webhooks.exceptions.PermanentFailure: amount mismatch"
+    assert event.next_attempt_at is None
+    [(name, signalled, kwargs)] = received_signals
+    assert name == "failed" and signalled.pk == event.pk
+    assert isinstance(kwargs["error"], PermanentFailure)
+    # Finished: a later delivery of the task does nothing.
+    assert services.process_event(event.pk) is None
+
+
+@pytest.mark.django_db
+@override_settings(WEBHOOKS={"MAX_ATTEMPTS": 3, "RETRY_BASE_DELAY": 10, "RETRY_MAX_DELAY": 15})
+def test_a_failing_handler_is_retried_on_schedule_then_ends_failed(
+    handlers, on_commit, received_signals
+):
+    calls = []
+
+    @on("stripe", "test.boom")
+    def handler(event):
+        calls.append(event.attempts)
+        raise RuntimeError("boom")
+
+    event = WebhookEventFactory(event_type="test.boom")
+    caps = {1: 10, 2: 15}  # min(MAX_DELAY, BASE * 2 ** (attempt - 1))
+    for attempt in (1, 2):
+        before = timezone.now()
+        assert services.process_event(event.pk) == Status.PROCESSING
+        event.refresh_from_db()
+        assert (event.status, event.attempts) == (Status.PROCESSING, attempt)
+        assert event.last_error == "RuntimeError: boom"
+        assert before <= event.next_attempt_at <= timezone.now() + timedelta(seconds=caps[attempt])
+        # Not due yet: an early delivery leaves it alone.
+        if event.next_attempt_at > timezone.now() + timedelta(milliseconds=50):
+            assert services.process_event(event.pk) is None
+        assert 0 <= services.seconds_until_due(event.pk) <= caps[attempt]
+        WebhookEvent.objects.filter(pk=event.pk).update(next_attempt_at=timezone.now())
+
+    with on_commit(execute=True):
+        assert services.process_event(event.pk) == Status.FAILED
+    event.refresh_from_db()
+    assert (event.status, event.attempts, event.next_attempt_at) == (Status.FAILED, 3, None)
+    assert event.last_error == "RuntimeError: boom"
+    assert calls == [1, 2, 3]
+    assert [name for name, _, _ in received_signals] == ["failed"]
+    assert isinstance(received_signals[0][2]["error"], RuntimeError)
+    assert services.process_event(event.pk) is None
+    assert calls == [1, 2, 3]
+
+
+@override_settings(WEBHOOKS={"RETRY_BASE_DELAY": 2, "RETRY_MAX_DELAY": 100})
+def test_retry_delay_is_full_jitter_under_a_doubling_cap():
+    for attempts, cap in [(1, 2), (2, 4), (3, 8), (6, 64), (7, 100), (30, 100), (500, 100)]:
+        delays = [services.retry_delay(attempts) for _ in range(400)]
+        assert all(0 <= d <= cap for d in delays)
+        # Full jitter: spread over the whole range, not clustered at the cap.
+        assert min(delays) < cap * 0.1 and max(delays) > cap * 0.9
+
+
+# -- one transaction ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_handler_writes_and_the_processed_mark_commit_together(handlers, runs):
+    from tests.handler_runs import record_run
+
+    on("stripe", "test.pair")(record_run)
+
+    @on("stripe", "test.pair")
+    def second(event):
+        if event.attempts == 1:
+            raise RuntimeError("second handler fails")
+
+    event = WebhookEventFactory(event_type="test.pair")
+    assert services.process_event(event.pk) == Status.PROCESSING
+    assert runs.runs(event.event_id) == []  # the first handler's write was rolled back
+
+    WebhookEvent.objects.filter(pk=event.pk).update(next_attempt_at=timezone.now())
+    assert services.process_event(event.pk) == Status.PROCESSED
+    assert [attempt for _, attempt, _ in runs.runs(event.event_id)] == [2]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_nothing_is_committed_when_a_later_handler_fails(handlers, runs):
+    """Seen from another connection: no handler write and no processed mark were committed."""
+    from tests.handler_runs import record_run
+
+    on("stripe", "test.pair")(record_run)
+
+    @on("stripe", "test.pair")
+    def second(event):
+        raise PermanentFailure("second handler refuses")
+
+    event = WebhookEventFactory(event_type="test.pair")
+    assert services.process_event(event.pk) == Status.FAILED
+    assert runs.runs(event.event_id) == []
+    event.refresh_from_db()
+    assert event.status == Status.FAILED and event.processed_at is None
+
+
+# -- a worker that died mid-handler -------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@override_settings(WEBHOOKS={"MAX_ATTEMPTS": 3})
+def test_an_attempt_interrupted_mid_handler_still_counts(handlers, on_commit, received_signals):
+    calls = []
+    on("stripe", "test.poison")(lambda event: calls.append(event.attempts))
+    # What a worker killed during attempt 2 leaves behind: counted, never finished.
+    event = WebhookEventFactory(
+        event_type="test.poison", status=Status.PROCESSING, attempts=2,
+        last_attempt_at=timezone.now(),
+    )  # fmt: skip
+    assert services.process_event(event.pk) == Status.PROCESSED
+    assert calls == [3]
+
+    poison = WebhookEventFactory(
+        event_type="test.poison", status=Status.PROCESSING, attempts=3,
+        last_attempt_at=timezone.now(), last_error="RuntimeError: earlier",
+    )  # fmt: skip
+    with on_commit(execute=True):
+        assert services.process_event(poison.pk) == Status.FAILED
+    poison.refresh_from_db()
+    assert calls == [3]  # the handlers did not run again
+    assert poison.status == Status.FAILED
+    assert poison.last_error.startswith("WorkerLost: attempt 3 of 3 did not finish")
+    assert "RuntimeError: earlier" in poison.last_error
+    assert [name for name, _, _ in received_signals] == ["failed"]
+
+
+# -- concurrency ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_attempts_on_one_event_run_the_handlers_once(handlers, runs):
+    from tests.handler_runs import record_run
+
+    @on("stripe", "test.slow")
+    def slow(event):
+        record_run(event)
+        time.sleep(0.5)
+
+    event = WebhookEventFactory(event_type="test.slow")
+    results: list[str | None] = []
+    barrier = threading.Barrier(8)
+
+    def attempt():
+        try:
+            barrier.wait()
+            results.append(services.process_event(event.pk))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=attempt) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert sorted(results, key=str) == [None] * 7 + [Status.PROCESSED]
+    assert len(runs.runs(event.event_id)) == 1
+    event.refresh_from_db()
+    assert event.status == Status.PROCESSED
+    assert event.attempts >= 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_locked_by_a_running_attempt_is_skipped(handlers):
+    calls = []
+    on("stripe", "test.locked")(lambda event: calls.append(1))
+    event = WebhookEventFactory(event_type="test.locked")
+    locked = threading.Event()
+    release = threading.Event()
+
+    def hold_lock():
+        with transaction.atomic():
+            WebhookEvent.objects.select_for_update().get(pk=event.pk)
+            locked.set()
+            release.wait(10)
+        connection.close()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        started = time.monotonic()
+        assert services.process_event(event.pk) is None
+        assert time.monotonic() - started < 2  # skipped, not waiting for the lock
+    finally:
+        release.set()
+        holder.join(10)
+    assert calls == []
+    assert services.process_event(event.pk) == Status.PROCESSED
+
+
+# -- signals ------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_failing_signal_receiver_does_not_undo_processing(handlers, on_commit):
+    on("stripe", "test.ok")(lambda event: None)
+
+    def broken(sender, event, **kwargs):
+        raise RuntimeError("receiver bug")
+
+    webhook_processed.connect(broken, weak=False)
+    try:
+        event = WebhookEventFactory(event_type="test.ok")
+        with on_commit(execute=True):
+            assert services.process_event(event.pk) == Status.PROCESSED
+    finally:
+        webhook_processed.disconnect(broken)
+    event.refresh_from_db()
+    assert event.status == Status.PROCESSED
+
+
+@pytest.mark.django_db
+def test_process_event_of_a_missing_event_is_a_no_op():
+    assert services.process_event(987654321) is None
+
+
+# -- enqueueing ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_on_commit_publishes_only_after_commit():
+    purge_broker()
+    with transaction.atomic():
+        event = WebhookEventFactory()
+        services.enqueue_on_commit(event)
+        assert _queue_length() == 0
+    assert _queue_length() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_on_commit_rolled_back_publishes_nothing():
+    purge_broker()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        services.enqueue_on_commit(WebhookEventFactory())
+        raise RuntimeError("the request failed after storing the event")
+    assert _queue_length() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_with_the_broker_down_neither_raises_nor_hangs(broker_down, caplog):
+    event = WebhookEventFactory()
+    started = time.monotonic()
+    with caplog.at_level("WARNING", logger="webhooks"), transaction.atomic():
+        services.enqueue_on_commit(event)
+    assert time.monotonic() - started < 5
+    event.refresh_from_db()
+    assert event.status == Status.RECEIVED
+    [record] = [r for r in caplog.records if "could not enqueue" in r.getMessage()]
+    assert "redis://" not in record.getMessage() and "127.0.0.1:1" not in record.getMessage()
+    assert record.exc_info is None
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(WEBHOOKS={"TASK_QUEUE": "webhooks-h2"})
+def test_enqueue_uses_the_configured_queue():
+    purge_broker()
+    services.enqueue_on_commit(WebhookEventFactory())
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    assert client.llen("webhooks-h2") == 1
+    assert client.llen("celery") == 0
+
+
+# -- replay, mark ignored -----------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_replay_sets_a_failed_event_back_to_received_and_sync_processes_it(handlers):
+    on("stripe", "test.ok")(lambda event: None)
+    event = WebhookEventFactory(
+        event_type="test.ok", status=Status.FAILED, attempts=8, last_error="RuntimeError: x",
+        last_attempt_at=timezone.now(),
+    )  # fmt: skip
+    assert services.replay_events(WebhookEvent.objects.filter(pk=event.pk), dry_run=True) == 1
+    event.refresh_from_db()
+    assert (event.status, event.attempts) == (Status.FAILED, 8)
+
+    services.replay_event(event, sync=True)
+    assert (event.status, event.attempts) == (Status.PROCESSED, 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_replay_enqueues_after_resetting(handlers):
+    purge_broker()
+    events = WebhookEventFactory.create_batch(3, status=Status.FAILED, attempts=8)
+    count = services.replay_events(WebhookEvent.objects.all(), chunk_size=2)
+    assert count == 3
+    assert _queue_length() == 3
+    assert set(WebhookEvent.objects.values_list("status", "attempts")) == {(Status.RECEIVED, 0)}
+    assert len(events) == 3
+
+
+@pytest.mark.django_db
+def test_mark_ignored(received_signals):
+    failed = WebhookEventFactory(status=Status.FAILED)
+    processed = WebhookEventFactory(status=Status.PROCESSED)
+    assert services.mark_ignored(failed, reason="handled by hand") is True
+    assert failed.status == Status.IGNORED and "handled by hand" in failed.last_error
+    assert services.mark_ignored(processed) is False
+    assert processed.status == Status.PROCESSED
+    assert services.mark_ignored(failed) is False  # already ignored
+    assert [(name, e.pk) for name, e, _ in received_signals] == [("ignored", failed.pk)]
+
+
+# -- sweeper ----------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@override_settings(WEBHOOKS={"STUCK_AFTER": 600})
+def test_stuck_events_selection():
+    now = timezone.now()
+    old, recent = now - timedelta(seconds=700), now - timedelta(seconds=100)
+    stuck = {
+        WebhookEventFactory(received_at=old).pk,
+        WebhookEventFactory(status=Status.PROCESSING, received_at=old, last_attempt_at=old).pk,
+        # A retry overdue by more than the threshold (its task was lost).
+        WebhookEventFactory(
+            status=Status.PROCESSING, received_at=old, last_attempt_at=old,
+            next_attempt_at=old,
+        ).pk,
+    }  # fmt: skip
+    WebhookEventFactory(received_at=recent)
+    WebhookEventFactory(status=Status.PROCESSING, received_at=old, last_attempt_at=recent)
+    # A retry waiting for its countdown, or just replayed: left to its own task.
+    WebhookEventFactory(
+        status=Status.PROCESSING, received_at=old, last_attempt_at=old,
+        next_attempt_at=now + timedelta(seconds=300),
+    )  # fmt: skip
+    WebhookEventFactory(received_at=old, next_attempt_at=recent)
+    for status in (Status.PROCESSED, Status.IGNORED, Status.FAILED):
+        WebhookEventFactory(status=status, received_at=old, last_attempt_at=old)
+
+    assert set(services.stuck_events().values_list("pk", flat=True)) == stuck
+    assert services.requeue_stuck(dry_run=True) == 3
+    assert services.stuck_events(older_than=50).count() == 6
+    with pytest.raises(ValueError):
+        services.stuck_events(older_than=-1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_requeue_stuck_publishes_each_stuck_event():
+    purge_broker()
+    old = timezone.now() - timedelta(hours=1)
+    WebhookEventFactory.create_batch(3, received_at=old)
+    assert services.requeue_stuck(chunk_size=2) == 3
+    assert _queue_length() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_requeue_stuck_stops_when_the_broker_is_down(broker_down):
+    old = timezone.now() - timedelta(hours=1)
+    WebhookEventFactory.create_batch(3, received_at=old)
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable):
+        services.requeue_stuck()
+    assert time.monotonic() - started < 5  # stopped at the first refusal
+
+
+# -- prune ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@override_settings(WEBHOOKS={"RETENTION_DAYS": 30})
+def test_prune_deletes_old_finished_events_in_batches():
+    old = timezone.now() - timedelta(days=31)
+    recent = timezone.now() - timedelta(days=29)
+    doomed = [WebhookEventFactory(status=s, received_at=old).pk
+              for s in (Status.PROCESSED, Status.IGNORED, Status.PROCESSED)]
+    kept = [
+        WebhookEventFactory(status=Status.FAILED, received_at=old).pk,
+        WebhookEventFactory(status=Status.RECEIVED, received_at=old).pk,
+        WebhookEventFactory(status=Status.PROCESSING, received_at=old).pk,
+        WebhookEventFactory(status=Status.PROCESSED, received_at=recent).pk,
+    ]
+    assert services.prune_events(dry_run=True) == 3
+    assert WebhookEvent.objects.count() == 7
+    assert services.prune_events(batch_size=2) == 3
+    assert sorted(WebhookEvent.objects.values_list("pk", flat=True)) == sorted(kept)
+    assert not WebhookEvent.objects.filter(pk__in=doomed).exists()
+    assert services.prune_events(include_failed=True) == 1
+    assert services.prune_events(older_than_days=0, include_failed=True) == 1
+    with pytest.raises(ValueError):
+        services.prune_events(older_than_days=-1)
