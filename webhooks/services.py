@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -291,6 +291,7 @@ def replay_events(
     sync: bool = False,
     dry_run: bool = False,
     chunk_size: int = CHUNK_SIZE,
+    on_result: Callable[[int, str | None], None] | None = None,
 ) -> int:
     """Replay the events: back to ``received``, ``attempts`` 0, then enqueue (or, with ``sync``,
     process each in this process). Returns how many were replayed (would be, with ``dry_run``).
@@ -298,11 +299,15 @@ def replay_events(
     Rows are streamed in chunks, so memory does not grow with the count. Any status may be
     replayed: this is an operator's explicit request (the default filter of the command is
     ``failed``). A replay never waits on the event's age: timestamps are checked at receipt only.
+    With ``sync``, ``on_result(pk, status)`` is called after each event's attempt; an attempt
+    that schedules a retry publishes it with Celery's countdown.
     """
     if not isinstance(queryset, QuerySet):
         queryset = WebhookEvent.objects.filter(pk__in=[e.pk for e in queryset])
+    if not queryset.query.is_sliced:
+        queryset = queryset.order_by()
     count = 0
-    for pks in _pks(queryset.order_by(), chunk_size):
+    for pks in _pks(queryset, chunk_size):
         if dry_run:
             count += len(pks)
             continue
@@ -318,8 +323,11 @@ def replay_events(
                     transaction.on_commit(partial(publish_process_task, pk))
         if sync:
             for pk in pks:
-                if process_event(pk) == Status.PROCESSING:
+                status = process_event(pk)
+                if status == Status.PROCESSING:
                     publish_process_task(pk, countdown=seconds_until_due(pk))
+                if on_result is not None:
+                    on_result(pk, status)
     logger.info("webhooks: replayed %s event(s)%s", count, " (sync)" if sync else "")
     return count
 
