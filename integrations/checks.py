@@ -1,1 +1,201 @@
-"""System checks of the integrations app (stub)."""
+"""System checks for ``settings.INTEGRATIONS``: a bad value is reported before the first call.
+
+- ``integrations.E001``: ``INTEGRATIONS`` is not a dict.
+- ``integrations.E002``: an unknown top-level key.
+- ``integrations.E003``: a policy section (``TIMEOUT``, ``RETRY``, ``BREAKER``, global or per
+  service) is not a dict.
+- ``integrations.E004``: an unknown key in a policy section.
+- ``integrations.E005``: a policy value of the wrong type.
+- ``integrations.E006``: a policy value out of range (a negative timeout, zero attempts...).
+- ``integrations.E007``: ``SERVICES`` is not a dict of dicts.
+- ``integrations.E008``: a service's ``BASE_URL`` is not an absolute http(s) URL.
+- ``integrations.W001``: ``RETRY`` has ``MAX_DELAY`` below ``BASE_DELAY`` (the cap wins).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning, register
+
+from .conf import DEFAULTS
+
+POLICY_SECTIONS = ("TIMEOUT", "RETRY", "BREAKER")
+
+
+@dataclass(frozen=True)
+class _Rule:
+    kind: str  # "number", "int", "bool", "rate"
+    check: Callable[[Any], bool]
+    expected: str
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_POSITIVE = _Rule("number", lambda v: v > 0, "a number of seconds greater than 0")
+_NON_NEGATIVE = _Rule("number", lambda v: v >= 0, "a number of seconds, 0 or more")
+_AT_LEAST_ONE = _Rule("int", lambda v: v >= 1, "an integer, 1 or more")
+
+RULES: dict[str, dict[str, _Rule]] = {
+    "TIMEOUT": {"CONNECT": _POSITIVE, "READ": _POSITIVE, "WRITE": _POSITIVE, "POOL": _POSITIVE},
+    "RETRY": {
+        "MAX_ATTEMPTS": _AT_LEAST_ONE,
+        "BASE_DELAY": _NON_NEGATIVE,
+        "MAX_DELAY": _NON_NEGATIVE,
+        "DEADLINE": _POSITIVE,
+    },
+    "BREAKER": {
+        "FAILURE_THRESHOLD": _AT_LEAST_ONE,
+        "RESET_TIMEOUT": _POSITIVE,
+        "HALF_OPEN_MAX_CALLS": _AT_LEAST_ONE,
+        "CACHE_TTL": _NON_NEGATIVE,
+        "FAIL_OPEN_ON_DB_ERROR": _Rule("bool", lambda v: True, "True or False"),
+        "FAILURE_RATE": _Rule("rate", lambda v: 0 < v <= 1, "None or a number in (0, 1]"),
+        "MINIMUM_CALLS": _AT_LEAST_ONE,
+        "WINDOW": _POSITIVE,
+    },
+}
+
+_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "number": _number,
+    "int": _integer,
+    "bool": lambda v: isinstance(v, bool),
+    "rate": lambda v: v is None or _number(v),
+}
+
+
+def _suggest(name: str, known: Any) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    listed = ", ".join(sorted(known))
+    return (f"Did you mean {close[0]!r}? " if close else "") + f"Known keys: {listed}."
+
+
+def _check_section(section: str, values: Any, where: str) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    if not isinstance(values, Mapping):
+        return [
+            Error(
+                f"{where} must be a dict, not {type(values).__name__}.",
+                hint=f"For example {where} = {dict(DEFAULTS[section])!r}.",
+                id="integrations.E003",
+            )
+        ]
+    rules = RULES[section]
+    for name, value in values.items():
+        rule = rules.get(name)
+        if rule is None:
+            errors.append(
+                Error(
+                    f"{where} has an unknown key {name!r}.",
+                    hint=_suggest(str(name), rules),
+                    id="integrations.E004",
+                )
+            )
+        elif not _TYPE_CHECKS[rule.kind](value):
+            errors.append(
+                Error(
+                    f"{where}[{name!r}] must be {rule.expected}, not {type(value).__name__}.",
+                    hint="Durations are seconds, as an int or a float.",
+                    id="integrations.E005",
+                )
+            )
+        elif value is not None and not rule.check(value):
+            errors.append(
+                Error(
+                    f"{where}[{name!r}] is {value!r}; it must be {rule.expected}.",
+                    hint=f"The default is {DEFAULTS[section].get(name, 'unset')!r}.",
+                    id="integrations.E006",
+                )
+            )
+    if section == "RETRY":
+        base, cap = values.get("BASE_DELAY"), values.get("MAX_DELAY")
+        if _number(base) and _number(cap) and cap < base:
+            errors.append(
+                Warning(
+                    f"{where}['MAX_DELAY'] ({cap!r}) is below ['BASE_DELAY'] ({base!r}): every "
+                    "wait is capped at MAX_DELAY.",
+                    hint="Raise MAX_DELAY or lower BASE_DELAY.",
+                    id="integrations.W001",
+                )
+            )
+    return errors
+
+
+def _check_service(name: str, entry: Any) -> list[CheckMessage]:
+    where = f'INTEGRATIONS["SERVICES"][{name!r}]'
+    if not isinstance(entry, Mapping):
+        return [
+            Error(
+                f"{where} must be a dict, not {type(entry).__name__}.",
+                hint='For example {"BASE_URL": "https://api.example.com", "RETRY": {...}}.',
+                id="integrations.E007",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    for section in POLICY_SECTIONS:
+        if section in entry:
+            errors += _check_section(section, entry[section], f'{where}["{section}"]')
+    base_url = entry.get("BASE_URL")
+    if base_url is not None:
+        parts = urlsplit(base_url) if isinstance(base_url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            errors.append(
+                Error(
+                    f'{where}["BASE_URL"] must be an absolute http(s) URL.',
+                    hint='For example "https://api.example.com/v1".',
+                    id="integrations.E008",
+                )
+            )
+    return errors
+
+
+@register()
+def check_integrations_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    user = getattr(settings, "INTEGRATIONS", None)
+    if user is None:
+        return []
+    if not isinstance(user, Mapping):
+        return [
+            Error(
+                f"INTEGRATIONS must be a dict, not {type(user).__name__}.",
+                hint="Set INTEGRATIONS = {} (or leave it out) to use the defaults.",
+                id="integrations.E001",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    for key in user:
+        if key not in DEFAULTS:
+            errors.append(
+                Error(
+                    f"INTEGRATIONS has an unknown key {key!r}.",
+                    hint=_suggest(str(key), DEFAULTS),
+                    id="integrations.E002",
+                )
+            )
+    for section in POLICY_SECTIONS:
+        if section in user:
+            errors += _check_section(section, user[section], f'INTEGRATIONS["{section}"]')
+    services = user.get("SERVICES", {})
+    if not isinstance(services, Mapping):
+        errors.append(
+            Error(
+                f'INTEGRATIONS["SERVICES"] must be a dict, not {type(services).__name__}.',
+                hint='Map each service name to its dict: {"rates": {"BASE_URL": ...}}.',
+                id="integrations.E007",
+            )
+        )
+    else:
+        for name, entry in services.items():
+            errors += _check_service(str(name), entry)
+    return errors

@@ -277,7 +277,7 @@ def _finish(
             "%s.%s %s after %d attempt(s) in %.3fs (breaker %s)",
             service,
             operation,
-            outcome if error is None else f"failed: {error}",
+            outcome if error is None else f"failed: {_describe(error)}",
             attempts,
             duration,
             breaker_state,
@@ -299,6 +299,14 @@ def _finish(
         duration=duration,
         attempts=attempts,
     )
+
+
+def _describe(error: BaseException) -> str:
+    """Our errors' messages are built to be safe to show; anything else is named by its class
+    only (a transport exception's text can hold a URL with a token)."""
+    if isinstance(error, IntegrationError):
+        return f"{type(error).__name__}: {error.message}"
+    return type(error).__name__
 
 
 def _breaker_state(breaker: BreakerLike | None) -> str:

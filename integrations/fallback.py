@@ -1,0 +1,115 @@
+"""``with_fallback``: serve the last good value from Django's cache when the vendor fails.
+
+::
+
+    class ExchangeRates(ServiceClient):
+        service = "exchange-rates"
+
+        @with_fallback("rates:{currency}", ttl=60, stale_ttl=86_400)
+        def rate(self, currency: str) -> Decimal:
+            ...
+
+A value is fresh for ``ttl`` seconds (returned from the cache without calling the vendor) and
+kept for ``stale_ttl`` seconds in all: when a call fails with an ``IntegrationError`` (timeout,
+5xx, open breaker, ...), a value stored less than ``stale_ttl`` ago is returned instead, with a
+WARNING saying it is stale and how old it is. With none, the error is raised. Other exceptions
+(bugs) are never hidden. Values go through the cache's serializer (pickle by default).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from django.core.cache import caches
+
+from .exceptions import IntegrationError
+
+__all__ = ["with_fallback"]
+
+logger = logging.getLogger("integrations.fallback")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+KEY_PREFIX = "tether:fallback:"
+_MAX_KEY = 200
+
+
+def _cache_key(raw: str) -> str:
+    if len(raw) > _MAX_KEY or any(c.isspace() or ord(c) < 33 for c in raw):
+        raw = hashlib.sha256(raw.encode()).hexdigest()
+    return KEY_PREFIX + raw
+
+
+def with_fallback(
+    key: str | Callable[..., str],
+    *,
+    ttl: float,
+    stale_ttl: float,
+    cache: str = "default",
+    clock: Callable[[], float] = time.time,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a method (or function) whose result can be served stale when the vendor fails.
+
+    ``key`` is a ``str.format`` template over the function's arguments by name
+    (``"rates:{currency}"``; ``{self.service}`` works too) or a callable taking the same
+    arguments and returning a string. ``ttl``: seconds a stored value is served without a call
+    (0 = always call). ``stale_ttl``: seconds a value is kept in all, for fallbacks
+    (``>= ttl``). ``cache``: the Django cache alias. ``clock``: seconds since the epoch.
+    """
+    if ttl < 0 or stale_ttl <= 0 or stale_ttl < ttl:
+        raise ValueError("with_fallback needs 0 <= ttl <= stale_ttl and stale_ttl > 0")
+
+    def decorator(func: Callable[P, R]) -> Callable[P, R]:
+        signature = inspect.signature(func)
+
+        def key_for(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+            if callable(key):
+                return _cache_key(str(key(*args, **kwargs)))
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return _cache_key(key.format(**bound.arguments))
+
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            cache_key = key_for(args, kwargs)
+            store = caches[cache]
+            entry = store.get(cache_key)
+            now = clock()
+            if entry is not None and ttl > 0 and now - entry[0] < ttl:
+                return entry[1]
+            try:
+                value = func(*args, **kwargs)
+            except IntegrationError as error:
+                if entry is None or now - entry[0] >= stale_ttl:
+                    raise
+                age = max(0.0, now - entry[0])
+                logger.warning(
+                    "%s.%s failed (%s): serving the stale value of %s, %.0f s old",
+                    error.service,
+                    error.operation,
+                    type(error).__name__,
+                    cache_key,
+                    age,
+                    extra={
+                        "service": error.service,
+                        "operation": error.operation,
+                        "fallback_key": cache_key,
+                        "stale": True,
+                        "age": age,
+                        "error": type(error).__name__,
+                    },
+                )
+                return entry[1]
+            store.set(cache_key, (clock(), value), timeout=stale_ttl)
+            return value
+
+        return wrapper
+
+    return decorator

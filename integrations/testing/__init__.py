@@ -1,0 +1,108 @@
+"""Test helpers for code that calls vendors through ``integrations``.
+
+- ``FakeVendor`` / ``Reply``: a real, scriptable HTTP server on 127.0.0.1 (``server.py``).
+- ``instant_backoff()``: waits between retries return at once (and are recorded), while the
+  deadline still sees them as elapsed.
+- ``force_breaker(name, state)``: put a service's circuit breaker in a state, the way an
+  operator (or a run of failures) would.
+
+``integrations.testing.stripe`` holds a fake Stripe API for ``StripeService``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from ..resilience import BackoffClock, use_backoff_clock
+from .server import FakeVendor, RecordedRequest, Reply, Route, unused_port_url
+
+__all__ = [
+    "FakeVendor",
+    "InstantBackoff",
+    "RecordedRequest",
+    "Reply",
+    "Route",
+    "force_breaker",
+    "instant_backoff",
+    "unused_port_url",
+]
+
+
+class InstantBackoff(BackoffClock):
+    """A backoff clock whose ``sleep`` returns at once. Each wait is recorded in ``sleeps`` and
+    added to the clock, so deadlines behave as if the time had passed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.sleeps: list[float] = []
+        self._skipped = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self._skipped
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self._skipped += max(0.0, seconds)
+
+    @property
+    def total(self) -> float:
+        """Seconds of waiting skipped so far."""
+        return sum(self.sleeps)
+
+
+@contextmanager
+def instant_backoff() -> Iterator[InstantBackoff]:
+    """Make every retry wait instant inside the block (process-wide)::
+
+    with instant_backoff() as backoff:
+        client.get_json("/x", operation="x")
+    assert len(backoff.sleeps) == 2
+    """
+    with use_backoff_clock(InstantBackoff()) as clock:
+        yield clock  # type: ignore[misc]
+
+
+def force_breaker(
+    name: str,
+    state: str,
+    *,
+    reason: str = "set by integrations.testing.force_breaker",
+    actor: str = "tests",
+    until: datetime | None = None,
+) -> Any:
+    """Put breaker ``name`` in ``state`` and return its ``CircuitBreaker`` row.
+
+    ``"closed"``, ``"forced_open"`` and ``"disabled"`` go through ``integrations.services`` (as
+    the admin does, with a recorded transition). ``"open"`` is reached the way production
+    reaches it: failures are recorded until the breaker's threshold trips it.
+    """
+    from .. import services
+    from ..breaker import clear_local_cache, get_breaker
+    from ..exceptions import IntegrationUnavailable
+    from ..models import CircuitBreaker
+
+    if state == "closed":
+        services.reset_breaker(name, actor=actor, reason=reason)
+    elif state == "forced_open":
+        services.force_open_breaker(name, actor=actor, reason=reason, until=until)
+    elif state == "disabled":
+        services.disable_breaker(name, actor=actor, reason=reason, until=until)
+    elif state == "open":
+        services.reset_breaker(name, actor=actor, reason=reason)
+        clear_local_cache(name)
+        breaker = get_breaker(name)
+        error = IntegrationUnavailable(name, "force_breaker", "forced failure")
+        while breaker.snapshot(fresh=True).state != "open":
+            breaker.record_failure(breaker.acquire("force_breaker"), error)
+    else:
+        raise ValueError(
+            f"force_breaker: state must be closed, open, forced_open or disabled, not {state!r}"
+        )
+    clear_local_cache(name)
+    return CircuitBreaker.objects.get(name=name)
