@@ -1,0 +1,162 @@
+"""The circuit breakers API: list, detail with recent transitions, reset, open, disable.
+
+Every action goes through ``integrations.services`` and is recorded as a transition with the
+actor ``api:<username>``; the effect on real calls is checked through ``get_breaker``."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+
+from integrations.breaker import clear_local_cache, get_breaker
+from integrations.exceptions import CircuitOpenError
+from integrations.models import BreakerState, BreakerTransition, CircuitBreaker
+from tests.integrations.factories import BreakerTransitionFactory, CircuitBreakerFactory
+
+pytestmark = pytest.mark.django_db
+
+LIST = "/api/circuit-breakers/"
+
+
+def url(name: str, action: str = "") -> str:
+    return f"{LIST}{name}/" + (f"{action}/" if action else "")
+
+
+def test_list_shows_state_counts_and_last_error(api):
+    CircuitBreakerFactory(name="stripe")
+    CircuitBreakerFactory(name="exchange-rates", tripped=True)
+    response = api.get(LIST)
+    assert response.status_code == 200
+    rows = response.json()
+    assert [r["name"] for r in rows] == ["exchange-rates", "stripe"]
+    tripped = rows[0]
+    assert tripped["state"] == "open"
+    assert tripped["consecutive_failures"] == 5
+    assert tripped["last_error"].startswith("exchange-rates.rate")
+    assert "recent_transitions" not in tripped
+
+
+def test_detail_has_the_recent_transitions_newest_first(api):
+    breaker = CircuitBreakerFactory(name="stripe")
+    now = timezone.now()
+    for n in range(25):
+        BreakerTransitionFactory(
+            breaker=breaker, reason=f"t{n}", created_at=now - dt.timedelta(minutes=25 - n)
+        )
+    body = api.get(url("stripe")).json()
+    reasons = [t["reason"] for t in body["recent_transitions"]]
+    assert reasons == [f"t{n}" for n in range(24, 4, -1)]  # the 20 newest
+    assert set(body["recent_transitions"][0]) == {
+        "from_state",
+        "to_state",
+        "reason",
+        "actor",
+        "snapshot",
+        "created_at",
+    }
+
+
+def test_names_with_dots_and_hyphens_resolve(api):
+    CircuitBreakerFactory(name="acme.payments-v2")
+    assert api.get(url("acme.payments-v2")).json()["name"] == "acme.payments-v2"
+
+
+def test_unknown_breaker_is_404_for_reads_and_actions(api):
+    assert api.get(url("nope")).status_code == 404
+    for action in ("reset", "open", "disable"):
+        response = api.post(url("nope", action), {"reason": "x"}, format="json")
+        assert response.status_code == 404, action
+    assert not CircuitBreaker.objects.exists()
+
+
+def test_open_holds_the_breaker_open_for_real_calls(api, superuser):
+    CircuitBreakerFactory(name="stripe")
+    until = timezone.now() + dt.timedelta(hours=1)
+    response = api.post(
+        url("stripe", "open"),
+        {"reason": "vendor maintenance", "until": until.isoformat()},
+        format="json",
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["state"] == BreakerState.FORCED_OPEN
+    assert dt.datetime.fromisoformat(body["forced_until"].replace("Z", "+00:00")) == until
+    transition = body["recent_transitions"][0]
+    assert transition["actor"] == f"api:{superuser.username}"
+    assert (transition["from_state"], transition["to_state"]) == ("closed", "forced_open")
+    assert transition["reason"] == "vendor maintenance"
+
+    clear_local_cache()
+    with pytest.raises(CircuitOpenError) as info:
+        get_breaker("stripe").acquire("create_customer")
+    assert 3500 < info.value.retry_after <= 3600
+
+
+def test_disable_then_reset(api, superuser):
+    CircuitBreakerFactory(name="stripe", tripped=True)
+    response = api.post(url("stripe", "disable"), {"reason": "flapping alarm"}, format="json")
+    assert response.json()["state"] == BreakerState.DISABLED
+    assert response.json()["forced_until"] is None
+    clear_local_cache()
+    get_breaker("stripe").acquire("op")  # a disabled breaker lets calls through
+
+    response = api.post(url("stripe", "reset"), {"reason": "vendor fixed"}, format="json")
+    assert response.status_code == 200
+    assert response.json()["state"] == BreakerState.CLOSED
+    assert response.json()["consecutive_failures"] == 0
+    transitions = list(
+        BreakerTransition.objects.filter(breaker__name="stripe")
+        .order_by("created_at", "id")
+        .values_list("from_state", "to_state", "actor", "reason")
+    )
+    actor = f"api:{superuser.username}"
+    assert transitions == [
+        ("open", "disabled", actor, "flapping alarm"),
+        ("disabled", "closed", actor, "vendor fixed"),
+    ]
+
+
+def test_reset_needs_no_reason(api):
+    CircuitBreakerFactory(name="stripe", tripped=True)
+    response = api.post(url("stripe", "reset"))
+    assert response.status_code == 200 and response.json()["state"] == "closed"
+    assert BreakerTransition.objects.get().reason  # the service records a default reason
+
+
+@pytest.mark.parametrize("action", ["open", "disable"])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "reason"),
+        ({"reason": "   "}, "reason"),
+        ({"reason": "r" * 501}, "reason"),
+        ({"reason": "x", "until": "tomorrow"}, "until"),
+        ({"reason": "x", "until": "2020-01-01T00:00:00Z"}, "until"),
+        ({"reason": "x", "until": 12}, "until"),
+    ],
+)
+def test_bad_action_bodies_are_400_and_change_nothing(api, action, body, field):
+    CircuitBreakerFactory(name="stripe")
+    response = api.post(url("stripe", action), body, format="json")
+    assert response.status_code == 400
+    assert field in response.json()
+    assert CircuitBreaker.objects.get(name="stripe").state == "closed"
+    assert not BreakerTransition.objects.exists()
+
+
+def test_a_configured_service_can_be_opened_before_its_first_call(api, settings):
+    settings.INTEGRATIONS = {"SERVICES": {"exchange-rates": {}}}
+    response = api.post(url("exchange-rates", "open"), {"reason": "not yet"}, format="json")
+    assert response.status_code == 200
+    assert CircuitBreaker.objects.get(name="exchange-rates").state == "forced_open"
+    # an unconfigured name is still unknown
+    assert api.post(url("typo", "open"), {"reason": "x"}, format="json").status_code == 404
+
+
+@pytest.mark.parametrize("method", ["put", "patch", "delete"])
+def test_breakers_cannot_be_edited_or_deleted(api, method):
+    CircuitBreakerFactory(name="stripe")
+    assert getattr(api, method)(url("stripe"), {"state": "open"}, format="json").status_code == 405
+    assert CircuitBreaker.objects.get(name="stripe").state == "closed"
