@@ -1,1 +1,125 @@
-"""System checks of the webhooks app (stub)."""
+"""System checks for ``settings.WEBHOOKS``: a misconfigured endpoint is reported at start-up
+(``manage.py check``, ``runserver``, ``migrate``), before the first delivery is refused.
+
+- ``webhooks.E001``: an endpoint's ``PROVIDER`` is missing, unknown, not importable, or not a
+  ``webhooks.providers.Provider`` subclass.
+- ``webhooks.E002``: an endpoint has no ``SECRETS`` (missing or an empty list).
+- ``webhooks.E003``: an endpoint has an empty (or blank) secret.
+- ``webhooks.E004``: an ``hmac`` endpoint misses a required option (``HEADER``, ``EVENT_ID``,
+  ``EVENT_TYPE``; ``TIMESTAMP_HEADER`` when ``SIGNED_PAYLOAD`` signs the timestamp).
+- ``webhooks.E005``: a value of the wrong type: ``ENDPOINTS`` or an endpoint not a dict,
+  ``SECRETS`` not a list of strings, ``TOLERANCE``/``MAX_BODY_BYTES`` (global or per endpoint)
+  not a positive number, an ``hmac`` option not a string.
+- ``webhooks.E006``: an invalid option value (an ``hmac`` ``ALGORITHM``, ``ENCODING``,
+  ``SIGNED_PAYLOAD``, ``EVENT_ID``/``EVENT_TYPE`` location; a Standard Webhooks secret that is
+  not base64).
+- ``webhooks.E007``: an endpoint name that cannot be a URL path segment.
+
+The same rules raise ``WebhookConfigurationError`` (naming the exact key) when a misconfigured
+endpoint is used anyway: they live in the providers (``Provider.config_problems``), not here.
+Messages never quote a secret.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from django.core.checks import CheckMessage, Error, register
+
+from .conf import webhooks_settings
+from .exceptions import WebhookConfigurationError
+from .providers import BUILTIN_PROVIDERS, provider_class
+from .providers.base import ConfigProblem, endpoint_key
+
+ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9._~-]+$")
+
+
+@register()
+def check_webhook_endpoints(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    return [_as_error(problem) for problem in webhook_config_problems()]
+
+
+def webhook_config_problems() -> list[ConfigProblem]:
+    """Every problem of ``settings.WEBHOOKS``'s endpoints and limits."""
+    problems: list[ConfigProblem] = []
+    for option, integer in (("TOLERANCE", False), ("MAX_BODY_BYTES", True)):
+        value = webhooks_settings[option]
+        if not _positive(value, integer=integer):
+            problems.append(
+                ConfigProblem(
+                    "E005",
+                    f'WEBHOOKS["{option}"]',
+                    f"must be a positive {'integer (bytes)' if integer else 'number (seconds)'}"
+                    f", not {value!r}.",
+                    "Leave it out to use the default.",
+                )
+            )
+    endpoints = webhooks_settings["ENDPOINTS"]
+    if not isinstance(endpoints, Mapping):
+        problems.append(
+            ConfigProblem(
+                "E005",
+                'WEBHOOKS["ENDPOINTS"]',
+                "must be a dict mapping endpoint names to their settings.",
+                'e.g. {"stripe": {"PROVIDER": "stripe", "SECRETS": [...]}}',
+            )
+        )
+        return problems
+    for name, config in endpoints.items():
+        problems.extend(_endpoint_problems(name, config))
+    return problems
+
+
+def _endpoint_problems(name: Any, config: Any) -> list[ConfigProblem]:
+    if not isinstance(name, str) or not ENDPOINT_NAME.match(name):
+        return [
+            ConfigProblem(
+                "E007",
+                f'WEBHOOKS["ENDPOINTS"][{name!r}]',
+                f"endpoint name {name!r} cannot be used in the URL /webhooks/<endpoint>/.",
+                "Use letters, digits, '-', '_', '.' or '~'.",
+            )
+        ]
+    if not isinstance(config, Mapping):
+        return [
+            ConfigProblem(
+                "E005",
+                endpoint_key(name),
+                f"endpoint {name!r} must be a dict of settings.",
+                'e.g. {"PROVIDER": "stripe", "SECRETS": [os.environ["STRIPE_WEBHOOK_SECRET"]]}',
+            )
+        ]
+    try:
+        cls = provider_class(name, config)
+    except WebhookConfigurationError as exc:
+        return [
+            ConfigProblem(
+                "E001",
+                endpoint_key(name, "PROVIDER"),
+                f"endpoint {name!r}: {_without_key(str(exc))}",
+                f"Use one of {', '.join(BUILTIN_PROVIDERS)} or the dotted path of a "
+                "webhooks.providers.Provider subclass.",
+            )
+        ]
+    return cls.config_problems(name, config)
+
+
+def _as_error(problem: ConfigProblem) -> Error:
+    return Error(
+        f"{problem.key}: {problem.message}",
+        hint=problem.hint or None,
+        obj="settings.WEBHOOKS",
+        id=f"webhooks.{problem.code}",
+    )
+
+
+def _positive(value: Any, *, integer: bool) -> bool:
+    kinds = (int,) if integer else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool) and value > 0
+
+
+def _without_key(message: str) -> str:
+    # provider_class's messages start with the key, which the check already shows.
+    return message.split(": ", 1)[1] if message.startswith("WEBHOOKS[") else message

@@ -25,6 +25,14 @@ class PayloadTooLarge(WebhookError):
     """The body is over the endpoint's ``MAX_BODY_BYTES``."""
 
 
+class UnknownEndpoint(WebhookError, LookupError):
+    """No endpoint of that name in ``WEBHOOKS["ENDPOINTS"]``."""
+
+
+class StorageUnavailable(WebhookError):
+    """The database could not store or look up the event; the sender should retry later."""
+
+
 class BrokerUnavailable(WebhookError):
     """The Celery broker refused to publish a task (the sweeper's ``requeue_stuck`` stops)."""
 

@@ -1,0 +1,358 @@
+"""The one interface every provider implements, and the pieces the built-in ones share.
+
+A provider knows one vendor's scheme and nothing else: it checks a request's headers before the
+body is read (``check_headers``), verifies the signature over the exact body bytes with any of
+the endpoint's secrets (``verify``), extracts the event (``parse``), says which headers are worth
+keeping (``stored_headers``) and, for tests and ``send_test_webhook``, does the vendor's side:
+``sign`` a body and build a ``sample`` event. The receive path (``webhooks.receiving``) calls
+these in a fixed order and knows no vendor.
+
+Providers raise ``InvalidSignature`` (answered 400 ``invalid_signature``, nothing stored) and
+``MalformedPayload`` (400 ``malformed_payload``). Their messages say what is wrong, never a
+secret or an expected signature.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets as _secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from django.utils.datastructures import CaseInsensitiveMapping
+
+from ..conf import webhooks_settings
+from ..exceptions import InvalidSignature, MalformedPayload, WebhookConfigurationError
+
+#: Headers every provider keeps besides its own scheme's.
+COMMON_STORED_HEADERS: tuple[str, ...] = ("Content-Type", "User-Agent")
+
+#: Longest event id and type the model stores (``WebhookEvent.event_id``/``event_type``).
+MAX_ID_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class ParsedEvent:
+    """What a provider extracts from a verified request."""
+
+    event_id: str
+    event_type: str
+    occurred_at: datetime | None
+    payload: Any
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A realistic event for tests and ``send_test_webhook``: the body and the values a provider
+    needs to sign it (``event_id``/``event_type`` go into headers for schemes that carry them
+    there)."""
+
+    body: bytes
+    event_id: str
+    event_type: str
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with an endpoint's settings.
+
+    ``webhooks.checks`` turns it into a ``checks.Error`` with id ``webhooks.<code>``;
+    ``get_provider`` raises it as a ``WebhookConfigurationError``. ``key`` is the exact setting,
+    e.g. ``WEBHOOKS["ENDPOINTS"]["stripe"]["SECRETS"]``. Never includes a secret's value.
+    """
+
+    code: str
+    key: str
+    message: str
+    hint: str = ""
+
+    def as_exception(self) -> WebhookConfigurationError:
+        text = f"{self.key}: {self.message}"
+        if self.hint:
+            text = f"{text} ({self.hint})"
+        return WebhookConfigurationError(text)
+
+
+def endpoint_key(endpoint: str, option: str | None = None) -> str:
+    key = f'WEBHOOKS["ENDPOINTS"][{endpoint!r}]'.replace("'", '"')
+    return f'{key}["{option}"]' if option else key
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass
+class Provider:
+    """Base class of providers. Subclass it, set ``name`` and the header names, implement
+    ``verify``, ``parse``, ``sign`` and ``sample``; point an endpoint's ``PROVIDER`` at the
+    class's dotted path (or register a built-in name in ``webhooks.providers``).
+
+    Instances are built by ``get_provider(endpoint)`` from the endpoint's settings, once per
+    settings change, and shared across requests: keep them free of per-request state.
+    """
+
+    endpoint: str
+    config: Mapping[str, Any]
+    secrets: tuple[str, ...] = field(init=False)
+    tolerance: float = field(init=False)
+    max_body_bytes: int = field(init=False)
+
+    #: Built-in name (``"stripe"``...); informative for user classes.
+    name: ClassVar[str] = ""
+    #: The header carrying the signature; its absence is answered ``invalid_signature``.
+    signature_header: ClassVar[str] = ""
+    #: The header carrying the signing time, for schemes that have one.
+    timestamp_header: ClassVar[str | None] = None
+    #: Options the provider reads besides SECRETS, TOLERANCE and MAX_BODY_BYTES.
+    options: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        problems = self.config_problems(self.endpoint, self.config)
+        if problems:
+            raise problems[0].as_exception()
+        self.secrets = tuple(self.config["SECRETS"])
+        self.tolerance = float(self.config.get("TOLERANCE", webhooks_settings["TOLERANCE"]))
+        self.max_body_bytes = int(
+            self.config.get("MAX_BODY_BYTES", webhooks_settings["MAX_BODY_BYTES"])
+        )
+
+    # -- configuration ----------------------------------------------------------------------
+
+    @classmethod
+    def config_problems(cls, endpoint: str, config: Mapping[str, Any]) -> list[ConfigProblem]:
+        """Everything wrong with the endpoint's settings (empty when usable).
+
+        Subclasses extend it with their options' problems (call ``super()`` first).
+        """
+        problems: list[ConfigProblem] = []
+        secrets = config.get("SECRETS")
+        key = endpoint_key(endpoint, "SECRETS")
+        if secrets is None or (isinstance(secrets, list | tuple) and not secrets):
+            problems.append(
+                ConfigProblem(
+                    "E002",
+                    key,
+                    f"endpoint {endpoint!r} has no signing secret.",
+                    "Set SECRETS to a list holding the secret the vendor gave you "
+                    '(e.g. [os.environ["VENDOR_WEBHOOK_SECRET"]]).',
+                )
+            )
+        elif not isinstance(secrets, list | tuple) or not all(isinstance(s, str) for s in secrets):
+            problems.append(
+                ConfigProblem(
+                    "E005",
+                    key,
+                    f"endpoint {endpoint!r}: SECRETS must be a list of strings.",
+                    "A single secret goes in a one-element list; several secrets allow rotation.",
+                )
+            )
+        else:
+            for index, secret in enumerate(secrets):
+                if not secret.strip():
+                    problems.append(
+                        ConfigProblem(
+                            "E003",
+                            f"{key}[{index}]",
+                            f"endpoint {endpoint!r} has an empty secret.",
+                            "An empty secret would accept forged requests; check that the "
+                            "environment variable it comes from is set.",
+                        )
+                    )
+                else:
+                    problems.extend(cls.secret_problems(endpoint, f"{key}[{index}]", secret))
+        for option, minimum in (("TOLERANCE", 0), ("MAX_BODY_BYTES", 0)):
+            if option not in config:
+                continue
+            value = config[option]
+            valid = (
+                isinstance(value, int) and not isinstance(value, bool)
+                if option == "MAX_BODY_BYTES"
+                else _is_number(value)
+            )
+            if not valid or value <= minimum:
+                problems.append(
+                    ConfigProblem(
+                        "E005",
+                        endpoint_key(endpoint, option),
+                        f"endpoint {endpoint!r}: {option} must be a positive "
+                        f"{'integer (bytes)' if option == 'MAX_BODY_BYTES' else 'number (seconds)'}"
+                        f", not {value!r}.",
+                        "Leave it out to use the global WEBHOOKS setting of the same name.",
+                    )
+                )
+        return problems
+
+    @classmethod
+    def secret_problems(cls, endpoint: str, key: str, secret: str) -> list[ConfigProblem]:
+        """Problems with one non-empty secret's format (never quoting the secret)."""
+        return []
+
+    @classmethod
+    def make_secret(cls) -> str:
+        """A new random secret in this provider's format (for tests and forged requests)."""
+        return _secrets.token_urlsafe(32)
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def stored_header_names(self) -> tuple[str, ...]:
+        """The allow-list of headers kept with the event."""
+        names = [self.signature_header, self.timestamp_header, *self.extra_stored_headers()]
+        return tuple(n for n in dict.fromkeys([*names, *COMMON_STORED_HEADERS]) if n)
+
+    def extra_stored_headers(self) -> tuple[str, ...]:
+        """The scheme's id and type headers (besides signature and timestamp)."""
+        return ()
+
+    def stored_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """The allow-listed headers present in the request, NUL characters replaced."""
+        headers = as_headers(headers)
+        kept = {}
+        for name in self.stored_header_names():
+            value = headers.get(name)
+            if value is not None:
+                kept[name] = str(value).replace("\x00", "\ufffd")
+        return kept
+
+    def check_headers(self, headers: Mapping[str, str], *, now: float | None = None) -> None:
+        """Cheap checks before the body is read: the signature header is present and, for
+        schemes with a timestamp, the timestamp is within the tolerance. Raises
+        ``InvalidSignature``."""
+        headers = as_headers(headers)
+        if not headers.get(self.signature_header):
+            raise InvalidSignature(f"missing {self.signature_header} header")
+        if self.timestamp_header is not None:
+            self.check_timestamp(self.read_timestamp(headers), now=now)
+
+    def read_timestamp(self, headers: Mapping[str, str]) -> int:
+        """The signing time (Unix seconds) from the request; ``InvalidSignature`` if absent or
+        malformed. Only for schemes with a timestamp."""
+        value = as_headers(headers).get(self.timestamp_header or "")
+        return parse_unix_timestamp(value, self.timestamp_header or "timestamp")
+
+    def check_timestamp(self, timestamp: int, *, now: float | None = None) -> None:
+        """``InvalidSignature`` unless ``timestamp`` is within ``tolerance`` of now, either way."""
+        now = time.time() if now is None else now
+        if timestamp < now - self.tolerance:
+            raise InvalidSignature("timestamp is older than the tolerance")
+        if timestamp > now + self.tolerance:
+            raise InvalidSignature("timestamp is further in the future than the tolerance")
+
+    def verify(self, body: bytes, headers: Mapping[str, str], *, now: float | None = None) -> None:
+        """Raise ``InvalidSignature`` unless one of ``self.secrets`` signed ``body``."""
+        raise NotImplementedError
+
+    def parse(self, body: bytes, headers: Mapping[str, str]) -> ParsedEvent:
+        """Extract the event from a verified request; ``MalformedPayload`` if unusable."""
+        raise NotImplementedError
+
+    # -- the vendor's side, for tests and send_test_webhook -------------------------------------
+
+    def sign(
+        self,
+        body: bytes,
+        *,
+        secret: str | None = None,
+        timestamp: int | None = None,
+        event_id: str | None = None,
+        event_type: str | None = None,
+    ) -> dict[str, str]:
+        """The headers the vendor would send with ``body`` (default: the first secret, now)."""
+        raise NotImplementedError
+
+    def sample(self, event_type: str | None = None, *, event_id: str | None = None) -> Sample:
+        """A realistic event of ``event_type`` (a default type if None), with a fresh id."""
+        raise NotImplementedError
+
+    def _signing_secret(self, secret: str | None) -> str:
+        return self.secrets[0] if secret is None else secret
+
+
+# -- shared building blocks -----------------------------------------------------------------
+
+
+def as_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """Case-insensitive view of request headers (``request.headers`` already is one)."""
+    if isinstance(headers, CaseInsensitiveMapping):
+        return headers
+    return CaseInsensitiveMapping(dict(headers))
+
+
+def parse_unix_timestamp(value: str | None, header: str) -> int:
+    """Unix seconds from a header holding only ASCII digits; ``InvalidSignature`` otherwise."""
+    if not value:
+        raise InvalidSignature(f"missing {header} header")
+    value = value.strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > 15:
+        raise InvalidSignature(f"malformed {header} header")
+    return int(value)
+
+
+def constant_time_equals(expected: bytes, given: bytes) -> bool:
+    """Compare two byte strings in time independent of where they differ."""
+    return hmac.compare_digest(expected, given)
+
+
+def header_bytes(value: str) -> bytes | None:
+    """A header value as bytes for comparison, or None if it holds non-ASCII characters (a
+    signature never does)."""
+    if not value.isascii():
+        return None
+    return value.encode("ascii")
+
+
+def decode_utf8(body: bytes) -> str:
+    """The body as text, for schemes that sign text; ``InvalidSignature`` if it is not UTF-8
+    (such a body cannot carry a valid signature in those schemes)."""
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidSignature("body is not valid UTF-8") from exc
+
+
+def load_json_object(data: bytes | str) -> dict[str, Any]:
+    """Parse a JSON object; ``MalformedPayload`` if not JSON or not an object."""
+    try:
+        payload = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedPayload("body is not JSON") from exc
+    if not isinstance(payload, dict):
+        raise MalformedPayload("body is not a JSON object")
+    return payload
+
+
+def require_identifier(value: Any, what: str) -> str:
+    """A usable event id or type: a non-empty string (or integer) of at most 255 characters,
+    without NUL; ``MalformedPayload`` otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise MalformedPayload(f"no {what}")
+    if len(value) > MAX_ID_LENGTH or "\x00" in value:
+        raise MalformedPayload(f"unusable {what}")
+    return value
+
+
+def datetime_from_unix(value: Any) -> datetime | None:
+    """An aware UTC datetime from Unix seconds, or None if ``value`` is not a sane number."""
+    if not _is_number(value):
+        return None
+    try:
+        return datetime.fromtimestamp(value, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def any_secret(secrets: Sequence[str], matches: Any) -> bool:
+    """True if ``matches(secret)`` holds for any secret; every secret is tried (no early exit),
+    so timing does not tell which one matched."""
+    found = False
+    for secret in secrets:
+        if matches(secret):
+            found = True
+    return found

@@ -1,0 +1,289 @@
+"""Generic HMAC signatures, configured per endpoint, for vendors with a scheme of their own.
+
+Options (besides ``SECRETS``, ``TOLERANCE``, ``MAX_BODY_BYTES``):
+
+- ``HEADER`` (required): the header carrying the signature.
+- ``ALGORITHM``: ``"sha256"`` (default), ``"sha1"`` or ``"sha512"``.
+- ``ENCODING``: ``"hex"`` (default, compared case-insensitively) or ``"base64"``.
+- ``PREFIX``: text before the digest in the header, e.g. ``"sha256="`` (default ``""``).
+- ``EVENT_ID``, ``EVENT_TYPE`` (required): where to find them, ``"header:Name"`` or
+  ``"json:dotted.path"`` (``"json:data.id"``; digits index lists).
+- ``TIMESTAMP_HEADER``: a header with the signing time in Unix seconds; when set, requests
+  outside ``TOLERANCE`` either way are refused, and the timestamp is the occurred time.
+- ``SIGNED_PAYLOAD``: what is signed, ``"{body}"`` or ``"{timestamp}.{body}"``; the default is
+  ``"{timestamp}.{body}"`` when ``TIMESTAMP_HEADER`` is set, else ``"{body}"``.
+
+The key is the secret's UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets as _secrets
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from ..exceptions import InvalidSignature
+from .base import (
+    ConfigProblem,
+    ParsedEvent,
+    Provider,
+    Sample,
+    any_secret,
+    as_headers,
+    constant_time_equals,
+    datetime_from_unix,
+    endpoint_key,
+    header_bytes,
+    load_json_object,
+    parse_unix_timestamp,
+    require_identifier,
+)
+
+ALGORITHMS = {"sha256": hashlib.sha256, "sha1": hashlib.sha1, "sha512": hashlib.sha512}
+ENCODINGS = ("hex", "base64")
+SIGNED_PAYLOADS = ("{body}", "{timestamp}.{body}")
+REQUIRED = ("HEADER", "EVENT_ID", "EVENT_TYPE")
+LOCATION_KINDS = ("header", "json")
+
+
+class HmacProvider(Provider):
+    name = "hmac"
+    options = (
+        "HEADER",
+        "ALGORITHM",
+        "ENCODING",
+        "PREFIX",
+        "EVENT_ID",
+        "EVENT_TYPE",
+        "TIMESTAMP_HEADER",
+        "SIGNED_PAYLOAD",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        config = self.config
+        self.header: str = config["HEADER"]
+        self.algorithm = ALGORITHMS[config.get("ALGORITHM", "sha256")]
+        self.encoding: str = config.get("ENCODING", "hex")
+        self.prefix: str = config.get("PREFIX", "")
+        self.event_id_at = _location(config["EVENT_ID"])
+        self.event_type_at = _location(config["EVENT_TYPE"])
+        self.ts_header: str | None = config.get("TIMESTAMP_HEADER") or None
+        self.signed_payload: str = config.get(
+            "SIGNED_PAYLOAD", "{timestamp}.{body}" if self.ts_header else "{body}"
+        )
+
+    # The scheme's header names come from settings, so they are instance attributes here.
+    @property  # type: ignore[override]
+    def signature_header(self) -> str:
+        return self.header
+
+    @property  # type: ignore[override]
+    def timestamp_header(self) -> str | None:
+        return self.ts_header
+
+    def extra_stored_headers(self) -> tuple[str, ...]:
+        return tuple(
+            name for kind, name in (self.event_id_at, self.event_type_at) if kind == "header"
+        )
+
+    @classmethod
+    def config_problems(cls, endpoint: str, config: Mapping[str, Any]) -> list[ConfigProblem]:
+        problems = super().config_problems(endpoint, config)
+        for option in REQUIRED:
+            if option not in config or config[option] in (None, ""):
+                problems.append(
+                    ConfigProblem(
+                        "E004",
+                        endpoint_key(endpoint, option),
+                        f"hmac endpoint {endpoint!r} is missing its {option} option.",
+                        _HINTS[option],
+                    )
+                )
+        for option in cls.options:
+            value = config.get(option)
+            if value is not None and not isinstance(value, str):
+                problems.append(
+                    ConfigProblem(
+                        "E005",
+                        endpoint_key(endpoint, option),
+                        f"hmac endpoint {endpoint!r}: {option} must be a string.",
+                        _HINTS[option],
+                    )
+                )
+                continue
+            if not value:
+                continue
+            invalid = (
+                (option == "ALGORITHM" and value not in ALGORITHMS)
+                or (option == "ENCODING" and value not in ENCODINGS)
+                or (option == "SIGNED_PAYLOAD" and value not in SIGNED_PAYLOADS)
+                or (option in ("EVENT_ID", "EVENT_TYPE") and _location(value) is None)
+            )
+            if invalid:
+                problems.append(
+                    ConfigProblem(
+                        "E006",
+                        endpoint_key(endpoint, option),
+                        f"hmac endpoint {endpoint!r}: {option} {value!r} is not valid.",
+                        _HINTS[option],
+                    )
+                )
+        if config.get("SIGNED_PAYLOAD") == "{timestamp}.{body}" and not config.get(
+            "TIMESTAMP_HEADER"
+        ):
+            problems.append(
+                ConfigProblem(
+                    "E004",
+                    endpoint_key(endpoint, "TIMESTAMP_HEADER"),
+                    f"hmac endpoint {endpoint!r} signs the timestamp but has no TIMESTAMP_HEADER.",
+                    _HINTS["TIMESTAMP_HEADER"],
+                )
+            )
+        return problems
+
+    def _digest(self, secret: str, body: bytes, timestamp: int | None) -> bytes:
+        message = body
+        if self.signed_payload == "{timestamp}.{body}":
+            message = f"{timestamp}.".encode("ascii") + body
+        return hmac.new(secret.encode("utf-8"), message, self.algorithm).digest()
+
+    def _encode(self, digest: bytes) -> str:
+        if self.encoding == "base64":
+            return base64.b64encode(digest).decode("ascii")
+        return digest.hex()
+
+    def verify(self, body: bytes, headers: Mapping[str, str], *, now: float | None = None) -> None:
+        headers = as_headers(headers)
+        timestamp = None
+        if self.ts_header:
+            timestamp = self.read_timestamp(headers)
+            self.check_timestamp(timestamp, now=now)
+        value = headers.get(self.header) or ""
+        if not value.startswith(self.prefix):
+            raise InvalidSignature(f"{self.header} does not start with the expected prefix")
+        given = header_bytes(value[len(self.prefix) :].strip())
+        if given is None:
+            raise InvalidSignature(f"{self.header} is not ASCII")
+        if self.encoding == "base64":
+            try:
+                given = base64.b64decode(given, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise InvalidSignature(f"{self.header} is not base64") from exc
+        else:
+            given = given.lower()
+
+        def matches(secret: str) -> bool:
+            digest = self._digest(secret, body, timestamp)
+            expected = digest if self.encoding == "base64" else digest.hex().encode("ascii")
+            return constant_time_equals(expected, given)
+
+        if not any_secret(self.secrets, matches):
+            raise InvalidSignature(f"{self.header} matches no endpoint secret")
+
+    def parse(self, body: bytes, headers: Mapping[str, str]) -> ParsedEvent:
+        headers = as_headers(headers)
+        payload = load_json_object(body)
+        occurred = None
+        if self.ts_header:
+            occurred = datetime_from_unix(self.read_timestamp(headers))
+        return ParsedEvent(
+            event_id=require_identifier(self._find(self.event_id_at, payload, headers), "event id"),
+            event_type=require_identifier(
+                self._find(self.event_type_at, payload, headers), "event type"
+            ),
+            occurred_at=occurred,
+            payload=payload,
+        )
+
+    @staticmethod
+    def _find(location: tuple[str, str], payload: Any, headers: Mapping[str, str]) -> Any:
+        kind, where = location
+        if kind == "header":
+            return headers.get(where)
+        value = payload
+        for part in where.split("."):
+            if isinstance(value, dict):
+                value = value.get(part)
+            elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+                value = value[int(part)]
+            else:
+                return None
+        return value
+
+    def sign(
+        self,
+        body: bytes,
+        *,
+        secret: str | None = None,
+        timestamp: int | None = None,
+        event_id: str | None = None,
+        event_type: str | None = None,
+    ) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self.ts_header:
+            timestamp = int(time.time()) if timestamp is None else timestamp
+            headers[self.ts_header] = str(timestamp)
+        digest = self._digest(self._signing_secret(secret), body, timestamp)
+        headers[self.header] = self.prefix + self._encode(digest)
+        for (kind, name), value, default in (
+            (self.event_id_at, event_id, str(uuid.uuid4())),
+            (self.event_type_at, event_type, "test.event"),
+        ):
+            if kind == "header":
+                headers[name] = value or default
+        return headers
+
+    def sample(self, event_type: str | None = None, *, event_id: str | None = None) -> Sample:
+        event_id = event_id or f"evt_{_secrets.token_hex(12)}"
+        event_type = event_type or "test.event"
+        payload: dict[str, Any] = {"data": {"message": "Hello from django-tether"}}
+        for (kind, where), value in (
+            (self.event_id_at, event_id),
+            (self.event_type_at, event_type),
+        ):
+            if kind == "json":
+                _set_path(payload, where, value)
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        return Sample(body=body, event_id=event_id, event_type=event_type)
+
+    def read_timestamp(self, headers: Mapping[str, str]) -> int:
+        return parse_unix_timestamp(
+            as_headers(headers).get(self.ts_header or ""), self.ts_header or ""
+        )
+
+
+def _location(value: str) -> tuple[str, str] | None:
+    kind, sep, where = value.partition(":")
+    if not sep or kind not in LOCATION_KINDS or not where.strip():
+        return None
+    if kind == "json" and any(not part for part in where.split(".")):
+        return None
+    return kind, where.strip()
+
+
+def _set_path(payload: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    node = payload
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+_HINTS = {
+    "HEADER": 'The header carrying the signature, e.g. "X-Partner-Signature".',
+    "ALGORITHM": 'One of "sha256", "sha1", "sha512".',
+    "ENCODING": 'One of "hex", "base64".',
+    "PREFIX": 'Text before the digest in the header, e.g. "sha256=", or "".',
+    "EVENT_ID": 'Where the event id is: "header:X-Event-Id" or "json:id" (dotted path).',
+    "EVENT_TYPE": 'Where the event type is: "header:X-Event-Type" or "json:type" (dotted path).',
+    "TIMESTAMP_HEADER": 'The header with the signing time in Unix seconds, e.g. "X-Timestamp".',
+    "SIGNED_PAYLOAD": 'One of "{body}", "{timestamp}.{body}".',
+}

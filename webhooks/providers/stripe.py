@@ -1,0 +1,114 @@
+"""Stripe: ``Stripe-Signature: t=<unix>,v1=<hex hmac>[,v1=...]``, verified by the ``stripe`` SDK.
+
+The signed content is ``"<t>.<body>"``, HMAC-SHA256 keyed with the WHOLE secret string, prefix
+included (``whsec_...`` is used as is, unlike Standard Webhooks). Several ``v1`` entries may be
+present (Stripe sends one per active secret while you roll it); any one matching any of our
+secrets is enough. The SDK rejects timestamps older than the tolerance but not ones in the
+future: that check is ours (``check_headers``, before the body is read).
+
+Extracted: id ``id``, type ``type`` (both required), occurred ``created`` (Unix seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as _secrets
+import time
+from collections.abc import Mapping
+
+import stripe
+
+from ..exceptions import InvalidSignature
+from . import samples
+from .base import (
+    ParsedEvent,
+    Provider,
+    Sample,
+    any_secret,
+    as_headers,
+    datetime_from_unix,
+    decode_utf8,
+    load_json_object,
+    parse_unix_timestamp,
+    require_identifier,
+)
+
+
+class StripeProvider(Provider):
+    name = "stripe"
+    signature_header = "Stripe-Signature"
+
+    def check_headers(self, headers: Mapping[str, str], *, now: float | None = None) -> None:
+        super().check_headers(headers, now=now)
+        self.check_timestamp(self.read_timestamp(headers), now=now)
+
+    def read_timestamp(self, headers: Mapping[str, str]) -> int:
+        value = as_headers(headers).get(self.signature_header) or ""
+        stamps = [item[2:] for item in value.split(",") if item.strip().startswith("t=")]
+        if len(stamps) != 1:
+            raise InvalidSignature("Stripe-Signature has no single t= timestamp")
+        return parse_unix_timestamp(stamps[0], "Stripe-Signature t=")
+
+    def verify(self, body: bytes, headers: Mapping[str, str], *, now: float | None = None) -> None:
+        header = as_headers(headers).get(self.signature_header) or ""
+        if not header.isascii():
+            raise InvalidSignature("Stripe-Signature is not ASCII")
+        text = decode_utf8(body)
+
+        def matches(secret: str) -> bool:
+            try:
+                return stripe.WebhookSignature.verify_header(
+                    text, header, secret, tolerance=self.tolerance
+                )
+            except stripe.SignatureVerificationError:
+                return False
+
+        if not any_secret(self.secrets, matches):
+            raise InvalidSignature("no Stripe-Signature v1 entry matches an endpoint secret")
+        # The SDK checked the past bound; the future one is ours (also checked before reading).
+        self.check_timestamp(self.read_timestamp(headers), now=now)
+
+    def parse(self, body: bytes, headers: Mapping[str, str]) -> ParsedEvent:
+        payload = load_json_object(body)
+        return ParsedEvent(
+            event_id=require_identifier(payload.get("id"), "event id"),
+            event_type=require_identifier(payload.get("type"), "event type"),
+            occurred_at=datetime_from_unix(payload.get("created")),
+            payload=payload,
+        )
+
+    def sign(
+        self,
+        body: bytes,
+        *,
+        secret: str | None = None,
+        timestamp: int | None = None,
+        event_id: str | None = None,
+        event_type: str | None = None,
+    ) -> dict[str, str]:
+        header = stripe.WebhookSignature.generate_signature_header(
+            body.decode("utf-8"),
+            self._signing_secret(secret),
+            int(time.time()) if timestamp is None else timestamp,
+        )
+        return {
+            self.signature_header: header,
+            "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+        }
+
+    def sample(self, event_type: str | None = None, *, event_id: str | None = None) -> Sample:
+        event_type = event_type or "payment_intent.succeeded"
+        event_id = event_id or f"evt_test_{_secrets.token_hex(12)}"
+        event = samples.stripe_envelope()
+        event.update(
+            id=event_id,
+            type=event_type,
+            created=int(time.time()),
+            data={"object": samples.stripe_object(event_type)},
+        )
+        body = json.dumps(event, indent=2, sort_keys=True).encode()
+        return Sample(body=body, event_id=event_id, event_type=event_type)
+
+    @classmethod
+    def make_secret(cls) -> str:
+        return f"whsec_{_secrets.token_hex(16)}"

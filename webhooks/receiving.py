@@ -1,0 +1,283 @@
+"""Receiving a webhook: verify it, store it once, queue it. The view is a thin shell over this.
+
+``receive_webhook`` runs the checks in the contract's order and stops at the first failure:
+
+1. endpoint: ``UnknownEndpoint`` (404 ``unknown_endpoint``);
+2. declared size: a ``Content-Length`` over the endpoint's ``MAX_BODY_BYTES`` is refused before
+   a byte is read (413 ``payload_too_large``);
+3. signature, header part: the signature header is present and, for schemes with a timestamp,
+   the timestamp is within ``TOLERANCE`` either way; checked before the body is read, so an
+   unsigned request never costs a read (400 ``invalid_signature``);
+4. body: read from the stream in 64 KiB chunks, never more than ``MAX_BODY_BYTES + 1`` bytes
+   (413 if the body, e.g. a chunked one without ``Content-Length``, turns out larger);
+5. signature over the exact bytes, with any of the endpoint's secrets (400 ``invalid_signature``);
+6. parse: JSON object, event id, type (400 ``malformed_payload``);
+7. store: one ``INSERT ... ON CONFLICT (endpoint, event_id) DO NOTHING RETURNING id``; the
+   unique constraint alone decides whether the event is new, so concurrent deliveries of one
+   event store exactly one row and only one of them is ``accepted``. A database failure is
+   ``StorageUnavailable`` (503 ``unavailable``; the sender retries).
+
+A new event sends ``webhook_received`` and is enqueued with ``enqueue_on_commit`` (both after the
+insert commits); a known one sends ``webhook_duplicate`` and is not touched, even when its body
+differs (logged as a warning); every refusal sends ``webhook_rejected(endpoint, reason)``.
+Nothing here logs a secret, a signature or a body.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol
+
+from django.db import (
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connections,
+    router,
+    transaction,
+)
+from django.utils import timezone
+
+from .exceptions import (
+    InvalidSignature,
+    MalformedPayload,
+    PayloadTooLarge,
+    StorageUnavailable,
+    UnknownEndpoint,
+    WebhookError,
+)
+from .models import WebhookEvent
+from .providers import get_provider
+from .providers.base import ParsedEvent, Provider
+from .signals import webhook_duplicate, webhook_received, webhook_rejected
+
+logger = logging.getLogger(__name__)
+
+READ_CHUNK_BYTES = 64 * 1024
+
+#: The error code of each refusal: the response's ``error`` and ``webhook_rejected``'s reason.
+REJECTION_CODES: dict[type[WebhookError], str] = {
+    UnknownEndpoint: "unknown_endpoint",
+    PayloadTooLarge: "payload_too_large",
+    InvalidSignature: "invalid_signature",
+    MalformedPayload: "malformed_payload",
+    StorageUnavailable: "unavailable",
+}
+
+#: Columns written by the insert; the others keep their database defaults (NULL).
+INSERT_FIELDS = (
+    "endpoint",
+    "event_id",
+    "event_type",
+    "body",
+    "payload",
+    "headers",
+    "status",
+    "attempts",
+    "last_error",
+    "received_at",
+    "occurred_at",
+)
+
+
+class BodyStream(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The outcome of a verified delivery: ``status`` is ``accepted`` or ``duplicate``."""
+
+    status: str
+    event_id: str
+    event: WebhookEvent | None = None
+
+
+def rejection_code(error: BaseException) -> str | None:
+    """The error code for a refusal, or None if ``error`` is not one (e.g. a config error)."""
+    for cls in type(error).__mro__:
+        if cls in REJECTION_CODES:
+            return REJECTION_CODES[cls]
+    return None
+
+
+def receive_webhook(
+    endpoint: str,
+    *,
+    headers: Mapping[str, str],
+    stream: BodyStream,
+    content_length: int | None = None,
+) -> Receipt:
+    """Verify, parse and store one delivery to ``endpoint``; see the module docstring.
+
+    ``headers`` is case-insensitive (``request.headers``); ``stream`` is read at most
+    ``MAX_BODY_BYTES + 1`` bytes; ``content_length`` is the declared size, if any. Raises a
+    ``WebhookError`` with a code in ``REJECTION_CODES`` for every refusal (after sending
+    ``webhook_rejected``), and ``WebhookConfigurationError`` if the endpoint is misconfigured.
+    """
+    try:
+        provider = get_provider(endpoint)
+        if content_length is not None and content_length > provider.max_body_bytes:
+            raise PayloadTooLarge(f"declared {content_length} bytes")
+        provider.check_headers(headers)
+        body = read_body(stream, provider.max_body_bytes)
+        provider.verify(body, headers)
+        parsed = provider.parse(body, headers)
+        return store_event(provider, parsed, body, provider.stored_headers(headers))
+    except WebhookError as error:
+        code = rejection_code(error)
+        if code is None:
+            raise
+        _log_rejection(endpoint, code, error)
+        webhook_rejected.send(sender=None, endpoint=endpoint, reason=code)
+        raise
+
+
+def read_body(stream: BodyStream, limit: int) -> bytes:
+    """Read the whole body, but never more than ``limit + 1`` bytes: ``PayloadTooLarge`` as soon
+    as it is over ``limit``. Memory stays bounded whatever the client sends or declares."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            chunk = stream.read(min(READ_CHUNK_BYTES, limit + 1 - size))
+        except OSError as exc:  # the client went away mid-body (UnreadablePostError)
+            raise MalformedPayload("the body could not be read") from exc
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body over {limit} bytes")
+        chunks.append(chunk)
+
+
+def store_event(
+    provider: Provider, parsed: ParsedEvent, body: bytes, headers: dict[str, str]
+) -> Receipt:
+    """Insert the event unless ``(endpoint, event_id)`` exists; send signals and enqueue."""
+    event = WebhookEvent(
+        endpoint=provider.endpoint,
+        event_id=parsed.event_id,
+        event_type=parsed.event_type,
+        body=body,
+        payload=parsed.payload,
+        headers=headers,
+        status=WebhookEvent.Status.RECEIVED,
+        received_at=timezone.now(),
+        occurred_at=parsed.occurred_at,
+    )
+    alias = router.db_for_write(WebhookEvent)
+    try:
+        inserted = insert_once(event, alias)
+        if not inserted:
+            _note_duplicate(event, alias)
+    except DataError as exc:
+        # e.g. PostgreSQL refuses a NUL character or a lone surrogate inside the JSON payload.
+        raise MalformedPayload("the event cannot be stored (invalid characters)") from exc
+    except (OperationalError, InterfaceError) as exc:
+        raise StorageUnavailable(type(exc).__name__) from exc
+
+    if not inserted:
+        webhook_duplicate.send(sender=None, endpoint=event.endpoint, event_id=event.event_id)
+        return Receipt("duplicate", event.event_id)
+
+    logger.debug(
+        "webhooks: accepted %s event %s (%s)", event.endpoint, event.event_id, event.event_type
+    )
+    from .services import enqueue_on_commit
+
+    transaction.on_commit(partial(_send_received, event), using=alias)
+    enqueue_on_commit(event)
+    return Receipt("accepted", event.event_id, event)
+
+
+def insert_once(event: WebhookEvent, alias: str) -> bool:
+    """Insert ``event`` unless its ``(endpoint, event_id)`` is taken; True if inserted (and then
+    ``event.pk`` is set). Race-safe: the unique constraint decides, never a prior SELECT."""
+    connection = connections[alias]
+    if connection.vendor not in ("postgresql", "sqlite"):
+        return insert_once_with_savepoint(event, alias)
+    if not connection.in_atomic_block:
+        return _insert_on_conflict(event, connection)
+    # Inside a transaction (e.g. ATOMIC_REQUESTS): a savepoint keeps a DataError from
+    # poisoning the caller's transaction.
+    with transaction.atomic(using=alias):
+        return _insert_on_conflict(event, connection)
+
+
+def _insert_on_conflict(event: WebhookEvent, connection: Any) -> bool:
+    meta = WebhookEvent._meta
+    fields = [meta.get_field(name) for name in INSERT_FIELDS]
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in fields)
+    values = [field.get_db_prep_save(getattr(event, field.attname), connection) for field in fields]
+    unique = ", ".join(quote(meta.get_field(name).column) for name in ("endpoint", "event_id"))
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} ({columns}) "  # noqa: S608 (names from _meta)
+        f"VALUES ({', '.join(['%s'] * len(fields))}) "
+        f"ON CONFLICT ({unique}) DO NOTHING RETURNING {quote(meta.pk.column)}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    event.pk = row[0]
+    event._state.adding = False
+    event._state.db = connection.alias
+    return True
+
+
+def insert_once_with_savepoint(event: WebhookEvent, alias: str) -> bool:
+    """The portable form of ``insert_once`` for databases without ``ON CONFLICT``: insert in a
+    savepoint and treat the unique violation as "already stored"."""
+    try:
+        with transaction.atomic(using=alias):
+            event.save(using=alias, force_insert=True)
+    except IntegrityError:
+        exists = WebhookEvent.objects.using(alias).filter(
+            endpoint=event.endpoint, event_id=event.event_id
+        )
+        if not exists.exists():
+            raise
+        event.pk = None
+        return False
+    return True
+
+
+def _note_duplicate(event: WebhookEvent, alias: str) -> None:
+    stored = (
+        WebhookEvent.objects.using(alias)
+        .filter(endpoint=event.endpoint, event_id=event.event_id)
+        .values_list("body", flat=True)
+        .first()
+    )
+    if stored is not None and bytes(stored) != event.body:
+        logger.warning(
+            "webhooks: %s event %s delivered again with a different body; the stored one is kept",
+            event.endpoint,
+            event.event_id,
+        )
+    else:
+        logger.debug("webhooks: duplicate %s event %s", event.endpoint, event.event_id)
+
+
+def _send_received(event: WebhookEvent) -> None:
+    for receiver, result in webhook_received.send_robust(sender=WebhookEvent, event=event):
+        if isinstance(result, Exception):
+            logger.error(
+                "webhooks: webhook_received receiver %r raised %s",
+                receiver,
+                type(result).__name__,
+                exc_info=result,
+            )
+
+
+def _log_rejection(endpoint: str, code: str, error: WebhookError) -> None:
+    level = logging.WARNING if code in ("invalid_signature", "unavailable") else logging.INFO
+    detail = str(error) if not isinstance(error, UnknownEndpoint) else "no such endpoint"
+    logger.log(level, "webhooks: refused a delivery to %r: %s (%s)", endpoint, code, detail)

@@ -1,0 +1,69 @@
+"""The receive view: ``POST /webhooks/<endpoint>/``. A thin shell over ``receive_webhook``.
+
+Responses (JSON), as the contract's table says:
+
+======================================  ======  ============================================
+verified, new                           200     ``{"status": "accepted", "event_id": ...}``
+verified, already stored                200     ``{"status": "duplicate", "event_id": ...}``
+bad, missing or stale signature         400     ``{"error": "invalid_signature"}``
+verified but not JSON, or no event id   400     ``{"error": "malformed_payload"}``
+unknown endpoint                        404     ``{"error": "unknown_endpoint"}``
+not POST                                405     (empty)
+body over the limit                     413     ``{"error": "payload_too_large"}``
+database unavailable                    503     ``{"error": "unavailable"}``
+======================================  ======  ============================================
+
+The body is never read through ``request.body`` or ``request.POST``: the view hands the raw
+stream to ``receive_webhook``, which reads it in chunks under the endpoint's ``MAX_BODY_BYTES``.
+So Django's ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (which only guards ``request.body``/``POST``) plays
+no part here: ``MAX_BODY_BYTES`` is the one limit, and it holds whether it is smaller or larger
+than Django's. Under WSGI the stream is Django's, capped at the declared ``Content-Length``;
+a body sent without one (``Transfer-Encoding: chunked``) is read from the server's terminated
+input (``wsgi.input_terminated``, set by gunicorn) and cut off at the limit.
+"""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from .exceptions import WebhookError
+from .receiving import BodyStream, receive_webhook, rejection_code
+
+STATUS_BY_CODE = {
+    "unknown_endpoint": 404,
+    "payload_too_large": 413,
+    "invalid_signature": 400,
+    "malformed_payload": 400,
+    "unavailable": 503,
+}
+
+
+@csrf_exempt
+@require_POST
+def receive(request: HttpRequest, endpoint: str) -> JsonResponse:
+    stream, content_length = _body_source(request)
+    try:
+        receipt = receive_webhook(
+            endpoint, headers=request.headers, stream=stream, content_length=content_length
+        )
+    except WebhookError as error:
+        code = rejection_code(error)
+        if code is None:
+            raise
+        return JsonResponse({"error": code}, status=STATUS_BY_CODE[code])
+    return JsonResponse({"status": receipt.status, "event_id": receipt.event_id})
+
+
+def _body_source(request: HttpRequest) -> tuple[BodyStream, int | None]:
+    """The stream to read the body from and its declared length (None if not declared)."""
+    declared = request.META.get("CONTENT_LENGTH")
+    if not declared and request.META.get("wsgi.input_terminated"):
+        # No Content-Length (chunked): Django's own stream would read nothing; the server's
+        # input ends where the body ends, and read_body stops at the limit.
+        return request.META["wsgi.input"], None
+    try:
+        return request, int(declared) if declared else None
+    except ValueError:
+        return request, None
