@@ -1,0 +1,130 @@
+"""Where the time of one webhook delivery goes: the receive path's phases timed in-process.
+
+    python bench/receive_phases.py [--events 2000] [--smoke]
+
+A diagnostic companion to ``bench/ingest.py`` case (b): it runs the same steps as
+``webhooks.receiving.receive_webhook`` one by one, on the bench database and broker (no HTTP, no
+gunicorn), and prints the wall and CPU time of each per event: provider lookup and header check,
+body read, signature verification (the stripe SDK), JSON parse, the insert (autocommit: it
+includes the commit's WAL flush), and the publication of the Celery task; then the duplicate
+path, and, for comparison, what a bare Redis ``LPUSH`` of a message of the same size costs.
+Published tasks are purged at the end (no worker runs). It uses the receive module's internal
+steps, so it names what it cannot find if they change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
+    sys.path[0] = str(ROOT)  # so that `webhooks` is the app, not bench/webhooks.py
+
+from bench.database import drop_database, recreate_database, setup_django  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.events = 50
+    setup_django()
+    try:
+        from webhooks.providers import get_provider
+        from webhooks.receiving import _note_duplicate, insert_once, read_body
+        from webhooks.services import publish_process_task
+    except ImportError as exc:
+        print(f"bench/receive_phases.py: a step of the receive path is missing: {exc}")
+        return 3
+    import redis
+    from django.conf import settings
+    from django.utils import timezone
+
+    from bench.ingest import event_body, make_signer
+    from sandbox_project.celery import app
+    from webhooks.models import WebhookEvent
+
+    recreate_database()
+    sign, _ = make_signer()
+    bodies = [event_body("phase", i) for i in range(args.events)]
+    headers = [{**sign(b), "Content-Type": "application/json"} for b in bodies]
+    phases: dict[str, list[tuple[float, float]]] = {}
+
+    def timed(name: str, func, *a, **kw):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        result = func(*a, **kw)
+        phases.setdefault(name, []).append((time.perf_counter() - wall, time.thread_time() - cpu))
+        return result
+
+    try:
+        # Warm up connections (database, broker) before timing.
+        app.control.purge()
+        publish_process_task(0)
+        WebhookEvent.objects.exists()
+        events = []
+        for body, header in zip(bodies, headers, strict=True):
+            provider = timed("1 provider + header check", _checked_provider, get_provider, header)
+            raw = timed("2 read body", read_body, io.BytesIO(body), provider.max_body_bytes)
+            timed("3 verify signature", provider.verify, raw, header)
+            parsed = timed("4 parse JSON", provider.parse, raw, header)
+            event = WebhookEvent(
+                endpoint=provider.endpoint,
+                event_id=parsed.event_id,
+                event_type=parsed.event_type,
+                body=raw,
+                payload=parsed.payload,
+                headers=provider.stored_headers(header),
+                status=WebhookEvent.Status.RECEIVED,
+                received_at=timezone.now(),
+                occurred_at=parsed.occurred_at,
+            )
+            if not timed("5 insert (autocommit)", insert_once, event, "default"):
+                raise RuntimeError("an event meant to be new was a duplicate")
+            timed("6 publish Celery task", publish_process_task, event.pk)
+            events.append(event)
+        for event in events:
+            fields = [f.attname for f in WebhookEvent._meta.concrete_fields if f.attname != "id"]
+            copy = WebhookEvent(**{name: getattr(event, name) for name in fields})
+            if timed("7 duplicate: insert", insert_once, copy, "default"):
+                raise RuntimeError("a duplicate was inserted")
+            timed("8 duplicate: compare bodies", _note_duplicate, copy, "default")
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        message = b"x" * 1200  # about the size of a Celery message for one event pk
+        for _ in range(args.events):
+            timed("9 for comparison: Redis LPUSH", client.lpush, "tether-bench:lpush", message)
+        client.delete("tether-bench:lpush")
+    finally:
+        app.control.purge()
+        drop_database()
+
+    print(f"\n{args.events} events; per event, median (mean) in ms")
+    print(f"{'phase':<34}{'wall':>16}{'CPU':>16}")
+    for name, values in phases.items():
+        walls = [1000 * w for w, _ in values]
+        cpus = [1000 * c for _, c in values]
+        print(
+            f"{name:<34}{statistics.median(walls):>8.3f} ({statistics.fmean(walls):.3f})"
+            f"{statistics.median(cpus):>8.3f} ({statistics.fmean(cpus):.3f})"
+        )
+    new = [k for k in phases if k[0] in "123456"]
+    total_wall = sum(statistics.fmean(w for w, _ in phases[k]) for k in new) * 1000
+    total_cpu = sum(statistics.fmean(c for _, c in phases[k]) for k in new) * 1000
+    print(f"{'new event, phases 1-6':<34}{total_wall:>16.3f}{total_cpu:>16.3f}")
+    return 0
+
+
+def _checked_provider(get_provider, headers):
+    provider = get_provider("bench")
+    provider.check_headers(headers)
+    return provider
+
+
+if __name__ == "__main__":
+    sys.exit(main())
