@@ -10,14 +10,17 @@ idempotency (the same ``Idempotency-Key`` with the same parameters replays the f
 - ``POST /v1/payment_intents`` (``amount``, ``currency``, ``customer``)
 - ``POST /v1/refunds`` (``payment_intent``, ``amount``)
 
-Every request is recorded (``requests``, ``count()``), and failures are scripted with
+It is a ``FakeVendor`` (``integrations.testing.server``): every request is recorded
+(``requests``, ``count()``, ``idempotency_keys()``), a route scripted with ``route()`` answers
+before the Stripe behaviour (to serve what Stripe would not), and failures are scripted with
 ``fail(kind, times=..., path=...)``: ``card_declined`` (402), ``invalid_request`` (400),
 ``resource_missing`` (404), ``authentication`` (401), ``permission`` (403), ``idempotency``
 (400 ``idempotency_error``), ``conflict`` (409), ``rate_limited`` (429 with ``Retry-After``),
 ``server_error`` (500), ``bad_gateway`` (502 HTML), ``hang`` (never answers), ``slow``
 (answers after ``delay``), ``garbage`` (200 with a non-JSON body), ``drop`` (closes the
 connection without answering). A refused connection is a stopped fake (``stop()``) or
-``refused_url()``.
+``integrations.testing.unused_port_url()``. ``add_customer()``, ``add_payment_intent()``,
+``confirm_payment_intent()`` and ``delete_customer()`` seed objects as Stripe's dashboard would.
 
 Usage::
 
@@ -31,20 +34,18 @@ Usage::
 from __future__ import annotations
 
 import copy
-import json
 import secrets
-import socket
 import string
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
-__all__ = ["FAILURES", "FakeStripe", "RecordedRequest"]
+from .server import NOT_FOUND, FakeVendor, RecordedRequest, Reply
+
+__all__ = ["BEHAVIOURS", "FAILURES", "FakeStripe", "form_params"]
 
 # --- object shapes, from stripe/openapi fixtures3.json (resources.customer, .payment_intent,
 # .refund); values that describe an older object (a discount, a cancellation, a pending action)
@@ -221,23 +222,34 @@ def _new_id(prefix: str, length: int = 24) -> str:
     return prefix + "".join(secrets.choice(_ALPHANUM) for _ in range(length))
 
 
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request the fake received."""
+def _reply(status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Reply:
+    return Reply.json(
+        body, status=status, headers={"Request-Id": _new_id("req_", 14), **(headers or {})}
+    )
 
-    method: str
-    path: str
-    headers: Mapping[str, str]  # lower-cased names
-    params: Mapping[str, str]  # form body (POST) or query string (GET)
 
-    @property
-    def idempotency_key(self) -> str | None:
-        return self.headers.get("idempotency-key")
+def _failure_reply(kind: str, *, retry_after: str | None) -> Reply:
+    if kind == "hang":
+        return Reply.hang()
+    if kind == "drop":
+        return Reply.disconnect()
+    if kind == "garbage":
+        return Reply.garbage(
+            b"<html><body>upstream says hi</body></html>", content_type="text/html"
+        )
+    if kind == "bad_gateway":
+        return Reply.text(
+            "<html><body>502 Bad Gateway</body></html>", status=502, content_type="text/html"
+        )
+    status, body = FAILURES[kind]
+    headers = {"Retry-After": retry_after} if kind == "rate_limited" and retry_after else None
+    return _reply(status, copy.deepcopy(body), headers)
 
-    @property
-    def api_key(self) -> str | None:
-        auth = self.headers.get("authorization", "")
-        return auth[len("Bearer ") :] if auth.startswith("Bearer ") else None
+
+def form_params(request: RecordedRequest) -> dict[str, str]:
+    """The form-encoded parameters of a recorded POST (or the query of a GET)."""
+    raw = request.body.decode("utf-8", "replace") if request.method == "POST" else request.query
+    return dict(parse_qsl(raw, keep_blank_values=True))
 
 
 @dataclass
@@ -255,84 +267,32 @@ class _Script:
         )
 
 
-@dataclass
-class _Answer:
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class FakeStripe:
-    """A threaded HTTP server on 127.0.0.1 that behaves like Stripe's v1 API (see module doc).
+class FakeStripe(FakeVendor):
+    """A ``FakeVendor`` that behaves like Stripe's v1 API (see the module doc).
 
     ``api_key``: when set, requests must carry ``Authorization: Bearer <api_key>`` or get a 401
-    like Stripe's (the key masked). ``hang_for``: the longest a ``hang`` holds a connection.
+    like Stripe's (the key masked). Routes scripted with ``route()`` take precedence over the
+    Stripe behaviour (to serve an answer Stripe would not give, for instance).
     """
 
-    def __init__(self, *, api_key: str | None = None, hang_for: float = 30.0) -> None:
+    def __init__(self, *, api_key: str | None = None, host: str = "127.0.0.1", port: int = 0):
+        super().__init__(host, port)
         self.api_key = api_key
-        self.hang_for = hang_for
         self.customers: dict[str, dict[str, Any]] = {}
         self.payment_intents: dict[str, dict[str, Any]] = {}
         self.refunds: dict[str, dict[str, Any]] = {}
-        self._requests: list[RecordedRequest] = []
         self._scripts: list[_Script] = []
-        self._idempotent: dict[str, tuple[str, str, dict[str, str], _Answer]] = {}
-        self._in_flight: set[str] = set()
-        self._lock = threading.RLock()
-        self._closing = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._port: int | None = None
-
-    # --- lifecycle -----------------------------------------------------------------------
-
-    def start(self) -> FakeStripe:
-        if self._server is not None:
-            return self
-        self._closing.clear()
-        server = ThreadingHTTPServer(("127.0.0.1", self._port or 0), _Handler)
-        server.daemon_threads = True
-        server.block_on_close = False
-        server.fake = self  # type: ignore[attr-defined]
-        self._server = server
-        self._port = server.server_address[1]
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop listening: later connections are refused. ``start()`` again reuses the port."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        self._closing.set()
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._idempotent: dict[str, tuple[str, str, dict[str, str], int, dict[str, Any]]] = {}
+        self._state = threading.RLock()
 
     def __enter__(self) -> FakeStripe:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.start()
+        return self
 
     @property
     def base_url(self) -> str:
-        if self._port is None:
-            raise RuntimeError("FakeStripe is not started")
-        return f"http://127.0.0.1:{self._port}"
-
-    @staticmethod
-    def refused_url() -> str:
-        """A base URL on 127.0.0.1 where nothing listens (connections are refused)."""
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        """What to give ``StripeService(base_url=...)`` (the SDK's api base)."""
+        return self.url
 
     # --- scripting -----------------------------------------------------------------------
 
@@ -347,30 +307,31 @@ class FakeStripe:
         delay: float = 1.0,
     ) -> None:
         """Answer the next ``times`` matching requests (``None``: all until ``heal()``) with
-        failure ``kind`` (a key of ``FAILURES`` or ``hang``/``slow``/``garbage``/``drop``/
-        ``bad_gateway``). ``retry_after`` is sent with ``rate_limited`` (None: no header);
-        ``delay`` is how long ``slow`` waits before answering normally."""
+        failure ``kind`` (a key of ``FAILURES``, or ``hang``, ``slow``, ``garbage``, ``drop``,
+        ``bad_gateway``). ``path`` matches that path and those below it. ``retry_after`` is
+        sent with ``rate_limited`` (None: no header); ``slow`` waits ``delay`` seconds, then
+        answers normally."""
         if kind not in FAILURES and kind not in BEHAVIOURS:
             raise ValueError(f"unknown failure {kind!r}")
-        with self._lock:
+        with self._state:
             self._scripts.append(
                 _Script(
                     kind=kind,
                     remaining=times,
                     path=path,
                     method=method.upper() if method else None,
-                    retry_after=None if retry_after is None else str(retry_after),
+                    retry_after=None if retry_after is None else f"{retry_after}",
                     delay=delay,
                 )
             )
 
     def heal(self) -> None:
         """Forget every scripted failure."""
-        with self._lock:
+        with self._state:
             self._scripts.clear()
 
     def _take_script(self, method: str, path: str) -> _Script | None:
-        with self._lock:
+        with self._state:
             for script in self._scripts:
                 if script.matches(method, path):
                     if script.remaining is not None:
@@ -380,38 +341,30 @@ class FakeStripe:
                     return script
         return None
 
-    # --- what was received ---------------------------------------------------------------
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        with self._lock:
-            return list(self._requests)
-
-    def count(self, method: str | None = None, path: str | None = None) -> int:
-        return sum(
-            1
-            for r in self.requests
-            if (method is None or r.method == method.upper()) and (path is None or r.path == path)
-        )
-
     def reset(self) -> None:
-        """Forget requests, scripts, objects and idempotency keys."""
-        with self._lock:
-            self._requests.clear()
+        """Forget requests, routes, scripts, objects and idempotency keys."""
+        super().reset()
+        with self._state:
             self._scripts.clear()
             self._idempotent.clear()
             self.customers.clear()
             self.payment_intents.clear()
             self.refunds.clear()
 
-    # --- seeding (like Stripe's dashboard or test helpers) --------------------------------
+    def idempotency_keys(
+        self, method: str | None = None, path: str | None = None
+    ) -> list[str | None]:
+        """The ``Idempotency-Key`` of each request (None where absent), in order."""
+        return self.headers_seen("Idempotency-Key", method, path)
+
+    # --- seeding (as Stripe's dashboard or test helpers would) -----------------------------
 
     def add_customer(self, *, email: str | None = None, name: str | None = None) -> dict[str, Any]:
-        with self._lock:
+        with self._state:
             return copy.deepcopy(self._create_customer({"email": email or "", "name": name or ""}))
 
     def delete_customer(self, customer_id: str) -> None:
-        with self._lock:
+        with self._state:
             self.customers[customer_id] = {"id": customer_id, "object": "customer", "deleted": True}
 
     def add_payment_intent(
@@ -422,7 +375,7 @@ class FakeStripe:
         customer: str | None = None,
         status: str = "succeeded",
     ) -> dict[str, Any]:
-        with self._lock:
+        with self._state:
             pi = self._new_payment_intent(amount, currency, customer)
             if status == "succeeded":
                 self._succeed(pi)
@@ -432,43 +385,32 @@ class FakeStripe:
 
     def confirm_payment_intent(self, payment_intent_id: str) -> None:
         """Move a payment intent to ``succeeded``, as a confirmed card payment would."""
-        with self._lock:
+        with self._state:
             self._succeed(self.payment_intents[payment_intent_id])
 
     # --- request handling ----------------------------------------------------------------
 
-    def _handle(
-        self, method: str, path: str, headers: dict[str, str], params: dict[str, str]
-    ) -> _Answer | str:
-        """The answer to one request, or a behaviour name (``hang``, ``drop``, ...)."""
-        with self._lock:
-            self._requests.append(RecordedRequest(method, path, headers, params))
-        script = self._take_script(method, path)
-        if script is not None:
-            if script.kind == "slow":
-                self._closing.wait(script.delay)
-            elif script.kind in BEHAVIOURS:
-                return script.kind
-            else:
-                status, body = FAILURES[script.kind]
-                answer = _Answer(status, copy.deepcopy(body))
-                if script.kind == "rate_limited" and script.retry_after is not None:
-                    answer.headers["Retry-After"] = script.retry_after
-                return answer
+    def _dispatch(self, request: RecordedRequest) -> Reply:
+        scripted = super()._dispatch(request)  # records the request; a scripted route wins
+        if scripted is not NOT_FOUND:
+            return scripted
+        script = self._take_script(request.method, request.path)
+        if script is not None and script.kind != "slow":
+            return _failure_reply(script.kind, retry_after=script.retry_after)
+        reply = self._answer(request)
+        return replace(reply, delay=script.delay) if script is not None else reply
 
-        denied = self._check_key(headers.get("authorization"))
+    def _answer(self, request: RecordedRequest) -> Reply:
+        denied = self._check_key(request.header("Authorization"))
         if denied is not None:
             return denied
-
-        key = headers.get("idempotency-key") if method == "POST" else None
-        if key is None:
-            return self._route(method, path, params)
-        with self._lock:
-            stored = self._idempotent.get(key)
-            if stored is not None:
-                first_method, first_path, first_params, answer = stored
+        method, path, params = request.method, request.path, form_params(request)
+        key = request.header("Idempotency-Key") if method == "POST" else None
+        with self._state:
+            if key is not None and key in self._idempotent:
+                first_method, first_path, first_params, status, body = self._idempotent[key]
                 if (first_method, first_path, first_params) != (method, path, params):
-                    return _Answer(
+                    return _reply(
                         *_error(
                             400,
                             message="Keys for idempotent requests can only be used with the "
@@ -477,29 +419,18 @@ class FakeStripe:
                             type="idempotency_error",
                         )
                     )
-                return _Answer(
-                    answer.status, copy.deepcopy(answer.body), {"Idempotent-Replayed": "true"}
-                )
-            if key in self._in_flight:
-                status, body = FAILURES["conflict"]
-                return _Answer(status, copy.deepcopy(body))
-            self._in_flight.add(key)
-        try:
-            answer = self._route(method, path, params)
-            with self._lock:
-                # Stripe saves results once an endpoint has started executing: successes here.
-                if answer.status < 400:
-                    self._idempotent[key] = (method, path, dict(params), answer)
-            return answer
-        finally:
-            with self._lock:
-                self._in_flight.discard(key)
+                return _reply(status, copy.deepcopy(body), {"Idempotent-Replayed": "true"})
+            status, body = self._route(method, path, params)
+            # Stripe saves a result once the endpoint has started executing: successes here.
+            if key is not None and status < 400:
+                self._idempotent[key] = (method, path, params, status, copy.deepcopy(body))
+            return _reply(status, body)
 
-    def _check_key(self, authorization: str | None) -> _Answer | None:
+    def _check_key(self, authorization: str | None) -> Reply | None:
         if self.api_key is None:
             return None
         if not authorization or not authorization.startswith("Bearer "):
-            return _Answer(
+            return _reply(
                 *_error(
                     401,
                     message="You did not provide an API key. You need to provide your API key "
@@ -510,36 +441,31 @@ class FakeStripe:
         given = authorization[len("Bearer ") :]
         if not secrets.compare_digest(given.encode(), self.api_key.encode()):
             masked = given[:8] + "*" * max(0, len(given) - 12) + given[-4:]
-            return _Answer(
+            return _reply(
                 *_error(
-                    401,
-                    message=f"Invalid API Key provided: {masked}",
-                    type="invalid_request_error",
+                    401, message=f"Invalid API Key provided: {masked}", type="invalid_request_error"
                 )
             )
         return None
 
-    def _route(self, method: str, path: str, params: dict[str, str]) -> _Answer:
-        with self._lock:
-            if method == "POST" and path == "/v1/customers":
-                return _Answer(200, copy.deepcopy(self._create_customer(params)))
-            if method == "GET" and path.startswith("/v1/customers/"):
-                customer_id = path[len("/v1/customers/") :]
-                customer = self.customers.get(customer_id)
-                if customer is None or "/" in customer_id:
-                    return _missing("customer", customer_id, 404, param="id")
-                return _Answer(200, copy.deepcopy(customer))
-            if method == "POST" and path == "/v1/payment_intents":
-                return self._create_payment_intent(params)
-            if method == "POST" and path == "/v1/refunds":
-                return self._create_refund(params)
-        return _Answer(
-            *_error(
-                404,
-                message=f"Unrecognized request URL ({method}: {path}). Please see "
-                "https://stripe.com/docs or we can help at https://support.stripe.com/.",
-                type="invalid_request_error",
-            )
+    def _route(self, method: str, path: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        if method == "POST" and path == "/v1/customers":
+            return 200, copy.deepcopy(self._create_customer(params))
+        if method == "GET" and path.startswith("/v1/customers/"):
+            customer_id = path[len("/v1/customers/") :]
+            customer = self.customers.get(customer_id)
+            if customer is None:
+                return _missing("customer", customer_id, 404, param="id")
+            return 200, copy.deepcopy(customer)
+        if method == "POST" and path == "/v1/payment_intents":
+            return self._create_payment_intent(params)
+        if method == "POST" and path == "/v1/refunds":
+            return self._create_refund(params)
+        return _error(
+            404,
+            message=f"Unrecognized request URL ({method}: {path}). Please see "
+            "https://stripe.com/docs or we can help at https://support.stripe.com/.",
+            type="invalid_request_error",
         )
 
     def _create_customer(self, params: Mapping[str, str]) -> dict[str, Any]:
@@ -549,7 +475,7 @@ class FakeStripe:
             created=int(time.time()),
             email=params.get("email") or None,
             name=params.get("name") or None,
-            invoice_prefix="".join(secrets.choice(string.hexdigits.upper()[:16]) for _ in range(7)),
+            invoice_prefix="".join(secrets.choice("0123456789ABCDEF") for _ in range(7)),
         )
         self.customers[customer["id"]] = customer
         return customer
@@ -579,7 +505,7 @@ class FakeStripe:
             payment_method=pi["payment_method"] or _new_id("pm_"),
         )
 
-    def _create_payment_intent(self, params: Mapping[str, str]) -> _Answer:
+    def _create_payment_intent(self, params: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
         for name in ("amount", "currency"):
             if not params.get(name):
                 return _param_missing(name)
@@ -587,46 +513,38 @@ class FakeStripe:
         if amount is None:
             return _invalid_integer("amount", params["amount"])
         if amount < 1:
-            return _Answer(
-                *_error(
-                    400,
-                    code="amount_too_small",
-                    message="Amount must be at least 1.",
-                    param="amount",
-                    type="invalid_request_error",
-                )
+            return _error(
+                400,
+                code="amount_too_small",
+                message="Amount must be at least 1.",
+                param="amount",
+                type="invalid_request_error",
             )
         customer = params.get("customer") or None
         if customer is not None and customer not in self.customers:
             return _missing("customer", customer, 400, param="customer")
-        return _Answer(
-            200, copy.deepcopy(self._new_payment_intent(amount, params["currency"], customer))
-        )
+        return 200, copy.deepcopy(self._new_payment_intent(amount, params["currency"], customer))
 
-    def _create_refund(self, params: Mapping[str, str]) -> _Answer:
+    def _create_refund(self, params: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
         pi_id = params.get("payment_intent")
         if not pi_id:
-            return _Answer(
-                *_error(
-                    400,
-                    code="parameter_missing",
-                    message="One of the following params should be provided for this request: "
-                    "payment_intent or charge.",
-                    type="invalid_request_error",
-                )
+            return _error(
+                400,
+                code="parameter_missing",
+                message="One of the following params should be provided for this request: "
+                "payment_intent or charge.",
+                type="invalid_request_error",
             )
         pi = self.payment_intents.get(pi_id)
         if pi is None:
             return _missing("payment_intent", pi_id, 400, param="payment_intent")
         if pi["status"] != "succeeded":
-            return _Answer(
-                *_error(
-                    400,
-                    message=f"This PaymentIntent ({pi_id}) does not have a successful charge "
-                    "to refund.",
-                    param="payment_intent",
-                    type="invalid_request_error",
-                )
+            return _error(
+                400,
+                message=f"This PaymentIntent ({pi_id}) does not have a successful charge to "
+                "refund.",
+                param="payment_intent",
+                type="invalid_request_error",
             )
         refunded = sum(r["amount"] for r in self.refunds.values() if r["payment_intent"] == pi_id)
         left = pi["amount_received"] - refunded
@@ -635,18 +553,22 @@ class FakeStripe:
             amount = _integer(params["amount"])
             if amount is None:
                 return _invalid_integer("amount", params["amount"])
-        if amount <= 0 or amount > left:
-            return _Answer(
-                *_error(
-                    400,
-                    code="amount_too_large" if amount > 0 else "amount_too_small",
-                    message=f"Refund amount ({amount}) is greater than unrefunded amount on "
-                    f"charge ({left})"
-                    if amount > 0
-                    else "Refund amount must be positive.",
-                    param="amount",
-                    type="invalid_request_error",
-                )
+        if amount < 1:
+            return _error(
+                400,
+                code="amount_too_small",
+                message="Refund amount must be at least 1.",
+                param="amount",
+                type="invalid_request_error",
+            )
+        if amount > left:
+            return _error(
+                400,
+                code="amount_too_large",
+                message=f"Refund amount ({amount}) is greater than unrefunded amount on "
+                f"charge ({left})",
+                param="amount",
+                type="invalid_request_error",
             )
         refund = copy.deepcopy(_REFUND)
         refund.update(
@@ -659,7 +581,7 @@ class FakeStripe:
             created=int(time.time()),
         )
         self.refunds[refund["id"]] = refund
-        return _Answer(200, copy.deepcopy(refund))
+        return 200, copy.deepcopy(refund)
 
 
 def _integer(value: str) -> int | None:
@@ -669,95 +591,33 @@ def _integer(value: str) -> int | None:
         return None
 
 
-def _param_missing(name: str) -> _Answer:
-    return _Answer(
-        *_error(
-            400,
-            code="parameter_missing",
-            doc_url="https://stripe.com/docs/error-codes/parameter-missing",
-            message=f"Missing required param: {name}.",
-            param=name,
-            type="invalid_request_error",
-        )
+def _param_missing(name: str) -> tuple[int, dict[str, Any]]:
+    return _error(
+        400,
+        code="parameter_missing",
+        doc_url="https://stripe.com/docs/error-codes/parameter-missing",
+        message=f"Missing required param: {name}.",
+        param=name,
+        type="invalid_request_error",
     )
 
 
-def _invalid_integer(name: str, value: str) -> _Answer:
-    return _Answer(
-        *_error(
-            400,
-            code="parameter_invalid_integer",
-            message=f"Invalid integer: {value}",
-            param=name,
-            type="invalid_request_error",
-        )
+def _invalid_integer(name: str, value: str) -> tuple[int, dict[str, Any]]:
+    return _error(
+        400,
+        code="parameter_invalid_integer",
+        message=f"Invalid integer: {value}",
+        param=name,
+        type="invalid_request_error",
     )
 
 
-def _missing(kind: str, object_id: str, status: int, *, param: str) -> _Answer:
-    return _Answer(
-        *_error(
-            status,
-            code="resource_missing",
-            doc_url="https://stripe.com/docs/error-codes/resource-missing",
-            message=f"No such {kind}: '{object_id}'",
-            param=param,
-            type="invalid_request_error",
-        )
+def _missing(kind: str, object_id: str, status: int, *, param: str) -> tuple[int, dict[str, Any]]:
+    return _error(
+        status,
+        code="resource_missing",
+        doc_url="https://stripe.com/docs/error-codes/resource-missing",
+        message=f"No such {kind}: '{object_id}'",
+        param=param,
+        type="invalid_request_error",
     )
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "nginx"
-    sys_version = ""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")
-
-    def _serve(self, method: str) -> None:
-        fake: FakeStripe = self.server.fake  # type: ignore[attr-defined]
-        url = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length).decode("utf-8", "replace") if length else ""
-        params = dict(parse_qsl(raw if method == "POST" else url.query, keep_blank_values=True))
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        answer = fake._handle(method, url.path, headers, params)
-        if answer == "hang":
-            fake._closing.wait(fake.hang_for)
-            self.close_connection = True
-            return
-        if answer == "drop":
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        if answer == "garbage":
-            self._send(200, b"<html><body>upstream says hi</body></html>", "text/html")
-            return
-        if answer == "bad_gateway":
-            self._send(502, b"<html><body>502 Bad Gateway</body></html>", "text/html")
-            return
-        assert isinstance(answer, _Answer)
-        body = json.dumps(answer.body, indent=2).encode()
-        self._send(answer.status, body, "application/json", answer.headers)
-
-    def _send(
-        self, status: int, body: bytes, content_type: str, headers: Mapping[str, str] | None = None
-    ) -> None:
-        self.send_response(status, HTTPStatus(status).phrase)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Request-Id", _new_id("req_", 14))
-        self.send_header("Stripe-Version", self.headers.get("Stripe-Version") or "2024-06-20")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
