@@ -1,0 +1,317 @@
+"""The health view: JSON, 200 when the database and the broker answer, 503 when either does
+not; stuck events and open breakers reported; cheap enough to poll every second.
+
+The outage tests run the sandbox under gunicorn as a subprocess: its broker is a Redis server
+of the test's own (started, killed, started again; the shared Redis on 6379 is never touched),
+or its database is a closed port."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from celery import current_app
+from django.db import connection
+from django.utils import timezone
+
+from tests.celery_worker import wait_until
+from tests.integrations.factories import CircuitBreakerFactory
+from tests.webhooks.factories import WebhookEventFactory
+from webhooks.health import broker_probe
+from webhooks.models import WebhookEvent
+
+ROOT = Path(__file__).resolve().parent.parent
+Status = WebhookEvent.Status
+
+
+@pytest.fixture(autouse=True)
+def _fresh_probe():
+    broker_probe.reset()
+    yield
+    broker_probe.reset()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- in process -------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_healthy_report(client, settings):
+    stale = timezone.now() - dt.timedelta(seconds=settings.WEBHOOKS.get("STUCK_AFTER", 600) + 60)
+    WebhookEventFactory.create_batch(2, received_at=stale)  # received, never picked up
+    WebhookEventFactory(status=Status.PROCESSING, received_at=stale, last_attempt_at=stale)
+    WebhookEventFactory()  # fresh: not stuck
+    WebhookEventFactory(status=Status.FAILED, received_at=stale)  # finished: not stuck
+    CircuitBreakerFactory(name="stripe", tripped=True)
+    CircuitBreakerFactory(name="github", state="forced_open")
+    CircuitBreakerFactory(name="rates")  # closed
+    CircuitBreakerFactory(name="maps", state="disabled")
+
+    response = client.get("/health/")
+    assert response.status_code == 200
+    assert response["Cache-Control"].startswith("max-age=0")
+    assert response.json() == {
+        "status": "ok",
+        "database": {"ok": True},
+        "broker": {"ok": True},
+        "webhooks": {"stuck": 3, "stuck_after": 600},
+        "circuit_breakers": {
+            "open": [
+                {"name": "github", "state": "forced_open"},
+                {"name": "stripe", "state": "open"},
+            ]
+        },
+    }
+
+
+@pytest.mark.django_db
+def test_stuck_after_setting_is_honoured(client, settings):
+    WebhookEventFactory(received_at=timezone.now() - dt.timedelta(seconds=90))
+    assert client.get("/health/").json()["webhooks"]["stuck"] == 0
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "STUCK_AFTER": 60}
+    assert client.get("/health/").json()["webhooks"] == {"stuck": 1, "stuck_after": 60}
+
+
+@pytest.mark.django_db
+def test_only_get_and_head(client):
+    assert client.head("/health/").status_code == 200
+    assert client.post("/health/").status_code == 405
+
+
+@pytest.mark.django_db
+def test_a_poll_costs_two_queries_and_reuses_the_broker_probe(
+    client, django_assert_max_num_queries, settings
+):
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "HEALTH_CACHE_TTL": 60}
+    client.get("/health/")
+    first = broker_probe.check()
+    for _ in range(5):
+        with django_assert_max_num_queries(2):  # stuck COUNT + breakers not closed
+            assert client.get("/health/").status_code == 200
+    assert broker_probe.check() is first  # no new broker connection within the TTL
+
+
+@pytest.mark.django_db
+def test_poll_cost_with_a_large_table(client, settings, capsys):
+    """Measured: 20,000 events (200 stuck), 200 polls. Printed, and bounded loosely."""
+    old = timezone.now() - dt.timedelta(hours=2)
+    WebhookEvent.objects.bulk_create(
+        WebhookEventFactory.build(
+            status=Status.RECEIVED if n % 100 == 0 else Status.PROCESSED, received_at=old
+        )
+        for n in range(20_000)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE webhooks_webhookevent")
+    assert client.get("/health/").json()["webhooks"]["stuck"] == 200
+    polls = 200
+    started = time.perf_counter()
+    for _ in range(polls):
+        client.get("/health/")
+    mean_ms = (time.perf_counter() - started) / polls * 1000
+    with capsys.disabled():
+        print(f"\nhealth poll: {mean_ms:.2f} ms mean over {polls} polls, 20k events")
+    assert mean_ms < 100  # generous on a shared 2-core machine; typically a few ms
+
+
+@pytest.mark.django_db
+def test_broker_down_is_503_and_names_no_url(client, settings):
+    port = free_port()  # nothing listens there
+    original = current_app.conf.broker_url
+    current_app.conf.broker_url = f"redis://:s3cret-pass@127.0.0.1:{port}/0"
+    try:
+        started = time.perf_counter()
+        response = client.get("/health/")
+        elapsed = time.perf_counter() - started
+    finally:
+        current_app.conf.broker_url = original
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable"
+    assert body["database"] == {"ok": True}
+    assert body["broker"] == {"ok": False, "error": "OperationalError"}
+    assert "s3cret" not in response.content.decode() and str(port) not in response.content.decode()
+    assert elapsed < 2
+
+
+# --- real server subprocesses -----------------------------------------------------------
+
+
+class Server:
+    """The sandbox's WSGI app under gunicorn, on the test settings plus ``env``."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.log = ROOT / f".pytest-health-{self.port}.log"
+        full_env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.worker_settings",
+            "TETHER_DB_NAME": connection.settings_dict["NAME"],
+            "PYTHONPATH": str(ROOT),
+            **env,
+        }
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "gunicorn"),
+                    "sandbox_project.wsgi",
+                    "--bind",
+                    f"127.0.0.1:{self.port}",
+                    "--workers",
+                    "1",
+                    "--timeout",
+                    "30",
+                ],
+                cwd=ROOT,
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(self._answers, timeout=30, message="gunicorn to answer")
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"gunicorn exited: {self.log.read_text()[-2000:]}")
+        try:
+            self.get("/health/")
+        except OSError:
+            return False
+        return True
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", headers=headers or {}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.unlink(missing_ok=True)
+
+
+class RedisServer:
+    """A Redis of the test's own, on a free port, with no persistence."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._pong, timeout=10, message="redis-server to start")
+
+    def _pong(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.django_db(transaction=True)
+def test_health_flips_to_503_when_redis_stops_and_back_when_it_starts():
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is needed for this test (apt-get install redis-server)")
+    redis = RedisServer()
+    redis.start()
+    server = Server(
+        {
+            "TETHER_WORKER_BROKER_URL": f"redis://127.0.0.1:{redis.port}/0",
+            "TETHER_WORKER_WEBHOOKS": json.dumps({"HEALTH_CACHE_TTL": 0.5}),
+        }
+    )
+    try:
+        status, body = server.get("/health/")
+        assert (status, body["broker"], body["database"]) == (200, {"ok": True}, {"ok": True})
+
+        redis.kill()
+        status, body = wait_until(
+            lambda: (r := server.get("/health/"))[0] == 503 and r, timeout=10, message="503"
+        )
+        assert body["status"] == "unavailable"
+        assert body["broker"] == {"ok": False, "error": "OperationalError"}
+        assert body["database"] == {"ok": True}
+
+        redis.start()  # same port
+        status, body = wait_until(
+            lambda: (r := server.get("/health/"))[0] == 200 and r, timeout=10, message="200"
+        )
+        assert body["status"] == "ok" and body["broker"] == {"ok": True}
+    finally:
+        server.stop()
+        redis.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.django_db(transaction=True)
+def test_health_and_api_answer_503_when_the_database_is_unreachable():
+    closed = free_port()
+    server = Server({"TETHER_PG_URL": f"postgres://postgres:pg-pass@127.0.0.1:{closed}/nowhere"})
+    try:
+        status, body = server.get("/health/")
+        assert status == 503
+        assert body["status"] == "unavailable"
+        assert body["database"] == {"ok": False, "error": "OperationalError"}
+        assert body["broker"] == {"ok": True}
+        assert body["webhooks"]["stuck"] is None
+        assert body["circuit_breakers"] == {"open": None}
+        assert "pg-pass" not in json.dumps(body)
+
+        # the operator API says so too, rather than a 500 (authentication needs the database)
+        status, body = server.get(
+            "/api/webhook-events/", headers={"Authorization": "Basic cm9vdDpwdw=="}
+        )
+        assert status == 503
+        assert body == {"detail": "The database is unavailable; try again later."}
+    finally:
+        server.stop()
