@@ -1,0 +1,132 @@
+"""Admin of webhook events: pages render, filters and search work, read-only, both actions."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.urls import reverse
+
+from tests.webhooks.factories import WebhookEventFactory
+from webhooks import on
+from webhooks.models import WebhookEvent
+
+Status = WebhookEvent.Status
+CHANGELIST = "admin:webhooks_webhookevent_changelist"
+
+
+@pytest.fixture
+def events(db):
+    return {
+        "failed": WebhookEventFactory(
+            status=Status.FAILED, attempts=8, event_type="invoice.payment_failed",
+            last_error="RuntimeError: boom",
+            payload={"id": "evt_failed", "data": {"object": {"amount": 1099}}},
+            headers={"Stripe-Signature": "t=1,v1=abc", "Content-Type": "application/json"},
+        ),
+        "processed": WebhookEventFactory(status=Status.PROCESSED, attempts=1),
+        "github": WebhookEventFactory(endpoint="github", event_type="push", status=Status.IGNORED),
+    }  # fmt: skip
+
+
+def test_changelist_renders_with_filters_and_search(admin_client, events):
+    url = reverse(CHANGELIST)
+    response = admin_client.get(url)
+    assert response.status_code == 200
+    content = response.content.decode()
+    for event in events.values():
+        assert event.event_id in content
+
+    response = admin_client.get(url, {"status__exact": "failed"})
+    assert response.status_code == 200
+    assert list(response.context["cl"].result_list) == [events["failed"]]
+
+    response = admin_client.get(url, {"endpoint__exact": "github"})
+    assert list(response.context["cl"].result_list) == [events["github"]]
+
+    response = admin_client.get(url, {"event_type__exact": "invoice.payment_failed"})
+    assert list(response.context["cl"].result_list) == [events["failed"]]
+
+    response = admin_client.get(url, {"q": events["processed"].event_id})
+    assert list(response.context["cl"].result_list) == [events["processed"]]
+
+    response = admin_client.get(url, {"q": "no-such-event"})
+    assert list(response.context["cl"].result_list) == []
+
+
+def test_detail_shows_pretty_payload_and_headers_read_only(admin_client, events):
+    event = events["failed"]
+    url = reverse("admin:webhooks_webhookevent_change", args=[event.pk])
+    response = admin_client.get(url)
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert "&quot;amount&quot;: 1099" in content  # indented JSON, escaped
+    assert "Stripe-Signature" in content
+    assert "RuntimeError: boom" in content
+    assert "bytes, stored as received" in content
+    assert 'name="_save"' not in content
+    assert "<textarea" not in content and 'name="status"' not in content
+
+    # A forged POST changes nothing: every field is read-only.
+    response = admin_client.post(url, {"status": "processed", "attempts": "0", "body": "x"})
+    event.refresh_from_db()
+    assert (event.status, event.attempts) == (Status.FAILED, 8)
+
+
+def test_no_add_or_delete(admin_client, events):
+    assert admin_client.get(reverse("admin:webhooks_webhookevent_add")).status_code == 403
+    delete_url = reverse("admin:webhooks_webhookevent_delete", args=[events["failed"].pk])
+    assert admin_client.post(delete_url, {"post": "yes"}).status_code == 403
+    assert WebhookEvent.objects.count() == 3
+
+
+def test_replay_action_replays_the_selected_failed_event(admin_client, events, on_commit, handlers):
+    on("stripe", "invoice.payment_failed")(lambda event: None)
+    event = events["failed"]
+    with on_commit(execute=False) as callbacks:
+        response = admin_client.post(
+            reverse(CHANGELIST),
+            {"action": "replay", "_selected_action": [event.pk]},
+            follow=True,
+        )
+    assert response.status_code == 200
+    assert "1 event queued for replay." in response.content.decode()
+    event.refresh_from_db()
+    assert (event.status, event.attempts) == (Status.RECEIVED, 0)
+    assert len(callbacks) == 1  # the processing task is published on commit
+
+
+def test_mark_ignored_action(admin_client, events):
+    response = admin_client.post(
+        reverse(CHANGELIST),
+        {"action": "mark_ignored",
+         "_selected_action": [events["failed"].pk, events["processed"].pk]},
+        follow=True,
+    )  # fmt: skip
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert "1 event marked ignored." in content
+    assert "1 event was left alone" in content
+    events["failed"].refresh_from_db()
+    events["processed"].refresh_from_db()
+    assert events["failed"].status == Status.IGNORED
+    assert "marked ignored in the admin by admin" in events["failed"].last_error
+    assert events["processed"].status == Status.PROCESSED
+
+
+def test_a_view_only_user_sees_events_but_no_actions(client, django_user_model, events):
+    user = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_webhookevent"))
+    client.force_login(user)
+    response = client.get(reverse(CHANGELIST))
+    assert response.status_code == 200
+    assert 'value="replay"' not in response.content.decode()
+    response = client.post(
+        reverse(CHANGELIST), {"action": "replay", "_selected_action": [events["failed"].pk]}
+    )
+    events["failed"].refresh_from_db()
+    assert events["failed"].status == Status.FAILED
+
+
+def test_anonymous_is_sent_to_login(client, events):
+    response = client.get(reverse(CHANGELIST))
+    assert response.status_code == 302 and "/login/" in response["Location"]
