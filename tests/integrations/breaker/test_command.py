@@ -1,0 +1,183 @@
+"""``circuit_breakers list|reset|open|disable``: every mode, bad input, exit codes."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.utils import timezone
+
+from integrations.management.commands.circuit_breakers import (
+    EXIT_BAD_DATE,
+    EXIT_UNKNOWN_BREAKER,
+    EXIT_USAGE,
+)
+from integrations.models import BreakerTransition, CircuitBreaker
+from tests.integrations.factories import CircuitBreakerFactory
+
+pytestmark = pytest.mark.django_db
+
+ACTOR = f"cli:{getpass.getuser()}"
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command("circuit_breakers", *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def test_list_shows_every_breaker():
+    CircuitBreakerFactory(name="exchange-rates", tripped=True)
+    CircuitBreakerFactory(name="geocoder", total_successes=42)
+    out = run("list")
+    lines = out.splitlines()
+    assert lines[0].startswith("NAME")
+    assert lines[1].split()[:5] == ["exchange-rates", "open", "5", "5", "0"]
+    assert "The vendor could not be reached" in lines[1]
+    assert lines[2].split()[:5] == ["geocoder", "closed", "0", "0", "42"]
+
+
+def test_list_when_there_are_none():
+    assert "no circuit breakers yet" in run("list")
+
+
+def test_reset():
+    CircuitBreakerFactory(name="exchange-rates", tripped=True)
+    out = run("reset", "exchange-rates", "--reason", "vendor fixed")
+    assert "exchange-rates: closed" in out
+    record = BreakerTransition.objects.get()
+    assert (record.from_state, record.to_state) == ("open", "closed")
+    assert (record.actor, record.reason) == (ACTOR, "vendor fixed")
+
+
+def test_open_with_until():
+    CircuitBreakerFactory(name="exchange-rates")
+    until = (timezone.now() + timedelta(hours=2)).replace(microsecond=0)
+    out = run("open", "exchange-rates", "--reason", "maintenance", "--until", until.isoformat())
+    assert "exchange-rates: forced_open until" in out
+    breaker = CircuitBreaker.objects.get()
+    assert breaker.state == "forced_open" and breaker.forced_until == until
+    record = BreakerTransition.objects.get()
+    assert (record.to_state, record.actor, record.reason) == ("forced_open", ACTOR, "maintenance")
+
+
+def test_open_until_a_date_means_its_midnight():
+    CircuitBreakerFactory(name="exchange-rates")
+    day = (timezone.localdate() + timedelta(days=3)).isoformat()
+    run("open", "exchange-rates", "--reason", "holiday", "--until", day)
+    forced_until = timezone.localtime(CircuitBreaker.objects.get().forced_until)
+    assert forced_until.date().isoformat() == day
+    assert (forced_until.hour, forced_until.minute) == (0, 0)
+
+
+def test_disable():
+    CircuitBreakerFactory(name="exchange-rates", tripped=True)
+    out = run("disable", "exchange-rates", "--reason", "flaky but needed")
+    assert "exchange-rates: disabled" in out
+    assert CircuitBreaker.objects.get().state == "disabled"
+    assert BreakerTransition.objects.get().actor == ACTOR
+
+
+def expect_error(returncode: int, *args: str) -> str:
+    with pytest.raises(CommandError) as caught:
+        run(*args)
+    assert caught.value.returncode == returncode
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("action", ["reset", "open", "disable"])
+def test_unknown_name(action):
+    CircuitBreakerFactory(name="exchange-rates")
+    message = expect_error(EXIT_UNKNOWN_BREAKER, action, "nope", "--reason", "x")
+    assert "no circuit breaker named 'nope'" in message
+    assert "known breakers: exchange-rates" in message
+    assert not BreakerTransition.objects.exists()
+
+
+@pytest.mark.parametrize("action", ["reset", "open", "disable"])
+def test_missing_name(action):
+    assert "needs a breaker NAME" in expect_error(EXIT_USAGE, action, "--reason", "x")
+
+
+@pytest.mark.parametrize("action", ["open", "disable"])
+def test_open_and_disable_need_a_reason(action):
+    CircuitBreakerFactory(name="exchange-rates")
+    assert "needs --reason" in expect_error(EXIT_USAGE, action, "exchange-rates")
+    assert "needs --reason" in expect_error(EXIT_USAGE, action, "exchange-rates", "--reason", " ")
+    assert CircuitBreaker.objects.get().state == "closed"
+
+
+def test_reset_does_not_take_until():
+    CircuitBreakerFactory(name="exchange-rates", tripped=True)
+    expect_error(EXIT_USAGE, "reset", "exchange-rates", "--until", "2099-01-01")
+    assert CircuitBreaker.objects.get().state == "open"
+
+
+@pytest.mark.parametrize("until", ["tomorrow", "2026-13-45", "2026-02-30T10:00", "", "12:00"])
+def test_bad_until(until):
+    CircuitBreakerFactory(name="exchange-rates")
+    if until == "":
+        # An empty --until is the same as none given.
+        run("open", "exchange-rates", "--reason", "x", "--until", until)
+        assert CircuitBreaker.objects.get().forced_until is None
+        return
+    assert "ISO 8601" in expect_error(
+        EXIT_BAD_DATE, "open", "exchange-rates", "--reason", "x", "--until", until
+    )
+    assert CircuitBreaker.objects.get().state == "closed"
+
+
+def test_until_in_the_past():
+    CircuitBreakerFactory(name="exchange-rates")
+    message = expect_error(
+        EXIT_BAD_DATE, "disable", "exchange-rates", "--reason", "x", "--until", "2001-01-01"
+    )
+    assert "not in the future" in message
+    assert CircuitBreaker.objects.get().state == "closed"
+
+
+def test_unknown_action():
+    with pytest.raises(CommandError, match="invalid choice"):
+        run("explode", "exchange-rates")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_exit_codes_from_a_real_shell():
+    """As an operator runs it: ``manage.py circuit_breakers`` in its own process."""
+    CircuitBreakerFactory(name="exchange-rates")
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "TETHER_DB_NAME": connection.settings_dict["NAME"],
+    }
+    root = Path(__file__).resolve().parents[3]
+
+    def shell(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            # System checks are other tests' business; here only this command is under test.
+            [sys.executable, "manage.py", "circuit_breakers", "--skip-checks", *args],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert shell("open", "exchange-rates", "--reason", "drill").returncode == 0
+    unknown = shell("reset", "nope")
+    assert unknown.returncode == EXIT_UNKNOWN_BREAKER
+    assert "no circuit breaker named 'nope'" in unknown.stderr
+    assert shell("open", "exchange-rates", "--reason", "x", "--until", "soon").returncode == (
+        EXIT_BAD_DATE
+    )
+    assert shell("bogus").returncode == 2  # argparse's own usage error
+    listing = shell("list")
+    assert listing.returncode == 0 and "forced_open" in listing.stdout

@@ -1,0 +1,135 @@
+"""Operator actions: each records who, why and the counts, and takes effect in this process at
+once."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from django.utils import timezone
+
+from integrations.breaker import get_breaker
+from integrations.exceptions import CircuitOpenError
+from integrations.models import BreakerTransition, CircuitBreaker
+from integrations.services import (
+    BreakerNotFound,
+    InvalidExpiry,
+    disable_breaker,
+    force_open_breaker,
+    reset_breaker,
+)
+from integrations.signals import breaker_transitioned
+from tests.integrations.factories import BreakerTransitionFactory, CircuitBreakerFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_reset_closes_and_zeroes_the_failure_counts_but_keeps_totals():
+    CircuitBreakerFactory(name="rates", tripped=True, half_open_in_flight=1, window_failures=4)
+    breaker = reset_breaker("rates", actor="alice", reason="vendor fixed")
+    assert breaker.state == "closed"
+    assert breaker.consecutive_failures == 0 and breaker.half_open_in_flight == 0
+    assert breaker.window_failures == 0 and breaker.opened_at is None
+    assert breaker.total_failures == 5
+    record = BreakerTransition.objects.get(breaker=breaker)
+    assert (record.from_state, record.to_state) == ("open", "closed")
+    assert (record.actor, record.reason) == ("alice", "vendor fixed")
+    assert record.snapshot["total_failures"] == 5
+    assert record.snapshot["consecutive_failures"] == 0
+
+
+def test_reset_without_reason_says_reset():
+    CircuitBreakerFactory(name="rates", tripped=True)
+    reset_breaker("rates", actor="alice")
+    assert BreakerTransition.objects.get().reason == "reset"
+
+
+def test_force_open_takes_effect_in_this_process_at_once():
+    b = get_breaker("rates")
+    b.acquire("rate")  # snapshot: closed
+    force_open_breaker("rates", actor="cli:ops", reason="vendor incident")
+    with pytest.raises(CircuitOpenError) as caught:
+        b.acquire("rate")
+    assert caught.value.retry_after is None
+    assert "operator" in str(caught.value)
+
+
+def test_force_open_with_expiry_gives_retry_after():
+    until = timezone.now() + timedelta(minutes=10)
+    CircuitBreakerFactory(name="rates")
+    breaker = force_open_breaker("rates", actor="api:bob", reason="maintenance", until=until)
+    assert breaker.state == "forced_open" and breaker.forced_until == until
+    with pytest.raises(CircuitOpenError) as caught:
+        get_breaker("rates").acquire("rate")
+    assert 590 < caught.value.retry_after <= 600
+
+
+def test_disable_lets_calls_through():
+    CircuitBreakerFactory(name="rates", tripped=True)
+    disable_breaker("rates", actor="alice", reason="accept errors")
+    assert get_breaker("rates").acquire("rate").state == "disabled"
+    assert BreakerTransition.objects.get().to_state == "disabled"
+
+
+def test_reset_ends_a_forced_state_and_its_expiry():
+    CircuitBreakerFactory(
+        name="rates", state="forced_open", forced_until=timezone.now() + timedelta(hours=1)
+    )
+    breaker = reset_breaker("rates", actor="alice")
+    assert breaker.state == "closed" and breaker.forced_until is None
+
+
+@pytest.mark.parametrize("action", [reset_breaker, force_open_breaker, disable_breaker])
+def test_unknown_breaker(action):
+    with pytest.raises(BreakerNotFound, match="nope"):
+        action("nope", actor="alice", reason="x")
+    assert not CircuitBreaker.objects.exists()
+    assert not BreakerTransition.objects.exists()
+
+
+def test_create_makes_the_row_for_a_service_not_called_yet():
+    breaker = force_open_breaker("new-svc", actor="test", reason="forced", create=True)
+    assert breaker.state == "forced_open"
+    assert BreakerTransition.objects.get().from_state == "closed"
+
+
+@pytest.mark.parametrize(
+    "until",
+    [timezone.now() - timedelta(seconds=1), datetime(2099, 1, 1)],  # past; naive
+    ids=["past", "naive"],
+)
+def test_invalid_expiry_changes_nothing(until):
+    CircuitBreakerFactory(name="rates")
+    with pytest.raises(InvalidExpiry):
+        force_open_breaker("rates", actor="alice", reason="x", until=until)
+    assert CircuitBreaker.objects.get().state == "closed"
+    assert not BreakerTransition.objects.exists()
+
+
+def test_each_action_sends_the_signal_after_commit(django_capture_on_commit_callbacks):
+    received = []
+
+    def receiver(sender, **kwargs):
+        received.append((kwargs["from_state"], kwargs["to_state"], kwargs["actor"]))
+
+    breaker_transitioned.connect(receiver)
+    try:
+        CircuitBreakerFactory(name="rates")
+        with django_capture_on_commit_callbacks(execute=True):
+            force_open_breaker("rates", actor="alice", reason="x")
+            disable_breaker("rates", actor="alice", reason="y")
+            reset_breaker("rates", actor="bob")
+    finally:
+        breaker_transitioned.disconnect(receiver)
+    assert received == [
+        ("closed", "forced_open", "alice"),
+        ("forced_open", "disabled", "alice"),
+        ("disabled", "closed", "bob"),
+    ]
+
+
+def test_factories_build_consistent_rows():
+    transition = BreakerTransitionFactory(breaker__tripped=True)
+    assert transition.breaker.state == "open"
+    assert transition.snapshot["consecutive_failures"] == 5
+    assert str(transition.breaker) == f"{transition.breaker.name} (open)"
