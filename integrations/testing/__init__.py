@@ -88,13 +88,13 @@ def force_breaker(
     from ..models import CircuitBreaker
 
     if state == "closed":
-        services.reset_breaker(name, actor=actor, reason=reason)
+        services.reset_breaker(name, actor=actor, reason=reason, create=True)
     elif state == "forced_open":
-        services.force_open_breaker(name, actor=actor, reason=reason, until=until)
+        services.force_open_breaker(name, actor=actor, reason=reason, until=until, create=True)
     elif state == "disabled":
-        services.disable_breaker(name, actor=actor, reason=reason, until=until)
+        services.disable_breaker(name, actor=actor, reason=reason, until=until, create=True)
     elif state == "open":
-        services.reset_breaker(name, actor=actor, reason=reason)
+        services.reset_breaker(name, actor=actor, reason=reason, create=True)
         clear_local_cache(name)
         breaker = get_breaker(name)
         error = IntegrationUnavailable(name, "force_breaker", "forced failure")
