@@ -22,6 +22,7 @@ are reported, not enforced), 1 when a case failed, 3 when a piece of the app is 
 from __future__ import annotations
 
 import argparse
+import array
 import json
 import pickle
 import sys
@@ -41,6 +42,7 @@ from bench.database import (  # noqa: E402
     recreate_database,
     setup_django,
 )
+from bench.loadgen import percentile  # noqa: E402
 from bench.processes import (  # noqa: E402
     PYTHON,
     BenchError,
@@ -195,7 +197,8 @@ class Bench:
         self.port = 0
         self.run_id = f"b{uuid.uuid4().hex[:8]}"
         self.sign, self.signer_name = make_signer()
-        self.results: dict[str, dict] = {}
+        self.stored: list[bytes] = []  # bodies of the events stored by (b)
+        self.rounds_of_new = 0
 
     # -- processes -----------------------------------------------------------------------
     def start(self, name: str, argv: list[str], **env: str) -> Child:
@@ -237,7 +240,8 @@ class Bench:
         )
 
     def loadgen(self, port: int, requests: Path, *, count: int, duration: float,
-                offset: int = 0, cycle: bool = False, expect: str = "") -> Child:  # fmt: skip
+                offset: int = 0, cycle: bool = False, expect: str = "",
+                latencies: Path | None = None) -> Child:  # fmt: skip
         argv = [
             PYTHON, str(ROOT / "bench" / "loadgen.py"),
             "--port", str(port), "--requests", str(requests),
@@ -248,6 +252,8 @@ class Bench:
             argv.append("--cycle")
         if expect:
             argv += ["--expect", expect]
+        if latencies:
+            argv += ["--latencies-out", str(latencies)]
         return self.start(f"loadgen-{len(self.started)}", argv)
 
     @staticmethod
@@ -267,9 +273,11 @@ class Bench:
         workers = self.gunicorn.children()
         backends = backend_pids()
         before = (cpu_of(workers), cpu_of(backends), machine_busy())
-        child = self.loadgen(self.port, requests, count=count, duration=duration,
-                             offset=offset, cycle=cycle, expect=expect)  # fmt: skip
+        latencies = self.workdir / "latencies.bin"
+        child = self.loadgen(self.port, requests, count=count, duration=duration, offset=offset,
+                             cycle=cycle, expect=expect, latencies=latencies)  # fmt: skip
         result = self.loadgen_result(child, duration + 90)
+        result["latencies"] = array.array("d", latencies.read_bytes())
         backends_after = backend_pids()
         new_backends = [pid for pid in backends_after if pid not in backends]
         after = (cpu_of(workers), cpu_of(backends) + cpu_of(new_backends), machine_busy())
@@ -279,7 +287,9 @@ class Bench:
         busy = after[2][0] - before[2][0]
         total = after[2][1] - before[2][1]
         result["machine_busy"] = busy / total if total else 0.0
-        result["server_cpu_share"] = (after[0] - before[0]) / result["wall_s"] / len(workers)
+        result["server_cpu_s"] = after[0] - before[0]
+        result["db_cpu_s"] = after[1] - before[1]
+        result["machine_busy_s"], result["machine_total_s"] = busy, total
         return result
 
     # -- cases ---------------------------------------------------------------------------
@@ -304,43 +314,44 @@ class Bench:
         server.stop()
         return result
 
-    def case_bare(self) -> dict:
+    def case_bare(self, seconds: float, *, warmup: int = 0) -> dict:
         bodies = [event_body(self.run_id + "a", i) for i in range(64)]
-        path = write_requests(
-            self.workdir, "bare", [raw_post(self.port, BARE_PATH, b, self.sign(b)) for b in bodies]
-        )
-        self.drive(path, count=self.args.warmup, duration=30, cycle=True, expect='"ok"')
-        return self.drive(path, count=10**9, duration=self.args.seconds, cycle=True, expect='"ok"')
+        requests = [raw_post(self.port, BARE_PATH, b, self.sign(b)) for b in bodies]
+        path = write_requests(self.workdir, "bare", requests)
+        if warmup:
+            self.drive(path, count=warmup, duration=30, cycle=True, expect='"ok"')
+        return self.drive(path, count=10**9, duration=seconds, cycle=True, expect='"ok"')
 
     def new_event_requests(self, prefix: str, count: int) -> tuple[Path, list[bytes]]:
         bodies = [event_body(self.run_id + prefix, i) for i in range(count)]
         requests = [raw_post(self.port, ENDPOINT_PATH, b, self.sign(b)) for b in bodies]
         return write_requests(self.workdir, f"new-{prefix}", requests), bodies
 
-    def case_new(self) -> tuple[dict, list[bytes]]:
-        # Enough distinct events for the whole case at up to --max-rate requests/s.
-        count = self.args.warmup + int(self.args.seconds * self.args.max_rate)
-        path, bodies = self.new_event_requests("b", count)
-        self.drive(path, count=self.args.warmup, duration=30, expect='"accepted"')
+    def case_new(self, seconds: float, *, warmup: int = 0) -> dict:
+        """New events, signed just now: enough for ``seconds`` at up to --max-rate req/s."""
+        self.rounds_of_new += 1
+        count = warmup + int(seconds * self.args.max_rate)
+        path, bodies = self.new_event_requests(f"b{self.rounds_of_new}", count)
+        if warmup:
+            self.drive(path, count=warmup, duration=30, expect='"accepted"')
+            self.stored += bodies[:warmup]
         result = self.drive(
-            path,
-            count=count - self.args.warmup,
-            duration=self.args.seconds,
-            offset=self.args.warmup,
-            expect='"accepted"',
+            path, count=count - warmup, duration=seconds, offset=warmup, expect='"accepted"'
         )
-        if result["sent"] >= count - self.args.warmup:
+        if result["sent"] >= count - warmup:
             result["note"] = "ran out of pre-signed events: raise --max-rate"
-        return result, bodies[: self.args.warmup + result["sent"]]
+        self.stored += bodies[warmup : warmup + result["sent"]]
+        return result
 
-    def case_duplicates(self, stored: list[bytes]) -> dict:
-        # Re-signed now (a vendor re-signs every delivery), so no signature is near the tolerance.
-        requests = [raw_post(self.port, ENDPOINT_PATH, b, self.sign(b)) for b in stored]
+    def case_duplicates(self, seconds: float, *, warmup: int = 0) -> dict:
+        """Deliveries of events stored by (b), re-signed now as a vendor's retry would be."""
+        if not self.stored:
+            raise BenchError("(c) needs events stored by (b)")
+        requests = [raw_post(self.port, ENDPOINT_PATH, b, self.sign(b)) for b in self.stored]
         path = write_requests(self.workdir, "duplicates", requests)
-        self.drive(path, count=self.args.warmup, duration=30, cycle=True, expect='"duplicate"')
-        return self.drive(
-            path, count=10**9, duration=self.args.seconds, cycle=True, expect='"duplicate"'
-        )
+        if warmup:
+            self.drive(path, count=warmup, duration=30, cycle=True, expect='"duplicate"')
+        return self.drive(path, count=10**9, duration=seconds, cycle=True, expect='"duplicate"')
 
     # -- end to end ----------------------------------------------------------------------
     def start_worker(self) -> Child:
@@ -424,6 +435,36 @@ class Bench:
         return e2e, celery
 
 
+def combine(rounds: list[dict]) -> dict:
+    """One case's figures over all its rounds: totals, and percentiles of every latency."""
+    wall = sum(r["wall_s"] for r in rounds)
+    ok = sum(r["ok"] for r in rounds)
+    cpu = sum(r["cpu_s"] for r in rounds)
+    latencies = sorted(x for r in rounds for x in r["latencies"])
+    errors: dict[str, int] = {}
+    for r in rounds:
+        for kind, n in r["errors"].items():
+            errors[kind] = errors.get(kind, 0) + n
+    total = sum(r["machine_total_s"] for r in rounds)
+    return {
+        "rounds": len(rounds),
+        "ok": ok,
+        "wall_s": wall,
+        "throughput": ok / wall if wall else 0.0,
+        "p50_ms": 1000 * percentile(latencies, 50),
+        "p99_ms": 1000 * percentile(latencies, 99),
+        "errors": errors,
+        "first_error": next((r["first_error"] for r in rounds if r["first_error"]), ""),
+        "note": next((r["note"] for r in rounds if r.get("note")), ""),
+        "cpu_s": cpu,
+        "cpu_share": cpu / wall if wall else 0.0,
+        "server_cpu_ms_per_req": 1000 * sum(r["server_cpu_s"] for r in rounds) / max(ok, 1),
+        "db_cpu_ms_per_req": 1000 * sum(r["db_cpu_s"] for r in rounds) / max(ok, 1),
+        "machine_busy": sum(r["machine_busy_s"] for r in rounds) / total if total else 0.0,
+        "per_round": [round(r["throughput"]) for r in rounds],
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Report
 
@@ -440,7 +481,8 @@ def print_report(bench: Bench, results: dict) -> dict:
     print(
         f"gunicorn: {args.workers} {args.worker_class} worker(s)"
         + (f" x {args.threads} threads" if args.worker_class == "gthread" else "")
-        + f"; {CONCURRENCY} connections; {args.seconds:g} s per case; signing: {bench.signer_name}"
+        + f"; {CONCURRENCY} connections; {args.seconds:g} s per case in {args.rounds} round(s)"
+        + f"; signing: {bench.signer_name}"
     )
     header = (
         f"{'case':<34}{'ok':>8}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'err':>5}"
@@ -470,6 +512,9 @@ def print_report(bench: Bench, results: dict) -> dict:
             f"   (posting alone {d['post_throughput']:.0f} req/s, p99 {d['post_p99_ms']:.1f} ms)"
         )
         print(f"{'    bare Celery no-op tasks':<34}{celery['n']:>8}{celery['throughput']:>9.0f}")
+    per_round = [f"{label[:3]} {r['per_round']}" for label, r in rows[1:] if r]
+    if per_round:
+        print("req/s per round: " + ", ".join(per_round))
     for label, r in rows[1:]:
         if r and r["errors"]:
             print(f"  {label}: errors {r['errors']}; first: {r['first_error']}")
@@ -505,10 +550,34 @@ def print_report(bench: Bench, results: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
+def run_rounds(bench: Bench) -> dict[str, dict]:
+    """(a), (b) and (c) in interleaved rounds (order rotated each round), so that a change in
+    the machine's load while the benchmark runs affects each case alike."""
+    args = bench.args
+    runners = {"a": bench.case_bare, "b": bench.case_new, "c": bench.case_duplicates}
+    chosen = [key for key in "abc" if key in args.cases]
+    if "c" in chosen and "b" not in chosen:
+        chosen.insert(0, "b")
+    seconds = args.seconds / args.rounds
+    rounds: dict[str, list[dict]] = {key: [] for key in chosen}
+    print(f"warming up {', '.join(chosen)} ...", flush=True)
+    for key in chosen:  # warm-up and a first short round, in order (c needs b's events)
+        rounds[key].append(runners[key](seconds, warmup=args.warmup))
+    for number in range(1, args.rounds):
+        order = chosen[number % len(chosen) :] + chosen[: number % len(chosen)]
+        print(f"round {number + 1}/{args.rounds}: {' '.join(order)}", flush=True)
+        for key in order:
+            rounds[key].append(runners[key](seconds))
+    return {key: combine(values) for key, values in rounds.items()}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny run, for CI")
-    parser.add_argument("--seconds", type=float, default=15.0, help="duration of (a), (b), (c)")
+    parser.add_argument(
+        "--seconds", type=float, default=15.0, help="measured seconds of each of (a), (b), (c)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of a, b, c")
     parser.add_argument("--warmup", type=int, default=300, help="unmeasured requests per case")
     parser.add_argument("--e2e-events", type=int, default=2000, help="N for (d)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
@@ -526,7 +595,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.profile:
         args.cases = "b"  # the profile covers the warm-up and (b) only
     if args.smoke:
-        args.seconds, args.warmup, args.e2e_events = 1.5, 20, 30
+        args.seconds, args.warmup, args.e2e_events, args.rounds = 1.5, 20, 30, 1
         args.ceiling_seconds = 1.0
     return args
 
@@ -554,21 +623,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"database {db_name}; starting gunicorn ...", flush=True)
             bench.start_gunicorn()
             results["ceiling"] = bench.generator_ceiling()
-            if "a" in args.cases:
-                print("(a) bare view ...", flush=True)
-                results["a"] = bench.case_bare()
-            stored: list[bytes] = []
-            if "b" in args.cases or "c" in args.cases:
-                print("(b) new events ...", flush=True)
-                results["b"], stored = bench.case_new()
-            if "c" in args.cases:
-                print("(c) duplicates ...", flush=True)
-                results["c"] = bench.case_duplicates(stored)
+            results.update(run_rounds(bench))
             if args.profile:
                 bench.gunicorn.stop()  # workers write their profiles on exit
                 from bench.gunicorn_profile import print_profile
 
                 measured = results["b"]["ok"] + args.warmup if "b" in results else 1
+                print("(the profile includes the warm-up; it slows the workers: no figures)")
                 print_profile(workdir, measured)
             if "d" in args.cases:
                 print(f"(d) end to end, {args.e2e_events} events ...", flush=True)

@@ -15,6 +15,7 @@ latency percentiles, wall time and its own CPU time.
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import json
 import pickle
@@ -128,6 +129,8 @@ async def main_async(args: argparse.Namespace, requests: list[bytes]) -> dict:
     wall = time.perf_counter() - wall_start
     cpu = cpu_seconds() - cpu_start
     latencies = sorted(run.latencies)
+    if args.latencies_out:
+        args.latencies_out.write_bytes(array.array("d", latencies).tobytes())
     return {
         "sent": run.next_index - run.start,
         "ok": run.ok,
@@ -161,6 +164,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     parser.add_argument("--status", type=int, default=200, help="expected status")
     parser.add_argument("--expect", default="", help="expected substring of every body")
+    parser.add_argument(
+        "--latencies-out", type=Path, help="write every latency (s) as float64 to this file"
+    )
     return parser.parse_args(argv)
 
 
