@@ -1,0 +1,242 @@
+"""The contract every provider must keep, as test cases a provider's test class inherits.
+
+A provider's tests subclass ``ProviderContract`` (or ``TimestampedProviderContract`` for
+schemes with a timestamp), set ``endpoint`` and ``config``, and get every case below, run
+through the real view, the real PostgreSQL and the same signing code users call
+(``webhooks.testing``). A new provider inherits the whole suite (the idea of django-anymail's
+``tests/webhook_cases.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import pytest
+
+from webhooks.models import WebhookEvent
+from webhooks.providers import get_provider
+from webhooks.signals import webhook_received, webhook_rejected
+from webhooks.testing import build_request, send_request, sign_request
+
+
+@pytest.mark.django_db
+class ProviderContract:
+    endpoint: ClassVar[str]
+    config: ClassVar[dict[str, Any]]
+    #: What a verified request without an event id is answered. A scheme whose id is signed
+    #: (Standard Webhooks) cannot verify without one: ``invalid_signature``.
+    without_event_id_error: ClassVar[str] = "malformed_payload"
+
+    @pytest.fixture(autouse=True)
+    def _endpoint(self, settings):
+        settings.WEBHOOKS = {"ENDPOINTS": {self.endpoint: dict(self.config)}}
+
+    @property
+    def provider(self):
+        return get_provider(self.endpoint)
+
+    def configure(self, settings, **options: Any) -> None:
+        settings.WEBHOOKS = {"ENDPOINTS": {self.endpoint: {**self.config, **options}}}
+
+    def post(self, client, body: bytes, headers: dict[str, str]):
+        headers = dict(headers)
+        content_type = headers.pop("Content-Type", "application/json")
+        return client.post(
+            f"/webhooks/{self.endpoint}/", data=body, content_type=content_type, headers=headers
+        )
+
+    # -- hooks a provider's class may override ------------------------------------------------
+
+    def request_without_event_id(self) -> tuple[bytes, dict[str, str]]:
+        """A correctly signed request whose event id is missing."""
+        raise NotImplementedError
+
+    # -- the cases ----------------------------------------------------------------------------
+
+    def test_valid_delivery_is_accepted_and_stored_exactly(
+        self, client, signals, django_capture_on_commit_callbacks
+    ):
+        request = build_request(self.endpoint)
+        headers = {**request.headers, "Authorization": "Bearer do-not-store", "Cookie": "a=b"}
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            response = self.post(client, request.body, headers)
+        assert not signals.of(webhook_received)  # sent when the insert commits
+        for callback in callbacks:
+            if getattr(callback, "func", None).__name__ == "_send_received":
+                callback()
+
+        assert response.status_code == 200, response.content
+        assert response.json() == {"status": "accepted", "event_id": request.event_id}
+        event = WebhookEvent.objects.get()
+        assert (event.endpoint, event.event_id) == (self.endpoint, request.event_id)
+        assert event.event_type == request.event_type
+        assert bytes(event.body) == request.body
+        assert event.status == WebhookEvent.Status.RECEIVED
+        allowed = {name.lower() for name in self.provider.stored_header_names()}
+        assert {name.lower() for name in event.headers} <= allowed
+        assert "authorization" not in {n.lower() for n in event.headers}
+        assert "cookie" not in {n.lower() for n in event.headers}
+        assert (
+            event.headers[self.provider.signature_header]
+            == (request.headers[self.provider.signature_header])
+        )
+        # The stored bytes and headers re-verify: an audit or a replay can check them.
+        self.provider.verify(bytes(event.body), event.headers)
+        assert [kw["event"].pk for kw in signals.of(webhook_received)] == [event.pk]
+
+    def test_forged_signature_is_refused(self, client, signals):
+        request = build_request(self.endpoint, bad_signature=True)
+        response = self.post(client, request.body, request.headers)
+        assert response.status_code == 400
+        assert response.json() == {"error": "invalid_signature"}
+        assert not WebhookEvent.objects.exists()
+        assert signals.of(webhook_rejected) == [
+            {"endpoint": self.endpoint, "reason": "invalid_signature"}
+        ]
+
+    def test_tampered_body_is_refused(self, client):
+        request = build_request(self.endpoint)
+        body = request.body.replace(b"{", b"{ ", 1)
+        response = self.post(client, body, request.headers)
+        assert response.status_code == 400
+        assert response.json() == {"error": "invalid_signature"}
+        assert not WebhookEvent.objects.exists()
+
+    def test_missing_signature_is_refused(self, client):
+        request = build_request(self.endpoint)
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() != self.provider.signature_header.lower()
+        }
+        response = self.post(client, request.body, headers)
+        assert response.status_code == 400
+        assert response.json() == {"error": "invalid_signature"}
+        assert not WebhookEvent.objects.exists()
+
+    def test_empty_signature_is_refused(self, client):
+        request = build_request(self.endpoint)
+        headers = {**request.headers, self.provider.signature_header: ""}
+        response = self.post(client, request.body, headers)
+        assert response.status_code == 400
+        assert not WebhookEvent.objects.exists()
+
+    def test_rotated_secret(self, client, settings):
+        old = self.config["SECRETS"][0]
+        new = self.provider.make_secret()
+        retired = self.provider.make_secret()
+        self.configure(settings, SECRETS=[new, old])
+        for secret in (new, old):
+            request = build_request(self.endpoint, secret=secret)
+            response = self.post(client, request.body, request.headers)
+            assert response.status_code == 200, (secret == new, response.content)
+            assert response.json()["status"] == "accepted"
+        request = build_request(self.endpoint, secret=retired)
+        response = self.post(client, request.body, request.headers)
+        assert response.status_code == 400
+        assert WebhookEvent.objects.count() == 2
+
+    def test_signed_but_not_json_is_malformed(self, client):
+        body = b'{"id": "evt_1", "type": "x", '
+        headers = sign_request(self.endpoint, body, event_type="x.y")
+        response = self.post(client, body, headers)
+        assert response.status_code == 400
+        assert response.json() == {"error": "malformed_payload"}
+        assert not WebhookEvent.objects.exists()
+
+    def test_signed_json_array_is_malformed(self, client):
+        body = b'[{"id": "evt_1", "type": "x"}]'
+        headers = sign_request(self.endpoint, body, event_type="x.y")
+        response = self.post(client, body, headers)
+        assert response.status_code == 400
+        assert response.json() == {"error": "malformed_payload"}
+
+    def test_signed_but_no_event_id(self, client):
+        body, headers = self.request_without_event_id()
+        response = self.post(client, body, headers)
+        assert response.status_code == 400
+        assert response.json() == {"error": self.without_event_id_error}
+        assert not WebhookEvent.objects.exists()
+
+    def test_oversized_body_is_refused_even_when_signed(self, client, settings, signals):
+        request = build_request(self.endpoint)
+        self.configure(settings, MAX_BODY_BYTES=len(request.body) - 1)  # one byte over
+        response = self.post(client, request.body, request.headers)
+        assert response.status_code == 413
+        assert response.json() == {"error": "payload_too_large"}
+        assert not WebhookEvent.objects.exists()
+        assert signals.of(webhook_rejected)[-1]["reason"] == "payload_too_large"
+
+    def test_body_at_the_limit_is_accepted(self, client, settings):
+        request = build_request(self.endpoint)
+        self.configure(settings, MAX_BODY_BYTES=len(request.body))
+        response = self.post(client, request.body, request.headers)
+        assert response.status_code == 200, response.content
+
+    def test_duplicate_delivery(self, client, signals, django_capture_on_commit_callbacks):
+        request = build_request(self.endpoint)
+        with django_capture_on_commit_callbacks() as callbacks:
+            first = self.post(client, request.body, request.headers)
+            second = send_request(client, request)
+        assert len(callbacks) == 2  # webhook_received and the enqueue, for the first only
+        for callback in callbacks:
+            if callback.func.__name__ == "_send_received":
+                callback()
+        assert first.json()["status"] == "accepted"
+        assert second.status_code == 200
+        assert second.json() == {"status": "duplicate", "event_id": request.event_id}
+        assert WebhookEvent.objects.count() == 1
+        assert len(signals.of(webhook_received)) == 1
+
+
+class TimestampedProviderContract(ProviderContract):
+    """Cases for schemes that sign a timestamp: tolerance both ways, per endpoint."""
+
+    def test_stale_timestamp_is_refused(self, client):
+        tolerance = self.provider.tolerance
+        request = build_request(self.endpoint, timestamp=int(time.time() - tolerance - 30))
+        response = self.post(client, request.body, request.headers)
+        assert response.status_code == 400
+        assert response.json() == {"error": "invalid_signature"}
+        assert not WebhookEvent.objects.exists()
+
+    def test_future_timestamp_is_refused(self, client):
+        tolerance = self.provider.tolerance
+        request = build_request(self.endpoint, timestamp=int(time.time() + tolerance + 30))
+        response = self.post(client, request.body, request.headers)
+        assert response.status_code == 400
+        assert response.json() == {"error": "invalid_signature"}
+        assert not WebhookEvent.objects.exists()
+
+    def test_timestamps_within_tolerance_both_ways_are_accepted(self, client):
+        tolerance = self.provider.tolerance
+        for offset in (-tolerance + 30, tolerance - 30):
+            request = build_request(self.endpoint, timestamp=int(time.time() + offset))
+            response = self.post(client, request.body, request.headers)
+            assert response.status_code == 200, (offset, response.content)
+        assert WebhookEvent.objects.count() == 2
+
+    def test_endpoint_tolerance_overrides_the_global_one(self, client, settings):
+        settings.WEBHOOKS = {
+            "TOLERANCE": 3600,
+            "ENDPOINTS": {self.endpoint: {**self.config, "TOLERANCE": 60}},
+        }
+        stale = build_request(self.endpoint, timestamp=int(time.time() - 120))
+        assert self.post(client, stale.body, stale.headers).status_code == 400
+        settings.WEBHOOKS = {"TOLERANCE": 3600, "ENDPOINTS": {self.endpoint: dict(self.config)}}
+        assert self.provider.tolerance == 3600
+        again = build_request(self.endpoint, timestamp=int(time.time() - 120))
+        assert self.post(client, again.body, again.headers).status_code == 200
+
+    def test_malformed_timestamp_is_refused(self, client):
+        request = build_request(self.endpoint)
+        headers = self.with_timestamp(request.headers, "12abc")
+        response = self.post(client, request.body, headers)
+        assert response.status_code == 400
+        assert response.json() == {"error": "invalid_signature"}
+
+    def with_timestamp(self, headers: dict[str, str], value: str) -> dict[str, str]:
+        """``headers`` with the timestamp replaced by ``value`` (signature left as is)."""
+        name = self.provider.timestamp_header
+        return {**headers, name: value}
