@@ -147,7 +147,7 @@ def _check_service(name: str, entry: Any) -> list[CheckMessage]:
         if section in entry:
             errors += _check_section(section, entry[section], f'{where}["{section}"]')
     base_url = entry.get("BASE_URL")
-    if base_url is not None:
+    if base_url not in (None, ""):  # empty = not set (e.g. an unset environment variable)
         parts = urlsplit(base_url) if isinstance(base_url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             errors.append(

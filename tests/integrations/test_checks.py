@@ -28,7 +28,8 @@ def test_defaults_and_a_full_valid_configuration_pass():
                     "API_KEY": "anything",  # vendor options are the vendor's business
                     "RETRY": {"MAX_ATTEMPTS": 1},
                     "BREAKER": {"FAILURE_RATE": None},
-                }
+                },
+                "unset": {"BASE_URL": ""},
             },
         )
         == []
