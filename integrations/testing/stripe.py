@@ -228,7 +228,8 @@ def _reply(status: int, body: Mapping[str, Any], headers: Mapping[str, str] | No
     )
 
 
-def _failure_reply(kind: str, *, retry_after: str | None) -> Reply:
+def _failure_reply(script: _Script) -> Reply:
+    kind = script.kind
     if kind == "hang":
         return Reply.hang()
     if kind == "drop":
@@ -242,7 +243,11 @@ def _failure_reply(kind: str, *, retry_after: str | None) -> Reply:
             "<html><body>502 Bad Gateway</body></html>", status=502, content_type="text/html"
         )
     status, body = FAILURES[kind]
-    headers = {"Retry-After": retry_after} if kind == "rate_limited" and retry_after else None
+    headers = {}
+    if kind == "rate_limited" and script.retry_after:
+        headers["Retry-After"] = script.retry_after
+    if script.should_retry is not None:
+        headers["Stripe-Should-Retry"] = "true" if script.should_retry else "false"
     return _reply(status, copy.deepcopy(body), headers)
 
 
@@ -260,6 +265,7 @@ class _Script:
     method: str | None
     retry_after: str | None
     delay: float
+    should_retry: bool | None = None
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and (
@@ -305,12 +311,14 @@ class FakeStripe(FakeVendor):
         method: str | None = None,
         retry_after: float | str | None = 1,
         delay: float = 1.0,
+        should_retry: bool | None = None,
     ) -> None:
         """Answer the next ``times`` matching requests (``None``: all until ``heal()``) with
         failure ``kind`` (a key of ``FAILURES``, or ``hang``, ``slow``, ``garbage``, ``drop``,
         ``bad_gateway``). ``path`` matches that path and those below it. ``retry_after`` is
-        sent with ``rate_limited`` (None: no header); ``slow`` waits ``delay`` seconds, then
-        answers normally."""
+        sent with ``rate_limited`` (None: no header); ``should_retry`` sends Stripe's
+        ``Stripe-Should-Retry: true|false`` with an error body; ``slow`` waits ``delay``
+        seconds, then answers normally."""
         if kind not in FAILURES and kind not in BEHAVIOURS:
             raise ValueError(f"unknown failure {kind!r}")
         with self._state:
@@ -322,6 +330,7 @@ class FakeStripe(FakeVendor):
                     method=method.upper() if method else None,
                     retry_after=None if retry_after is None else f"{retry_after}",
                     delay=delay,
+                    should_retry=should_retry,
                 )
             )
 
@@ -396,7 +405,7 @@ class FakeStripe(FakeVendor):
             return scripted
         script = self._take_script(request.method, request.path)
         if script is not None and script.kind != "slow":
-            return _failure_reply(script.kind, retry_after=script.retry_after)
+            return _failure_reply(script)
         reply = self._answer(request)
         return replace(reply, delay=script.delay) if script is not None else reply
 

@@ -158,25 +158,25 @@ _CLIENT_ERRORS: tuple[type[stripe.StripeError], ...] = (
     stripe.AuthenticationError,
     stripe.PermissionError,
     stripe.IdempotencyError,
-    stripe._error.AlreadyCanceledError,
-    stripe._error.BlockedByStripeError,
-    stripe._error.CannotProceedError,
-    stripe._error.CapabilityNotEnabledError,
-    stripe._error.ControlledByAlternateResourceError,
-    stripe._error.FeatureNotEnabledError,
-    stripe._error.FinancialAccountNotOpenError,
-    stripe._error.FxQuoteNeedsRefreshError,
-    stripe._error.InsufficientFundsError,
-    stripe._error.InvalidPaymentMethodError,
-    stripe._error.InvalidPayoutMethodError,
-    stripe._error.InvalidVaultedCredentialError,
-    stripe._error.NotCancelableError,
-    stripe._error.QuotaExceededError,
-    stripe._error.RecipientNotNotifiableError,
-    stripe._error.TemporarySessionExpiredError,
-    stripe._error.VerificationAttemptFailedError,
-    stripe._error.VerificationExpiredError,
-    stripe._error.VerificationNotInitiatedError,
+    stripe.AlreadyCanceledError,
+    stripe.BlockedByStripeError,
+    stripe.CannotProceedError,
+    stripe.CapabilityNotEnabledError,
+    stripe.ControlledByAlternateResourceError,
+    stripe.FeatureNotEnabledError,
+    stripe.FinancialAccountNotOpenError,
+    stripe.FxQuoteNeedsRefreshError,
+    stripe.InsufficientFundsError,
+    stripe.InvalidPaymentMethodError,
+    stripe.InvalidPayoutMethodError,
+    stripe.InvalidVaultedCredentialError,
+    stripe.NotCancelableError,
+    stripe.QuotaExceededError,
+    stripe.RecipientNotNotifiableError,
+    stripe.TemporarySessionExpiredError,
+    stripe.VerificationAttemptFailedError,
+    stripe.VerificationExpiredError,
+    stripe.VerificationNotInitiatedError,
 )
 
 _KEY_PATTERN = re.compile(r"\b(?:sk|rk)_(?:test|live)_[A-Za-z0-9*]+")
@@ -231,7 +231,22 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
 def map_stripe_error(
     exc: stripe.StripeError, *, operation: str, api_key: str | None = None
 ) -> IntegrationError:
-    """Our error for one of the SDK's: see the table in API-CONTRACTS.md ("Stripe")."""
+    """Our error for one of the SDK's: see the table in API-CONTRACTS.md ("Stripe").
+
+    Stripe's ``Stripe-Should-Retry`` answer header, when present, overrides whether the error
+    is retried (as stripe-python's own retry logic does): ``false`` where a retry with the same
+    idempotency key would only replay the saved answer, ``true`` for a lock conflict.
+    """
+    error = _map(exc, operation=operation, api_key=api_key)
+    should_retry = next(
+        (v for k, v in (exc.headers or {}).items() if k.lower() == "stripe-should-retry"), None
+    )
+    if should_retry in ("true", "false"):
+        error.retryable = should_retry == "true"
+    return error
+
+
+def _map(exc: stripe.StripeError, *, operation: str, api_key: str | None) -> IntegrationError:
     reason = _reason(exc, api_key)
     status = exc.http_status
     kwargs: dict[str, Any] = {"cause": exc}

@@ -225,6 +225,28 @@ def test_stripe_errors_are_mapped(
         assert backoff.sleeps == [pytest.approx(0.01)] * 2
 
 
+def test_stripe_should_retry_false_is_not_retried(service, fake_stripe, backoff):
+    # Stripe saved this 500 for the idempotency key: a retry would only replay it.
+    fake_stripe.fail("server_error", times=None, should_retry=False)
+
+    with pytest.raises(IntegrationUnavailable) as caught:
+        service.create_customer("ada@example.com")
+
+    assert caught.value.retryable is False
+    assert caught.value.breaker_failure is True
+    assert fake_stripe.count() == 1
+
+
+def test_stripe_should_retry_true_retries_a_conflict(service, fake_stripe, backoff):
+    fake_stripe.fail("conflict", times=1, should_retry=True)
+
+    customer = service.create_customer("ada@example.com")
+
+    assert customer.id in fake_stripe.customers
+    assert fake_stripe.count() == 2
+    assert CircuitBreaker.objects.get(name="stripe").consecutive_failures == 0
+
+
 def test_refused_connection_is_unavailable_and_retried(configure, backoff):
     configure(BASE_URL=unused_port_url())
     service = StripeService()

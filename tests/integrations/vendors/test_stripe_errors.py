@@ -234,3 +234,24 @@ def test_a_non_stripe_body_is_never_echoed():
 
     assert isinstance(error, InvalidResponseError)
     assert "secret upstream page" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("sdk_error", "status", "header", "retryable"),
+    [
+        (stripe.APIError, 500, "false", False),
+        (stripe.APIError, 500, None, True),
+        (stripe.APIError, 409, "true", True),
+        (stripe.InvalidRequestError, 400, "true", True),
+        (stripe.RateLimitError, 429, "false", False),
+        (stripe.APIError, 500, "maybe", True),
+    ],
+)
+def test_stripe_should_retry_header_decides_retries(sdk_error, status, header, retryable):
+    headers = {"Stripe-Should-Retry": header} if header else {}
+    if sdk_error is stripe.InvalidRequestError:
+        exc = sdk_error("Lock timeout", None, "lock_timeout", http_status=status, headers=headers)
+    else:
+        exc = sdk_error("Something went wrong.", http_status=status, headers=headers)
+
+    assert map_stripe_error(exc, operation="x").retryable is retryable
