@@ -155,7 +155,7 @@ def test_broker_down_is_503_and_names_no_url(client, settings):
 class Server:
     """The sandbox's WSGI app under gunicorn, on the test settings plus ``env``."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *, workers: int = 1) -> None:
         self.port = free_port()
         self.log = ROOT / f".pytest-health-{self.port}.log"
         full_env = {
@@ -173,7 +173,7 @@ class Server:
                     "--bind",
                     f"127.0.0.1:{self.port}",
                     "--workers",
-                    "1",
+                    str(workers),
                     "--timeout",
                     "30",
                 ],

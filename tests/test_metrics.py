@@ -1,0 +1,313 @@
+"""Prometheus metrics: real traffic shows up on ``/metrics``; without the extra nothing is
+imported and everything still works; several web processes aggregate in multiprocess mode."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from django.db import connection
+from django.utils import timezone
+from prometheus_client.parser import text_string_to_metric_families
+
+from integrations import ServiceClient
+from integrations.breaker import clear_local_cache
+from integrations.client import close_pools
+from integrations.exceptions import IntegrationUnavailable
+from integrations.testing import FakeVendor, Reply, instant_backoff
+from tests.integrations.factories import CircuitBreakerFactory
+from tests.test_health import Server
+from tests.webhooks.factories import WebhookEventFactory
+from webhooks import PermanentFailure, on, services
+from webhooks.models import WebhookEvent
+from webhooks.registry import registry
+from webhooks.testing import build_request, post_webhook
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Scrape:
+    """One scrape of ``/metrics``: ``scrape.value(name, **labels)`` (0 when absent)."""
+
+    def __init__(self, text: str) -> None:
+        self.samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def scrape(client) -> Scrape:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain; version=")
+    return Scrape(response.content.decode())
+
+
+@pytest.fixture
+def handlers():
+    saved = registry.snapshot()
+    yield registry
+    registry.restore(saved)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_breakers():
+    clear_local_cache()
+    yield
+    clear_local_cache()
+    close_pools()
+
+
+@pytest.mark.django_db
+def test_webhook_traffic_shows_on_metrics(client, handlers, django_capture_on_commit_callbacks):
+    on("stripe", "metrics.ok")(lambda event: None)
+
+    @on("stripe", "metrics.bad")
+    def bad(event):
+        raise PermanentFailure("cannot use it")
+
+    before = scrape(client)
+    with django_capture_on_commit_callbacks(execute=True):
+        ok = post_webhook(client, "stripe", event_type="metrics.ok")
+        assert ok.json()["status"] == "accepted"
+        again = build_request("stripe", event_type="metrics.bad")
+        for _ in range(2):  # a delivery and its duplicate
+            client.post(
+                again.path,
+                data=again.body,
+                content_type="application/json",
+                headers={k: v for k, v in again.headers.items() if k != "Content-Type"},
+            )
+        post_webhook(client, "stripe", event_type="metrics.none")  # no handler: ignored
+        assert post_webhook(client, "stripe", bad_signature=True).status_code == 400
+        assert post_webhook(client, "github", b"{}", bad_signature=True).status_code == 400
+        assert (
+            client.post("/webhooks/some-random-path/", b"{}", "application/json").status_code == 404
+        )
+
+        for event in WebhookEvent.objects.all():
+            services.process_event(event.pk)
+    after = scrape(client)
+
+    def delta(name, **labels):
+        return after.value(name, **labels) - before.value(name, **labels)
+
+    assert delta("tether_webhooks_received_total", endpoint="stripe") == 3
+    assert delta("tether_webhooks_duplicates_total", endpoint="stripe") == 1
+    assert (
+        delta("tether_webhooks_rejected_total", endpoint="stripe", reason="invalid_signature") == 1
+    )
+    assert (
+        delta("tether_webhooks_rejected_total", endpoint="github", reason="invalid_signature") == 1
+    )
+    # an unknown path never becomes a label value of its own
+    assert (
+        delta("tether_webhooks_rejected_total", endpoint="_unknown", reason="unknown_endpoint") == 1
+    )
+    assert not any("some-random-path" in str(key) for key in after.samples)
+    assert delta("tether_webhooks_processed_total", endpoint="stripe") == 1
+    assert delta("tether_webhooks_failed_total", endpoint="stripe") == 1
+    assert delta("tether_webhooks_ignored_total", endpoint="stripe") == 1
+    assert delta("tether_webhook_processing_seconds_count", endpoint="stripe") == 1
+    assert delta("tether_webhook_end_to_end_seconds_count", endpoint="stripe") == 1
+    assert delta("tether_webhook_end_to_end_seconds_sum", endpoint="stripe") >= 0
+
+
+@pytest.mark.django_db
+def test_ignoring_through_the_service_counts(client):
+    event = WebhookEventFactory(endpoint="acme", status=WebhookEvent.Status.FAILED)
+    before = scrape(client).value("tether_webhooks_ignored_total", endpoint="acme")
+    assert services.mark_ignored(event, reason="operator")
+    assert scrape(client).value("tether_webhooks_ignored_total", endpoint="acme") == before + 1
+
+
+@pytest.mark.django_db
+def test_stuck_gauge_is_counted_at_scrape_time(client):
+    stale = timezone.now() - dt.timedelta(hours=1)
+    WebhookEventFactory.create_batch(2, endpoint="github", received_at=stale)
+    WebhookEventFactory(endpoint="stripe", received_at=stale)
+    WebhookEventFactory(endpoint="stripe")
+    now = scrape(client)
+    assert now.value("tether_webhooks_stuck", endpoint="github") == 2
+    assert now.value("tether_webhooks_stuck", endpoint="stripe") == 1
+    WebhookEvent.objects.filter(endpoint="github").update(status=WebhookEvent.Status.PROCESSED)
+    assert scrape(client).value("tether_webhooks_stuck", endpoint="github") == 0
+
+
+class Rates(ServiceClient):
+    service = "metrics-rates"
+
+    def rate(self) -> dict:
+        return self.get_json("/v1/rate", operation="rate")
+
+
+@pytest.mark.django_db
+def test_outbound_calls_retries_and_breakers_show_on_metrics(
+    client, settings, django_capture_on_commit_callbacks
+):
+    # breaker_transitioned is sent once the transition commits
+    with FakeVendor() as vendor, instant_backoff():
+        settings.INTEGRATIONS = {
+            "SERVICES": {
+                "metrics-rates": {
+                    "BASE_URL": vendor.url,
+                    "RETRY": {"MAX_ATTEMPTS": 2},
+                    "BREAKER": {"FAILURE_THRESHOLD": 2},
+                }
+            }
+        }
+        vendor.route(
+            "GET",
+            "/v1/rate",
+            Reply.server_error(503),  # retried, then succeeds
+            Reply.json({"rate": 1}),
+            Reply.server_error(503),  # two failures: the call fails and the breaker opens
+            Reply.server_error(503),
+        )
+        before = scrape(client)
+        with django_capture_on_commit_callbacks(execute=True):
+            assert Rates().rate() == {"rate": 1}
+            with pytest.raises(IntegrationUnavailable):
+                Rates().rate()
+        after = scrape(client)
+
+    def delta(name, **labels):
+        return after.value(name, **labels) - before.value(name, **labels)
+
+    call = {"service": "metrics-rates", "operation": "rate"}
+    assert delta("tether_integration_calls_total", **call, outcome="success") == 1
+    assert delta("tether_integration_calls_total", **call, outcome="integration_unavailable") == 1
+    assert delta("tether_integration_retries_total", **call) == 2
+    assert delta("tether_integration_call_seconds_count", **call) == 2
+    assert (
+        delta(
+            "tether_circuit_breaker_transitions_total",
+            breaker="metrics-rates",
+            from_state="closed",
+            to_state="open",
+        )
+        == 1
+    )
+    assert after.value("tether_circuit_breaker_state", breaker="metrics-rates", state="open") == 1
+    assert after.value("tether_circuit_breaker_state", breaker="metrics-rates", state="closed") == 0
+
+
+@pytest.mark.django_db
+def test_breaker_state_gauge_reads_the_shared_state(client):
+    CircuitBreakerFactory(name="github", state="forced_open")
+    metrics = scrape(client)
+    assert metrics.value("tether_circuit_breaker_state", breaker="github", state="forced_open") == 1
+    for state in ("closed", "open", "half_open", "disabled"):
+        assert metrics.value("tether_circuit_breaker_state", breaker="github", state=state) == 0
+
+
+# --- without the extra ------------------------------------------------------------------
+
+NO_EXTRA = textwrap.dedent(
+    """
+    import json, sys
+
+    class BlockPrometheus:
+        def find_spec(self, name, path=None, target=None):
+            if name == "prometheus_client" or name.startswith("prometheus_client."):
+                raise ImportError(f"No module named {name!r} (blocked by the test)")
+            return None
+
+    sys.meta_path.insert(0, BlockPrometheus())
+
+    import django
+    django.setup()
+
+    from django.test import Client
+    from django.test.utils import setup_test_environment
+    setup_test_environment()
+    from webhooks.models import WebhookEvent
+    from webhooks.signals import webhook_received, webhook_rejected
+    from integrations.signals import call_finished
+
+    # the signals still fire without a metrics receiver
+    webhook_rejected.send(sender=None, endpoint="stripe", reason="invalid_signature")
+    call_finished.send(sender="x", service="x", operation="y", outcome="success",
+                       duration=0.1, attempts=1)
+    client = Client()
+    health = client.get("/health/")
+    metrics = client.get("/metrics")
+    bad = client.post("/webhooks/stripe/", b"{}", content_type="application/json")
+    print(json.dumps({
+        "loaded": sorted(m for m in sys.modules if m.startswith("prometheus")),
+        "health": health.status_code,
+        "metrics": [metrics.status_code, metrics.content.decode()],
+        "webhook": [bad.status_code, bad.json()],
+        "receivers": len(webhook_received.receivers),
+    }))
+    """
+)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_the_extra_nothing_is_imported_and_everything_works():
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "TETHER_DB_NAME": connection.settings_dict["NAME"],
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    result = subprocess.run(
+        [sys.executable, "-c", NO_EXTRA], cwd=ROOT, env=env, capture_output=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    report = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    assert report["loaded"] == []
+    assert report["health"] == 200
+    status, text = report["metrics"]
+    assert status == 501 and "django-tether[metrics]" in text
+    assert report["webhook"] == [400, {"error": "invalid_signature"}]
+
+
+# --- several web processes --------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.django_db(transaction=True)
+def test_two_gunicorn_workers_aggregate_in_multiprocess_mode(tmp_path):
+    """With PROMETHEUS_MULTIPROC_DIR, whichever worker answers the scrape reports every
+    worker's counts (and the stuck gauge once)."""
+    server = Server({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}, workers=2)
+    base_url = f"http://127.0.0.1:{server.port}"
+
+    def deliver(_: int) -> str:
+        with httpx.Client(base_url=base_url, timeout=20) as http:
+            request = build_request("acme")
+            return http.post(request.path, content=request.body, headers=request.headers).json()[
+                "status"
+            ]
+
+    try:
+        deliveries = 24
+        # concurrent deliveries: a sync worker serves one at a time, so both workers take some
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            assert list(pool.map(deliver, range(deliveries))) == ["accepted"] * deliveries
+        writers = {path.name.split("_")[1] for path in tmp_path.glob("counter_*.db")}
+        assert len(writers) == 2, writers
+        with httpx.Client(base_url=base_url, timeout=20) as http:
+            for _ in range(6):  # whichever worker answers
+                text = http.get("/metrics").text
+                counts = Scrape(text)
+                assert counts.value("tether_webhooks_received_total", endpoint="acme") == deliveries
+                assert text.count("# TYPE tether_webhooks_stuck gauge") == 1
+    finally:
+        server.stop()
