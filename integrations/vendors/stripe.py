@@ -25,9 +25,11 @@ Settings (read at call time)::
 from __future__ import annotations
 
 import contextvars
+import os
 import re
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -354,6 +356,7 @@ class StripeService:
         self._client: stripe.StripeClient | None = None
         self._http_client: stripe.HTTPXClient | None = None
         self._client_config: tuple[str, str | None, Timeout] | None = None
+        _services.add(self)
 
     # --- public API --------------------------------------------------------------------------
 
@@ -494,6 +497,21 @@ class StripeService:
                 )
                 self._client_config = config
             return self._client, api_key
+
+
+#: Every live service, so that a forked child (Celery prefork, gunicorn) drops its parent's
+#: connections instead of sharing their sockets.
+_services: weakref.WeakSet[StripeService] = weakref.WeakSet()
+
+
+def _forget_clients_after_fork() -> None:
+    for service in list(_services):
+        service._lock = threading.Lock()
+        service._client = service._http_client = service._client_config = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_clients_after_fork)
 
 
 class _Deleted(Exception):

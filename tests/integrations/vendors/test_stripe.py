@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import logging
+import os
 import time
 import uuid
 import warnings
@@ -595,3 +596,20 @@ def test_settings_are_read_at_each_call(fake_stripe):
     service.close()
 
     assert (fake_stripe.count(), other.count()) == (1, 1)
+
+
+def test_a_forked_child_opens_its_own_connections(service, fake_stripe):
+    service.create_customer("parent@example.com")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no database, no breaker; only the client's state matters here
+        os.close(read_end)
+        os.write(write_end, b"fresh" if service._client is None else b"shared")
+        os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 16)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+
+    assert answer == b"fresh"
+    assert service._client is not None  # the parent keeps its pool
