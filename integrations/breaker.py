@@ -455,13 +455,7 @@ class Breaker:
             self._flush_successes(now)
             row = self.storage.load(self.name)
         except DatabaseError as exc:
-            logger.error(
-                "circuit breaker %s: cannot read its state from the database (%s); failing %s",
-                self.name,
-                type(exc).__name__,
-                "open: calls go through" if self.policy.fail_open_on_db_error else "closed",
-                extra={"breaker": self.name},
-            )
+            self._log_db_error("cannot read its state from the database", exc)
             snapshot = BreakerSnapshot(
                 pk=None, state=CLOSED, version=-1, expires_at=now + ttl, degraded=True
             )
@@ -469,6 +463,18 @@ class Breaker:
             snapshot = BreakerSnapshot.from_row(row, expires_at=now + ttl)
         _snapshots[self.name] = snapshot
         return snapshot
+
+    def _log_db_error(self, what: str, exc: DatabaseError) -> None:
+        failing = "open: calls go through" if self.policy.fail_open_on_db_error else "closed"
+        logger.error(
+            "circuit breaker %s: %s (%s); failing %s for %gs",
+            self.name,
+            what,
+            type(exc).__name__,
+            failing,
+            self.policy.cache_ttl,
+            extra={"breaker": self.name, "error_class": type(exc).__name__},
+        )
 
     def _remember(self, row: Any, now: float) -> BreakerSnapshot:
         snapshot = BreakerSnapshot.from_row(row, expires_at=now + self.policy.cache_ttl)
@@ -524,7 +530,18 @@ class Breaker:
             snapshot = self._refresh(now)
         if snapshot.state == CLOSED and not snapshot.degraded:
             return Permit(self.name, operation, CLOSED, snapshot.version)
-        return self._acquire_slow(snapshot, operation, now)
+        try:
+            return self._acquire_slow(snapshot, operation, now)
+        except DatabaseError as exc:  # a transition could not be written: as if unreadable
+            self._log_db_error("cannot change its state in the database", exc)
+            _snapshots[self.name] = BreakerSnapshot(
+                pk=None,
+                state=CLOSED,
+                version=-1,
+                expires_at=now + self.policy.cache_ttl,
+                degraded=True,
+            )
+            return self._acquire_degraded(operation)
 
     def _acquire_slow(self, snapshot: BreakerSnapshot, operation: str, now: float) -> Permit:
         for _ in range(3):  # another process may move the row between our read and our write
@@ -667,16 +684,19 @@ class Breaker:
 
     def _reset_failures(self, snapshot: BreakerSnapshot, now: float) -> None:
         successes = _take_pending(self.name) + 1
+        written = 0
         try:
-            self.storage.reset_failures(snapshot.pk, successes, now=now, window=self.policy.window)
-        except DatabaseError:
-            _give_back_pending(self.name, successes)
-            raise
+            written = self.storage.reset_failures(
+                snapshot.pk, successes, now=now, window=self.policy.window
+            )
+        finally:
+            if not written:  # another process reset it first: keep the batch for later
+                _give_back_pending(self.name, successes)
         _snapshots[self.name] = replace(snapshot, consecutive_failures=0)
 
     def _close_after_probe(self, permit: Permit, now: float) -> None:
         snapshot = self.snapshot()
-        probe = replace(snapshot, pk=snapshot.pk, state=HALF_OPEN, version=permit.version)
+        probe = replace(snapshot, state=HALF_OPEN, version=permit.version)
         row = self.storage.transition(
             probe,
             CLOSED,

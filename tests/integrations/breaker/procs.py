@@ -158,6 +158,48 @@ def outage(scenario: str, good_port: str) -> dict[str, Any]:
     return result
 
 
+def outage_mid_way() -> dict[str, Any]:
+    """The database is up at first, then goes away (its port closed) while the process runs."""
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    from integrations.breaker import ManualClock, get_breaker
+    from integrations.exceptions import CircuitOpenError, IntegrationUnavailable
+    from integrations.policies import BreakerPolicy
+
+    errors = _capture_errors()
+    clock = ManualClock()
+    result: dict[str, Any] = {}
+    healthy = get_breaker("healthy-svc", BreakerPolicy(), clock=clock)
+    permit = healthy.acquire("op")
+    tripped = get_breaker(
+        "tripped-svc", BreakerPolicy(reset_timeout=30.0, cache_ttl=100.0), clock=clock
+    )
+    try:
+        tripped.acquire("op")
+    except CircuitOpenError as exc:
+        result["open_before"] = exc.retry_after
+
+    connection.close()
+    connection.settings_dict["PORT"] = "1"
+
+    # An outcome that cannot be written is logged, never raised into the caller.
+    healthy.record_failure(permit, IntegrationUnavailable("healthy-svc", "op"))
+    result["recorded_failure"] = True
+    # The reset timeout passes: taking the half-open probe needs a write, which fails.
+    clock.advance(35)
+    probe = tripped.acquire("op")
+    result["probe"] = (probe.state, probe.degraded)
+    result["state"] = tripped.state
+    result["errors"] = errors
+    return result
+
+
 if __name__ == "__main__":
-    scenario, good_port = sys.argv[1], sys.argv[2]
-    print(json.dumps(outage(scenario, good_port)))
+    scenario = sys.argv[1]
+    if scenario == "mid_way":
+        print(json.dumps(outage_mid_way()))
+    else:
+        print(json.dumps(outage(scenario, sys.argv[2])))

@@ -56,12 +56,18 @@ def run_processes(target, args_for, count: int, *, timeout: float = 120) -> list
 
 def test_concurrent_failures_are_counted_exactly():
     CircuitBreakerFactory(name="counted")
-    policy = BreakerPolicy(failure_threshold=10_000)
+    # The failure-rate window is on too (but cannot trip: a million calls minimum), and a
+    # year long, so that the test never straddles a bucket edge.
+    policy = BreakerPolicy(
+        failure_threshold=10_000, failure_rate=0.5, minimum_calls=10**6, window=366 * 86400.0
+    )
     results = run_processes(procs.record_failures, lambda i: ("counted", policy, 50), 4)
     assert results == [50] * 4
     row = CircuitBreaker.objects.get(name="counted")
     assert row.consecutive_failures == 200
     assert row.total_failures == 200
+    assert row.window_failures == 200
+    assert row.window_calls == 200
     assert row.state == "closed"
 
 
@@ -128,13 +134,13 @@ def test_an_operator_change_reaches_another_process_within_the_cache_ttl():
     assert 0 <= lag <= 1.0 + 0.25  # CACHE_TTL is 1 s; 0.25 s for a busy machine
 
 
-def run_outage(scenario: str) -> dict:
+def run_outage(scenario: str, *, port: int | str = 1) -> dict:
     """Run a scenario in a subprocess whose database is a closed port on 127.0.0.1."""
     good = connection.settings_dict
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "TETHER_PG_URL": f"postgres://{good['USER']}@127.0.0.1:1/{good['NAME']}",
+        "TETHER_PG_URL": f"postgres://{good['USER']}@{good['HOST']}:{port}/{good['NAME']}",
         "TETHER_DB_NAME": good["NAME"],
     }
     done = subprocess.run(
@@ -176,3 +182,17 @@ def test_breaker_reads_the_database_again_when_it_comes_back():
     assert result["permit"] == "closed" and result["degraded"] is True
     assert result["state_after_recovery"] == "forced_open"
     assert result["permit_after_recovery"] == "refused"
+
+
+def test_database_lost_mid_way_fails_open_and_never_raises():
+    CircuitBreakerFactory(name="tripped-svc", state="open", opened_at=timezone.now())
+    result = run_outage("mid_way", port=connection.settings_dict["PORT"])
+    assert 20 < result["open_before"] <= 31
+    assert result["recorded_failure"] is True
+    assert result["probe"] == ["closed", True]  # a degraded permit: the call goes through
+    assert result["state"] == "degraded"
+    assert any("cannot record an outcome" in m for m in result["errors"])
+    assert any("cannot change its state" in m for m in result["errors"])
+    # Nothing was written while the database was away.
+    assert CircuitBreaker.objects.get(name="healthy-svc").total_failures == 0
+    assert CircuitBreaker.objects.get(name="tripped-svc").state == "open"
