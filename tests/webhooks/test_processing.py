@@ -17,7 +17,6 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from sandbox_project.celery import app as celery_app
 from tests.celery_worker import purge_broker
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import Ignore, PermanentFailure, on, services
@@ -26,7 +25,6 @@ from webhooks.models import WebhookEvent
 from webhooks.signals import webhook_failed, webhook_ignored, webhook_processed
 
 Status = WebhookEvent.Status
-CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
 
 
 @pytest.fixture
@@ -54,24 +52,6 @@ def received_signals():
 
 def _queue_length() -> int:
     return redis.Redis.from_url(settings.CELERY_BROKER_URL).llen("celery")
-
-
-@pytest.fixture
-def broker_down():
-    """Point the test process's Celery app at a closed port (as if the broker were down)."""
-    conf = celery_app.conf
-    saved = conf.broker_url
-
-    def switch(url):
-        conf.broker_url = url
-        # Drop the app's cached pools (as Celery does after a fork); kombu keeps one pool per
-        # broker URL, so switching back finds the working one again.
-        celery_app._pool = None
-        celery_app.amqp._producer_pool = None
-
-    switch(CLOSED_PORT_URL)
-    yield
-    switch(saved)
 
 
 # -- outcomes -------------------------------------------------------------------------------

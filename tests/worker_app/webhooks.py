@@ -4,8 +4,12 @@ Each run writes a row to the plain table ``tether_handler_runs`` (see ``tests.ha
 inside the processing transaction, so a committed row is a side effect that really happened.
 """
 
+import os
+import signal
 import time
 from pathlib import Path
+
+from django.core.cache import cache
 
 from tests.handler_runs import record_run
 from webhooks import PermanentFailure, on
@@ -42,3 +46,24 @@ def block(event):
     if event.attempts == 1:
         Path(event.payload["marker"]).write_text(str(event.attempts))
         time.sleep(event.payload.get("sleep", 120))
+
+
+@on("stripe", "test.slow")
+def slow(event):
+    record_run(event)
+    time.sleep(event.payload.get("sleep", 1))
+
+
+@on("stripe", "test.fail_until_fixed")
+def fail_until_fixed(event):
+    """Fails until the test sets the cache key ``fixed:<event id>`` (a bug fixed, then replay)."""
+    record_run(event)
+    if not cache.get(f"fixed:{event.event_id}"):
+        raise RuntimeError("bug not fixed yet")
+
+
+@on("stripe", "test.crash")
+def crash(event):
+    """Kills its own worker process mid-handler, every time (a poison event)."""
+    record_run(event)
+    os.kill(os.getpid(), signal.SIGKILL)
