@@ -23,6 +23,8 @@ from integrations.breaker import clear_local_cache
 from integrations.client import close_pools
 from integrations.exceptions import IntegrationUnavailable
 from integrations.testing import FakeVendor, Reply, instant_backoff
+from tests import handler_runs
+from tests.celery_worker import CeleryWorker, purge_broker, wait_until
 from tests.integrations.factories import CircuitBreakerFactory
 from tests.test_health import Server
 from tests.webhooks.factories import WebhookEventFactory
@@ -281,33 +283,54 @@ def test_without_the_extra_nothing_is_imported_and_everything_works():
 
 
 @pytest.mark.slow
+@pytest.mark.worker
 @pytest.mark.multiprocess
 @pytest.mark.django_db(transaction=True)
-def test_two_gunicorn_workers_aggregate_in_multiprocess_mode(tmp_path):
-    """With PROMETHEUS_MULTIPROC_DIR, whichever worker answers the scrape reports every
-    worker's counts (and the stuck gauge once)."""
-    server = Server({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}, workers=2)
+def test_web_workers_and_celery_worker_aggregate_in_multiprocess_mode(tmp_path):
+    """With one PROMETHEUS_MULTIPROC_DIR per host, whichever gunicorn worker answers the scrape
+    reports the counts of every web process and of the Celery worker's processes (which is
+    where events are processed), and the scrape-time stuck gauge once."""
+    handler_runs.ensure_table()
+    handler_runs.clear()
+    purge_broker()
+    shared = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    server = Server(shared, workers=2)
     base_url = f"http://127.0.0.1:{server.port}"
 
-    def deliver(_: int) -> str:
+    def deliver(n: int) -> str:
+        endpoint, event_type = ("stripe", "test.record") if n % 4 == 0 else ("acme", None)
         with httpx.Client(base_url=base_url, timeout=20) as http:
-            request = build_request("acme")
-            return http.post(request.path, content=request.body, headers=request.headers).json()[
-                "status"
-            ]
+            request = build_request(endpoint, event_type=event_type)
+            response = http.post(request.path, content=request.body, headers=request.headers)
+            return response.json()["status"]
 
     try:
-        deliveries = 24
-        # concurrent deliveries: a sync worker serves one at a time, so both workers take some
-        with ThreadPoolExecutor(max_workers=6) as pool:
-            assert list(pool.map(deliver, range(deliveries))) == ["accepted"] * deliveries
+        with CeleryWorker(pool="prefork", concurrency=2, extra_env=shared):
+            # concurrent deliveries: a sync worker serves one at a time, so both take some
+            with ThreadPoolExecutor(max_workers=6) as pool:
+                assert list(pool.map(deliver, range(24))) == ["accepted"] * 24
+            wait_until(
+                lambda: (
+                    WebhookEvent.objects.filter(status__in=("processed", "ignored")).count() == 24
+                ),
+                timeout=60,
+                message="the worker to process every event",
+            )
         writers = {path.name.split("_")[1] for path in tmp_path.glob("counter_*.db")}
-        assert len(writers) == 2, writers
+        assert len(writers) >= 3, writers  # two web processes and at least one worker process
         with httpx.Client(base_url=base_url, timeout=20) as http:
-            for _ in range(6):  # whichever worker answers
+            for _ in range(6):  # whichever web worker answers
                 text = http.get("/metrics").text
                 counts = Scrape(text)
-                assert counts.value("tether_webhooks_received_total", endpoint="acme") == deliveries
+                received = counts.value("tether_webhooks_received_total", endpoint="acme")
+                received += counts.value("tether_webhooks_received_total", endpoint="stripe")
+                assert received == 24
+                assert counts.value("tether_webhooks_ignored_total", endpoint="acme") == 18
+                assert counts.value("tether_webhooks_processed_total", endpoint="stripe") == 6
+                assert (
+                    counts.value("tether_webhook_end_to_end_seconds_count", endpoint="stripe") == 6
+                )
                 assert text.count("# TYPE tether_webhooks_stuck gauge") == 1
     finally:
         server.stop()
+        purge_broker()
