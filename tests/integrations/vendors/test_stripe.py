@@ -613,3 +613,22 @@ def test_a_forked_child_opens_its_own_connections(service, fake_stripe):
 
     assert answer == b"fresh"
     assert service._client is not None  # the parent keeps its pool
+
+
+def test_the_readme_example():
+    from integrations.testing import instant_backoff
+
+    with (
+        FakeStripe(api_key="sk_test_x") as fake,
+        instant_backoff(),
+        override_settings(
+            INTEGRATIONS={
+                "SERVICES": {"stripe": {"API_KEY": "sk_test_x", "BASE_URL": fake.base_url}}
+            }
+        ),
+    ):
+        fake.fail("server_error", times=2)
+        intent = StripeService().create_payment_intent(1000, "usd")
+    assert fake.count("POST", "/v1/payment_intents") == 3
+    assert len(set(fake.idempotency_keys())) == 1
+    assert intent.id in fake.payment_intents
