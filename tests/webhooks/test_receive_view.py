@@ -1,0 +1,411 @@
+"""``POST /webhooks/<endpoint>/``: every row of DESIGN.md's response table, the order of the
+checks, body size limits (declared, lying, chunked), the database and the broker down.
+
+In-process tests use Django's test client on PostgreSQL; those that need a real server (a raw
+socket, a database or broker that is really unreachable) run the sandbox under gunicorn.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+
+import httpx
+import pytest
+from django.db import connection, transaction
+from django.test import RequestFactory
+
+from tests.webhooks.providers.gunicorn_server import (
+    GunicornServer,
+    chunked,
+    free_port,
+    http_request,
+    raw_request,
+)
+from tests.webhooks.providers.signal_log import signals  # noqa: F401  (fixture)
+from webhooks.exceptions import MalformedPayload, WebhookConfigurationError
+from webhooks.models import WebhookEvent
+from webhooks.providers import get_provider
+from webhooks.receiving import insert_once, insert_once_with_savepoint
+from webhooks.signals import webhook_duplicate, webhook_rejected
+from webhooks.testing import build_request, post_webhook, send_request, sign_request
+from webhooks.views import receive
+
+pytestmark = pytest.mark.django_db
+
+SECRETS = ("whsec_test_stripe_secret", "test-github-secret", "test-partner-secret")
+
+
+def post(client, request, **extra):
+    return send_request(client, request) if not extra else client.post(request.path, **extra)
+
+
+# -- the response table, row by row -----------------------------------------------------------
+
+
+def test_verified_new_event_is_accepted(client):
+    request = build_request("stripe", event_type="invoice.paid")
+    response = send_request(client, request)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"status": "accepted", "event_id": request.event_id}
+    event = WebhookEvent.objects.get()
+    assert (event.event_type, event.status, event.attempts) == ("invoice.paid", "received", 0)
+    assert event.payload == json.loads(request.body)
+
+
+def test_verified_known_event_is_a_duplicate(client, signals):  # noqa: F811
+    request = build_request("github", event_type="push")
+    assert send_request(client, request).json()["status"] == "accepted"
+    response = send_request(client, request)
+    assert response.status_code == 200
+    assert response.json() == {"status": "duplicate", "event_id": request.event_id}
+    assert WebhookEvent.objects.count() == 1
+    assert signals.of(webhook_duplicate) == [{"endpoint": "github", "event_id": request.event_id}]
+
+
+def test_known_id_with_another_body_is_a_duplicate_kept_as_stored(client, caplog):
+    first = build_request("stripe", {"id": "evt_same", "type": "invoice.paid", "n": 1})
+    second = build_request("stripe", {"id": "evt_same", "type": "invoice.paid", "n": 2})
+    assert send_request(client, first).json()["status"] == "accepted"
+    with caplog.at_level(logging.WARNING, logger="webhooks"):
+        response = send_request(client, second)
+    assert response.json() == {"status": "duplicate", "event_id": "evt_same"}
+    event = WebhookEvent.objects.get()
+    assert bytes(event.body) == first.body
+    assert event.payload["n"] == 1
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "different body" in warnings[0].getMessage()
+    assert "evt_same" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("endpoint", ["stripe", "github", "acme", "partner"])
+def test_bad_signature_is_400_and_nothing_is_stored(client, endpoint, signals):  # noqa: F811
+    response = send_request(client, build_request(endpoint, bad_signature=True))
+    assert response.status_code == 400
+    assert response.json() == {"error": "invalid_signature"}
+    assert not WebhookEvent.objects.exists()
+    assert signals.of(webhook_rejected) == [{"endpoint": endpoint, "reason": "invalid_signature"}]
+
+
+def test_stale_signature_is_400(client):
+    request = build_request("stripe", timestamp=int(time.time()) - 3600)
+    assert send_request(client, request).json() == {"error": "invalid_signature"}
+
+
+def test_missing_signature_is_400(client):
+    response = client.post("/webhooks/stripe/", data=b"{}", content_type="application/json")
+    assert response.status_code == 400
+    assert response.json() == {"error": "invalid_signature"}
+
+
+@pytest.mark.parametrize(
+    "body", [b"not json", b"", b"[]", b'"text"', b"\xff\xfe", b'{"type": "no id here"}']
+)
+def test_verified_but_unusable_body_is_malformed(client, body):
+    headers = sign_request("partner", body)
+    response = client.post(
+        "/webhooks/partner/",
+        data=body,
+        content_type="application/json",
+        headers={k: v for k, v in headers.items() if k != "Content-Type"},
+    )
+    assert response.status_code == 400
+    assert response.json() == {"error": "malformed_payload"}
+    assert not WebhookEvent.objects.exists()
+
+
+def test_payload_that_postgresql_cannot_store_is_malformed(client):
+    # Valid JSON, but PostgreSQL's jsonb refuses \u0000: a DataError, answered 400, not 500.
+    body = b'{"id": "evt_nul", "type": "a.b", "note": "x\\u0000y"}'
+    response = client.post(
+        "/webhooks/partner/",
+        data=body,
+        content_type="application/json",
+        headers={"X-Partner-Signature": sign_request("partner", body)["X-Partner-Signature"]},
+    )
+    assert response.json() == {"error": "malformed_payload"}
+    assert not WebhookEvent.objects.exists()
+    # The test's transaction is still usable: the failed insert ran in a savepoint.
+    assert send_request(client, build_request("partner")).status_code == 200
+
+
+def test_unknown_endpoint_is_404(client, signals):  # noqa: F811
+    response = client.post("/webhooks/nope/", data=b"{}", content_type="application/json")
+    assert response.status_code == 404
+    assert response.json() == {"error": "unknown_endpoint"}
+    assert signals.of(webhook_rejected) == [{"endpoint": "nope", "reason": "unknown_endpoint"}]
+
+
+@pytest.mark.parametrize("method", ["get", "put", "patch", "delete", "head", "options"])
+@pytest.mark.parametrize("endpoint", ["stripe", "nope"])
+def test_not_post_is_405_even_for_unknown_endpoints(client, method, endpoint):
+    response = getattr(client, method)(f"/webhooks/{endpoint}/")
+    assert response.status_code == 405
+    assert response.content == b""
+    assert response["Allow"] == "POST"
+
+
+def test_declared_size_over_the_limit_is_413_before_the_signature(client, settings, signals):  # noqa: F811
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "MAX_BODY_BYTES": 1000}
+    response = client.post("/webhooks/stripe/", data=b"x" * 1001, content_type="application/json")
+    assert response.status_code == 413
+    assert response.json() == {"error": "payload_too_large"}
+    assert signals.of(webhook_rejected)[-1] == {"endpoint": "stripe", "reason": "payload_too_large"}
+
+
+def test_default_limit_is_one_mebibyte(client):
+    body = json.dumps({"id": "evt_big", "type": "a.b", "pad": "x" * (1_048_576 - 40)}).encode()
+    assert len(body) > 1_048_576
+    assert send_request(client, build_request("partner", body)).status_code == 413
+    fits = json.dumps({"id": "evt_fits", "type": "a.b", "pad": "x" * (1_048_576 - 60)}).encode()
+    assert len(fits) <= 1_048_576
+    assert send_request(client, build_request("partner", fits)).status_code == 200
+
+
+def test_declared_size_is_checked_before_the_body_is_read():
+    class Unreadable(io.RawIOBase):
+        def read(self, size=-1):
+            raise AssertionError("the body was read")
+
+    request = RequestFactory().generic(
+        "POST", "/webhooks/stripe/", b"", content_type="application/json"
+    )
+    request.META["CONTENT_LENGTH"] = str(10 * 1024 * 1024)
+    request.META["wsgi.input"] = Unreadable()
+    request._stream = Unreadable()
+    response = receive(request, "stripe")
+    assert response.status_code == 413
+
+
+def test_unsigned_request_is_refused_before_its_body_is_read():
+    class Unreadable(io.RawIOBase):
+        def read(self, size=-1):
+            raise AssertionError("the body was read")
+
+    request = RequestFactory().generic(
+        "POST", "/webhooks/stripe/", b"{}", content_type="application/json"
+    )
+    request._stream = Unreadable()
+    assert json.loads(receive(request, "stripe").content) == {"error": "invalid_signature"}
+
+
+def test_body_without_declared_length_is_cut_off_at_the_limit(settings):
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "MAX_BODY_BYTES": 4096}
+    reads = []
+
+    class Endless(io.RawIOBase):
+        def read(self, size=-1):
+            reads.append(size)
+            return b"x" * size
+
+    request = RequestFactory().generic(
+        "POST", "/webhooks/partner/", b"", content_type="application/json"
+    )
+    request.META.pop("CONTENT_LENGTH", None)
+    request.META["wsgi.input_terminated"] = True
+    request.META["wsgi.input"] = Endless()
+    request.META["HTTP_X_PARTNER_SIGNATURE"] = "00"
+    response = receive(request, "partner")
+    assert response.status_code == 413
+    assert sum(reads) == 4097  # never more than limit + 1 bytes
+
+
+def test_ordering_of_checks(client, settings):
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "MAX_BODY_BYTES": 100}
+    big = b"x" * 101
+    # 405 before 404
+    assert client.get("/webhooks/nope/").status_code == 405
+    # 404 before 413
+    assert client.post("/webhooks/nope/", big, content_type="text/plain").status_code == 404
+    # 413 (declared) before 400 (signature)
+    assert client.post("/webhooks/partner/", big, content_type="text/plain").status_code == 413
+    # signature before parse: a bad signature on a non-JSON body is invalid_signature
+    bad = client.post(
+        "/webhooks/partner/",
+        b"nope",
+        content_type="text/plain",
+        headers={"X-Partner-Signature": "00"},
+    )
+    assert bad.json() == {"error": "invalid_signature"}
+
+
+def test_limit_is_ours_not_data_upload_max_memory_size(client, settings):
+    # The view never touches request.body or request.POST, so Django's limit does not apply:
+    # MAX_BODY_BYTES decides, whether it is smaller or larger than Django's.
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 100
+    request = build_request("stripe")
+    assert len(request.body) > 100
+    assert send_request(client, request).status_code == 200
+
+
+def test_misconfigured_endpoint_raises_naming_the_key(client, settings):
+    settings.WEBHOOKS = {"ENDPOINTS": {"broken": {"PROVIDER": "stripe", "SECRETS": []}}}
+    with pytest.raises(
+        WebhookConfigurationError, match=r'WEBHOOKS\["ENDPOINTS"\]\["broken"\]\["SECRETS"\]'
+    ):
+        client.post("/webhooks/broken/", data=b"{}", content_type="application/json")
+
+
+def test_no_secret_in_responses_or_logs(client, caplog):
+    caplog.set_level(logging.DEBUG)
+    responses = [
+        send_request(client, build_request(name, bad_signature=bad))
+        for name in ("stripe", "github", "acme", "partner")
+        for bad in (False, True)
+    ]
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    text += "\n".join(r.content.decode() for r in responses)
+    assert {r.status_code for r in responses} == {200, 400}
+    for secret in (*SECRETS, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"):
+        assert secret not in text
+
+
+def test_csrf_is_not_required():
+    from django.test import Client
+
+    csrf_client = Client(enforce_csrf_checks=True)
+    assert post_webhook(csrf_client, "stripe").status_code == 200
+
+
+def test_stored_event_is_ready_for_processing(client, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = post_webhook(client, "acme")
+    assert response.status_code == 200
+    names = sorted(cb.func.__name__ for cb in callbacks)
+    assert names == ["_send_received", "publish_process_task"]
+    event = WebhookEvent.objects.get()
+    assert callbacks[[cb.func.__name__ for cb in callbacks].index("publish_process_task")].args == (
+        event.pk,
+    )
+
+
+# -- the insert itself ---------------------------------------------------------------------
+
+
+def _event(event_id: str, body: bytes = b"{}") -> WebhookEvent:
+    return WebhookEvent(
+        endpoint="partner", event_id=event_id, event_type="t", body=body, payload={}
+    )
+
+
+def test_insert_once_outside_and_inside_a_transaction(transactional_db):
+    assert not connection.in_atomic_block
+    first = _event("evt_a")
+    assert insert_once(first, "default") is True and first.pk
+    assert insert_once(_event("evt_a"), "default") is False
+    with transaction.atomic():
+        assert insert_once(_event("evt_a"), "default") is False
+        assert insert_once(_event("evt_b"), "default") is True
+    assert WebhookEvent.objects.count() == 2
+
+
+def test_portable_savepoint_insert_decides_by_the_constraint_too():
+    first = _event("evt_sp")
+    assert insert_once_with_savepoint(first, "default") is True and first.pk
+    again = _event("evt_sp")
+    assert insert_once_with_savepoint(again, "default") is False
+    assert again.pk is None
+    assert WebhookEvent.objects.filter(event_id="evt_sp").count() == 1
+
+
+def test_malformed_payload_maps_from_data_error():
+    from webhooks.providers.base import ParsedEvent
+    from webhooks.receiving import store_event
+
+    parsed = ParsedEvent("evt_x", "t", None, {"bad": "\x00"})
+    with pytest.raises(MalformedPayload):
+        store_event(get_provider("partner"), parsed, b"{}", {})
+
+
+# -- a real server: lying lengths, chunked bodies, database and broker down -----------------
+
+
+@pytest.fixture
+def live_gunicorn(transactional_db):
+    with GunicornServer(webhooks={"MAX_BODY_BYTES": 65536}) as server:
+        yield server
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_raw_socket_size_limits(live_gunicorn):
+    port = live_gunicorn.port
+    request = build_request("partner")
+
+    # Declared over the limit: 413 at once; the body is never sent (the server did not wait).
+    data = http_request("POST", request.path, request.headers, content_length=10 * 1024 * 1024)
+    assert raw_request(port, data) == (413, b'{"error": "payload_too_large"}')
+
+    # A body larger than declared: only the declared bytes are read. The declared part is a
+    # complete signed event; what follows is never seen by the application.
+    extra = b"X" * 200_000
+    data = http_request(
+        "POST",
+        request.path,
+        request.headers,
+        request.body + extra,
+        content_length=len(request.body),
+    )
+    status, body = raw_request(port, data)
+    assert status == 200, live_gunicorn.log()
+    assert json.loads(body) == {"status": "accepted", "event_id": request.event_id}
+    assert bytes(WebhookEvent.objects.get(event_id=request.event_id).body) == request.body
+
+    # No declared length (chunked) and over the limit: 413 while reading.
+    big = build_request("partner", {"id": "evt_chunked_big", "type": "a", "pad": "y" * 70_000})
+    headers = {**big.headers, "Transfer-Encoding": "chunked"}
+    status, body = raw_request(
+        port, http_request("POST", big.path, headers, chunked(big.body), content_length=None)
+    )
+    assert (status, body) == (413, b'{"error": "payload_too_large"}'), live_gunicorn.log()
+
+    # Chunked and within the limit: read to its end and accepted.
+    small = build_request("partner", {"id": "evt_chunked_ok", "type": "a", "pad": "z" * 30_000})
+    headers = {**small.headers, "Transfer-Encoding": "chunked"}
+    status, body = raw_request(
+        port,
+        http_request("POST", small.path, headers, chunked(small.body, 1000), content_length=None),
+    )
+    assert status == 200, live_gunicorn.log()
+    assert bytes(WebhookEvent.objects.get(event_id="evt_chunked_ok").body) == small.body
+    assert not WebhookEvent.objects.filter(event_id="evt_chunked_big").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_database_unreachable_is_503(transactional_db):
+    closed = free_port()
+    env = {"TETHER_PG_URL": f"postgres://postgres@127.0.0.1:{closed}/test"}
+    with GunicornServer(env=env) as server, httpx.Client(base_url=server.url) as http:
+        response = send_request(http, build_request("stripe"))
+        assert response.status_code == 503, server.log()
+        assert response.json() == {"error": "unavailable"}
+        # Refusals that need no database are still answered as usual.
+        assert send_request(http, build_request("stripe", bad_signature=True)).status_code == 400
+        assert http.post("/webhooks/nope/", content=b"{}").status_code == 404
+        log = server.log()
+    assert "OperationalError" in log  # logged as the reason, without any secret
+    assert "whsec_test_stripe_secret" not in log
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_broker_down_still_answers_200_and_the_event_stays_received(transactional_db):
+    closed = free_port()
+    env = {"TETHER_WORKER_BROKER_URL": f"redis://127.0.0.1:{closed}/0"}
+    with GunicornServer(env=env) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        request = build_request("stripe")
+        started = time.monotonic()
+        response = send_request(http, request)
+        elapsed = time.monotonic() - started
+        assert response.status_code == 200, server.log()
+        assert response.json() == {"status": "accepted", "event_id": request.event_id}
+        log = server.log()
+    event = WebhookEvent.objects.get(event_id=request.event_id)
+    assert (event.status, event.attempts) == ("received", 0)
+    assert elapsed < 10
+    assert "could not enqueue" in log
