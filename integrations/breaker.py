@@ -380,7 +380,8 @@ class DatabaseStorage:
             )
 
         transaction.on_commit(send, robust=True)
-        logger.warning(
+        logger.log(
+            logging.WARNING if row.state in (OPEN, FORCED_OPEN) else logging.INFO,
             "circuit breaker %s: %s -> %s (%s) by %s",
             row.name,
             from_state,
