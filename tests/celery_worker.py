@@ -27,7 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from django.db import connection
+
+from tests import handler_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -166,6 +169,40 @@ class CeleryWorker:
         self.stop()
         self.log_file.close()
         os.unlink(self.log_file.name)
+
+
+# Worker settings for fast retries; the worker is another process, so they travel by env vars.
+FAST_RETRIES = {"MAX_ATTEMPTS": 3, "RETRY_BASE_DELAY": 0.2, "RETRY_MAX_DELAY": 0.5}
+
+
+@pytest.fixture
+def celery_worker(transactional_db):
+    """A real Celery worker (solo pool) on the test database, fast retries; stopped after.
+
+    Use it from any test package's conftest: ``from tests.celery_worker import celery_worker``.
+    """
+    handler_runs.ensure_table()
+    purge_broker()
+    with CeleryWorker(webhooks=FAST_RETRIES) as worker:
+        yield worker
+
+
+@pytest.fixture
+def worker_factory(transactional_db):
+    """Start workers with given options (``worker_factory(pool="prefork", concurrency=2)``)."""
+    handler_runs.ensure_table()
+    purge_broker()
+    started: list[CeleryWorker] = []
+
+    def start(**options: Any) -> CeleryWorker:
+        options.setdefault("webhooks", FAST_RETRIES)
+        worker = CeleryWorker(**options)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.__exit__(None, None, None)
 
 
 def purge_broker() -> None:

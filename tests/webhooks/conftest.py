@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tests import handler_runs
-from tests.celery_worker import CeleryWorker, purge_broker
+from tests.celery_worker import FAST_RETRIES, celery_worker, worker_factory
 from webhooks.registry import registry
 
-# Worker settings for fast retries; the worker is another process, so they travel by env vars.
-FAST_RETRIES = {"MAX_ATTEMPTS": 3, "RETRY_BASE_DELAY": 0.2, "RETRY_MAX_DELAY": 0.5}
+__all__ = ["FAST_RETRIES", "celery_worker", "worker_factory"]
 
 
 @pytest.fixture
@@ -27,31 +26,6 @@ def runs(django_db_setup, django_db_blocker):
         handler_runs.ensure_table()
         handler_runs.clear()
     return handler_runs
-
-
-@pytest.fixture
-def celery_worker(transactional_db, runs):
-    """A real Celery worker (solo pool) on the test database, fast retries; stopped after."""
-    purge_broker()
-    with CeleryWorker(webhooks=FAST_RETRIES) as worker:
-        yield worker
-
-
-@pytest.fixture
-def worker_factory(transactional_db, runs):
-    """Start workers with given options (``worker_factory(pool="prefork", concurrency=2)``)."""
-    purge_broker()
-    started: list[CeleryWorker] = []
-
-    def start(**options) -> CeleryWorker:
-        options.setdefault("webhooks", FAST_RETRIES)
-        worker = CeleryWorker(**options)
-        started.append(worker)
-        return worker.start()
-
-    yield start
-    for worker in started:
-        worker.__exit__(None, None, None)
 
 
 @pytest.fixture

@@ -1,0 +1,3 @@
+from tests.celery_worker import celery_worker
+
+__all__ = ["celery_worker"]

@@ -1,0 +1,163 @@
+"""The sandbox's demo shop: its handlers, driven by real-shaped vendor events through the view.
+
+Stripe events are built from Stripe's own fixtures (``stripe/event.json`` as the envelope,
+``stripe/payment_intent.json`` as ``data.object``), GitHub's from octokit's payload examples; see
+``vendor_payloads/SOURCES.md``. Each gets a fresh id and is signed at run time.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from sandbox_project.demo.models import GitHubPush, Order
+from tests.celery_worker import wait_until
+from webhooks import services
+from webhooks.models import WebhookEvent
+from webhooks.testing import post_webhook
+
+PAYLOADS = Path(__file__).resolve().parent / "vendor_payloads"
+Status = WebhookEvent.Status
+
+
+def vendor_json(name: str) -> dict:
+    return json.loads((PAYLOADS / name).read_text())
+
+
+def payment_intent_event(event_type="payment_intent.succeeded", **intent_fields) -> dict:
+    event = copy.deepcopy(vendor_json("stripe/event.json"))
+    intent = copy.deepcopy(vendor_json("stripe/payment_intent.json"))
+    intent.update(status="succeeded", amount_received=intent["amount"])
+    intent.update(intent_fields)
+    event.update(
+        id=f"evt_{uuid.uuid4().hex[:24]}", type=event_type, created=int(time.time()),
+        data={"object": intent},
+    )  # fmt: skip
+    return event
+
+
+def deliver(client, endpoint, payload, **kwargs) -> WebhookEvent:
+    """Post through the real view, then process it here as the worker would (one attempt)."""
+    response = post_webhook(client, endpoint, payload, **kwargs)
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "accepted"
+    event = WebhookEvent.objects.get(endpoint=endpoint, event_id=response.json()["event_id"])
+    services.process_event(event.pk)
+    event.refresh_from_db()
+    return event
+
+
+@pytest.mark.django_db
+def test_payment_intent_succeeded_pays_the_order_named_in_metadata(client):
+    order = Order.objects.create(reference="ord-1001", amount=1099, currency="usd")
+    payload = payment_intent_event(metadata={"order_id": "ord-1001"})
+    event = deliver(client, "stripe", payload)
+    assert event.status == Status.PROCESSED
+    order.refresh_from_db()
+    assert order.status == Order.Status.PAID
+    assert order.payment_intent_id == payload["data"]["object"]["id"]
+    assert order.paid_at is not None
+
+    # A redelivery is a duplicate and a replay changes nothing: the order stays paid once.
+    paid_at = order.paid_at
+    response = post_webhook(client, "stripe", payload)
+    assert response.json()["status"] == "duplicate"
+    services.replay_event(event, sync=True)
+    assert event.status == Status.PROCESSED
+    order.refresh_from_db()
+    assert order.paid_at == paid_at
+
+
+@pytest.mark.django_db
+def test_payment_intent_matched_by_its_id(client):
+    intent_id = vendor_json("stripe/payment_intent.json")["id"]
+    order = Order.objects.create(
+        reference="ord-1002", amount=1099, currency="usd", payment_intent_id=intent_id
+    )
+    event = deliver(client, "stripe", payment_intent_event())
+    assert event.status == Status.PROCESSED
+    order.refresh_from_db()
+    assert order.status == Order.Status.PAID
+
+
+@pytest.mark.django_db
+def test_a_payment_for_no_known_order_is_ignored(client):
+    Order.objects.create(reference="ord-1003", amount=1099, currency="usd")
+    event = deliver(client, "stripe", payment_intent_event(metadata={"order_id": "ord-missing"}))
+    assert event.status == Status.IGNORED
+    assert "no order for PaymentIntent" in event.last_error
+    assert not Order.objects.filter(status=Order.Status.PAID).exists()
+
+
+@pytest.mark.django_db
+def test_a_wrong_amount_fails_permanently_without_paying(client):
+    order = Order.objects.create(reference="ord-1004", amount=5000, currency="usd")
+    event = deliver(client, "stripe", payment_intent_event(metadata={"order_id": "ord-1004"}))
+    assert (event.status, event.attempts) == (Status.FAILED, 1)
+    assert "expected 5000 usd, got 1099 usd" in event.last_error
+    order.refresh_from_db()
+    assert order.status == Order.Status.PENDING
+
+
+@pytest.mark.django_db
+def test_payment_failed_marks_a_pending_order(client):
+    order = Order.objects.create(reference="ord-1005", amount=1099, currency="usd")
+    payload = payment_intent_event(
+        "payment_intent.payment_failed", status="requires_payment_method", amount_received=0,
+        metadata={"order_id": "ord-1005"},
+    )  # fmt: skip
+    assert deliver(client, "stripe", payload).status == Status.PROCESSED
+    order.refresh_from_db()
+    assert order.status == Order.Status.PAYMENT_FAILED
+
+
+@pytest.mark.django_db
+def test_an_unhandled_stripe_event_is_ignored(client):
+    event = deliver(client, "stripe", payment_intent_event("charge.refunded"))
+    assert event.status == Status.IGNORED
+
+
+@pytest.mark.django_db
+def test_github_push_is_recorded(client):
+    body = (PAYLOADS / "github/push.payload.json").read_bytes()
+    delivery = str(uuid.uuid4())
+    event = deliver(client, "github", body, event_type="push", event_id=delivery)
+    assert event.status == Status.PROCESSED
+    push = GitHubPush.objects.get(delivery_id=delivery)
+    source = json.loads(body)
+    assert push.repository == source["repository"]["full_name"] == "Codertocat/Hello-World"
+    assert push.ref == source["ref"]
+    assert push.deleted is source["deleted"]
+    assert push.pusher == source["pusher"]["name"]
+    assert push.commit_count == len(source["commits"])
+
+
+@pytest.mark.django_db
+def test_github_ping_is_ignored(client):
+    body = (PAYLOADS / "github/ping.payload.json").read_bytes()
+    event = deliver(client, "github", body, event_type="ping")
+    assert event.status == Status.IGNORED
+    assert "ping" in event.last_error
+    assert not GitHubPush.objects.exists()
+
+
+@pytest.mark.worker
+@pytest.mark.slow
+def test_end_to_end_with_the_worker_the_order_is_paid(celery_worker, client):
+    order = Order.objects.create(reference="ord-2001", amount=1099, currency="usd")
+    payload = payment_intent_event(metadata={"order_id": "ord-2001"})
+    response = post_webhook(client, "stripe", payload)
+    assert response.json() == {"status": "accepted", "event_id": payload["id"]}
+
+    def paid():
+        order.refresh_from_db()
+        return order.status == Order.Status.PAID
+
+    wait_until(paid, timeout=30, message="the order to be paid by the worker")
+    event = WebhookEvent.objects.get(event_id=payload["id"])
+    assert (event.status, event.attempts) == (Status.PROCESSED, 1)
