@@ -1,0 +1,217 @@
+"""System checks of ``settings.WEBHOOKS``: each error, with the endpoint and key named."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.checks import Error
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+
+from webhooks.checks import check_webhook_endpoints
+from webhooks.exceptions import UnknownEndpoint, WebhookConfigurationError
+from webhooks.providers import get_provider
+
+HMAC = {
+    "PROVIDER": "hmac",
+    "SECRETS": ["s3cr3t-value"],
+    "HEADER": "X-Sig",
+    "EVENT_ID": "json:id",
+    "EVENT_TYPE": "json:type",
+}
+
+
+class NotAProvider:
+    pass
+
+
+def errors_for(settings, webhooks):
+    settings.WEBHOOKS = webhooks
+    return check_webhook_endpoints()
+
+
+def only(errors: list[Error]) -> Error:
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+def test_the_test_settings_are_clean():
+    assert check_webhook_endpoints() == []
+
+
+def test_runs_with_manage_py_check(settings):
+    settings.WEBHOOKS = {"ENDPOINTS": {"x": {"PROVIDER": "nope", "SECRETS": ["a"]}}}
+    with pytest.raises(SystemCheckError, match=r"webhooks\.E001"):
+        call_command("check")
+
+
+@pytest.mark.parametrize(
+    ("provider", "detail"),
+    [
+        (None, "no provider set"),
+        ("", "no provider set"),
+        ("paypal", "unknown provider 'paypal'"),
+        ("myapp.hooks.Missing", "cannot import"),
+        ("tests.webhooks.test_checks.NotAProvider", "not a subclass"),
+        (42, "no provider set"),
+    ],
+)
+def test_e001_unknown_provider(settings, provider, detail):
+    config = {"SECRETS": ["a"]} if provider is None else {"PROVIDER": provider, "SECRETS": ["a"]}
+    error = only(errors_for(settings, {"ENDPOINTS": {"shop": config}}))
+    assert error.id == "webhooks.E001"
+    assert 'WEBHOOKS["ENDPOINTS"]["shop"]["PROVIDER"]' in error.msg
+    assert "'shop'" in error.msg and detail in error.msg
+    assert "stripe, github, standard, hmac" in error.hint
+
+
+def test_dotted_path_to_a_provider_class_is_fine(settings):
+    path = "webhooks.providers.github.GitHubProvider"
+    assert errors_for(settings, {"ENDPOINTS": {"gh": {"PROVIDER": path, "SECRETS": ["a"]}}}) == []
+
+
+@pytest.mark.parametrize("secrets", [None, []])
+def test_e002_no_secrets(settings, secrets):
+    config = {"PROVIDER": "github"} if secrets is None else {"PROVIDER": "github", "SECRETS": []}
+    error = only(errors_for(settings, {"ENDPOINTS": {"gh": config}}))
+    assert error.id == "webhooks.E002"
+    assert 'WEBHOOKS["ENDPOINTS"]["gh"]["SECRETS"]' in error.msg
+    assert error.hint
+
+
+@pytest.mark.parametrize("secret", ["", "   "])
+def test_e003_empty_secret(settings, secret):
+    config = {"PROVIDER": "stripe", "SECRETS": ["whsec_ok", secret]}
+    error = only(errors_for(settings, {"ENDPOINTS": {"st": config}}))
+    assert error.id == "webhooks.E003"
+    assert 'WEBHOOKS["ENDPOINTS"]["st"]["SECRETS"][1]' in error.msg
+    assert "whsec_ok" not in error.msg + error.hint
+
+
+@pytest.mark.parametrize("missing", ["HEADER", "EVENT_ID", "EVENT_TYPE"])
+def test_e004_hmac_missing_option(settings, missing):
+    config = {k: v for k, v in HMAC.items() if k != missing}
+    error = only(errors_for(settings, {"ENDPOINTS": {"partner": config}}))
+    assert error.id == "webhooks.E004"
+    assert f'WEBHOOKS["ENDPOINTS"]["partner"]["{missing}"]' in error.msg
+    assert "hmac endpoint 'partner'" in error.msg
+    assert error.hint
+
+
+def test_e004_signed_timestamp_without_its_header(settings):
+    config = {**HMAC, "SIGNED_PAYLOAD": "{timestamp}.{body}"}
+    error = only(errors_for(settings, {"ENDPOINTS": {"partner": config}}))
+    assert (error.id, '["TIMESTAMP_HEADER"]' in error.msg) == ("webhooks.E004", True)
+
+
+@pytest.mark.parametrize(
+    ("webhooks", "key"),
+    [
+        ({"ENDPOINTS": ["stripe"]}, 'WEBHOOKS["ENDPOINTS"]'),
+        ({"ENDPOINTS": {"st": "stripe"}}, 'WEBHOOKS["ENDPOINTS"]["st"]'),
+        ({"ENDPOINTS": {"st": {"PROVIDER": "stripe", "SECRETS": "whsec_x"}}}, '["SECRETS"]'),
+        ({"ENDPOINTS": {"st": {"PROVIDER": "stripe", "SECRETS": [b"whsec_x"]}}}, '["SECRETS"]'),
+        (
+            {"ENDPOINTS": {"st": {"PROVIDER": "stripe", "SECRETS": ["a"], "TOLERANCE": "300"}}},
+            '["TOLERANCE"]',
+        ),
+        (
+            {"ENDPOINTS": {"st": {"PROVIDER": "stripe", "SECRETS": ["a"], "TOLERANCE": 0}}},
+            '["TOLERANCE"]',
+        ),
+        (
+            {"ENDPOINTS": {"st": {"PROVIDER": "stripe", "SECRETS": ["a"], "MAX_BODY_BYTES": 1.5}}},
+            '["MAX_BODY_BYTES"]',
+        ),
+        (
+            {"ENDPOINTS": {"st": {"PROVIDER": "stripe", "SECRETS": ["a"], "MAX_BODY_BYTES": True}}},
+            '["MAX_BODY_BYTES"]',
+        ),
+        ({"ENDPOINTS": {"p": {**HMAC, "HEADER": ["X-Sig"]}}}, '["HEADER"]'),
+        ({"MAX_BODY_BYTES": -1}, 'WEBHOOKS["MAX_BODY_BYTES"]'),
+        ({"TOLERANCE": None}, 'WEBHOOKS["TOLERANCE"]'),
+    ],
+)
+def test_e005_wrong_types(settings, webhooks, key):
+    error = only(errors_for(settings, webhooks))
+    assert error.id == "webhooks.E005"
+    assert key in error.msg
+    assert error.hint
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"ALGORITHM": "md5"}, "ALGORITHM"),
+        ({"ENCODING": "base32"}, "ENCODING"),
+        ({"EVENT_ID": "id"}, "EVENT_ID"),
+        ({"EVENT_TYPE": "json:a..b"}, "EVENT_TYPE"),
+        ({"SIGNED_PAYLOAD": "{body}{timestamp}", "TIMESTAMP_HEADER": "X-Ts"}, "SIGNED_PAYLOAD"),
+    ],
+)
+def test_e006_invalid_hmac_values(settings, options, key):
+    error = only(errors_for(settings, {"ENDPOINTS": {"p": {**HMAC, **options}}}))
+    assert error.id == "webhooks.E006"
+    assert f'WEBHOOKS["ENDPOINTS"]["p"]["{key}"]' in error.msg
+    assert error.hint
+
+
+def test_e006_standard_secret_not_base64(settings):
+    config = {
+        "PROVIDER": "standard",
+        "SECRETS": ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_!x"],
+    }
+    error = only(errors_for(settings, {"ENDPOINTS": {"acme": config}}))
+    assert error.id == "webhooks.E006"
+    assert 'WEBHOOKS["ENDPOINTS"]["acme"]["SECRETS"][1]' in error.msg
+    assert "whsec_!x" not in error.msg
+
+
+@pytest.mark.parametrize("name", ["a/b", "", "with space"])
+def test_e007_endpoint_name_unusable_in_a_url(settings, name):
+    error = only(
+        errors_for(settings, {"ENDPOINTS": {name: {"PROVIDER": "github", "SECRETS": ["a"]}}})
+    )
+    assert error.id == "webhooks.E007"
+
+
+def test_several_problems_are_all_reported(settings):
+    errors = errors_for(
+        settings,
+        {
+            "ENDPOINTS": {
+                "a": {"PROVIDER": "paypal", "SECRETS": ["x"]},
+                "b": {"PROVIDER": "github"},
+                "c": {**HMAC, "HEADER": None, "ALGORITHM": "md4"},
+            }
+        },
+    )
+    assert sorted(e.id for e in errors) == [
+        "webhooks.E001",
+        "webhooks.E002",
+        "webhooks.E004",
+        "webhooks.E006",
+    ]
+
+
+def test_no_check_message_quotes_a_secret(settings):
+    errors = errors_for(
+        settings,
+        {"ENDPOINTS": {"p": {**HMAC, "ALGORITHM": "md5", "TOLERANCE": -1}}},
+    )
+    assert errors
+    assert all("s3cr3t-value" not in (e.msg + (e.hint or "")) for e in errors)
+
+
+def test_same_rules_at_call_time(settings):
+    settings.WEBHOOKS = {"ENDPOINTS": {"gh": {"PROVIDER": "github", "SECRETS": ["ok", ""]}}}
+    with pytest.raises(WebhookConfigurationError, match=r'\["gh"\]\["SECRETS"\]\[1\]'):
+        get_provider("gh")
+    settings.WEBHOOKS = {"ENDPOINTS": {"gh": {"PROVIDER": "gitlab", "SECRETS": ["ok"]}}}
+    with pytest.raises(WebhookConfigurationError, match=r'\["gh"\]\["PROVIDER"\]'):
+        get_provider("gh")
+    with pytest.raises(UnknownEndpoint):
+        get_provider("other")
+    # WebhookConfigurationError is Django's ImproperlyConfigured.
+    from django.core.exceptions import ImproperlyConfigured
+
+    assert issubclass(WebhookConfigurationError, ImproperlyConfigured)
