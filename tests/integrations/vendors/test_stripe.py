@@ -632,3 +632,22 @@ def test_the_readme_example():
     assert fake.count("POST", "/v1/payment_intents") == 3
     assert len(set(fake.idempotency_keys())) == 1
     assert intent.id in fake.payment_intents
+
+
+def test_a_breaker_forced_open_by_an_operator_stops_stripe_calls(service, fake_stripe):
+    from integrations.testing import force_breaker
+
+    force_breaker("stripe", "forced_open", reason="Stripe incident")
+
+    with pytest.raises(CircuitOpenError) as caught:
+        service.refund("pi_123")
+
+    assert caught.value.retry_after is None  # a person holds it open
+    assert fake_stripe.count() == 0
+
+
+def test_an_empty_customer_id_is_refused_before_any_request(service, fake_stripe):
+    with pytest.raises(ValueError, match="customer_id"):
+        service.retrieve_customer("")
+
+    assert fake_stripe.count() == 0
