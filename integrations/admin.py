@@ -10,6 +10,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
@@ -41,13 +42,28 @@ class ReadOnlyMixin:
 
 
 class BreakerTransitionInline(ReadOnlyMixin, admin.TabularInline):
+    """The latest transitions of one breaker; the full history is one link away."""
+
     model = BreakerTransition
     extra = 0
+    max_shown = 50
     ordering = ("-created_at", "-id")
     fields = ("created_at", "from_state", "to_state", "reason", "actor", "snapshot")
     readonly_fields = fields
     show_change_link = False
-    verbose_name_plural = _("transition history (newest first)")
+    verbose_name_plural = _("transition history (newest first, latest 50)")
+    breaker: CircuitBreaker | None = None
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        queryset = super().get_queryset(request)
+        if self.breaker is None:
+            return queryset.none()
+        latest = (
+            BreakerTransition.objects.filter(breaker=self.breaker)
+            .order_by("-created_at", "-id")
+            .values_list("pk", flat=True)[: self.max_shown]
+        )
+        return queryset.filter(pk__in=list(latest))
 
 
 @admin.register(CircuitBreaker)
@@ -71,6 +87,7 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
     readonly_fields = (
         "name",
         "state_badge",
+        "all_transitions",
         "version",
         "consecutive_failures",
         "total_successes",
@@ -90,7 +107,10 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
         "updated_at",
     )
     fieldsets = (
-        (None, {"fields": ("name", "state_badge", "forced_until", "last_error")}),
+        (
+            None,
+            {"fields": ("name", "state_badge", "forced_until", "last_error", "all_transitions")},
+        ),
         (
             _("Counts"),
             {
@@ -127,6 +147,22 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # a breaker row is created by its service's first call
+
+    def get_inline_instances(self, request: HttpRequest, obj: Any = None) -> list:
+        inlines = super().get_inline_instances(request, obj)
+        for inline in inlines:
+            inline.breaker = obj  # a fresh instance per request: safe to set
+        return inlines
+
+    @admin.display(description=_("history"))
+    def all_transitions(self, obj: CircuitBreaker) -> str:
+        url = reverse("admin:integrations_breakertransition_changelist")
+        return format_html(
+            '<a href="{}?breaker__id__exact={}">{}</a>',
+            url,
+            obj.pk,
+            _("all %(count)d transitions") % {"count": obj.transitions.count()},
+        )
 
     def save_model(
         self, request: HttpRequest, obj: CircuitBreaker, form: Any, change: bool
@@ -173,7 +209,7 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
 @admin.register(BreakerTransition)
 class BreakerTransitionAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ("created_at", "breaker", "from_state", "to_state", "actor", "reason")
-    list_filter = ("to_state", "actor")
+    list_filter = ("to_state", "breaker")
     search_fields = ("breaker__name", "reason", "actor")
     list_select_related = ("breaker",)
     ordering = ("-created_at", "-id")

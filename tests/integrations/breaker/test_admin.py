@@ -49,6 +49,23 @@ def test_detail_shows_transitions_newest_first_read_only(admin_client):
     assert 'name="transitions-0-reason"' not in html  # not an editable field
 
 
+def test_detail_shows_the_latest_fifty_and_links_to_all(admin_client):
+    breaker = CircuitBreakerFactory(name="exchange-rates", tripped=True)
+    for number in range(55):
+        BreakerTransitionFactory(breaker=breaker, reason=f"transition-{number:02d}-end")
+    url = reverse("admin:integrations_circuitbreaker_change", args=[breaker.pk])
+    html = admin_client.get(url).content.decode()
+    shown = [n for n in range(55) if f"transition-{n:02d}-end" in html]
+    assert shown == list(range(5, 55))
+    assert "all 55 transitions" in html
+    listing = admin_client.get(
+        reverse("admin:integrations_breakertransition_changelist"),
+        {"breaker__id__exact": breaker.pk},
+    )
+    assert listing.status_code == 200
+    assert "transition-00-end" in listing.content.decode()
+
+
 def test_policy_override_edit_writes_only_that_field(admin_client):
     breaker = CircuitBreakerFactory(name="exchange-rates", consecutive_failures=2)
     url = reverse("admin:integrations_circuitbreaker_change", args=[breaker.pk])
