@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import InterfaceError, OperationalError
 from django.utils.module_loading import import_string
 from rest_framework import permissions, status
@@ -23,8 +24,6 @@ logger = logging.getLogger("webhooks.api")
 
 def load_classes(values: Iterable[str | type], *, setting: str) -> list[type]:
     """Classes from a settings list of dotted paths (or classes), naming the key on error."""
-    from django.core.exceptions import ImproperlyConfigured
-
     classes = []
     for value in values:
         if isinstance(value, str):
