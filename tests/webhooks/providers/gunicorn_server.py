@@ -32,9 +32,16 @@ def free_port() -> int:
 
 class GunicornServer:
     def __init__(
-        self, *, webhooks: dict[str, Any] | None = None, env: dict[str, str] | None = None
+        self,
+        *,
+        webhooks: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        threads: int = 1,
     ):
         self.port = free_port()
+        self.workers = workers
+        self.threads = threads
         self.webhooks = webhooks or {}
         self.extra_env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
@@ -65,7 +72,9 @@ class GunicornServer:
                 "--bind",
                 f"127.0.0.1:{self.port}",
                 "--workers",
-                "1",
+                str(self.workers),
+                "--threads",
+                str(self.threads),
                 "--timeout",
                 "30",
             ],

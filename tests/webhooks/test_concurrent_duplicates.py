@@ -1,0 +1,95 @@
+"""Concurrent deliveries of one event store exactly one row and announce it once.
+
+The unique constraint on ``(endpoint, event_id)`` decides, inside PostgreSQL: no
+check-then-insert race, no IntegrityError surfacing, no deadlock (dj-stripe issues 409, 1239,
+1267; laravel-webhook-client's check-then-insert).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from django.db import connection
+from django.test import Client
+
+from tests.webhooks.providers.gunicorn_server import GunicornServer
+from webhooks.models import WebhookEvent
+from webhooks.signals import webhook_duplicate, webhook_received
+from webhooks.testing import build_request, send_request
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+DELIVERIES = 24
+
+
+class Counted:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.events: list[int] = []
+
+    def __call__(self, sender, event=None, **kwargs):
+        with self.lock:
+            self.events.append(event.pk if event is not None else kwargs["event_id"])
+
+
+@pytest.mark.parametrize("endpoint", ["stripe", "github", "acme", "partner"])
+def test_threads_delivering_one_event_at_once(endpoint):
+    received, duplicates = Counted(), Counted()
+    webhook_received.connect(received, weak=False)
+    webhook_duplicate.connect(duplicates, weak=False)
+    try:
+        for _round in range(3):
+            request = build_request(endpoint)
+            barrier = threading.Barrier(DELIVERIES)
+
+            def deliver(_, request=request, barrier=barrier):
+                client = Client()
+                barrier.wait()
+                try:
+                    response = send_request(client, request)
+                    return response.status_code, response.json().get("status")
+                finally:
+                    connection.close()
+
+            with ThreadPoolExecutor(DELIVERIES) as pool:
+                answers = Counter(pool.map(deliver, range(DELIVERIES)))
+
+            assert answers == {(200, "accepted"): 1, (200, "duplicate"): DELIVERIES - 1}
+            rows = WebhookEvent.objects.filter(endpoint=endpoint, event_id=request.event_id)
+            assert rows.count() == 1
+            assert bytes(rows.get().body) == request.body
+    finally:
+        webhook_received.disconnect(received)
+        webhook_duplicate.disconnect(duplicates)
+    stored = list(WebhookEvent.objects.values_list("pk", flat=True))
+    assert sorted(received.events) == sorted(stored)  # one webhook_received per stored event
+    assert len(stored) == 3
+    assert len(duplicates.events) == 3 * (DELIVERIES - 1)
+
+
+@pytest.mark.multiprocess
+def test_processes_delivering_one_event_at_once():
+    """Four gunicorn worker processes with threads, 24 simultaneous connections per event."""
+    with GunicornServer(workers=4, threads=6) as server:
+        limits = httpx.Limits(max_connections=DELIVERIES)
+        with httpx.Client(base_url=server.url, limits=limits, timeout=30) as http:
+            for _round in range(3):
+                request = build_request("stripe")
+                barrier = threading.Barrier(DELIVERIES)
+
+                def deliver(_, request=request, barrier=barrier):
+                    barrier.wait()
+                    response = send_request(http, request)
+                    return response.status_code, response.json().get("status")
+
+                with ThreadPoolExecutor(DELIVERIES) as pool:
+                    answers = Counter(pool.map(deliver, range(DELIVERIES)))
+                assert answers == {(200, "accepted"): 1, (200, "duplicate"): DELIVERIES - 1}, (
+                    server.log()
+                )
+                assert WebhookEvent.objects.filter(event_id=request.event_id).count() == 1
+        assert "Traceback" not in server.log()
