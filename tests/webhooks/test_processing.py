@@ -497,3 +497,42 @@ def test_prune_deletes_old_finished_events_in_batches():
     assert services.prune_events(older_than_days=0, include_failed=True) == 1
     with pytest.raises(ValueError):
         services.prune_events(older_than_days=-1)
+
+
+# -- duplicates (dj-stripe issue 832) -------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_duplicate_delivery_never_reruns_a_processed_event_nor_blocks_a_failed_one(
+    handlers, client
+):
+    from webhooks.testing import post_webhook
+
+    calls = []
+
+    @on("stripe", "test.dup")
+    def handler(event):
+        calls.append(event.event_id)
+        if event.payload.get("broken") and len(calls) == 1:
+            raise PermanentFailure("first try refused")
+
+    payload = {"id": "evt_dup_ok", "object": "event", "type": "test.dup",
+               "created": int(time.time()), "data": {"object": {}}}  # fmt: skip
+    assert post_webhook(client, "stripe", payload).json()["status"] == "accepted"
+    event = WebhookEvent.objects.get(event_id="evt_dup_ok")
+    assert services.process_event(event.pk) == Status.PROCESSED
+    assert post_webhook(client, "stripe", payload).json()["status"] == "duplicate"
+    assert services.process_event(event.pk) is None  # a stray task for it does nothing
+    assert calls == ["evt_dup_ok"]
+
+    calls.clear()
+    broken = {**payload, "id": "evt_dup_failed", "broken": True}
+    post_webhook(client, "stripe", broken)
+    failed = WebhookEvent.objects.get(event_id="evt_dup_failed")
+    assert services.process_event(failed.pk) == Status.FAILED
+    assert post_webhook(client, "stripe", broken).json()["status"] == "duplicate"
+    failed.refresh_from_db()
+    assert failed.status == Status.FAILED  # the duplicate neither finished nor hid it
+    services.replay_event(failed, sync=True)
+    assert failed.status == Status.PROCESSED
+    assert calls == ["evt_dup_failed", "evt_dup_failed"]
