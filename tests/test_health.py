@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -157,7 +158,7 @@ class Server:
 
     def __init__(self, env: dict[str, str], *, workers: int = 1) -> None:
         self.port = free_port()
-        self.log = ROOT / f".pytest-health-{self.port}.log"
+        self.log = Path(tempfile.gettempdir()) / f"tether-gunicorn-{self.port}.log"
         full_env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.worker_settings",
