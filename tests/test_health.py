@@ -314,5 +314,12 @@ def test_health_and_api_answer_503_when_the_database_is_unreachable():
         )
         assert status == 503
         assert body == {"detail": "The database is unavailable; try again later."}
+
+        # a scrape still answers: the database-backed gauges are left out, the rest is there
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        assert "tether_webhooks_stuck{" not in text
+        assert "tether_circuit_breaker_state{" not in text
+        assert "# TYPE tether_webhooks_received_total counter" in text
     finally:
         server.stop()
