@@ -107,6 +107,7 @@ def test_a_poll_costs_two_queries_and_reuses_the_broker_probe(
     assert broker_probe.check() is first  # no new broker connection within the TTL
 
 
+@pytest.mark.slow
 @pytest.mark.django_db
 def test_poll_cost_with_a_large_table(client, settings, capsys):
     """Measured: 20,000 events (200 stuck), 200 polls. Printed, and bounded loosely."""
