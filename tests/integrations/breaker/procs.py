@@ -58,14 +58,17 @@ def record_failures(db_name, name, policy, count, barrier, queue) -> None:
 
 def race_acquire(db_name, name, policy, barrier, queue) -> None:
     """Warm the snapshot (an open breaker whose reset timeout has passed, or a half-open
-    one), wait for the others, then try once to get a permit."""
+    one; or none yet: the row is created on first use), wait for the others, then try once
+    to get a permit."""
     setup_django(db_name)
     from integrations.breaker import get_breaker
     from integrations.exceptions import CircuitOpenError
+    from integrations.models import CircuitBreaker
 
     def run() -> str:
         breaker = get_breaker(name, policy, probe_lease=60.0)
-        breaker.snapshot()
+        if CircuitBreaker.objects.filter(name=name).exists():
+            breaker.snapshot()  # warm: every process races on the same transition
         barrier.wait(timeout=60)
         try:
             permit = breaker.acquire("op")

@@ -112,6 +112,13 @@ def test_probe_limit_holds_when_already_half_open():
     assert CircuitBreaker.objects.get(name="half").half_open_in_flight == 2
 
 
+def test_first_use_from_several_processes_creates_one_row():
+    policy = BreakerPolicy()
+    results = run_processes(procs.race_acquire, lambda i: ("brand-new", policy), 6)
+    assert results == ["closed"] * 6
+    assert CircuitBreaker.objects.filter(name="brand-new").count() == 1
+
+
 def test_an_operator_change_reaches_another_process_within_the_cache_ttl():
     CircuitBreakerFactory(name="watched")
     ready = SPAWN.Event()

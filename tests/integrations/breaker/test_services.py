@@ -128,6 +128,24 @@ def test_each_action_sends_the_signal_after_commit(django_capture_on_commit_call
     ]
 
 
+def test_a_failing_signal_receiver_does_not_undo_the_action(
+    django_capture_on_commit_callbacks, caplog
+):
+    def broken(sender, **kwargs):
+        raise RuntimeError("receiver bug")
+
+    breaker_transitioned.connect(broken)
+    try:
+        CircuitBreakerFactory(name="rates")
+        with django_capture_on_commit_callbacks(execute=True):
+            force_open_breaker("rates", actor="alice", reason="x")
+    finally:
+        breaker_transitioned.disconnect(broken)
+    assert CircuitBreaker.objects.get().state == "forced_open"
+    assert BreakerTransition.objects.count() == 1
+    assert "receiver bug" in caplog.text
+
+
 def test_factories_build_consistent_rows():
     transition = BreakerTransitionFactory(breaker__tripped=True)
     assert transition.breaker.state == "open"
