@@ -1,7 +1,9 @@
 """gunicorn hooks for ``bench/ingest.py --profile``: cProfile every worker, dump on exit.
 
 Loaded with ``--config python:bench.gunicorn_profile``; profiles go to ``$BENCH_PROFILE_DIR``.
-Profiling slows the workers, so a profiled run shows where the time goes, not the figures.
+``$BENCH_PROFILE_CLOCK`` picks what is measured: ``cpu`` (default: the worker thread's CPU
+time, so waits on PostgreSQL or Redis do not count) or ``wall``. Profiling slows the workers,
+so a profiled run shows where the time goes, not the figures.
 """
 
 from __future__ import annotations
@@ -9,32 +11,52 @@ from __future__ import annotations
 import cProfile
 import os
 import pstats
+import time
 from pathlib import Path
 
-_profiles: dict[int, cProfile.Profile] = {}
+#: Requests each worker serves before its profiler starts, so that one-time costs (imports,
+#: connections) stay out of the per-request figures.
+SKIP_REQUESTS = int(os.environ.get("BENCH_PROFILE_SKIP", "200"))
+
+_state: dict[str, object] = {}
 
 
 def post_fork(server, worker) -> None:
-    profile = cProfile.Profile()
-    _profiles[os.getpid()] = profile
-    profile.enable()
+    clock = os.environ.get("BENCH_PROFILE_CLOCK", "cpu")
+    _state["profile"] = cProfile.Profile(time.thread_time if clock == "cpu" else time.perf_counter)
+    _state["seen"] = 0
+
+
+def pre_request(worker, req) -> None:
+    _state["seen"] += 1
+    if _state["seen"] == SKIP_REQUESTS + 1:
+        _state["profile"].enable()
 
 
 def worker_exit(server, worker) -> None:
-    profile = _profiles.pop(os.getpid(), None)
-    if profile is not None:
-        profile.disable()
-        profile.dump_stats(Path(os.environ["BENCH_PROFILE_DIR"]) / f"worker-{os.getpid()}.prof")
+    profile = _state.get("profile")
+    if profile is None:
+        return
+    profile.disable()
+    profiled = max(0, _state["seen"] - SKIP_REQUESTS)
+    if profiled:
+        out = Path(os.environ["BENCH_PROFILE_DIR"]) / f"worker-{os.getpid()}"
+        profile.dump_stats(out.with_suffix(".prof"))
+        out.with_suffix(".count").write_text(str(profiled))
 
 
-def print_profile(directory: Path, requests: int, limit: int = 45) -> None:
+def print_profile(directory: Path, limit: int = 45) -> None:
     """The merged workers' profile: functions by cumulative time, in ms per request."""
     files = sorted(str(p) for p in Path(directory).glob("worker-*.prof"))
     if not files:
-        print("no worker profile was written")
+        print(f"no worker profile was written (each worker skips its first {SKIP_REQUESTS})")
         return
+    requests = sum(int(p.read_text()) for p in Path(directory).glob("worker-*.count"))
     stats = pstats.Stats(*files)
-    print(f"\nprofile of {len(files)} worker(s), {requests} requests: ms per request")
+    clock = os.environ.get("BENCH_PROFILE_CLOCK", "cpu")
+    print(
+        f"\nprofile ({clock} time) of {len(files)} worker(s), {requests} requests: ms per request"
+    )
     print(f"{'cumulative':>11}{'own':>8}{'calls/req':>10}  function")
     rows = []
     for (filename, line, name), (_cc, calls, own, cumulative, _callers) in stats.stats.items():
