@@ -328,14 +328,23 @@ def load_json_object(data: bytes | str) -> dict[str, Any]:
 
 def require_identifier(value: Any, what: str) -> str:
     """A usable event id or type: a non-empty string (or integer) of at most 255 characters,
-    without NUL; ``MalformedPayload`` otherwise."""
+    without NUL or lone surrogates; ``MalformedPayload`` otherwise."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value.strip():
         raise MalformedPayload(f"no {what}")
-    if len(value) > MAX_ID_LENGTH or "\x00" in value:
+    if len(value) > MAX_ID_LENGTH or "\x00" in value or not _encodable(value):
         raise MalformedPayload(f"unusable {what}")
     return value
+
+
+def _encodable(value: str) -> bool:
+    """Whether the text can be stored (a lone surrogate, from a JSON escape, cannot)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def datetime_from_unix(value: Any) -> datetime | None:
