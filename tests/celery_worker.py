@@ -35,8 +35,13 @@ from tests import handler_runs
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_until(condition: Callable[[], Any], *, timeout: float, interval: float = 0.1,
-               message: str = "condition") -> Any:
+def wait_until(
+    condition: Callable[[], Any],
+    *,
+    timeout: float,
+    interval: float = 0.1,
+    message: str = "condition",
+) -> Any:
     """Poll ``condition`` until it returns something truthy; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:

@@ -115,6 +115,7 @@ class WebhookEventAdmin(admin.ModelAdmin):
                     "%(count)d event was left alone (already processed or ignored).",
                     "%(count)d events were left alone (already processed or ignored).",
                     skipped,
-                ) % {"count": skipped},
+                )
+                % {"count": skipped},
                 messages.WARNING,
             )

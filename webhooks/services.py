@@ -222,9 +222,7 @@ def process_event(event_pk: int) -> str | None:
             )
         if outcome == Status.PROCESSING:
             event.next_attempt_at = now + timedelta(seconds=retry_delay(attempt))
-        event.save(
-            update_fields=["status", "next_attempt_at", "processed_at", "last_error"]
-        )
+        event.save(update_fields=["status", "next_attempt_at", "processed_at", "last_error"])
         if outcome == Status.PROCESSED:
             transaction.on_commit(partial(_send, webhook_processed, event))
         elif outcome == Status.IGNORED:

@@ -102,8 +102,10 @@ def test_replay_by_vendor_ids_any_status_and_plain_type_name():
 @pytest.mark.django_db
 def test_replay_limit_takes_the_oldest_and_dry_run_changes_nothing():
     now = timezone.now()
-    events = [WebhookEventFactory(status=Status.FAILED, received_at=now - timedelta(minutes=m))
-              for m in (1, 2, 3, 4, 5)]
+    events = [
+        WebhookEventFactory(status=Status.FAILED, received_at=now - timedelta(minutes=m))
+        for m in (1, 2, 3, 4, 5)
+    ]
     out, _ = run("replay_webhooks", "--limit", "2", "--dry-run")
     assert out.strip() == "Would replay 2 event(s) (dry run: nothing changed)."
     assert set(statuses(*events)) == {Status.FAILED}

@@ -480,8 +480,10 @@ def test_requeue_stuck_stops_when_the_broker_is_down(broker_down):
 def test_prune_deletes_old_finished_events_in_batches():
     old = timezone.now() - timedelta(days=31)
     recent = timezone.now() - timedelta(days=29)
-    doomed = [WebhookEventFactory(status=s, received_at=old).pk
-              for s in (Status.PROCESSED, Status.IGNORED, Status.PROCESSED)]
+    doomed = [
+        WebhookEventFactory(status=s, received_at=old).pk
+        for s in (Status.PROCESSED, Status.IGNORED, Status.PROCESSED)
+    ]
     kept = [
         WebhookEventFactory(status=Status.FAILED, received_at=old).pk,
         WebhookEventFactory(status=Status.RECEIVED, received_at=old).pk,

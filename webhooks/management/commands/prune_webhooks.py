@@ -20,15 +20,19 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         retention = webhooks_settings["RETENTION_DAYS"]
         parser.add_argument(
-            "--older-than", type=non_negative_int, metavar="DAYS",
+            "--older-than",
+            type=non_negative_int,
+            metavar="DAYS",
             help=f"Age in days, from received_at (default: WEBHOOKS['RETENTION_DAYS'], now "
-                 f"{retention}).",
+            f"{retention}).",
         )
         parser.add_argument(
             "--include-failed", action="store_true", help="Delete old 'failed' events too."
         )
         parser.add_argument(
-            "--batch-size", type=positive_int, default=services.CHUNK_SIZE,
+            "--batch-size",
+            type=positive_int,
+            default=services.CHUNK_SIZE,
             help=f"Rows deleted per statement (default: {services.CHUNK_SIZE}).",
         )
         parser.add_argument(

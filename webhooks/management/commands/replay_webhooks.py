@@ -29,34 +29,48 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--status", choices=STATUSES, default=WebhookEvent.Status.FAILED,
+            "--status",
+            choices=STATUSES,
+            default=WebhookEvent.Status.FAILED,
             help="Only events in this status; 'any' for all (default: failed).",
         )
         parser.add_argument("--endpoint", help="Only this endpoint (default: all).")
         parser.add_argument(
-            "--type", dest="type_pattern", metavar="PATTERN",
+            "--type",
+            dest="type_pattern",
+            metavar="PATTERN",
             help="Event type pattern: a glob ('invoice.*') or a name that also matches the "
-                 "names below it ('pull_request'). Default: all.",
+            "names below it ('pull_request'). Default: all.",
         )
         parser.add_argument(
-            "--since", type=iso_datetime, metavar="ISO8601",
+            "--since",
+            type=iso_datetime,
+            metavar="ISO8601",
             help="Received at or after this ISO 8601 date or datetime (a date means its "
-                 "midnight; naive times are in TIME_ZONE).",
+            "midnight; naive times are in TIME_ZONE).",
         )
         parser.add_argument(
-            "--until", type=iso_datetime, metavar="ISO8601",
+            "--until",
+            type=iso_datetime,
+            metavar="ISO8601",
             help="Received before this ISO 8601 date or datetime (exclusive).",
         )
         parser.add_argument(
-            "--id", dest="event_ids", action="append", metavar="EVENT_ID",
+            "--id",
+            dest="event_ids",
+            action="append",
+            metavar="EVENT_ID",
             help="The vendor's event id; repeat for several.",
         )
         parser.add_argument(
-            "--limit", type=positive_int,
+            "--limit",
+            type=positive_int,
             help="Replay at most this many, oldest first (default: no limit).",
         )
         parser.add_argument(
-            "--chunk-size", type=positive_int, default=services.CHUNK_SIZE,
+            "--chunk-size",
+            type=positive_int,
+            default=services.CHUNK_SIZE,
             help=f"Rows read per database round trip (default: {services.CHUNK_SIZE}).",
         )
         parser.add_argument(
