@@ -17,13 +17,18 @@ The body is never read through ``request.body`` or ``request.POST``: the view ha
 stream to ``receive_webhook``, which reads it in chunks under the endpoint's ``MAX_BODY_BYTES``.
 So Django's ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (which only guards ``request.body``/``POST``) plays
 no part here: ``MAX_BODY_BYTES`` is the one limit, and it holds whether it is smaller or larger
-than Django's. Under WSGI the stream is Django's, capped at the declared ``Content-Length``;
-a body sent without one (``Transfer-Encoding: chunked``) is read from the server's terminated
+than Django's. The view opts out of ``ATOMIC_REQUESTS``: its insert is one statement that
+commits at once (so the processing task is published right away), and a database that is down
+is answered 503 by the view rather than failing before it runs.
+
+Under WSGI the stream is Django's, capped at the declared ``Content-Length``; a body sent
+without one (``Transfer-Encoding: chunked``) is read from the server's terminated
 input (``wsgi.input_terminated``, set by gunicorn) and cut off at the limit.
 """
 
 from __future__ import annotations
 
+from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -42,6 +47,7 @@ STATUS_BY_CODE = {
 
 @csrf_exempt
 @require_POST
+@transaction.non_atomic_requests
 def receive(request: HttpRequest, endpoint: str) -> JsonResponse:
     stream, content_length = _body_source(request)
     try:

@@ -409,3 +409,20 @@ def test_broker_down_still_answers_200_and_the_event_stays_received(transactiona
     assert (event.status, event.attempts) == ("received", 0)
     assert elapsed < 10
     assert "could not enqueue" in log
+
+
+def test_view_is_not_wrapped_by_atomic_requests(transactional_db, client, monkeypatch):
+    monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
+    seen = []
+
+    def receiver(sender, **kwargs):
+        seen.append(connection.in_atomic_block)
+
+    webhook_duplicate.connect(receiver)
+    try:
+        request = build_request("stripe")
+        assert send_request(client, request).json()["status"] == "accepted"
+        assert send_request(client, request).json()["status"] == "duplicate"
+    finally:
+        webhook_duplicate.disconnect(receiver)
+    assert seen == [False]
