@@ -250,13 +250,22 @@ def insert_once_with_savepoint(event: WebhookEvent, alias: str) -> bool:
 
 
 def _note_duplicate(event: WebhookEvent, alias: str) -> None:
-    stored = (
-        WebhookEvent.objects.using(alias)
-        .filter(endpoint=event.endpoint, event_id=event.event_id)
-        .values_list("body", flat=True)
-        .first()
+    """Log a duplicate; a warning if the stored body differs. The bodies are compared by the
+    database (one indexed lookup; the stored body is not sent back)."""
+    connection = connections[alias]
+    meta = WebhookEvent._meta
+    quote = connection.ops.quote_name
+    body = meta.get_field("body")
+    sql = (
+        f"SELECT {quote(body.column)} = %s FROM {quote(meta.db_table)} "  # noqa: S608
+        f"WHERE {quote(meta.get_field('endpoint').column)} = %s "
+        f"AND {quote(meta.get_field('event_id').column)} = %s"
     )
-    if stored is not None and bytes(stored) != event.body:
+    params = [body.get_db_prep_save(event.body, connection), event.endpoint, event.event_id]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is not None and not row[0]:
         logger.warning(
             "webhooks: %s event %s delivered again with a different body; the stored one is kept",
             event.endpoint,
