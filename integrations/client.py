@@ -16,6 +16,7 @@ timeouts, the circuit breaker, retries, idempotency keys, error mapping) happens
 from __future__ import annotations
 
 import email.utils
+import functools
 import json as jsonlib
 import logging
 import os
@@ -25,6 +26,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import httpx
 from django.core.exceptions import ImproperlyConfigured
@@ -83,7 +85,8 @@ def _pool_for(service: str) -> httpx.Client:
                     httpx_logger.addFilter(_redact_filter)
                 client = _pools[service] = httpx.Client(
                     follow_redirects=False,
-                    headers={"User-Agent": "django-tether"},
+                    # Sent with every request unless the request sets its own.
+                    headers={"User-Agent": "django-tether", "Accept": "application/json"},
                     # Per-request timeouts are always passed; this only guards direct use.
                     timeout=httpx.Timeout(10.0, connect=3.05),
                 )
@@ -167,6 +170,18 @@ def require_fields(data: Any, fields: Iterable[str], *, service: str, operation:
             service, operation, f"response lacks required field(s): {', '.join(missing)}"
         )
     return data
+
+
+@functools.lru_cache(maxsize=256)
+def _httpx_timeout(limits: Timeout) -> httpx.Timeout:
+    return httpx.Timeout(
+        connect=limits.connect, read=limits.read, write=limits.write, pool=limits.pool
+    )
+
+
+def _shown(method: str, url: str) -> str:
+    """How a request appears in messages: method and path, never the query string."""
+    return f"{method} {urlsplit(url).path or '/'}"
 
 
 # --- the client ----------------------------------------------------------------------------------
@@ -358,7 +373,7 @@ class ServiceClient:
         idempotency_key: str | None,
     ) -> Any:
         required = tuple(required)
-        merged = self._headers(method, headers, idempotency_key, accept="application/json")
+        merged = self._headers(method, headers, idempotency_key)
 
         def parse(response: httpx.Response) -> Any:
             return self._parse_json(response, operation, required)
@@ -371,12 +386,10 @@ class ServiceClient:
         method: str,
         headers: Mapping[str, str] | None,
         idempotency_key: str | None,
-        *,
-        accept: str | None = None,
     ) -> dict[str, str]:
-        merged = {"Accept": accept} if accept else {}
-        merged.update(self.default_headers())
-        merged.update(headers or {})
+        merged = dict(self.default_headers())
+        if headers:
+            merged.update(headers)
         if idempotency_key is None and method in AUTO_IDEMPOTENT_METHODS:
             # One key per call, generated before the first attempt: every retry resends it.
             idempotency_key = str(uuid.uuid4())
@@ -401,7 +414,6 @@ class ServiceClient:
         parse: Any,
     ) -> Any:
         url = self._url(path)
-        shown = f"{method} {httpx.URL(url).path}"  # never the query string or headers
         timeout = self.get_timeout()
         client = _pool_for(self.service)
         kwargs.pop("timeout", None)
@@ -412,18 +424,14 @@ class ServiceClient:
                 response = client.request(
                     method,
                     url,
-                    headers=headers,
-                    timeout=httpx.Timeout(
-                        connect=limits.connect,
-                        read=limits.read,
-                        write=limits.write,
-                        pool=limits.pool,
-                    ),
+                    headers=headers or None,
+                    timeout=_httpx_timeout(limits),
                     **kwargs,
                 )
             except httpx.HTTPError as exc:
-                raise self._map_transport_error(exc, operation, shown) from exc
-            self._check_status(response, operation, shown)
+                raise self._map_transport_error(exc, operation, _shown(method, url)) from exc
+            if response.status_code >= 400:
+                self._raise_for_status(response, operation, _shown(method, url))
             return parse(response) if parse is not None else response
 
         return call_with_resilience(
@@ -450,10 +458,8 @@ class ServiceClient:
             self.service, operation, f"{shown} failed ({kind})", cause=exc
         )
 
-    def _check_status(self, response: httpx.Response, operation: str, shown: str) -> None:
+    def _raise_for_status(self, response: httpx.Response, operation: str, shown: str) -> None:
         status = response.status_code
-        if status < 400:
-            return
         message = f"{shown} answered {status}"
         if status == 429:
             raise RateLimitedError(

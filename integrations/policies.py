@@ -100,6 +100,8 @@ class Timeout(_Policy):
 
     def capped(self, remaining: float) -> Self:
         """Each timeout shortened so that none outlasts ``remaining`` seconds."""
+        if remaining >= max(self.connect, self.read, self.write, self.pool):
+            return self
         remaining = max(remaining, 0.001)
         return replace(
             self,

@@ -124,6 +124,9 @@ def _is_retryable(error: BaseException) -> bool:
     return isinstance(error, IntegrationError) and bool(error.retryable)
 
 
+_RETRY_IF_RETRYABLE = retry_if_exception(_is_retryable)
+
+
 class wait_retry_after(wait_base):
     """Wait what a ``RateLimitedError`` asks (``Retry-After``), else defer to ``fallback``."""
 
@@ -185,6 +188,21 @@ def call_with_resilience(
             breaker.record_success(permit)
         return result
 
+    # The first attempt is made before any retry machinery is built: a healthy call (and a
+    # call refused by an open breaker) costs no more than the attempt itself. A retryable
+    # failure is then handed to tenacity as the outcome of its attempt 1, and tenacity's
+    # stop/wait/retry objects decide everything from there.
+    try:
+        result = one_attempt(1)
+    except BaseException as error:
+        first_error = error
+        if not _is_retryable(error):
+            _fail(service, operation, breaker, started, sent, error)
+            raise
+    else:
+        _finish(service, operation, breaker, started, sent, None)
+        return result
+
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         delay = state.upcoming_sleep
@@ -220,30 +238,42 @@ def call_with_resilience(
         wait=wait_retry_after(
             wait_random_exponential(multiplier=retry.base_delay, max=retry.max_delay)
         ),
-        retry=retry_if_exception(_is_retryable),
+        retry=_RETRY_IF_RETRYABLE,
         sleep=clock.sleep,
         before_sleep=before_sleep,
         reraise=True,
     )
 
-    previous_error: BaseException | None = None
+    previous_error: BaseException = first_error
     try:
         for tenacity_attempt in retrying:
             with tenacity_attempt:
+                number = tenacity_attempt.retry_state.attempt_number
+                if number == 1:
+                    raise first_error  # already made, above
                 try:
-                    result = one_attempt(tenacity_attempt.retry_state.attempt_number)
+                    result = one_attempt(number)
                 except BaseException as error:
                     previous_error = _chain(error, previous_error)
                     raise
-    except IntegrationError as error:
-        error.attempts = sent
-        _finish(service, operation, breaker, started, sent, error)
-        raise
     except BaseException as error:
-        _finish(service, operation, breaker, started, sent, error)
+        _fail(service, operation, breaker, started, sent, error)
         raise
     _finish(service, operation, breaker, started, sent, None)
     return result
+
+
+def _fail(
+    service: str,
+    operation: str,
+    breaker: BreakerLike | None,
+    started: float,
+    attempts: int,
+    error: BaseException,
+) -> None:
+    if isinstance(error, IntegrationError):
+        error.attempts = attempts
+    _finish(service, operation, breaker, started, attempts, error)
 
 
 def _chain(error: BaseException, previous: BaseException | None) -> BaseException:
@@ -269,7 +299,11 @@ def _finish(
 ) -> None:
     duration = time.perf_counter() - started
     outcome = _outcome(error)
-    level = logging.INFO if error is None else logging.WARNING
+    # A refused call is expected while a breaker is open (its opening was logged as a warning):
+    # one warning per refused call would flood the log during an outage.
+    level = (
+        logging.INFO if error is None or isinstance(error, CircuitOpenError) else logging.WARNING
+    )
     if logger.isEnabledFor(level):
         breaker_state = _breaker_state(breaker)
         logger.log(
