@@ -37,8 +37,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, models, transaction
 from django.db.models import Case, F, Q, Value, When
+from django.utils.translation import gettext_lazy as _
 
 from .exceptions import CircuitOpenError, IntegrationError
 from .policies import BreakerPolicy
@@ -48,6 +49,7 @@ logger = logging.getLogger("integrations.breaker")
 __all__ = [
     "Breaker",
     "BreakerSnapshot",
+    "BreakerState",
     "Clock",
     "DatabaseStorage",
     "ManualClock",
@@ -56,11 +58,23 @@ __all__ = [
     "get_breaker",
 ]
 
-CLOSED = "closed"
-OPEN = "open"
-HALF_OPEN = "half_open"
-FORCED_OPEN = "forced_open"
-DISABLED = "disabled"
+
+class BreakerState(models.TextChoices):
+    """The five states; ``CircuitBreaker.state`` takes its choices from here."""
+
+    CLOSED = "closed", _("closed")
+    OPEN = "open", _("open")
+    HALF_OPEN = "half_open", _("half-open")
+    FORCED_OPEN = "forced_open", _("forced open")
+    DISABLED = "disabled", _("disabled")
+
+
+CLOSED = BreakerState.CLOSED.value
+OPEN = BreakerState.OPEN.value
+HALF_OPEN = BreakerState.HALF_OPEN.value
+FORCED_OPEN = BreakerState.FORCED_OPEN.value
+DISABLED = BreakerState.DISABLED.value
+#: States only people set (through ``integrations.services``).
 MANUAL_STATES = (FORCED_OPEN, DISABLED)
 
 SYSTEM = "system"
@@ -217,7 +231,7 @@ class DatabaseStorage:
         model = self.model()
         row = model.objects.filter(name=name).first()
         if row is None:
-            row, _ = model.objects.get_or_create(name=name)
+            row, _created = model.objects.get_or_create(name=name)
         return row
 
     @staticmethod
@@ -545,7 +559,7 @@ class Breaker:
             return self._acquire_degraded(operation)
 
     def _acquire_slow(self, snapshot: BreakerSnapshot, operation: str, now: float) -> Permit:
-        for _ in range(3):  # another process may move the row between our read and our write
+        for _attempt in range(3):  # another process may move the row between our read and our write
             if snapshot.degraded:
                 return self._acquire_degraded(operation)
             state = snapshot.state

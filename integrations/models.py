@@ -11,13 +11,9 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from .breaker import SYSTEM, BreakerState
 
-class BreakerState(models.TextChoices):
-    CLOSED = "closed", _("closed")
-    OPEN = "open", _("open")
-    HALF_OPEN = "half_open", _("half-open")
-    FORCED_OPEN = "forced_open", _("forced open")
-    DISABLED = "disabled", _("disabled")
+__all__ = ["BreakerState", "BreakerTransition", "CircuitBreaker"]
 
 
 class CircuitBreaker(models.Model):
@@ -115,7 +111,7 @@ COUNT_FIELDS = (
 
 
 class BreakerTransition(models.Model):
-    SYSTEM = "system"
+    SYSTEM = SYSTEM
 
     breaker = models.ForeignKey(
         CircuitBreaker,
