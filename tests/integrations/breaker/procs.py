@@ -79,6 +79,26 @@ def race_acquire(db_name, name, policy, barrier, queue) -> None:
     _report(queue, run)
 
 
+def report_probe(db_name, name, policy, version, failed, barrier, queue) -> None:
+    """Hold a half-open probe permit of ``version``; when all are lined up, report it."""
+    setup_django(db_name)
+    from integrations.breaker import HALF_OPEN, Permit, get_breaker
+    from integrations.exceptions import IntegrationUnavailable
+
+    def run() -> str:
+        breaker = get_breaker(name, policy)
+        breaker.snapshot()
+        permit = Permit(name, "op", HALF_OPEN, version)
+        barrier.wait(timeout=60)
+        if failed:
+            breaker.record_failure(permit, IntegrationUnavailable(name, "op"))
+        else:
+            breaker.record_success(permit)
+        return "reported"
+
+    _report(queue, run)
+
+
 def watch_until_open(db_name, name, ready, queue, limit) -> None:
     """Call ``acquire`` every 5 ms until it fails fast; report the time it first did."""
     setup_django(db_name)

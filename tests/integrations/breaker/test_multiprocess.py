@@ -112,6 +112,32 @@ def test_probe_limit_holds_when_already_half_open():
     assert CircuitBreaker.objects.get(name="half").half_open_in_flight == 2
 
 
+@pytest.mark.parametrize(
+    ("outcomes", "final"),
+    [((False, False, False, False), "closed"), ((True, True, True, True), "open")],
+    ids=["all-succeed", "all-fail"],
+)
+def test_probes_reporting_at_once_move_the_breaker_once(outcomes, final):
+    CircuitBreakerFactory(
+        name="reported",
+        state="half_open",
+        version=11,
+        half_open_in_flight=4,
+        probe_lease_until=timezone.now() + timedelta(seconds=60),
+    )
+    policy = BreakerPolicy(half_open_max_calls=4, reset_timeout=300.0)
+    run_processes(
+        procs.report_probe, lambda i: ("reported", policy, 11, outcomes[i]), len(outcomes)
+    )
+    row = CircuitBreaker.objects.get(name="reported")
+    assert row.state == final
+    assert row.half_open_in_flight == 0
+    transitions = list(BreakerTransition.objects.filter(breaker=row).values_list("to_state"))
+    assert transitions == [(final,)]
+    if final == "open":
+        assert row.total_failures == 4  # the losers' failures are still counted
+
+
 def test_first_use_from_several_processes_creates_one_row():
     policy = BreakerPolicy()
     results = run_processes(procs.race_acquire, lambda i: ("brand-new", policy), 6)
