@@ -5,6 +5,8 @@
   deadline still sees them as elapsed.
 - ``force_breaker(name, state)``: put a service's circuit breaker in a state, the way an
   operator (or a run of failures) would.
+- ``reset_local_state()``: forget this process's breaker snapshots and pooled connections
+  (an autouse fixture calls it around each test).
 
 ``integrations.testing.stripe`` holds a fake Stripe API for ``StripeService``.
 """
@@ -29,6 +31,7 @@ __all__ = [
     "Route",
     "force_breaker",
     "instant_backoff",
+    "reset_local_state",
     "unused_port_url",
 ]
 
@@ -66,6 +69,16 @@ def instant_backoff() -> Iterator[InstantBackoff]:
     """
     with use_backoff_clock(InstantBackoff()) as clock:
         yield clock  # type: ignore[misc]
+
+
+def reset_local_state() -> None:
+    """Forget what this process keeps between calls: breaker snapshots (which would outlive a
+    test's rolled-back database) and pooled connections. Call it around each test."""
+    from ..breaker import clear_local_cache
+    from ..client import close_pools
+
+    clear_local_cache()
+    close_pools()
 
 
 def force_breaker(

@@ -7,18 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from integrations.breaker import clear_local_cache
-from integrations.client import close_pools
-from integrations.testing import FakeVendor, InstantBackoff, instant_backoff
+from integrations.testing import FakeVendor, InstantBackoff, instant_backoff, reset_local_state
 
 
 @pytest.fixture(autouse=True)
 def _fresh_process_state() -> Iterator[None]:
     """The database is rolled back after each test: forget what this process cached of it."""
-    clear_local_cache()
+    reset_local_state()
     yield
-    clear_local_cache()
-    close_pools()
+    reset_local_state()
 
 
 @pytest.fixture

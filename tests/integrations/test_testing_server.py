@@ -14,7 +14,13 @@ import pytest
 from integrations.breaker import get_breaker
 from integrations.exceptions import CircuitOpenError
 from integrations.models import BreakerTransition, CircuitBreaker
-from integrations.testing import FakeVendor, Reply, force_breaker, unused_port_url
+from integrations.testing import (
+    FakeVendor,
+    Reply,
+    force_breaker,
+    reset_local_state,
+    unused_port_url,
+)
 
 
 def test_replies_in_order_then_the_last_repeats(vendor):
@@ -219,3 +225,15 @@ def test_force_breaker_records_who_and_why():
 def test_force_breaker_refuses_unknown_states():
     with pytest.raises(ValueError, match="half_open"):
         force_breaker("svc", "half_open")
+
+
+@pytest.mark.django_db
+def test_reset_local_state_forgets_snapshots_that_outlive_the_database():
+    force_breaker("svc", "forced_open")
+    assert get_breaker("svc").state == "forced_open"  # read once: now in this process's snapshot
+    CircuitBreaker.objects.filter(name="svc").delete()  # what a test's rollback does
+    assert get_breaker("svc").state == "forced_open"  # this process's snapshot, still fresh
+
+    reset_local_state()
+
+    assert get_breaker("svc").state == "closed"
