@@ -16,7 +16,7 @@ from webhooks.testing import sign_request
 
 from .contract import ProviderContract
 
-VENDOR = Path("/work/shared/vendor-payloads")
+VENDOR = Path(__file__).parent / "vendor"  # copies of vendor-payloads, see vendor/SOURCES.md
 SECRET = "test-github-secret"
 
 # GitHub's documented test values: docs.github.com, "Validating webhook deliveries", section

@@ -19,7 +19,7 @@ from .contract import TimestampedProviderContract
 # standard-webhooks/standard-webhooks, libraries/python/tests/test_webhooks.py
 # (test_sign_function, test_invalid_signature_raises_error) and spec/standard-webhooks.md
 # "Signature scheme", as collected in vendor-payloads/standardwebhooks/vectors.json (SOURCES.md).
-VECTORS = json.loads(Path("/work/shared/vendor-payloads/standardwebhooks/vectors.json").read_text())
+VECTORS = json.loads((Path(__file__).parent / "vendor/standardwebhooks/vectors.json").read_text())
 SECRET = VECTORS["sign_vector"]["secret"]
 
 

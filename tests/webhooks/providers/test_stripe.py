@@ -18,7 +18,7 @@ from webhooks.testing import sign_request
 
 from .contract import TimestampedProviderContract
 
-VENDOR = Path("/work/shared/vendor-payloads")
+VENDOR = Path(__file__).parent / "vendor"  # copies of vendor-payloads, see vendor/SOURCES.md
 SECRET = "whsec_test_stripe_secret"
 
 
