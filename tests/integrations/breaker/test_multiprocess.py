@@ -164,7 +164,7 @@ def test_an_operator_change_reaches_another_process_within_the_cache_ttl():
     assert status == "ok", seen_at
     assert seen_at is not None, "the other process never saw the breaker open"
     lag = seen_at - changed_at
-    assert 0 <= lag <= 1.0 + 0.25  # CACHE_TTL is 1 s; 0.25 s for a busy machine
+    assert 0 <= lag <= 1.0 + 0.5  # CACHE_TTL is 1 s; 0.5 s for a busy, shared machine
 
 
 def run_outage(scenario: str, *, port: int | str = 1) -> dict:
