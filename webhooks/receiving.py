@@ -133,7 +133,7 @@ def receive_webhook(
         if code is None:
             raise
         _log_rejection(endpoint, code, error)
-        webhook_rejected.send(sender=None, endpoint=endpoint, reason=code)
+        _send(webhook_rejected, None, endpoint=endpoint, reason=code)
         raise
 
 
@@ -182,7 +182,7 @@ def store_event(
         raise StorageUnavailable(type(exc).__name__) from exc
 
     if not inserted:
-        webhook_duplicate.send(sender=None, endpoint=event.endpoint, event_id=event.event_id)
+        _send(webhook_duplicate, None, endpoint=event.endpoint, event_id=event.event_id)
         return Receipt("duplicate", event.event_id)
 
     logger.debug(
@@ -276,10 +276,16 @@ def _note_duplicate(event: WebhookEvent, alias: str) -> None:
 
 
 def _send_received(event: WebhookEvent) -> None:
-    for receiver, result in webhook_received.send_robust(sender=WebhookEvent, event=event):
+    _send(webhook_received, WebhookEvent, event=event)
+
+
+def _send(signal: Any, sender: Any, **kwargs: Any) -> None:
+    """Send a signal; a failing receiver is logged and never changes the answer (the event is
+    stored, or the refusal stands)."""
+    for receiver, result in signal.send_robust(sender=sender, **kwargs):
         if isinstance(result, Exception):
             logger.error(
-                "webhooks: webhook_received receiver %r raised %s",
+                "webhooks: a signal receiver %r raised %s",
                 receiver,
                 type(result).__name__,
                 exc_info=result,

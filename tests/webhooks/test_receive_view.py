@@ -426,3 +426,47 @@ def test_view_is_not_wrapped_by_atomic_requests(transactional_db, client, monkey
     finally:
         webhook_duplicate.disconnect(receiver)
     assert seen == [False]
+
+
+def test_provider_and_secrets_never_show_the_secret_in_repr():
+    provider = get_provider("stripe")
+    text = repr(provider) + repr(provider.secrets) + repr(vars(provider).get("secrets"))
+    assert "whsec_test_stripe_secret" not in text
+    assert repr(provider) == "<StripeProvider endpoint='stripe'>"
+    assert provider.secrets[0] == "whsec_test_stripe_secret"  # still the value where it is used
+
+
+@pytest.mark.parametrize("signal", [webhook_rejected, webhook_duplicate])
+def test_a_failing_signal_receiver_does_not_change_the_answer(client, caplog, signal):
+    def broken(sender, **kwargs):
+        raise RuntimeError("metrics are down")
+
+    signal.connect(broken)
+    try:
+        request = build_request("github")
+        with caplog.at_level(logging.ERROR, logger="webhooks"):
+            assert send_request(client, request).status_code == 200
+            assert send_request(client, request).json()["status"] == "duplicate"
+            bad = send_request(client, build_request("github", bad_signature=True))
+    finally:
+        signal.disconnect(broken)
+    assert bad.status_code == 400
+    assert any("RuntimeError" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failing_webhook_received_receiver_keeps_the_event(
+    client, django_capture_on_commit_callbacks
+):
+    from webhooks.signals import webhook_received
+
+    def broken(sender, **kwargs):
+        raise RuntimeError("boom")
+
+    webhook_received.connect(broken)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            response = post_webhook(client, "acme")
+    finally:
+        webhook_received.disconnect(broken)
+    assert response.status_code == 200
+    assert WebhookEvent.objects.count() == 1

@@ -87,7 +87,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-@dataclass
+class SecretStr(str):
+    """A secret whose ``repr`` never shows it (tracebacks, debug pages, ``repr`` of objects)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'<secret>'"
+
+
+@dataclass(repr=False)
 class Provider:
     """Base class of providers. Subclass it, set ``name`` and the header names, implement
     ``verify``, ``parse``, ``sign`` and ``sample``; point an endpoint's ``PROVIDER`` at the
@@ -116,11 +125,14 @@ class Provider:
         problems = self.config_problems(self.endpoint, self.config)
         if problems:
             raise problems[0].as_exception()
-        self.secrets = tuple(self.config["SECRETS"])
+        self.secrets = tuple(SecretStr(secret) for secret in self.config["SECRETS"])
         self.tolerance = float(self.config.get("TOLERANCE", webhooks_settings["TOLERANCE"]))
         self.max_body_bytes = int(
             self.config.get("MAX_BODY_BYTES", webhooks_settings["MAX_BODY_BYTES"])
         )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} endpoint={self.endpoint!r}>"
 
     # -- configuration ----------------------------------------------------------------------
 
