@@ -77,6 +77,7 @@ class TokenHmacProvider(Provider):
 
 class TestCustomProviderContract(ProviderContract):
     endpoint = "custom"
+    timestamped = False
     config = {
         "PROVIDER": "tests.webhooks.providers.test_custom_provider.TokenHmacProvider",
         "SECRETS": ["custom-secret"],

@@ -14,7 +14,7 @@ from webhooks.exceptions import InvalidSignature
 from webhooks.providers import get_provider
 from webhooks.testing import sign_request
 
-from .contract import TimestampedProviderContract
+from .contract import ProviderContract
 
 # standard-webhooks/standard-webhooks, libraries/python/tests/test_webhooks.py
 # (test_sign_function, test_invalid_signature_raises_error) and spec/standard-webhooks.md
@@ -23,7 +23,7 @@ VECTORS = json.loads((Path(__file__).parent / "vendor/standardwebhooks/vectors.j
 SECRET = VECTORS["sign_vector"]["secret"]
 
 
-class TestStandardContract(TimestampedProviderContract):
+class TestStandardContract(ProviderContract):
     endpoint = "acme"
     config = {"PROVIDER": "standard", "SECRETS": [SECRET]}
     # webhook-id is part of the signed content: without it nothing can be verified.

@@ -16,13 +16,13 @@ from webhooks.providers import get_provider
 from webhooks.providers.stripe import StripeProvider
 from webhooks.testing import sign_request
 
-from .contract import TimestampedProviderContract
+from .contract import ProviderContract
 
 VENDOR = Path(__file__).parent / "vendor"  # copies of vendor-payloads, see vendor/SOURCES.md
 SECRET = "whsec_test_stripe_secret"
 
 
-class TestStripeContract(TimestampedProviderContract):
+class TestStripeContract(ProviderContract):
     endpoint = "stripe"
     config = {"PROVIDER": "stripe", "SECRETS": [SECRET]}
 
