@@ -470,3 +470,23 @@ def test_a_failing_webhook_received_receiver_keeps_the_event(
         webhook_received.disconnect(broken)
     assert response.status_code == 200
     assert WebhookEvent.objects.count() == 1
+
+
+def test_client_gone_mid_body_is_answered_without_a_500():
+    from django.http import UnreadablePostError
+
+    class Broken(io.RawIOBase):
+        def read(self, size=-1):
+            raise UnreadablePostError("connection reset")
+
+    request = RequestFactory().generic(
+        "POST",
+        "/webhooks/partner/",
+        b"{}",
+        content_type="application/json",
+        headers={"X-Partner-Signature": "00"},
+    )
+    request._stream = Broken()
+    response = receive(request, "partner")
+    assert response.status_code == 400
+    assert json.loads(response.content) == {"error": "malformed_payload"}
