@@ -7,7 +7,8 @@ A diagnostic companion to ``bench/ingest.py`` case (b): it runs the same steps a
 gunicorn), and prints the wall and CPU time of each per event: provider lookup and header check,
 body read, signature verification (the stripe SDK), JSON parse, the insert (autocommit: it
 includes the commit's WAL flush), and the publication of the Celery task; then the duplicate
-path, and, for comparison, what a bare Redis ``LPUSH`` of a message of the same size costs.
+path, one processing attempt per event as the Celery worker makes it (``process_event`` with the
+no-op handler), and, for comparison, what a bare Redis ``LPUSH`` of a message costs.
 Published tasks are purged at the end (no worker runs). It uses the receive module's internal
 steps, so it names what it cannot find if they change.
 """
@@ -95,10 +96,18 @@ def main(argv: list[str] | None = None) -> int:
             if timed("7 duplicate: insert", insert_once, copy, "default"):
                 raise RuntimeError("a duplicate was inserted")
             timed("8 duplicate: compare bodies", _note_duplicate, copy, "default")
+        # What the worker does per event (the no-op handler of bench/webhooks.py runs).
+        import bench.webhooks  # noqa: F401  (registers the no-op handler)
+        from webhooks.services import process_event
+
+        for event in events:
+            status = timed("10 worker: process_event", process_event, event.pk)
+            if status != WebhookEvent.Status.PROCESSED:
+                raise RuntimeError(f"event ended {status!r}, not processed")
         client = redis.Redis.from_url(settings.REDIS_URL)
         message = b"x" * 1200  # about the size of a Celery message for one event pk
         for _ in range(args.events):
-            timed("9 for comparison: Redis LPUSH", client.lpush, "tether-bench:lpush", message)
+            timed("11 for comparison: Redis LPUSH", client.lpush, "tether-bench:lpush", message)
         client.delete("tether-bench:lpush")
     finally:
         app.control.purge()
@@ -113,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:<34}{statistics.median(walls):>8.3f} ({statistics.fmean(walls):.3f})"
             f"{statistics.median(cpus):>8.3f} ({statistics.fmean(cpus):.3f})"
         )
-    new = [k for k in phases if k[0] in "123456"]
+    new = [k for k in phases if int(k.split()[0]) <= 6]
     total_wall = sum(statistics.fmean(w for w, _ in phases[k]) for k in new) * 1000
     total_cpu = sum(statistics.fmean(c for _, c in phases[k]) for k in new) * 1000
     print(f"{'new event, phases 1-6':<34}{total_wall:>16.3f}{total_cpu:>16.3f}")
