@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import StringIO
 from pathlib import Path
@@ -168,3 +169,52 @@ def test_help_documents_the_defaults():
     for option in ("--url", "--type", "--duplicate", "--bad-signature", "--timeout"):
         assert option in text
     assert "http://127.0.0.1:8000" in text
+
+
+@pytest.mark.multiprocess
+def test_against_the_sandbox_on_its_embedded_defaults(tmp_path):
+    """The sandbox as ``make run`` starts it (SQLite, kombu's filesystem broker), driven by the
+    command as a new user would: covers the SQLite form of the insert as well."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "sandbox_project.settings",
+        "SANDBOX_STATE_DIR": str(tmp_path),
+    }
+    env.pop("DATABASE_URL", None)
+    env.pop("CELERY_BROKER_URL", None)
+
+    def manage(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            **kwargs,
+        )
+
+    assert manage("migrate", "-v0").returncode == 0
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            if manage("send_test_webhook", "stripe", "--url", url).returncode == 0:
+                break
+            time.sleep(0.2)
+        for endpoint in ("stripe", "github", "acme"):
+            result = manage("send_test_webhook", endpoint, "--url", url, "--duplicate")
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert '"status": "duplicate"' in result.stdout
+        assert manage("send_test_webhook", "acme", "--url", url, "--bad-signature").returncode == 0
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert (tmp_path / "sandbox.sqlite3").exists()
