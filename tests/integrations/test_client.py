@@ -13,6 +13,7 @@ from decimal import Decimal
 import httpx
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
 from django.test import override_settings
 
 from integrations import RetryPolicy, ServiceClient, Timeout
@@ -125,6 +126,7 @@ def test_connections_are_pooled_and_reused_across_instances(rates, vendor):
     assert len(ports) == 1  # one keep-alive connection from the shared pool
 
 
+@pytest.mark.django_db(transaction=True)  # the threads' own connections commit
 def test_concurrent_calls_from_threads(rates, vendor):
     vendor.route("GET", "/v1/rates/EUR", Reply.json({"rate": "2"}, delay=0.05))
     results: list[Decimal] = []
@@ -135,6 +137,8 @@ def test_concurrent_calls_from_threads(rates, vendor):
             results.append(Rates().rate("EUR"))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
+        finally:
+            connection.close()
 
     threads = [threading.Thread(target=call) for _ in range(8)]
     for thread in threads:
