@@ -172,9 +172,9 @@ def store_event(
     )
     alias = router.db_for_write(WebhookEvent)
     try:
-        inserted = insert_once(event, alias)
+        inserted, same_body = insert_or_compare(event, alias)
         if not inserted:
-            _note_duplicate(event, alias)
+            _note_duplicate(event, alias, same_body=same_body)
     except DataError as exc:
         # e.g. PostgreSQL refuses a NUL character or a lone surrogate inside the JSON payload.
         raise MalformedPayload("the event cannot be stored (invalid characters)") from exc
@@ -198,9 +198,16 @@ def store_event(
 def insert_once(event: WebhookEvent, alias: str) -> bool:
     """Insert ``event`` unless its ``(endpoint, event_id)`` is taken; True if inserted (and then
     ``event.pk`` is set). Race-safe: the unique constraint decides, never a prior SELECT."""
+    return insert_or_compare(event, alias)[0]
+
+
+def insert_or_compare(event: WebhookEvent, alias: str) -> tuple[bool, bool | None]:
+    """``insert_once``, plus, for a duplicate, whether the stored body equals this one when the
+    database can tell in the same statement (PostgreSQL): ``(inserted, same_body)``, with
+    ``same_body`` None when it was not compared."""
     connection = connections[alias]
     if connection.vendor not in ("postgresql", "sqlite"):
-        return insert_once_with_savepoint(event, alias)
+        return insert_once_with_savepoint(event, alias), None
     if not connection.in_atomic_block:
         return _insert_on_conflict(event, connection)
     # Inside a transaction (e.g. ATOMIC_REQUESTS): a savepoint keeps a DataError from
@@ -209,27 +216,47 @@ def insert_once(event: WebhookEvent, alias: str) -> bool:
         return _insert_on_conflict(event, connection)
 
 
-def _insert_on_conflict(event: WebhookEvent, connection: Any) -> bool:
+def _insert_on_conflict(event: WebhookEvent, connection: Any) -> tuple[bool, bool | None]:
+    """One ``INSERT ... ON CONFLICT DO NOTHING``. On PostgreSQL the same statement also compares
+    the stored body of a duplicate (a data-modifying CTE), so a duplicate costs one round trip.
+    A conflicting row committed while the insert waited for it is invisible to that comparison
+    (the statement's snapshot predates it): then no row comes back, and the event is a
+    duplicate whose body was not compared."""
     meta = WebhookEvent._meta
-    fields = [meta.get_field(name) for name in INSERT_FIELDS]
     quote = connection.ops.quote_name
-    columns = ", ".join(quote(field.column) for field in fields)
+    fields = [meta.get_field(name) for name in INSERT_FIELDS]
     values = [field.get_db_prep_save(getattr(event, field.attname), connection) for field in fields]
-    unique = ", ".join(quote(meta.get_field(name).column) for name in ("endpoint", "event_id"))
-    sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({columns}) "  # noqa: S608 (names from _meta)
-        f"VALUES ({', '.join(['%s'] * len(fields))}) "
-        f"ON CONFLICT ({unique}) DO NOTHING RETURNING {quote(meta.pk.column)}"
+    table, pk = quote(meta.db_table), quote(meta.pk.column)
+    endpoint, event_id, body = (
+        quote(meta.get_field(n).column) for n in ("endpoint", "event_id", "body")
     )
+    insert = (
+        f"INSERT INTO {table} ({', '.join(quote(field.column) for field in fields)}) "  # noqa: S608
+        f"VALUES ({', '.join(['%s'] * len(fields))}) "
+        f"ON CONFLICT ({endpoint}, {event_id}) DO NOTHING RETURNING {pk}"
+    )
+    compare = connection.vendor == "postgresql"
+    if compare:
+        sql = (
+            f"WITH inserted AS ({insert}) "  # noqa: S608 (names from _meta; values are parameters)
+            f"SELECT {pk}, NULL FROM inserted UNION ALL "
+            f"SELECT NULL, {body} = %s FROM {table} WHERE {endpoint} = %s AND {event_id} = %s "
+            "AND NOT EXISTS (SELECT 1 FROM inserted)"
+        )
+        values += [values[INSERT_FIELDS.index("body")], event.endpoint, event.event_id]
+    else:
+        sql = insert
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
         row = cursor.fetchone()
     if row is None:
-        return False
+        return False, None
+    if row[0] is None:
+        return False, bool(row[1])
     event.pk = row[0]
     event._state.adding = False
     event._state.db = connection.alias
-    return True
+    return True, None
 
 
 def insert_once_with_savepoint(event: WebhookEvent, alias: str) -> bool:
@@ -249,9 +276,24 @@ def insert_once_with_savepoint(event: WebhookEvent, alias: str) -> bool:
     return True
 
 
-def _note_duplicate(event: WebhookEvent, alias: str) -> None:
-    """Log a duplicate; a warning if the stored body differs. The bodies are compared by the
-    database (one indexed lookup; the stored body is not sent back)."""
+def _note_duplicate(event: WebhookEvent, alias: str, *, same_body: bool | None = None) -> None:
+    """Log a duplicate; a warning if the stored body differs. Unless the insert already told
+    (``same_body``), the bodies are compared by the database (one indexed lookup; the stored
+    body is not sent back)."""
+    if same_body is None:
+        same_body = _stored_body_equals(event, alias)
+    if same_body is False:
+        logger.warning(
+            "webhooks: %s event %s delivered again with a different body; the stored one is kept",
+            event.endpoint,
+            event.event_id,
+        )
+    else:
+        logger.debug("webhooks: duplicate %s event %s", event.endpoint, event.event_id)
+
+
+def _stored_body_equals(event: WebhookEvent, alias: str) -> bool | None:
+    """Whether the stored event's body equals ``event.body`` (None if nothing is stored)."""
     connection = connections[alias]
     meta = WebhookEvent._meta
     quote = connection.ops.quote_name
@@ -265,14 +307,7 @@ def _note_duplicate(event: WebhookEvent, alias: str) -> None:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
-    if row is not None and not row[0]:
-        logger.warning(
-            "webhooks: %s event %s delivered again with a different body; the stored one is kept",
-            event.endpoint,
-            event.event_id,
-        )
-    else:
-        logger.debug("webhooks: duplicate %s event %s", event.endpoint, event.event_id)
+    return None if row is None else bool(row[0])
 
 
 def _send_received(event: WebhookEvent) -> None:

@@ -490,3 +490,26 @@ def test_client_gone_mid_body_is_answered_without_a_500():
     response = receive(request, "partner")
     assert response.status_code == 400
     assert json.loads(response.content) == {"error": "malformed_payload"}
+
+
+def test_insert_or_compare_reports_duplicates_and_their_bodies(transactional_db):
+    from webhooks.receiving import insert_or_compare
+
+    assert insert_or_compare(_event("evt_c", b"one"), "default") == (True, None)
+    assert insert_or_compare(_event("evt_c", b"one"), "default") == (False, True)
+    assert insert_or_compare(_event("evt_c", b"two"), "default") == (False, False)
+    assert bytes(WebhookEvent.objects.get(event_id="evt_c").body) == b"one"
+
+
+def test_one_statement_per_delivery(transactional_db, client):
+    """The receive path's database cost: one statement for a new event, one for a duplicate."""
+    from django.test.utils import CaptureQueriesContext
+
+    request = build_request("stripe")
+    with CaptureQueriesContext(connection) as new:
+        assert send_request(client, request).json()["status"] == "accepted"
+    with CaptureQueriesContext(connection) as duplicate:
+        assert send_request(client, request).json()["status"] == "duplicate"
+    # On PostgreSQL the insert and, for a duplicate, the body comparison are one statement.
+    assert [q["sql"].split()[0] for q in new.captured_queries] == ["WITH"]
+    assert [q["sql"].split()[0] for q in duplicate.captured_queries] == ["WITH"]
