@@ -14,8 +14,10 @@
 6. parse: JSON object, event id, type (400 ``malformed_payload``);
 7. store: one ``INSERT ... ON CONFLICT (endpoint, event_id) DO NOTHING RETURNING id``; the
    unique constraint alone decides whether the event is new, so concurrent deliveries of one
-   event store exactly one row and only one of them is ``accepted``. A database failure is
-   ``StorageUnavailable`` (503 ``unavailable``; the sender retries).
+   event store exactly one row and only one of them is ``accepted``. On PostgreSQL the same
+   statement compares a duplicate's body with the stored one (one round trip either way); on
+   SQLite a second query does; other databases use a savepoint and the ``IntegrityError``.
+   A database failure is ``StorageUnavailable`` (503 ``unavailable``; the sender retries).
 
 A new event sends ``webhook_received`` and is enqueued with ``enqueue_on_commit`` (both after the
 insert commits); a known one sends ``webhook_duplicate`` and is not touched, even when its body
