@@ -33,8 +33,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--url",
             default="http://127.0.0.1:8000",
-            help="Base URL of the server; the endpoint's path is appended "
-            "(default: %(default)s).",
+            help="Base URL of the server; the endpoint's path is appended (default: %(default)s).",
         )
         parser.add_argument(
             "--type",
