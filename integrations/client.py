@@ -18,7 +18,6 @@ from __future__ import annotations
 import email.utils
 import functools
 import json as jsonlib
-import logging
 import os
 import threading
 import time
@@ -56,33 +55,12 @@ _pools: dict[str, httpx.Client] = {}
 _pools_lock = threading.Lock()
 
 
-class RedactQueryStrings(logging.Filter):
-    """httpx logs each request's full URL at INFO; drop the query string (it may carry a token)
-    from those records. Installed on the ``httpx`` logger when the first pool is created."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(
-            isinstance(arg, httpx.URL) for arg in record.args
-        ):
-            record.args = tuple(
-                arg.copy_with(query=None, fragment=None) if isinstance(arg, httpx.URL) else arg
-                for arg in record.args
-            )
-        return True
-
-
-_redact_filter = RedactQueryStrings()
-
-
 def _pool_for(service: str) -> httpx.Client:
     client = _pools.get(service)
     if client is None:
         with _pools_lock:
             client = _pools.get(service)
             if client is None:
-                httpx_logger = logging.getLogger("httpx")
-                if _redact_filter not in httpx_logger.filters:
-                    httpx_logger.addFilter(_redact_filter)
                 client = _pools[service] = httpx.Client(
                     follow_redirects=False,
                     # Sent with every request unless the request sets its own.

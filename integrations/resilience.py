@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import httpx
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -115,6 +116,31 @@ def use_backoff_clock(clock: BackoffClock) -> Iterator[BackoffClock]:
     finally:
         with _clock_lock:
             _installed_clock = previous
+
+
+# --- transport logs ------------------------------------------------------------------------------
+
+
+class RedactQueryStrings(logging.Filter):
+    """httpx logs each request's full URL at INFO (``HTTP Request: GET https://...?token=...``);
+    this filter drops the query string from those records. Installed on the ``httpx`` logger
+    when this module is imported, so it covers every client that goes through the runner
+    (``ServiceClient`` and ``StripeService``'s httpx client alike)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+            isinstance(arg, httpx.URL) for arg in record.args
+        ):
+            record.args = tuple(
+                arg.copy_with(query=None, fragment=None) if isinstance(arg, httpx.URL) else arg
+                for arg in record.args
+            )
+        return True
+
+
+_httpx_logger = logging.getLogger("httpx")
+if not any(isinstance(f, RedactQueryStrings) for f in _httpx_logger.filters):
+    _httpx_logger.addFilter(RedactQueryStrings())
 
 
 # --- tenacity building blocks -------------------------------------------------------------------

@@ -5,6 +5,8 @@ to a FakeVendor; the breaker is the real database-backed one."""
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 import pytest
 
@@ -246,3 +248,15 @@ def test_runner_over_real_http(vendor, backoff):
 
     assert run(attempt, breaker=get_breaker("svc")) == {"pong": True}
     assert vendor.count("GET", "/ping") == 2
+
+
+def test_httpx_request_log_lines_lose_their_query_string(vendor, caplog):
+    """Any httpx client (StripeService's too) logs URLs without their query strings."""
+    vendor.route("GET", "/ping", Reply.json({}))
+    with caplog.at_level(logging.INFO, logger="httpx"):
+        httpx.get(f"{vendor.url}/ping?token=tok_SECRET_123")
+
+    [record] = [r for r in caplog.records if r.name == "httpx"]
+    assert "/ping" in record.getMessage()
+    assert "tok_SECRET_123" not in record.getMessage()
+    assert vendor.requests[0].query == "token=tok_SECRET_123"  # it was really sent
