@@ -147,3 +147,17 @@ class TestStripeScheme:
         provider = get_provider("stripe")
         assert provider.stored_header_names() == ("Stripe-Signature", "Content-Type", "User-Agent")
         assert isinstance(provider, StripeProvider)
+
+
+@pytest.mark.django_db
+def test_stored_event_re_verifies_later_at_its_receipt_time(settings):
+    settings.WEBHOOKS = {"ENDPOINTS": {"stripe": {"PROVIDER": "stripe", "SECRETS": [SECRET]}}}
+    provider = get_provider("stripe")
+    body = _event_body()
+    signed_at = int(time.time()) - 86400  # an audit a day later
+    headers = provider.sign(body, timestamp=signed_at)
+    with pytest.raises(InvalidSignature, match="older"):
+        provider.verify(body, headers)
+    provider.verify(body, headers, now=signed_at + 1)
+    with pytest.raises(InvalidSignature):
+        provider.verify(body + b" ", headers, now=signed_at + 1)
