@@ -99,6 +99,10 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fix-up otherwise closes the database connection around every task, so each
+# webhook task would open a new PostgreSQL connection (several ms); webhooks.process_event
+# itself honours CONN_MAX_AGE and CONN_HEALTH_CHECKS between tasks.
+CELERY_DB_REUSE_MAX = 1000
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Publishing must fail fast when the broker is down (the event is already stored and the sweeper
 # enqueues it later), instead of holding the webhook response for kombu's default retries.

@@ -128,10 +128,24 @@ def is_due(event: WebhookEvent, now: datetime | None = None) -> bool:
     return event.next_attempt_at is None or event.next_attempt_at <= now
 
 
+def _relax_commit_durability() -> None:
+    """Let this transaction's COMMIT return before its WAL is flushed (PostgreSQL only).
+
+    Used for the claim alone: losing a claim in a database crash only loses one count of
+    ``attempts``, and the run's own (durable) COMMIT flushes the claim's WAL record with it. It
+    saves one disk flush per event, about half the database cost of processing.
+    """
+    connection = transaction.get_connection()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+
+
 def _claim(event_pk: int) -> tuple[int, datetime] | str | None:
     """Step 1: count the attempt and commit. Returns the claim token, a final status, or None."""
     max_attempts = int(webhooks_settings["MAX_ATTEMPTS"])
     with transaction.atomic():
+        _relax_commit_durability()
         event = (
             WebhookEvent.objects.select_for_update(skip_locked=True)
             .only("id", "status", "attempts", "next_attempt_at", "last_error")

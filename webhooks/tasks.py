@@ -10,11 +10,30 @@ and sweeps start and continue the same count.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from celery import shared_task
+from celery import Task, shared_task
 from celery.exceptions import Retry
+from django.db import close_old_connections
 
 logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def database_connection(task: Task) -> Iterator[None]:
+    """Treat the task like a request: drop an obsolete or broken database connection before and
+    after it, honouring ``CONN_MAX_AGE`` and ``CONN_HEALTH_CHECKS``. This matters for workers that
+    keep their connection between tasks (``CELERY_DB_REUSE_MAX``, see the README); an eager task
+    runs inside its caller's transaction and is left alone."""
+    eager = bool(getattr(task.request, "is_eager", False))
+    if not eager:
+        close_old_connections()
+    try:
+        yield
+    finally:
+        if not eager:
+            close_old_connections()
 
 
 @shared_task(
@@ -28,31 +47,34 @@ logger = logging.getLogger(__name__)
 def process_event(self, event_pk: int) -> str | None:
     from . import services
 
-    status = services.process_event(event_pk)
-    if status == services.Status.PROCESSING:
-        countdown = services.seconds_until_due(event_pk)
-        if countdown is not None:
-            options = {}
-            queue = services.webhooks_settings["TASK_QUEUE"]
-            if queue:
-                options["queue"] = queue
-            try:
-                raise self.retry(countdown=countdown, **options)
-            except Retry:
-                raise
-            except Exception as exc:
-                # The retry could not be published: the event keeps its next_attempt_at and
-                # the sweeper enqueues it once that is past.
-                logger.warning(
-                    "webhooks: could not schedule the retry of event pk=%s (%s)",
-                    event_pk,
-                    type(exc).__name__,
-                )
+    with database_connection(self):
+        status = services.process_event(event_pk)
+        countdown = None
+        if status == services.Status.PROCESSING:  # failed; a retry is due at next_attempt_at
+            countdown = services.seconds_until_due(event_pk)
+    if countdown is not None:
+        options = {}
+        queue = services.webhooks_settings["TASK_QUEUE"]
+        if queue:
+            options["queue"] = queue
+        try:
+            raise self.retry(countdown=countdown, **options)
+        except Retry:
+            raise
+        except Exception as exc:
+            # The retry could not be published: the event keeps its next_attempt_at and the
+            # sweeper enqueues it once that is STUCK_AFTER in the past.
+            logger.warning(
+                "webhooks: could not schedule the retry of event pk=%s (%s)",
+                event_pk,
+                type(exc).__name__,
+            )
     return status
 
 
-@shared_task(name="webhooks.requeue_stuck", ignore_result=True)
-def requeue_stuck(older_than: float | None = None) -> int:
+@shared_task(bind=True, name="webhooks.requeue_stuck", ignore_result=True)
+def requeue_stuck(self, older_than: float | None = None) -> int:
     from . import services
 
-    return services.requeue_stuck(older_than=older_than)
+    with database_connection(self):
+        return services.requeue_stuck(older_than=older_than)

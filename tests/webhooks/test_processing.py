@@ -538,3 +538,34 @@ def test_a_duplicate_delivery_never_reruns_a_processed_event_nor_blocks_a_failed
     services.replay_event(failed, sync=True)
     assert failed.status == Status.PROCESSED
     assert calls == ["evt_dup_failed", "evt_dup_failed"]
+
+
+@pytest.mark.django_db
+def test_the_task_runs_eagerly_inside_the_callers_transaction(handlers):
+    """An eager run (CELERY_TASK_ALWAYS_EAGER in a user's tests) keeps the caller's connection."""
+    from webhooks.tasks import process_event as process_event_task
+
+    on("stripe", "test.ok")(lambda event: None)
+    event = WebhookEventFactory(event_type="test.ok")
+    assert process_event_task.apply(args=(event.pk,)).get() == Status.PROCESSED
+    event.refresh_from_db()  # the test's transaction and connection are still usable
+    assert event.status == Status.PROCESSED
+
+
+@pytest.mark.django_db
+@override_settings(WEBHOOKS={"MAX_ATTEMPTS": 3, "RETRY_BASE_DELAY": 0, "RETRY_MAX_DELAY": 0})
+def test_the_eager_task_retries_until_failed(handlers):
+    calls = []
+
+    @on("stripe", "test.boom")
+    def boom(event):
+        calls.append(event.attempts)
+        raise RuntimeError("boom")
+
+    event = WebhookEventFactory(event_type="test.boom")
+    from webhooks.tasks import process_event as process_event_task
+
+    process_event_task.apply(args=(event.pk,))
+    event.refresh_from_db()
+    assert calls == [1, 2, 3]  # Celery's retry, run eagerly, with a zero countdown
+    assert (event.status, event.attempts) == (Status.FAILED, 3)
