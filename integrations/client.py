@@ -224,10 +224,13 @@ class ServiceClient:
     def get_breaker_policy(self) -> BreakerPolicy:
         return BreakerPolicy.resolve(self.service, type(self).breaker, self._breaker)
 
-    def get_breaker(self) -> Any:
+    def get_breaker(self, retry: RetryPolicy | None = None) -> Any:
+        """The service's breaker, with this client's breaker policy. A half-open probe's lease
+        is this client's call deadline: no call of ours outlives it."""
         from .breaker import get_breaker
 
-        return get_breaker(self.service, self.get_breaker_policy())
+        retry = retry or self.get_retry_policy()
+        return get_breaker(self.service, self.get_breaker_policy(), probe_lease=retry.deadline)
 
     def default_headers(self) -> dict[str, str]:
         """Headers sent with every request (override to add credentials, read at call time)."""
@@ -412,12 +415,13 @@ class ServiceClient:
                 self._raise_for_status(response, operation, _shown(method, url))
             return parse(response) if parse is not None else response
 
+        retry = self.get_retry_policy()
         return call_with_resilience(
             attempt,
             service=self.service,
             operation=operation,
-            retry=self.get_retry_policy(),
-            breaker=self.get_breaker(),
+            retry=retry,
+            breaker=self.get_breaker(retry),
         )
 
     def _map_transport_error(

@@ -789,6 +789,33 @@ def test_a_success_resets_the_consecutive_count(vendor, settings, backoff):
     assert CircuitBreaker.objects.get(name="rates").state == "closed"
 
 
+def test_full_cycle_through_the_client(vendor, settings):
+    configure(
+        settings,
+        vendor.url,
+        BREAKER={"FAILURE_THRESHOLD": 2, "RESET_TIMEOUT": 0.3},
+        RETRY={"MAX_ATTEMPTS": 1, "DEADLINE": 7},
+    )
+    vendor.route(
+        "GET", "/v1/rates/EUR", Reply.server_error(), Reply.server_error(), Reply.json({"rate": 4})
+    )
+
+    for _ in range(2):
+        with pytest.raises(IntegrationUnavailable):
+            Rates().rate("EUR")
+    with pytest.raises(CircuitOpenError) as caught:
+        Rates().rate("EUR")
+    assert 0 < caught.value.retry_after <= 0.3
+    time.sleep(0.35)
+    assert Rates().rate("EUR") == 4  # the half-open probe succeeds and closes the breaker
+
+    assert vendor.count() == 3
+    row = CircuitBreaker.objects.get(name="rates")
+    assert row.state == "closed"
+    steps = list(row.transitions.order_by("created_at", "id").values_list("from_state", "to_state"))
+    assert steps == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
 def test_invalid_responses_count_against_the_breaker(vendor, settings):
     configure(settings, vendor.url, BREAKER={"FAILURE_THRESHOLD": 2})
     vendor.route("GET", "/v1/rates/EUR", Reply.garbage())
