@@ -222,7 +222,7 @@ def call_with_resilience(
         result = one_attempt(1)
     except BaseException as error:
         first_error = error
-        if not _is_retryable(error):
+        if not _is_retryable(error) or retry.max_attempts <= 1:
             _fail(service, operation, breaker, started, sent, error)
             raise
     else:
