@@ -27,6 +27,7 @@ import json
 import os
 import pickle
 import shlex
+import socket
 import sys
 import tempfile
 import time
@@ -414,7 +415,7 @@ class Bench:
         end = time.time()
         return self.loadgen_result(child, 60), end
 
-    def case_end_to_end(self) -> tuple[dict, dict]:
+    def case_end_to_end(self) -> dict[str, dict]:
         from sandbox_project.celery import app
 
         # Tasks enqueued by (b) and (c) had no worker: drop them, so the worker starts idle.
@@ -439,8 +440,55 @@ class Bench:
             "post_p99_ms": posted["p99_ms"],
             "errors": posted["errors"],
         }
+        results = {"d": e2e, "celery": celery}
+        # Diagnosis, not part of the ratio: the worker's drain rate alone, with the queue filled
+        # first (consumer paused), for webhooks and for no-op tasks alike.
+        try:
+            results.update(self.drain_alone(app, n, timeout))
+        except BenchError as exc:
+            print(f"(drain-only measurement skipped: {exc})", file=sys.stderr)
         worker.stop()
-        return e2e, celery
+        return results
+
+    def drain_alone(self, app, n: int, timeout: float) -> dict[str, dict]:
+        from bench.tasks import DONE_KEY, _redis, noop
+        from webhooks.models import WebhookEvent
+
+        queue = app.conf.task_default_queue
+        destination = [f"bench-{self.run_id}@{socket.gethostname()}"]
+
+        def pause() -> None:
+            if not app.control.cancel_consumer(queue, destination=destination, reply=True):
+                raise BenchError("the worker did not answer cancel_consumer")
+
+        def resume() -> float:
+            if not app.control.add_consumer(queue, destination=destination, reply=True):
+                raise BenchError("the worker did not answer add_consumer")
+            return time.time()
+
+        pause()
+        _redis().delete(DONE_KEY)
+        for _ in range(n):
+            noop.apply_async()
+        start = resume()
+        wait_until(lambda: int(_redis().get(DONE_KEY) or 0) >= n, timeout=timeout,
+                   what="queued no-op tasks", interval=0.02)  # fmt: skip
+        noop_rate = n / (time.time() - start)
+
+        pause()
+        path, _ = self.new_event_requests("q", n)
+        self.loadgen_result(self.loadgen(self.port, path, count=n, duration=timeout,
+                                         expect='"accepted"'), timeout)  # fmt: skip
+        events = WebhookEvent.objects.filter(
+            event_id__startswith=f"evt_{self.run_id}q_", status="processed"
+        )
+        start = resume()
+        wait_until(lambda: events.count() >= n, timeout=timeout, what="queued events",
+                   interval=0.02)  # fmt: skip
+        return {
+            "celery_drain": {"n": n, "throughput": noop_rate},
+            "d_drain": {"n": n, "throughput": n / (time.time() - start)},
+        }
 
 
 def combine(rounds: list[dict]) -> dict:
@@ -520,6 +568,12 @@ def print_report(bench: Bench, results: dict) -> dict:
             f"   (posting alone {d['post_throughput']:.0f} req/s, p99 {d['post_p99_ms']:.1f} ms)"
         )
         print(f"{'    bare Celery no-op tasks':<34}{celery['n']:>8}{celery['throughput']:>9.0f}")
+    drained, noop_drained = results.get("d_drain"), results.get("celery_drain")
+    if drained and noop_drained:
+        print(
+            f"processing alone (queue filled first, then drained by the same worker): "
+            f"{drained['throughput']:.0f} events/s, no-op tasks {noop_drained['throughput']:.0f}/s"
+        )
     per_round = [f"{label[:3]} {r['per_round']}" for label, r in rows[1:] if r]
     if per_round:
         print("req/s per round: " + ", ".join(per_round))
@@ -566,6 +620,8 @@ def run_rounds(bench: Bench) -> dict[str, dict]:
     chosen = [key for key in "abc" if key in args.cases]
     if "c" in chosen and "b" not in chosen:
         chosen.insert(0, "b")
+    if not chosen:
+        return {}
     seconds = args.seconds / args.rounds
     rounds: dict[str, list[dict]] = {key: [] for key in chosen}
     print(f"warming up {', '.join(chosen)} ...", flush=True)
@@ -647,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
                 print_profile(workdir)
             if "d" in args.cases:
                 print(f"(d) end to end, {args.e2e_events} events ...", flush=True)
-                results["d"], results["celery"] = bench.case_end_to_end()
+                results.update(bench.case_end_to_end())
         except BenchError as exc:
             print(f"bench/ingest.py failed: {exc}", file=sys.stderr)
             status = 1
