@@ -14,6 +14,9 @@
   ``SIGNED_PAYLOAD``, ``EVENT_ID``/``EVENT_TYPE`` location; a Standard Webhooks secret that is
   not base64).
 - ``webhooks.E007``: an endpoint name that cannot be a URL path segment.
+- ``webhooks.E008``: a processing setting out of range or of the wrong type (``MAX_ATTEMPTS``,
+  ``RETRY_BASE_DELAY``, ``RETRY_MAX_DELAY``, ``STUCK_AFTER``, ``RETENTION_DAYS``,
+  ``TASK_QUEUE``); the rules live in ``webhooks.services.processing_config_problems``.
 
 The same rules raise ``WebhookConfigurationError`` (naming the exact key) when a misconfigured
 endpoint is used anyway: they live in the providers (``Provider.config_problems``), not here.
@@ -38,7 +41,10 @@ ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9._~-]+$")
 
 @register()
 def check_webhook_endpoints(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    return [_as_error(problem) for problem in webhook_config_problems()]
+    from .services import processing_config_problems
+
+    problems = [*webhook_config_problems(), *processing_config_problems()]
+    return [_as_error(problem) for problem in problems]
 
 
 def webhook_config_problems() -> list[ConfigProblem]:

@@ -35,6 +35,7 @@ from django.utils import timezone
 from .conf import webhooks_settings
 from .exceptions import BrokerUnavailable, Ignore, PermanentFailure
 from .models import WebhookEvent
+from .providers.base import ConfigProblem
 from .registry import handlers_for
 from .signals import webhook_failed, webhook_ignored, webhook_processed
 
@@ -44,6 +45,49 @@ Status = WebhookEvent.Status
 DUE_STATUSES = (Status.RECEIVED, Status.PROCESSING)
 CHUNK_SIZE = 500
 LAST_ERROR_MAX_CHARS = 2000
+
+
+# --------------------------------------------------------------------------------------------
+# Settings of processing
+
+# key -> (number type, minimum, what it must be)
+PROCESSING_SETTINGS: dict[str, tuple[type, float, str]] = {
+    "MAX_ATTEMPTS": (int, 1, "a whole number of attempts, 1 or more"),
+    "RETRY_BASE_DELAY": (float, 0, "a number of seconds, 0 or more"),
+    "RETRY_MAX_DELAY": (float, 0, "a number of seconds, 0 or more"),
+    "STUCK_AFTER": (float, 0, "a number of seconds, 0 or more"),
+    "RETENTION_DAYS": (float, 0, "a number of days, 0 or more"),
+}
+
+
+def _setting_problem(key: str) -> ConfigProblem | None:
+    value = webhooks_settings[key]
+    if key == "TASK_QUEUE":
+        if value is None or (isinstance(value, str) and value.strip()):
+            return None
+        return ConfigProblem("E008", 'WEBHOOKS["TASK_QUEUE"]',
+                             f"must be a Celery queue name or None, not {value!r}.",
+                             "None sends processing tasks to Celery's default queue.")  # fmt: skip
+    kind, minimum, expected = PROCESSING_SETTINGS[key]
+    kinds = (int,) if kind is int else (int, float)
+    if isinstance(value, kinds) and not isinstance(value, bool) and value >= minimum:
+        return None  # (NaN fails the comparison)
+    return ConfigProblem("E008", f'WEBHOOKS["{key}"]', f"must be {expected}, not {value!r}.",
+                         "Leave it out to use the default.")  # fmt: skip
+
+
+def processing_config_problems() -> list[ConfigProblem]:
+    """What is wrong with the processing settings (reported by the system check E008)."""
+    keys = [*PROCESSING_SETTINGS, "TASK_QUEUE"]
+    return [problem for key in keys if (problem := _setting_problem(key)) is not None]
+
+
+def processing_setting(key: str) -> Any:
+    """A processing setting, checked: raises ``WebhookConfigurationError`` naming the key."""
+    problem = _setting_problem(key)
+    if problem is not None:
+        raise problem.as_exception()
+    return webhooks_settings[key]
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,7 +105,7 @@ def publish_process_task(event_pk: int, *, countdown: float | None = None) -> bo
     from .tasks import process_event as process_event_task
 
     options: dict[str, Any] = {}
-    queue = webhooks_settings["TASK_QUEUE"]
+    queue = processing_setting("TASK_QUEUE")
     if queue:
         options["queue"] = queue
     if countdown:
@@ -98,8 +142,8 @@ def retry_delay(attempts: int) -> float:
     ``random.uniform(0, min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2 ** (attempts - 1)))``, so the
     cap doubles after each failure (10 s, 20 s, 40 s... by default) up to ``RETRY_MAX_DELAY``.
     """
-    base = float(webhooks_settings["RETRY_BASE_DELAY"])
-    cap = float(webhooks_settings["RETRY_MAX_DELAY"])
+    base = float(processing_setting("RETRY_BASE_DELAY"))
+    cap = float(processing_setting("RETRY_MAX_DELAY"))
     exponent = max(attempts - 1, 0)
     ceiling = cap if exponent >= 64 else min(cap, base * 2**exponent)
     return random.uniform(0, max(ceiling, 0.0))
@@ -143,7 +187,7 @@ def _relax_commit_durability() -> None:
 
 def _claim(event_pk: int) -> tuple[int, datetime] | str | None:
     """Step 1: count the attempt and commit. Returns the claim token, a final status, or None."""
-    max_attempts = int(webhooks_settings["MAX_ATTEMPTS"])
+    max_attempts = processing_setting("MAX_ATTEMPTS")
     with transaction.atomic():
         _relax_commit_durability()
         event = (
@@ -188,7 +232,7 @@ def process_event(event_pk: int) -> str | None:
     if claim is None or isinstance(claim, str):
         return claim
     attempt, started_at = claim
-    max_attempts = int(webhooks_settings["MAX_ATTEMPTS"])
+    max_attempts = processing_setting("MAX_ATTEMPTS")
 
     with transaction.atomic():
         event = (
@@ -374,7 +418,7 @@ def stuck_events(older_than: float | None = None) -> QuerySet[WebhookEvent]:
     countdown is left to its own task.
     """
     if older_than is None:
-        older_than = float(webhooks_settings["STUCK_AFTER"])
+        older_than = float(processing_setting("STUCK_AFTER"))
     if older_than < 0:
         raise ValueError("older_than must be zero or more seconds")
     cutoff = timezone.now() - timedelta(seconds=older_than)
@@ -417,7 +461,7 @@ def prunable_events(
     """Finished events received more than ``older_than_days`` ago (default ``RETENTION_DAYS``):
     ``processed`` and ``ignored``, and ``failed`` only with ``include_failed``."""
     if older_than_days is None:
-        older_than_days = float(webhooks_settings["RETENTION_DAYS"])
+        older_than_days = float(processing_setting("RETENTION_DAYS"))
     if older_than_days < 0:
         raise ValueError("older_than_days must be zero or more")
     statuses = [Status.PROCESSED, Status.IGNORED]

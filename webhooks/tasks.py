@@ -54,7 +54,7 @@ def process_event(self, event_pk: int) -> str | None:
             countdown = services.seconds_until_due(event_pk)
     if countdown is not None:
         options = {}
-        queue = services.webhooks_settings["TASK_QUEUE"]
+        queue = services.processing_setting("TASK_QUEUE")
         if queue:
             options["queue"] = queue
         try:

@@ -569,3 +569,42 @@ def test_the_eager_task_retries_until_failed(handlers):
     event.refresh_from_db()
     assert calls == [1, 2, 3]  # Celery's retry, run eagerly, with a zero countdown
     assert (event.status, event.attempts) == (Status.FAILED, 3)
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("MAX_ATTEMPTS", 0),
+        ("MAX_ATTEMPTS", 2.5),
+        ("MAX_ATTEMPTS", "8"),
+        ("RETRY_BASE_DELAY", -1),
+        ("RETRY_MAX_DELAY", float("nan")),
+        ("STUCK_AFTER", None),
+        ("RETENTION_DAYS", True),
+        ("TASK_QUEUE", ""),
+        ("TASK_QUEUE", 3),
+    ],
+)
+def test_a_bad_processing_setting_is_a_system_check_error_and_a_clear_exception(key, value):
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    from webhooks.exceptions import WebhookConfigurationError
+
+    with override_settings(WEBHOOKS={key: value}):
+        with pytest.raises(SystemCheckError) as excinfo:
+            call_command("check")
+        assert f'webhooks.E008) WEBHOOKS["{key}"]' in str(excinfo.value)
+        with pytest.raises(WebhookConfigurationError, match=rf'WEBHOOKS\["{key}"\]'):
+            services.processing_setting(key)
+
+
+@override_settings(
+    WEBHOOKS={"MAX_ATTEMPTS": 1, "RETRY_BASE_DELAY": 0, "RETRY_MAX_DELAY": 0.5,
+              "STUCK_AFTER": 0, "RETENTION_DAYS": 0.5, "TASK_QUEUE": "webhooks"}
+)  # fmt: skip
+def test_good_processing_settings_pass_the_check():
+    assert services.processing_config_problems() == []

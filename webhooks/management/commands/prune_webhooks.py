@@ -41,14 +41,14 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         days = options["older_than"]
-        if days is None:
-            days = webhooks_settings["RETENTION_DAYS"]
         count = services.prune_events(
             older_than_days=days,
             include_failed=options["include_failed"],
             dry_run=options["dry_run"],
             batch_size=options["batch_size"],
         )
+        if days is None:
+            days = webhooks_settings["RETENTION_DAYS"]
         statuses = "processed, ignored" + (", failed" if options["include_failed"] else "")
         if options["dry_run"]:
             self.stdout.write(
