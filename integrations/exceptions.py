@@ -33,6 +33,13 @@ class IntegrationError(Exception):
         if cause is not None:
             self.__cause__ = cause
 
+    def __reduce__(self):
+        # Exceptions pickle as ``cls(*args)`` by default, which loses our keyword-only fields
+        # and fails for subclasses; Celery pickles them when a task raises. Rebuild from state
+        # instead, leaving out the vendor's response object (large, and not always picklable).
+        state = {k: v for k, v in self.__dict__.items() if k != "response"}
+        return (_rebuild, (self.__class__, state))
+
     def __str__(self) -> str:
         attempts = f" after {self.attempts} attempt(s)" if self.attempts else ""
         return f"{self.service}.{self.operation}: {self.message}{attempts}"
@@ -93,3 +100,10 @@ class ClientRequestError(IntegrationError):
 
 class InvalidResponseError(IntegrationError):
     """The vendor's answer was not what we can use (not JSON, or a required field missing)."""
+
+
+def _rebuild(cls: type[IntegrationError], state: dict) -> IntegrationError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, state.get("message", ""))
+    error.__dict__.update(state)
+    return error

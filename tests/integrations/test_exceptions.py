@@ -1,0 +1,51 @@
+"""The error hierarchy survives pickling (Celery pickles a task's exception) intact."""
+
+import pickle
+
+import pytest
+
+from integrations.exceptions import (
+    CircuitOpenError,
+    ClientRequestError,
+    IntegrationError,
+    IntegrationTimeout,
+    IntegrationUnavailable,
+    InvalidResponseError,
+    RateLimitedError,
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "fields"),
+    [
+        (IntegrationError("svc", "op", "boom", attempts=2), {"attempts": 2, "message": "boom"}),
+        (IntegrationTimeout("svc", "op", attempts=3), {"attempts": 3, "retryable": True}),
+        (IntegrationUnavailable("svc", "op", status_code=503), {"status_code": 503}),
+        (CircuitOpenError("svc", "op", retry_after=12.5), {"retry_after": 12.5}),
+        (RateLimitedError("svc", "op", retry_after=3.0), {"retry_after": 3.0}),
+        (
+            ClientRequestError("svc", "op", status_code=408),
+            {"status_code": 408, "retryable": True, "breaker_failure": True},
+        ),
+        (
+            ClientRequestError("svc", "op", status_code=404),
+            {"status_code": 404, "retryable": False},
+        ),
+        (InvalidResponseError("svc", "op", "not JSON"), {"message": "not JSON"}),
+    ],
+)
+def test_errors_round_trip_through_pickle(error, fields):
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert (copy.service, copy.operation) == ("svc", "op")
+    assert str(copy) == str(error)
+    for name, value in fields.items():
+        assert getattr(copy, name) == value
+
+
+def test_vendor_response_is_left_out_of_the_pickle():
+    error = ClientRequestError("svc", "op", status_code=400)
+    error.response = object()  # not picklable
+    copy = pickle.loads(pickle.dumps(error))
+    assert copy.status_code == 400
+    assert not hasattr(copy, "response")
