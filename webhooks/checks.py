@@ -14,6 +14,8 @@
   ``SIGNED_PAYLOAD``, ``EVENT_ID``/``EVENT_TYPE`` location; a Standard Webhooks secret that is
   not base64).
 - ``webhooks.E007``: an endpoint name that cannot be a URL path segment.
+- ``webhooks.W001``: a handler registered with ``@on`` for an endpoint that is not configured
+  (a typo would otherwise never run).
 - ``webhooks.E008``: a processing setting out of range or of the wrong type (``MAX_ATTEMPTS``,
   ``RETRY_BASE_DELAY``, ``RETRY_MAX_DELAY``, ``STUCK_AFTER``, ``RETENTION_DAYS``,
   ``TASK_QUEUE``); the rules live in ``webhooks.services.processing_config_problems``.
@@ -29,7 +31,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from django.core.checks import CheckMessage, Error, register
+from django.core.checks import CheckMessage, Error, Warning, register
 
 from .conf import webhooks_settings
 from .exceptions import WebhookConfigurationError
@@ -45,6 +47,26 @@ def check_webhook_endpoints(app_configs: Any = None, **kwargs: Any) -> list[Chec
 
     problems = [*webhook_config_problems(), *processing_config_problems()]
     return [_as_error(problem) for problem in problems]
+
+
+@register()
+def check_webhook_handlers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from .registry import handlers_of_unknown_endpoints
+
+    endpoints = webhooks_settings["ENDPOINTS"]
+    if not isinstance(endpoints, Mapping):
+        return []
+    return [
+        Warning(
+            f"handler {getattr(r.handler, '__module__', '?')}."
+            f"{getattr(r.handler, '__qualname__', r.handler)!s} is registered for the endpoint "
+            f'{r.endpoint!r}, which is not in WEBHOOKS["ENDPOINTS"]: it will never run.',
+            hint=f"Configured endpoints: {', '.join(sorted(map(str, endpoints))) or 'none'}.",
+            obj="settings.WEBHOOKS",
+            id="webhooks.W001",
+        )
+        for r in handlers_of_unknown_endpoints(endpoints)
+    ]
 
 
 def webhook_config_problems() -> list[ConfigProblem]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -142,6 +142,13 @@ def on(endpoint: str, pattern: str) -> Callable[[H], H]:
 def handlers_for(endpoint: str, event_type: str) -> list[Handler]:
     """The handlers to run for an event of ``endpoint`` with ``event_type``, in order."""
     return registry.handlers_for(endpoint, event_type)
+
+
+def handlers_of_unknown_endpoints(endpoints: Iterable[str]) -> list[Registration]:
+    """Registrations whose endpoint is not among ``endpoints`` (they can never run): reported
+    by the system check ``webhooks.W001``."""
+    known = set(endpoints)
+    return [r for r in registry if r.endpoint not in known]
 
 
 def autodiscover() -> None:

@@ -173,11 +173,12 @@ def is_due(event: WebhookEvent, now: datetime | None = None) -> bool:
 
 
 def _relax_commit_durability() -> None:
-    """Let this transaction's COMMIT return before its WAL is flushed (PostgreSQL only).
+    """Let the current transaction's COMMIT return before its WAL is flushed (PostgreSQL only).
 
     Used for the claim alone: losing a claim in a database crash only loses one count of
     ``attempts``, and the run's own (durable) COMMIT flushes the claim's WAL record with it. It
-    saves one disk flush per event, about half the database cost of processing.
+    saves one disk flush per event, about half the database cost of processing. Never inside a
+    caller's transaction (an eager task, a test): ``SET LOCAL`` would relax the caller's commit.
     """
     connection = transaction.get_connection()
     if connection.vendor == "postgresql":
@@ -188,8 +189,10 @@ def _relax_commit_durability() -> None:
 def _claim(event_pk: int) -> tuple[int, datetime] | str | None:
     """Step 1: count the attempt and commit. Returns the claim token, a final status, or None."""
     max_attempts = processing_setting("MAX_ATTEMPTS")
+    outermost = not transaction.get_connection().in_atomic_block
     with transaction.atomic():
-        _relax_commit_durability()
+        if outermost:
+            _relax_commit_durability()
         event = (
             WebhookEvent.objects.select_for_update(skip_locked=True)
             .only("id", "status", "attempts", "next_attempt_at", "last_error")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import factory
 from django.utils import timezone
@@ -20,7 +21,7 @@ class WebhookEventFactory(factory.django.DjangoModelFactory):
         model = WebhookEvent
 
     endpoint = "stripe"
-    event_id = factory.Sequence(lambda n: f"evt_test_{n:08d}")
+    event_id = factory.LazyFunction(lambda: f"evt_test_{uuid.uuid4().hex[:24]}")
     event_type = "payment_intent.succeeded"
     payload = factory.LazyAttribute(
         lambda o: {

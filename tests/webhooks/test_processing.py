@@ -608,3 +608,14 @@ def test_a_bad_processing_setting_is_a_system_check_error_and_a_clear_exception(
 )  # fmt: skip
 def test_good_processing_settings_pass_the_check():
     assert services.processing_config_problems() == []
+
+
+@pytest.mark.django_db
+def test_the_claim_never_relaxes_the_durability_of_a_callers_transaction(handlers):
+    on("stripe", "test.ok")(lambda event: None)
+    event = WebhookEventFactory(event_type="test.ok")
+    # The test runs inside a transaction, as an eager task inside a request would.
+    assert services.process_event(event.pk) == Status.PROCESSED
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"

@@ -99,3 +99,20 @@ def test_autodiscover_found_the_sandbox_demo_handlers():
     assert "sandbox_project.demo.webhooks" in modules
     assert handlers_for("stripe", "payment_intent.succeeded")
     assert handlers_for("github", "push")
+
+
+def test_a_handler_for_an_unconfigured_endpoint_is_a_system_check_warning(handlers):
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    call_command("check", fail_level="WARNING")  # every registered handler is reachable
+
+    @on("strpie", "invoice.paid")  # a typo: never configured
+    def typo(event): ...
+
+    with pytest.raises(SystemCheckError) as excinfo:
+        call_command("check", fail_level="WARNING")
+    message = str(excinfo.value)
+    assert "webhooks.W001" in message
+    assert "test_registry" in message and "typo" in message and "'strpie'" in message
+    assert "stripe" in message  # the hint lists the configured endpoints
