@@ -161,3 +161,27 @@ def test_end_to_end_with_the_worker_the_order_is_paid(celery_worker, client):
     wait_until(paid, timeout=30, message="the order to be paid by the worker")
     event = WebhookEvent.objects.get(event_id=payload["id"])
     assert (event.status, event.attempts) == (Status.PROCESSED, 1)
+
+
+@pytest.mark.django_db
+def test_demo_admin_pages_render(admin_client):
+    from django.urls import reverse
+
+    order = Order.objects.create(reference="ord-3001", amount=500, currency="eur")
+    push = GitHubPush.objects.create(
+        delivery_id=str(uuid.uuid4()), repository="octo/repo", ref="refs/heads/main", after="a" * 40
+    )
+    for name, obj, text in (("order", order, "ord-3001"), ("githubpush", push, "octo/repo")):
+        changelist = reverse(f"admin:demo_{name}_changelist")
+        response = admin_client.get(changelist)
+        assert response.status_code == 200
+        assert text in response.content.decode()
+        assert (
+            admin_client.get(reverse(f"admin:demo_{name}_change", args=[obj.pk])).status_code == 200
+        )
+    assert (
+        admin_client.get(reverse("admin:demo_order_changelist"), {"q": "ord-3001"}).status_code
+        == 200
+    )
+    # Pushes are a record: not added by hand.
+    assert admin_client.get(reverse("admin:demo_githubpush_add")).status_code == 403
