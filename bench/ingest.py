@@ -448,6 +448,9 @@ class Bench:
         except BenchError as exc:
             print(f"(drain-only measurement skipped: {exc})", file=sys.stderr)
         worker.stop()
+        from bench.tasks import DONE_KEY, _redis
+
+        _redis().delete(DONE_KEY)
         return results
 
     def drain_alone(self, app, n: int, timeout: float) -> dict[str, dict]:
@@ -712,6 +715,9 @@ def main(argv: list[str] | None = None) -> int:
                 child.stop()
             if not args.keep_db:
                 drop_database()
+            from sandbox_project.celery import app
+
+            app.control.purge()  # tasks of (b) that no worker ran
         if any(r.get("errors") for r in results.values()):
             status = 1
         summary = print_report(bench, results)

@@ -29,7 +29,6 @@ import json
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +47,7 @@ from bench.processes import (  # noqa: E402
 PATH = "/v1/rates/usd"
 SERVICE = "bench-vendor"
 OPEN_SERVICE = "bench-vendor-open"
+PYBREAKER_NAMESPACE = "tether-bench"
 TARGETS = {"b_over_a": 1.10, "open_fail_fast_us": 50.0, "queries_per_call": 0.05}
 CASES = {
     "a": "(a) bare httpx.Client",
@@ -84,6 +84,12 @@ def missing_pieces() -> list[str]:
 def percentile(sorted_values: list[float], q: float) -> float:
     rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
     return sorted_values[rank]
+
+
+def clear_pybreaker_keys(redis_client) -> None:
+    keys = list(redis_client.scan_iter(f"{PYBREAKER_NAMESPACE}:pybreaker:*"))
+    if keys:
+        redis_client.delete(*keys)
 
 
 def build_cases(base_url: str) -> dict[str, Callable[[], object]]:
@@ -125,10 +131,10 @@ def build_cases(base_url: str) -> dict[str, Callable[[], object]]:
             return None
         raise BenchError("the open breaker let a call through")
 
+    redis_client = redis.Redis.from_url(settings.REDIS_URL)
+    clear_pybreaker_keys(redis_client)
     storage = pybreaker.CircuitRedisStorage(
-        pybreaker.STATE_CLOSED,
-        redis.Redis.from_url(settings.REDIS_URL),
-        namespace=f"tether-bench-{uuid.uuid4().hex[:8]}",
+        pybreaker.STATE_CLOSED, redis_client, namespace=PYBREAKER_NAMESPACE
     )
     py_breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30, state_storage=storage)
     pyb_bare = bare_with(httpx.Client(base_url=base_url, timeout=timeout))
@@ -291,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
                 child.stop()
             if not args.keep_db:
                 drop_database()
+            import redis
+            from django.conf import settings
+
+            clear_pybreaker_keys(redis.Redis.from_url(settings.REDIS_URL))
     print(json.dumps(summary))
     return status
 

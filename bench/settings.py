@@ -4,8 +4,9 @@ Environment knobs (so that several runs on one machine do not share state):
 - ``TETHER_PG_URL``: the PostgreSQL server (default ``postgres://postgres@127.0.0.1:5432/``).
 - ``TETHER_BENCH_DB``: the database the benchmarks create, migrate and drop
   (default ``bench_tether``).
-- ``TETHER_REDIS_DB``: the Redis database for the broker and the cache (default 0). The
-  benchmarks only delete their own keys in it.
+- ``TETHER_REDIS_DB``: the Redis database for the broker and the cache (default 15, so that a
+  run never touches an application's database 0). The benchmarks delete their own keys in it
+  and purge its default Celery queue.
 """
 
 import os
@@ -25,7 +26,7 @@ _pg["CONN_MAX_AGE"] = 600
 _pg["CONN_HEALTH_CHECKS"] = False
 DATABASES = {"default": _pg}
 
-REDIS_DB = int(os.environ.get("TETHER_REDIS_DB", "0"))
+REDIS_DB = int(os.environ.get("TETHER_REDIS_DB", "15"))
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 CELERY_BROKER_URL = REDIS_URL
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
