@@ -1,4 +1,5 @@
-"""The benchmarks' own PostgreSQL database: created fresh, migrated, and dropped afterwards."""
+"""What the benchmarks run on: their own PostgreSQL database (created fresh, migrated, dropped
+afterwards) and Redis (checked before anything starts)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,20 @@ def drop_database() -> None:
     connections.close_all()
     with _admin_connection() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def require_redis() -> None:
+    """Raise ``BenchError`` with a clear message unless the bench's Redis answers."""
+    import redis
+    from django.conf import settings
+
+    try:
+        redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        raise BenchError(
+            f"Redis is not reachable at {settings.REDIS_URL} ({type(exc).__name__}); run "
+            "./tests/ensure_services.sh"
+        ) from exc
 
 
 def backend_pids() -> list[int]:
