@@ -8,7 +8,9 @@ import sys
 
 from .processes import ROOT, BenchError
 
-SETTINGS_MODULE = "bench.settings"
+#: ``TETHER_BENCH_SETTINGS`` names another settings module (e.g. one that imports
+#: ``bench.settings`` and changes a knob) for the benchmark and every process it starts.
+SETTINGS_MODULE = os.environ.get("TETHER_BENCH_SETTINGS", "bench.settings")
 
 
 def setup_django() -> None:
