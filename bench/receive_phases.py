@@ -6,9 +6,10 @@ A diagnostic companion to ``bench/ingest.py`` case (b): it runs the same steps a
 ``webhooks.receiving.receive_webhook`` one by one, on the bench database and broker (no HTTP, no
 gunicorn), and prints the wall and CPU time of each per event: provider lookup and header check,
 body read, signature verification (the stripe SDK), JSON parse, the insert (autocommit: it
-includes the commit's WAL flush), and the publication of the Celery task; then the duplicate
+includes the commit's WAL flush), and the enqueue as the request makes it; then the duplicate
 path, one processing attempt per event as the Celery worker makes it (``process_event`` with the
-no-op handler), and, for comparison, what a bare Redis ``LPUSH`` of a message costs.
+no-op handler), and, for comparison, one Celery message per event, the dispatcher's batched
+messages (when there is one) and a bare Redis ``LPUSH``.
 Published tasks are purged at the end (no worker runs). It uses the receive module's internal
 steps, so it names what it cannot find if they change.
 """
@@ -38,9 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         args.events = 50
     setup_django()
     try:
+        from webhooks import receiving, services
         from webhooks.providers import get_provider
-        from webhooks.receiving import _note_duplicate, insert_once, read_body
-        from webhooks.services import publish_process_task
+        from webhooks.receiving import read_body
+        from webhooks.services import enqueue_on_commit, publish_process_task
     except ImportError as exc:
         print(f"bench/receive_phases.py: a step of the receive path is missing: {exc}")
         return 3
@@ -51,6 +53,28 @@ def main(argv: list[str] | None = None) -> int:
     from bench.ingest import event_body, make_signer
     from sandbox_project.celery import app
     from webhooks.models import WebhookEvent
+
+    if hasattr(receiving, "insert_or_compare"):  # one statement inserts or compares the body
+
+        def insert(event):
+            return receiving.insert_or_compare(event, "default")[0]
+
+        def duplicate(event):
+            inserted, same_body = receiving.insert_or_compare(event, "default")
+            if not inserted:
+                receiving._note_duplicate(event, "default", same_body=same_body)
+            return inserted
+
+    else:  # the earlier path: insert, then a second query to compare a duplicate's body
+
+        def insert(event):
+            return receiving.insert_once(event, "default")
+
+        def duplicate(event):
+            inserted = receiving.insert_once(event, "default")
+            if not inserted:
+                receiving._note_duplicate(event, "default")
+            return inserted
 
     recreate_database()
     sign, _ = make_signer()
@@ -86,16 +110,31 @@ def main(argv: list[str] | None = None) -> int:
                 received_at=timezone.now(),
                 occurred_at=parsed.occurred_at,
             )
-            if not timed("5 insert (autocommit)", insert_once, event, "default"):
+            if not timed("5 insert (autocommit)", insert, event):
                 raise RuntimeError("an event meant to be new was a duplicate")
-            timed("6 publish Celery task", publish_process_task, event.pk)
+            timed("6 enqueue, as the request does", enqueue_on_commit, event)
             events.append(event)
+        flush = getattr(import_module_or_none("webhooks.dispatch"), "dispatcher", None)
+        if flush is not None:
+            flush.flush()  # the dispatcher's thread publishes what the requests handed it
+        for event in events:
+            timed("12 compare: one Celery message", publish_process_task, event.pk)
+        batch = getattr(services, "publish_process_batch", None)
+        if batch is not None:  # the dispatcher's way: many events per message
+            for start in range(0, len(events), 20):
+                pks = [e.pk for e in events[start : start + 20]]
+                wall, cpu = time.perf_counter(), time.thread_time()
+                batch(pks)
+                per = (
+                    (time.perf_counter() - wall) / len(pks),
+                    (time.thread_time() - cpu) / len(pks),
+                )
+                phases.setdefault("13 compare: 20 per message", []).extend([per] * len(pks))
         for event in events:
             fields = [f.attname for f in WebhookEvent._meta.concrete_fields if f.attname != "id"]
             copy = WebhookEvent(**{name: getattr(event, name) for name in fields})
-            if timed("7 duplicate: insert", insert_once, copy, "default"):
+            if timed("7 duplicate: insert + compare", duplicate, copy):
                 raise RuntimeError("a duplicate was inserted")
-            timed("8 duplicate: compare bodies", _note_duplicate, copy, "default")
         # What the worker does per event (the no-op handler of bench/webhooks.py runs).
         import bench.webhooks  # noqa: F401  (registers the no-op handler)
         from webhooks.services import process_event
@@ -107,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         client = redis.Redis.from_url(settings.REDIS_URL)
         message = b"x" * 1200  # about the size of a Celery message for one event pk
         for _ in range(args.events):
-            timed("11 for comparison: Redis LPUSH", client.lpush, "tether-bench:lpush", message)
+            timed("14 compare: a Redis LPUSH", client.lpush, "tether-bench:lpush", message)
         client.delete("tether-bench:lpush")
     finally:
         app.control.purge()
@@ -125,8 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     new = [k for k in phases if int(k.split()[0]) <= 6]
     total_wall = sum(statistics.fmean(w for w, _ in phases[k]) for k in new) * 1000
     total_cpu = sum(statistics.fmean(c for _, c in phases[k]) for k in new) * 1000
-    print(f"{'new event, phases 1-6':<34}{total_wall:>16.3f}{total_cpu:>16.3f}")
+    print(f"{'new event in the request, 1-6':<34}{total_wall:>16.3f}{total_cpu:>16.3f}")
     return 0
+
+
+def import_module_or_none(name: str):
+    from importlib import import_module
+
+    try:
+        return import_module(name)
+    except ImportError:
+        return None
 
 
 def _checked_provider(get_provider, headers):
