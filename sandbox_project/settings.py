@@ -110,7 +110,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_TASK_PUBLISH_RETRY = False
 CELERY_BEAT_SCHEDULE = {
-    "requeue-stuck-webhooks": {"task": "webhooks.requeue_stuck", "schedule": 60.0},
+    # Every 30 s: with WEBHOOKS["REQUEUE_RECEIVED_AFTER"] (60 s) an event whose wake-up call
+    # was lost (broker down, web process killed) is enqueued within about 90 s.
+    "requeue-stuck-webhooks": {"task": "webhooks.requeue_stuck", "schedule": 30.0},
 }
 
 WEBHOOKS = {

@@ -15,3 +15,13 @@ def _clear_cache():
     cache.clear()
     clear_local_cache()
     yield
+
+
+@pytest.fixture(autouse=True)
+def _flush_webhook_dispatcher():
+    """Publish, before the next test starts, what this test's events left in this process's
+    dispatcher (``webhooks.dispatch``), so no message of one test lands in another's queue."""
+    yield
+    from webhooks import dispatch
+
+    dispatch.flush()

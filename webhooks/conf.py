@@ -24,6 +24,16 @@ DEFAULTS: dict[str, Any] = {
     "TASK_QUEUE": None,
     "STUCK_AFTER": 600,
     "RETENTION_DAYS": 30,
+    # Enqueueing (webhooks.dispatch): new events' processing tasks are published by a thread of
+    # each web process, gathered for DISPATCH_INTERVAL seconds (None: one message per event, from
+    # the committing thread), at most DISPATCH_BATCH_SIZE events per message. A process exiting
+    # normally waits up to DISPATCH_SHUTDOWN_TIMEOUT seconds for them to be published.
+    "DISPATCH_INTERVAL": 0.05,
+    "DISPATCH_BATCH_SIZE": 20,
+    "DISPATCH_SHUTDOWN_TIMEOUT": 5,
+    # The sweeper enqueues `received` events older than this (seconds): those whose wake-up call
+    # was lost (a broker outage, a web process killed before its dispatcher published).
+    "REQUEUE_RECEIVED_AFTER": 60,
     # Operator API (webhooks.api): DRF permission and throttle classes, dotted paths or classes.
     # Model permissions (view/change on WebhookEvent) are always checked on top of these.
     "API_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],

@@ -88,17 +88,19 @@ broker_probe = BrokerProbe()
 
 
 def stuck_event_count() -> int:
-    """Events the sweeper would requeue now (one indexed ``COUNT``)."""
-    from .services import stuck_events
+    """Events stuck past ``STUCK_AFTER``, ``received`` or ``processing`` (one indexed ``COUNT``;
+    the sweeper requeues ``received`` ones sooner, after ``REQUEUE_RECEIVED_AFTER``)."""
+    from .services import processing_setting, stuck_events
 
-    return stuck_events().count()
+    return stuck_events(older_than=processing_setting("STUCK_AFTER")).count()
 
 
 def stuck_event_counts() -> dict[str, int]:
     """The same, per endpoint (used by the metrics gauge)."""
-    from .services import stuck_events
+    from .services import processing_setting, stuck_events
 
-    rows = stuck_events().order_by().values_list("endpoint").annotate(count=Count("pk"))
+    stuck = stuck_events(older_than=processing_setting("STUCK_AFTER"))
+    rows = stuck.order_by().values_list("endpoint").annotate(count=Count("pk"))
     return dict(rows)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -57,7 +57,13 @@ PROCESSING_SETTINGS: dict[str, tuple[type, float, str]] = {
     "RETRY_MAX_DELAY": (float, 0, "a number of seconds, 0 or more"),
     "STUCK_AFTER": (float, 0, "a number of seconds, 0 or more"),
     "RETENTION_DAYS": (float, 0, "a number of days, 0 or more"),
+    "REQUEUE_RECEIVED_AFTER": (float, 0, "a number of seconds, 0 or more"),
+    "DISPATCH_INTERVAL": (float, 0, "a number of seconds, 0 or more, or None"),
+    "DISPATCH_BATCH_SIZE": (int, 1, "a whole number of events, 1 or more"),
+    "DISPATCH_SHUTDOWN_TIMEOUT": (float, 0, "a number of seconds, 0 or more"),
 }
+#: Keys that may also be None.
+NULLABLE_SETTINGS = frozenset({"DISPATCH_INTERVAL"})
 
 
 def _setting_problem(key: str) -> ConfigProblem | None:
@@ -68,6 +74,8 @@ def _setting_problem(key: str) -> ConfigProblem | None:
         return ConfigProblem("E008", 'WEBHOOKS["TASK_QUEUE"]',
                              f"must be a Celery queue name or None, not {value!r}.",
                              "None sends processing tasks to Celery's default queue.")  # fmt: skip
+    if value is None and key in NULLABLE_SETTINGS:
+        return None
     kind, minimum, expected = PROCESSING_SETTINGS[key]
     kinds = (int,) if kind is int else (int, float)
     if isinstance(value, kinds) and not isinstance(value, bool) and value >= minimum:
@@ -123,13 +131,69 @@ def publish_process_task(event_pk: int, *, countdown: float | None = None) -> bo
     return True
 
 
-def enqueue_on_commit(event: WebhookEvent) -> None:
-    """Publish the processing task once the current transaction commits (a transactional outbox).
+def publish_process_batch(event_pks: Sequence[int]) -> bool:
+    """Publish ``webhooks.process_events`` for these events now, ``DISPATCH_BATCH_SIZE`` per
+    message, all through one connection checkout; ``False`` if the broker refused.
 
-    Outside a transaction the task is published at once. A broker failure is logged and
-    swallowed: the event stays ``received`` and ``requeue_stuck`` enqueues it later.
+    What the dispatcher thread calls. Like ``publish_process_task`` it never raises for a broker
+    failure: the events stay ``received`` and the sweeper enqueues them later; the warning names
+    the primary keys and the exception's type only.
     """
-    transaction.on_commit(partial(publish_process_task, event.pk))
+    from .tasks import process_events as process_events_task
+
+    if not event_pks:
+        return True
+    size = processing_setting("DISPATCH_BATCH_SIZE")
+    options: dict[str, Any] = {}
+    queue = processing_setting("TASK_QUEUE")
+    if queue:
+        options["queue"] = queue
+    chunks = [list(event_pks[i : i + size]) for i in range(0, len(event_pks), size)]
+    sent = 0
+    try:
+        with process_events_task.app.producer_or_acquire() as producer:
+            for chunk in chunks:
+                process_events_task.apply_async(args=(chunk,), producer=producer, **options)
+                sent += 1
+    except Exception as exc:
+        unsent = [pk for chunk in chunks[sent:] for pk in chunk]
+        logger.warning(
+            "webhooks: could not enqueue %s event(s) (pk=%s) (%s); they stay queued in the "
+            "database and the sweeper will enqueue them later",
+            len(unsent),
+            ",".join(map(str, unsent[:20])) + (",..." if len(unsent) > 20 else ""),
+            type(exc).__name__,
+        )
+        return False
+    return True
+
+
+def dispatches_inline() -> bool:
+    """Whether new events' tasks are published by the committing thread, one per event:
+    ``DISPATCH_INTERVAL`` is None, or Celery runs tasks eagerly (a user's tests)."""
+    from .tasks import process_event as process_event_task
+
+    if processing_setting("DISPATCH_INTERVAL") is None:
+        return True
+    return bool(process_event_task.app.conf.task_always_eager)
+
+
+def enqueue_on_commit(event: WebhookEvent) -> None:
+    """Have the event processed once the current transaction commits (a transactional outbox).
+
+    By default the event's primary key goes to this process's dispatcher
+    (``webhooks.dispatch``), which publishes it from a background thread within about
+    ``DISPATCH_INTERVAL`` seconds, batched with others; with ``DISPATCH_INTERVAL = None`` (or
+    eager Celery) ``webhooks.process_event`` is published by the committing thread. Outside a
+    transaction this happens at once. A broker failure is logged and swallowed either way: the
+    event stays ``received`` and ``requeue_stuck`` enqueues it later.
+    """
+    if dispatches_inline():
+        transaction.on_commit(partial(publish_process_task, event.pk))
+    else:
+        from .dispatch import dispatcher
+
+        transaction.on_commit(partial(dispatcher.submit, event.pk))
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,10 +250,38 @@ def _relax_commit_durability() -> None:
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
 
 
+#: The claim in one statement (PostgreSQL): lock the row if it is free and due, and either count
+#: the attempt or, when every attempt is used up (the last one's worker died), end it ``failed``.
+#: In autocommit the statement is its own transaction; the ``set_config`` CTE then relaxes the
+#: durability of that commit only (``is_local``), as ``_relax_commit_durability`` does.
+CLAIM_SQL = """
+WITH relax AS (SELECT set_config('synchronous_commit', %(sync)s, true) AS setting)
+UPDATE {table} SET
+  attempts = CASE WHEN attempts < %(max)s THEN attempts + 1 ELSE attempts END,
+  last_attempt_at = CASE WHEN attempts < %(max)s THEN %(now)s ELSE last_attempt_at END,
+  status = CASE WHEN attempts < %(max)s THEN %(processing)s ELSE %(failed)s END,
+  next_attempt_at = NULL,
+  last_error = CASE WHEN attempts < %(max)s THEN last_error
+    ELSE LEFT('WorkerLost: attempt ' || attempts || ' of ' || %(max)s || ' did not finish'
+              || CASE WHEN last_error = '' THEN '' ELSE '; ' || last_error END, %(max_chars)s)
+  END
+WHERE id = (
+  SELECT id FROM {table}
+  WHERE id = %(pk)s AND status IN (%(received)s, %(processing)s)
+    AND (next_attempt_at IS NULL OR next_attempt_at <= %(now)s)
+  FOR UPDATE SKIP LOCKED
+) AND EXISTS (SELECT 1 FROM relax)
+RETURNING attempts, status, last_error
+"""
+
+
 def _claim(event_pk: int) -> tuple[int, datetime] | str | None:
     """Step 1: count the attempt and commit. Returns the claim token, a final status, or None."""
     max_attempts = processing_setting("MAX_ATTEMPTS")
-    outermost = not transaction.get_connection().in_atomic_block
+    connection = transaction.get_connection()
+    outermost = not connection.in_atomic_block
+    if connection.vendor == "postgresql":
+        return _claim_in_one_statement(event_pk, max_attempts, relax=outermost)
     with transaction.atomic():
         if outermost:
             _relax_commit_durability()
@@ -223,6 +315,43 @@ def _claim(event_pk: int) -> tuple[int, datetime] | str | None:
         return event.attempts, now
 
 
+def _claim_in_one_statement(
+    event_pk: int, max_attempts: int, *, relax: bool
+) -> tuple[int, datetime] | str | None:
+    """``_claim`` as one ``UPDATE ... RETURNING`` (PostgreSQL): one round trip instead of five.
+
+    ``relax`` (not inside a caller's transaction) makes the claim's commit asynchronous; inside
+    a caller's transaction ``synchronous_commit`` is set to its current value, i.e. unchanged.
+    """
+    connection = transaction.get_connection()
+    now = timezone.now()
+    sql = CLAIM_SQL.format(table=connection.ops.quote_name(WebhookEvent._meta.db_table))
+    params = {
+        "pk": event_pk,
+        "max": max_attempts,
+        "now": now,
+        "sync": "off" if relax else None,
+        "received": Status.RECEIVED,
+        "processing": Status.PROCESSING,
+        "failed": Status.FAILED,
+        "max_chars": LAST_ERROR_MAX_CHARS,
+    }
+    if not relax:
+        sql = sql.replace("%(sync)s", "current_setting('synchronous_commit')")
+        del params["sync"]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None  # gone, locked by an attempt in progress, finished, or not due
+    attempts, status, last_error = row
+    if status == Status.FAILED:
+        lost = last_error.split(";", 1)[0]
+        transaction.on_commit(partial(_send_failed, event_pk, RuntimeError(lost)))
+        return Status.FAILED
+    return attempts, now
+
+
 def process_event(event_pk: int) -> str | None:
     """Make one processing attempt of an event; return its status after, or None if skipped.
 
@@ -238,10 +367,13 @@ def process_event(event_pk: int) -> str | None:
     max_attempts = processing_setting("MAX_ATTEMPTS")
 
     with transaction.atomic():
-        event = (
-            WebhookEvent.objects.select_for_update(skip_locked=True)
-            .filter(pk=event_pk, attempts=attempt, last_attempt_at=started_at)
-            .first()
+        event = next(
+            iter(
+                WebhookEvent.objects.select_for_update(skip_locked=True)
+                .filter(pk=event_pk, attempts=attempt, last_attempt_at=started_at)
+                .order_by()  # one row by primary key: no ORDER BY (Meta.ordering) to build
+            ),
+            None,
         )
         if event is None or event.status != Status.PROCESSING:
             return None  # another worker claimed it after us: that worker runs the handlers
@@ -283,7 +415,13 @@ def process_event(event_pk: int) -> str | None:
             )
         if outcome == Status.PROCESSING:
             event.next_attempt_at = now + timedelta(seconds=retry_delay(attempt))
-        event.save(update_fields=["status", "next_attempt_at", "processed_at", "last_error"])
+        # One UPDATE of the outcome's columns (what save(update_fields=...) wrote, built cheaper).
+        WebhookEvent.objects.filter(pk=event.pk).update(
+            status=event.status,
+            next_attempt_at=event.next_attempt_at,
+            processed_at=event.processed_at,
+            last_error=event.last_error,
+        )
         if outcome == Status.PROCESSED:
             transaction.on_commit(partial(_send, webhook_processed, event))
         elif outcome == Status.IGNORED:
@@ -414,23 +552,32 @@ def mark_ignored(event: WebhookEvent, *, reason: str = "") -> bool:
 def stuck_events(older_than: float | None = None) -> QuerySet[WebhookEvent]:
     """Events the sweeper should enqueue again.
 
-    ``received`` ones received more than ``older_than`` seconds ago (default ``STUCK_AFTER``),
-    and ``processing`` ones whose latest attempt began more than ``older_than`` ago; in both
-    cases only if their next scheduled attempt (``next_attempt_at``, set by a retry or a replay)
-    is also more than ``older_than`` in the past, so a retry that is merely waiting for its
-    countdown is left to its own task.
+    ``received`` ones received more than ``older_than`` seconds ago (default
+    ``REQUEUE_RECEIVED_AFTER``, 60 s: their wake-up call was lost, see ``webhooks.dispatch``),
+    and ``processing`` ones whose latest attempt began more than ``older_than`` ago (default
+    ``STUCK_AFTER``, 600 s); in both cases only if their next scheduled attempt
+    (``next_attempt_at``, set by a retry or a replay) is also that far in the past, so a retry
+    that is merely waiting for its countdown is left to its own task.
     """
     if older_than is None:
-        older_than = float(processing_setting("STUCK_AFTER"))
-    if older_than < 0:
+        received_after = float(processing_setting("REQUEUE_RECEIVED_AFTER"))
+        processing_after = float(processing_setting("STUCK_AFTER"))
+    else:
+        received_after = processing_after = older_than
+    if older_than is not None and older_than < 0:
         raise ValueError("older_than must be zero or more seconds")
-    cutoff = timezone.now() - timedelta(seconds=older_than)
-    not_scheduled = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lt=cutoff)
-    received = Q(status=Status.RECEIVED, received_at__lt=cutoff)
-    processing = Q(status=Status.PROCESSING) & (
-        Q(last_attempt_at__lt=cutoff) | Q(last_attempt_at__isnull=True, received_at__lt=cutoff)
+    now = timezone.now()
+    received_cutoff = now - timedelta(seconds=received_after)
+    cutoff = now - timedelta(seconds=processing_after)
+    received = Q(status=Status.RECEIVED, received_at__lt=received_cutoff) & (
+        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lt=received_cutoff)
     )
-    return WebhookEvent.objects.filter((received | processing) & not_scheduled)
+    processing = (
+        Q(status=Status.PROCESSING)
+        & (Q(last_attempt_at__lt=cutoff) | Q(last_attempt_at__isnull=True, received_at__lt=cutoff))
+        & (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lt=cutoff))
+    )
+    return WebhookEvent.objects.filter(received | processing)
 
 
 def requeue_stuck(

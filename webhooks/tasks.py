@@ -72,6 +72,49 @@ def process_event(self, event_pk: int) -> str | None:
     return status
 
 
+@shared_task(
+    bind=True,
+    name="webhooks.process_events",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def process_events(self, event_pks: list[int]) -> list[str | None]:
+    """Several events in one message (what the dispatcher publishes): each gets exactly what
+    ``webhooks.process_event`` gives one event, one after the other: its own claim (its attempt
+    counted and committed before its handlers run), its own transaction, and its own retry,
+    published as a ``webhooks.process_event`` message with the backoff's countdown.
+
+    Redelivered after a worker died mid-batch (``reject_on_worker_lost``), the events already
+    finished are skipped and the one that was running has its attempt counted, as for a single
+    event. An error outside the handlers (the database gone) stops only that event: it keeps
+    its state for the sweeper, and the next events are attempted.
+    """
+    from . import services
+
+    statuses: list[str | None] = []
+    with database_connection(self):
+        for event_pk in event_pks:
+            try:
+                status = services.process_event(event_pk)
+                if status == services.Status.PROCESSING:  # failed; a retry is due later
+                    countdown = services.seconds_until_due(event_pk)
+                    if countdown is not None:
+                        services.publish_process_task(event_pk, countdown=countdown)
+            except Exception as exc:
+                logger.error(
+                    "webhooks: processing event pk=%s failed outside its handlers (%s); the "
+                    "sweeper will enqueue it again",
+                    event_pk,
+                    type(exc).__name__,
+                )
+                status = None
+                if not getattr(self.request, "is_eager", False):
+                    close_old_connections()  # drop a broken connection before the next event
+            statuses.append(status)
+    return statuses
+
+
 @shared_task(bind=True, name="webhooks.requeue_stuck", ignore_result=True)
 def requeue_stuck(self, older_than: float | None = None) -> int:
     from . import services

@@ -213,7 +213,7 @@ def test_bad_input_from_the_shell_exits_with_a_usage_error_not_a_traceback():
 
 
 @pytest.mark.django_db(transaction=True)
-@override_settings(WEBHOOKS={"STUCK_AFTER": 600})
+@override_settings(WEBHOOKS={"STUCK_AFTER": 600, "REQUEUE_RECEIVED_AFTER": 600})
 def test_requeue_stuck_default_threshold_dry_run_and_summary():
     purge_broker()
     old = timezone.now() - timedelta(seconds=900)

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from tests.celery_worker import purge_broker
 from tests.webhooks.factories import WebhookEventFactory
-from webhooks import Ignore, PermanentFailure, on, services
+from webhooks import Ignore, PermanentFailure, dispatch, on, services
 from webhooks.exceptions import BrokerUnavailable
 from webhooks.models import WebhookEvent
 from webhooks.signals import webhook_failed, webhook_ignored, webhook_processed
@@ -340,7 +340,8 @@ def test_enqueue_on_commit_publishes_only_after_commit():
     with transaction.atomic():
         event = WebhookEventFactory()
         services.enqueue_on_commit(event)
-        assert _queue_length() == 0
+        assert dispatch.flush() and _queue_length() == 0
+    assert dispatch.flush()
     assert _queue_length() == 1
 
 
@@ -350,6 +351,7 @@ def test_enqueue_on_commit_rolled_back_publishes_nothing():
     with pytest.raises(RuntimeError), transaction.atomic():
         services.enqueue_on_commit(WebhookEventFactory())
         raise RuntimeError("the request failed after storing the event")
+    assert dispatch.flush()
     assert _queue_length() == 0
 
 
@@ -357,8 +359,10 @@ def test_enqueue_on_commit_rolled_back_publishes_nothing():
 def test_enqueue_with_the_broker_down_neither_raises_nor_hangs(broker_down, caplog):
     event = WebhookEventFactory()
     started = time.monotonic()
-    with caplog.at_level("WARNING", logger="webhooks"), transaction.atomic():
-        services.enqueue_on_commit(event)
+    with caplog.at_level("WARNING", logger="webhooks"):
+        with transaction.atomic():
+            services.enqueue_on_commit(event)
+        assert dispatch.flush()  # the dispatcher thread tried, and gave up
     assert time.monotonic() - started < 5
     event.refresh_from_db()
     assert event.status == Status.RECEIVED
@@ -372,6 +376,7 @@ def test_enqueue_with_the_broker_down_neither_raises_nor_hangs(broker_down, capl
 def test_enqueue_uses_the_configured_queue():
     purge_broker()
     services.enqueue_on_commit(WebhookEventFactory())
+    assert dispatch.flush()
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     assert client.llen("webhooks-h2") == 1
     assert client.llen("celery") == 0
@@ -422,7 +427,7 @@ def test_mark_ignored(received_signals):
 
 
 @pytest.mark.django_db
-@override_settings(WEBHOOKS={"STUCK_AFTER": 600})
+@override_settings(WEBHOOKS={"STUCK_AFTER": 600, "REQUEUE_RECEIVED_AFTER": 600})
 def test_stuck_events_selection():
     now = timezone.now()
     old, recent = now - timedelta(seconds=700), now - timedelta(seconds=100)

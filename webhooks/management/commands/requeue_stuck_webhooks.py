@@ -19,11 +19,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         stuck_after = webhooks_settings["STUCK_AFTER"]
+        received_after = webhooks_settings["REQUEUE_RECEIVED_AFTER"]
         parser.add_argument(
             "--older-than", type=non_negative_float, metavar="SECONDS",
             help="Stuck after this many seconds: 'received' ones counted from received_at, "
-                 "'processing' ones from their latest attempt "
-                 f"(default: WEBHOOKS['STUCK_AFTER'], now {stuck_after}).",
+                 "'processing' ones from their latest attempt (default: "
+                 f"WEBHOOKS['REQUEUE_RECEIVED_AFTER'], now {received_after}, for 'received' "
+                 f"ones and WEBHOOKS['STUCK_AFTER'], now {stuck_after}, for 'processing' ones).",
         )  # fmt: skip
         parser.add_argument(
             "--dry-run", action="store_true", help="Count the stuck events; enqueue nothing."
