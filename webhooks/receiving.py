@@ -44,6 +44,13 @@ from django.db import (
 )
 from django.utils import timezone
 
+try:
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+except ImportError:  # psycopg not installed: PostgreSQL is not in use
+    is_psycopg3 = False
+if is_psycopg3:
+    import psycopg
+
 from .exceptions import (
     InvalidSignature,
     MalformedPayload,
@@ -239,17 +246,21 @@ def _insert_on_conflict(event: WebhookEvent, connection: Any) -> tuple[bool, boo
     )
     compare = connection.vendor == "postgresql"
     if compare:
+        # Named parameters: psycopg sends a value used twice (body, endpoint, event id) once.
+        names = [f"%({name})s" for name in INSERT_FIELDS]
+        insert = insert.replace(", ".join(["%s"] * len(fields)), ", ".join(names))
         sql = (
             f"WITH inserted AS ({insert}) "  # noqa: S608 (names from _meta; values are parameters)
             f"SELECT {pk}, NULL FROM inserted UNION ALL "
-            f"SELECT NULL, {body} = %s FROM {table} WHERE {endpoint} = %s AND {event_id} = %s "
+            f"SELECT NULL, {body} = %(body)s FROM {table} "
+            f"WHERE {endpoint} = %(endpoint)s AND {event_id} = %(event_id)s "
             "AND NOT EXISTS (SELECT 1 FROM inserted)"
         )
-        values += [values[INSERT_FIELDS.index("body")], event.endpoint, event.event_id]
+        params: Any = dict(zip(INSERT_FIELDS, values, strict=True))
     else:
-        sql = insert
-    with connection.cursor() as cursor:
-        cursor.execute(sql, values)
+        sql, params = insert, values
+    with _binding_cursor(connection) as cursor:
+        cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
         return False, None
@@ -259,6 +270,22 @@ def _insert_on_conflict(event: WebhookEvent, connection: Any) -> tuple[bool, boo
     event._state.adding = False
     event._state.db = connection.alias
     return True, None
+
+
+def _binding_cursor(connection: Any) -> Any:
+    """A Django cursor for the insert. With psycopg 3 its parameters are bound by the server
+    (whatever ``OPTIONS["server_side_binding"]`` says for the ORM): the body goes as binary
+    ``bytea`` instead of being escaped into the SQL text, which roughly halves the client's cost
+    of this statement. It is still Django's ``CursorWrapper`` (execute wrappers, error wrapping,
+    query logging); nothing is prepared (connection poolers keep working)."""
+    if connection.vendor != "postgresql" or not is_psycopg3:
+        return connection.cursor()
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    cursor = psycopg.Cursor(connection.connection)
+    if connection.queries_logged:
+        return connection.make_debug_cursor(cursor)
+    return connection.make_cursor(cursor)
 
 
 def insert_once_with_savepoint(event: WebhookEvent, alias: str) -> bool:
