@@ -51,6 +51,7 @@ from bench.processes import (  # noqa: E402
     PYTHON,
     BenchError,
     Child,
+    background_cpu_of,
     children_stopped_on_exit,
     cpu_of,
     free_port,
@@ -282,7 +283,7 @@ class Bench:
         """One measured case against gunicorn, with the server's CPU over the case."""
         workers = self.gunicorn.children()
         backends = backend_pids()
-        before = (cpu_of(workers), cpu_of(backends), machine_busy())
+        before = (cpu_of(workers), cpu_of(backends), machine_busy(), background_cpu_of(workers))
         latencies = self.workdir / "latencies.bin"
         child = self.loadgen(self.port, requests, count=count, duration=duration, offset=offset,
                              cycle=cycle, expect=expect, latencies=latencies)  # fmt: skip
@@ -290,7 +291,12 @@ class Bench:
         result["latencies"] = array.array("d", latencies.read_bytes())
         backends_after = backend_pids()
         new_backends = [pid for pid in backends_after if pid not in backends]
-        after = (cpu_of(workers), cpu_of(backends) + cpu_of(new_backends), machine_busy())
+        after = (
+            cpu_of(workers),
+            cpu_of(backends) + cpu_of(new_backends),
+            machine_busy(),
+            background_cpu_of(workers),
+        )
         ok = max(result["ok"], 1)
         result["server_cpu_ms_per_req"] = 1000 * (after[0] - before[0]) / ok
         result["db_cpu_ms_per_req"] = 1000 * (after[1] - before[1]) / ok
@@ -298,6 +304,7 @@ class Bench:
         total = after[2][1] - before[2][1]
         result["machine_busy"] = busy / total if total else 0.0
         result["server_cpu_s"] = after[0] - before[0]
+        result["server_bg_cpu_s"] = max(0.0, after[3] - before[3])
         result["db_cpu_s"] = after[1] - before[1]
         result["machine_busy_s"], result["machine_total_s"] = busy, total
         return result
@@ -519,6 +526,7 @@ def combine(rounds: list[dict]) -> dict:
         "cpu_s": cpu,
         "cpu_share": cpu / wall if wall else 0.0,
         "server_cpu_ms_per_req": 1000 * sum(r["server_cpu_s"] for r in rounds) / max(ok, 1),
+        "server_bg_ms_per_req": 1000 * sum(r["server_bg_cpu_s"] for r in rounds) / max(ok, 1),
         "db_cpu_ms_per_req": 1000 * sum(r["db_cpu_s"] for r in rounds) / max(ok, 1),
         "machine_busy": sum(r["machine_busy_s"] for r in rounds) / total if total else 0.0,
         "per_round": [round(r["throughput"]) for r in rounds],
@@ -548,7 +556,7 @@ def print_report(bench: Bench, results: dict) -> dict:
     )
     header = (
         f"{'case':<34}{'ok':>8}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'err':>5}"
-        f"{'srv ms/req':>11}{'db ms/req':>10}{'gen cpu':>8}{'busy':>6}"
+        f"{'srv ms/req':>11}{'(bg)':>6}{'db ms/req':>10}{'gen cpu':>8}{'busy':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -565,6 +573,7 @@ def print_report(bench: Bench, results: dict) -> dict:
         print(
             f"{label:<34}{r['ok']:>8}{r['throughput']:>9.0f}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}"
             f"{errors:>5}{r.get('server_cpu_ms_per_req', 0):>11.2f}"
+            f"{r.get('server_bg_ms_per_req', 0):>6.2f}"
             f"{r.get('db_cpu_ms_per_req', 0):>10.2f}{r['cpu_share']:>8.0%}"
             f"{r.get('machine_busy', 0):>6.0%}"
         )

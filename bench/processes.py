@@ -118,6 +118,24 @@ def cpu_of(pids: Sequence[int]) -> float:
     return total / CLOCK_TICKS
 
 
+def background_cpu_of(pids: Sequence[int]) -> float:
+    """CPU seconds of these processes' threads other than their main thread (e.g. a dispatcher
+    thread publishing in the background)."""
+    total = 0
+    for pid in pids:
+        try:
+            tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir() if t.name != str(pid)]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
