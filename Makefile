@@ -30,15 +30,16 @@ test: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# Both benchmarks always run; the target fails if either did (see bench/README.md).
 bench: $(VENV)/.installed-test
 	./tests/ensure_services.sh
-	$(PY) bench/ingest.py
-	$(PY) bench/outbound.py
+	status=0; $(PY) bench/ingest.py || status=$$?; $(PY) bench/outbound.py || status=$$?; \
+	exit $$status
 
 bench-smoke: $(VENV)/.installed-test
 	./tests/ensure_services.sh
-	$(PY) bench/ingest.py --smoke
-	$(PY) bench/outbound.py --smoke
+	status=0; $(PY) bench/ingest.py --smoke || status=$$?; \
+	$(PY) bench/outbound.py --smoke || status=$$?; exit $$status
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
