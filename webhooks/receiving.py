@@ -50,6 +50,7 @@ except ImportError:  # psycopg not installed: PostgreSQL is not in use
     is_psycopg3 = False
 if is_psycopg3:
     import psycopg
+    from psycopg.types.json import Jsonb
 
 from .exceptions import (
     InvalidSignature,
@@ -91,6 +92,8 @@ INSERT_FIELDS = (
     "received_at",
     "occurred_at",
 )
+JSON_FIELDS = ("payload", "headers")
+DATETIME_FIELDS = ("received_at", "occurred_at")
 
 
 class BodyStream(Protocol):
@@ -231,34 +234,25 @@ def _insert_on_conflict(event: WebhookEvent, connection: Any) -> tuple[bool, boo
     A conflicting row committed while the insert waited for it is invisible to that comparison
     (the statement's snapshot predates it): then no row comes back, and the event is a
     duplicate whose body was not compared."""
-    meta = WebhookEvent._meta
-    quote = connection.ops.quote_name
-    fields = [meta.get_field(name) for name in INSERT_FIELDS]
-    values = [field.get_db_prep_save(getattr(event, field.attname), connection) for field in fields]
-    table, pk = quote(meta.db_table), quote(meta.pk.column)
-    endpoint, event_id, body = (
-        quote(meta.get_field(n).column) for n in ("endpoint", "event_id", "body")
-    )
-    insert = (
-        f"INSERT INTO {table} ({', '.join(quote(field.column) for field in fields)}) "  # noqa: S608
-        f"VALUES ({', '.join(['%s'] * len(fields))}) "
-        f"ON CONFLICT ({endpoint}, {event_id}) DO NOTHING RETURNING {pk}"
-    )
-    compare = connection.vendor == "postgresql"
-    if compare:
-        # Named parameters: psycopg sends a value used twice (body, endpoint, event id) once.
-        names = [f"%({name})s" for name in INSERT_FIELDS]
-        insert = insert.replace(", ".join(["%s"] * len(fields)), ", ".join(names))
-        sql = (
-            f"WITH inserted AS ({insert}) "  # noqa: S608 (names from _meta; values are parameters)
-            f"SELECT {pk}, NULL FROM inserted UNION ALL "
-            f"SELECT NULL, {body} = %(body)s FROM {table} "
-            f"WHERE {endpoint} = %(endpoint)s AND {event_id} = %(event_id)s "
-            "AND NOT EXISTS (SELECT 1 FROM inserted)"
-        )
-        params: Any = dict(zip(INSERT_FIELDS, values, strict=True))
+    sql = _insert_sql(connection)
+    fast = connection.vendor == "postgresql" and is_psycopg3
+    if fast:
+        # The values as psycopg 3 takes them, without a trip through each field's
+        # get_db_prep_save (a measurable share of a delivery's CPU).
+        params: Any = {name: getattr(event, name) for name in INSERT_FIELDS}
+        for name in JSON_FIELDS:
+            if params[name] is not None:
+                params[name] = Jsonb(params[name])
+        for name in DATETIME_FIELDS:
+            params[name] = connection.ops.adapt_datetimefield_value(params[name])
     else:
-        sql, params = insert, values
+        meta = WebhookEvent._meta
+        values = [
+            field.get_db_prep_save(getattr(event, field.attname), connection)
+            for field in (meta.get_field(name) for name in INSERT_FIELDS)
+        ]
+        compare = connection.vendor == "postgresql"
+        params = dict(zip(INSERT_FIELDS, values, strict=True)) if compare else values
     with _binding_cursor(connection) as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
@@ -270,6 +264,44 @@ def _insert_on_conflict(event: WebhookEvent, connection: Any) -> tuple[bool, boo
     event._state.adding = False
     event._state.db = connection.alias
     return True, None
+
+
+#: The insert statement of each database vendor, built once from the model's ``_meta``.
+_INSERT_SQL: dict[str, str] = {}
+
+
+def _insert_sql(connection: Any) -> str:
+    """The insert (and, on PostgreSQL, compare) statement: named parameters on PostgreSQL, so
+    that a value used twice (body, endpoint, event id) is sent once; ``%s`` elsewhere."""
+    sql = _INSERT_SQL.get(connection.vendor)
+    if sql is not None:
+        return sql
+    meta = WebhookEvent._meta
+    quote = connection.ops.quote_name
+    fields = [meta.get_field(name) for name in INSERT_FIELDS]
+    table, pk = quote(meta.db_table), quote(meta.pk.column)
+    endpoint, event_id, body = (
+        quote(meta.get_field(n).column) for n in ("endpoint", "event_id", "body")
+    )
+    compare = connection.vendor == "postgresql"
+    placeholders = [f"%({name})s" for name in INSERT_FIELDS] if compare else ["%s"] * len(fields)
+    insert = (
+        f"INSERT INTO {table} ({', '.join(quote(field.column) for field in fields)}) "  # noqa: S608
+        f"VALUES ({', '.join(placeholders)}) "
+        f"ON CONFLICT ({endpoint}, {event_id}) DO NOTHING RETURNING {pk}"
+    )
+    if compare:
+        sql = (
+            f"WITH inserted AS ({insert}) "  # noqa: S608 (names from _meta; values are parameters)
+            f"SELECT {pk}, NULL FROM inserted UNION ALL "
+            f"SELECT NULL, {body} = %(body)s FROM {table} "
+            f"WHERE {endpoint} = %(endpoint)s AND {event_id} = %(event_id)s "
+            "AND NOT EXISTS (SELECT 1 FROM inserted)"
+        )
+    else:
+        sql = insert
+    _INSERT_SQL[connection.vendor] = sql
+    return sql
 
 
 def _binding_cursor(connection: Any) -> Any:
