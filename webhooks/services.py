@@ -352,6 +352,46 @@ def _claim_in_one_statement(
     return attempts, now
 
 
+def _sql_names(connection: Any) -> dict[str, str]:
+    """The event table's and its columns' quoted names, for the hot path's hand-written SQL."""
+    meta = WebhookEvent._meta
+    quote = connection.ops.quote_name
+    names = {field.name: quote(field.column) for field in meta.concrete_fields}
+    names["table"] = quote(meta.db_table)
+    return names
+
+
+def _lock_claimed(event_pk: int, attempt: int, started_at: datetime) -> WebhookEvent | None:
+    """Step 2's lock: the event row, locked (``skip_locked``), if our claim still holds.
+
+    One plain statement instead of the ORM's query building (most of an attempt's CPU)."""
+    connection = transaction.get_connection()
+    n = _sql_names(connection)
+    sql = (
+        f"SELECT * FROM {n['table']} WHERE {n['id']} = %s AND {n['attempts']} = %s "  # noqa: S608
+        f"AND {n['last_attempt_at']} = %s"
+    )
+    if connection.features.has_select_for_update_skip_locked:
+        sql += " " + connection.ops.for_update_sql(skip_locked=True)
+    params = [event_pk, attempt, connection.ops.adapt_datetimefield_value(started_at)]
+    return next(iter(WebhookEvent.objects.raw(sql, params, using=connection.alias)), None)
+
+
+def _save_outcome(event: WebhookEvent) -> None:
+    """The outcome's columns in one UPDATE (what ``save(update_fields=...)`` wrote)."""
+    connection = transaction.get_connection()
+    n = _sql_names(connection)
+    adapt = connection.ops.adapt_datetimefield_value
+    sql = (
+        f"UPDATE {n['table']} SET {n['status']} = %s, {n['next_attempt_at']} = %s, "  # noqa: S608
+        f"{n['processed_at']} = %s, {n['last_error']} = %s WHERE {n['id']} = %s"
+    )
+    params = [event.status, adapt(event.next_attempt_at), adapt(event.processed_at),
+              event.last_error, event.pk]  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
 def process_event(event_pk: int) -> str | None:
     """Make one processing attempt of an event; return its status after, or None if skipped.
 
@@ -367,14 +407,7 @@ def process_event(event_pk: int) -> str | None:
     max_attempts = processing_setting("MAX_ATTEMPTS")
 
     with transaction.atomic():
-        event = next(
-            iter(
-                WebhookEvent.objects.select_for_update(skip_locked=True)
-                .filter(pk=event_pk, attempts=attempt, last_attempt_at=started_at)
-                .order_by()  # one row by primary key: no ORDER BY (Meta.ordering) to build
-            ),
-            None,
-        )
+        event = _lock_claimed(event_pk, attempt, started_at)
         if event is None or event.status != Status.PROCESSING:
             return None  # another worker claimed it after us: that worker runs the handlers
         handlers = handlers_for(event.endpoint, event.event_type)
@@ -415,13 +448,7 @@ def process_event(event_pk: int) -> str | None:
             )
         if outcome == Status.PROCESSING:
             event.next_attempt_at = now + timedelta(seconds=retry_delay(attempt))
-        # One UPDATE of the outcome's columns (what save(update_fields=...) wrote, built cheaper).
-        WebhookEvent.objects.filter(pk=event.pk).update(
-            status=event.status,
-            next_attempt_at=event.next_attempt_at,
-            processed_at=event.processed_at,
-            last_error=event.last_error,
-        )
+        _save_outcome(event)
         if outcome == Status.PROCESSED:
             transaction.on_commit(partial(_send, webhook_processed, event))
         elif outcome == Status.IGNORED:
