@@ -173,7 +173,9 @@ def dispatches_inline() -> bool:
     ``DISPATCH_INTERVAL`` is None, or Celery runs tasks eagerly (a user's tests)."""
     from .tasks import process_event as process_event_task
 
-    if processing_setting("DISPATCH_INTERVAL") is None:
+    # Read without validation on this path (one per delivery): a bad value is reported by the
+    # system check, and the dispatcher thread treats it as 0.
+    if webhooks_settings["DISPATCH_INTERVAL"] is None:
         return True
     return bool(process_event_task.app.conf.task_always_eager)
 
