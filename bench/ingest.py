@@ -1,6 +1,6 @@
 """Benchmark of the inbound path: the webhook view under gunicorn, and end to end through Celery.
 
-    python bench/ingest.py            # full run (a few minutes)
+    python bench/ingest.py            # full run (about 90 s)
     python bench/ingest.py --smoke    # tiny run that checks the harness end to end (CI)
 
 Starts gunicorn on a free port of 127.0.0.1 with ``bench.settings`` (the sandbox's settings on
@@ -668,9 +668,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny run, for CI")
     parser.add_argument(
-        "--seconds", type=float, default=15.0, help="measured seconds of each of (a), (b), (c)"
+        "--seconds", type=float, default=20.0, help="measured seconds of each of (a), (b), (c)"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of a, b, c")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of a, b, c")
     parser.add_argument("--warmup", type=int, default=300, help="unmeasured requests per case")
     parser.add_argument("--e2e-events", type=int, default=2000, help="N for (d)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")

@@ -1,6 +1,6 @@
 """Benchmark of the outbound path: what ``ServiceClient`` adds to a healthy call.
 
-    python bench/outbound.py            # full run (about a minute)
+    python bench/outbound.py            # full run (about 30 s)
     python bench/outbound.py --smoke    # tiny run that checks the harness (CI)
 
 A fast local HTTP server runs in another process (``bench/fastserver.py``, a fixed small JSON
