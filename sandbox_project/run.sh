@@ -57,8 +57,9 @@ cat <<MSG
   Health:    $base/health/
 
   Send a signed test event (in another terminal):
-    $PY manage.py send_test_webhook stripe --type payment_intent.succeeded
-  then open $base/admin/webhooks/webhookevent/ to see it processed.
+    $PY manage.py send_test_webhook github --type push --url $base
+  then open $base/admin/webhooks/webhookevent/ to see it processed
+  (and $base/admin/demo/githubpush/ for what the demo's handler recorded).
 
 MSG
 wait -n "${pids[@]}"
