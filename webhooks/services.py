@@ -4,19 +4,23 @@ Business logic lives here; the Celery tasks, commands, admin actions and API are
 
 One processing attempt (``process_event``) runs in two short steps:
 
-1. **Claim** (its own transaction, committed at once): lock the row with
-   ``select_for_update(skip_locked=True)``; leave it alone unless it is due (``received`` or
-   ``processing``, and ``next_attempt_at`` empty or reached); count the attempt (``attempts + 1``,
+1. **Claim** (its own transaction, committed at once; on PostgreSQL one ``UPDATE ... WHERE id =
+   (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``): lock the row, skipping it if locked; leave
+   it alone unless it is due (``received`` or ``processing``, and ``next_attempt_at`` empty or
+   reached); count the attempt (``attempts + 1``,
    ``last_attempt_at = now``, status ``processing``). Because the count is committed before any
    handler runs, an attempt whose worker dies mid-handler is still counted: when a claim finds
    every attempt already used (the last one never finished), the event ends ``failed`` without
    running its handlers again, so a poison event that kills its worker cannot loop forever.
 2. **Run** (a second transaction): lock the row again, with ``skip_locked``, and check that the
    claim is still ours (same ``attempts`` and ``last_attempt_at``; a newer claim means another
-   worker took over). Then run the handlers inside a savepoint and write the outcome in the same
-   transaction: handler writes and the ``processed`` mark commit together, or, when a handler
-   raises, its writes are rolled back and only the outcome (retry or ``failed``) is written.
-   The row stays locked while the handlers run, so concurrent deliveries skip it.
+   worker took over). Then run the handlers and write the outcome in the same transaction:
+   handler writes and the ``processed`` mark commit together. When a handler raises, that
+   transaction is rolled back (its writes with it) and the outcome (``ignored``, retry or
+   ``failed``) is written by a third, short one, if the claim still holds: a delivery that
+   claimed the event in the moment between owns it and its handlers run once more (as any
+   delivery racing between a claim and a run may). The row stays locked while the handlers
+   run, so concurrent deliveries skip it.
 """
 
 from __future__ import annotations
@@ -438,55 +442,80 @@ def process_event(event_pk: int) -> str | None:
     attempt, started_at = claim
     max_attempts = processing_setting("MAX_ATTEMPTS")
 
-    with transaction.atomic():
-        event = _lock_claimed(event_pk, attempt, started_at)
-        if event is None or event.status != Status.PROCESSING:
-            return None  # another worker claimed it after us: that worker runs the handlers
-        handlers = handlers_for(event.endpoint, event.event_type)
-        error: BaseException | None = None
-        if not handlers:
-            outcome = Status.IGNORED
-            event.last_error = ""
-        else:
+    try:
+        with transaction.atomic():
+            event = _lock_claimed(event_pk, attempt, started_at)
+            if event is None or event.status != Status.PROCESSING:
+                return None  # another worker claimed it after us: that worker runs the handlers
+            handlers = handlers_for(event.endpoint, event.event_type)
             try:
-                with transaction.atomic():
-                    for handler in handlers:
-                        handler(event)
-            except Ignore as exc:
-                outcome = Status.IGNORED
-                event.last_error = describe_error(exc) if str(exc) else ""
-            except PermanentFailure as exc:
-                outcome, error = Status.FAILED, exc
+                for handler in handlers:
+                    handler(event)
             except Exception as exc:
-                error = exc
-                outcome = Status.FAILED if attempt >= max_attempts else Status.PROCESSING
-            else:
-                outcome = Status.PROCESSED
+                raise _HandlerRaised(exc) from exc
+            if handlers:
+                return _record_outcome(event, Status.PROCESSED, attempt, max_attempts)
+            event.last_error = ""
+            return _record_outcome(event, Status.IGNORED, attempt, max_attempts)
+    except _HandlerRaised as raised:
+        # The handlers' writes were rolled back with the transaction; the outcome is recorded in
+        # a new one, if the claim still holds (a delivery that claimed the event in between owns
+        # it now). Cheaper than a savepoint around the handlers on the (common) success path.
+        exc = raised.error
+        with transaction.atomic():
+            event = _lock_claimed(event_pk, attempt, started_at)
+            if event is None or event.status != Status.PROCESSING:
+                return None
+            if isinstance(exc, Ignore):
+                event.last_error = describe_error(exc) if str(exc) else ""
+                return _record_outcome(event, Status.IGNORED, attempt, max_attempts)
+            if isinstance(exc, PermanentFailure) or attempt >= max_attempts:
+                return _record_outcome(event, Status.FAILED, attempt, max_attempts, error=exc)
+            return _record_outcome(event, Status.PROCESSING, attempt, max_attempts, error=exc)
 
-        now = timezone.now()
-        event.status = outcome
-        event.next_attempt_at = None
-        if outcome in (Status.PROCESSED, Status.IGNORED):
-            event.processed_at = now
-        if error is not None:
-            event.last_error = describe_error(error)
-            logger.warning(
-                "webhooks: handler failed for %s:%s (attempt %s of %s): %s",
-                event.endpoint,
-                event.event_id,
-                attempt,
-                max_attempts,
-                type(error).__name__,
-            )
-        if outcome == Status.PROCESSING:
-            event.next_attempt_at = now + timedelta(seconds=retry_delay(attempt))
-        _save_outcome(event)
-        if outcome == Status.PROCESSED:
-            transaction.on_commit(partial(_send, webhook_processed, event))
-        elif outcome == Status.IGNORED:
-            transaction.on_commit(partial(_send, webhook_ignored, event))
-        elif outcome == Status.FAILED:
-            transaction.on_commit(partial(_send, webhook_failed, event, error=error))
+
+class _HandlerRaised(Exception):
+    """Carries a handler's exception out of the transaction it rolls back."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(type(error).__name__)
+        self.error = error
+
+
+def _record_outcome(
+    event: WebhookEvent,
+    outcome: str,
+    attempt: int,
+    max_attempts: int,
+    *,
+    error: BaseException | None = None,
+) -> str:
+    """Write the attempt's outcome (inside the caller's transaction) and send its signal on
+    commit. ``processing`` means a retry is scheduled at ``next_attempt_at``."""
+    now = timezone.now()
+    event.status = outcome
+    event.next_attempt_at = None
+    if outcome in (Status.PROCESSED, Status.IGNORED):
+        event.processed_at = now
+    if error is not None:
+        event.last_error = describe_error(error)
+        logger.warning(
+            "webhooks: handler failed for %s:%s (attempt %s of %s): %s",
+            event.endpoint,
+            event.event_id,
+            attempt,
+            max_attempts,
+            type(error).__name__,
+        )
+    if outcome == Status.PROCESSING:
+        event.next_attempt_at = now + timedelta(seconds=retry_delay(attempt))
+    _save_outcome(event)
+    if outcome == Status.PROCESSED:
+        transaction.on_commit(partial(_send, webhook_processed, event))
+    elif outcome == Status.IGNORED:
+        transaction.on_commit(partial(_send, webhook_ignored, event))
+    elif outcome == Status.FAILED:
+        transaction.on_commit(partial(_send, webhook_failed, event, error=error))
     return outcome
 
 

@@ -432,3 +432,36 @@ def test_a_web_process_stopped_gracefully_publishes_what_it_holds(celery_worker,
         assert event.status == Status.RECEIVED
     # Leaving the block stops gunicorn (SIGTERM): the worker's exit flushes its dispatcher.
     assert reaches(event, Status.PROCESSED).attempts == 1
+
+
+def _statements(captured) -> list[str]:
+    return [" ".join(q["sql"].split()[:2]) for q in captured.captured_queries]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_successful_attempt_is_three_statements_besides_begin_and_commit(handlers):
+    """The hot path: the one-statement claim, the row lock, the outcome (no savepoint); a failing
+    handler's outcome costs one more short transaction, after its writes were rolled back."""
+    from django.test.utils import CaptureQueriesContext
+
+    on("stripe", "test.ok")(lambda event: None)
+    event = WebhookEventFactory(event_type="test.ok")
+    with CaptureQueriesContext(connection) as captured:
+        assert services.process_event(event.pk) == Status.PROCESSED
+    assert _statements(captured) == [
+        "WITH relax", "BEGIN", 'SELECT "id",', 'UPDATE "webhooks_webhookevent"', "COMMIT"
+    ]  # fmt: skip
+
+    @on("stripe", "test.boom")
+    def boom(event):
+        WebhookEvent.objects.filter(pk=event.pk).update(event_type="changed by the handler")
+        raise RuntimeError("boom")
+
+    failing = WebhookEventFactory(event_type="test.boom")
+    with CaptureQueriesContext(connection) as captured:
+        assert services.process_event(failing.pk) == Status.PROCESSING
+    assert not [sql for sql in _statements(captured) if "SAVEPOINT" in sql]
+    failing.refresh_from_db()
+    assert failing.event_type == "test.boom"  # the handler's write was rolled back
+    assert (failing.status, failing.attempts) == (Status.PROCESSING, 1)
+    assert failing.last_error == "RuntimeError: boom" and failing.next_attempt_at is not None
