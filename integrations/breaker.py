@@ -530,9 +530,9 @@ class Breaker:
     def probe_lease(self) -> float:
         if self._probe_lease is not None:
             return self._probe_lease
-        from .conf import service_settings
+        from .policies import RetryPolicy
 
-        return float(service_settings(self.name)["RETRY"]["DEADLINE"])
+        return float(RetryPolicy.for_service(self.name).deadline)
 
     # -- acquire ------------------------------------------------------------------------------
 

@@ -19,6 +19,11 @@ DEFAULTS: dict[str, Any] = {
         "HALF_OPEN_MAX_CALLS": 1,
         "CACHE_TTL": 1.0,
         "FAIL_OPEN_ON_DB_ERROR": True,
+        # Optional failure-rate rule (off while FAILURE_RATE is None): open when, over the last
+        # WINDOW seconds and at least MINIMUM_CALLS calls, the failure rate reaches it (0..1).
+        "FAILURE_RATE": None,
+        "MINIMUM_CALLS": 20,
+        "WINDOW": 60.0,
     },
     "SERVICES": {},
     # Operator API (integrations.api): DRF permission and throttle classes, dotted paths or

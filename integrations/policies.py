@@ -52,9 +52,6 @@ class _Policy:
             policy = _cache[key] = _from_dict(cls, service_settings(service)[cls.section])
         return policy
 
-    def with_overrides(self, **changes: Any) -> Self:
-        return replace(self, **changes)  # type: ignore[type-var]
-
     def merged(self, override: Self | Mapping[str, Any] | None) -> Self:
         """This policy with ``override`` applied: a policy object replaces it, a dict of some
         fields (keys in any case) changes those fields only."""

@@ -15,8 +15,6 @@ class WebhookEvent(models.Model):
         IGNORED = "ignored", _("ignored")
         FAILED = "failed", _("failed")
 
-    FINISHED_STATUSES = (Status.PROCESSED, Status.IGNORED, Status.FAILED)
-
     endpoint = models.CharField(_("endpoint"), max_length=100)
     event_id = models.CharField(_("event id"), max_length=255, help_text=_("The vendor's id."))
     event_type = models.CharField(_("event type"), max_length=255, blank=True, default="")
@@ -61,7 +59,3 @@ class WebhookEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.endpoint}:{self.event_id} ({self.status})"
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in self.FINISHED_STATUSES

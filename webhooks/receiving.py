@@ -63,7 +63,7 @@ from .exceptions import (
 from .models import WebhookEvent
 from .providers import get_provider
 from .providers.base import ParsedEvent, Provider
-from .signals import webhook_duplicate, webhook_received, webhook_rejected
+from .signals import send_logged, webhook_duplicate, webhook_received, webhook_rejected
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def receive_webhook(
         if code is None:
             raise
         _log_rejection(endpoint, code, error)
-        _send(webhook_rejected, None, endpoint=endpoint, reason=code)
+        send_logged(webhook_rejected, None, endpoint=endpoint, reason=code)
         raise
 
 
@@ -194,7 +194,7 @@ def store_event(
         raise StorageUnavailable(type(exc).__name__) from exc
 
     if not inserted:
-        _send(webhook_duplicate, None, endpoint=event.endpoint, event_id=event.event_id)
+        send_logged(webhook_duplicate, None, endpoint=event.endpoint, event_id=event.event_id)
         return Receipt("duplicate", event.event_id)
 
     logger.debug(
@@ -372,20 +372,7 @@ def _stored_body_equals(event: WebhookEvent, alias: str) -> bool | None:
 
 
 def _send_received(event: WebhookEvent) -> None:
-    _send(webhook_received, WebhookEvent, event=event)
-
-
-def _send(signal: Any, sender: Any, **kwargs: Any) -> None:
-    """Send a signal; a failing receiver is logged and never changes the answer (the event is
-    stored, or the refusal stands)."""
-    for receiver, result in signal.send_robust(sender=sender, **kwargs):
-        if isinstance(result, Exception):
-            logger.error(
-                "webhooks: a signal receiver %r raised %s",
-                receiver,
-                type(result).__name__,
-                exc_info=result,
-            )
+    send_logged(webhook_received, WebhookEvent, event=event)
 
 
 def _log_rejection(endpoint: str, code: str, error: WebhookError) -> None:

@@ -96,10 +96,6 @@ class HandlerRegistry:
             self._registrations = [r for r in self._registrations if r.key != registration.key]
             self._registrations.append(registration)
 
-    def unregister(self, handler: Handler) -> None:
-        with self._lock:
-            self._registrations = [r for r in self._registrations if r.handler is not handler]
-
     def handlers_for(self, endpoint: str, event_type: str) -> list[Handler]:
         return [
             r.handler

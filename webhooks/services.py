@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from django.db import transaction
+from django.db import router, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -41,7 +41,7 @@ from .exceptions import BrokerUnavailable, Ignore, PermanentFailure
 from .models import WebhookEvent
 from .providers.base import ConfigProblem
 from .registry import handlers_for
-from .signals import webhook_failed, webhook_ignored, webhook_processed
+from .signals import send_logged, webhook_failed, webhook_ignored, webhook_processed
 
 logger = logging.getLogger(__name__)
 
@@ -194,12 +194,13 @@ def enqueue_on_commit(event: WebhookEvent) -> None:
     transaction this happens at once. A broker failure is logged and swallowed either way: the
     event stays ``received`` and ``requeue_stuck`` enqueues it later.
     """
+    using = event._state.db or router.db_for_write(WebhookEvent)
     if dispatches_inline():
-        transaction.on_commit(partial(publish_process_task, event.pk))
+        transaction.on_commit(partial(publish_process_task, event.pk), using=using)
     else:
         from .dispatch import dispatcher
 
-        transaction.on_commit(partial(dispatcher.submit, event.pk))
+        transaction.on_commit(partial(dispatcher.submit, event.pk), using=using)
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,11 +512,13 @@ def _record_outcome(
         event.next_attempt_at = now + timedelta(seconds=retry_delay(attempt))
     _save_outcome(event)
     if outcome == Status.PROCESSED:
-        transaction.on_commit(partial(_send, webhook_processed, event))
+        transaction.on_commit(partial(send_logged, webhook_processed, WebhookEvent, event=event))
     elif outcome == Status.IGNORED:
-        transaction.on_commit(partial(_send, webhook_ignored, event))
+        transaction.on_commit(partial(send_logged, webhook_ignored, WebhookEvent, event=event))
     elif outcome == Status.FAILED:
-        transaction.on_commit(partial(_send, webhook_failed, event, error=error))
+        transaction.on_commit(
+            partial(send_logged, webhook_failed, WebhookEvent, event=event, error=error)
+        )
     return outcome
 
 
@@ -531,21 +534,10 @@ def seconds_until_due(event_pk: int) -> float | None:
     return max((row - timezone.now()).total_seconds(), 0.0)
 
 
-def _send(signal: Any, event: WebhookEvent, **kwargs: Any) -> None:
-    for receiver, response in signal.send_robust(sender=WebhookEvent, event=event, **kwargs):
-        if isinstance(response, Exception):
-            logger.error(
-                "webhooks: signal receiver %r raised %s",
-                receiver,
-                type(response).__name__,
-                exc_info=response,
-            )
-
-
 def _send_failed(event_pk: int, error: BaseException) -> None:
     event = WebhookEvent.objects.filter(pk=event_pk).first()
     if event is not None:
-        _send(webhook_failed, event, error=error)
+        send_logged(webhook_failed, WebhookEvent, event=event, error=error)
 
 
 # --------------------------------------------------------------------------------------------
@@ -633,7 +625,7 @@ def mark_ignored(event: WebhookEvent, *, reason: str = "") -> bool:
     ).update(**changes)
     event.refresh_from_db()
     if updated:
-        _send(webhook_ignored, event)
+        send_logged(webhook_ignored, WebhookEvent, event=event)
     return bool(updated)
 
 

@@ -21,3 +21,18 @@ webhook_failed = Signal()
 webhook_ignored = Signal()
 webhook_rejected = Signal()
 webhook_duplicate = Signal()
+
+
+def send_logged(signal: Signal, sender: object, **kwargs: object) -> None:
+    """Send ``signal`` robustly: a receiver that raises is logged (with its traceback) and never
+    changes what the app does (the event is stored, the refusal stands, the outcome is kept)."""
+    import logging
+
+    for receiver, result in signal.send_robust(sender=sender, **kwargs):
+        if isinstance(result, Exception):
+            logging.getLogger("webhooks").error(
+                "webhooks: signal receiver %r raised %s",
+                receiver,
+                type(result).__name__,
+                exc_info=result,
+            )

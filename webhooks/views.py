@@ -18,7 +18,7 @@ stream to ``receive_webhook``, which reads it in chunks under the endpoint's ``M
 So Django's ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (which only guards ``request.body``/``POST``) plays
 no part here: ``MAX_BODY_BYTES`` is the one limit, and it holds whether it is smaller or larger
 than Django's. The view opts out of ``ATOMIC_REQUESTS``: its insert is one statement that
-commits at once (so the processing task is published right away), and a database that is down
+commits at once (so the event is handed to the dispatcher right away), and a database that is down
 is answered 503 by the view rather than failing before it runs.
 
 Under WSGI the stream is Django's, capped at the declared ``Content-Length``; a body sent

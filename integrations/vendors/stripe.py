@@ -39,7 +39,7 @@ import httpx
 import stripe
 from django.core.exceptions import ImproperlyConfigured
 
-from ..client import parse_retry_after
+from ..client import _httpx_timeout, parse_retry_after
 from ..conf import service_settings
 from ..exceptions import (
     ClientRequestError,
@@ -308,12 +308,6 @@ class _HTTPXClient(stripe.HTTPXClient):
         return args, kwargs
 
 
-def _httpx_timeout(policy: Timeout) -> httpx.Timeout:
-    return httpx.Timeout(
-        connect=policy.connect, read=policy.read, write=policy.write, pool=policy.pool
-    )
-
-
 @contextmanager
 def _budget(seconds: float) -> Iterator[None]:
     token = _attempt_budget.set(seconds)
@@ -448,7 +442,12 @@ class StripeService:
         settings = service_settings(SERVICE)
         client, api_key = self._sdk_client(settings)
         retry = RetryPolicy.resolve(SERVICE, self._retry)
-        breaker = get_breaker(SERVICE, BreakerPolicy.resolve(SERVICE, self._breaker_policy))
+        # A half-open probe's lease is this call's deadline, as for every ServiceClient.
+        breaker = get_breaker(
+            SERVICE,
+            BreakerPolicy.resolve(SERVICE, self._breaker_policy),
+            probe_lease=retry.deadline,
+        )
         options: dict[str, Any] = {"max_network_retries": 0}
         if idempotency_key is not None:
             options["idempotency_key"] = idempotency_key

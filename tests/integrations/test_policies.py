@@ -72,3 +72,14 @@ def test_override_of_the_wrong_kind_is_refused():
 )
 def test_capped_to_what_the_deadline_leaves(remaining, expected):
     assert Timeout().capped(remaining) == expected
+
+
+@pytest.mark.parametrize("policy", [Timeout, RetryPolicy, BreakerPolicy])
+def test_every_field_has_its_default_in_settings_and_the_two_agree(policy):
+    from dataclasses import fields
+
+    from integrations.conf import DEFAULTS
+
+    section = DEFAULTS[policy.section]
+    assert {f.name.upper() for f in fields(policy)} == set(section)
+    assert policy.for_service("any") == policy()

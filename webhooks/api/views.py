@@ -93,7 +93,6 @@ class WebhookEventViewSet(OperatorAPIMixin, viewsets.ReadOnlyModelViewSet):
                 {"detail": f"An event in status {event.status!r} cannot be marked ignored."},
                 status=status.HTTP_409_CONFLICT,
             )
-        event.refresh_from_db()
         return Response(self.get_serializer(event).data)
 
     @extend_schema(
