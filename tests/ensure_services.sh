@@ -2,7 +2,8 @@
 # Makes sure PostgreSQL and Redis answer on 127.0.0.1; starts them if installed but stopped.
 set -u
 
-pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
+PG_URL=${TETHER_PG_URL:-postgres://postgres@127.0.0.1:5432/test}
+pg_up() { pg_isready -q -d "$PG_URL" 2>/dev/null; }
 redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
 
 wait_for() {  # wait_for NAME CHECK
@@ -12,12 +13,12 @@ wait_for() {  # wait_for NAME CHECK
 }
 
 if ! pg_up; then
-  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+  if [ -z "${TETHER_PG_URL:-}" ] && command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
     echo "ensure_services: starting PostgreSQL"
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start || true
     wait_for PostgreSQL pg_up || exit 1
   else
-    echo "ensure_services: PostgreSQL is not running on 127.0.0.1:5432 and is not installed here." >&2
+    echo "ensure_services: PostgreSQL does not answer at $PG_URL, and it cannot be started here." >&2
     echo "Install PostgreSQL 14+ or set TETHER_PG_URL to a server you have." >&2
     exit 1
   fi
@@ -34,5 +35,11 @@ if ! redis_up; then
     echo "ensure_services: Redis is not running on 127.0.0.1:6379 and is not installed here." >&2
     exit 1
   fi
+fi
+# Answering is not enough: the suite must be able to log in and create its test database.
+if command -v psql >/dev/null 2>&1 && ! psql "$PG_URL" -qAtc 'select 1' >/dev/null 2>&1; then
+  echo "ensure_services: PostgreSQL answers but refused a login with $PG_URL." >&2
+  echo "Allow it in pg_hba.conf (e.g. trust for 127.0.0.1) or put a password in TETHER_PG_URL." >&2
+  exit 1
 fi
 echo "ensure_services: PostgreSQL and Redis are up"

@@ -28,6 +28,7 @@ from django.utils import timezone
 from tests.celery_worker import wait_until
 from tests.integrations.factories import CircuitBreakerFactory
 from tests.webhooks.factories import WebhookEventFactory
+from webhooks.conf import webhooks_settings
 from webhooks.health import broker_probe
 from webhooks.models import WebhookEvent
 
@@ -53,7 +54,7 @@ def free_port() -> int:
 
 @pytest.mark.django_db
 def test_healthy_report(client, settings):
-    stale = timezone.now() - dt.timedelta(seconds=settings.WEBHOOKS.get("STUCK_AFTER", 600) + 60)
+    stale = timezone.now() - dt.timedelta(seconds=webhooks_settings.STUCK_AFTER + 60)
     WebhookEventFactory.create_batch(2, received_at=stale)  # received, never picked up
     WebhookEventFactory(status=Status.PROCESSING, received_at=stale, last_attempt_at=stale)
     WebhookEventFactory()  # fresh: not stuck

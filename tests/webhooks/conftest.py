@@ -21,7 +21,7 @@ def handlers():
 
 @pytest.fixture
 def runs(django_db_setup, django_db_blocker):
-    """The ``tether_handler_runs`` table, created and emptied: ``runs.of(event_id)``."""
+    """The ``tether_handler_runs`` table, created and emptied: ``runs.runs(event_id)``."""
     with django_db_blocker.unblock():
         handler_runs.ensure_table()
         handler_runs.clear()
