@@ -101,7 +101,7 @@ class StandardWebhooksProvider(Provider):
         payload = load_json_object(body)
         occurred = _parse_iso(payload.get("timestamp"))
         if occurred is None:
-            occurred = datetime_from_unix(int((headers.get(self.timestamp_header) or "0").strip()))
+            occurred = datetime_from_unix(self.read_timestamp(headers))
         return ParsedEvent(
             event_id=require_identifier(headers.get(self.id_header), "webhook-id"),
             event_type=require_identifier(payload.get("type"), "event type"),
