@@ -15,6 +15,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from .breaker import CLOSED, DISABLED, FORCED_OPEN, DatabaseStorage, clear_local_cache
+from .conf import integrations_settings
 from .models import CircuitBreaker
 
 __all__ = [
@@ -125,7 +126,10 @@ def _set_state(
         if until <= now:
             raise InvalidExpiry(f"until ({until.isoformat()}) is not in the future")
     with transaction.atomic():
-        if create:
+        # A breaker is created on its service's first call; one of a service configured in
+        # INTEGRATIONS["SERVICES"] can be acted on before that (e.g. opened ahead of a vendor's
+        # maintenance), from every surface alike. Any other unknown name is BreakerNotFound.
+        if create or name in integrations_settings["SERVICES"]:
             CircuitBreaker.objects.get_or_create(name=name)
         try:
             breaker = CircuitBreaker.objects.select_for_update().get(name=name)

@@ -67,9 +67,8 @@ class CircuitBreakerViewSet(OperatorAPIMixin, viewsets.ReadOnlyModelViewSet):
     def _act(self, service_action: Any, serializer_class: type) -> Response:
         """Run one operator action on the breaker named in the URL.
 
-        A breaker is created on its service's first call; one of a service configured in
-        ``INTEGRATIONS["SERVICES"]`` can be acted on before that (e.g. opened ahead of a vendor's
-        maintenance). Any other unknown name is a 404.
+        Which names exist (a breaker already created, or a configured service's) is the
+        services' rule; any other name is a 404.
         """
         name = self.kwargs["name"]
         body = serializer_class(data=self.request.data)
@@ -78,7 +77,6 @@ class CircuitBreakerViewSet(OperatorAPIMixin, viewsets.ReadOnlyModelViewSet):
             breaker = service_action(
                 name,
                 actor=api_actor(self.request),
-                create=name in integrations_settings["SERVICES"],
                 **body.validated_data,
             )
         except services.BreakerNotFound as exc:

@@ -102,6 +102,16 @@ def test_unknown_name(action):
     assert not BreakerTransition.objects.exists()
 
 
+def test_a_configured_service_can_be_opened_before_its_first_call(settings):
+    # The same rule as the API's: a configured service's breaker is created on demand.
+    settings.INTEGRATIONS = {"SERVICES": {"exchange-rates": {}}}
+    assert "exchange-rates: forced_open" in run("open", "exchange-rates", "--reason", "not yet")
+    assert CircuitBreaker.objects.get(name="exchange-rates").state == "forced_open"
+    # an unconfigured name is still unknown
+    expect_error(EXIT_UNKNOWN_BREAKER, "open", "typo", "--reason", "x")
+    assert not CircuitBreaker.objects.filter(name="typo").exists()
+
+
 @pytest.mark.parametrize("action", ["reset", "open", "disable"])
 def test_missing_name(action):
     assert "needs a breaker NAME" in expect_error(EXIT_USAGE, action, "--reason", "x")

@@ -93,6 +93,15 @@ def test_create_makes_the_row_for_a_service_not_called_yet():
     assert BreakerTransition.objects.get().from_state == "closed"
 
 
+def test_a_configured_service_gets_its_row_without_create(settings):
+    settings.INTEGRATIONS = {"SERVICES": {"exchange-rates": {}}}
+    breaker = disable_breaker("exchange-rates", actor="test", reason="maintenance")
+    assert breaker.state == "disabled"
+    with pytest.raises(BreakerNotFound):
+        disable_breaker("typo", actor="test", reason="x")
+    assert not CircuitBreaker.objects.filter(name="typo").exists()
+
+
 @pytest.mark.parametrize(
     "until",
     [timezone.now() - timedelta(seconds=1), datetime(2099, 1, 1)],  # past; naive
