@@ -36,7 +36,7 @@ from django.core.checks import CheckMessage, Error, Warning, register
 from .conf import webhooks_settings
 from .exceptions import WebhookConfigurationError
 from .providers import BUILTIN_PROVIDERS, provider_class
-from .providers.base import ConfigProblem, endpoint_key
+from .providers.base import ConfigProblem, endpoint_key, is_number
 
 ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9._~-]+$")
 
@@ -74,7 +74,7 @@ def webhook_config_problems() -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     for option, integer in (("TOLERANCE", False), ("MAX_BODY_BYTES", True)):
         value = webhooks_settings[option]
-        if not _positive(value, integer=integer):
+        if not is_number(value, integer=integer, above=0):
             problems.append(
                 ConfigProblem(
                     "E005",
@@ -141,11 +141,6 @@ def _as_error(problem: ConfigProblem) -> Error:
         obj="settings.WEBHOOKS",
         id=f"webhooks.{problem.code}",
     )
-
-
-def _positive(value: Any, *, integer: bool) -> bool:
-    kinds = (int,) if integer else (int, float)
-    return isinstance(value, kinds) and not isinstance(value, bool) and value > 0
 
 
 def _without_key(message: str) -> str:

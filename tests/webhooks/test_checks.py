@@ -139,6 +139,38 @@ def test_e005_wrong_types(settings, webhooks, key):
 
 
 @pytest.mark.parametrize(
+    ("option", "value", "valid"),
+    [
+        ("TOLERANCE", 300, True),
+        ("TOLERANCE", 0.5, True),
+        ("TOLERANCE", 0, False),
+        ("TOLERANCE", -1.0, False),
+        ("TOLERANCE", float("nan"), False),
+        ("TOLERANCE", True, False),
+        ("TOLERANCE", "300", False),
+        ("MAX_BODY_BYTES", 1, True),
+        ("MAX_BODY_BYTES", 1.0, False),
+        ("MAX_BODY_BYTES", 0, False),
+        ("MAX_BODY_BYTES", False, False),
+        ("MAX_BODY_BYTES", None, False),
+    ],
+)
+def test_limits_follow_one_rule_globally_and_per_endpoint(settings, option, value, valid):
+    endpoint = {"PROVIDER": "stripe", "SECRETS": ["a"]}
+    global_errors = errors_for(settings, {option: value, "ENDPOINTS": {"st": endpoint}})
+    endpoint_errors = errors_for(settings, {"ENDPOINTS": {"st": {**endpoint, option: value}}})
+    for errors, key in (
+        (global_errors, f'WEBHOOKS["{option}"]'),
+        (endpoint_errors, f'WEBHOOKS["ENDPOINTS"]["st"]["{option}"]'),
+    ):
+        if valid:
+            assert errors == []
+        else:
+            error = only(errors)
+            assert (error.id, error.msg.startswith(f"{key}:")) == ("webhooks.E005", True)
+
+
+@pytest.mark.parametrize(
     ("options", "key"),
     [
         ({"ALGORITHM": "md5"}, "ALGORITHM"),

@@ -83,8 +83,25 @@ def endpoint_key(endpoint: str, option: str | None = None) -> str:
     return f'{key}["{option}"]' if option else key
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def is_number(
+    value: Any,
+    *,
+    integer: bool = False,
+    above: float | None = None,
+    at_least: float | None = None,
+) -> bool:
+    """Whether ``value`` is a number (an ``int`` when ``integer``), never a bool, greater than
+    ``above`` and at least ``at_least`` when they are given (NaN is within no range).
+
+    The one rule for numeric settings: ``TOLERANCE``/``MAX_BODY_BYTES``, global
+    (``webhooks.checks``) and per endpoint (``Provider.config_problems``).
+    """
+    kinds = (int,) if integer else (int, float)
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        return False
+    if above is not None and not value > above:
+        return False
+    return at_least is None or value >= at_least
 
 
 class SecretStr(str):
@@ -178,16 +195,11 @@ class Provider:
                     )
                 else:
                     problems.extend(cls.secret_problems(endpoint, f"{key}[{index}]", secret))
-        for option, minimum in (("TOLERANCE", 0), ("MAX_BODY_BYTES", 0)):
+        for option in ("TOLERANCE", "MAX_BODY_BYTES"):
             if option not in config:
                 continue
             value = config[option]
-            valid = (
-                isinstance(value, int) and not isinstance(value, bool)
-                if option == "MAX_BODY_BYTES"
-                else _is_number(value)
-            )
-            if not valid or value <= minimum:
+            if not is_number(value, integer=option == "MAX_BODY_BYTES", above=0):
                 problems.append(
                     ConfigProblem(
                         "E005",
@@ -231,19 +243,28 @@ class Provider:
                 kept[name] = str(value).replace("\x00", "\ufffd")
         return kept
 
+    @property
+    def has_timestamp(self) -> bool:
+        """Whether the scheme signs a time, checked against ``tolerance`` before the body is
+        read. By default, whether it has a ``timestamp_header``; a scheme that carries the time
+        elsewhere (Stripe's ``t=``) sets ``has_timestamp = True`` and overrides
+        ``read_timestamp``."""
+        return self.timestamp_header is not None
+
     def check_headers(self, headers: Mapping[str, str], *, now: float | None = None) -> None:
         """Cheap checks before the body is read: the signature header is present and, for
-        schemes with a timestamp, the timestamp is within the tolerance. Raises
-        ``InvalidSignature``."""
+        schemes with a timestamp (``has_timestamp``), the timestamp is within the tolerance.
+        Raises ``InvalidSignature``."""
         headers = as_headers(headers)
         if not headers.get(self.signature_header):
             raise InvalidSignature(f"missing {self.signature_header} header")
-        if self.timestamp_header is not None:
+        if self.has_timestamp:
             self.check_timestamp(self.read_timestamp(headers), now=now)
 
     def read_timestamp(self, headers: Mapping[str, str]) -> int:
         """The signing time (Unix seconds) from the request; ``InvalidSignature`` if absent or
-        malformed. Only for schemes with a timestamp."""
+        malformed. Only for schemes with a timestamp; reads ``timestamp_header`` (override it
+        for a scheme that carries the time elsewhere)."""
         value = as_headers(headers).get(self.timestamp_header or "")
         return parse_unix_timestamp(value, self.timestamp_header or "timestamp")
 
@@ -361,7 +382,7 @@ def _encodable(value: str) -> bool:
 
 def datetime_from_unix(value: Any) -> datetime | None:
     """An aware UTC datetime from Unix seconds, or None if ``value`` is not a sane number."""
-    if not _is_number(value):
+    if not is_number(value):
         return None
     try:
         return datetime.fromtimestamp(value, tz=UTC)

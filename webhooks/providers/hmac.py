@@ -42,7 +42,6 @@ from .base import (
     endpoint_key,
     header_bytes,
     load_json_object,
-    parse_unix_timestamp,
     require_identifier,
 )
 
@@ -253,11 +252,6 @@ class HmacProvider(Provider):
                 _set_path(payload, where, value)
         body = json.dumps(payload, separators=(",", ":")).encode()
         return Sample(body=body, event_id=event_id, event_type=event_type)
-
-    def read_timestamp(self, headers: Mapping[str, str]) -> int:
-        return parse_unix_timestamp(
-            as_headers(headers).get(self.ts_header or ""), self.ts_header or ""
-        )
 
 
 def _location(value: str) -> tuple[str, str] | None:

@@ -5,8 +5,8 @@ included (``whsec_...`` is used as is, unlike Standard Webhooks). Several ``v1``
 present (Stripe sends one per active secret while you roll it); any one matching any of our
 secrets is enough. The SDK's own time check covers only the past (timestamps older than its
 tolerance), so the window is ours, in both directions, with the endpoint's ``TOLERANCE``: checked
-before the body is read (``check_headers``) and again in ``verify``, which takes ``now=`` so a
-stored event can be re-verified later.
+before the body is read (the base's ``check_headers``, as ``has_timestamp``) and again in
+``verify``, which takes ``now=`` so a stored event can be re-verified later.
 
 Extracted: id ``id``, type ``type`` (both required), occurred ``created`` (Unix seconds).
 """
@@ -39,10 +39,8 @@ from .base import (
 class StripeProvider(Provider):
     name = "stripe"
     signature_header = "Stripe-Signature"
-
-    def check_headers(self, headers: Mapping[str, str], *, now: float | None = None) -> None:
-        super().check_headers(headers, now=now)
-        self.check_timestamp(self.read_timestamp(headers), now=now)
+    #: The time is the signature header's ``t=`` (read below), checked by ``check_headers``.
+    has_timestamp = True
 
     def read_timestamp(self, headers: Mapping[str, str]) -> int:
         value = as_headers(headers).get(self.signature_header) or ""

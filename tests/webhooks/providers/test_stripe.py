@@ -143,6 +143,19 @@ class TestStripeScheme:
         with pytest.raises(MalformedPayload):
             get_provider("stripe").parse(json.dumps(body).encode(), {})
 
+    @pytest.mark.parametrize("offset", [-10_000, 10_000])
+    def test_t_outside_the_tolerance_is_refused_before_the_body_is_read(self, offset):
+        # The time is Stripe-Signature's t=, not a header of its own: check_headers reads it.
+        provider = get_provider("stripe")
+        assert provider.has_timestamp
+        now = time.time()
+        headers = provider.sign(_event_body(), timestamp=int(now) + offset)
+        with pytest.raises(InvalidSignature, match="tolerance"):
+            provider.check_headers(headers, now=now)
+        provider.check_headers(provider.sign(_event_body(), timestamp=int(now)), now=now)
+        with pytest.raises(InvalidSignature, match="t= timestamp"):
+            provider.check_headers({"Stripe-Signature": "v1=" + "0" * 64}, now=now)
+
     def test_stored_headers(self):
         provider = get_provider("stripe")
         assert provider.stored_header_names() == ("Stripe-Signature", "Content-Type", "User-Agent")
