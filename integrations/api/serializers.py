@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
-from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -82,9 +80,4 @@ class BreakerHoldSerializer(BreakerActionSerializer):
         value = value.strip()
         if not value:
             raise serializers.ValidationError("A reason is required.")
-        return value
-
-    def validate_until(self, value: dt.datetime | None) -> dt.datetime | None:
-        if value is not None and value <= timezone.now():
-            raise serializers.ValidationError("Must be in the future.")
         return value
