@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import getpass
 import os
-from datetime import datetime, time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.utils import timezone
-from django.utils.dateparse import parse_date, parse_datetime
 
 from integrations import services
 from integrations.models import CircuitBreaker
+from webhooks.selectors import parse_when
 
 EXIT_USAGE = 2
 EXIT_UNKNOWN_BREAKER = 3
@@ -30,28 +28,6 @@ def cli_actor() -> str:
     except (KeyError, OSError):  # no passwd entry (some containers) and no LOGNAME/USER
         user = os.environ.get("USER", "") or f"uid{os.getuid()}"
     return f"cli:{user}"
-
-
-def parse_until(value: str) -> datetime:
-    """An ISO 8601 datetime or date (a date means its midnight), in the current time zone when
-    it names none."""
-    parsed: datetime | None
-    try:
-        parsed = parse_datetime(value)
-        if parsed is None:
-            day = parse_date(value)
-            parsed = datetime.combine(day, time.min) if day is not None else None
-    except ValueError:
-        parsed = None
-    if parsed is None:
-        raise CommandError(
-            f"--until {value!r} is not an ISO 8601 date or datetime "
-            "(e.g. 2026-12-01 or 2026-12-01T09:30:00+00:00)",
-            returncode=EXIT_BAD_DATE,
-        )
-    if timezone.is_naive(parsed):
-        parsed = timezone.make_aware(parsed)
-    return parsed
 
 
 class Command(BaseCommand):
@@ -94,7 +70,10 @@ class Command(BaseCommand):
             raise CommandError("--until applies to open and disable only", returncode=EXIT_USAGE)
         if action in ("open", "disable") and not reason:
             raise CommandError(f"{action} needs --reason TEXT", returncode=EXIT_USAGE)
-        until = parse_until(until_text) if until_text else None
+        try:
+            until = parse_when(until_text) if until_text else None
+        except ValueError as exc:
+            raise CommandError(f"--until {exc}", returncode=EXIT_BAD_DATE) from None
         act = {
             "reset": services.reset_breaker,
             "open": services.force_open_breaker,
