@@ -1,8 +1,8 @@
 """A real Celery worker for tests: ``celery -A sandbox_project worker`` as a subprocess.
 
-The worker runs with ``DJANGO_SETTINGS_MODULE=tests.worker_settings`` and ``TETHER_DB_NAME`` set
-to the test database, so it sees what the test commits (tests that use it need
-``@pytest.mark.django_db(transaction=True)``), on the same Redis database (``TETHER_REDIS_DB``).
+The worker runs in the environment of ``tests.servers.subprocess_env``: the test settings, on the
+test database, so it sees what the test commits (tests that use it need
+``@pytest.mark.django_db(transaction=True)``), and the same Redis database (``TETHER_REDIS_DB``).
 Settings the worker should use differently travel by environment variables (``override_settings``
 does not reach another process): ``webhooks={...}`` is merged into its ``WEBHOOKS``.
 
@@ -15,7 +15,6 @@ does not reach another process): ``webhooks={...}`` is merged into its ``WEBHOOK
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -28,11 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from tests import handler_runs
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.servers import ROOT, subprocess_env
 
 
 def wait_until(
@@ -79,18 +76,9 @@ class CeleryWorker:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            DJANGO_SETTINGS_MODULE="tests.worker_settings",
-            TETHER_DB_NAME=connection.settings_dict["NAME"],
-            TETHER_REDIS_DB=os.environ.get("TETHER_REDIS_DB", "0"),
-            TETHER_WORKER_WEBHOOKS=json.dumps(self.webhooks),
-            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+        return subprocess_env(
+            webhooks=self.webhooks, broker_url=self.broker_url, extra=self.extra_env
         )
-        if self.broker_url:
-            env["TETHER_WORKER_BROKER_URL"] = self.broker_url
-        env.update(self.extra_env)
-        return env
 
     def start(self, timeout: float = 90) -> CeleryWorker:
         command = [
@@ -208,6 +196,14 @@ def worker_factory(transactional_db):
     yield start
     for worker in started:
         worker.__exit__(None, None, None)
+
+
+def queue_length(queue: str = "celery") -> int:
+    """How many messages wait in ``queue`` on this test run's broker (``TETHER_REDIS_DB``)."""
+    import redis
+    from django.conf import settings
+
+    return redis.Redis.from_url(settings.CELERY_BROKER_URL).llen(queue)
 
 
 def purge_broker() -> None:

@@ -25,3 +25,23 @@ def _flush_webhook_dispatcher():
     from webhooks import dispatch
 
     dispatch.flush()
+
+
+@pytest.fixture
+def broker_down():
+    """Point this process's Celery app at a closed port, as if the broker were down; ``yield``s
+    a function that brings it back early (``broker_down()``); restored after the test."""
+    from sandbox_project.celery import app
+
+    saved = app.conf.broker_url
+
+    def switch(url):
+        app.conf.broker_url = url
+        # Drop the app's cached pools (as Celery does after a fork); kombu keeps one pool per
+        # broker URL, so switching back finds the working one again.
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    switch("redis://127.0.0.1:1/0")  # port 1: nothing listens there
+    yield lambda: switch(saved)
+    switch(saved)

@@ -1,7 +1,7 @@
 """A plain table that test handlers write to, so tests count side effects in the database.
 
 It is not a Django model (the worker and the test process share it without migrations): the
-fixture ``handler_runs`` in ``tests/webhooks/conftest.py`` creates and empties it.
+fixture ``runs`` in ``tests/webhooks/conftest.py`` creates and empties it.
 """
 
 from __future__ import annotations

@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 import socket
 import subprocess
-import sys
-import tempfile
 import time
-import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from celery import current_app
@@ -27,12 +22,12 @@ from django.utils import timezone
 
 from tests.celery_worker import wait_until
 from tests.integrations.factories import CircuitBreakerFactory
+from tests.servers import GunicornServer, free_port
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks.conf import webhooks_settings
 from webhooks.health import broker_probe
 from webhooks.models import WebhookEvent
 
-ROOT = Path(__file__).resolve().parent.parent
 Status = WebhookEvent.Status
 
 
@@ -41,12 +36,6 @@ def _fresh_probe():
     broker_probe.reset()
     yield
     broker_probe.reset()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- in process -------------------------------------------------------------------------
@@ -155,67 +144,6 @@ def test_broker_down_is_503_and_names_no_url(client, settings):
 # --- real server subprocesses -----------------------------------------------------------
 
 
-class Server:
-    """The sandbox's WSGI app under gunicorn, on the test settings plus ``env``."""
-
-    def __init__(self, env: dict[str, str], *, workers: int = 1) -> None:
-        self.port = free_port()
-        self.log = Path(tempfile.gettempdir()) / f"tether-gunicorn-{self.port}.log"
-        full_env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "tests.worker_settings",
-            "TETHER_DB_NAME": connection.settings_dict["NAME"],
-            "PYTHONPATH": str(ROOT),
-            **env,
-        }
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "gunicorn"),
-                    "sandbox_project.wsgi",
-                    "--bind",
-                    f"127.0.0.1:{self.port}",
-                    "--workers",
-                    str(workers),
-                    "--timeout",
-                    "30",
-                ],
-                cwd=ROOT,
-                env=full_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_until(self._answers, timeout=30, message="gunicorn to answer")
-
-    def _answers(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"gunicorn exited: {self.log.read_text()[-2000:]}")
-        try:
-            self.get("/health/")
-        except OSError:
-            return False
-        return True
-
-    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", headers=headers or {}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.unlink(missing_ok=True)
-
-
 class RedisServer:
     """A Redis of the test's own, on a free port, with no persistence."""
 
@@ -266,12 +194,9 @@ def test_health_flips_to_503_when_redis_stops_and_back_when_it_starts():
         pytest.fail("redis-server is needed for this test (apt-get install redis-server)")
     redis = RedisServer()
     redis.start()
-    server = Server(
-        {
-            "TETHER_WORKER_BROKER_URL": f"redis://127.0.0.1:{redis.port}/0",
-            "TETHER_WORKER_WEBHOOKS": json.dumps({"HEALTH_CACHE_TTL": 0.5}),
-        }
-    )
+    server = GunicornServer(
+        broker_url=f"redis://127.0.0.1:{redis.port}/0", webhooks={"HEALTH_CACHE_TTL": 0.5}
+    ).start()
     try:
         status, body = server.get("/health/")
         assert (status, body["broker"], body["database"]) == (200, {"ok": True}, {"ok": True})
@@ -299,7 +224,9 @@ def test_health_flips_to_503_when_redis_stops_and_back_when_it_starts():
 @pytest.mark.django_db(transaction=True)
 def test_health_and_api_answer_503_when_the_database_is_unreachable():
     closed = free_port()
-    server = Server({"TETHER_PG_URL": f"postgres://postgres:pg-pass@127.0.0.1:{closed}/nowhere"})
+    server = GunicornServer(
+        env={"TETHER_PG_URL": f"postgres://postgres:pg-pass@127.0.0.1:{closed}/nowhere"}
+    ).start()
     try:
         status, body = server.get("/health/")
         assert status == 503
@@ -318,7 +245,7 @@ def test_health_and_api_answer_503_when_the_database_is_unreachable():
         assert body == {"detail": "The database is unavailable; try again later."}
 
         # a scrape still answers: the database-backed gauges are left out, the rest is there
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as r:
+        with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as r:
             text = r.read().decode()
         assert "tether_webhooks_stuck{" not in text
         assert "tether_circuit_breaker_state{" not in text

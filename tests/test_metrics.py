@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
-from django.db import connection
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,14 +23,12 @@ from integrations.testing import FakeVendor, Reply, instant_backoff
 from tests import handler_runs
 from tests.celery_worker import CeleryWorker, purge_broker, wait_until
 from tests.integrations.factories import CircuitBreakerFactory
-from tests.test_health import Server
+from tests.servers import ROOT, GunicornServer, subprocess_env
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import PermanentFailure, on, services
 from webhooks.models import WebhookEvent
 from webhooks.registry import registry
 from webhooks.testing import build_request, post_webhook
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class Scrape:
@@ -260,12 +255,7 @@ NO_EXTRA = textwrap.dedent(
 
 @pytest.mark.django_db(transaction=True)
 def test_without_the_extra_nothing_is_imported_and_everything_works():
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "TETHER_DB_NAME": connection.settings_dict["NAME"],
-        "PYTHONPATH": str(ROOT),
-    }
+    env = subprocess_env(extra={"DJANGO_SETTINGS_MODULE": "tests.settings"})
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     result = subprocess.run(
         [sys.executable, "-c", NO_EXTRA], cwd=ROOT, env=env, capture_output=True, timeout=120
@@ -294,8 +284,8 @@ def test_web_workers_and_celery_worker_aggregate_in_multiprocess_mode(tmp_path):
     handler_runs.clear()
     purge_broker()
     shared = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    server = Server(shared, workers=2)
-    base_url = f"http://127.0.0.1:{server.port}"
+    server = GunicornServer(env=shared, workers=2).start()
+    base_url = server.url
 
     def deliver(n: int) -> str:
         endpoint, event_type = ("stripe", "test.record") if n % 4 == 0 else ("acme", None)

@@ -11,7 +11,7 @@ from tests import handler_runs
 from tests.api.conftest import make_user
 from tests.celery_worker import CeleryWorker, purge_broker, wait_until
 from tests.integrations.factories import CircuitBreakerFactory
-from tests.test_health import Server
+from tests.servers import GunicornServer
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks.models import WebhookEvent
 
@@ -33,12 +33,12 @@ def test_operator_works_the_sandbox_over_http():
     )
     CircuitBreakerFactory(name="stripe", tripped=True)
 
-    server = Server({})
+    server = GunicornServer().start()
     auth = httpx.BasicAuth("ops", "pw-ops")
     try:
         with (
             CeleryWorker(),
-            httpx.Client(base_url=f"http://127.0.0.1:{server.port}", auth=auth, timeout=20) as http,
+            httpx.Client(base_url=server.url, auth=auth, timeout=20) as http,
         ):
             listing = http.get("/api/webhook-events/", params={"status": "failed"}).json()
             assert {row["id"] for row in listing["results"]} == {failed.pk} | {e.pk for e in others}

@@ -333,29 +333,6 @@ def test_events_cannot_be_edited_or_deleted(api, method):
 # --- the broker is down -------------------------------------------------------------------
 
 
-@pytest.fixture
-def broker_down():
-    """The test process's Celery app pointed at a closed port (its pools dropped, as Celery
-    does after a fork), then restored."""
-    import socket
-
-    from celery import current_app
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed = sock.getsockname()[1]
-    conf, saved = current_app.conf, current_app.conf.broker_url
-
-    def switch(url):
-        conf.broker_url = url
-        current_app._pool = None
-        current_app.amqp._producer_pool = None
-
-    switch(f"redis://127.0.0.1:{closed}/0")
-    yield
-    switch(saved)
-
-
 def test_replay_with_the_broker_down_still_answers_and_keeps_the_event_queued(
     api, broker_down, django_capture_on_commit_callbacks, caplog
 ):

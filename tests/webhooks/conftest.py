@@ -32,26 +32,3 @@ def runs(django_db_setup, django_db_blocker):
 def on_commit(django_capture_on_commit_callbacks):
     """``with on_commit(execute=True):`` runs on-commit callbacks inside a test transaction."""
     return django_capture_on_commit_callbacks
-
-
-CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
-
-
-@pytest.fixture
-def broker_down():
-    """Point this process's Celery app at a closed port, as if the broker were down; ``yield``s
-    a function that brings it back early (``broker_down()``)."""
-    from sandbox_project.celery import app
-
-    saved = app.conf.broker_url
-
-    def switch(url):
-        app.conf.broker_url = url
-        # Drop the app's cached pools (as Celery does after a fork); kombu keeps one pool per
-        # broker URL, so switching back finds the working one again.
-        app._pool = None
-        app.amqp._producer_pool = None
-
-    switch(CLOSED_PORT_URL)
-    yield lambda: switch(saved)
-    switch(saved)

@@ -13,11 +13,11 @@ import redis
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
-from tests.celery_worker import ROOT, purge_broker
+from tests.celery_worker import purge_broker, queue_length
+from tests.servers import ROOT, subprocess_env
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import on
 from webhooks.models import WebhookEvent
@@ -29,10 +29,6 @@ def run(name, *args):
     out, err = StringIO(), StringIO()
     call_command(name, *args, stdout=out, stderr=err)
     return out.getvalue(), err.getvalue()
-
-
-def queue_length() -> int:
-    return redis.Redis.from_url(settings.CELERY_BROKER_URL).llen("celery")
 
 
 def statuses(*events):
@@ -255,9 +251,7 @@ def test_requeue_stuck_with_the_broker_down_exits_3():
     result = subprocess.run(
         [sys.executable, "manage.py", "requeue_stuck_webhooks", "--skip-checks"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={"DJANGO_SETTINGS_MODULE": "tests.worker_settings", "PATH": "/usr/bin:/bin",
-             "TETHER_DB_NAME": connection.settings_dict["NAME"],
-             "TETHER_WORKER_BROKER_URL": "redis://127.0.0.1:1/0"},
+        env=subprocess_env(broker_url="redis://127.0.0.1:1/0"),
     )  # fmt: skip
     assert result.returncode == 3, result.stderr
     assert "Broker unavailable" in result.stderr

@@ -16,7 +16,7 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from tests.webhooks.providers.gunicorn_server import GunicornServer
+from tests.servers import GunicornServer
 from webhooks.models import WebhookEvent
 from webhooks.signals import webhook_duplicate, webhook_received
 from webhooks.testing import build_request, send_request

@@ -27,8 +27,8 @@ from django.test import override_settings
 from django.utils import timezone
 
 from tests.celery_worker import purge_broker, wait_until
+from tests.servers import GunicornServer
 from tests.webhooks.factories import WebhookEventFactory
-from tests.webhooks.providers.gunicorn_server import GunicornServer
 from webhooks import dispatch, on, services
 from webhooks.dispatch import Dispatcher
 from webhooks.models import WebhookEvent

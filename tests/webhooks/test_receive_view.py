@@ -18,13 +18,8 @@ from django.db import connection, transaction
 from django.test import RequestFactory
 
 from tests.celery_worker import wait_until
-from tests.webhooks.providers.gunicorn_server import (
-    GunicornServer,
-    chunked,
-    free_port,
-    http_request,
-    raw_request,
-)
+from tests.servers import GunicornServer, free_port
+from tests.webhooks.providers.gunicorn_server import chunked, http_request, raw_request
 from tests.webhooks.providers.signal_log import signals  # noqa: F401  (fixture)
 from webhooks.exceptions import MalformedPayload, WebhookConfigurationError
 from webhooks.models import WebhookEvent

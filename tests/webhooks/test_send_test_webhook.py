@@ -10,16 +10,13 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import StringIO
-from pathlib import Path
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from tests.webhooks.providers.gunicorn_server import free_port
+from tests.servers import ROOT, free_port
 from webhooks.models import WebhookEvent
-
-ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

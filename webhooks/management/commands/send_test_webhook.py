@@ -14,10 +14,10 @@ import httpx
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from webhooks.exceptions import UnknownEndpoint, WebhookConfigurationError
+from webhooks.management.arguments import EXIT_USAGE
 from webhooks.testing import WebhookRequest, build_request, send_request
 
 EXIT_UNEXPECTED = 1
-EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
 

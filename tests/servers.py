@@ -1,0 +1,160 @@
+"""Real server subprocesses for tests: a free port, the environment a subprocess of the test
+run gets, and the sandbox under gunicorn.
+
+A subprocess runs ``tests.worker_settings`` (the test settings) on the test database
+(``TETHER_DB_NAME``) and this run's Redis database (``TETHER_REDIS_DB``). Settings it should use
+differently travel by environment variables (``override_settings`` does not reach another
+process): ``webhooks={...}`` is merged into its ``WEBHOOKS``, ``broker_url`` replaces its broker.
+
+    with GunicornServer(webhooks={"MAX_BODY_BYTES": 65536}) as server:
+        status, body = server.get("/health/")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def subprocess_env(
+    *,
+    webhooks: dict[str, Any] | None = None,
+    broker_url: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """This process's environment plus what a sandbox subprocess needs to run on the test
+    settings, database and Redis database; ``ROOT`` is added to ``PYTHONPATH`` (not replacing
+    it); ``extra`` is applied last."""
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.worker_settings",
+        TETHER_DB_NAME=connection.settings_dict["NAME"],
+        TETHER_REDIS_DB=os.environ.get("TETHER_REDIS_DB", "0"),
+        TETHER_WORKER_WEBHOOKS=json.dumps(webhooks or {}),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+    )
+    if broker_url:
+        env["TETHER_WORKER_BROKER_URL"] = broker_url
+    env.update(extra or {})
+    return env
+
+
+class GunicornServer:
+    """The sandbox's WSGI app under gunicorn, in a process group of its own, on a free port.
+
+    ``start()`` (or ``with``) returns once it accepts connections; ``stop()`` (or leaving the
+    ``with``) terminates the whole group (SIGKILL if it does not exit) and removes the log.
+    """
+
+    def __init__(
+        self,
+        *,
+        webhooks: dict[str, Any] | None = None,
+        broker_url: str | None = None,
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        threads: int = 1,
+    ) -> None:
+        self.port = free_port()
+        self.workers = workers
+        self.threads = threads
+        self.webhooks = webhooks
+        self.broker_url = broker_url
+        self.extra_env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open while it runs)
+            prefix="tether-gunicorn-", suffix=".log", delete=False
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> GunicornServer:
+        command = [
+            sys.executable, "-m", "gunicorn", "sandbox_project.wsgi:application",
+            "--bind", f"127.0.0.1:{self.port}",
+            "--workers", str(self.workers), "--threads", str(self.threads),
+            "--timeout", "30",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=subprocess_env(
+                webhooks=self.webhooks, broker_url=self.broker_url, extra=self.extra_env
+            ),
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so stop() reaches its workers
+        )
+        deadline = time.monotonic() + timeout
+        while not self._answers():
+            if time.monotonic() > deadline:
+                log = self.log()
+                self.stop()
+                raise AssertionError(f"gunicorn did not start:\n{log}")
+            time.sleep(0.1)
+        return self
+
+    def _answers(self) -> bool:
+        """Accepting connections (a request waits in the backlog until a worker takes it).
+        No request is made, so the server's log holds only what the test causes."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"gunicorn exited early:\n{self.log()}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        """GET ``path``; (status, decoded JSON body), error statuses included."""
+        request = urllib.request.Request(f"{self.url}{path}", headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        self.log_file.close()
+        Path(self.log_file.name).unlink(missing_ok=True)
+
+    def log(self) -> str:
+        self.log_file.flush()
+        return Path(self.log_file.name).read_text(errors="replace")
+
+    def __enter__(self) -> GunicornServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
