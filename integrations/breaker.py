@@ -41,7 +41,7 @@ from django.db import DatabaseError, models, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.utils.translation import gettext_lazy as _
 
-from .exceptions import CircuitOpenError, IntegrationError
+from .exceptions import CircuitOpenError, safe_error_text
 from .policies import BreakerPolicy
 
 logger = logging.getLogger("integrations.breaker")
@@ -208,15 +208,6 @@ def _give_back_pending(name: str, count: int) -> None:
 # -- storage ----------------------------------------------------------------------------------
 
 
-def _error_text(error: BaseException | None) -> str:
-    """A short, secret-free description: our errors are built to be safe to show; anything
-    else is named by its class only (an httpx error's text can contain a URL with a token)."""
-    if error is None:
-        return ""
-    text = str(error) if isinstance(error, IntegrationError) else type(error).__name__
-    return text[:LAST_ERROR_MAX]
-
-
 class DatabaseStorage:
     """Breaker state in the ``CircuitBreaker`` table. Every method is one short transaction."""
 
@@ -296,7 +287,7 @@ class DatabaseStorage:
             "total_failures": F("total_failures") + 1,
             "total_successes": F("total_successes") + successes,
             "last_failure_at": _dt(now),
-            "last_error": _error_text(error),
+            "last_error": safe_error_text(error, LAST_ERROR_MAX),
             "updated_at": _dt(now),
             **self.window_changes(now, window, successes + 1, 1),
         }
@@ -668,11 +659,8 @@ class Breaker:
             _pending_successes[self.name] = _pending_successes.get(self.name, 0) + 1
 
     def record_failure(self, permit: Permit, error: BaseException | None = None) -> None:
-        """The attempt failed. An error whose ``breaker_failure`` is False (a 4xx) counts as a
-        success, as the policy says."""
-        if error is not None and not getattr(error, "breaker_failure", True):
-            self.record_success(permit)
-            return
+        """The attempt failed in a way that counts against the breaker. Which failures count
+        (``error.breaker_failure``: a 4xx does not) is the runner's decision, not this one's."""
         if permit.degraded:
             return
         self._guarded(self._count_failure, permit, error, self.clock())
@@ -740,14 +728,14 @@ class Breaker:
                 probe,
                 OPEN,
                 now=now,
-                reason=f"probe failed: {_error_text(error)}",
+                reason=f"probe failed: {safe_error_text(error, LAST_ERROR_MAX)}",
                 opened_at=_dt(now),
                 half_open_in_flight=0,
                 probe_lease_until=None,
                 consecutive_failures=F("consecutive_failures") + 1,
                 total_failures=F("total_failures") + 1,
                 last_failure_at=_dt(now),
-                last_error=_error_text(error),
+                last_error=safe_error_text(error, LAST_ERROR_MAX),
             )
             if row is not None:
                 self._remember(row, now)

@@ -102,6 +102,17 @@ class InvalidResponseError(IntegrationError):
     """The vendor's answer was not what we can use (not JSON, or a required field missing)."""
 
 
+def safe_error_text(error: BaseException | None, limit: int | None = None) -> str:
+    """A secret-free description of ``error`` for logs and the breaker's ``last_error``: our
+    errors' text is built to be safe to show (service, operation, reason, attempts); anything
+    else is named by its class only (a transport exception's text can hold a URL with a token).
+    ``limit`` cuts it to that many characters."""
+    if error is None:
+        return ""
+    text = str(error) if isinstance(error, IntegrationError) else type(error).__name__
+    return text if limit is None else text[:limit]
+
+
 def _rebuild(cls: type[IntegrationError], state: dict) -> IntegrationError:
     error = cls.__new__(cls)
     Exception.__init__(error, state.get("message", ""))

@@ -42,7 +42,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from .exceptions import CircuitOpenError, IntegrationError, RateLimitedError
+from .exceptions import CircuitOpenError, IntegrationError, RateLimitedError, safe_error_text
 from .signals import call_finished, call_retried
 
 if TYPE_CHECKING:
@@ -204,6 +204,8 @@ def call_with_resilience(
             result = attempt(AttemptInfo(number, max(0.0, deadline_at - clock.monotonic())))
         except BaseException as error:
             if breaker is not None:
+                # The one place that decides whether a failure counts against the breaker: an
+                # error whose ``breaker_failure`` is False (a 4xx) is a success for it.
                 counts = not isinstance(error, IntegrationError) or error.breaker_failure
                 if counts:
                     breaker.record_failure(permit, error)
@@ -334,13 +336,14 @@ def _finish(
         breaker_state = _breaker_state(breaker)
         logger.log(
             level,
-            "%s.%s %s after %d attempt(s) in %.3fs (breaker %s)",
+            "%s.%s %s after %d attempt(s) in %.3fs (breaker %s)%s",
             service,
             operation,
-            outcome if error is None else f"failed: {_describe(error)}",
+            outcome if error is None else f"failed ({outcome})",
             attempts,
             duration,
             breaker_state,
+            "" if error is None else f": {safe_error_text(error)}",
             extra={
                 "service": service,
                 "operation": operation,
@@ -359,14 +362,6 @@ def _finish(
         duration=duration,
         attempts=attempts,
     )
-
-
-def _describe(error: BaseException) -> str:
-    """Our errors' messages are built to be safe to show; anything else is named by its class
-    only (a transport exception's text can hold a URL with a token)."""
-    if isinstance(error, IntegrationError):
-        return f"{type(error).__name__}: {error.message}"
-    return type(error).__name__
 
 
 def _breaker_state(breaker: BreakerLike | None) -> str:

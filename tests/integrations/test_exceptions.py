@@ -12,6 +12,7 @@ from integrations.exceptions import (
     IntegrationUnavailable,
     InvalidResponseError,
     RateLimitedError,
+    safe_error_text,
 )
 
 
@@ -49,3 +50,12 @@ def test_vendor_response_is_left_out_of_the_pickle():
     copy = pickle.loads(pickle.dumps(error))
     assert copy.status_code == 400
     assert not hasattr(copy, "response")
+
+
+def test_safe_error_text_trusts_only_our_errors():
+    assert safe_error_text(None) == ""
+    assert safe_error_text(IntegrationTimeout("svc", "op", attempts=2)) == (
+        "svc.op: The vendor did not answer in time after 2 attempt(s)"
+    )
+    assert safe_error_text(RuntimeError("https://x.test/?key=sk_live_1")) == "RuntimeError"
+    assert safe_error_text(IntegrationError("svc", "op", "y" * 50), limit=10) == "svc.op: yy"

@@ -222,6 +222,19 @@ def test_unexpected_exceptions_count_as_failures(backoff):
     assert breaker.snapshot(fresh=True).state == "open"
 
 
+def test_failure_log_line_shows_our_text_and_only_the_class_of_others(backoff, caplog):
+    with caplog.at_level(logging.WARNING, logger="integrations.calls"):
+        with pytest.raises(RuntimeError):
+            run(Script(RuntimeError("https://vendor.test/?token=tok_SECRET_123")))
+        with pytest.raises(IntegrationUnavailable):
+            run(Script(unavailable()), retry=RetryPolicy(max_attempts=1))
+    [other, ours] = [r.getMessage() for r in caplog.records if r.name == "integrations.calls"]
+    assert other.startswith("svc.op failed (runtime_error) after 1 attempt(s)")
+    assert other.endswith(": RuntimeError")
+    assert "tok_SECRET_123" not in other
+    assert ours.endswith(": svc.op: down after 1 attempt(s)")
+
+
 @pytest.mark.django_db
 def test_open_breaker_means_no_attempt(backoff):
     force_breaker("svc", "forced_open")

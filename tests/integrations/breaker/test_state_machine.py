@@ -23,7 +23,8 @@ from integrations.exceptions import (
     IntegrationUnavailable,
 )
 from integrations.models import BreakerTransition, CircuitBreaker
-from integrations.policies import BreakerPolicy
+from integrations.policies import BreakerPolicy, RetryPolicy
+from integrations.resilience import call_with_resilience
 from integrations.services import disable_breaker, force_open_breaker, reset_breaker
 from integrations.signals import breaker_transitioned
 from tests.integrations.factories import CircuitBreakerFactory
@@ -31,6 +32,7 @@ from tests.integrations.factories import CircuitBreakerFactory
 pytestmark = pytest.mark.django_db
 
 SERVICE = "rates"
+ONE_TRY = RetryPolicy(max_attempts=1, base_delay=0.0, max_delay=0.0, deadline=10.0)
 
 
 def unavailable() -> IntegrationUnavailable:
@@ -145,13 +147,24 @@ def test_success_in_closed_resets_the_consecutive_count(clock):
 
 
 def test_client_errors_count_as_successes(clock):
+    # The runner decides from ``error.breaker_failure`` which outcome the breaker records.
+    def through_runner(b, error):
+        def attempt(info):
+            raise error
+
+        with pytest.raises(ClientRequestError):
+            call_with_resilience(
+                attempt, service=SERVICE, operation="rate", retry=ONE_TRY, breaker=b
+            )
+
     b = breaker(clock)
     fail(b, 2)
-    fail(b, 1, ClientRequestError(SERVICE, "rate", "not found", status_code=404))
+    through_runner(b, ClientRequestError(SERVICE, "rate", "not found", status_code=404))
     assert row().consecutive_failures == 0
     assert b.state == CLOSED
     # ... but a 408 is the vendor's timeout and counts.
-    fail(b, 3, ClientRequestError(SERVICE, "rate", "timeout", status_code=408))
+    for _ in range(3):
+        through_runner(b, ClientRequestError(SERVICE, "rate", "timeout", status_code=408))
     assert b.state == OPEN
 
 
