@@ -97,11 +97,7 @@ class WebhookEventAdmin(admin.ModelAdmin):
     @admin.action(description=_("Mark selected events ignored"), permissions=["change"])
     def mark_ignored(self, request: HttpRequest, queryset: QuerySet[WebhookEvent]) -> None:
         reason = f"marked ignored in the admin by {request.user.get_username()}"
-        changed = sum(
-            services.mark_ignored(event, reason=reason)
-            for event in queryset.defer("body", "payload").iterator(chunk_size=500)
-        )
-        skipped = queryset.count() - changed
+        changed, skipped = services.mark_ignored_many(queryset, reason=reason)
         self.message_user(
             request,
             ngettext("%(count)d event marked ignored.", "%(count)d events marked ignored.",

@@ -32,6 +32,8 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+from celery import Task
+from celery.exceptions import Retry
 from django.db import router, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
@@ -106,6 +108,12 @@ def processing_setting(key: str) -> Any:
 # Enqueueing
 
 
+def _task_options() -> dict[str, Any]:
+    """The publish options every processing task shares: the ``TASK_QUEUE``, if one is set."""
+    queue = processing_setting("TASK_QUEUE")
+    return {"queue": queue} if queue else {}
+
+
 def publish_process_task(event_pk: int, *, countdown: float | None = None) -> bool:
     """Publish ``webhooks.process_event`` for one event now; ``False`` if the broker refused.
 
@@ -116,10 +124,7 @@ def publish_process_task(event_pk: int, *, countdown: float | None = None) -> bo
     """
     from .tasks import process_event as process_event_task
 
-    options: dict[str, Any] = {}
-    queue = processing_setting("TASK_QUEUE")
-    if queue:
-        options["queue"] = queue
+    options = _task_options()
     if countdown:
         options["countdown"] = countdown
     try:
@@ -148,10 +153,7 @@ def publish_process_batch(event_pks: Sequence[int]) -> bool:
     if not event_pks:
         return True
     size = processing_setting("DISPATCH_BATCH_SIZE")
-    options: dict[str, Any] = {}
-    queue = processing_setting("TASK_QUEUE")
-    if queue:
-        options["queue"] = queue
+    options = _task_options()
     chunks = [list(event_pks[i : i + size]) for i in range(0, len(event_pks), size)]
     sent = 0
     try:
@@ -170,6 +172,34 @@ def publish_process_batch(event_pks: Sequence[int]) -> bool:
         )
         return False
     return True
+
+
+def schedule_retry(event_pk: int, next_attempt_at: datetime, *, task: Task | None = None) -> bool:
+    """Schedule the event's retry with Celery's ``countdown`` until ``next_attempt_at`` (what the
+    failed attempt wrote); ``False`` if the broker refused the publish.
+
+    The one way a retry is scheduled (``process_event(..., retry=True)`` calls it). Given the
+    running ``webhooks.process_event`` task, this is that task's own ``retry()``, which raises
+    Celery's ``Retry`` (and, under ``task.apply()``, runs the retry eagerly); otherwise a new
+    ``webhooks.process_event`` message is published. Either way it goes to ``TASK_QUEUE``. A
+    refused publish is logged (the exception's type only) and swallowed: the event keeps its
+    ``next_attempt_at`` and the sweeper enqueues it once that is ``STUCK_AFTER`` in the past.
+    """
+    countdown = max((next_attempt_at - timezone.now()).total_seconds(), 0.0)
+    if task is None:
+        return publish_process_task(event_pk, countdown=countdown)
+    try:
+        raise task.retry(countdown=countdown, **_task_options())
+    except Retry:
+        raise
+    except Exception as exc:
+        logger.warning(
+            "webhooks: could not schedule the retry of event pk=%s (%s); the sweeper will "
+            "enqueue it later",
+            event_pk,
+            type(exc).__name__,
+        )
+        return False
 
 
 def dispatches_inline() -> bool:
@@ -429,17 +459,28 @@ def _save_outcome(event: WebhookEvent) -> None:
         cursor.execute(sql, params)
 
 
-def process_event(event_pk: int) -> str | None:
+def process_event(event_pk: int, *, retry: bool = False, task: Task | None = None) -> str | None:
     """Make one processing attempt of an event; return its status after, or None if skipped.
 
     Skipped (None): the event does not exist, is locked by an attempt in progress, is finished,
     or its next retry is not yet due. Otherwise the result is ``processed``, ``ignored``,
-    ``failed``, or ``processing`` when a retry is scheduled at ``next_attempt_at`` (the caller
-    arranges the retry: the Celery task with its own ``retry(countdown=...)``).
+    ``failed``, or ``processing`` when a retry is due at ``next_attempt_at``. With ``retry``
+    (the Celery tasks, a synchronous replay) that retry is also scheduled, by
+    ``schedule_retry``, from the ``next_attempt_at`` the attempt wrote (no second read); with
+    ``task`` (the running ``webhooks.process_event``) as that task's ``retry()``, which raises
+    Celery's ``Retry``.
     """
+    status, next_attempt_at = _attempt(event_pk)
+    if retry and next_attempt_at is not None:
+        schedule_retry(event_pk, next_attempt_at, task=task)
+    return status
+
+
+def _attempt(event_pk: int) -> tuple[str | None, datetime | None]:
+    """``process_event``'s attempt: its status and, when a retry is due, ``next_attempt_at``."""
     claim = _claim(event_pk)
     if claim is None or isinstance(claim, str):
-        return claim
+        return claim, None
     attempt, started_at = claim
     max_attempts = processing_setting("MAX_ATTEMPTS")
 
@@ -447,7 +488,7 @@ def process_event(event_pk: int) -> str | None:
         with transaction.atomic():
             event = _lock_claimed(event_pk, attempt, started_at)
             if event is None or event.status != Status.PROCESSING:
-                return None  # another worker claimed it after us: that worker runs the handlers
+                return None, None  # another worker claimed it after us: it runs the handlers
             handlers = handlers_for(event.endpoint, event.event_type)
             try:
                 for handler in handlers:
@@ -466,7 +507,7 @@ def process_event(event_pk: int) -> str | None:
         with transaction.atomic():
             event = _lock_claimed(event_pk, attempt, started_at)
             if event is None or event.status != Status.PROCESSING:
-                return None
+                return None, None
             if isinstance(exc, Ignore):
                 event.last_error = describe_error(exc) if str(exc) else ""
                 return _record_outcome(event, Status.IGNORED, attempt, max_attempts)
@@ -490,9 +531,10 @@ def _record_outcome(
     max_attempts: int,
     *,
     error: BaseException | None = None,
-) -> str:
+) -> tuple[str, datetime | None]:
     """Write the attempt's outcome (inside the caller's transaction) and send its signal on
-    commit. ``processing`` means a retry is scheduled at ``next_attempt_at``."""
+    commit. Returns the outcome and ``next_attempt_at``: ``processing`` means a retry is due
+    then."""
     now = timezone.now()
     event.status = outcome
     event.next_attempt_at = None
@@ -519,7 +561,7 @@ def _record_outcome(
         transaction.on_commit(
             partial(send_logged, webhook_failed, WebhookEvent, event=event, error=error)
         )
-    return outcome
+    return outcome, event.next_attempt_at
 
 
 def seconds_until_due(event_pk: int) -> float | None:
@@ -600,13 +642,15 @@ def replay_events(
                     transaction.on_commit(partial(publish_process_task, pk))
         if sync:
             for pk in pks:
-                status = process_event(pk)
-                if status == Status.PROCESSING:
-                    publish_process_task(pk, countdown=seconds_until_due(pk))
+                status = process_event(pk, retry=True)
                 if on_result is not None:
                     on_result(pk, status)
     logger.info("webhooks: replayed %s event(s)%s", count, " (sync)" if sync else "")
     return count
+
+
+#: The statuses an operator may end ``ignored``: unfinished or failed.
+IGNORABLE_STATUSES = (Status.RECEIVED, Status.PROCESSING, Status.FAILED)
 
 
 def mark_ignored(event: WebhookEvent, *, reason: str = "") -> bool:
@@ -615,18 +659,45 @@ def mark_ignored(event: WebhookEvent, *, reason: str = "") -> bool:
     If an attempt is running, this waits for it and then applies only if the event did not end
     ``processed`` meanwhile.
     """
-    now = timezone.now()
-    changes: dict[str, Any] = {"status": Status.IGNORED, "next_attempt_at": None}
-    changes["processed_at"] = now
-    if reason:
-        changes["last_error"] = f"Ignored: {reason}"[:LAST_ERROR_MAX_CHARS]
-    updated = WebhookEvent.objects.filter(
-        pk=event.pk, status__in=(Status.RECEIVED, Status.PROCESSING, Status.FAILED)
-    ).update(**changes)
+    changed, _ = mark_ignored_many(WebhookEvent.objects.filter(pk=event.pk), reason=reason)
     event.refresh_from_db()
-    if updated:
-        send_logged(webhook_ignored, WebhookEvent, event=event)
-    return bool(updated)
+    return bool(changed)
+
+
+def mark_ignored_many(
+    queryset: QuerySet[WebhookEvent], *, reason: str = "", chunk_size: int = CHUNK_SIZE
+) -> tuple[int, int]:
+    """End the queryset's unfinished or failed events ``ignored``: ``(changed, skipped)``,
+    skipped being those already processed or ignored.
+
+    Rows are streamed in chunks; each chunk's eligible rows are locked (waiting for an attempt
+    in progress, then re-checked), updated in one statement, and ``webhook_ignored`` is sent for
+    each once the chunk is written.
+    """
+    if not queryset.query.is_sliced:
+        queryset = queryset.order_by()
+    changed = seen = 0
+    for pks in _pks(queryset, chunk_size):
+        seen += len(pks)
+        now = timezone.now()
+        changes: dict[str, Any] = {"status": Status.IGNORED, "next_attempt_at": None,
+                                   "processed_at": now}  # fmt: skip
+        if reason:
+            changes["last_error"] = f"Ignored: {reason}"[:LAST_ERROR_MAX_CHARS]
+        with transaction.atomic():
+            events = list(
+                WebhookEvent.objects.select_for_update()
+                .filter(pk__in=pks, status__in=IGNORABLE_STATUSES)
+                .order_by("pk")
+            )
+            if events:
+                WebhookEvent.objects.filter(pk__in=[e.pk for e in events]).update(**changes)
+        for event in events:
+            for field, value in changes.items():
+                setattr(event, field, value)
+            send_logged(webhook_ignored, WebhookEvent, event=event)
+        changed += len(events)
+    return changed, seen - changed
 
 
 def stuck_events(older_than: float | None = None) -> QuerySet[WebhookEvent]:

@@ -2,9 +2,11 @@
 
 ``webhooks.process_event`` is ``acks_late`` with ``reject_on_worker_lost``: a message is
 acknowledged only after its attempt finished, and a worker process that dies mid-handler puts
-it back on the queue. Retries use Celery's own ``retry(countdown=...)``; how many attempts an
-event has had is counted in the database (``WebhookEvent.attempts``), not by Celery, so replays
-and sweeps start and continue the same count.
+it back on the queue. Retries use Celery's countdown, scheduled in one place
+(``services.schedule_retry``: the task's own ``retry()`` here, a new ``webhooks.process_event``
+message for an event of a batch or a synchronous replay); how many attempts an event has had is
+counted in the database (``WebhookEvent.attempts``), not by Celery, so replays and sweeps start
+and continue the same count.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from celery import Task, shared_task
-from celery.exceptions import Retry
 from django.db import close_old_connections
 
 logger = logging.getLogger(__name__)
@@ -48,28 +49,7 @@ def process_event(self, event_pk: int) -> str | None:
     from . import services
 
     with database_connection(self):
-        status = services.process_event(event_pk)
-        countdown = None
-        if status == services.Status.PROCESSING:  # failed; a retry is due at next_attempt_at
-            countdown = services.seconds_until_due(event_pk)
-    if countdown is not None:
-        options = {}
-        queue = services.processing_setting("TASK_QUEUE")
-        if queue:
-            options["queue"] = queue
-        try:
-            raise self.retry(countdown=countdown, **options)
-        except Retry:
-            raise
-        except Exception as exc:
-            # The retry could not be published: the event keeps its next_attempt_at and the
-            # sweeper enqueues it once that is STUCK_AFTER in the past.
-            logger.warning(
-                "webhooks: could not schedule the retry of event pk=%s (%s)",
-                event_pk,
-                type(exc).__name__,
-            )
-    return status
+        return services.process_event(event_pk, retry=True, task=self)
 
 
 @shared_task(
@@ -96,11 +76,7 @@ def process_events(self, event_pks: list[int]) -> list[str | None]:
     with database_connection(self):
         for event_pk in event_pks:
             try:
-                status = services.process_event(event_pk)
-                if status == services.Status.PROCESSING:  # failed; a retry is due later
-                    countdown = services.seconds_until_due(event_pk)
-                    if countdown is not None:
-                        services.publish_process_task(event_pk, countdown=countdown)
+                status = services.process_event(event_pk, retry=True)
             except Exception as exc:
                 logger.error(
                     "webhooks: processing event pk=%s failed outside its handlers (%s); the "
