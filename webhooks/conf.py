@@ -31,6 +31,10 @@ DEFAULTS: dict[str, Any] = {
     "DISPATCH_INTERVAL": 0.05,
     "DISPATCH_BATCH_SIZE": 20,
     "DISPATCH_SHUTDOWN_TIMEOUT": 5,
+    # The receive insert and processing's statements are prepared once per connection on
+    # PostgreSQL with psycopg 3 (webhooks.db). False behind a pooler that cannot keep prepared
+    # statements (PgBouncer before 1.21 in transaction mode).
+    "PREPARED_STATEMENTS": True,
     # The sweeper enqueues `received` events older than this (seconds): those whose wake-up call
     # was lost (a broker outage, a web process killed before its dispatcher published).
     "REQUEUE_RECEIVED_AFTER": 60,

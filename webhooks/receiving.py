@@ -44,14 +44,7 @@ from django.db import (
 )
 from django.utils import timezone
 
-try:
-    from django.db.backends.postgresql.psycopg_any import is_psycopg3
-except ImportError:  # psycopg not installed: PostgreSQL is not in use
-    is_psycopg3 = False
-if is_psycopg3:
-    import psycopg
-    from psycopg.types.json import Jsonb
-
+from .db import Jsonb, binds_on_server, statement_cursor
 from .exceptions import (
     InvalidSignature,
     MalformedPayload,
@@ -235,8 +228,7 @@ def _insert_on_conflict(event: WebhookEvent, connection: Any) -> tuple[bool, boo
     (the statement's snapshot predates it): then no row comes back, and the event is a
     duplicate whose body was not compared."""
     sql = _insert_sql(connection)
-    fast = connection.vendor == "postgresql" and is_psycopg3
-    if fast:
+    if binds_on_server(connection):
         # The values as psycopg 3 takes them, without a trip through each field's
         # get_db_prep_save (a measurable share of a delivery's CPU).
         params: Any = {name: getattr(event, name) for name in INSERT_FIELDS}
@@ -253,7 +245,7 @@ def _insert_on_conflict(event: WebhookEvent, connection: Any) -> tuple[bool, boo
         ]
         compare = connection.vendor == "postgresql"
         params = dict(zip(INSERT_FIELDS, values, strict=True)) if compare else values
-    with _binding_cursor(connection) as cursor:
+    with statement_cursor(connection) as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
@@ -302,22 +294,6 @@ def _insert_sql(connection: Any) -> str:
         sql = insert
     _INSERT_SQL[connection.vendor] = sql
     return sql
-
-
-def _binding_cursor(connection: Any) -> Any:
-    """A Django cursor for the insert. With psycopg 3 its parameters are bound by the server
-    (whatever ``OPTIONS["server_side_binding"]`` says for the ORM): the body goes as binary
-    ``bytea`` instead of being escaped into the SQL text, which roughly halves the client's cost
-    of this statement. It is still Django's ``CursorWrapper`` (execute wrappers, error wrapping,
-    query logging); nothing is prepared (connection poolers keep working)."""
-    if connection.vendor != "postgresql" or not is_psycopg3:
-        return connection.cursor()
-    connection.ensure_connection()
-    connection.validate_thread_sharing()
-    cursor = psycopg.Cursor(connection.connection)
-    if connection.queries_logged:
-        return connection.make_debug_cursor(cursor)
-    return connection.make_cursor(cursor)
 
 
 def insert_once_with_savepoint(event: WebhookEvent, alias: str) -> bool:

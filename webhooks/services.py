@@ -34,8 +34,10 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Retry
+from django.core.signals import setting_changed
 from django.db import router, transaction
 from django.db.models import Q, QuerySet
+from django.dispatch import receiver
 from django.utils import timezone
 
 from .conf import webhooks_settings
@@ -205,13 +207,37 @@ def schedule_retry(event_pk: int, next_attempt_at: datetime, *, task: Task | Non
 def dispatches_inline() -> bool:
     """Whether new events' tasks are published by the committing thread, one per event:
     ``DISPATCH_INTERVAL`` is None, or Celery runs tasks eagerly (a user's tests)."""
-    from .tasks import process_event as process_event_task
-
     # Read without validation on this path (one per delivery): a bad value is reported by the
     # system check, and the dispatcher thread treats it as 0.
     if webhooks_settings["DISPATCH_INTERVAL"] is None:
         return True
-    return bool(process_event_task.app.conf.task_always_eager)
+    return celery_is_eager()
+
+
+#: Celery's ``task_always_eager`` as configured (Django settings or defaults), read once:
+#: reading it through ``app.conf`` costs more than the rest of the enqueue. A value set at run
+#: time (``app.conf.task_always_eager = ...``) is seen at once, and ``override_settings`` of a
+#: ``CELERY_`` setting clears the cache.
+_configured_eager: list[bool] = []
+
+
+def celery_is_eager() -> bool:
+    """Whether the Celery app runs tasks eagerly (``task_always_eager``), read cheaply."""
+    from .tasks import process_event as process_event_task
+
+    conf = process_event_task.app.conf
+    changed = conf.changes.get("task_always_eager")
+    if changed is not None:
+        return bool(changed)
+    if not _configured_eager:
+        _configured_eager.append(bool(conf.task_always_eager))
+    return _configured_eager[0]
+
+
+@receiver(setting_changed)
+def _forget_configured_eager(*, setting: str, **kwargs: Any) -> None:
+    if setting.startswith("CELERY"):
+        _configured_eager.clear()
 
 
 def enqueue_on_commit(event: WebhookEvent) -> None:
