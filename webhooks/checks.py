@@ -17,8 +17,9 @@
 - ``webhooks.W001``: a handler registered with ``@on`` for an endpoint that is not configured
   (a typo would otherwise never run).
 - ``webhooks.E008``: a processing setting out of range or of the wrong type (``MAX_ATTEMPTS``,
-  ``RETRY_BASE_DELAY``, ``RETRY_MAX_DELAY``, ``STUCK_AFTER``, ``RETENTION_DAYS``,
-  ``TASK_QUEUE``); the rules live in ``webhooks.services.processing_config_problems``.
+  ``RETRY_BASE_DELAY``, ``RETRY_MAX_DELAY``, ``STUCK_AFTER``, ``RETENTION_DAYS``, the
+  ``DISPATCH_*`` and ``REQUEUE_RECEIVED_AFTER`` numbers, ``TASK_QUEUE``,
+  ``PREPARED_STATEMENTS``); the rules live in ``webhooks.services.processing_config_problems``.
 
 The same rules raise ``WebhookConfigurationError`` (naming the exact key) when a misconfigured
 endpoint is used anyway: they live in the providers (``Provider.config_problems``), not here.

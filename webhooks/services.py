@@ -82,6 +82,12 @@ def _setting_problem(key: str) -> ConfigProblem | None:
         return ConfigProblem("E008", 'WEBHOOKS["TASK_QUEUE"]',
                              f"must be a Celery queue name or None, not {value!r}.",
                              "None sends processing tasks to Celery's default queue.")  # fmt: skip
+    if key == "PREPARED_STATEMENTS":
+        if isinstance(value, bool):
+            return None
+        return ConfigProblem("E008", 'WEBHOOKS["PREPARED_STATEMENTS"]',
+                             f"must be True or False, not {value!r}.",
+                             "False behind a pooler that drops them.")  # fmt: skip
     if value is None and key in NULLABLE_SETTINGS:
         return None
     kind, minimum, expected = PROCESSING_SETTINGS[key]
@@ -94,7 +100,7 @@ def _setting_problem(key: str) -> ConfigProblem | None:
 
 def processing_config_problems() -> list[ConfigProblem]:
     """What is wrong with the processing settings (reported by the system check E008)."""
-    keys = [*PROCESSING_SETTINGS, "TASK_QUEUE"]
+    keys = [*PROCESSING_SETTINGS, "TASK_QUEUE", "PREPARED_STATEMENTS"]
     return [problem for key in keys if (problem := _setting_problem(key)) is not None]
 
 
