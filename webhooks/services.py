@@ -41,6 +41,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from .conf import webhooks_settings
+from .db import statement_cursor
 from .exceptions import BrokerUnavailable, Ignore, PermanentFailure
 from .models import WebhookEvent
 from .providers.base import ConfigProblem
@@ -408,7 +409,7 @@ def _claim_in_one_statement(
     if not relax:
         sql = sql.replace("%(sync)s", "current_setting('synchronous_commit')")
         del params["sync"]
-    with connection.cursor() as cursor:
+    with statement_cursor(connection) as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
@@ -446,7 +447,7 @@ def _lock_claimed(event_pk: int, attempt: int, started_at: datetime) -> WebhookE
     if connection.features.has_select_for_update_skip_locked:
         sql += " " + connection.ops.for_update_sql(skip_locked=True)
     params = [event_pk, attempt, connection.ops.adapt_datetimefield_value(started_at)]
-    with connection.cursor() as cursor:
+    with statement_cursor(connection) as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
@@ -487,7 +488,7 @@ def _save_outcome(event: WebhookEvent) -> None:
     )
     params = [event.status, adapt(event.next_attempt_at), adapt(event.processed_at),
               event.last_error, event.pk]  # fmt: skip
-    with connection.cursor() as cursor:
+    with statement_cursor(connection) as cursor:
         cursor.execute(sql, params)
 
 
