@@ -16,6 +16,7 @@ error wrapping, query logging). Other databases, and psycopg 2, get ``connection
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 try:
@@ -25,7 +26,22 @@ except ImportError:  # psycopg not installed: PostgreSQL is not in use
 
 if is_psycopg3:
     import psycopg
+    from psycopg.adapt import Dumper
+    from psycopg.postgres import types as _postgres_types
     from psycopg.types.json import Jsonb
+
+    class NullTimestamp:
+        """A NULL bound as ``timestamptz``. A bare None is bound without a type, and psycopg
+        keys its prepared statements on the parameters' types: an event without a timestamp
+        would get a second prepared statement."""
+
+    class _NullTimestampDumper(Dumper):
+        oid = _postgres_types["timestamptz"].oid
+
+        def dump(self, obj: Any) -> None:
+            return None  # NULL, of the type in ``oid``
+
+    NULL_TIMESTAMP: Any = NullTimestamp()
 
     class _PreparingCursor(psycopg.Cursor):
         """A server-binding cursor whose statements are prepared on their first execution."""
@@ -37,10 +53,24 @@ if is_psycopg3:
 
 else:
     Jsonb = None
+    NULL_TIMESTAMP = None
+
+#: Raw connections already set up by statement_cursor (dumper and prepare threshold).
+_ready: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 #: The psycopg ``prepare_threshold`` set on a connection that had none (see statement_cursor).
 _NEVER_AUTOMATICALLY = 2**62
+
+
+def timestamp_param(connection: Any, value: Any) -> Any:
+    """A datetime parameter for a ``statement_cursor``, adapted as the ORM would; when bound on
+    the server, None becomes a NULL typed ``timestamptz``, so that one prepared statement serves
+    both."""
+    value = connection.ops.adapt_datetimefield_value(value)
+    if value is None and binds_on_server(connection):
+        return NULL_TIMESTAMP
+    return value
 
 
 def binds_on_server(connection: Any) -> bool:
@@ -57,6 +87,9 @@ def statement_cursor(connection: Any) -> Any:
     connection.ensure_connection()
     connection.validate_thread_sharing()
     raw = connection.connection
+    if raw not in _ready:
+        raw.adapters.register_dumper(NullTimestamp, _NullTimestampDumper)
+        _ready.add(raw)
     logged = connection.queries_logged
     # Logged queries (DEBUG, CaptureQueriesContext) stay unprepared: Django's log reads the
     # statement's text, which psycopg does not keep for a prepared execution.
@@ -65,6 +98,8 @@ def statement_cursor(connection: Any) -> Any:
             # Django's default (None) turns psycopg's preparing off altogether, even for an
             # explicit prepare=True. A threshold no query reaches keeps every other statement
             # unprepared (and the ORM's client-side cursors never prepare) while ours can be.
+            # psycopg then also deallocates the connection's prepared statements after a
+            # rollback (they are prepared again on next use).
             raw.prepare_threshold = _NEVER_AUTOMATICALLY
         cursor = _PreparingCursor(raw)
     else:

@@ -44,7 +44,7 @@ from django.db import (
 )
 from django.utils import timezone
 
-from .db import Jsonb, binds_on_server, statement_cursor
+from .db import Jsonb, binds_on_server, statement_cursor, timestamp_param
 from .exceptions import (
     InvalidSignature,
     MalformedPayload,
@@ -236,7 +236,7 @@ def _insert_on_conflict(event: WebhookEvent, connection: Any) -> tuple[bool, boo
             if params[name] is not None:
                 params[name] = Jsonb(params[name])
         for name in DATETIME_FIELDS:
-            params[name] = connection.ops.adapt_datetimefield_value(params[name])
+            params[name] = timestamp_param(connection, params[name])
     else:
         meta = WebhookEvent._meta
         values = [

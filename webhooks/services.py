@@ -41,7 +41,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from .conf import webhooks_settings
-from .db import statement_cursor
+from .db import statement_cursor, timestamp_param
 from .exceptions import BrokerUnavailable, Ignore, PermanentFailure
 from .models import WebhookEvent
 from .providers.base import ConfigProblem
@@ -481,13 +481,13 @@ def _save_outcome(event: WebhookEvent) -> None:
     """The outcome's columns in one UPDATE (what ``save(update_fields=...)`` wrote)."""
     connection = transaction.get_connection()
     n = _sql_names(connection)
-    adapt = connection.ops.adapt_datetimefield_value
     sql = (
         f"UPDATE {n['table']} SET {n['status']} = %s, {n['next_attempt_at']} = %s, "  # noqa: S608
         f"{n['processed_at']} = %s, {n['last_error']} = %s WHERE {n['id']} = %s"
     )
-    params = [event.status, adapt(event.next_attempt_at), adapt(event.processed_at),
-              event.last_error, event.pk]  # fmt: skip
+    params = [event.status, timestamp_param(connection, event.next_attempt_at),
+              timestamp_param(connection, event.processed_at), event.last_error,
+              event.pk]  # fmt: skip
     with statement_cursor(connection) as cursor:
         cursor.execute(sql, params)
 

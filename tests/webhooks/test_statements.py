@@ -150,12 +150,6 @@ def test_deliveries_work_after_psycopg_drops_its_prepared_statements(client):
     assert WebhookEvent.objects.count() == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a None occurred_at is bound untyped; psycopg keys its prepared statements on the "
-    "parameters' types, so a NULL occurred_at gets a statement of its own (see the report)",
-)
 @pytest.mark.django_db(transaction=True)
 def test_events_with_and_without_a_timestamp_share_the_statement(client):
     fresh_session()
