@@ -107,3 +107,26 @@ def statement_cursor(connection: Any) -> Any:
     if logged:
         return connection.make_debug_cursor(cursor)
     return connection.make_cursor(cursor)
+
+
+def fetch_one(connection: Any, sql: str, params: Any) -> tuple[Any, ...] | None:
+    """Run one hot-path statement through ``statement_cursor``; its first row, or None when it
+    returns none (or no result at all, e.g. an UPDATE without RETURNING).
+
+    ``execute`` goes through Django's wrapper (database errors become ``django.db`` errors, and
+    the query is logged when queries are logged). With psycopg 3 the result has fully arrived by
+    then, so the row is read from psycopg's cursor directly and the cursor closed the same way:
+    through the wrapper each of those calls would build an error-wrapping function (about 8 µs a
+    statement). Other drivers read through the wrapper (SQLite can fail while stepping a row).
+    """
+    cursor = statement_cursor(connection)
+    if not binds_on_server(connection):
+        with cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone() if cursor.description is not None else None
+    raw = cursor.cursor
+    try:
+        cursor.execute(sql, params)
+        return raw.fetchone() if raw.description is not None else None
+    finally:
+        raw.close()

@@ -44,7 +44,7 @@ from django.db import (
 )
 from django.utils import timezone
 
-from .db import Jsonb, binds_on_server, statement_cursor, timestamp_param
+from .db import Jsonb, binds_on_server, fetch_one, timestamp_param
 from .exceptions import (
     InvalidSignature,
     MalformedPayload,
@@ -245,9 +245,7 @@ def _insert_on_conflict(event: WebhookEvent, connection: Any) -> tuple[bool, boo
         ]
         compare = connection.vendor == "postgresql"
         params = dict(zip(INSERT_FIELDS, values, strict=True)) if compare else values
-    with statement_cursor(connection) as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
+    row = fetch_one(connection, sql, params)
     if row is None:
         return False, None
     if row[0] is None:

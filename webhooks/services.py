@@ -41,7 +41,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from .conf import webhooks_settings
-from .db import statement_cursor, timestamp_param
+from .db import fetch_one, timestamp_param
 from .exceptions import BrokerUnavailable, Ignore, PermanentFailure
 from .models import WebhookEvent
 from .providers.base import ConfigProblem
@@ -409,9 +409,7 @@ def _claim_in_one_statement(
     if not relax:
         sql = sql.replace("%(sync)s", "current_setting('synchronous_commit')")
         del params["sync"]
-    with statement_cursor(connection) as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
+    row = fetch_one(connection, sql, params)
     if row is None:
         return None  # gone, locked by an attempt in progress, finished, or not due
     attempts, status, last_error = row
@@ -447,9 +445,7 @@ def _lock_claimed(event_pk: int, attempt: int, started_at: datetime) -> WebhookE
     if connection.features.has_select_for_update_skip_locked:
         sql += " " + connection.ops.for_update_sql(skip_locked=True)
     params = [event_pk, attempt, connection.ops.adapt_datetimefield_value(started_at)]
-    with statement_cursor(connection) as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
+    row = fetch_one(connection, sql, params)
     if row is None:
         return None
     values = list(row)
@@ -488,8 +484,7 @@ def _save_outcome(event: WebhookEvent) -> None:
     params = [event.status, timestamp_param(connection, event.next_attempt_at),
               timestamp_param(connection, event.processed_at), event.last_error,
               event.pk]  # fmt: skip
-    with statement_cursor(connection) as cursor:
-        cursor.execute(sql, params)
+    fetch_one(connection, sql, params)
 
 
 def process_event(event_pk: int, *, retry: bool = False, task: Task | None = None) -> str | None:
