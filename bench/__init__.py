@@ -2,6 +2,6 @@
 
 ``bench/ingest.py`` measures the inbound webhook view under gunicorn and the end-to-end path
 through Celery; ``bench/outbound.py`` measures ``ServiceClient`` calls. ``bench`` is also a tiny
-Django app (a bare baseline view, a no-op webhook handler and a no-op Celery task) installed only
-by ``bench.settings``.
+Django app (a bare baseline view, the floor view of receiving, a no-op webhook handler and a
+no-op Celery task) installed only by ``bench.settings``.
 """

@@ -1,6 +1,6 @@
 """Benchmark of the inbound path: the webhook view under gunicorn, and end to end through Celery.
 
-    python bench/ingest.py            # full run (about 90 s)
+    python bench/ingest.py            # full run (about 2.5 minutes)
     python bench/ingest.py --smoke    # tiny run that checks the harness end to end (CI)
 
 Starts gunicorn (2 sync workers, the issue's reference set-up for 2 cores; ``--workers 4``
@@ -13,12 +13,19 @@ timing:
 (b) new events: ``POST /webhooks/bench/``, verified, stored and enqueued,
 (c) duplicates of events stored in (b),
 (d) end to end: N events posted until all are ``processed`` by a real Celery worker with a
-    no-op handler, against N no-op Celery tasks sent directly and drained by the same worker.
+    no-op handler, against N no-op Celery tasks sent directly and drained by the same worker,
+(e) the floor, new events: ``POST /bench/floor/``, a view that only reads the body, parses it
+    and runs the app's receive statement (``bench/views.py``; a diagnostic, not the product),
+(f) the floor, duplicates of events stored in (e).
+
+(e) and (f) are the best any design that stores each event durably before answering could do
+on this machine: b/e and c/f tell how close to it the webhook view gets.
 
 Prints throughput and latency per case, the server's and the generator's CPU per request, the
-ratios b/a, c/a and d/celery, and, last, one JSON line with ``b_over_a``, ``c_over_a``,
-``b_p99_ms`` and ``d_over_celery``. Exit status: 0 when every case ran without errors (targets
-are reported, not enforced), 1 when a case failed, 3 when a piece of the app is missing.
+ratios b/a, c/a and d/celery, then e/a, f/a, b/e and c/f, and, last, one JSON line with
+``b_over_a``, ``c_over_a``, ``b_p99_ms``, ``d_over_celery``, ``e_over_a`` and ``f_over_a``.
+Exit status: 0 when every case ran without errors (targets are reported, not enforced), 1 when
+a case failed, 3 when a piece of the app is missing.
 """
 
 from __future__ import annotations
@@ -63,8 +70,12 @@ from bench.processes import (  # noqa: E402
 
 ENDPOINT_PATH = "/webhooks/bench/"
 BARE_PATH = "/bench/bare/"
+FLOOR_PATH = "/bench/floor/"
 CONCURRENCY = 16
 TARGETS = {"b_over_a": 0.5, "c_over_a": 0.7, "b_p99_ms": 25.0, "d_over_celery": 0.5}
+#: The keys of the last line: the targets', then the floor's (reported, no target).
+SUMMARY_KEYS = (*TARGETS, "e_over_a", "f_over_a")
+LABEL_WIDTH = 40
 
 # A realistic Stripe event: the envelope of Stripe's API fixtures around a payment intent.
 PAYMENT_INTENT = {
@@ -204,8 +215,9 @@ class Bench:
         self.port = 0
         self.run_id = f"b{uuid.uuid4().hex[:8]}"
         self.sign, self.signer_name = make_signer()
-        self.stored: list[bytes] = []  # bodies of the events stored by (b)
-        self.rounds_of_new = 0
+        # Bodies of the events stored by (b) and by (e), which (c) and (f) deliver again.
+        self.stored: dict[str, list[bytes]] = {"b": [], "e": []}
+        self.rounds_of_new: dict[str, int] = {"b": 0, "e": 0}
 
     # -- processes -----------------------------------------------------------------------
     def start(self, name: str, argv: list[str], **env: str) -> Child:
@@ -341,36 +353,55 @@ class Bench:
             self.drive(path, count=warmup, duration=30, cycle=True, expect='"ok"')
         return self.drive(path, count=10**9, duration=seconds, cycle=True, expect='"ok"')
 
-    def new_event_requests(self, prefix: str, count: int) -> tuple[Path, list[bytes]]:
+    def new_event_requests(
+        self, prefix: str, count: int, path: str = ENDPOINT_PATH
+    ) -> tuple[Path, list[bytes]]:
+        """``count`` new events posted to ``path``, signed (the floor view ignores the signature,
+        but its requests are then the same bytes as the webhook view's)."""
         bodies = [event_body(self.run_id + prefix, i) for i in range(count)]
-        requests = [raw_post(self.port, ENDPOINT_PATH, b, self.sign(b)) for b in bodies]
+        requests = [raw_post(self.port, path, b, self.sign(b)) for b in bodies]
         return write_requests(self.workdir, f"new-{prefix}", requests), bodies
 
-    def case_new(self, seconds: float, *, warmup: int = 0) -> dict:
-        """New events, signed just now: enough for ``seconds`` at up to --max-rate req/s."""
-        self.rounds_of_new += 1
+    def case_new(
+        self, seconds: float, *, warmup: int = 0, case: str = "b", path: str = ENDPOINT_PATH
+    ) -> dict:
+        """New events, signed just now: enough for ``seconds`` at up to --max-rate req/s, to the
+        webhook view (b) or, as ``case_floor_new`` calls it, to the floor view (e)."""
+        self.rounds_of_new[case] += 1
         count = warmup + int(seconds * self.args.max_rate)
-        path, bodies = self.new_event_requests(f"b{self.rounds_of_new}", count)
+        file, bodies = self.new_event_requests(f"{case}{self.rounds_of_new[case]}", count, path)
+        stored = self.stored[case]
         if warmup:
-            self.drive(path, count=warmup, duration=30, expect='"accepted"')
-            self.stored += bodies[:warmup]
+            self.drive(file, count=warmup, duration=30, expect='"accepted"')
+            stored += bodies[:warmup]
         result = self.drive(
-            path, count=count - warmup, duration=seconds, offset=warmup, expect='"accepted"'
+            file, count=count - warmup, duration=seconds, offset=warmup, expect='"accepted"'
         )
         if result["sent"] >= count - warmup:
             result["note"] = "ran out of pre-signed events: raise --max-rate"
-        self.stored += bodies[warmup : warmup + result["sent"]]
+        stored += bodies[warmup : warmup + result["sent"]]
         return result
 
-    def case_duplicates(self, seconds: float, *, warmup: int = 0) -> dict:
-        """Deliveries of events stored by (b), re-signed now as a vendor's retry would be."""
-        if not self.stored:
-            raise BenchError("(c) needs events stored by (b)")
-        requests = [raw_post(self.port, ENDPOINT_PATH, b, self.sign(b)) for b in self.stored]
-        path = write_requests(self.workdir, "duplicates", requests)
+    def case_duplicates(
+        self, seconds: float, *, warmup: int = 0, of: str = "b", path: str = ENDPOINT_PATH
+    ) -> dict:
+        """Deliveries of events stored by case ``of`` ((b), or (e) for ``case_floor_duplicates``),
+        re-signed now as a vendor's retry would be."""
+        if not self.stored[of]:
+            raise BenchError(f"duplicates need events stored by ({of})")
+        requests = [raw_post(self.port, path, b, self.sign(b)) for b in self.stored[of]]
+        file = write_requests(self.workdir, f"duplicates-{of}", requests)
         if warmup:
-            self.drive(path, count=warmup, duration=30, cycle=True, expect='"duplicate"')
-        return self.drive(path, count=10**9, duration=seconds, cycle=True, expect='"duplicate"')
+            self.drive(file, count=warmup, duration=30, cycle=True, expect='"duplicate"')
+        return self.drive(file, count=10**9, duration=seconds, cycle=True, expect='"duplicate"')
+
+    def case_floor_new(self, seconds: float, *, warmup: int = 0) -> dict:
+        """(e): new events to the floor view (``bench.views.floor``), as (b) posts them."""
+        return self.case_new(seconds, warmup=warmup, case="e", path=FLOOR_PATH)
+
+    def case_floor_duplicates(self, seconds: float, *, warmup: int = 0) -> dict:
+        """(f): events stored by (e), delivered to the floor view again."""
+        return self.case_duplicates(seconds, warmup=warmup, of="e", path=FLOOR_PATH)
 
     # -- end to end ----------------------------------------------------------------------
     def start_worker(self) -> Child:
@@ -561,9 +592,10 @@ def ratio(x: float | None, y: float | None) -> float | None:
 def print_report(bench: Bench, results: dict) -> dict:
     a, b, c = results.get("a"), results.get("b"), results.get("c")
     d, celery, ceiling = results.get("d"), results.get("celery"), results.get("ceiling")
+    e, f = results.get("e"), results.get("f")
     args = bench.args
-    if not any((a, b, c, d)):
-        return dict.fromkeys(TARGETS)
+    if not any((a, b, c, d, e, f)):
+        return dict.fromkeys(SUMMARY_KEYS)
     print()
     print(
         f"gunicorn: {args.workers} {args.worker_class} worker(s)"
@@ -572,7 +604,7 @@ def print_report(bench: Bench, results: dict) -> dict:
         + f"; signing: {bench.signer_name}"
     )
     header = (
-        f"{'case':<34}{'ok':>8}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'err':>5}"
+        f"{'case':<{LABEL_WIDTH}}{'ok':>8}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'err':>5}"
         f"{'srv ms/req':>11}{'(bg)':>6}{'db ms/req':>10}{'gen cpu':>8}{'busy':>6}"
     )
     print(header)
@@ -582,25 +614,29 @@ def print_report(bench: Bench, results: dict) -> dict:
         ("(a) bare JSON view (baseline)", a),
         ("(b) new events", b),
         ("(c) duplicates", c),
+        ("(e) floor: bare view + the insert, new", e),
+        ("(f) floor: duplicates", f),
     ]
     for label, r in rows:
         if not r:
             continue
         errors = sum(r["errors"].values())
         print(
-            f"{label:<34}{r['ok']:>8}{r['throughput']:>9.0f}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}"
-            f"{errors:>5}{r.get('server_cpu_ms_per_req', 0):>11.2f}"
+            f"{label:<{LABEL_WIDTH}}{r['ok']:>8}{r['throughput']:>9.0f}"
+            f"{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{errors:>5}"
+            f"{r.get('server_cpu_ms_per_req', 0):>11.2f}"
             f"{r.get('server_bg_ms_per_req', 0):>6.2f}"
             f"{r.get('db_cpu_ms_per_req', 0):>10.2f}{r['cpu_share']:>8.0%}"
             f"{r.get('machine_busy', 0):>6.0%}"
         )
     if d and celery:
         print(
-            f"{'(d) end to end, events processed':<34}{d['n']:>8}{d['throughput']:>9.0f}"
+            f"{'(d) end to end, events processed':<{LABEL_WIDTH}}{d['n']:>8}{d['throughput']:>9.0f}"
             f"   (posting alone {d['post_throughput']:.0f} req/s, worst round's p99 "
             f"{d['post_p99_ms']:.1f} ms)"
         )
-        print(f"{'    bare Celery no-op tasks':<34}{celery['n']:>8}{celery['throughput']:>9.0f}")
+        label = "    bare Celery no-op tasks"
+        print(f"{label:<{LABEL_WIDTH}}{celery['n']:>8}{celery['throughput']:>9.0f}")
     drained, noop_drained = results.get("d_drain"), results.get("celery_drain")
     if drained and noop_drained:
         print(
@@ -629,6 +665,8 @@ def print_report(bench: Bench, results: dict) -> dict:
         "c_over_a": ratio(c and c["throughput"], a and a["throughput"]),
         "b_p99_ms": round(b["p99_ms"], 2) if b else None,
         "d_over_celery": ratio(d and d["throughput"], celery and celery["throughput"]),
+        "e_over_a": ratio(e and e["throughput"], a and a["throughput"]),
+        "f_over_a": ratio(f and f["throughput"], a and a["throughput"]),
     }
     checks = []
     for key, target in TARGETS.items():
@@ -639,6 +677,14 @@ def print_report(bench: Bench, results: dict) -> dict:
         sign = "<=" if key == "b_p99_ms" else ">="
         checks.append(f"{key} = {value} (target {sign} {target}: {'met' if met else 'NOT met'})")
     print("ratios: " + "; ".join(checks))
+    # The floor: what storing each event before answering costs at the least (no target).
+    floor = [f"{key[0]}/a = {summary[key]}" for key in ("e_over_a", "f_over_a") if summary[key]]
+    for name, r, floor_name, r_floor in (("b", b, "e", e), ("c", c, "f", f)):
+        reached = ratio(r and r["throughput"], r_floor and r_floor["throughput"])
+        if reached is not None:
+            floor.append(f"{name} reaches {reached} of the floor ({name}/{floor_name})")
+    if floor:
+        print("floor: " + "; ".join(floor))
     return summary
 
 
@@ -660,19 +706,26 @@ def clean_up(keep_db: bool) -> None:
 
 
 def run_rounds(bench: Bench) -> dict[str, dict]:
-    """(a), (b) and (c) in interleaved rounds (order rotated each round), so that a change in
-    the machine's load while the benchmark runs affects each case alike."""
+    """(a), (b), (c), (e) and (f) in interleaved rounds (order rotated each round), so that a
+    change in the machine's load while the benchmark runs affects each case alike."""
     args = bench.args
-    runners = {"a": bench.case_bare, "b": bench.case_new, "c": bench.case_duplicates}
-    chosen = [key for key in "abc" if key in args.cases]
-    if "c" in chosen and "b" not in chosen:
-        chosen.insert(0, "b")
+    runners = {
+        "a": bench.case_bare,
+        "b": bench.case_new,
+        "c": bench.case_duplicates,
+        "e": bench.case_floor_new,
+        "f": bench.case_floor_duplicates,
+    }
+    chosen = [key for key in runners if key in args.cases]
+    for duplicates, new in (("c", "b"), ("f", "e")):  # duplicates need stored events
+        if duplicates in chosen and new not in chosen:
+            chosen.insert(chosen.index(duplicates), new)
     if not chosen:
         return {}
     seconds = args.seconds / args.rounds
     rounds: dict[str, list[dict]] = {key: [] for key in chosen}
     print(f"warming up {', '.join(chosen)} ...", flush=True)
-    for key in chosen:  # warm-up and a first short round, in order (c needs b's events)
+    for key in chosen:  # warm-up and a first short round, in order (c, f need b's, e's events)
         rounds[key].append(runners[key](seconds, warmup=args.warmup))
     for number in range(1, args.rounds):
         order = chosen[number % len(chosen) :] + chosen[: number % len(chosen)]
@@ -686,9 +739,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny run, for CI")
     parser.add_argument(
-        "--seconds", type=float, default=20.0, help="measured seconds of each of (a), (b), (c)"
+        "--seconds",
+        type=float,
+        default=20.0,
+        help="measured seconds of each of (a), (b), (c), (e), (f), over all rounds",
     )
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of a, b, c")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of a, b, c, e, f")
     parser.add_argument("--warmup", type=int, default=300, help="unmeasured requests per case")
     parser.add_argument("--e2e-events", type=int, default=2000, help="N for (d)")
     parser.add_argument(
@@ -703,7 +759,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--celery-concurrency", type=int, default=2, help="Celery processes")
     parser.add_argument("--max-rate", type=float, default=4000.0, help="events signed per s")
     parser.add_argument("--ceiling-seconds", type=float, default=3.0)
-    parser.add_argument("--cases", default="abcd", help="subset of the cases to run, e.g. ab")
+    parser.add_argument("--cases", default="abcdef", help="subset of the cases to run, e.g. ab")
     parser.add_argument(
         "--profile",
         nargs="?",
@@ -730,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/ingest.py cannot run: these parts of the app are missing:")
         for item in missing:
             print(f"  - {item}")
-        print(json.dumps({**dict.fromkeys(TARGETS), "missing": missing}))
+        print(json.dumps({**dict.fromkeys(SUMMARY_KEYS), "missing": missing}))
         return 3
     results: dict[str, dict] = {}
     status = 0

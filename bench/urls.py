@@ -1,9 +1,14 @@
-"""The sandbox's URLs plus the baseline: a bare JSON view served by the same project."""
+"""The sandbox's URLs plus the benchmark's reference views: the bare JSON view (baseline) and
+the floor of receiving (``bench/views.py``)."""
 
 from django.urls import path
 
 from sandbox_project.urls import urlpatterns as sandbox_urlpatterns
 
-from .views import bare
+from .views import bare, floor
 
-urlpatterns = [*sandbox_urlpatterns, path("bench/bare/", bare, name="bench-bare")]
+urlpatterns = [
+    *sandbox_urlpatterns,
+    path("bench/bare/", bare, name="bench-bare"),
+    path("bench/floor/", floor, name="bench-floor"),
+]
