@@ -44,7 +44,7 @@ from .conf import webhooks_settings
 from .db import fetch_one, timestamp_param
 from .exceptions import BrokerUnavailable, Ignore, PermanentFailure
 from .models import WebhookEvent
-from .providers.base import ConfigProblem
+from .providers.base import ConfigProblem, is_number
 from .registry import handlers_for
 from .signals import send_logged, webhook_failed, webhook_ignored, webhook_processed
 
@@ -92,9 +92,8 @@ def _setting_problem(key: str) -> ConfigProblem | None:
     if value is None and key in NULLABLE_SETTINGS:
         return None
     kind, minimum, expected = PROCESSING_SETTINGS[key]
-    kinds = (int,) if kind is int else (int, float)
-    if isinstance(value, kinds) and not isinstance(value, bool) and value >= minimum:
-        return None  # (NaN fails the comparison)
+    if is_number(value, integer=kind is int, at_least=minimum):
+        return None
     return ConfigProblem("E008", f'WEBHOOKS["{key}"]', f"must be {expected}, not {value!r}.",
                          "Leave it out to use the default.")  # fmt: skip
 
@@ -590,18 +589,6 @@ def _record_outcome(
             partial(send_logged, webhook_failed, WebhookEvent, event=event, error=error)
         )
     return outcome, event.next_attempt_at
-
-
-def seconds_until_due(event_pk: int) -> float | None:
-    """Seconds until the event's scheduled retry (0 if due now); None if none is scheduled."""
-    row = (
-        WebhookEvent.objects.filter(pk=event_pk, status__in=DUE_STATUSES)
-        .values_list("next_attempt_at", flat=True)
-        .first()
-    )
-    if row is None:
-        return None
-    return max((row - timezone.now()).total_seconds(), 0.0)
 
 
 def _send_failed(event_pk: int, error: BaseException) -> None:

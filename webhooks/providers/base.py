@@ -94,7 +94,8 @@ def is_number(
     ``above`` and at least ``at_least`` when they are given (NaN is within no range).
 
     The one rule for numeric settings: ``TOLERANCE``/``MAX_BODY_BYTES``, global
-    (``webhooks.checks``) and per endpoint (``Provider.config_problems``).
+    (``webhooks.checks``) and per endpoint (``Provider.config_problems``), and the processing
+    settings (``webhooks.services``).
     """
     kinds = (int,) if integer else (int, float)
     if not isinstance(value, kinds) or isinstance(value, bool):
