@@ -9,6 +9,11 @@ it once instead of on every delivery: planning was most of the database's CPU fo
 prepared statements across transactions (PgBouncer before 1.21 in transaction mode, or with
 ``max_prepared_statements = 0``).
 
+To let psycopg prepare at all, a connection whose ``prepare_threshold`` is None (Django's
+default) gets one no statement reaches, so nothing else is prepared. psycopg then also forgets
+the connection's prepared statements after a rollback (one ``DEALLOCATE ALL``), and ours are
+prepared again on their next use.
+
 Under ``DEBUG`` (or ``CaptureQueriesContext``) nothing is prepared, so that Django's query log
 shows each statement. Either way the cursor is Django's ``CursorWrapper`` (execute wrappers,
 error wrapping, query logging). Other databases, and psycopg 2, get ``connection.cursor()``.
