@@ -7,7 +7,9 @@ these few fixed statements is also prepared once per connection, so PostgreSQL p
 it once instead of on every delivery: planning was most of the database's CPU for an insert
 (about 0.13 of 0.30 ms per event here). Set it to False behind a pooler that cannot keep
 prepared statements across transactions (PgBouncer before 1.21 in transaction mode, or with
-``max_prepared_statements = 0``).
+``max_prepared_statements = 0``). Left True there, the first statement that finds its prepared
+statement gone is run again unprepared (outside a transaction; inside one the error stands),
+one error is logged, and the process stops preparing on that database.
 
 To let psycopg prepare at all, a connection whose ``prepare_threshold`` is None (Django's
 default) gets one no statement reaches, so nothing else is prepared. psycopg then also forgets
@@ -21,8 +23,13 @@ error wrapping, query logging). Other databases, and psycopg 2, get ``connection
 
 from __future__ import annotations
 
+import logging
 import weakref
 from typing import Any
+
+from django.db import ProgrammingError
+
+logger = logging.getLogger(__name__)
 
 try:
     from django.db.backends.postgresql.psycopg_any import is_psycopg3
@@ -51,14 +58,29 @@ if is_psycopg3:
     class _PreparingCursor(psycopg.Cursor):
         """A server-binding cursor whose statements are prepared on their first execution."""
 
+        prepare = True
+
         def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None,
                     binary: bool | None = None) -> Any:  # fmt: skip
-            return super().execute(query, params, prepare=prepare is not False, binary=binary)
+            return super().execute(query, params, prepare=self.prepare, binary=binary)
+
+    class _UnpreparedCursor(_PreparingCursor):
+        """A server-binding cursor that never prepares, nor uses a statement prepared before
+        (psycopg would reuse one it remembers unless told ``prepare=False``)."""
+
+        prepare = False
+
+    _LostStatement: type[Exception] = psycopg.errors.InvalidSqlStatementName
 
 
 else:
     Jsonb = None
     NULL_TIMESTAMP = None
+    _LostStatement = type("_LostStatement", (Exception,), {})
+
+#: Database aliases on which a prepared statement vanished in this process (a pooler that
+#: does not keep them): their statements are no longer prepared.
+_unprepared_aliases: set[str] = set()
 
 #: Raw connections already set up by statement_cursor (dumper and prepare threshold).
 _ready: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -98,7 +120,8 @@ def statement_cursor(connection: Any) -> Any:
     logged = connection.queries_logged
     # Logged queries (DEBUG, CaptureQueriesContext) stay unprepared: Django's log reads the
     # statement's text, which psycopg does not keep for a prepared execution.
-    if webhooks_settings["PREPARED_STATEMENTS"] and not logged:
+    prepared = webhooks_settings["PREPARED_STATEMENTS"] and not logged
+    if prepared and connection.alias not in _unprepared_aliases:
         if raw.prepare_threshold is None:
             # Django's default (None) turns psycopg's preparing off altogether, even for an
             # explicit prepare=True. A threshold no query reaches keeps every other statement
@@ -108,7 +131,7 @@ def statement_cursor(connection: Any) -> Any:
             raw.prepare_threshold = _NEVER_AUTOMATICALLY
         cursor = _PreparingCursor(raw)
     else:
-        cursor = psycopg.Cursor(raw)
+        cursor = _UnpreparedCursor(raw)
     if logged:
         return connection.make_debug_cursor(cursor)
     return connection.make_cursor(cursor)
@@ -124,6 +147,28 @@ def fetch_one(connection: Any, sql: str, params: Any) -> tuple[Any, ...] | None:
     through the wrapper each of those calls would build an error-wrapping function (about 8 µs a
     statement). Other drivers read through the wrapper (SQLite can fail while stepping a row).
     """
+    try:
+        return _fetch_one(connection, sql, params)
+    except ProgrammingError as exc:
+        if not isinstance(exc.__cause__, _LostStatement):
+            raise
+        # "prepared statement ... does not exist": something between us and PostgreSQL (a
+        # pooler in transaction mode) does not keep prepared statements. Stop preparing on this
+        # alias, and run the statement again unless a transaction was aborted by the error.
+        if connection.alias not in _unprepared_aliases:
+            _unprepared_aliases.add(connection.alias)
+            logger.error(
+                "webhooks: a prepared statement vanished on database %r (a connection pooler in "
+                "transaction mode?); statements are no longer prepared in this process. Set "
+                'WEBHOOKS["PREPARED_STATEMENTS"] = False to stop preparing them at all.',
+                connection.alias,
+            )
+        if connection.in_atomic_block:
+            raise
+        return _fetch_one(connection, sql, params)
+
+
+def _fetch_one(connection: Any, sql: str, params: Any) -> tuple[Any, ...] | None:
     cursor = statement_cursor(connection)
     if not binds_on_server(connection):
         with cursor:

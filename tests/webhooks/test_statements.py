@@ -411,3 +411,73 @@ def test_a_bool_prepared_statements_passes_the_check(value):
     with override_settings(WEBHOOKS=webhooks_with(PREPARED_STATEMENTS=value)):
         assert webhooks_errors() == []
         assert services.processing_config_problems() == []
+
+
+# -- a prepared statement that vanishes (a pooler in transaction mode) ------------------------
+
+
+@pytest.fixture
+def unprepared_aliases() -> Iterator[set[str]]:
+    """``webhooks.db``'s process-wide record of aliases that stopped preparing, reset after."""
+    from webhooks import db
+
+    yield db._unprepared_aliases
+    db._unprepared_aliases.clear()
+
+
+def drop_prepared_behind_psycopgs_back(raw: Any) -> None:
+    """What a pooler in transaction mode does: the next server connection lacks the statement
+    psycopg believes is prepared (psycopg is not told: the command goes to libpq directly)."""
+    result = raw.pgconn.exec_(b"DEALLOCATE ALL")
+    assert result.status == 1  # COMMAND_OK
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_vanished_statement_is_run_again_unprepared_and_preparing_stops(
+    client, caplog, unprepared_aliases
+):
+    raw = fresh_session()
+    first = build_request("stripe")
+    assert deliver(client, first) == "accepted"
+    assert len(receive_statements()) == 1
+    drop_prepared_behind_psycopgs_back(raw)
+    assert receive_statements() == []
+
+    with caplog.at_level(logging.ERROR, logger="webhooks.db"):
+        statuses = [deliver(client, build_request("stripe")), deliver(client, first)]
+        statuses.append(deliver(client, build_request("github")))
+    # The delivery that met the missing statement was stored all the same (run again, not
+    # prepared), and so were the ones after it; nothing is prepared any more in this process.
+    assert statuses == ["accepted", "duplicate", "accepted"]
+    assert WebhookEvent.objects.count() == 3
+    assert receive_statements() == []
+    assert unprepared_aliases == {"default"}
+    errors = [r for r in caplog.records if r.name == "webhooks.db"]
+    assert len(errors) == 1  # said once, not per delivery
+    assert 'WEBHOOKS["PREPARED_STATEMENTS"] = False' in errors[0].getMessage()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_vanished_statement_inside_a_transaction_raises_and_the_next_one_works(
+    client, unprepared_aliases
+):
+    from django.db import ProgrammingError
+
+    from webhooks.receiving import insert_or_compare
+
+    raw = fresh_session()
+    assert deliver(client, build_request("stripe")) == "accepted"
+    drop_prepared_behind_psycopgs_back(raw)
+
+    def event(event_id: str) -> WebhookEvent:
+        return WebhookEvent(endpoint="stripe", event_id=event_id, event_type="t", body=b"{}",
+                            payload={}, headers={}, received_at=timezone.now())  # fmt: skip
+
+    # Inside a transaction the error aborted it: it cannot be run again there.
+    with pytest.raises(ProgrammingError), transaction.atomic():
+        insert_or_compare(event("evt_in_tx"), "default")
+    assert not WebhookEvent.objects.filter(event_id="evt_in_tx").exists()
+    assert unprepared_aliases == {"default"}
+    with transaction.atomic():
+        assert insert_or_compare(event("evt_in_tx"), "default") == (True, None)
+    assert WebhookEvent.objects.filter(event_id="evt_in_tx").exists()
