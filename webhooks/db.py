@@ -82,7 +82,7 @@ else:
 #: does not keep them): their statements are no longer prepared.
 _unprepared_aliases: set[str] = set()
 
-#: Raw connections already set up by statement_cursor (dumper and prepare threshold).
+#: Raw connections on which statement_cursor registered the ``NullTimestamp`` dumper.
 _ready: weakref.WeakSet[Any] = weakref.WeakSet()
 
 

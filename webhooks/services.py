@@ -25,6 +25,7 @@ One processing attempt (``process_event``) runs in two short steps:
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -220,30 +221,31 @@ def dispatches_inline() -> bool:
     return celery_is_eager()
 
 
-#: Celery's ``task_always_eager`` as configured (Django settings or defaults), read once:
-#: reading it through ``app.conf`` costs more than the rest of the enqueue. A value set at run
-#: time (``app.conf.task_always_eager = ...``) is seen at once, and ``override_settings`` of a
-#: ``CELERY_`` setting clears the cache.
-_configured_eager: list[bool] = []
-
-
 def celery_is_eager() -> bool:
-    """Whether the Celery app runs tasks eagerly (``task_always_eager``), read cheaply."""
+    """Whether the Celery app runs tasks eagerly (``task_always_eager``), read cheaply: a value
+    set at run time (``app.conf.task_always_eager = ...``) is seen at once; the configured one
+    (Django settings or Celery's default) is read once, since reading it through ``app.conf``
+    costs more than the rest of the enqueue, and ``override_settings`` of a ``CELERY_``
+    setting reads it again."""
     from .tasks import process_event as process_event_task
 
-    conf = process_event_task.app.conf
-    changed = conf.changes.get("task_always_eager")
+    changed = process_event_task.app.conf.changes.get("task_always_eager")
     if changed is not None:
         return bool(changed)
-    if not _configured_eager:
-        _configured_eager.append(bool(conf.task_always_eager))
-    return _configured_eager[0]
+    return _configured_eager()
+
+
+@functools.cache
+def _configured_eager() -> bool:
+    from .tasks import process_event as process_event_task
+
+    return bool(process_event_task.app.conf.task_always_eager)
 
 
 @receiver(setting_changed)
 def _forget_configured_eager(*, setting: str, **kwargs: Any) -> None:
     if setting.startswith("CELERY"):
-        _configured_eager.clear()
+        _configured_eager.cache_clear()
 
 
 def enqueue_on_commit(event: WebhookEvent) -> None:
@@ -443,7 +445,7 @@ def _lock_claimed(event_pk: int, attempt: int, started_at: datetime) -> WebhookE
     )
     if connection.features.has_select_for_update_skip_locked:
         sql += " " + connection.ops.for_update_sql(skip_locked=True)
-    params = [event_pk, attempt, connection.ops.adapt_datetimefield_value(started_at)]
+    params = [event_pk, attempt, timestamp_param(connection, started_at)]
     row = fetch_one(connection, sql, params)
     if row is None:
         return None
