@@ -42,6 +42,7 @@ from bench.database import (  # noqa: E402
     require_redis,
     setup_django,
 )
+from bench.loadgen import percentile  # noqa: E402
 from bench.processes import (  # noqa: E402
     PYTHON,
     BenchError,
@@ -84,11 +85,6 @@ def missing_pieces() -> list[str]:
     except (ImportError, AttributeError) as exc:
         missing.append(f"pybreaker with CircuitRedisStorage (pip install pybreaker redis): {exc}")
     return missing
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
-    return sorted_values[rank]
 
 
 def clear_pybreaker_keys(redis_client) -> None:

@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +51,7 @@ def subprocess_env(
     env.update(
         DJANGO_SETTINGS_MODULE="tests.worker_settings",
         TETHER_DB_NAME=connection.settings_dict["NAME"],
-        TETHER_REDIS_DB=os.environ.get("TETHER_REDIS_DB", "0"),
+        TETHER_REDIS_DB=str(settings.REDIS_DB),
         TETHER_WORKER_WEBHOOKS=json.dumps(webhooks or {}),
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
     )

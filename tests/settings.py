@@ -5,7 +5,9 @@ Environment knobs, so that several test runs on one machine do not share state:
 - ``TETHER_TEST_DB``: the database pytest-django creates (default ``test_tether``).
 - ``TETHER_DB_NAME``: the database to connect to; a Celery worker started by a test sets it to
   the test database so it sees the test's rows.
-- ``TETHER_REDIS_DB``: the Redis database number for the broker and the cache (default 0).
+- ``TETHER_REDIS_DB``: the Redis database number for the broker and the cache (default 14, so
+  that the suite, which empties its database before every test, never touches database 0 that
+  the sandbox and applications use).
 """
 
 import os
@@ -13,7 +15,6 @@ import os
 import dj_database_url
 
 from sandbox_project.settings import *  # noqa: F403
-from sandbox_project.settings import CELERY_BEAT_SCHEDULE  # noqa: F401
 
 _pg = dj_database_url.parse(
     os.environ.get("TETHER_PG_URL", "postgres://postgres@127.0.0.1:5432/test")
@@ -23,7 +24,7 @@ _pg["TEST"] = {"NAME": os.environ.get("TETHER_TEST_DB", "test_tether")}
 _pg["CONN_MAX_AGE"] = 0
 DATABASES = {"default": _pg}
 
-REDIS_DB = int(os.environ.get("TETHER_REDIS_DB", "0"))
+REDIS_DB = int(os.environ.get("TETHER_REDIS_DB", "14"))
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 CELERY_BROKER_URL = REDIS_URL
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
