@@ -307,24 +307,14 @@ def is_due(event: WebhookEvent, now: datetime | None = None) -> bool:
     return event.next_attempt_at is None or event.next_attempt_at <= now
 
 
-def _relax_commit_durability() -> None:
-    """Let the current transaction's COMMIT return before its WAL is flushed (PostgreSQL only).
-
-    Used for the claim alone: losing a claim in a database crash only loses one count of
-    ``attempts``, and the run's own (durable) COMMIT flushes the claim's WAL record with it. It
-    saves one disk flush per event, about half the database cost of processing. Never inside a
-    caller's transaction (an eager task, a test): ``SET LOCAL`` would relax the caller's commit.
-    """
-    connection = transaction.get_connection()
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
-
-
 #: The claim in one statement (PostgreSQL): lock the row if it is free and due, and either count
 #: the attempt or, when every attempt is used up (the last one's worker died), end it ``failed``.
-#: In autocommit the statement is its own transaction; the ``set_config`` CTE then relaxes the
-#: durability of that commit only (``is_local``), as ``_relax_commit_durability`` does.
+#: In autocommit the statement is its own transaction; the ``set_config`` CTE then lets that
+#: commit return before its WAL is flushed (``is_local``: this commit only). Losing a claim in a
+#: database crash only loses one count of ``attempts``, and the run's own (durable) COMMIT
+#: flushes the claim's WAL record with it; it saves one disk flush per event, about half the
+#: database cost of processing. Inside a caller's transaction (an eager task, a test) the
+#: setting is left as it is (``current_setting``), so the caller's commit is never relaxed.
 CLAIM_SQL = """
 WITH relax AS (SELECT set_config('synchronous_commit', %(sync)s, true) AS setting)
 UPDATE {table} SET
@@ -350,12 +340,10 @@ def _claim(event_pk: int) -> tuple[int, datetime] | str | None:
     """Step 1: count the attempt and commit. Returns the claim token, a final status, or None."""
     max_attempts = processing_setting("MAX_ATTEMPTS")
     connection = transaction.get_connection()
-    outermost = not connection.in_atomic_block
     if connection.vendor == "postgresql":
-        return _claim_in_one_statement(event_pk, max_attempts, relax=outermost)
+        relax = not connection.in_atomic_block
+        return _claim_in_one_statement(event_pk, max_attempts, relax=relax)
     with transaction.atomic():
-        if outermost:
-            _relax_commit_durability()
         event = (
             WebhookEvent.objects.select_for_update(skip_locked=True)
             .only("id", "status", "attempts", "next_attempt_at", "last_error")
@@ -396,20 +384,18 @@ def _claim_in_one_statement(
     """
     connection = transaction.get_connection()
     now = timezone.now()
-    sql = CLAIM_SQL.format(table=connection.ops.quote_name(WebhookEvent._meta.db_table))
     params = {
         "pk": event_pk,
         "max": max_attempts,
         "now": now,
-        "sync": "off" if relax else None,
         "received": Status.RECEIVED,
         "processing": Status.PROCESSING,
         "failed": Status.FAILED,
         "max_chars": LAST_ERROR_MAX_CHARS,
     }
-    if not relax:
-        sql = sql.replace("%(sync)s", "current_setting('synchronous_commit')")
-        del params["sync"]
+    if relax:
+        params["sync"] = "off"
+    sql = _statements(connection)["claim_relaxed" if relax else "claim"]
     row = fetch_one(connection, sql, params)
     if row is None:
         return None  # gone, locked by an attempt in progress, finished, or not due
@@ -421,13 +407,41 @@ def _claim_in_one_statement(
     return attempts, now
 
 
-def _sql_names(connection: Any) -> dict[str, str]:
-    """The event table's and its columns' quoted names, for the hot path's hand-written SQL."""
+#: Per database vendor, processing's hand-written statements, built once (like the receive
+#: statement's ``receiving._INSERT_SQL``): the same text each time, so each is prepared once.
+_STATEMENTS: dict[str, dict[str, str]] = {}
+
+
+def _statements(connection: Any) -> dict[str, str]:
+    """Processing's statements for ``connection``'s vendor: ``claim_relaxed`` and ``claim``
+    (PostgreSQL; see ``CLAIM_SQL``), ``lock`` (``_lock_claimed``) and ``save``
+    (``_save_outcome``), with the event table's and columns' quoted names."""
+    found = _STATEMENTS.get(connection.vendor)
+    if found is not None:
+        return found
     meta = WebhookEvent._meta
     quote = connection.ops.quote_name
-    names = {field.name: quote(field.column) for field in meta.concrete_fields}
-    names["table"] = quote(meta.db_table)
-    return names
+    n = {field.name: quote(field.column) for field in meta.concrete_fields}
+    n["table"] = quote(meta.db_table)
+    columns = ", ".join(n[field.name] for field in meta.concrete_fields)
+    lock = (
+        f"SELECT {columns} FROM {n['table']} WHERE {n['id']} = %s "  # noqa: S608
+        f"AND {n['attempts']} = %s AND {n['last_attempt_at']} = %s"
+    )
+    if connection.features.has_select_for_update_skip_locked:
+        lock += " " + connection.ops.for_update_sql(skip_locked=True)
+    claim = CLAIM_SQL.format(table=n["table"])
+    found = {
+        "claim_relaxed": claim,
+        "claim": claim.replace("%(sync)s", "current_setting('synchronous_commit')"),
+        "lock": lock,
+        "save": (
+            f"UPDATE {n['table']} SET {n['status']} = %s, {n['next_attempt_at']} = %s, "  # noqa: S608
+            f"{n['processed_at']} = %s, {n['last_error']} = %s WHERE {n['id']} = %s"
+        ),
+    }
+    _STATEMENTS[connection.vendor] = found
+    return found
 
 
 def _lock_claimed(event_pk: int, attempt: int, started_at: datetime) -> WebhookEvent | None:
@@ -436,17 +450,9 @@ def _lock_claimed(event_pk: int, attempt: int, started_at: datetime) -> WebhookE
     One plain statement, its values converted as the ORM would (``from_db`` and each field's
     database converters), without the ORM's query building (most of an attempt's CPU)."""
     connection = transaction.get_connection()
-    n = _sql_names(connection)
     fields = WebhookEvent._meta.concrete_fields
-    columns = ", ".join(n[field.name] for field in fields)
-    sql = (
-        f"SELECT {columns} FROM {n['table']} WHERE {n['id']} = %s "  # noqa: S608
-        f"AND {n['attempts']} = %s AND {n['last_attempt_at']} = %s"
-    )
-    if connection.features.has_select_for_update_skip_locked:
-        sql += " " + connection.ops.for_update_sql(skip_locked=True)
     params = [event_pk, attempt, timestamp_param(connection, started_at)]
-    row = fetch_one(connection, sql, params)
+    row = fetch_one(connection, _statements(connection)["lock"], params)
     if row is None:
         return None
     values = list(row)
@@ -477,15 +483,10 @@ def _converters(connection: Any) -> list[tuple[int, Any, list[Callable[..., Any]
 def _save_outcome(event: WebhookEvent) -> None:
     """The outcome's columns in one UPDATE (what ``save(update_fields=...)`` wrote)."""
     connection = transaction.get_connection()
-    n = _sql_names(connection)
-    sql = (
-        f"UPDATE {n['table']} SET {n['status']} = %s, {n['next_attempt_at']} = %s, "  # noqa: S608
-        f"{n['processed_at']} = %s, {n['last_error']} = %s WHERE {n['id']} = %s"
-    )
     params = [event.status, timestamp_param(connection, event.next_attempt_at),
               timestamp_param(connection, event.processed_at), event.last_error,
               event.pk]  # fmt: skip
-    fetch_one(connection, sql, params)
+    fetch_one(connection, _statements(connection)["save"], params)
 
 
 def process_event(event_pk: int, *, retry: bool = False, task: Task | None = None) -> str | None:

@@ -118,8 +118,6 @@ def test_captured_queries_are_not_prepared_and_show_the_statement_text(client):
     receives = [query["sql"] for query in captured.captured_queries if "INSERT" in query["sql"]]
     assert len(receives) == 2
     for sql in receives:
-        assert isinstance(sql, str)
-        assert sql.startswith("WITH")
         assert sql.startswith(RECEIVE_PREFIX)
     # Outside the capture, the same session prepares it as usual.
     assert deliver(client, request) == "duplicate"
@@ -184,7 +182,7 @@ def test_new_and_duplicate_results_are_unchanged(client, caplog, prepared):
     assert event.payload["n"] == 1
     # Each delivery of the other body, and only those, is a warning; same bodies are debug.
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == sequence.count(other) == 4
+    assert len(warnings) == 4  # `other` is delivered 4 times
     assert all("evt_stmt" in w and "different body" in w for w in warnings)
     same = [r.getMessage() for r in caplog.records if r.getMessage().startswith("webhooks: dup")]
     assert len(same) == 3
@@ -352,7 +350,7 @@ def test_celery_is_eager_follows_the_configuration(celery_app):
     assert not hasattr(settings, "CELERY_TASK_ALWAYS_EAGER")  # the test settings leave it out
     assert celery_app.conf.task_always_eager is False
     assert services.celery_is_eager() is False
-    assert services.celery_is_eager() is False  # cached: the same answer
+    assert services._configured_eager.cache_info().currsize == 1  # read once, kept
 
 
 def test_celery_is_eager_sees_a_run_time_change_at_once(celery_app):
