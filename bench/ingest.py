@@ -127,10 +127,7 @@ def missing_pieces(cases: str) -> list[str]:
         registry.handlers_for  # noqa: B018
     except AttributeError:
         missing.append("webhooks.registry.handlers_for (the handler registry)")
-    try:
-        import bench.webhooks  # noqa: F401  (registers the no-op handler with @on)
-    except NotImplementedError:
-        missing.append("webhooks.registry.on is a stub (cannot register the no-op handler)")
+    import bench.webhooks  # noqa: F401  (registers the no-op handler with @on)
     from sandbox_project.celery import app
 
     app.loader.import_default_modules()
@@ -140,25 +137,14 @@ def missing_pieces(cases: str) -> list[str]:
 
 
 def make_signer():
-    """(sign(body) -> headers, description): the app's test helper, else the stripe SDK."""
+    """(sign(body) -> headers, description): the app's test helper."""
     from django.conf import settings
 
-    try:
-        from webhooks.testing import sign_request
+    from webhooks.testing import sign_request
 
-        return (lambda body: dict(sign_request(settings.BENCH_ENDPOINT, body))), (
-            "webhooks.testing.sign_request"
-        )
-    except ImportError:
-        import stripe
-
-        secret = settings.BENCH_SECRET
-
-        def sign(body: bytes) -> dict[str, str]:
-            header = stripe.WebhookSignature.generate_signature_header(body.decode(), secret)
-            return {"Stripe-Signature": header}
-
-        return sign, "stripe.WebhookSignature.generate_signature_header (SDK)"
+    return (lambda body: dict(sign_request(settings.BENCH_ENDPOINT, body))), (
+        "webhooks.testing.sign_request"
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ body read, signature verification (the stripe SDK), JSON parse, the insert (auto
 includes the commit's WAL flush), and the enqueue as the request makes it; then the duplicate
 path, one processing attempt per event as the Celery worker makes it (``process_event`` with the
 no-op handler), and, for comparison, one Celery message per event, the dispatcher's batched
-messages (when there is one) and a bare Redis ``LPUSH``.
+messages and a bare Redis ``LPUSH``.
 Published tasks are purged at the end (no worker runs). It uses the receive module's internal
 steps, so it names what it cannot find if they change.
 """
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         args.events = 50
     setup_django()
     try:
-        from webhooks import receiving, services
+        from webhooks import dispatch, receiving, services
         from webhooks.providers import get_provider
         from webhooks.receiving import read_body
         from webhooks.services import enqueue_on_commit, publish_process_task
@@ -54,27 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     from sandbox_project.celery import app
     from webhooks.models import WebhookEvent
 
-    if hasattr(receiving, "insert_or_compare"):  # one statement inserts or compares the body
+    def insert(event):
+        return receiving.insert_or_compare(event, "default")[0]
 
-        def insert(event):
-            return receiving.insert_or_compare(event, "default")[0]
-
-        def duplicate(event):
-            inserted, same_body = receiving.insert_or_compare(event, "default")
-            if not inserted:
-                receiving._note_duplicate(event, "default", same_body=same_body)
-            return inserted
-
-    else:  # the earlier path: insert, then a second query to compare a duplicate's body
-
-        def insert(event):
-            return receiving.insert_once(event, "default")
-
-        def duplicate(event):
-            inserted = receiving.insert_once(event, "default")
-            if not inserted:
-                receiving._note_duplicate(event, "default")
-            return inserted
+    def duplicate(event):
+        inserted, same_body = receiving.insert_or_compare(event, "default")
+        if not inserted:
+            receiving._note_duplicate(event, "default", same_body=same_body)
+        return inserted
 
     recreate_database()
     sign, _ = make_signer()
@@ -114,22 +101,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError("an event meant to be new was a duplicate")
             timed("6 enqueue, as the request does", enqueue_on_commit, event)
             events.append(event)
-        flush = getattr(import_module_or_none("webhooks.dispatch"), "dispatcher", None)
-        if flush is not None:
-            flush.flush()  # the dispatcher's thread publishes what the requests handed it
+        dispatch.dispatcher.flush()  # the dispatcher's thread publishes what the requests handed it
         for event in events:
             timed("12 compare: one Celery message", publish_process_task, event.pk)
-        batch = getattr(services, "publish_process_batch", None)
-        if batch is not None:  # the dispatcher's way: many events per message
-            for start in range(0, len(events), 20):
-                pks = [e.pk for e in events[start : start + 20]]
-                wall, cpu = time.perf_counter(), time.thread_time()
-                batch(pks)
-                per = (
-                    (time.perf_counter() - wall) / len(pks),
-                    (time.thread_time() - cpu) / len(pks),
-                )
-                phases.setdefault("13 compare: 20 per message", []).extend([per] * len(pks))
+        for start in range(0, len(events), 20):  # the dispatcher's way: many events per message
+            pks = [e.pk for e in events[start : start + 20]]
+            wall, cpu = time.perf_counter(), time.thread_time()
+            services.publish_process_batch(pks)
+            per = (
+                (time.perf_counter() - wall) / len(pks),
+                (time.thread_time() - cpu) / len(pks),
+            )
+            phases.setdefault("13 compare: 20 per message", []).extend([per] * len(pks))
         for event in events:
             fields = [f.attname for f in WebhookEvent._meta.concrete_fields if f.attname != "id"]
             copy = WebhookEvent(**{name: getattr(event, name) for name in fields})
@@ -166,15 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     total_cpu = sum(statistics.fmean(c for _, c in phases[k]) for k in new) * 1000
     print(f"{'new event in the request, 1-6':<34}{total_wall:>16.3f}{total_cpu:>16.3f}")
     return 0
-
-
-def import_module_or_none(name: str):
-    from importlib import import_module
-
-    try:
-        return import_module(name)
-    except ImportError:
-        return None
 
 
 def _checked_provider(get_provider, headers):

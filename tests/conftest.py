@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 from django.core.cache import cache
 
+# The real-worker fixtures (celery_worker, worker_factory), for every test directory.
+pytest_plugins = ["tests.celery_worker"]
+
 
 @pytest.fixture(autouse=True)
 def _clear_cache():

@@ -1,14 +1,15 @@
-"""Fixtures of the webhooks tests: handler registry isolation, handler runs, a real worker."""
+"""Fixtures of the webhooks tests: handler registry isolation, handler runs (the real worker's
+fixtures come from tests/celery_worker.py, a plugin of tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests import handler_runs
-from tests.celery_worker import FAST_RETRIES, celery_worker, worker_factory
+from tests.celery_worker import FAST_RETRIES
 from webhooks.registry import registry
 
-__all__ = ["FAST_RETRIES", "celery_worker", "worker_factory"]
+__all__ = ["FAST_RETRIES"]  # test_worker.py imports it from here
 
 
 @pytest.fixture
