@@ -185,13 +185,16 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
 
     def _apply(self, request: HttpRequest, queryset: QuerySet, action: Any, done: str) -> None:
         actor = request.user.get_username()
-        names = list(queryset.values_list("name", flat=True))
-        for name in names:
+        done_names = []
+        for name in queryset.values_list("name", flat=True):
             try:
                 action(name, actor=actor, reason=DEFAULT_REASON)
             except services.BreakerNotFound:
                 self.message_user(request, _("%s no longer exists.") % name, messages.WARNING)
-        self.message_user(request, f"{done}: {', '.join(names)}", messages.SUCCESS)
+            else:
+                done_names.append(name)
+        if done_names:
+            self.message_user(request, f"{done}: {', '.join(done_names)}", messages.SUCCESS)
 
     @admin.action(description=_("Reset selected breakers (close)"), permissions=("change",))
     def reset_selected(self, request: HttpRequest, queryset: QuerySet) -> None:

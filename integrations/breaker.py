@@ -445,6 +445,15 @@ class Breaker:
         snapshot = self.snapshot()
         return "degraded" if snapshot.degraded else snapshot.state
 
+    @property
+    def cached_state(self) -> str:
+        """The state this process last saw, even if its snapshot has expired; ``"unknown"``
+        when it has none. Never queries the database (for log lines and the like)."""
+        snapshot = _snapshots.get(self.name)
+        if snapshot is None:
+            return "unknown"
+        return "degraded" if snapshot.degraded else snapshot.state
+
     def snapshot(self, *, fresh: bool = False) -> BreakerSnapshot:
         now = self.clock()
         snapshot = _snapshots.get(self.name)

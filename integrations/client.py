@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 
 import httpx
 from django.core.exceptions import ImproperlyConfigured
-from django.core.signals import setting_changed
 
 from .conf import service_settings
 from .exceptions import (
@@ -90,27 +89,6 @@ def _forget_pools_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pools_after_fork)
-
-
-# --- base URLs from settings (merged once per settings change, not per call) ---------------------
-
-_base_urls: dict[str, str | None] = {}
-
-
-def _settings_base_url(service: str) -> str | None:
-    try:
-        return _base_urls[service]
-    except KeyError:
-        url = _base_urls[service] = service_settings(service).get("BASE_URL") or None
-        return url
-
-
-def _forget_base_urls(*, setting: str, **kwargs: Any) -> None:
-    if setting == "INTEGRATIONS":
-        _base_urls.clear()
-
-
-setting_changed.connect(_forget_base_urls, weak=False, dispatch_uid="integrations.client")
 
 
 # --- response helpers ----------------------------------------------------------------------------
@@ -228,7 +206,7 @@ class ServiceClient:
     def get_base_url(self) -> str:
         url = self._base_url or type(self).base_url
         if not url:
-            url = _settings_base_url(self.service)
+            url = service_settings(self.service).get("BASE_URL") or None
         if not url:
             raise ImproperlyConfigured(
                 f"No base URL for service {self.service!r}: set "

@@ -35,9 +35,31 @@ DEFAULTS: dict[str, Any] = {
 integrations_settings = AppSettings("INTEGRATIONS", DEFAULTS)
 
 
+# Per-service merges, memoized for the current ``integrations_settings.merged``: AppSettings
+# builds a new dict when the setting changes (or on ``reload()``), and that new identity
+# invalidates the memo. The pair keeps a reference to the dict it was built from, so its id cannot
+# be reused by a later one, and is replaced as one object so that threads never pair a memo with
+# the wrong source.
+_memo: tuple[dict[str, Any] | None, dict[str, dict[str, Any]]] = (None, {})
+
+
 def service_settings(service: str) -> dict[str, Any]:
-    """The merged settings for one service: global policy dicts overridden by its own entry."""
+    """The merged settings for one service: global policy dicts overridden by its own entry.
+
+    The returned dict is memoized and shared by every caller until the settings change: read
+    it, never mutate it (copy it first if you must).
+    """
+    global _memo
     merged = integrations_settings.merged
+    source, memo = _memo
+    if source is not merged:
+        memo = {}
+        _memo = (merged, memo)
+    try:
+        return memo[service]
+    except KeyError:
+        pass
     own = merged["SERVICES"].get(service, {})
     base = {key: merged[key] for key in ("TIMEOUT", "RETRY", "BREAKER")}
-    return deep_merge(base, own)
+    result = memo[service] = deep_merge(base, own)
+    return result

@@ -13,19 +13,12 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Self
 
 from django.core.exceptions import ImproperlyConfigured
-from django.core.signals import setting_changed
 
 from .conf import service_settings
 
-_cache: dict[tuple[type, str], Any] = {}
-
-
-def _clear_cache(*, setting: str, **kwargs: Any) -> None:
-    if setting == "INTEGRATIONS":
-        _cache.clear()
-
-
-setting_changed.connect(_clear_cache, weak=False, dispatch_uid="integrations.policies")
+# Each policy built from settings, with the (memoized, shared) settings dict it was built from:
+# ``service_settings`` returns a new dict once the settings change, which invalidates the entry.
+_cache: dict[tuple[type, str], tuple[dict[str, Any], Any]] = {}
 
 
 def _field_names(cls: type) -> set[str]:
@@ -47,10 +40,11 @@ class _Policy:
     def for_service(cls, service: str) -> Self:
         """The policy for ``service`` from settings (global dict, then the service's own)."""
         key = (cls, service)
-        policy = _cache.get(key)
-        if policy is None:
-            policy = _cache[key] = _from_dict(cls, service_settings(service)[cls.section])
-        return policy
+        settings = service_settings(service)
+        entry = _cache.get(key)
+        if entry is None or entry[0] is not settings:
+            entry = _cache[key] = (settings, _from_dict(cls, settings[cls.section]))
+        return entry[1]
 
     def merged(self, override: Self | Mapping[str, Any] | None) -> Self:
         """This policy with ``override`` applied: a policy object replaces it, a dict of some

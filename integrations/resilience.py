@@ -77,6 +77,11 @@ class BreakerLike(Protocol):
     @property
     def state(self) -> str: ...
 
+    @property
+    def cached_state(self) -> str:
+        """The last known state, without querying anything (used in log lines)."""
+        ...
+
     def acquire(self, operation: str) -> Any: ...
 
     def record_success(self, permit: Any) -> None: ...
@@ -368,6 +373,7 @@ def _breaker_state(breaker: BreakerLike | None) -> str:
     if breaker is None:
         return "none"
     try:
-        return str(breaker.state)
+        # The cached state: a log line must never query (an expired snapshot would be re-read).
+        return str(breaker.cached_state)
     except Exception:  # a log line must never turn into a failure of the call
         return "unknown"

@@ -81,6 +81,10 @@ def reset_local_state() -> None:
     close_pools()
 
 
+#: How many failures ``force_breaker(name, "open")`` records at most before giving up.
+_FORCE_OPEN_MAX_FAILURES = 10_000
+
+
 def force_breaker(
     name: str,
     state: str,
@@ -108,11 +112,18 @@ def force_breaker(
         services.disable_breaker(name, actor=actor, reason=reason, until=until, create=True)
     elif state == "open":
         services.reset_breaker(name, actor=actor, reason=reason, create=True)
-        clear_local_cache(name)
         breaker = get_breaker(name)
         error = IntegrationUnavailable(name, "force_breaker", "forced failure")
-        while breaker.snapshot(fresh=True).state != "open":
+        # Bounded: a breaker that cannot be read (degraded) would never be seen open.
+        for _attempt in range(_FORCE_OPEN_MAX_FAILURES):
+            if breaker.snapshot(fresh=True).state == "open":
+                break
             breaker.record_failure(breaker.acquire("force_breaker"), error)
+        else:
+            raise RuntimeError(
+                f"force_breaker: breaker {name!r} is not open after "
+                f"{_FORCE_OPEN_MAX_FAILURES} recorded failures (is its database readable?)"
+            )
     else:
         raise ValueError(
             f"force_breaker: state must be closed, open, forced_open or disabled, not {state!r}"

@@ -15,8 +15,10 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 
 from integrations import RetryPolicy, ServiceClient, Timeout
+from integrations.breaker import get_breaker
 from integrations.client import parse_retry_after
 from integrations.exceptions import (
     CircuitOpenError,
@@ -678,12 +680,13 @@ def test_base_url_precedence(vendor, settings):
 
 def test_settings_are_read_at_call_time(vendor, settings):
     vendor.route("GET", "/v1/rates/EUR", Reply.json({"rate": 1}))
-    client = Rates()
+    client = Rates(retry={"MAX_ATTEMPTS": 1})
     settings.INTEGRATIONS = {"SERVICES": {"rates": {"BASE_URL": vendor.url}}}
     assert client.rate("EUR") == 1
+    # The same instance: it must not keep the base URL it used first.
     settings.INTEGRATIONS = {"SERVICES": {"rates": {"BASE_URL": unused_port_url()}}}
     with pytest.raises(IntegrationUnavailable):
-        Rates(retry={"MAX_ATTEMPTS": 1}).rate("EUR")
+        client.rate("EUR")
 
 
 def test_missing_base_url_names_the_setting(settings):
@@ -852,6 +855,26 @@ def test_success_is_logged_with_extras(rates, vendor, caplog):
     assert record.attempts == 1
     assert 0 < record.duration < 5
     assert record.breaker_state == "closed"
+
+
+def test_the_log_line_of_a_call_whose_snapshot_expired_makes_no_query(vendor, settings, caplog):
+    # The snapshot is fresh when the call starts and has expired when it ends: the log line
+    # must report the state this process last saw, not re-read it from the database.
+    configure(settings, vendor.url, BREAKER={"CACHE_TTL": 0.3})
+    vendor.route("GET", "/v1/rates/EUR", Reply.slow(0.6, Reply.json({"rate": 1})))
+    client = Rates()
+    get_breaker("rates").snapshot(fresh=True)  # creates the row; fresh for 0.3 s
+
+    with (
+        caplog.at_level(logging.INFO, logger="integrations.calls"),
+        CaptureQueriesContext(connection) as ctx,
+    ):
+        assert client.rate("EUR") == 1
+
+    assert [q["sql"] for q in ctx.captured_queries] == []
+    [record] = [r for r in caplog.records if r.name == "integrations.calls"]
+    assert record.breaker_state == "closed"
+    assert record.duration >= 0.6
 
 
 def test_failure_and_retries_are_logged(rates, vendor, caplog, backoff):

@@ -83,3 +83,17 @@ def test_every_field_has_its_default_in_settings_and_the_two_agree(policy):
     section = DEFAULTS[policy.section]
     assert {f.name.upper() for f in fields(policy)} == set(section)
     assert policy.for_service("any") == policy()
+
+
+def test_service_settings_are_merged_once_per_settings_change():
+    from integrations.conf import integrations_settings, service_settings
+
+    with override_settings(INTEGRATIONS={"SERVICES": {"rates": {"RETRY": {"MAX_ATTEMPTS": 2}}}}):
+        first = service_settings("rates")
+        assert service_settings("rates") is first  # memoized, shared
+        assert first["RETRY"]["MAX_ATTEMPTS"] == 2
+        assert RetryPolicy.for_service("rates").max_attempts == 2
+        integrations_settings.reload()
+        assert service_settings("rates") is not first  # a reload invalidates it
+    assert service_settings("rates")["RETRY"]["MAX_ATTEMPTS"] == 3
+    assert RetryPolicy.for_service("rates").max_attempts == 3

@@ -1,17 +1,11 @@
-"""Fixtures for the breaker tests: a clean process-local snapshot cache and a movable clock."""
+"""Fixtures for the breaker tests: a movable clock. (The clean process-local state around each
+test comes from tests/integrations/conftest.py.)"""
 
 from __future__ import annotations
 
 import pytest
 
-from integrations.breaker import ManualClock, clear_local_cache
-
-
-@pytest.fixture(autouse=True)
-def _clear_breaker_cache():
-    clear_local_cache()
-    yield
-    clear_local_cache()
+from integrations.breaker import ManualClock
 
 
 @pytest.fixture

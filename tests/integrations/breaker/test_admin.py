@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
 from django.urls import reverse
 
 from integrations.breaker import get_breaker
@@ -120,6 +121,55 @@ def test_actions_record_a_transition_with_the_username(admin_client, admin_user,
         assert record.actor == admin_user.get_username()
         assert record.reason == "admin action"
         assert record.from_state == "open"
+
+
+def _delete_when_locked(name: str):
+    """A database execute wrapper deleting breaker ``name`` just before it is locked for an
+    action, as another operator's deletion between the changelist and the action would."""
+    state = {"busy": False}
+
+    def wrapper(execute, sql, params, many, context):
+        if not state["busy"] and "FOR UPDATE" in sql and params and name in params:
+            state["busy"] = True
+            try:
+                CircuitBreaker.objects.filter(name=name).delete()
+            finally:
+                state["busy"] = False
+        return execute(sql, params, many, context)
+
+    return wrapper
+
+
+def _messages(response) -> list[tuple[str, str]]:
+    return [(m.level_tag, str(m)) for m in response.context["messages"]]
+
+
+def test_action_reports_success_only_for_the_breakers_it_changed(admin_client):
+    first = CircuitBreakerFactory(name="exchange-rates", tripped=True)
+    second = CircuitBreakerFactory(name="geocoder", tripped=True)
+    with connection.execute_wrapper(_delete_when_locked("geocoder")):
+        response = admin_client.post(
+            reverse(CHANGELIST),
+            {"action": "reset_selected", "_selected_action": [first.pk, second.pk]},
+            follow=True,
+        )
+    assert sorted(_messages(response)) == [
+        ("success", "Reset: exchange-rates"),
+        ("warning", "geocoder no longer exists."),
+    ]
+    first.refresh_from_db()
+    assert first.state == "closed"
+
+
+def test_action_reports_no_success_when_no_breaker_was_changed(admin_client):
+    breaker = CircuitBreakerFactory(name="geocoder", tripped=True)
+    with connection.execute_wrapper(_delete_when_locked("geocoder")):
+        response = admin_client.post(
+            reverse(CHANGELIST),
+            {"action": "disable_selected", "_selected_action": [breaker.pk]},
+            follow=True,
+        )
+    assert _messages(response) == [("warning", "geocoder no longer exists.")]
 
 
 def test_force_open_from_the_admin_stops_calls_in_this_process(admin_client):

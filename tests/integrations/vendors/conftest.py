@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from integrations.testing import InstantBackoff, instant_backoff
+from integrations.testing import InstantBackoff
 from integrations.testing.stripe import FakeStripe
 from integrations.vendors.stripe import StripeService
 
@@ -19,12 +19,6 @@ API_KEY = "sk_test_51TetherSecretKeyDoNotLeak0123456789abcdef"
 def fake_stripe() -> Iterator[FakeStripe]:
     with FakeStripe(api_key=API_KEY) as fake:
         yield fake
-
-
-@pytest.fixture
-def backoff() -> Iterator[InstantBackoff]:
-    with instant_backoff() as clock:
-        yield clock
 
 
 def stripe_settings(base_url: str | None, **overrides: Any) -> dict[str, Any]:
