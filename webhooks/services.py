@@ -60,49 +60,53 @@ LAST_ERROR_MAX_CHARS = 2000
 # --------------------------------------------------------------------------------------------
 # Settings of processing
 
-# key -> (number type, minimum, what it must be)
-PROCESSING_SETTINGS: dict[str, tuple[type, float, str]] = {
-    "MAX_ATTEMPTS": (int, 1, "a whole number of attempts, 1 or more"),
-    "RETRY_BASE_DELAY": (float, 0, "a number of seconds, 0 or more"),
-    "RETRY_MAX_DELAY": (float, 0, "a number of seconds, 0 or more"),
-    "STUCK_AFTER": (float, 0, "a number of seconds, 0 or more"),
-    "RETENTION_DAYS": (float, 0, "a number of days, 0 or more"),
-    "REQUEUE_RECEIVED_AFTER": (float, 0, "a number of seconds, 0 or more"),
-    "DISPATCH_INTERVAL": (float, 0, "a number of seconds, 0 or more, or None"),
-    "DISPATCH_BATCH_SIZE": (int, 1, "a whole number of events, 1 or more"),
-    "DISPATCH_SHUTDOWN_TIMEOUT": (float, 0, "a number of seconds, 0 or more"),
-}
-#: Keys that may also be None.
-NULLABLE_SETTINGS = frozenset({"DISPATCH_INTERVAL"})
+
+def _number(
+    *, integer: bool = False, at_least: float, nullable: bool = False
+) -> Callable[[Any], bool]:
+    """A rule for a number setting (``providers.base.is_number``), None allowed if ``nullable``."""
+    return lambda value: (
+        (nullable and value is None) or is_number(value, integer=integer, at_least=at_least)
+    )
+
+
+_DEFAULT_HINT = "Leave it out to use the default."
+
+#: key -> (rule, what it must be, hint): the one table the E008 check and processing read.
+PROCESSING_SETTINGS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
+    "MAX_ATTEMPTS": (_number(integer=True, at_least=1),
+                     "a whole number of attempts, 1 or more", _DEFAULT_HINT),
+    "RETRY_BASE_DELAY": (_number(at_least=0), "a number of seconds, 0 or more", _DEFAULT_HINT),
+    "RETRY_MAX_DELAY": (_number(at_least=0), "a number of seconds, 0 or more", _DEFAULT_HINT),
+    "STUCK_AFTER": (_number(at_least=0), "a number of seconds, 0 or more", _DEFAULT_HINT),
+    "RETENTION_DAYS": (_number(at_least=0), "a number of days, 0 or more", _DEFAULT_HINT),
+    "REQUEUE_RECEIVED_AFTER": (_number(at_least=0), "a number of seconds, 0 or more",
+                               _DEFAULT_HINT),
+    "DISPATCH_INTERVAL": (_number(at_least=0, nullable=True),
+                          "a number of seconds, 0 or more, or None", _DEFAULT_HINT),
+    "DISPATCH_BATCH_SIZE": (_number(integer=True, at_least=1),
+                            "a whole number of events, 1 or more", _DEFAULT_HINT),
+    "DISPATCH_SHUTDOWN_TIMEOUT": (_number(at_least=0), "a number of seconds, 0 or more",
+                                  _DEFAULT_HINT),
+    "TASK_QUEUE": (lambda value: value is None or (isinstance(value, str) and bool(value.strip())),
+                   "a Celery queue name or None",
+                   "None sends processing tasks to Celery's default queue."),
+    "PREPARED_STATEMENTS": (lambda value: isinstance(value, bool), "True or False",
+                            "False behind a pooler that drops them."),
+}  # fmt: skip
 
 
 def _setting_problem(key: str) -> ConfigProblem | None:
     value = webhooks_settings[key]
-    if key == "TASK_QUEUE":
-        if value is None or (isinstance(value, str) and value.strip()):
-            return None
-        return ConfigProblem("E008", 'WEBHOOKS["TASK_QUEUE"]',
-                             f"must be a Celery queue name or None, not {value!r}.",
-                             "None sends processing tasks to Celery's default queue.")  # fmt: skip
-    if key == "PREPARED_STATEMENTS":
-        if isinstance(value, bool):
-            return None
-        return ConfigProblem("E008", 'WEBHOOKS["PREPARED_STATEMENTS"]',
-                             f"must be True or False, not {value!r}.",
-                             "False behind a pooler that drops them.")  # fmt: skip
-    if value is None and key in NULLABLE_SETTINGS:
+    valid, expected, hint = PROCESSING_SETTINGS[key]
+    if valid(value):
         return None
-    kind, minimum, expected = PROCESSING_SETTINGS[key]
-    if is_number(value, integer=kind is int, at_least=minimum):
-        return None
-    return ConfigProblem("E008", f'WEBHOOKS["{key}"]', f"must be {expected}, not {value!r}.",
-                         "Leave it out to use the default.")  # fmt: skip
+    return ConfigProblem("E008", f'WEBHOOKS["{key}"]', f"must be {expected}, not {value!r}.", hint)
 
 
 def processing_config_problems() -> list[ConfigProblem]:
     """What is wrong with the processing settings (reported by the system check E008)."""
-    keys = [*PROCESSING_SETTINGS, "TASK_QUEUE", "PREPARED_STATEMENTS"]
-    return [problem for key in keys if (problem := _setting_problem(key)) is not None]
+    return [problem for key in PROCESSING_SETTINGS if (problem := _setting_problem(key))]
 
 
 def processing_setting(key: str) -> Any:
