@@ -37,7 +37,7 @@ from django.core.checks import CheckMessage, Error, Warning, register
 from .conf import webhooks_settings
 from .exceptions import WebhookConfigurationError
 from .providers import BUILTIN_PROVIDERS, provider_class
-from .providers.base import ConfigProblem, endpoint_key, is_number
+from .providers.base import LIMIT_OPTIONS, ConfigProblem, endpoint_key, limit_problem
 
 ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9._~-]+$")
 
@@ -73,18 +73,15 @@ def check_webhook_handlers(app_configs: Any = None, **kwargs: Any) -> list[Check
 def webhook_config_problems() -> list[ConfigProblem]:
     """Every problem of ``settings.WEBHOOKS``'s endpoints and limits."""
     problems: list[ConfigProblem] = []
-    for option, integer in (("TOLERANCE", False), ("MAX_BODY_BYTES", True)):
-        value = webhooks_settings[option]
-        if not is_number(value, integer=integer, above=0):
-            problems.append(
-                ConfigProblem(
-                    "E005",
-                    f'WEBHOOKS["{option}"]',
-                    f"must be a positive {'integer (bytes)' if integer else 'number (seconds)'}"
-                    f", not {value!r}.",
-                    "Leave it out to use the default.",
-                )
-            )
+    for option in LIMIT_OPTIONS:
+        problem = limit_problem(
+            option,
+            webhooks_settings[option],
+            f'WEBHOOKS["{option}"]',
+            hint="Leave it out to use the default.",
+        )
+        if problem is not None:
+            problems.append(problem)
     endpoints = webhooks_settings["ENDPOINTS"]
     if not isinstance(endpoints, Mapping):
         problems.append(

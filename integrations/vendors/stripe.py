@@ -226,8 +226,12 @@ def _is_timeout(exc: BaseException) -> bool:
 
 def _retry_after(headers: Mapping[str, str] | None) -> float | None:
     """Seconds from the answer's ``Retry-After`` header (any case), if it has one."""
-    value = next((v for k, v in (headers or {}).items() if k.lower() == "retry-after"), None)
-    return parse_retry_after(value)
+    return parse_retry_after(_header(headers, "retry-after"))
+
+
+def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    """The value of the answer header ``name`` (lower case), in whatever case the SDK kept it."""
+    return next((v for k, v in (headers or {}).items() if k.lower() == name), None)
 
 
 def map_stripe_error(
@@ -240,9 +244,7 @@ def map_stripe_error(
     idempotency key would only replay the saved answer, ``true`` for a lock conflict.
     """
     error = _map(exc, operation=operation, api_key=api_key)
-    should_retry = next(
-        (v for k, v in (exc.headers or {}).items() if k.lower() == "stripe-should-retry"), None
-    )
+    should_retry = _header(exc.headers, "stripe-should-retry")
     if should_retry in ("true", "false"):
         error.retryable = should_retry == "true"
     return error

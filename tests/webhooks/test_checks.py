@@ -171,6 +171,25 @@ def test_limits_follow_one_rule_globally_and_per_endpoint(settings, option, valu
 
 
 @pytest.mark.parametrize(
+    ("option", "value", "kind"),
+    [("TOLERANCE", -1, "number (seconds)"), ("MAX_BODY_BYTES", 1.5, "integer (bytes)")],
+)
+def test_limit_messages_say_the_rule_and_where_the_default_comes_from(
+    settings, option, value, kind
+):
+    endpoint = {"PROVIDER": "stripe", "SECRETS": ["a"]}
+    error = only(errors_for(settings, {option: value, "ENDPOINTS": {"st": endpoint}}))
+    assert error.msg == f'WEBHOOKS["{option}"]: must be a positive {kind}, not {value!r}.'
+    assert error.hint == "Leave it out to use the default."
+    error = only(errors_for(settings, {"ENDPOINTS": {"st": {**endpoint, option: value}}}))
+    assert error.msg == (
+        f'WEBHOOKS["ENDPOINTS"]["st"]["{option}"]: endpoint \'st\': {option} must be a '
+        f"positive {kind}, not {value!r}."
+    )
+    assert error.hint == "Leave it out to use the global WEBHOOKS setting of the same name."
+
+
+@pytest.mark.parametrize(
     ("options", "key"),
     [
         ({"ALGORITHM": "md5"}, "ALGORITHM"),

@@ -93,9 +93,9 @@ def is_number(
     """Whether ``value`` is a number (an ``int`` when ``integer``), never a bool, greater than
     ``above`` and at least ``at_least`` when they are given (NaN is within no range).
 
-    The one rule for numeric settings: ``TOLERANCE``/``MAX_BODY_BYTES``, global
-    (``webhooks.checks``) and per endpoint (``Provider.config_problems``), and the processing
-    settings (``webhooks.services``).
+    The one rule for numeric settings: ``TOLERANCE``/``MAX_BODY_BYTES`` (through
+    ``limit_problem``, global and per endpoint) and the processing settings
+    (``webhooks.services``).
     """
     kinds = (int,) if integer else (int, float)
     if not isinstance(value, kinds) or isinstance(value, bool):
@@ -103,6 +103,23 @@ def is_number(
     if above is not None and not value > above:
         return False
     return at_least is None or value >= at_least
+
+
+#: The limits set globally (``WEBHOOKS[...]``) or per endpoint, and whether each is an integer.
+LIMIT_OPTIONS: dict[str, bool] = {"TOLERANCE": False, "MAX_BODY_BYTES": True}
+
+
+def limit_problem(
+    option: str, value: Any, key: str, *, prefix: str = "", hint: str
+) -> ConfigProblem | None:
+    """The E005 problem of one ``TOLERANCE``/``MAX_BODY_BYTES`` value, or None if it is a
+    positive number (an integer for ``MAX_BODY_BYTES``); the one rule and message for the
+    global settings (``webhooks.checks``) and an endpoint's (``Provider.config_problems``)."""
+    integer = LIMIT_OPTIONS[option]
+    if is_number(value, integer=integer, above=0):
+        return None
+    kind = "integer (bytes)" if integer else "number (seconds)"
+    return ConfigProblem("E005", key, f"{prefix}must be a positive {kind}, not {value!r}.", hint)
 
 
 class SecretStr(str):
@@ -196,21 +213,17 @@ class Provider:
                     )
                 else:
                     problems.extend(cls.secret_problems(endpoint, f"{key}[{index}]", secret))
-        for option in ("TOLERANCE", "MAX_BODY_BYTES"):
-            if option not in config:
-                continue
-            value = config[option]
-            if not is_number(value, integer=option == "MAX_BODY_BYTES", above=0):
-                problems.append(
-                    ConfigProblem(
-                        "E005",
-                        endpoint_key(endpoint, option),
-                        f"endpoint {endpoint!r}: {option} must be a positive "
-                        f"{'integer (bytes)' if option == 'MAX_BODY_BYTES' else 'number (seconds)'}"
-                        f", not {value!r}.",
-                        "Leave it out to use the global WEBHOOKS setting of the same name.",
-                    )
+        for option in LIMIT_OPTIONS:
+            if option in config:
+                problem = limit_problem(
+                    option,
+                    config[option],
+                    endpoint_key(endpoint, option),
+                    prefix=f"endpoint {endpoint!r}: {option} ",
+                    hint="Leave it out to use the global WEBHOOKS setting of the same name.",
                 )
+                if problem is not None:
+                    problems.append(problem)
         return problems
 
     @classmethod
