@@ -83,6 +83,21 @@ SYSTEM = "system"
 SUCCESS_FLUSH_INTERVAL = 30.0
 LAST_ERROR_MAX = 500
 
+#: What every way into ``closed`` writes (a reset, a probe that succeeded, a forced state that
+#: expired): no failures, no probe, not opened, and an empty failure-rate window. The totals
+#: are kept. One definition, so that a breaker that closes trips again on the same evidence
+#: whichever way it closed.
+CLOSED_COUNTS: dict[str, Any] = {
+    "consecutive_failures": 0,
+    "half_open_in_flight": 0,
+    "probe_lease_until": None,
+    "opened_at": None,
+    "window_calls": 0,
+    "window_failures": 0,
+    "previous_window_calls": 0,
+    "previous_window_failures": 0,
+}
+
 #: Seconds since the epoch, like ``time.time``. Inject another to move time in tests.
 Clock = Callable[[], float]
 
@@ -639,9 +654,7 @@ class Breaker:
             reason=f"{snapshot.state} expired",
             guard=Q(forced_until__lte=_dt(now)),
             forced_until=None,
-            consecutive_failures=0,
-            half_open_in_flight=0,
-            opened_at=None,
+            **CLOSED_COUNTS,
         )
         return self._remember(row, now) if row is not None else self._refresh(now)
 
@@ -714,12 +727,8 @@ class Breaker:
             CLOSED,
             now=now,
             reason="probe succeeded",
-            consecutive_failures=0,
-            half_open_in_flight=0,
-            probe_lease_until=None,
-            opened_at=None,
             total_successes=F("total_successes") + 1,
-            **self._empty_window(),
+            **CLOSED_COUNTS,
         )
         if row is not None:
             self._remember(row, now)
@@ -813,15 +822,6 @@ class Breaker:
             current[0] + previous[0] * weight,
             current[1] + previous[1] * weight,
         )
-
-    @staticmethod
-    def _empty_window() -> dict[str, Any]:
-        return {
-            "window_calls": 0,
-            "window_failures": 0,
-            "previous_window_calls": 0,
-            "previous_window_failures": 0,
-        }
 
 
 def get_breaker(

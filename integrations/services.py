@@ -14,7 +14,14 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from .breaker import CLOSED, DISABLED, FORCED_OPEN, DatabaseStorage, clear_local_cache
+from .breaker import (
+    CLOSED,
+    CLOSED_COUNTS,
+    DISABLED,
+    FORCED_OPEN,
+    DatabaseStorage,
+    clear_local_cache,
+)
 from .conf import integrations_settings
 from .models import CircuitBreaker
 
@@ -39,18 +46,6 @@ class InvalidExpiry(ValueError):
     """``until`` must be an aware datetime in the future."""
 
 
-_RESET_COUNTERS = {
-    "consecutive_failures": 0,
-    "half_open_in_flight": 0,
-    "probe_lease_until": None,
-    "opened_at": None,
-    "window_calls": 0,
-    "window_failures": 0,
-    "previous_window_calls": 0,
-    "previous_window_failures": 0,
-}
-
-
 def reset_breaker(
     name: str, *, actor: str, reason: str = "", create: bool = False
 ) -> CircuitBreaker:
@@ -63,7 +58,7 @@ def reset_breaker(
         reason=reason or "reset",
         until=None,
         create=create,
-        changes=_RESET_COUNTERS,
+        changes=CLOSED_COUNTS,
     )
 
 

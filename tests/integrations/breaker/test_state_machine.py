@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from integrations.breaker import (
     CLOSED,
+    CLOSED_COUNTS,
     DISABLED,
     FORCED_OPEN,
     HALF_OPEN,
@@ -264,6 +265,33 @@ def test_disabled_lets_every_call_through_and_expires(clock):
     assert b.acquire("rate").state == CLOSED
     assert transitions()[-1] == (DISABLED, CLOSED, "system")
     assert row().consecutive_failures == 0
+
+
+@pytest.mark.parametrize("hold", [DISABLED, FORCED_OPEN])
+def test_a_hold_that_expires_closes_with_the_counts_a_reset_leaves(clock, hold):
+    """A hold that expires closes the breaker as a reset does: the failure-rate window is
+    emptied too, so failures counted before or during the hold cannot trip it again at once."""
+    b = breaker(clock, failure_threshold=100, failure_rate=0.5, minimum_calls=10, window=600.0)
+    until = timezone.now() + timedelta(seconds=60)
+    if hold == DISABLED:
+        disable_breaker(SERVICE, actor="bob", reason="vendor flaky", until=until, create=True)
+        fail(b, 12)  # let through, and counted
+        assert b.state == DISABLED
+    else:
+        fail(b, 9)  # under minimum_calls: still closed
+        force_open_breaker(SERVICE, actor="bob", reason="maintenance", until=until)
+    clock.advance(until.timestamp() - clock() + 1)
+    assert b.acquire("rate").state == CLOSED
+    closed = row()
+    assert (closed.consecutive_failures, closed.window_calls, closed.window_failures) == (0, 0, 0)
+    assert (closed.previous_window_calls, closed.previous_window_failures) == (0, 0)
+    fail(b)
+    assert b.state == CLOSED  # one failure in one call: under minimum_calls
+    reset_breaker(SERVICE, actor="bob")
+    reset = row()
+    assert [getattr(reset, name) for name in CLOSED_COUNTS] == [
+        getattr(closed, name) for name in CLOSED_COUNTS
+    ]
 
 
 def test_last_error_is_short_and_free_of_secrets(clock):
