@@ -21,6 +21,15 @@ States and transitions (``S`` = system, ``P`` = a person, through ``integrations
     forced_open / disabled --S forced_until passed-----------------> closed
     any       --P reset / force open / disable--------------------> closed / forced_open / disabled
 
+Generations: the row's ``version`` names the generation of the breaker that admitted a call
+(it stays the same while the breaker stays closed; every change of state starts a new one). An
+outcome counts only against the generation that admitted its call: a failure reported under
+another ``version`` (a call let through before an outage, reporting after a probe closed the
+breaker again) adds to ``total_failures`` only, never to ``consecutive_failures`` or the
+failure-rate window, and never trips the breaker; such a success never resets the new
+generation's failures and joins ``total_successes`` only. The check is part of the same
+conditional UPDATE that counts the outcome, so it holds across processes.
+
 Costs: a healthy call in ``closed`` makes no query while the snapshot is fresh (``CACHE_TTL``,
 default 1 s) and no write at all unless failures had been counted; successes are added to the
 row's totals in batches. An open breaker fails fast from the snapshot, without a query.
@@ -38,7 +47,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.db import DatabaseError, models, transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import Case, Expression, F, Q, Value, When
 from django.utils.translation import gettext_lazy as _
 
 from .exceptions import CircuitOpenError, safe_error_text
@@ -163,8 +172,9 @@ class BreakerSnapshot:
 
 class Permit:
     """Leave to make one attempt, returned by ``Breaker.acquire`` and handed back to
-    ``record_success`` / ``record_failure``. ``state`` and ``version`` say which state granted
-    it, so that a late report never moves a breaker that has changed since."""
+    ``record_success`` / ``record_failure``. ``state`` and ``version`` say which state and
+    generation granted it, so that a late report never moves, nor counts against, a breaker
+    that has changed since."""
 
     __slots__ = ("degraded", "operation", "service", "state", "version")
 
@@ -188,9 +198,41 @@ class Permit:
 # -- process-local snapshot cache -------------------------------------------------------------
 
 _snapshots: dict[str, BreakerSnapshot] = {}
+
+
+@dataclass(slots=True)
+class SuccessBatch:
+    """Successes seen by this process and not yet added to the row. ``current`` are those of
+    the newest generation it has seen (``version``): only they may join that generation's
+    failure-rate window, if the row is still at it when the batch is written. ``late`` are
+    those of older generations: they go to ``total_successes`` only."""
+
+    version: int = -1
+    current: int = 0
+    late: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.current + self.late
+
+    def add(self, version: int, count: int = 1) -> None:
+        """Count ``count`` successes of calls admitted by generation ``version``."""
+        if version == self.version:
+            self.current += count
+        elif version > self.version:  # versions only grow: this batch's generation is over
+            self.late += self.current
+            self.version, self.current = version, count
+        else:
+            self.late += count
+
+    def merge(self, other: SuccessBatch) -> None:
+        self.add(other.version, other.current)
+        self.late += other.late
+
+
 _pending_lock = threading.Lock()
 #: name -> successes seen by this process and not yet added to the row.
-_pending_successes: dict[str, int] = {}
+_pending_successes: dict[str, SuccessBatch] = {}
 #: name -> clock time of this process's last flush of successes.
 _last_flush: dict[str, float] = {}
 
@@ -209,15 +251,37 @@ def clear_local_cache(name: str | None = None) -> None:
         _snapshots.pop(name, None)
 
 
-def _take_pending(name: str) -> int:
+def _add_pending(name: str, version: int) -> None:
+    """One more success of a call admitted by generation ``version``, for the next batch."""
     with _pending_lock:
-        return _pending_successes.pop(name, 0)
+        batch = _pending_successes.get(name)
+        if batch is None:
+            _pending_successes[name] = SuccessBatch(version, 1)
+        else:
+            batch.add(version)
 
 
-def _give_back_pending(name: str, count: int) -> None:
-    if count:
+def _take_pending(name: str) -> SuccessBatch:
+    with _pending_lock:
+        return _pending_successes.pop(name, None) or SuccessBatch()
+
+
+def _give_back_pending(name: str, batch: SuccessBatch) -> None:
+    if batch.total:
         with _pending_lock:
-            _pending_successes[name] = _pending_successes.get(name, 0) + count
+            kept = _pending_successes.get(name)
+            if kept is None:
+                _pending_successes[name] = batch
+            else:
+                kept.merge(batch)
+
+
+def _of_generation(version: int, count: int) -> Expression:
+    """In an UPDATE: ``count`` if the row is still at ``version`` (the generation that admitted
+    the calls), else 0. What only that generation's counters may take."""
+    if not count:
+        return Value(0)
+    return Case(When(version=version, then=Value(count)), default=Value(0))
 
 
 # -- storage ----------------------------------------------------------------------------------
@@ -241,23 +305,28 @@ class DatabaseStorage:
         return row
 
     @staticmethod
-    def window_changes(now: float, window: float, calls: int, failures: int) -> dict[str, Any]:
-        """UPDATE expressions adding ``calls``/``failures`` to the two-bucket rate window.
+    def window_changes(
+        now: float, window: float, calls: int | Expression, failures: int | Expression
+    ) -> dict[str, Any]:
+        """UPDATE expressions adding ``calls``/``failures`` (numbers, or expressions of the
+        row such as ``_of_generation``) to the two-bucket rate window.
 
         Buckets are aligned on multiples of ``window`` since the epoch, so every process
         agrees on their edges; a row still on the previous bucket rotates it in the same
         statement (PostgreSQL evaluates every SET expression against the old row)."""
+        if isinstance(calls, int):
+            calls = Value(calls)
+        if isinstance(failures, int):
+            failures = Value(failures)
         start = math.floor(now / window) * window
         current, previous = _dt(start), _dt(start - window)
         in_current = Q(window_start__gte=current)  # a process whose clock runs late joins it
         in_previous = Q(window_start=previous)
         return {
             "window_start": Case(When(in_current, then=F("window_start")), default=Value(current)),
-            "window_calls": Case(
-                When(in_current, then=F("window_calls") + calls), default=Value(calls)
-            ),
+            "window_calls": Case(When(in_current, then=F("window_calls") + calls), default=calls),
             "window_failures": Case(
-                When(in_current, then=F("window_failures") + failures), default=Value(failures)
+                When(in_current, then=F("window_failures") + failures), default=failures
             ),
             "previous_window_calls": Case(
                 When(in_current, then=F("previous_window_calls")),
@@ -271,40 +340,60 @@ class DatabaseStorage:
             ),
         }
 
-    def add_successes(self, name: str, count: int, *, now: float, window: float) -> None:
+    def add_successes(self, name: str, batch: SuccessBatch, *, now: float, window: float) -> None:
+        """Add a batch of successes to the totals, and those of the row's generation to its
+        failure-rate window."""
         self.model().objects.filter(name=name).update(
-            total_successes=F("total_successes") + count,
-            **self.window_changes(now, window, count, 0),
+            total_successes=F("total_successes") + batch.total,
+            **self.window_changes(now, window, _of_generation(batch.version, batch.current), 0),
         )
 
-    def reset_failures(self, pk: int, successes: int, *, now: float, window: float) -> int:
-        """A success in ``closed``: consecutive failures back to 0 (only if not already)."""
+    def reset_failures(
+        self, pk: int, version: int, batch: SuccessBatch, *, now: float, window: float
+    ) -> int:
+        """A success in ``closed``: consecutive failures back to 0, only if there are some and
+        the row is still at ``version``, the generation that admitted the call (a late success
+        never resets a newer generation's failures). Adds ``batch`` (this success included)
+        as ``add_successes`` does. Returns the rows changed (0 or 1)."""
         return (
             self.model()
-            .objects.filter(pk=pk, state=CLOSED, consecutive_failures__gt=0)
+            .objects.filter(pk=pk, state=CLOSED, version=version, consecutive_failures__gt=0)
             .update(
                 consecutive_failures=0,
-                total_successes=F("total_successes") + successes,
+                total_successes=F("total_successes") + batch.total,
                 updated_at=_dt(now),
-                **self.window_changes(now, window, successes, 0),
+                **self.window_changes(now, window, _of_generation(batch.version, batch.current), 0),
             )
         )
 
     def add_failure(
-        self, name: str, error: BaseException | None, successes: int, *, now: float, window: float
+        self,
+        name: str,
+        version: int,
+        error: BaseException | None,
+        batch: SuccessBatch,
+        *,
+        now: float,
+        window: float,
     ) -> Any:
-        """Count one failure (and this process's batched successes); return the fresh row.
-        One UPDATE with ``F()`` increments: concurrent failures are never lost. A row deleted
-        meanwhile (by an operator) is created again."""
+        """Count one failure of a call admitted by generation ``version`` (and this process's
+        batched successes); return the fresh row. One UPDATE with ``F()`` increments:
+        concurrent failures are never lost. The failure always joins ``total_failures``,
+        ``last_failure_at`` and ``last_error``, but ``consecutive_failures`` and the window
+        only if the row is still at ``version``, in the same statement (no read before the
+        write). A row deleted meanwhile (by an operator) is created again."""
         model = self.model()
+        counted = _of_generation(version, 1)
         changes = {
-            "consecutive_failures": F("consecutive_failures") + 1,
+            "consecutive_failures": F("consecutive_failures") + counted,
             "total_failures": F("total_failures") + 1,
-            "total_successes": F("total_successes") + successes,
+            "total_successes": F("total_successes") + batch.total,
             "last_failure_at": _dt(now),
             "last_error": safe_error_text(error, LAST_ERROR_MAX),
             "updated_at": _dt(now),
-            **self.window_changes(now, window, successes + 1, 1),
+            **self.window_changes(
+                now, window, _of_generation(batch.version, batch.current) + counted, counted
+            ),
         }
         if not model.objects.filter(name=name).update(**changes):
             self.load(name)
@@ -520,13 +609,13 @@ class Breaker:
         last = _last_flush.setdefault(self.name, now)
         if now - last < interval:
             return
-        count = _take_pending(self.name)
+        batch = _take_pending(self.name)
         _last_flush[self.name] = now
-        if count:
+        if batch.total:
             try:
-                self.storage.add_successes(self.name, count, now=now, window=self.policy.window)
+                self.storage.add_successes(self.name, batch, now=now, window=self.policy.window)
             except DatabaseError:
-                _give_back_pending(self.name, count)
+                _give_back_pending(self.name, batch)
                 raise
 
     # -- effective policy (the row's overrides win) ---------------------------------------------
@@ -673,12 +762,12 @@ class Breaker:
             and snapshot.state == CLOSED
             and snapshot.consecutive_failures
             and permit.state == CLOSED
+            and permit.version == snapshot.version  # else a late success: no reset to write
         ):
-            self._guarded(self._reset_failures, snapshot, self.clock())
+            self._guarded(self._reset_failures, permit, snapshot, self.clock())
             return
         # The hot path: nothing written; the success joins this process's next batch.
-        with _pending_lock:
-            _pending_successes[self.name] = _pending_successes.get(self.name, 0) + 1
+        _add_pending(self.name, permit.version)
 
     def record_failure(self, permit: Permit, error: BaseException | None = None) -> None:
         """The attempt failed in a way that counts against the breaker. Which failures count
@@ -707,16 +796,19 @@ class Breaker:
             )
             clear_local_cache(self.name)
 
-    def _reset_failures(self, snapshot: BreakerSnapshot, now: float) -> None:
-        successes = _take_pending(self.name) + 1
+    def _reset_failures(self, permit: Permit, snapshot: BreakerSnapshot, now: float) -> None:
+        batch = _take_pending(self.name)
+        batch.add(permit.version)
         written = 0
         try:
             written = self.storage.reset_failures(
-                snapshot.pk, successes, now=now, window=self.policy.window
+                snapshot.pk, permit.version, batch, now=now, window=self.policy.window
             )
         finally:
-            if not written:  # another process reset it first: keep the batch for later
-                _give_back_pending(self.name, successes)
+            # Another process reset it first, or moved the row to a newer generation: keep the
+            # batch for later.
+            if not written:
+                _give_back_pending(self.name, batch)
         _snapshots[self.name] = replace(snapshot, consecutive_failures=0)
 
     def _close_after_probe(self, permit: Permit, now: float) -> None:
@@ -732,9 +824,8 @@ class Breaker:
         )
         if row is not None:
             self._remember(row, now)
-        else:  # another probe decided first; the success still counts
-            with _pending_lock:
-                _pending_successes[self.name] = _pending_successes.get(self.name, 0) + 1
+        else:  # another probe decided first; the success still counts (in the totals)
+            _add_pending(self.name, permit.version)
 
     def _count_failure(self, permit: Permit, error: BaseException | None, now: float) -> None:
         snapshot = self.snapshot()
@@ -758,17 +849,19 @@ class Breaker:
             if row is not None:
                 self._remember(row, now)
                 return
-            # Another probe decided first: just count this failure below.
-        successes = _take_pending(self.name)
+            # Another probe decided first: its generation is over; the totals take this failure.
+        batch = _take_pending(self.name)
         try:
             row = self.storage.add_failure(
-                self.name, error, successes, now=now, window=self.policy.window
+                self.name, permit.version, error, batch, now=now, window=self.policy.window
             )
         except DatabaseError:
-            _give_back_pending(self.name, successes)
+            _give_back_pending(self.name, batch)
             raise
         fresh = self._remember(row, now)
-        if fresh.state == CLOSED:
+        # Only a failure counted in the generation that admitted it can trip the breaker; the
+        # transition is conditional on that version too.
+        if fresh.state == CLOSED and fresh.version == permit.version:
             reason = self._trip_reason(row, fresh, now)
             if reason:
                 opened = self.storage.transition(

@@ -35,7 +35,8 @@ def _report(queue: Any, func: Any) -> None:
 def record_failures(db_name, name, policy, count, barrier, queue) -> None:
     """Warm the snapshot, wait for the others, then make ``count`` failed calls. A call that
     finds the breaker open reports the failure of a permit granted just before it opened (a
-    call that was already in flight), so every failure is recorded."""
+    call that was already in flight), so every failure is recorded (after the opening, in the
+    totals only: the generation that admitted it is over)."""
     setup_django(db_name)
     from integrations.breaker import CLOSED, Permit, get_breaker
     from integrations.exceptions import CircuitOpenError, IntegrationUnavailable
@@ -52,6 +53,26 @@ def record_failures(db_name, name, policy, count, barrier, queue) -> None:
             error = IntegrationUnavailable(name, "op", "server error", status_code=500)
             breaker.record_failure(permit, error)
         return count
+
+    _report(queue, run)
+
+
+def late_failures(db_name, name, policy, count, barrier, queue) -> None:
+    """Take ``count`` permits while the breaker is closed (calls in flight before an outage),
+    wait while the conductor runs the outage and the recovery, then report every one of
+    them as failed. Returns the state this process then reads."""
+    setup_django(db_name)
+    from integrations.breaker import get_breaker
+    from integrations.exceptions import IntegrationTimeout
+
+    def run() -> str:
+        breaker = get_breaker(name, policy)
+        in_flight = [breaker.acquire("op") for _ in range(count)]
+        barrier.wait(timeout=60)  # every process holds its permits
+        barrier.wait(timeout=60)  # the breaker opened, and a probe closed it again
+        for permit in in_flight:
+            breaker.record_failure(permit, IntegrationTimeout(name, "op"))
+        return breaker.snapshot(fresh=True).state
 
     _report(queue, run)
 

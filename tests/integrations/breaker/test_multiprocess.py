@@ -17,6 +17,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from integrations.breaker import ManualClock, get_breaker
+from integrations.exceptions import IntegrationUnavailable
 from integrations.models import BreakerTransition, CircuitBreaker
 from integrations.policies import BreakerPolicy
 from integrations.services import force_open_breaker
@@ -29,9 +31,11 @@ SPAWN = multiprocessing.get_context("spawn")
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def run_processes(target, args_for, count: int, *, timeout: float = 120) -> list:
-    """Start ``count`` spawned processes lined up on one barrier; return their results."""
-    barrier = SPAWN.Barrier(count)
+def run_processes(target, args_for, count: int, *, timeout: float = 120, conductor=None) -> list:
+    """Start ``count`` spawned processes lined up on one barrier; return their results. With a
+    ``conductor``, this process is one more party to the barrier: ``conductor(barrier)`` runs
+    here while they wait on it."""
+    barrier = SPAWN.Barrier(count + (conductor is not None))
     queue = SPAWN.Queue()
     db_name = connection.settings_dict["NAME"]
     workers = [
@@ -42,6 +46,12 @@ def run_processes(target, args_for, count: int, *, timeout: float = 120) -> list
         worker.start()
     results = []
     try:
+        if conductor is not None:
+            try:
+                conductor(barrier)
+            except BaseException:
+                barrier.abort()  # the workers stop waiting at once
+                raise
         for _ in workers:
             status, value = queue.get(timeout=timeout)
             assert status == "ok", value
@@ -136,6 +146,48 @@ def test_probes_reporting_at_once_move_the_breaker_once(outcomes, final):
     assert transitions == [(final,)]
     if final == "open":
         assert row.total_failures == 4  # the losers' failures are still counted
+
+
+def test_calls_in_flight_across_an_outage_do_not_reopen_the_recovered_breaker():
+    """Four processes hold permits granted in ``closed``; the breaker opens, a probe closes it
+    again, then they report all 20 calls failed (four times the threshold, and 100% of the
+    failure-rate rule's calls): the recovered breaker stays closed."""
+    CircuitBreakerFactory(name="recovered")
+    policy = BreakerPolicy(
+        failure_threshold=5,
+        reset_timeout=30.0,
+        failure_rate=0.5,
+        minimum_calls=5,
+        window=366 * 86400.0,  # a year: the test never straddles a bucket edge
+    )
+    clock = ManualClock()
+
+    def outage_and_recovery(barrier) -> None:
+        barrier.wait(timeout=60)  # every worker holds 5 permits
+        breaker = get_breaker("recovered", policy, clock=clock, probe_lease=60.0)
+        for _ in range(5):
+            breaker.record_failure(breaker.acquire("op"), IntegrationUnavailable("recovered", "op"))
+        assert breaker.state == "open"
+        clock.advance(30)
+        breaker.record_success(breaker.acquire("op"))
+        assert breaker.state == "closed"
+        barrier.wait(timeout=60)  # now the workers report
+
+    results = run_processes(
+        procs.late_failures, lambda i: ("recovered", policy, 5), 4, conductor=outage_and_recovery
+    )
+    assert results == ["closed"] * 4
+    row = CircuitBreaker.objects.get(name="recovered")
+    assert row.state == "closed"
+    assert row.consecutive_failures == 0
+    assert (row.window_calls, row.window_failures) == (0, 0)
+    assert row.total_failures == 5 + 20
+    transitions = BreakerTransition.objects.filter(breaker=row).order_by("id")
+    assert list(transitions.values_list("from_state", "to_state")) == [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ]
 
 
 def test_first_use_from_several_processes_creates_one_row():
