@@ -206,6 +206,24 @@ def queue_length(queue: str = "celery") -> int:
     return redis.Redis.from_url(settings.CELERY_BROKER_URL).llen(queue)
 
 
+def queued_messages(queue: str = "celery") -> list[tuple[str, list]]:
+    """(task name, args) of each message waiting in ``queue`` on this test run's broker, oldest
+    first."""
+    import base64
+    import json
+
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    messages = []
+    for raw in reversed(client.lrange(queue, 0, -1)):
+        message = json.loads(raw)
+        args = json.loads(base64.b64decode(message["body"]))[0]
+        messages.append((message["headers"]["task"], args))
+    return messages
+
+
 def purge_broker() -> None:
     """Drop every message left in this test run's Redis database (``TETHER_REDIS_DB``)."""
     import redis

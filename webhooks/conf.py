@@ -38,6 +38,10 @@ DEFAULTS: dict[str, Any] = {
     # The sweeper enqueues `received` events older than this (seconds): those whose wake-up call
     # was lost (a broker outage, a web process killed before its dispatcher published).
     "REQUEUE_RECEIVED_AFTER": 60,
+    # The longest the sweeper waits before requeueing an event it requeued before (seconds): the
+    # wait after a requeue is as long as the event had waited then, at least its threshold
+    # (REQUEUE_RECEIVED_AFTER or STUCK_AFTER) and at most this (webhooks.services.requeue_stuck).
+    "REQUEUE_MAX_INTERVAL": 3600,
     # Operator API (webhooks.api): DRF permission and throttle classes, dotted paths or classes.
     # Model permissions (view/change on WebhookEvent) are always checked on top of these.
     "API_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],

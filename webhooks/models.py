@@ -40,6 +40,15 @@ class WebhookEvent(models.Model):
         help_text=_("When a retry is due; a task delivered earlier leaves the event alone."),
     )
     processed_at = models.DateTimeField(_("processed at"), null=True, blank=True)
+    requeued_at = models.DateTimeField(
+        _("requeued at"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "When the sweeper last published this event's task again; it waits before doing so "
+            "again, since that message may still be queued."
+        ),
+    )
 
     class Meta:
         verbose_name = _("webhook event")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
@@ -37,7 +38,8 @@ from celery import Task
 from celery.exceptions import Retry
 from django.core.signals import setting_changed
 from django.db import router, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import DateTimeField, F, Q, QuerySet, Value
+from django.db.models.functions import Coalesce, Greatest
 from django.dispatch import receiver
 from django.utils import timezone
 
@@ -72,6 +74,9 @@ def _number(
 
 _DEFAULT_HINT = "Leave it out to use the default."
 
+#: The largest ``REQUEUE_MAX_INTERVAL``: 30 days, already longer than any outage worth waiting on.
+REQUEUE_MAX_INTERVAL_LIMIT = 30 * 86_400
+
 #: key -> (rule, what it must be, hint): the one table the E008 check and processing read.
 PROCESSING_SETTINGS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "MAX_ATTEMPTS": (_number(integer=True, at_least=1),
@@ -82,6 +87,10 @@ PROCESSING_SETTINGS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "RETENTION_DAYS": (_number(at_least=0), "a number of days, 0 or more", _DEFAULT_HINT),
     "REQUEUE_RECEIVED_AFTER": (_number(at_least=0), "a number of seconds, 0 or more",
                                _DEFAULT_HINT),
+    "REQUEUE_MAX_INTERVAL": (lambda value: _number(at_least=0)(value)
+                             and value <= REQUEUE_MAX_INTERVAL_LIMIT,
+                             f"a number of seconds from 0 to {REQUEUE_MAX_INTERVAL_LIMIT:,} "
+                             "(30 days)", _DEFAULT_HINT),
     "DISPATCH_INTERVAL": (_number(at_least=0, nullable=True),
                           "a number of seconds, 0 or more, or None", _DEFAULT_HINT),
     "DISPATCH_BATCH_SIZE": (_number(integer=True, at_least=1),
@@ -722,24 +731,28 @@ def mark_ignored_many(
     return changed, seen - changed
 
 
-def stuck_events(older_than: float | None = None) -> QuerySet[WebhookEvent]:
-    """Events the sweeper should enqueue again.
-
-    ``received`` ones received more than ``older_than`` seconds ago (default
-    ``REQUEUE_RECEIVED_AFTER``, 60 s: their wake-up call was lost, see ``webhooks.dispatch``),
-    and ``processing`` ones whose latest attempt began more than ``older_than`` ago (default
-    ``STUCK_AFTER``, 600 s); in both cases only if their next scheduled attempt
-    (``next_attempt_at``, set by a retry or a replay) is also that far in the past, so a retry
-    that is merely waiting for its countdown is left to its own task.
-    """
+def _thresholds(older_than: float | None) -> tuple[float, float]:
+    """The sweeper's thresholds in seconds, ``(received, processing)``: ``older_than`` for both,
+    or ``REQUEUE_RECEIVED_AFTER`` and ``STUCK_AFTER``."""
     if older_than is None:
-        received_after = float(processing_setting("REQUEUE_RECEIVED_AFTER"))
-        processing_after = float(processing_setting("STUCK_AFTER"))
-    else:
-        received_after = processing_after = older_than
-    if older_than is not None and older_than < 0:
+        return (float(processing_setting("REQUEUE_RECEIVED_AFTER")),
+                float(processing_setting("STUCK_AFTER")))  # fmt: skip
+    if older_than < 0:
         raise ValueError("older_than must be zero or more seconds")
-    now = timezone.now()
+    return older_than, older_than
+
+
+def _stuck_waits(older_than: float | None, now: datetime) -> list[tuple[Q, Greatest, timedelta]]:
+    """Per unfinished status: which of its events are stuck, when each began waiting for its
+    next attempt, and the status's threshold.
+
+    A ``received`` event waits since it arrived or was replayed (``received_at``,
+    ``next_attempt_at``), a ``processing`` one since its latest attempt began or its retry fell
+    due (``last_attempt_at``, ``next_attempt_at``). The stuck conditions compare the columns
+    themselves with a cut-off, so the ``(status, received_at)`` index finds the candidates
+    without reading finished events.
+    """
+    received_after, processing_after = _thresholds(older_than)
     received_cutoff = now - timedelta(seconds=received_after)
     cutoff = now - timedelta(seconds=processing_after)
     received = Q(status=Status.RECEIVED, received_at__lt=received_cutoff) & (
@@ -750,25 +763,129 @@ def stuck_events(older_than: float | None = None) -> QuerySet[WebhookEvent]:
         & (Q(last_attempt_at__lt=cutoff) | Q(last_attempt_at__isnull=True, received_at__lt=cutoff))
         & (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lt=cutoff))
     )
-    return WebhookEvent.objects.filter(received | processing)
+    attempted = Coalesce(F("last_attempt_at"), F("received_at"))
+    return [
+        (received, Greatest(F("received_at"), Coalesce(F("next_attempt_at"), F("received_at"))),
+         timedelta(seconds=received_after)),
+        (processing, Greatest(attempted, Coalesce(F("next_attempt_at"), attempted)),
+         timedelta(seconds=processing_after)),
+    ]  # fmt: skip
+
+
+def _requeue_wait(since: Greatest, threshold: timedelta, now: datetime) -> tuple[Q, Q]:
+    """``(over, running)``: whether the wait after a stuck event's last requeue is over.
+
+    That wait is as long as the event had already waited, since ``since``, when it was requeued
+    (so the waits double: 1, 2, 4... times the threshold), at least ``threshold`` and at most
+    ``REQUEUE_MAX_INTERVAL`` (the threshold wins if it is longer): over an outage of T, an event
+    gets about log2(REQUEUE_MAX_INTERVAL / threshold) + T / REQUEUE_MAX_INTERVAL messages, not
+    one per sweep. A requeue from before the event began waiting (an attempt or a replay came
+    after it) does not count. ``over`` and ``running`` are each other's complement, written out
+    so that neither is a negation over nullable columns.
+    """
+    cap = timedelta(seconds=float(processing_setting("REQUEUE_MAX_INTERVAL")))
+    # requeued_at <= now - (requeued_at - since): it has waited since as long as it had before.
+    waited_as_long = Value(now, output_field=DateTimeField()) - (F("requeued_at") - since)
+    over = (
+        Q(requeued_at__isnull=True)
+        | Q(requeued_at__lt=since)
+        | (
+            Q(requeued_at__lt=now - threshold)
+            & (Q(requeued_at__lte=now - cap) | Q(requeued_at__lte=waited_as_long))
+        )
+    )
+    running = Q(requeued_at__gte=since) & (
+        Q(requeued_at__gte=now - threshold)
+        | (Q(requeued_at__gt=now - cap) & Q(requeued_at__gt=waited_as_long))
+    )
+    return over, running
+
+
+def stuck_events(older_than: float | None = None) -> QuerySet[WebhookEvent]:
+    """Events stuck: the sweeper's candidates, also what health and metrics count.
+
+    ``received`` ones received more than ``older_than`` seconds ago (default
+    ``REQUEUE_RECEIVED_AFTER``, 60 s: their wake-up call was lost, see ``webhooks.dispatch``),
+    and ``processing`` ones whose latest attempt began more than ``older_than`` ago (default
+    ``STUCK_AFTER``, 600 s); in both cases only if their next scheduled attempt
+    (``next_attempt_at``, set by a retry or a replay) is also that far in the past, so a retry
+    that is merely waiting for its countdown is left to its own task. The sweeper requeues those
+    of them whose earlier requeue's wait is over (``requeueable_events``).
+    """
+    stuck = _stuck_waits(older_than, timezone.now())
+    return WebhookEvent.objects.filter(functools.reduce(operator.or_, (q for q, _, _ in stuck)))
+
+
+def requeueable_events(
+    older_than: float | None = None, *, now: datetime | None = None
+) -> QuerySet[WebhookEvent]:
+    """The stuck events the sweeper requeues now: never requeued while they wait, or the wait
+    after their last requeue is over (see ``_requeue_wait``)."""
+    return _stuck_by_requeue_wait(older_than, now or timezone.now(), over=True)
+
+
+def recently_requeued_events(older_than: float | None = None) -> QuerySet[WebhookEvent]:
+    """The stuck events the sweeper leaves alone for now: requeued while they wait, and that
+    message may still be queued (the wait after it is not over). ``stuck_events`` is these and
+    ``requeueable_events``."""
+    return _stuck_by_requeue_wait(older_than, timezone.now(), over=False)
+
+
+def _stuck_by_requeue_wait(
+    older_than: float | None, now: datetime, *, over: bool
+) -> QuerySet[WebhookEvent]:
+    conditions = [
+        stuck & _requeue_wait(since, threshold, now)[0 if over else 1]
+        for stuck, since, threshold in _stuck_waits(older_than, now)
+    ]
+    return WebhookEvent.objects.filter(functools.reduce(operator.or_, conditions))
 
 
 def requeue_stuck(
-    *, older_than: float | None = None, dry_run: bool = False, chunk_size: int = CHUNK_SIZE
+    *,
+    older_than: float | None = None,
+    dry_run: bool = False,
+    include_requeued: bool = False,
+    chunk_size: int = CHUNK_SIZE,
 ) -> int:
-    """Enqueue the stuck events (see ``stuck_events``) again: the sweeper. Returns the count.
+    """Enqueue the stuck events again: the sweeper. Returns the count (would be, with
+    ``dry_run``).
 
-    Raises ``BrokerUnavailable`` at the first publish the broker refuses (the rest would fail
-    too); the events published before it stay published, the others are found by the next sweep.
+    Only ``requeueable_events``: an event requeued before is left alone until the wait after
+    that requeue is over, since its message may still be queued (workers down: every sweep would
+    add one more copy). ``include_requeued`` requeues every stuck event (``stuck_events``), for
+    an operator who knows the broker lost its messages.
+
+    Per chunk, the events are locked (skipping any an attempt holds), checked again, and their
+    ``requeued_at`` set to the sweep's time, in one transaction; once it commits they are
+    published (so a worker that takes the message at once finds the row free). An event whose
+    publish the broker refused gets its previous ``requeued_at`` back, so it is requeued by the
+    next sweep, and ``BrokerUnavailable`` is raised at that first refusal (the rest would fail
+    too); the events published before it stay published. Call it outside a transaction, as the
+    task and the command do.
     """
-    queryset = stuck_events(older_than).order_by()
+    now = timezone.now()
+    if include_requeued:
+        selected = stuck_events(older_than)
+    else:
+        selected = requeueable_events(older_than, now=now)
     count = 0
-    for pks in _pks(queryset, chunk_size):
+    for pks in _pks(selected.order_by(), chunk_size):
         if dry_run:
             count += len(pks)
             continue
-        for pk in pks:
+        with transaction.atomic():
+            previous = dict(
+                selected.filter(pk__in=pks)
+                .select_for_update(skip_locked=True)
+                .order_by()
+                .values_list("pk", "requeued_at")
+            )
+            WebhookEvent.objects.filter(pk__in=list(previous)).update(requeued_at=now)
+        chosen = list(previous)
+        for index, pk in enumerate(chosen):
             if not publish_process_task(pk):
+                _forget_requeue(chosen[index:], previous, now)
                 raise BrokerUnavailable(
                     f"the broker refused a publish after {count} event(s) were requeued"
                 )
@@ -776,6 +893,18 @@ def requeue_stuck(
     if count:
         logger.info("webhooks: requeued %s stuck event(s)%s", count, " (dry run)" * dry_run)
     return count
+
+
+def _forget_requeue(
+    pks: Sequence[int], previous: dict[int, datetime | None], requeued_at: datetime
+) -> None:
+    """Give events whose publish failed their previous ``requeued_at`` back (unless it changed
+    meanwhile), so that nothing records a requeue that sent no message."""
+    by_value: dict[datetime | None, list[int]] = {}
+    for pk in pks:
+        by_value.setdefault(previous[pk], []).append(pk)
+    for value, group in by_value.items():
+        WebhookEvent.objects.filter(pk__in=group, requeued_at=requeued_at).update(requeued_at=value)
 
 
 def prunable_events(

@@ -180,7 +180,16 @@ def test_replay_bad_input_is_a_clear_error(args, message):
 def test_help_texts_show_defaults():
     for name, expected in [
         ("replay_webhooks", ["(default: failed)", "--dry-run", "--sync", "Exit codes"]),
-        ("requeue_stuck_webhooks", ["STUCK_AFTER'], now 600", "--dry-run", "Exit codes"]),
+        (
+            "requeue_stuck_webhooks",
+            [
+                "STUCK_AFTER'], now 600",
+                "REQUEUE_MAX_INTERVAL'], now 3600",
+                "--include-requeued",
+                "--dry-run",
+                "Exit codes",
+            ],
+        ),
         ("prune_webhooks", ["RETENTION_DAYS'], now 30", "--include-failed", "--dry-run"]),
     ]:
         result = subprocess.run(
@@ -229,8 +238,29 @@ def test_requeue_stuck_default_threshold_dry_run_and_summary():
     assert queue_length() == 2
     assert statuses(*stuck) == [Status.RECEIVED, Status.PROCESSING]  # the worker decides
 
+    # The two just requeued wait for that message; the sweep's output says so.
+    def left(count):
+        return (
+            f" {count} other stuck event(s) were requeued recently and are left to that message "
+            "(--include-requeued sends them again)."
+        )
+
+    out, _ = run("requeue_stuck_webhooks", "--older-than", "30", "--dry-run")
+    assert out.strip() == f"Would requeue 1 stuck event(s) (dry run: nothing sent).{left(2)}"
+    assert queue_length() == 2
     out, _ = run("requeue_stuck_webhooks", "--older-than", "30")
+    assert out.strip() == f"Requeued 1 stuck event(s).{left(2)}"
+    assert queue_length() == 3
+    out, _ = run("requeue_stuck_webhooks", "--older-than", "30")
+    assert out.strip() == f"Requeued 0 stuck event(s).{left(3)}"
+    assert queue_length() == 3
+
+    # After the broker lost its messages, an operator can send them all again now.
+    out, _ = run("requeue_stuck_webhooks", "--include-requeued", "--dry-run")
+    assert out.strip() == "Would requeue 2 stuck event(s) (dry run: nothing sent)."
+    out, _ = run("requeue_stuck_webhooks", "--older-than", "30", "--include-requeued")
     assert out.strip() == "Requeued 3 stuck event(s)."
+    assert queue_length() == 6
 
 
 @pytest.mark.django_db

@@ -8,7 +8,6 @@ the crash tests a real gunicorn.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -19,14 +18,12 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
-import redis
-from django.conf import settings
 from django.core.management import call_command
 from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from tests.celery_worker import purge_broker, wait_until
+from tests.celery_worker import purge_broker, queued_messages, wait_until
 from tests.servers import GunicornServer
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import dispatch, on, services
@@ -35,17 +32,6 @@ from webhooks.models import WebhookEvent
 from webhooks.testing import build_request, send_request
 
 Status = WebhookEvent.Status
-
-
-def queued_messages(queue: str = "celery") -> list[tuple[str, list]]:
-    """(task name, args) of each message waiting in the Redis queue, oldest first."""
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    messages = []
-    for raw in reversed(client.lrange(queue, 0, -1)):
-        message = json.loads(raw)
-        args = json.loads(base64.b64decode(message["body"]))[0]
-        messages.append((message["headers"]["task"], args))
-    return messages
 
 
 def enqueue_batch(count: int) -> list[int]:

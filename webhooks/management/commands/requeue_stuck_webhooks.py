@@ -13,13 +13,15 @@ from webhooks.management.arguments import EXIT_BROKER_UNAVAILABLE, non_negative_
 class Command(BaseCommand):
     help = (
         "Enqueue webhook events left 'received', or 'processing' past a timeout (the sweeper; "
-        "Celery beat runs the same as the task webhooks.requeue_stuck). "
+        "Celery beat runs the same as the task webhooks.requeue_stuck), except those requeued "
+        "recently, whose message may still be queued. "
         "Exit codes: 0 done, 2 bad input, 3 broker unavailable."
     )
 
     def add_arguments(self, parser):
         stuck_after = webhooks_settings["STUCK_AFTER"]
         received_after = webhooks_settings["REQUEUE_RECEIVED_AFTER"]
+        max_interval = webhooks_settings["REQUEUE_MAX_INTERVAL"]
         parser.add_argument(
             "--older-than", type=non_negative_float, metavar="SECONDS",
             help="Stuck after this many seconds: 'received' ones counted from received_at, "
@@ -28,20 +30,38 @@ class Command(BaseCommand):
                  f"ones and WEBHOOKS['STUCK_AFTER'], now {stuck_after}, for 'processing' ones).",
         )  # fmt: skip
         parser.add_argument(
-            "--dry-run", action="store_true", help="Count the stuck events; enqueue nothing."
+            "--include-requeued", action="store_true",
+            help="Also requeue stuck events requeued recently, whose message may still be queued "
+                 "(by default the sweeper waits longer after each requeue, up to "
+                 f"WEBHOOKS['REQUEUE_MAX_INTERVAL'], now {max_interval}); for when the broker "
+                 "lost its messages.",
+        )  # fmt: skip
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Count what would be requeued; enqueue nothing."
         )
 
     def handle(self, *args, **options):
+        older_than = options["older_than"]
+        include_requeued = options["include_requeued"]
+        waiting = 0 if include_requeued else services.recently_requeued_events(older_than).count()
         try:
             count = services.requeue_stuck(
-                older_than=options["older_than"], dry_run=options["dry_run"]
+                older_than=older_than, dry_run=options["dry_run"], include_requeued=include_requeued
             )
         except BrokerUnavailable as exc:
             raise CommandError(
                 f"Broker unavailable: {exc}. The events stay stored; run this again later.",
                 returncode=EXIT_BROKER_UNAVAILABLE,
             ) from None
+        left = (
+            f" {waiting} other stuck event(s) were requeued recently and are left to that message "
+            "(--include-requeued sends them again)."
+            if waiting
+            else ""
+        )
         if options["dry_run"]:
-            self.stdout.write(f"Would requeue {count} stuck event(s) (dry run: nothing sent).")
+            self.stdout.write(
+                f"Would requeue {count} stuck event(s) (dry run: nothing sent).{left}"
+            )
         else:
-            self.stdout.write(self.style.SUCCESS(f"Requeued {count} stuck event(s)."))
+            self.stdout.write(self.style.SUCCESS(f"Requeued {count} stuck event(s).{left}"))
