@@ -38,6 +38,7 @@ from .base import (
     decode_utf8,
     load_json_object,
     require_identifier,
+    utc_datetime,
 )
 
 MAX_SIGNATURES = 16
@@ -157,10 +158,12 @@ def _v1_signatures(header: str) -> list[bytes]:
 
 
 def _parse_iso(value: object) -> datetime | None:
+    """The payload's ISO 8601 ``timestamp`` in UTC (naive taken as UTC), or None if it is not
+    one or is out of range (``utc_datetime``)."""
     if not isinstance(value, str):
         return None
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return utc_datetime(parsed)
