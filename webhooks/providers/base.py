@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import secrets as _secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -363,14 +364,36 @@ def decode_utf8(body: bytes) -> str:
 
 
 def load_json_object(data: bytes | str) -> dict[str, Any]:
-    """Parse a JSON object; ``MalformedPayload`` if not JSON or not an object."""
+    """Parse a JSON object; ``MalformedPayload`` if not JSON or not an object, or if it holds
+    ``NaN``, ``Infinity``, ``-Infinity`` or a number that overflows to infinity (``1e999``)
+    anywhere. Python's parser takes those, but they are not JSON: no database's JSON column
+    takes them back (PostgreSQL's ``jsonb`` refuses them, SQLite's check constraint fails), so
+    they are refused here, before the insert, the same on every database. The hooks cost only
+    numbers with a fraction or exponent; the document is not walked."""
     try:
-        payload = json.loads(data)
+        payload = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise MalformedPayload("body is not JSON") from exc
     if not isinstance(payload, dict):
         raise MalformedPayload("body is not a JSON object")
     return payload
+
+
+_NON_FINITE = "body holds NaN, Infinity or a number out of range, which JSON does not allow"
+
+
+def _refuse_constant(name: str) -> Any:
+    """``json.loads``'s hook for ``NaN``, ``Infinity`` and ``-Infinity``: refuse them."""
+    raise MalformedPayload(_NON_FINITE)
+
+
+def _finite_float(text: str) -> float:
+    """``json.loads``'s hook for a number with a fraction or exponent: refuse one that
+    overflows to infinity."""
+    value = float(text)
+    if math.isinf(value):
+        raise MalformedPayload(_NON_FINITE)
+    return value
 
 
 def require_identifier(value: Any, what: str) -> str:

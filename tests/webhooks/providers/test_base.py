@@ -1,5 +1,5 @@
 """The building blocks every provider shares: the bounded conversion of input times
-(``utc_datetime``, ``datetime_from_unix``)."""
+(``utc_datetime``, ``datetime_from_unix``) and JSON parsing (``load_json_object``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from webhooks.providers.base import datetime_from_unix, utc_datetime
+from webhooks.exceptions import MalformedPayload
+from webhooks.providers.base import datetime_from_unix, load_json_object, utc_datetime
 
 LAST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 LAST_SECOND = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
@@ -86,3 +87,33 @@ def test_utc_datetime_takes_naive_values_in_the_given_zone():
 )
 def test_datetime_from_unix(value, expected):
     assert datetime_from_unix(value) == expected
+
+
+# -- JSON ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"amount": NaN}',
+        b'{"amount": Infinity}',
+        b'{"amount": -Infinity}',
+        b'{"amount": 1e999}',
+        b'{"amount": -1e999}',
+        b'{"amount": 1.5E+400}',
+        b'{"a": {"b": [1, 2, {"c": 1e309}]}}',  # anywhere in the document
+        b'{"a": [0.5, NaN]}',
+    ],
+)
+def test_non_finite_numbers_are_malformed(body):
+    with pytest.raises(MalformedPayload, match="NaN, Infinity or a number out of range"):
+        load_json_object(body)
+    with pytest.raises(MalformedPayload):
+        load_json_object(body.decode())
+
+
+def test_finite_numbers_are_kept_as_parsed():
+    payload = load_json_object(b'{"a": 1.7976931348623157e308, "b": 1e-999, "c": -0.0, "d": 10}')
+    assert payload == {"a": 1.7976931348623157e308, "b": 0.0, "c": -0.0, "d": 10}
+    assert isinstance(payload["a"], float) and isinstance(payload["d"], int)
+    assert load_json_object('{"name": "NaN", "n": "Infinity"}') == {"name": "NaN", "n": "Infinity"}
