@@ -87,7 +87,9 @@ class StandardWebhooksProvider(Provider):
         given = _v1_signatures(headers.get(self.signature_header) or "")
         if not given:
             raise InvalidSignature("webhook-signature has no v1 entry")
-        signed_at = datetime.fromtimestamp(timestamp, tz=UTC)
+        signed_at = datetime_from_unix(timestamp)
+        if signed_at is None:  # within a (huge) TOLERANCE, but not a time
+            raise InvalidSignature("webhook-timestamp is out of range")
 
         def matches(secret: str) -> bool:
             expected_text = standardwebhooks.Webhook(secret).sign(msg_id, signed_at, text)
