@@ -42,6 +42,8 @@ from .base import (
 )
 
 MAX_SIGNATURES = 16
+#: The shortest key a secret may decode to: the spec's secrets are 24 to 64 random bytes.
+MIN_KEY_BYTES = 24
 
 
 class StandardWebhooksProvider(Provider):
@@ -55,19 +57,27 @@ class StandardWebhooksProvider(Provider):
 
     @classmethod
     def secret_problems(cls, endpoint: str, key: str, secret: str) -> list[ConfigProblem]:
-        try:
-            standardwebhooks.Webhook(secret)
-        except (binascii.Error, ValueError, standardwebhooks.webhooks.EmptyWebhookSecretError):
-            return [
-                ConfigProblem(
-                    "E006",
-                    key,
-                    f"endpoint {endpoint!r}: a Standard Webhooks secret must be base64 "
-                    "(optionally after whsec_).",
-                    "Copy the secret exactly as the sender shows it, e.g. whsec_MfKQ9r8G....",
-                )
-            ]
-        return []
+        """A secret must be base64 (after an optional ``whsec_``; unpadded is fine, as the
+        library takes it) of at least ``MIN_KEY_BYTES`` bytes. The library alone would take
+        anything: its decoding drops stray characters (``whsec_not base64 at all!!``) and takes
+        a 1-byte key (``whsec_AA``)."""
+        decoded = _secret_key(secret)
+        if decoded is None:
+            message = "is not base64 (optionally after whsec_)"
+        elif len(decoded) < MIN_KEY_BYTES:
+            message = f"decodes to fewer than {MIN_KEY_BYTES} bytes"
+        else:
+            return []
+        return [
+            ConfigProblem(
+                "E006",
+                key,
+                f"endpoint {endpoint!r}: a Standard Webhooks secret {message}; it must be the "
+                f"base64 of at least {MIN_KEY_BYTES} bytes, optionally after whsec_.",
+                "Copy the secret exactly as the sender shows it, e.g. whsec_MfKQ9r8G... "
+                f"(Standard Webhooks secrets are {MIN_KEY_BYTES} to 64 random bytes, base64).",
+            )
+        ]
 
     @classmethod
     def make_secret(cls) -> str:
@@ -143,6 +153,16 @@ class StandardWebhooksProvider(Provider):
             event_id=event_id or f"msg_{_secrets.token_urlsafe(18)}",
             event_type=payload["type"],
         )
+
+
+def _secret_key(secret: str) -> bytes | None:
+    """The key a secret stands for: the strict base64 decoding of what follows an optional
+    ``whsec_`` (missing padding added, as the library does), or None if it is not base64."""
+    encoded = secret.removeprefix("whsec_")
+    try:
+        return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def _v1_signatures(header: str) -> list[bytes]:
