@@ -38,12 +38,21 @@ MAX_ID_LENGTH = 255
 
 @dataclass(frozen=True)
 class ParsedEvent:
-    """What a provider extracts from a verified request."""
+    """What a provider extracts from a verified request.
+
+    ``occurred_at`` goes through ``utc_datetime`` whichever provider made it (a user's too): in
+    UTC, naive taken as UTC, and None when out of range, so no provider can store a time that
+    cannot be read back.
+    """
 
     event_id: str
     event_type: str
     occurred_at: datetime | None
     payload: Any
+
+    def __post_init__(self) -> None:
+        if isinstance(self.occurred_at, datetime):
+            object.__setattr__(self, "occurred_at", utc_datetime(self.occurred_at))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,12 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from webhooks.exceptions import MalformedPayload
-from webhooks.providers.base import datetime_from_unix, load_json_object, utc_datetime
+from webhooks.providers.base import (
+    ParsedEvent,
+    datetime_from_unix,
+    load_json_object,
+    utc_datetime,
+)
 
 LAST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 LAST_SECOND = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
@@ -117,3 +122,16 @@ def test_finite_numbers_are_kept_as_parsed():
     assert payload == {"a": 1.7976931348623157e308, "b": 0.0, "c": -0.0, "d": 10}
     assert isinstance(payload["a"], float) and isinstance(payload["d"], int)
     assert load_json_object('{"name": "NaN", "n": "Infinity"}') == {"name": "NaN", "n": "Infinity"}
+
+
+def test_any_providers_occurred_time_is_bounded():
+    # A user's provider may build the time itself: ParsedEvent applies the same rule.
+    far = datetime(9999, 12, 31, 23, 59, 59, tzinfo=offset(-23, -59))
+    assert ParsedEvent("evt_1", "a.b", far, {}).occurred_at is None
+    assert ParsedEvent("evt_1", "a.b", None, {}).occurred_at is None
+    local = datetime(2026, 3, 1, 12, tzinfo=offset(2))
+    occurred = ParsedEvent("evt_1", "a.b", local, {}).occurred_at
+    assert occurred == local and occurred.tzinfo is UTC
+    assert ParsedEvent("e", "t", datetime(2026, 3, 1), {}).occurred_at == datetime(
+        2026, 3, 1, tzinfo=UTC
+    )
