@@ -3,24 +3,108 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import services
+from . import selectors, services
 from .models import WebhookEvent
+
+logger = logging.getLogger(__name__)
+
+#: The most characters of a value's pretty-printed JSON (payload, headers) the change page
+#: shows, before HTML escaping; the rest is cut, with a note saying how much there is. The body
+#: limit is 1 MiB by default and can be raised: the page stays small whatever the payload.
+SHOWN_JSON_CHARS = 50_000
+#: The deepest nesting the change page shows; deeper objects and arrays are summarised
+#: (``[… 3 items]``, ``{… 2 keys}``). The receive view accepts payloads nested about 900 deep.
+SHOWN_JSON_DEPTH = 20
 
 
 def _pretty_json(value: Any) -> str:
+    """``value`` as indented JSON in a ``<pre>``, bounded: nesting deeper than
+    ``SHOWN_JSON_DEPTH`` summarised, text cut at ``SHOWN_JSON_CHARS`` with a note giving the
+    whole size. Never raises: a value that cannot be shown leaves the rest of the page usable."""
+    try:
+        summarised, deep = _summarise_deep(value, SHOWN_JSON_DEPTH)
+        encoder = json.JSONEncoder(indent=2, sort_keys=True, ensure_ascii=False, default=str)
+        notes = []
+        if deep:
+            notes.append(
+                _("Objects and arrays nested deeper than %(depth)d levels are summarised.")
+                % {"depth": SHOWN_JSON_DEPTH}
+            )
+        return _bounded_pre(encoder.iterencode(summarised), notes)
+    except Exception:
+        logger.exception("webhooks: the admin could not render a JSON value")
+        return format_html("<p>{}</p>", _("This value cannot be shown here; see the operator API."))
+
+
+def _pretty_stored_json(text: str | None) -> str:
+    """JSON text as stored (``selectors.stored_payload_text``), laid out by ``_pretty_json``;
+    text nested too deep for Python's parser at this depth of the page's rendering is shown as
+    stored, cut at ``SHOWN_JSON_CHARS``."""
+    if text is None:
+        return _pretty_json(None)
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return _bounded_pre([text], [_("Nested too deep to lay out: shown as stored.")])
+    return _pretty_json(value)
+
+
+def _bounded_pre(chunks: Iterable[str], notes: list[str]) -> str:
+    """The first ``SHOWN_JSON_CHARS`` characters of the text made of ``chunks`` in a ``<pre>``,
+    then ``notes``, led by one giving the whole size when the text was cut."""
+    shown: list[str] = []
+    size = 0
+    for chunk in chunks:
+        if size < SHOWN_JSON_CHARS:
+            shown.append(chunk[: SHOWN_JSON_CHARS - size])
+        size += len(chunk)
+    if size > SHOWN_JSON_CHARS:
+        cut = _("Cut: the first %(shown)s of %(size)s characters are shown.") % {
+            "shown": f"{SHOWN_JSON_CHARS:,}",
+            "size": f"{size:,}",
+        }
+        notes = [cut, *notes]
     return format_html(
-        '<pre style="white-space: pre-wrap; margin: 0">{}</pre>',
-        json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str),
+        '<pre style="white-space: pre-wrap; margin: 0">{}</pre>{}',
+        "".join(shown),
+        format_html_join("", '<p class="help">{}</p>', ((note,) for note in notes)),
     )
+
+
+def _summarise_deep(value: Any, levels: int) -> tuple[Any, bool]:
+    """``value`` with the objects and arrays more than ``levels`` deep replaced by a summary
+    text, and whether any was. Recurses at most ``levels`` deep, whatever the value's depth."""
+    if not isinstance(value, dict | list):
+        return value, False
+    if levels == 0:
+        count = len(value)
+        if isinstance(value, dict):
+            return f"{{… {count} {'key' if count == 1 else 'keys'}}}", True
+        return f"[… {count} {'item' if count == 1 else 'items'}]", True
+    deep = False
+    if isinstance(value, dict):
+        items = {}
+        for key, item in value.items():
+            items[key], cut = _summarise_deep(item, levels - 1)
+            deep = deep or cut
+        return items, deep
+    elements = []
+    for item in value:
+        element, cut = _summarise_deep(item, levels - 1)
+        elements.append(element)
+        deep = deep or cut
+    return elements, deep
 
 
 @admin.register(WebhookEvent)
@@ -55,10 +139,13 @@ class WebhookEventAdmin(admin.ModelAdmin):
         return False
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[WebhookEvent]:
-        queryset = super().get_queryset(request)
+        # The payload is never loaded through the model here: the change page reads it as
+        # stored text (``payload_pretty``), so a payload nested too deep for Python's parser at
+        # this depth of the request still leaves the page usable.
+        queryset = super().get_queryset(request).defer("payload")
         match = getattr(request, "resolver_match", None)
         if match is not None and match.url_name and match.url_name.endswith("_changelist"):
-            queryset = queryset.defer("body", "payload", "headers")
+            queryset = queryset.defer("body", "headers")
         return queryset
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
@@ -72,7 +159,7 @@ class WebhookEventAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("payload"))
     def payload_pretty(self, obj: WebhookEvent) -> str:
-        return _pretty_json(obj.payload)
+        return _pretty_stored_json(selectors.stored_payload_text(obj.pk))
 
     @admin.display(description=_("headers"))
     def headers_pretty(self, obj: WebhookEvent) -> str:

@@ -12,7 +12,7 @@
   not a positive number, an ``hmac`` option not a string.
 - ``webhooks.E006``: an invalid option value (an ``hmac`` ``ALGORITHM``, ``ENCODING``,
   ``SIGNED_PAYLOAD``, ``EVENT_ID``/``EVENT_TYPE`` location; a Standard Webhooks secret that is
-  not base64).
+  not strict base64, after an optional ``whsec_``, of at least 24 bytes).
 - ``webhooks.E007``: an endpoint name that cannot be a URL path segment.
 - ``webhooks.W001``: a handler registered with ``@on`` for an endpoint that is not configured
   (a typo would otherwise never run).

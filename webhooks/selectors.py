@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from .models import WebhookEvent
+from .providers.base import utc_datetime
 from .registry import is_glob, pattern_regex
 
 
@@ -25,11 +27,17 @@ def type_pattern_q(pattern: str) -> Q:
     return Q(event_type__regex=pattern_regex(pattern))
 
 
+class DateOutOfRange(ValueError):
+    """A date or datetime that parses but falls outside the years 1-9999 once in UTC."""
+
+
 def parse_when(value: str | dt.date | dt.datetime) -> dt.datetime:
-    """An ISO 8601 date or datetime as an aware datetime; a date means its midnight.
+    """An ISO 8601 date or datetime as an aware datetime in UTC; a date means its midnight.
 
     Naive values are in the current time zone (``TIME_ZONE``). Raises ``ValueError`` with a
-    readable message for anything else.
+    readable message for anything else: ``DateOutOfRange`` for a value outside the years 1-9999
+    once in UTC (``providers.base.utc_datetime``, the rule for every time taken from input), e.g.
+    ``9999-12-31T23:59:59-23:59``, which a database would store and then fail to read back.
     """
     if isinstance(value, dt.datetime):
         parsed = value
@@ -49,9 +57,10 @@ def parse_when(value: str | dt.date | dt.datetime) -> dt.datetime:
                 f"{text!r} is not an ISO 8601 date (YYYY-MM-DD) or datetime "
                 "(YYYY-MM-DDThh:mm[:ss][+hh:mm])"
             )
-    if timezone.is_naive(parsed):
-        parsed = timezone.make_aware(parsed)
-    return parsed
+    bounded = utc_datetime(parsed, naive_zone=timezone.get_current_timezone())
+    if bounded is None:
+        raise DateOutOfRange(f"{str(value).strip()!r} is outside the years 1-9999 once in UTC")
+    return bounded
 
 
 def _as_list(value: str | Iterable[str] | None) -> list[str] | None:
@@ -104,3 +113,15 @@ def filter_events(
     if event_ids is not None:
         qs = qs.filter(event_id__in=_as_list(event_ids))
     return qs
+
+
+def stored_payload_text(pk: int) -> str | None:
+    """An event's payload as the JSON text the database holds, unparsed (None if there is no
+    such event or no payload). The admin shows it without ``JSONField``'s parse, which a payload
+    nested about 900 deep (the receive view's parser takes that much) overflows in a deeper
+    stack."""
+    return (
+        WebhookEvent.objects.filter(pk=pk, payload__isnull=False)
+        .values_list(Cast("payload", TextField()), flat=True)
+        .first()
+    )

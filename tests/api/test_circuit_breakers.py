@@ -135,6 +135,8 @@ def test_reset_needs_no_reason(api):
         ({"reason": "x", "until": "tomorrow"}, "until"),
         ({"reason": "x", "until": "2020-01-01T00:00:00Z"}, "until"),
         ({"reason": "x", "until": 12}, "until"),
+        # In the future, but year 10000 in UTC: PostgreSQL would store it and fail every read.
+        ({"reason": "x", "until": "9999-12-31T23:59:59-23:59"}, "until"),
     ],
 )
 def test_bad_action_bodies_are_400_and_change_nothing(api, action, body, field):
@@ -144,6 +146,17 @@ def test_bad_action_bodies_are_400_and_change_nothing(api, action, body, field):
     assert field in response.json()
     assert CircuitBreaker.objects.get(name="stripe").state == "closed"
     assert not BreakerTransition.objects.exists()
+
+
+def test_open_until_the_last_instant_is_stored_and_read_back(api):
+    CircuitBreakerFactory(name="stripe")
+    last = "9999-12-31T23:59:59Z"
+    response = api.post(url("stripe", "open"), {"reason": "x", "until": last}, format="json")
+    assert response.status_code == 200, response.content
+    assert api.get(url("stripe")).json()["forced_until"] == last
+    assert CircuitBreaker.objects.get(name="stripe").forced_until == dt.datetime(
+        9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC
+    )
 
 
 def test_a_configured_service_can_be_opened_before_its_first_call(api, settings):

@@ -82,6 +82,10 @@ def test_filters_by_since_and_until_dates_and_datetimes(api):
         ({"until": "2026-13-01T00:00:00Z"}, "until"),
         ({"until": "x" * 500}, "until"),
         ({"since": "2026-03-02", "until": "2026-03-01"}, "until"),
+        # Legal ISO 8601, but year 10000 or year 0 in UTC (a database error, or a 500, before).
+        ({"since": "9999-12-31T23:59:59-23:59"}, "since"),
+        ({"until": "9999-12-31T23:59:59-23:59"}, "until"),
+        ({"since": "0001-01-01T00:00:00+14:00"}, "since"),
         ({"endpoint": "e" * 101}, "endpoint"),
         ({"stauts": "failed"}, "stauts"),
         ({"page_size": "0"}, "page_size"),
@@ -96,6 +100,17 @@ def test_bad_filter_values_are_400_naming_the_field(api, params, field):
     assert response.status_code == 400, response.content
     body = response.json()
     assert field in body and body[field][0]
+
+
+def test_dates_out_of_range_say_so_and_the_last_instant_is_fine(api):
+    event = WebhookEventFactory()
+    response = api.get(LIST, {"since": "9999-12-31T23:59:59-23:59"})
+    assert response.status_code == 400
+    assert response.json() == {
+        "since": ["Enter a date or datetime within the years 1-9999 once in UTC."]
+    }
+    assert ids(api.get(LIST, {"until": "9999-12-31T23:59:59Z"})) == [event.pk]
+    assert ids(api.get(LIST, {"since": "0001-01-01T00:00:00Z"})) == [event.pk]
 
 
 def test_cursor_pagination_walks_every_event_once(api):
@@ -303,6 +318,8 @@ def test_bulk_replay_by_event_ids(api, django_capture_on_commit_callbacks):
     [
         ({"status": "done"}, "status"),
         ({"since": "last week"}, "since"),
+        ({"since": "9999-12-31T23:59:59-23:59"}, "since"),
+        ({"until": "0001-01-01T00:00:00+14:00"}, "until"),
         ({"limit": 0}, "limit"),
         ({"limit": "many"}, "limit"),
         ({"dry_run": "perhaps"}, "dry_run"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.contrib.auth.models import Permission
 from django.urls import reverse
@@ -9,6 +11,7 @@ from django.urls import reverse
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import on
 from webhooks.models import WebhookEvent
+from webhooks.testing import build_request, send_request
 
 Status = WebhookEvent.Status
 CHANGELIST = "admin:webhooks_webhookevent_changelist"
@@ -130,3 +133,72 @@ def test_a_view_only_user_sees_events_but_no_actions(client, django_user_model, 
 def test_anonymous_is_sent_to_login(client, events):
     response = client.get(reverse(CHANGELIST))
     assert response.status_code == 302 and "/login/" in response["Location"]
+
+
+# -- payloads the pretty printer cannot take whole --------------------------------------------
+
+
+def change_page(admin_client, event):
+    return admin_client.get(reverse("admin:webhooks_webhookevent_change", args=[event.pk]))
+
+
+def nested_lists(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [300, 900])
+def test_a_deeply_nested_payload_renders(client, admin_client, depth):
+    # Stored by the real view (its parser takes about 900 levels under this test client).
+    nesting = b"[" * depth + b"]" * depth
+    body = b'{"id": "evt_deep", "type": "deep.nesting", "data": %s}' % nesting
+    response = send_request(client, build_request("stripe", body))
+    assert response.status_code == 200, response.content
+    event = WebhookEvent.objects.get(event_id="evt_deep")
+    response = change_page(admin_client, event)
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert "evt_deep" in content and "Cut:" not in content
+    summarised = "[… 1 item]" in content and "deeper than 20 levels are summarised" in content
+    as_stored = nesting.decode() in content and "Nested too deep to lay out" in content
+    if depth == 300:
+        assert summarised
+    else:  # depends on how deep the page's rendering already is
+        assert summarised or as_stored
+
+
+def test_a_payload_too_deep_to_load_back_renders_as_stored(admin_client):
+    # 925 levels, as the audit stored them under gunicorn (a shallower stack than this test
+    # client's: created directly). Django's JSONField cannot even load it back in the admin.
+    event = WebhookEventFactory(payload={"id": "evt_deeper", "data": nested_lists(925)})
+    response = change_page(admin_client, event)
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert "evt_deeper" in content
+    assert "[" * 925 in content and "Nested too deep to lay out: shown as stored." in content
+    assert admin_client.get(reverse(CHANGELIST)).status_code == 200
+
+
+def test_a_huge_payload_is_cut_and_the_page_stays_small(client, admin_client):
+    lines = [
+        {"id": f"il_{n:07d}", "amount": n, "currency": "usd", "description": "Widget " * 8}
+        for n in range(7900)
+    ]
+    payload = {"id": "evt_huge", "type": "invoice.created", "data": {"object": {"lines": lines}}}
+    request = build_request("stripe", payload)
+    assert 1_000_000 < len(request.body) <= 1_048_576  # just under the default body limit
+    assert send_request(client, request).status_code == 200
+    event = WebhookEvent.objects.get(event_id="evt_huge")
+    whole = len(json.dumps(event.payload, indent=2, sort_keys=True, ensure_ascii=False))
+
+    response = change_page(admin_client, event)
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert f"Cut: the first 50,000 of {whole:,} characters are shown." in content
+    assert "il_0000000" in content and "il_0007899" not in content
+    # The documented bound (API-CONTRACTS.md): 50,000 characters of text per value.
+    assert len(response.content) < 200_000
+    # The headers are small and shown whole.
+    assert "Stripe-Signature" in content

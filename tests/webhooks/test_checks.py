@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import json
+from pathlib import Path
+
 import pytest
+from django.conf import settings as django_settings
 from django.core.checks import Error
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
+from sandbox_project import settings as sandbox_settings
 from webhooks.checks import check_webhook_endpoints
 from webhooks.exceptions import UnknownEndpoint, WebhookConfigurationError
 from webhooks.providers import get_provider
+from webhooks.providers.standard import StandardWebhooksProvider
 
 HMAC = {
     "PROVIDER": "hmac",
@@ -215,6 +222,58 @@ def test_e006_standard_secret_not_base64(settings):
     assert error.id == "webhooks.E006"
     assert 'WEBHOOKS["ENDPOINTS"]["acme"]["SECRETS"][1]' in error.msg
     assert "whsec_!x" not in error.msg
+
+
+@pytest.mark.parametrize(
+    ("secret", "detail"),
+    [
+        # The library alone takes these: it drops stray characters and takes any key length.
+        ("whsec_not base64 at all!!", "is not base64"),
+        ("whsec_AA", "decodes to fewer than 24 bytes"),  # a 1-byte key
+        ("whsec_" + base64.b64encode(bytes(23)).decode(), "decodes to fewer than 24 bytes"),
+        ("whsec_", "decodes to fewer than 24 bytes"),
+        ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n", "is not base64"),
+        ("whsec_MfKQ9r8GKYqrTwjUPD8I-PZIo2LaLaSw", "is not base64"),  # URL-safe alphabet
+    ],
+)
+def test_e006_standard_secret_not_strict_base64_of_24_bytes(settings, secret, detail):
+    config = {"PROVIDER": "standard", "SECRETS": [secret]}
+    error = only(errors_for(settings, {"ENDPOINTS": {"acme": config}}))
+    assert error.id == "webhooks.E006"
+    assert error.msg.startswith('WEBHOOKS["ENDPOINTS"]["acme"]["SECRETS"][0]: ')
+    assert detail in error.msg
+    assert "at least 24 bytes" in error.msg and "24 to 64 random bytes" in error.hint
+    encoded = secret.removeprefix("whsec_")
+    assert not encoded or encoded not in error.msg + error.hint  # never quoted
+    # The same rule when the endpoint is used anyway (Provider.config_problems).
+    with pytest.raises(WebhookConfigurationError, match=detail):
+        get_provider("acme")
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "whsec_" + base64.b64encode(bytes(24)).decode(),
+        "whsec_" + base64.b64encode(bytes(64)).decode(),
+        "whsec_" + base64.b64encode(bytes(25)).decode().rstrip("="),  # unpadded, as Svix's
+        base64.b64encode(bytes(32)).decode(),  # no prefix: decoded whole
+    ],
+)
+def test_standard_secrets_of_24_bytes_or_more_are_fine(settings, secret):
+    assert errors_for(settings, {"ENDPOINTS": {"acme": {"PROVIDER": "standard",
+                                                        "SECRETS": [secret]}}}) == []  # fmt: skip
+
+
+def test_every_standard_secret_the_project_ships_passes():
+    vectors = Path(__file__).parent / "providers/vendor/standardwebhooks/vectors.json"
+    shipped = {
+        "vendor vectors": json.loads(vectors.read_text())["sign_vector"]["secret"],
+        "sandbox settings": sandbox_settings.WEBHOOKS["ENDPOINTS"]["acme"]["SECRETS"][0],
+        "test settings": django_settings.WEBHOOKS["ENDPOINTS"]["acme"]["SECRETS"][0],
+        "make_secret (webhooks.testing's bad_signature)": StandardWebhooksProvider.make_secret(),
+    }
+    for where, secret in shipped.items():
+        assert StandardWebhooksProvider.secret_problems("acme", "key", secret) == [], where
 
 
 @pytest.mark.parametrize("name", ["a/b", "", "with space"])

@@ -163,6 +163,9 @@ def test_replay_sync_exit_code_when_an_event_fails_again(handlers):
     [
         (["--since", "yesterday"], "not an ISO 8601 date"),
         (["--until", "2026-13-45"], "not an ISO 8601 date"),
+        # Legal ISO 8601, but year 10000 or year 0 once in UTC.
+        (["--since", "9999-12-31T23:59:59-23:59"], "--since: .* outside the years 1-9999"),
+        (["--until", "0001-01-01T00:00:00+14:00"], "--until: .* outside the years 1-9999"),
         (["--status", "done"], "invalid choice"),
         (["--limit", "-3"], "not a positive whole number"),
         (["--limit", "zero"], "not a number"),
@@ -203,14 +206,21 @@ def test_help_texts_show_defaults():
             assert text in help_text, (name, text)
 
 
-def test_bad_input_from_the_shell_exits_with_a_usage_error_not_a_traceback():
+@pytest.mark.parametrize(
+    ("since", "message"),
+    [
+        ("not-a-date", "not an ISO 8601 date"),
+        ("9999-12-31T23:59:59-23:59", "outside the years 1-9999"),
+    ],
+)
+def test_bad_input_from_the_shell_exits_with_a_usage_error_not_a_traceback(since, message):
     result = subprocess.run(
-        [sys.executable, "manage.py", "replay_webhooks", "--since", "not-a-date"],
+        [sys.executable, "manage.py", "replay_webhooks", "--since", since],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
         env={"DJANGO_SETTINGS_MODULE": "tests.settings", "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert result.returncode == 2
-    assert "not an ISO 8601 date" in result.stderr
+    assert "argument --since" in result.stderr and message in result.stderr
     assert "Traceback" not in result.stderr
 
 

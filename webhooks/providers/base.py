@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import secrets as _secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any, ClassVar
 
 from django.utils.datastructures import CaseInsensitiveMapping
@@ -37,12 +38,21 @@ MAX_ID_LENGTH = 255
 
 @dataclass(frozen=True)
 class ParsedEvent:
-    """What a provider extracts from a verified request."""
+    """What a provider extracts from a verified request.
+
+    ``occurred_at`` goes through ``utc_datetime`` whichever provider made it (a user's too): in
+    UTC, naive taken as UTC, and None when out of range, so no provider can store a time that
+    cannot be read back.
+    """
 
     event_id: str
     event_type: str
     occurred_at: datetime | None
     payload: Any
+
+    def __post_init__(self) -> None:
+        if isinstance(self.occurred_at, datetime):
+            object.__setattr__(self, "occurred_at", utc_datetime(self.occurred_at))
 
 
 @dataclass(frozen=True)
@@ -363,14 +373,36 @@ def decode_utf8(body: bytes) -> str:
 
 
 def load_json_object(data: bytes | str) -> dict[str, Any]:
-    """Parse a JSON object; ``MalformedPayload`` if not JSON or not an object."""
+    """Parse a JSON object; ``MalformedPayload`` if not JSON or not an object, or if it holds
+    ``NaN``, ``Infinity``, ``-Infinity`` or a number that overflows to infinity (``1e999``)
+    anywhere. Python's parser takes those, but they are not JSON: no database's JSON column
+    takes them back (PostgreSQL's ``jsonb`` refuses them, SQLite's check constraint fails), so
+    they are refused here, before the insert, the same on every database. The hooks cost only
+    numbers with a fraction or exponent; the document is not walked."""
     try:
-        payload = json.loads(data)
+        payload = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise MalformedPayload("body is not JSON") from exc
     if not isinstance(payload, dict):
         raise MalformedPayload("body is not a JSON object")
     return payload
+
+
+_NON_FINITE = "body holds NaN, Infinity or a number out of range, which JSON does not allow"
+
+
+def _refuse_constant(name: str) -> Any:
+    """``json.loads``'s hook for ``NaN``, ``Infinity`` and ``-Infinity``: refuse them."""
+    raise MalformedPayload(_NON_FINITE)
+
+
+def _finite_float(text: str) -> float:
+    """``json.loads``'s hook for a number with a fraction or exponent: refuse one that
+    overflows to infinity."""
+    value = float(text)
+    if math.isinf(value):
+        raise MalformedPayload(_NON_FINITE)
+    return value
 
 
 def require_identifier(value: Any, what: str) -> str:
@@ -394,12 +426,31 @@ def _encodable(value: str) -> bool:
     return True
 
 
+def utc_datetime(value: datetime, *, naive_zone: tzinfo = UTC) -> datetime | None:
+    """``value`` as an aware datetime in UTC, or None when it is unusable: outside the years
+    1-9999 once converted to UTC. A naive ``value`` is taken in ``naive_zone``.
+
+    The one rule for every time taken from input: occurred times (``datetime_from_unix``,
+    Standard Webhooks' ISO 8601 ``timestamp``) and the dates given to the commands and the
+    operator APIs (``webhooks.selectors.parse_when``). A legal ISO 8601 value can fall outside:
+    ``9999-12-31T23:59:59-23:59`` is year 10000 in UTC, which PostgreSQL stores but Python
+    cannot read back (every later read of the row fails), and SQLite's adapter cannot convert.
+    """
+    if value.utcoffset() is None:
+        value = value.replace(tzinfo=naive_zone)
+    try:
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
+
+
 def datetime_from_unix(value: Any) -> datetime | None:
-    """An aware UTC datetime from Unix seconds, or None if ``value`` is not a sane number."""
+    """An aware UTC datetime from Unix seconds, or None if ``value`` is not a number or not
+    within ``utc_datetime``'s range (NaN, infinities, huge values)."""
     if not is_number(value):
         return None
     try:
-        return datetime.fromtimestamp(value, tz=UTC)
+        return utc_datetime(datetime.fromtimestamp(value, tz=UTC))
     except (OverflowError, OSError, ValueError):
         return None
 

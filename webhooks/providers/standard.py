@@ -38,9 +38,12 @@ from .base import (
     decode_utf8,
     load_json_object,
     require_identifier,
+    utc_datetime,
 )
 
 MAX_SIGNATURES = 16
+#: The shortest key a secret may decode to: the spec's secrets are 24 to 64 random bytes.
+MIN_KEY_BYTES = 24
 
 
 class StandardWebhooksProvider(Provider):
@@ -54,19 +57,27 @@ class StandardWebhooksProvider(Provider):
 
     @classmethod
     def secret_problems(cls, endpoint: str, key: str, secret: str) -> list[ConfigProblem]:
-        try:
-            standardwebhooks.Webhook(secret)
-        except (binascii.Error, ValueError, standardwebhooks.webhooks.EmptyWebhookSecretError):
-            return [
-                ConfigProblem(
-                    "E006",
-                    key,
-                    f"endpoint {endpoint!r}: a Standard Webhooks secret must be base64 "
-                    "(optionally after whsec_).",
-                    "Copy the secret exactly as the sender shows it, e.g. whsec_MfKQ9r8G....",
-                )
-            ]
-        return []
+        """A secret must be base64 (after an optional ``whsec_``; unpadded is fine, as the
+        library takes it) of at least ``MIN_KEY_BYTES`` bytes. The library alone would take
+        anything: its decoding drops stray characters (``whsec_not base64 at all!!``) and takes
+        a 1-byte key (``whsec_AA``)."""
+        decoded = _secret_key(secret)
+        if decoded is None:
+            message = "is not base64 (optionally after whsec_)"
+        elif len(decoded) < MIN_KEY_BYTES:
+            message = f"decodes to fewer than {MIN_KEY_BYTES} bytes"
+        else:
+            return []
+        return [
+            ConfigProblem(
+                "E006",
+                key,
+                f"endpoint {endpoint!r}: a Standard Webhooks secret {message}; it must be the "
+                f"base64 of at least {MIN_KEY_BYTES} bytes, optionally after whsec_.",
+                "Copy the secret exactly as the sender shows it, e.g. whsec_MfKQ9r8G... "
+                f"(Standard Webhooks secrets are {MIN_KEY_BYTES} to 64 random bytes, base64).",
+            )
+        ]
 
     @classmethod
     def make_secret(cls) -> str:
@@ -86,7 +97,9 @@ class StandardWebhooksProvider(Provider):
         given = _v1_signatures(headers.get(self.signature_header) or "")
         if not given:
             raise InvalidSignature("webhook-signature has no v1 entry")
-        signed_at = datetime.fromtimestamp(timestamp, tz=UTC)
+        signed_at = datetime_from_unix(timestamp)
+        if signed_at is None:  # within a (huge) TOLERANCE, but not a time
+            raise InvalidSignature("webhook-timestamp is out of range")
 
         def matches(secret: str) -> bool:
             expected_text = standardwebhooks.Webhook(secret).sign(msg_id, signed_at, text)
@@ -142,6 +155,16 @@ class StandardWebhooksProvider(Provider):
         )
 
 
+def _secret_key(secret: str) -> bytes | None:
+    """The key a secret stands for: the strict base64 decoding of what follows an optional
+    ``whsec_`` (missing padding added, as the library does), or None if it is not base64."""
+    encoded = secret.removeprefix("whsec_")
+    try:
+        return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
 def _v1_signatures(header: str) -> list[bytes]:
     """The decoded ``v1`` signatures of a ``webhook-signature`` header (others skipped)."""
     found = []
@@ -157,10 +180,12 @@ def _v1_signatures(header: str) -> list[bytes]:
 
 
 def _parse_iso(value: object) -> datetime | None:
+    """The payload's ISO 8601 ``timestamp`` in UTC (naive taken as UTC), or None if it is not
+    one or is out of range (``utc_datetime``)."""
     if not isinstance(value, str):
         return None
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return utc_datetime(parsed)

@@ -145,6 +145,20 @@ def test_bad_until(until):
     assert CircuitBreaker.objects.get().state == "closed"
 
 
+@pytest.mark.parametrize("action", ["open", "disable"])
+def test_until_out_of_range(action):
+    # In the future, but year 10000 once in UTC: PostgreSQL would store it and then fail every
+    # read of the breaker.
+    CircuitBreakerFactory(name="exchange-rates")
+    message = expect_error(
+        EXIT_BAD_DATE, action, "exchange-rates", "--reason", "x",
+        "--until", "9999-12-31T23:59:59-23:59",
+    )  # fmt: skip
+    assert message.startswith("--until ") and "outside the years 1-9999" in message
+    breaker = CircuitBreaker.objects.get()
+    assert (breaker.state, breaker.forced_until) == ("closed", None)
+
+
 def test_until_in_the_past():
     CircuitBreakerFactory(name="exchange-rates")
     message = expect_error(

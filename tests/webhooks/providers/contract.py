@@ -9,11 +9,13 @@ through the real view, the real PostgreSQL and the same signing code users call
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, ClassVar
 
 import pytest
 
+from webhooks.exceptions import MalformedPayload
 from webhooks.models import WebhookEvent
 from webhooks.providers import get_provider
 from webhooks.signals import webhook_received, webhook_rejected
@@ -53,6 +55,11 @@ class ProviderContract:
     def request_without_event_id(self) -> tuple[bytes, dict[str, str]]:
         """A correctly signed request whose event id is missing."""
         raise NotImplementedError
+
+    def bodies_with(self, payload_json: str) -> list[tuple[bytes, str]]:
+        """``(body, Content-Type)`` of each body form the scheme accepts carrying
+        ``payload_json`` (JSON only, by default)."""
+        return [(payload_json.encode(), "application/json")]
 
     # -- the cases ----------------------------------------------------------------------------
 
@@ -153,6 +160,34 @@ class ProviderContract:
         response = self.post(client, body, headers)
         assert response.status_code == 400
         assert response.json() == {"error": "malformed_payload"}
+
+    @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999", "-1E+400"])
+    def test_non_finite_numbers_are_malformed(self, client, signals, number):
+        # Python's parser takes them; no database's JSON column does. Refused by the parse,
+        # before the insert, so the answer is the same on every database.
+        sample = self.provider.sample()
+        payload = json.loads(sample.body)
+        payload["amounts"] = [1, {"deep": ["<number>"]}]
+
+        def signed(value: str) -> list[tuple[bytes, dict[str, str]]]:
+            forms = self.bodies_with(json.dumps(payload).replace('"<number>"', value))
+            return [
+                (body, sign_request(self.endpoint, body, event_id=sample.event_id,
+                                    event_type=sample.event_type, content_type=content_type))
+                for body, content_type in forms
+            ]  # fmt: skip
+
+        for (body, headers), (control, control_headers) in zip(
+            signed(number), signed("2.5"), strict=True
+        ):
+            assert self.provider.parse(control, control_headers).payload["amounts"]  # usable
+            with pytest.raises(MalformedPayload):
+                self.provider.parse(body, headers)
+            response = self.post(client, body, headers)
+            assert response.status_code == 400, (headers["Content-Type"], response.content)
+            assert response.json() == {"error": "malformed_payload"}
+            assert signals.of(webhook_rejected)[-1]["reason"] == "malformed_payload"
+        assert not WebhookEvent.objects.exists()
 
     def test_signed_but_no_event_id(self, client):
         body, headers = self.request_without_event_id()

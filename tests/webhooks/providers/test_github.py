@@ -37,6 +37,12 @@ class TestGitHubContract(ProviderContract):
         del headers["X-GitHub-Delivery"]
         return body, headers
 
+    def bodies_with(self, payload_json):
+        return [
+            *super().bodies_with(payload_json),
+            (form_encode(payload_json.encode()), "application/x-www-form-urlencoded"),
+        ]
+
     def test_missing_event_header_is_malformed(self, client):
         body = b'{"zen": "x"}'
         headers = sign_request(self.endpoint, body)
