@@ -11,7 +11,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("webhooks", "0002_remove_endpoint_status_index"),
+        ("webhooks", "0003_clear_unreadable_occurred_at"),
     ]
 
     operations = [
