@@ -577,8 +577,8 @@ def combine(rounds: list[dict]) -> dict:
         "server_bg_ms_per_req": 1000 * background / max(ok, 1),
         "db_cpu_ms_per_req": 1000 * db / max(ok, 1),
         "machine_busy": busy / total if total else 0.0,
-        # The machine's CPU not used by gunicorn, PostgreSQL or wrk (kernel work not charged to
-        # them, Redis, other processes): near 0 on a quiet machine.
+        # The machine's CPU not used by gunicorn, PostgreSQL or wrk (Redis, kernel work not
+        # charged to them, other processes): small on a quiet machine.
         "others_share": max(0.0, busy - server - db - cpu) / total if total else 0.0,
         "per_round": [round(r["throughput"]) for r in rounds],
         "raw_rounds": [
