@@ -30,15 +30,16 @@ test: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-# Both benchmarks always run; the target fails if either did (see bench/README.md).
+# Both benchmarks always run; the target fails if either did (see bench/README.md). wrk, the
+# ingest benchmark's load generator, is installed first when missing (bench/ensure_wrk.sh).
 bench: $(VENV)/.installed-test
 	./tests/ensure_services.sh
-	status=0; $(PY) bench/ingest.py || status=$$?; $(PY) bench/outbound.py || status=$$?; \
-	exit $$status
+	status=0; ./bench/ensure_wrk.sh && $(PY) bench/ingest.py || status=$$?; \
+	$(PY) bench/outbound.py || status=$$?; exit $$status
 
 bench-smoke: $(VENV)/.installed-test
 	./tests/ensure_services.sh
-	status=0; $(PY) bench/ingest.py --smoke || status=$$?; \
+	status=0; ./bench/ensure_wrk.sh && $(PY) bench/ingest.py --smoke || status=$$?; \
 	$(PY) bench/outbound.py --smoke || status=$$?; exit $$status
 
 lint: $(VENV)/.installed-test

@@ -2,7 +2,7 @@
 
 Answers every request with the same small JSON document, keeping connections alive (or closing
 after each answer with ``--close``, as gunicorn's sync workers do). It stands in for a vendor in
-``bench/outbound.py`` and measures the load generator's own ceiling in ``bench/ingest.py``.
+``bench/outbound.py``.
 Prints ``READY <port>`` once listening; stops on SIGTERM/SIGINT or after ``--max-seconds``.
 
     python bench/fastserver.py --port 0 [--close]

@@ -1,10 +1,12 @@
-"""A small HTTP/1.1 load generator, run as its own process by the benchmarks.
+"""A small HTTP/1.1 poster, run as its own process by ``bench/ingest.py`` for case (d).
 
-Standard library only (asyncio), so that it costs the machine as little CPU as possible and can
-be measured: it sends pre-built raw requests (signed before timing) over ``--concurrency``
-connections, keeps each connection alive unless the server closes it (gunicorn's sync workers
-close after every response), checks every answer, and prints one JSON object with its counts,
-latency percentiles, wall time and its own CPU time.
+Case (d) posts exactly N events and waits until all are processed; wrk (which drives the other
+cases, ``bench/wrk.py``) cannot stop after N requests. Standard library only (asyncio): it sends
+pre-built raw requests (signed before timing) over ``--concurrency`` connections, keeps each
+connection alive unless the server closes it (gunicorn's sync workers close after every
+response), checks every answer, and prints one JSON object with its counts, latency
+percentiles, wall time and its own CPU time. It costs several times wrk's CPU per request: not a
+generator to measure a server's rate with.
 
     python bench/loadgen.py --port 8000 --requests FILE --concurrency 16 --duration 10
 
@@ -15,7 +17,6 @@ latency percentiles, wall time and its own CPU time.
 from __future__ import annotations
 
 import argparse
-import array
 import asyncio
 import json
 import pickle
@@ -58,9 +59,9 @@ class Run:
         """The next request to send, or None when the count or the time is used up."""
         if self.next_index >= self.stop or time.perf_counter() >= self.deadline:
             return None
-        if self.next_index >= len(self.requests) and not self.args.cycle:
+        if self.next_index >= len(self.requests):
             return None
-        request = self.requests[self.next_index % len(self.requests)]
+        request = self.requests[self.next_index]
         self.next_index += 1
         return request
 
@@ -129,8 +130,6 @@ async def main_async(args: argparse.Namespace, requests: list[bytes]) -> dict:
     wall = time.perf_counter() - wall_start
     cpu = cpu_seconds() - cpu_start
     latencies = sorted(run.latencies)
-    if args.latencies_out:
-        args.latencies_out.write_bytes(array.array("d", latencies).tobytes())
     return {
         "sent": run.next_index - run.start,
         "ok": run.ok,
@@ -159,14 +158,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--count", type=int, default=10**9, help="stop after this many")
     parser.add_argument("--duration", type=float, default=10.0, help="stop after seconds")
-    parser.add_argument("--cycle", action="store_true", help="reuse the requests in a loop")
     parser.add_argument("--offset", type=int, default=0, help="start at this request")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     parser.add_argument("--status", type=int, default=200, help="expected status")
     parser.add_argument("--expect", default="", help="expected substring of every body")
-    parser.add_argument(
-        "--latencies-out", type=Path, help="write every latency (s) as float64 to this file"
-    )
     return parser.parse_args(argv)
 
 

@@ -71,7 +71,10 @@ class Child:
         return "\n".join(text[-lines:])
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM to the group, then SIGKILL after ``timeout``; never raises."""
+        """SIGTERM to the group, then SIGKILL after ``timeout``; never raises. Does nothing the
+        second time: by then its process group id may be another process's."""
+        if self._log_file.closed:
+            return
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.popen.pid, signal.SIGTERM)
@@ -134,6 +137,27 @@ def background_cpu_of(pids: Sequence[int]) -> float:
                 continue
             total += int(fields[11]) + int(fields[12])
     return total / CLOCK_TICKS
+
+
+def wait_cpu_at_exit(popen: subprocess.Popen, timeout: float) -> tuple[float, float]:
+    """Wait until ``popen``'s process exits and return (CPU seconds of all its threads, of its
+    main thread alone), read from /proc before it is reaped (a zombie keeps its times); then
+    reap it. The difference is what its other threads used, e.g. wrk's load-generating threads
+    apart from its start-up and report."""
+    pid = popen.pid
+    deadline = time.monotonic() + timeout
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        if time.monotonic() > deadline:
+            raise BenchError(f"process {pid} did not exit in {timeout:.0f} s")
+        time.sleep(0.01)
+    total = cpu_of([pid])
+    try:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        main = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except OSError:
+        main = 0.0
+    popen.wait()
+    return total, main
 
 
 def machine_busy() -> tuple[float, float]:
