@@ -64,39 +64,45 @@ LAST_ERROR_MAX_CHARS = 2000
 
 
 def _number(
-    *, integer: bool = False, at_least: float, nullable: bool = False
+    *, integer: bool = False, at_least: float, at_most: float, nullable: bool = False
 ) -> Callable[[Any], bool]:
     """A rule for a number setting (``providers.base.is_number``), None allowed if ``nullable``."""
     return lambda value: (
-        (nullable and value is None) or is_number(value, integer=integer, at_least=at_least)
+        (nullable and value is None)
+        or is_number(value, integer=integer, at_least=at_least, at_most=at_most)
     )
 
 
 _DEFAULT_HINT = "Leave it out to use the default."
 
-#: The largest ``REQUEUE_MAX_INTERVAL``: 30 days, already longer than any outage worth waiting on.
-REQUEUE_MAX_INTERVAL_LIMIT = 30 * 86_400
+#: The largest number of seconds a processing setting may hold: 30 days. Every one of them ends
+#: up in a ``timedelta`` or a Celery countdown; a bound keeps those finite and meaningful.
+MAX_SETTING_SECONDS = 30 * 86_400
+
+
+def _seconds(*, nullable: bool = False) -> tuple[Callable[[Any], bool], str, str]:
+    what = f"a number of seconds from 0 to {MAX_SETTING_SECONDS:,} (30 days)"
+    return (_number(at_least=0, at_most=MAX_SETTING_SECONDS, nullable=nullable),
+            what + (", or None" if nullable else ""), _DEFAULT_HINT)  # fmt: skip
+
 
 #: key -> (rule, what it must be, hint): the one table the E008 check and processing read.
 PROCESSING_SETTINGS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
-    "MAX_ATTEMPTS": (_number(integer=True, at_least=1),
-                     "a whole number of attempts, 1 or more", _DEFAULT_HINT),
-    "RETRY_BASE_DELAY": (_number(at_least=0), "a number of seconds, 0 or more", _DEFAULT_HINT),
-    "RETRY_MAX_DELAY": (_number(at_least=0), "a number of seconds, 0 or more", _DEFAULT_HINT),
-    "STUCK_AFTER": (_number(at_least=0), "a number of seconds, 0 or more", _DEFAULT_HINT),
-    "RETENTION_DAYS": (_number(at_least=0), "a number of days, 0 or more", _DEFAULT_HINT),
-    "REQUEUE_RECEIVED_AFTER": (_number(at_least=0), "a number of seconds, 0 or more",
-                               _DEFAULT_HINT),
-    "REQUEUE_MAX_INTERVAL": (lambda value: _number(at_least=0)(value)
-                             and value <= REQUEUE_MAX_INTERVAL_LIMIT,
-                             f"a number of seconds from 0 to {REQUEUE_MAX_INTERVAL_LIMIT:,} "
-                             "(30 days)", _DEFAULT_HINT),
-    "DISPATCH_INTERVAL": (_number(at_least=0, nullable=True),
-                          "a number of seconds, 0 or more, or None", _DEFAULT_HINT),
-    "DISPATCH_BATCH_SIZE": (_number(integer=True, at_least=1),
-                            "a whole number of events, 1 or more", _DEFAULT_HINT),
-    "DISPATCH_SHUTDOWN_TIMEOUT": (_number(at_least=0), "a number of seconds, 0 or more",
-                                  _DEFAULT_HINT),
+    "MAX_ATTEMPTS": (_number(integer=True, at_least=1, at_most=1000),
+                     "a whole number of attempts from 1 to 1,000", _DEFAULT_HINT),
+    "RETRY_BASE_DELAY": _seconds(),
+    "RETRY_MAX_DELAY": _seconds(),
+    "STUCK_AFTER": _seconds(),
+    "RETENTION_DAYS": (_number(at_least=0, at_most=36_500),
+                       "a number of days from 0 to 36,500", _DEFAULT_HINT),
+    "REQUEUE_RECEIVED_AFTER": _seconds(),
+    "REQUEUE_MAX_INTERVAL": _seconds(),
+    "DISPATCH_INTERVAL": (_number(at_least=0, at_most=60, nullable=True),
+                          "a number of seconds from 0 to 60, or None", _DEFAULT_HINT),
+    "DISPATCH_BATCH_SIZE": (_number(integer=True, at_least=1, at_most=10_000),
+                            "a whole number of events from 1 to 10,000", _DEFAULT_HINT),
+    "DISPATCH_SHUTDOWN_TIMEOUT": (_number(at_least=0, at_most=600),
+                                  "a number of seconds from 0 to 600", _DEFAULT_HINT),
     "TASK_QUEUE": (lambda value: value is None or (isinstance(value, str) and bool(value.strip())),
                    "a Celery queue name or None",
                    "None sends processing tasks to Celery's default queue."),

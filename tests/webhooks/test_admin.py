@@ -150,19 +150,18 @@ def nested_lists(depth: int) -> list:
 
 
 @pytest.mark.parametrize("depth", [300, 900])
-def test_a_deeply_nested_payload_renders(client, admin_client, depth):
-    # Stored by the real view (its parser takes about 900 levels under this test client).
-    nesting = b"[" * depth + b"]" * depth
-    body = b'{"id": "evt_deep", "type": "deep.nesting", "data": %s}' % nesting
-    response = send_request(client, build_request("stripe", body))
-    assert response.status_code == 200, response.content
-    event = WebhookEvent.objects.get(event_id="evt_deep")
+def test_a_deeply_nested_payload_renders(admin_client, depth):
+    # The receive view refuses payloads nested deeper than MAX_JSON_DEPTH (64); rows this deep
+    # were stored by earlier versions, and the admin must still show them.
+    event = WebhookEventFactory(
+        event_id="evt_deep", event_type="deep.nesting", payload={"data": nested_lists(depth)}
+    )
     response = change_page(admin_client, event)
     assert response.status_code == 200
     content = response.content.decode()
     assert "evt_deep" in content and "Cut:" not in content
     summarised = "[… 1 item]" in content and "deeper than 20 levels are summarised" in content
-    as_stored = nesting.decode() in content and "Nested too deep to lay out" in content
+    as_stored = "[" * depth in content and "Nested too deep to lay out" in content
     if depth == 300:
         assert summarised
     else:  # depends on how deep the page's rendering already is

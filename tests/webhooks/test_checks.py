@@ -155,7 +155,12 @@ def test_e005_wrong_types(settings, webhooks, key):
         ("TOLERANCE", float("nan"), False),
         ("TOLERANCE", True, False),
         ("TOLERANCE", "300", False),
+        ("TOLERANCE", 86_400, True),
+        ("TOLERANCE", 86_400.5, False),
+        ("TOLERANCE", float("inf"), False),
         ("MAX_BODY_BYTES", 1, True),
+        ("MAX_BODY_BYTES", 100 * 1024 * 1024, True),
+        ("MAX_BODY_BYTES", 100 * 1024 * 1024 + 1, False),
         ("MAX_BODY_BYTES", 1.0, False),
         ("MAX_BODY_BYTES", 0, False),
         ("MAX_BODY_BYTES", False, False),
@@ -179,7 +184,10 @@ def test_limits_follow_one_rule_globally_and_per_endpoint(settings, option, valu
 
 @pytest.mark.parametrize(
     ("option", "value", "kind"),
-    [("TOLERANCE", -1, "number (seconds)"), ("MAX_BODY_BYTES", 1.5, "integer (bytes)")],
+    [
+        ("TOLERANCE", -1, "number (seconds) up to 86,400"),
+        ("MAX_BODY_BYTES", 1.5, "integer (bytes) up to 104,857,600"),
+    ],
 )
 def test_limit_messages_say_the_rule_and_where_the_default_comes_from(
     settings, option, value, kind

@@ -169,6 +169,7 @@ def test_replay_sync_exit_code_when_an_event_fails_again(handlers):
         (["--status", "done"], "invalid choice"),
         (["--limit", "-3"], "not a positive whole number"),
         (["--limit", "zero"], "not a number"),
+        (["--limit", str(10**30)], "too large; give at most 1,000,000,000"),
         (["--chunk-size", "0"], "not a positive whole number"),
         (["--since", "2026-03-02", "--until", "2026-03-01"], "--since must be before --until"),
     ],
@@ -277,7 +278,10 @@ def test_requeue_stuck_default_threshold_dry_run_and_summary():
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--older-than", "-5"], "negative"), (["--older-than", "soon"], "not a number"),
-     (["--older-than", "nan"], "not a finite number")],
+     (["--older-than", "nan"], "not a finite number"),
+     # Bounded before it reaches a timedelta (1e300 seconds was an OverflowError traceback).
+     (["--older-than", "1e300"], "too large; give at most 315,360,000"),
+     (["--older-than", "inf"], "not a finite number")],
 )  # fmt: skip
 def test_requeue_stuck_bad_input(args, message):
     with pytest.raises(CommandError, match=message):
@@ -332,7 +336,9 @@ def test_prune_default_retention_include_failed_and_dry_run():
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--older-than", "-1"], "negative"), (["--older-than", "1.5"], "not a number"),
-     (["--batch-size", "0"], "not a positive whole number")],
+     (["--older-than", str(10**12)], "too large; give at most 36,500"),
+     (["--batch-size", "0"], "not a positive whole number"),
+     (["--batch-size", str(10**30)], "too large")],
 )  # fmt: skip
 def test_prune_bad_input(args, message):
     WebhookEventFactory(status=Status.PROCESSED, received_at=timezone.now() - timedelta(days=99))

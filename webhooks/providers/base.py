@@ -99,9 +99,11 @@ def is_number(
     integer: bool = False,
     above: float | None = None,
     at_least: float | None = None,
+    at_most: float | None = None,
 ) -> bool:
     """Whether ``value`` is a number (an ``int`` when ``integer``), never a bool, greater than
-    ``above`` and at least ``at_least`` when they are given (NaN is within no range).
+    ``above``, at least ``at_least`` and at most ``at_most`` when they are given (NaN and
+    infinities are within no range that has a bound on their side).
 
     The one rule for numeric settings: ``TOLERANCE``/``MAX_BODY_BYTES`` (through
     ``limit_problem``, global and per endpoint) and the processing settings
@@ -112,24 +114,34 @@ def is_number(
         return False
     if above is not None and not value > above:
         return False
+    if at_most is not None and not value <= at_most:
+        return False
     return at_least is None or value >= at_least
 
 
-#: The limits set globally (``WEBHOOKS[...]``) or per endpoint, and whether each is an integer.
-LIMIT_OPTIONS: dict[str, bool] = {"TOLERANCE": False, "MAX_BODY_BYTES": True}
+#: The limits set globally (``WEBHOOKS[...]``) or per endpoint: whether each is an integer, and
+#: its largest value. A tolerance beyond a day accepts signatures too old to mean anything; a
+#: body limit beyond 100 MiB lets one request hold that much memory in a web process.
+LIMIT_OPTIONS: dict[str, tuple[bool, float]] = {
+    "TOLERANCE": (False, 86_400),
+    "MAX_BODY_BYTES": (True, 100 * 1024 * 1024),
+}
 
 
 def limit_problem(
     option: str, value: Any, key: str, *, prefix: str = "", hint: str
 ) -> ConfigProblem | None:
     """The E005 problem of one ``TOLERANCE``/``MAX_BODY_BYTES`` value, or None if it is a
-    positive number (an integer for ``MAX_BODY_BYTES``); the one rule and message for the
-    global settings (``webhooks.checks``) and an endpoint's (``Provider.config_problems``)."""
-    integer = LIMIT_OPTIONS[option]
-    if is_number(value, integer=integer, above=0):
+    positive number (an integer for ``MAX_BODY_BYTES``) no larger than its ``LIMIT_OPTIONS``
+    maximum; the one rule and message for the global settings (``webhooks.checks``) and an
+    endpoint's (``Provider.config_problems``)."""
+    integer, largest = LIMIT_OPTIONS[option]
+    if is_number(value, integer=integer, above=0, at_most=largest):
         return None
     kind = "integer (bytes)" if integer else "number (seconds)"
-    return ConfigProblem("E005", key, f"{prefix}must be a positive {kind}, not {value!r}.", hint)
+    return ConfigProblem(
+        "E005", key, f"{prefix}must be a positive {kind} up to {largest:,}, not {value!r}.", hint
+    )
 
 
 class SecretStr(str):
@@ -372,20 +384,50 @@ def decode_utf8(body: bytes) -> str:
         raise InvalidSignature("body is not valid UTF-8") from exc
 
 
+#: The deepest nesting of objects and arrays a payload may have (the top-level object is 1).
+#: Vendors' events nest about 10 deep (a Stripe invoice event: 11). Much deeper documents parse,
+#: but cannot be read back where the stack is deeper (the ORM loading the row, the operator API
+#: rendering it: a ``RecursionError`` at about 900 levels), so they are refused at receipt.
+MAX_JSON_DEPTH = 64
+
+
 def load_json_object(data: bytes | str) -> dict[str, Any]:
-    """Parse a JSON object; ``MalformedPayload`` if not JSON or not an object, or if it holds
-    ``NaN``, ``Infinity``, ``-Infinity`` or a number that overflows to infinity (``1e999``)
-    anywhere. Python's parser takes those, but they are not JSON: no database's JSON column
-    takes them back (PostgreSQL's ``jsonb`` refuses them, SQLite's check constraint fails), so
-    they are refused here, before the insert, the same on every database. The hooks cost only
-    numbers with a fraction or exponent; the document is not walked."""
+    """Parse a JSON object; ``MalformedPayload`` if not JSON or not an object, if it nests
+    deeper than ``MAX_JSON_DEPTH``, or if it holds ``NaN``, ``Infinity``, ``-Infinity`` or a
+    number that overflows to infinity (``1e999``) anywhere. Python's parser takes those, but
+    they are not JSON: no database's JSON column takes them back (PostgreSQL's ``jsonb``
+    refuses them, SQLite's check constraint fails), so they are refused here, before the insert,
+    the same on every database. The hooks cost only numbers with a fraction or exponent; the
+    document is walked for its depth only when it holds more brackets than the limit."""
     try:
         payload = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise MalformedPayload("body is not JSON") from exc
     if not isinstance(payload, dict):
         raise MalformedPayload("body is not a JSON object")
+    if _count_brackets(data) > MAX_JSON_DEPTH and _deeper_than(payload, MAX_JSON_DEPTH):
+        raise MalformedPayload(f"body nests deeper than {MAX_JSON_DEPTH} levels")
     return payload
+
+
+def _count_brackets(data: bytes | str) -> int:
+    """Opening brackets in the text (those inside strings too): a bound on the depth that
+    costs a scan at C speed, so that the usual small event is never walked."""
+    if isinstance(data, bytes):
+        return data.count(b"{") + data.count(b"[")
+    return data.count("{") + data.count("[")
+
+
+def _deeper_than(document: Any, limit: int) -> bool:
+    """Whether the parsed ``document`` nests objects and arrays more than ``limit`` deep."""
+    stack = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 _NON_FINITE = "body holds NaN, Infinity or a number out of range, which JSON does not allow"

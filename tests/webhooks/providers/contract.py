@@ -18,6 +18,7 @@ import pytest
 from webhooks.exceptions import MalformedPayload
 from webhooks.models import WebhookEvent
 from webhooks.providers import get_provider
+from webhooks.providers.base import MAX_JSON_DEPTH
 from webhooks.signals import webhook_received, webhook_rejected
 from webhooks.testing import build_request, send_request, sign_request
 
@@ -188,6 +189,36 @@ class ProviderContract:
             assert response.json() == {"error": "malformed_payload"}
             assert signals.of(webhook_rejected)[-1]["reason"] == "malformed_payload"
         assert not WebhookEvent.objects.exists()
+
+    def test_nesting_deeper_than_the_limit_is_malformed(self, client, signals):
+        # MAX_JSON_DEPTH levels in all (the top-level object is one) are taken; one more is
+        # refused before the insert, since rows that deep cannot be read back everywhere.
+        sample = self.provider.sample()
+        payload = json.loads(sample.body)
+
+        def nested(levels: int) -> list:
+            value: list = []
+            for _ in range(levels - 1):
+                value = [value]
+            return value
+
+        for extra, accepted in ((MAX_JSON_DEPTH - 1, True), (MAX_JSON_DEPTH, False)):
+            payload["nested"] = nested(extra)  # the top-level object is the first level
+            forms = self.bodies_with(json.dumps(payload))
+            for body, content_type in forms:
+                WebhookEvent.objects.all().delete()
+                headers = sign_request(
+                    self.endpoint, body, event_id=sample.event_id,
+                    event_type=sample.event_type, content_type=content_type,
+                )  # fmt: skip
+                response = self.post(client, body, headers)
+                if accepted:
+                    assert response.status_code == 200, (content_type, response.content)
+                else:
+                    assert response.status_code == 400, (content_type, response.content)
+                    assert response.json() == {"error": "malformed_payload"}
+                    assert signals.of(webhook_rejected)[-1]["reason"] == "malformed_payload"
+                    assert not WebhookEvent.objects.exists()
 
     def test_signed_but_no_event_id(self, client):
         body, headers = self.request_without_event_id()

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand
 
 from webhooks import services
 from webhooks.conf import webhooks_settings
-from webhooks.management.arguments import non_negative_int, positive_int
+from webhooks.management.arguments import non_negative_days, positive_int
 
 
 class Command(BaseCommand):
@@ -21,7 +21,7 @@ class Command(BaseCommand):
         retention = webhooks_settings["RETENTION_DAYS"]
         parser.add_argument(
             "--older-than",
-            type=non_negative_int,
+            type=non_negative_days,
             metavar="DAYS",
             help=f"Age in days, from received_at (default: WEBHOOKS['RETENTION_DAYS'], now "
             f"{retention}).",

@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 from webhooks import services
 from webhooks.conf import webhooks_settings
 from webhooks.exceptions import BrokerUnavailable
-from webhooks.management.arguments import EXIT_BROKER_UNAVAILABLE, non_negative_float
+from webhooks.management.arguments import EXIT_BROKER_UNAVAILABLE, non_negative_seconds
 
 
 class Command(BaseCommand):
@@ -23,7 +23,7 @@ class Command(BaseCommand):
         received_after = webhooks_settings["REQUEUE_RECEIVED_AFTER"]
         max_interval = webhooks_settings["REQUEUE_MAX_INTERVAL"]
         parser.add_argument(
-            "--older-than", type=non_negative_float, metavar="SECONDS",
+            "--older-than", type=non_negative_seconds, metavar="SECONDS",
             help="Stuck after this many seconds: 'received' ones counted from received_at, "
                  "'processing' ones from their latest attempt (default: "
                  f"WEBHOOKS['REQUEUE_RECEIVED_AFTER'], now {received_after}, for 'received' "
