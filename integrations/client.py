@@ -38,6 +38,7 @@ from .exceptions import (
     IntegrationUnavailable,
     InvalidResponseError,
     RateLimitedError,
+    bounded_retry_after,
 )
 from .policies import BreakerPolicy, RetryPolicy, Timeout
 from .resilience import AttemptInfo, call_with_resilience
@@ -97,7 +98,9 @@ if hasattr(os, "register_at_fork"):
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP-date.
 
-    Returns None when the header is absent or unreadable, and never less than 0.
+    Returns None when the header is absent or unreadable (NaN included); otherwise a wait in
+    ``[0, MAX_RETRY_AFTER]`` (``integrations.exceptions.bounded_retry_after``): a negative value
+    or a past date is 0, a huge or infinite one, or a date years away, is the cap.
     """
     if not value:
         return None
@@ -115,9 +118,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
             when = when.replace(tzinfo=UTC)
         current = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
         seconds = (when - current).total_seconds()
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN or infinite
-        return None
-    return max(0.0, seconds)
+    return bounded_retry_after(seconds)
 
 
 _MISSING = object()

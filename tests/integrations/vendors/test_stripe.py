@@ -23,6 +23,7 @@ from django.test import override_settings
 
 from integrations.breaker import get_breaker
 from integrations.exceptions import (
+    MAX_RETRY_AFTER,
     CircuitOpenError,
     ClientRequestError,
     IntegrationTimeout,
@@ -407,6 +408,28 @@ def test_retry_after_beyond_the_deadline_fails_at_once(service, configure, fake_
     assert caught.value.retry_after == 60
     assert fake_stripe.count() == 1
     assert backoff.sleeps == []
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("1e308", MAX_RETRY_AFTER),
+        ("inf", MAX_RETRY_AFTER),
+        ("nan", None),
+        ("-5", 0.0),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", MAX_RETRY_AFTER),
+    ],
+)
+def test_a_hostile_retry_after_from_stripe_is_capped(
+    service, configure, fake_stripe, header, expected
+):
+    configure(RETRY={"MAX_ATTEMPTS": 1})
+    fake_stripe.fail("rate_limited", retry_after=header)
+
+    with pytest.raises(RateLimitedError) as caught:
+        service.create_customer("ada@example.com")
+
+    assert caught.value.retry_after == expected
 
 
 # --- timeouts ---------------------------------------------------------------------------------
