@@ -42,6 +42,7 @@ from .exceptions import (
 )
 from .policies import BreakerPolicy, RetryPolicy, Timeout
 from .resilience import AttemptInfo, call_with_resilience
+from .transport import AttemptBounds, ResponseRefused, bounded_client
 
 __all__ = ["ServiceClient", "parse_retry_after", "require_fields"]
 
@@ -62,7 +63,7 @@ def _pool_for(service: str) -> httpx.Client:
         with _pools_lock:
             client = _pools.get(service)
             if client is None:
-                client = _pools[service] = httpx.Client(
+                client = _pools[service] = bounded_client(
                     follow_redirects=False,
                     # Sent with every request unless the request sets its own.
                     headers={"User-Agent": "django-tether", "Accept": "application/json"},
@@ -170,7 +171,8 @@ class ServiceClient:
     """Base class for one vendor's HTTP API. Subclasses set ``service`` and usually nothing else.
 
     Class attributes (all optional except ``service``): ``base_url``; ``timeout``, ``retry`` and
-    ``breaker``, each a policy object or a dict of some fields, overriding the settings; and
+    ``breaker``, each a policy object or a dict of some fields, overriding the settings;
+    ``max_response_bytes``, overriding the setting of the same name; and
     ``idempotency_header``. Constructor arguments override the class attributes the same way.
     """
 
@@ -183,6 +185,9 @@ class ServiceClient:
     breaker: ClassVar[BreakerPolicy | Mapping[str, Any] | None] = None
     #: Header carrying the idempotency key (POST and PATCH always get one).
     idempotency_header: ClassVar[str] = "Idempotency-Key"
+    #: The largest answer read (bytes, after decompression); else
+    #: ``INTEGRATIONS["SERVICES"][service]["MAX_RESPONSE_BYTES"]``, else the global one.
+    max_response_bytes: ClassVar[int | None] = None
 
     def __init__(
         self,
@@ -225,13 +230,20 @@ class ServiceClient:
     def get_breaker_policy(self) -> BreakerPolicy:
         return BreakerPolicy.resolve(self.service, type(self).breaker, self._breaker)
 
+    def get_max_response_bytes(self) -> int:
+        return int(
+            type(self).max_response_bytes or service_settings(self.service)["MAX_RESPONSE_BYTES"]
+        )
+
     def get_breaker(self, retry: RetryPolicy | None = None) -> Any:
         """The service's breaker, with this client's breaker policy. A half-open probe's lease
-        is this client's call deadline: no call of ours outlives it."""
-        from .breaker import get_breaker
+        outlasts this client's call deadline, which bounds every attempt of ours."""
+        from .breaker import get_breaker, probe_lease_for
 
         retry = retry or self.get_retry_policy()
-        return get_breaker(self.service, self.get_breaker_policy(), probe_lease=retry.deadline)
+        return get_breaker(
+            self.service, self.get_breaker_policy(), probe_lease=probe_lease_for(retry.deadline)
+        )
 
     def default_headers(self) -> dict[str, str]:
         """Headers sent with every request (override to add credentials, read at call time)."""
@@ -397,19 +409,23 @@ class ServiceClient:
     ) -> Any:
         url = self._url(path)
         timeout = self.get_timeout()
+        max_bytes = self.get_max_response_bytes()
         client = _pool_for(self.service)
         kwargs.pop("timeout", None)
 
         def attempt(info: AttemptInfo) -> Any:
             limits = timeout.capped(info.remaining)
             try:
-                response = client.request(
-                    method,
-                    url,
-                    headers=headers or None,
-                    timeout=_httpx_timeout(limits),
-                    **kwargs,
-                )
+                # Every socket operation of the attempt ends by the deadline, and the answer is
+                # read up to ``max_bytes`` (integrations.transport).
+                with AttemptBounds(info.remaining, max_bytes):
+                    response = client.request(
+                        method,
+                        url,
+                        headers=headers or None,
+                        timeout=_httpx_timeout(limits),
+                        **kwargs,
+                    )
             except httpx.HTTPError as exc:
                 raise self._map_transport_error(exc, operation, _shown(method, url)) from exc
             if response.status_code >= 400:
@@ -429,6 +445,8 @@ class ServiceClient:
         self, exc: httpx.HTTPError, operation: str, shown: str
     ) -> IntegrationError:
         kind = type(exc).__name__
+        if isinstance(exc, ResponseRefused):  # its text is ours: too large, unasked coding
+            return InvalidResponseError(self.service, operation, f"{shown}: {exc}", cause=exc)
         if isinstance(exc, httpx.TimeoutException):
             return IntegrationTimeout(
                 self.service, operation, f"{shown} timed out ({kind})", cause=exc

@@ -120,7 +120,8 @@ class ClientRequestError(IntegrationError):
 
 
 class InvalidResponseError(IntegrationError):
-    """The vendor's answer was not what we can use (not JSON, or a required field missing)."""
+    """The vendor's answer was not what we can use (not JSON, a required field missing, or
+    larger than ``MAX_RESPONSE_BYTES``)."""
 
 
 def safe_error_text(error: BaseException | None, limit: int | None = None) -> str:

@@ -105,6 +105,23 @@ def test_e008_base_url(url):
     assert ids(SERVICES={"rates": {"BASE_URL": url}}) == ["integrations.E008"]
 
 
+@pytest.mark.parametrize(
+    ("integrations", "expected"),
+    [
+        ({"MAX_RESPONSE_BYTES": 1}, []),
+        ({"SERVICES": {"x": {"MAX_RESPONSE_BYTES": 50 * 1024 * 1024}}}, []),
+        ({"MAX_RESPONSE_BYTES": "10MB"}, ["integrations.E005"]),
+        ({"MAX_RESPONSE_BYTES": 1.5e6}, ["integrations.E005"]),
+        ({"MAX_RESPONSE_BYTES": True}, ["integrations.E005"]),
+        ({"MAX_RESPONSE_BYTES": None}, ["integrations.E005"]),
+        ({"MAX_RESPONSE_BYTES": 0}, ["integrations.E006"]),
+        ({"SERVICES": {"x": {"MAX_RESPONSE_BYTES": -1}}}, ["integrations.E006"]),
+    ],
+)
+def test_max_response_bytes(integrations, expected):
+    assert ids(**integrations) == expected
+
+
 def test_w001_max_delay_below_base_delay():
     assert ids(RETRY={"BASE_DELAY": 5, "MAX_DELAY": 1}) == ["integrations.W001"]
 

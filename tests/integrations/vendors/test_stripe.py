@@ -462,6 +462,34 @@ def test_the_deadline_caps_each_attempts_timeout(service, configure, fake_stripe
     assert time.monotonic() - started < 2.0
 
 
+def test_a_trickling_stripe_is_cut_at_the_deadline(service, configure, fake_stripe):
+    # Stripe's answer starts at once, then one byte every 20 ms: no read ever waits 5 s, the
+    # whole body would take about 16 s. The call's 1 s deadline cuts it.
+    configure(TIMEOUT={"READ": 5.0}, RETRY={"DEADLINE": 1.0, "MAX_ATTEMPTS": 1})
+    fake_stripe.fail("trickle", delay=0.02)
+
+    started = time.monotonic()
+    with pytest.raises(IntegrationTimeout):
+        service.create_customer("ada@example.com")
+
+    assert time.monotonic() - started < 1.5
+    [answer] = fake_stripe.answers
+    assert not answer.completed
+
+
+def test_a_stripe_answer_over_the_size_limit_is_refused(service, configure, fake_stripe):
+    configure(MAX_RESPONSE_BYTES=65_536)
+    fake_stripe.route("POST", "/v1/customers", Reply.large(1024 * 1024, chunked=True))
+
+    with pytest.raises(InvalidResponseError) as caught:
+        service.create_customer("ada@example.com")
+
+    assert "over MAX_RESPONSE_BYTES (65536 bytes)" in str(caught.value)
+    assert caught.value.attempts == 1  # not retried
+    assert fake_stripe.count() == 1
+    assert CircuitBreaker.objects.get(name="stripe").consecutive_failures == 1
+
+
 # --- the circuit breaker ----------------------------------------------------------------------
 
 
