@@ -9,6 +9,8 @@
 - ``integrations.E006``: a policy value out of range (a negative timeout, zero attempts...).
 - ``integrations.E007``: ``SERVICES`` is not a dict of dicts.
 - ``integrations.E008``: a service's ``BASE_URL`` is not an absolute http(s) URL.
+- ``integrations.E009``: a service's ``ALLOWED_ORIGINS`` is not a list of http(s) origins
+  (``scheme://host[:port]``, nothing after it).
 - ``MAX_RESPONSE_BYTES`` (global or per service) that is not an integer is ``E005``, one below 1
   is ``E006``.
 - ``integrations.W001``: ``RETRY`` has ``MAX_DELAY`` below ``BASE_DELAY`` (the cap wins).
@@ -154,6 +156,36 @@ def _check_max_response_bytes(value: Any, where: str) -> list[CheckMessage]:
     return []
 
 
+def _is_origin(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and "@" not in parts.netloc
+        and parts.path in ("", "/")
+        and not parts.query
+        and not parts.fragment
+    )
+
+
+def _check_allowed_origins(value: Any, where: str) -> list[CheckMessage]:
+    if isinstance(value, list | tuple) and all(_is_origin(origin) for origin in value):
+        return []
+    return [
+        Error(
+            f"{where} must be a list of http(s) origins (scheme://host[:port]).",
+            hint='For example ["https://files.example.com"]; requests there get no credentials.',
+            id="integrations.E009",
+        )
+    ]
+
+
 def _check_service(name: str, entry: Any) -> list[CheckMessage]:
     where = f'INTEGRATIONS["SERVICES"][{name!r}]'
     if not isinstance(entry, Mapping):
@@ -172,6 +204,8 @@ def _check_service(name: str, entry: Any) -> list[CheckMessage]:
         errors += _check_max_response_bytes(
             entry["MAX_RESPONSE_BYTES"], f'{where}["MAX_RESPONSE_BYTES"]'
         )
+    if "ALLOWED_ORIGINS" in entry:
+        errors += _check_allowed_origins(entry["ALLOWED_ORIGINS"], f'{where}["ALLOWED_ORIGINS"]')
     base_url = entry.get("BASE_URL")
     if base_url not in (None, ""):  # empty = not set (e.g. an unset environment variable)
         parts = urlsplit(base_url) if isinstance(base_url, str) else None

@@ -19,13 +19,14 @@ import email.utils
 import functools
 import json as jsonlib
 import os
+import re
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote
 
 import httpx
 from django.core.exceptions import ImproperlyConfigured
@@ -33,6 +34,7 @@ from django.core.exceptions import ImproperlyConfigured
 from .conf import service_settings
 from .exceptions import (
     ClientRequestError,
+    DisallowedURLError,
     IntegrationError,
     IntegrationTimeout,
     IntegrationUnavailable,
@@ -159,9 +161,80 @@ def _httpx_timeout(limits: Timeout) -> httpx.Timeout:
     )
 
 
-def _shown(method: str, url: str) -> str:
+def _shown(method: str, url: httpx.URL) -> str:
     """How a request appears in messages: method and path, never the query string."""
-    return f"{method} {urlsplit(url).path or '/'}"
+    return f"{method} {url.path or '/'}"
+
+
+# --- where a request may go --------------------------------------------------------------------
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+#: An absolute URL (``scheme://...``) or a network-path reference (``//host/...``).
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|//")
+
+Origin = tuple[str, str, int | None]
+
+
+def _origin(url: httpx.URL) -> Origin:
+    """Scheme, host and port (the scheme's default when none is written)."""
+    return (url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme))
+
+
+def _show_origin(origin: Origin) -> str:
+    scheme, host, port = origin
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" + ("" if port == _DEFAULT_PORTS.get(scheme) else f":{port}")
+
+
+def _normalized_path(path: str) -> str | None:
+    """``path`` as the most lenient server could read it: percent-decoded until nothing changes
+    (``%2e%2e`` and ``%252e%252e`` are ``..``), backslashes as slashes, empty segments (``//``)
+    dropped, then ``.`` and ``..`` resolved (never above the root). None when it is still
+    percent-encoded after five decodings."""
+    for _ in range(5):
+        if "%" not in path:
+            break
+        decoded = unquote(path)
+        if decoded == path:
+            break
+        path = decoded
+    else:
+        if "%" in path and unquote(path) != path:
+            return None
+    segments: list[str] = []
+    for segment in path.replace("\\", "/").split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment not in ("", "."):
+            segments.append(segment)
+    return "/" + "/".join(segments)
+
+
+def _within(path: str, prefix: str) -> bool:
+    """Whether ``path`` (a raw path, without query) stays under ``prefix`` (a normalized
+    path without its trailing slash; "" for the root)."""
+    if not ("." in path or "%" in path or "\\" in path or "//" in path):
+        normal: str | None = path  # nothing to decode or resolve: the common case
+    else:
+        normal = _normalized_path(path)
+    return normal is not None and (
+        not prefix or normal == prefix or normal.startswith(prefix + "/")
+    )
+
+
+@functools.lru_cache(maxsize=128)
+def _base(base_url: str) -> tuple[str, Origin, str]:
+    """The base URL without its trailing slash (relative paths are joined to it), its origin,
+    and its normalized path without the trailing slash (what every path must stay under)."""
+    url = httpx.URL(base_url)
+    prefix = _normalized_path(url.raw_path.decode("ascii").split("?", 1)[0]) or "/"
+    return base_url.rstrip("/"), _origin(url), prefix.rstrip("/")
+
+
+@functools.lru_cache(maxsize=128)
+def _origins(urls: tuple[str, ...]) -> frozenset[Origin]:
+    return frozenset(_origin(httpx.URL(url)) for url in urls)
 
 
 # --- the client ----------------------------------------------------------------------------------
@@ -172,8 +245,12 @@ class ServiceClient:
 
     Class attributes (all optional except ``service``): ``base_url``; ``timeout``, ``retry`` and
     ``breaker``, each a policy object or a dict of some fields, overriding the settings;
-    ``max_response_bytes``, overriding the setting of the same name; and
-    ``idempotency_header``. Constructor arguments override the class attributes the same way.
+    ``max_response_bytes`` and ``allowed_origins``, overriding the settings of the same names;
+    and ``idempotency_header``. Constructor arguments override the class attributes the same way.
+
+    Credentials (``default_headers()``) only ever go to the base URL's origin, and every path,
+    relative or absolute, must stay under the base URL's path; another origin is refused
+    (``DisallowedURLError``) unless listed in ``allowed_origins``, and then gets no credentials.
     """
 
     #: The service's name: its key in ``INTEGRATIONS["SERVICES"]`` and its breaker's name.
@@ -188,6 +265,9 @@ class ServiceClient:
     #: The largest answer read (bytes, after decompression); else
     #: ``INTEGRATIONS["SERVICES"][service]["MAX_RESPONSE_BYTES"]``, else the global one.
     max_response_bytes: ClassVar[int | None] = None
+    #: Other origins (``"https://files.example.com"``) that absolute URLs may name; requests
+    #: to them go without ``default_headers()``. Else the service's ``ALLOWED_ORIGINS`` setting.
+    allowed_origins: ClassVar[Iterable[str] | None] = None
 
     def __init__(
         self,
@@ -235,6 +315,13 @@ class ServiceClient:
             type(self).max_response_bytes or service_settings(self.service)["MAX_RESPONSE_BYTES"]
         )
 
+    def get_allowed_origins(self) -> tuple[str, ...]:
+        """Origins other than the base URL's that absolute URLs may name (no credentials)."""
+        origins = type(self).allowed_origins
+        if origins is None:
+            origins = service_settings(self.service).get("ALLOWED_ORIGINS") or ()
+        return tuple(origins)
+
     def get_breaker(self, retry: RetryPolicy | None = None) -> Any:
         """The service's breaker, with this client's breaker policy. A half-open probe's lease
         outlasts this client's call deadline, which bounds every attempt of ours."""
@@ -266,8 +353,13 @@ class ServiceClient:
         every retry of this call; other methods carry one only when given.
         """
         method = method.upper()
-        headers = self._headers(method, httpx_kwargs.pop("headers", None), idempotency_key)
-        return self._call(method, path, operation, headers, httpx_kwargs, parse=None)
+        url, own = self._target(method, path, operation)
+        headers = self._headers(
+            method, httpx_kwargs.pop("headers", None), idempotency_key, credentials=own
+        )
+        if not own:
+            httpx_kwargs.pop("auth", None)  # credentials never leave the service's origin
+        return self._call(method, url, operation, headers, httpx_kwargs, parse=None)
 
     def get_json(
         self,
@@ -367,21 +459,26 @@ class ServiceClient:
         idempotency_key: str | None,
     ) -> Any:
         required = tuple(required)
-        merged = self._headers(method, headers, idempotency_key)
+        url, own = self._target(method, path, operation)
+        merged = self._headers(method, headers, idempotency_key, credentials=own)
 
         def parse(response: httpx.Response) -> Any:
             return self._parse_json(response, operation, required)
 
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        return self._call(method, path, operation, merged, kwargs, parse=parse)
+        return self._call(method, url, operation, merged, kwargs, parse=parse)
 
     def _headers(
         self,
         method: str,
         headers: Mapping[str, str] | None,
         idempotency_key: str | None,
+        *,
+        credentials: bool = True,
     ) -> dict[str, str]:
-        merged = dict(self.default_headers())
+        """``default_headers()`` (only when ``credentials``), then the caller's ``headers``,
+        then the idempotency key."""
+        merged = dict(self.default_headers()) if credentials else {}
         if headers:
             merged.update(headers)
         if idempotency_key is None and method in AUTO_IDEMPOTENT_METHODS:
@@ -392,22 +489,55 @@ class ServiceClient:
             merged[self.idempotency_header] = idempotency_key
         return merged
 
-    def _url(self, path: str) -> str:
-        if path.startswith(("http://", "https://")):
-            return path
-        return self.get_base_url().rstrip("/") + "/" + path.lstrip("/")
+    def _target(self, method: str, path: str, operation: str) -> tuple[httpx.URL, bool]:
+        """The URL ``path`` names, and whether it is the service's own origin (the only one
+        credentials go to); ``DisallowedURLError`` when it may not be sent at all.
+
+        A relative path is joined to the base URL; an absolute URL (``https://...``, or
+        ``//host/...`` with the base URL's scheme) is taken as is. Either must be on the base
+        URL's origin (scheme, host and port) and stay under its path once normalized (see
+        ``_normalized_path``), or be on an origin listed in ``get_allowed_origins()``. A URL
+        with ``user:password@`` is refused. The URL is parsed once, by httpx, which sends it.
+        """
+        joined, origin, prefix = _base(self.get_base_url())
+        absolute = _ABSOLUTE.match(path) is not None
+        try:
+            if absolute:
+                url = httpx.URL(f"{origin[0]}:{path}" if path.startswith("//") else path)
+            else:  # after the "/" we put, nothing in ``path`` can change the base's authority
+                url = httpx.URL(joined + "/" + path.lstrip("/"))
+        except httpx.InvalidURL as exc:
+            raise DisallowedURLError(
+                self.service, operation, f"{method} refused: not a valid URL", cause=exc
+            ) from exc
+        target = _origin(url) if absolute else origin
+        if absolute and url.userinfo:
+            reason = "a URL may not carry credentials (user:password@)"
+        elif target == origin:
+            if _within(url.raw_path.decode("ascii").split("?", 1)[0], prefix):
+                return url, True
+            reason = f"the path leaves the base URL's path ({prefix or '/'})"
+        elif target in _origins(self.get_allowed_origins()):
+            return url, False
+        else:
+            reason = (
+                f"{_show_origin(target)} is not the service's origin ({_show_origin(origin)}) "
+                "nor in its ALLOWED_ORIGINS"
+            )
+        raise DisallowedURLError(
+            self.service, operation, f"{_shown(method, url)} refused: {reason}"
+        )
 
     def _call(
         self,
         method: str,
-        path: str,
+        url: httpx.URL,
         operation: str,
         headers: dict[str, str],
         kwargs: dict[str, Any],
         *,
         parse: Any,
     ) -> Any:
-        url = self._url(path)
         timeout = self.get_timeout()
         max_bytes = self.get_max_response_bytes()
         client = _pool_for(self.service)

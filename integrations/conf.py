@@ -2,7 +2,8 @@
 
 Per-service dicts in ``SERVICES`` override the global ``TIMEOUT``, ``RETRY``, ``BREAKER`` and
 ``MAX_RESPONSE_BYTES`` key by key; class attributes of a ``ServiceClient`` override both. A
-service's own keys also include ``BASE_URL`` and vendor options such as Stripe's ``API_KEY``.
+service's own keys also include ``BASE_URL``, ``ALLOWED_ORIGINS`` (other origins its absolute
+URLs may name; they get no credentials) and vendor options such as Stripe's ``API_KEY``.
 """
 
 from __future__ import annotations

@@ -124,6 +124,14 @@ class InvalidResponseError(IntegrationError):
     larger than ``MAX_RESPONSE_BYTES``)."""
 
 
+class DisallowedURLError(IntegrationError):
+    """The request names a URL outside the service: another origin than its base URL's (not
+    listed in ``ALLOWED_ORIGINS``), credentials in the URL, or a path that leaves the base
+    URL's path. Refused before anything is sent: never retried, not a breaker failure."""
+
+    breaker_failure = False
+
+
 def safe_error_text(error: BaseException | None, limit: int | None = None) -> str:
     """A secret-free description of ``error`` for logs and the breaker's ``last_error``: our
     errors' text is built to be safe to show (service, operation, reason, attempts); anything

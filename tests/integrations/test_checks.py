@@ -122,6 +122,32 @@ def test_max_response_bytes(integrations, expected):
     assert ids(**integrations) == expected
 
 
+@pytest.mark.parametrize(
+    "origins",
+    [
+        "https://files.example.com",  # a string, not a list
+        ["files.example.com"],
+        ["ftp://files.example.com"],
+        ["https://files.example.com/downloads"],  # an origin has no path
+        ["https://files.example.com?x=1"],
+        ["https://user:pw@files.example.com"],
+        ["https://files.example.com:99999"],
+        [None],
+    ],
+)
+def test_e009_allowed_origins(origins):
+    with override_settings(INTEGRATIONS={"SERVICES": {"x": {"ALLOWED_ORIGINS": origins}}}):
+        [error] = check_integrations_settings()
+    assert error.id == "integrations.E009"
+    assert "'x'" in error.msg and error.hint
+
+
+def test_allowed_origins_that_are_origins_pass():
+    origins = ["https://files.example.com", "http://127.0.0.1:8080/", "https://[::1]:8443"]
+    assert ids(SERVICES={"x": {"ALLOWED_ORIGINS": origins}}) == []
+    assert ids(SERVICES={"x": {"ALLOWED_ORIGINS": ()}}) == []
+
+
 def test_w001_max_delay_below_base_delay():
     assert ids(RETRY={"BASE_DELAY": 5, "MAX_DELAY": 1}) == ["integrations.W001"]
 
