@@ -48,6 +48,7 @@ from typing import Any
 
 from django.db import DatabaseError, models, transaction
 from django.db.models import Case, Expression, F, Q, Value, When
+from django.db.models.functions import Greatest
 from django.utils.translation import gettext_lazy as _
 
 from .exceptions import CircuitOpenError, safe_error_text
@@ -56,6 +57,7 @@ from .policies import BreakerPolicy
 logger = logging.getLogger("integrations.breaker")
 
 __all__ = [
+    "PROBE_LEASE_MARGIN",
     "Breaker",
     "BreakerSnapshot",
     "BreakerState",
@@ -65,6 +67,7 @@ __all__ = [
     "Permit",
     "clear_local_cache",
     "get_breaker",
+    "probe_lease_for",
 ]
 
 
@@ -106,6 +109,19 @@ CLOSED_COUNTS: dict[str, Any] = {
     "previous_window_calls": 0,
     "previous_window_failures": 0,
 }
+
+#: Seconds a half-open probe's lease outlasts the call deadline that bounds the probe's attempt
+#: (``integrations.transport`` ends every socket operation of an attempt by then): time to write
+#: the probe's outcome (a database write that may wait for a lock), to parse the answer, and for
+#: the clocks of the processes that compare ``probe_lease_until`` to differ.
+PROBE_LEASE_MARGIN = 5.0
+
+
+def probe_lease_for(deadline: float) -> float:
+    """The probe lease for calls bounded by ``deadline`` seconds: no new probe is granted while
+    an earlier one can still be running."""
+    return deadline + PROBE_LEASE_MARGIN
+
 
 #: Seconds since the epoch, like ``time.time``. Inject another to move time in tests.
 Clock = Callable[[], float]
@@ -436,8 +452,13 @@ class DatabaseStorage:
     ) -> Any | None:
         """One more half-open probe, if fewer than ``max_calls`` are in flight, or if every
         probe in flight is older than the lease (its process died or lost it): then the slots
-        are taken back. Returns the fresh row, or None when no slot is free."""
+        are taken back. Returns the fresh row, or None when no slot is free.
+
+        ``probe_lease_until`` covers every probe in flight: a grant only ever moves it later
+        (a caller with a shorter lease never cuts short the lease of a probe still running),
+        and the slots are taken back only once it has passed."""
         model = self.model()
+        until = _dt(now + lease)
         lease_over = Q(probe_lease_until__lt=_dt(now)) | Q(probe_lease_until__isnull=True)
         changed = (
             model.objects.filter(pk=snapshot.pk, state=HALF_OPEN, version=snapshot.version)
@@ -446,7 +467,10 @@ class DatabaseStorage:
                 half_open_in_flight=Case(
                     When(lease_over, then=Value(1)), default=F("half_open_in_flight") + 1
                 ),
-                probe_lease_until=_dt(now + lease),
+                probe_lease_until=Case(
+                    When(lease_over, then=Value(until)),
+                    default=Greatest(F("probe_lease_until"), Value(until)),
+                ),
                 updated_at=_dt(now),
             )
         )
@@ -520,7 +544,7 @@ class Breaker:
     override fields (threshold, reset timeout, half-open max calls) win over it. ``clock``
     returns seconds since the epoch (default ``time.time``); ``probe_lease`` is how long a
     half-open probe may stay unreported before its slot is given to another caller (default:
-    the service's retry deadline, which bounds every call)."""
+    ``probe_lease_for`` the service's retry deadline, which bounds every attempt)."""
 
     def __init__(
         self,
@@ -636,7 +660,7 @@ class Breaker:
             return self._probe_lease
         from .policies import RetryPolicy
 
-        return float(RetryPolicy.for_service(self.name).deadline)
+        return probe_lease_for(float(RetryPolicy.for_service(self.name).deadline))
 
     # -- acquire ------------------------------------------------------------------------------
 

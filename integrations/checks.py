@@ -9,6 +9,10 @@
 - ``integrations.E006``: a policy value out of range (a negative timeout, zero attempts...).
 - ``integrations.E007``: ``SERVICES`` is not a dict of dicts.
 - ``integrations.E008``: a service's ``BASE_URL`` is not an absolute http(s) URL.
+- ``integrations.E009``: a service's ``ALLOWED_ORIGINS`` is not a list of http(s) origins
+  (``scheme://host[:port]``, nothing after it).
+- ``MAX_RESPONSE_BYTES`` (global or per service) that is not an integer is ``E005``, one below 1
+  is ``E006``.
 - ``integrations.W001``: ``RETRY`` has ``MAX_DELAY`` below ``BASE_DELAY`` (the cap wins).
 """
 
@@ -132,6 +136,56 @@ def _check_section(section: str, values: Any, where: str) -> list[CheckMessage]:
     return errors
 
 
+def _check_max_response_bytes(value: Any, where: str) -> list[CheckMessage]:
+    if not _integer(value):
+        return [
+            Error(
+                f"{where} must be an integer number of bytes, not {type(value).__name__}.",
+                hint="For example 10 * 1024 * 1024 (10 MiB, the default).",
+                id="integrations.E005",
+            )
+        ]
+    if value < 1:
+        return [
+            Error(
+                f"{where} is {value!r}; it must be 1 or more.",
+                hint=f"The default is {DEFAULTS['MAX_RESPONSE_BYTES']!r} (10 MiB).",
+                id="integrations.E006",
+            )
+        ]
+    return []
+
+
+def _is_origin(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and "@" not in parts.netloc
+        and parts.path in ("", "/")
+        and not parts.query
+        and not parts.fragment
+    )
+
+
+def _check_allowed_origins(value: Any, where: str) -> list[CheckMessage]:
+    if isinstance(value, list | tuple) and all(_is_origin(origin) for origin in value):
+        return []
+    return [
+        Error(
+            f"{where} must be a list of http(s) origins (scheme://host[:port]).",
+            hint='For example ["https://files.example.com"]; requests there get no credentials.',
+            id="integrations.E009",
+        )
+    ]
+
+
 def _check_service(name: str, entry: Any) -> list[CheckMessage]:
     where = f'INTEGRATIONS["SERVICES"][{name!r}]'
     if not isinstance(entry, Mapping):
@@ -146,6 +200,12 @@ def _check_service(name: str, entry: Any) -> list[CheckMessage]:
     for section in POLICY_SECTIONS:
         if section in entry:
             errors += _check_section(section, entry[section], f'{where}["{section}"]')
+    if "MAX_RESPONSE_BYTES" in entry:
+        errors += _check_max_response_bytes(
+            entry["MAX_RESPONSE_BYTES"], f'{where}["MAX_RESPONSE_BYTES"]'
+        )
+    if "ALLOWED_ORIGINS" in entry:
+        errors += _check_allowed_origins(entry["ALLOWED_ORIGINS"], f'{where}["ALLOWED_ORIGINS"]')
     base_url = entry.get("BASE_URL")
     if base_url not in (None, ""):  # empty = not set (e.g. an unset environment variable)
         parts = urlsplit(base_url) if isinstance(base_url, str) else None
@@ -186,6 +246,10 @@ def check_integrations_settings(app_configs: Any = None, **kwargs: Any) -> list[
     for section in POLICY_SECTIONS:
         if section in user:
             errors += _check_section(section, user[section], f'INTEGRATIONS["{section}"]')
+    if "MAX_RESPONSE_BYTES" in user:
+        errors += _check_max_response_bytes(
+            user["MAX_RESPONSE_BYTES"], 'INTEGRATIONS["MAX_RESPONSE_BYTES"]'
+        )
     services = user.get("SERVICES", {})
     if not isinstance(services, Mapping):
         errors.append(

@@ -19,13 +19,14 @@ import email.utils
 import functools
 import json as jsonlib
 import os
+import re
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote
 
 import httpx
 from django.core.exceptions import ImproperlyConfigured
@@ -33,14 +34,17 @@ from django.core.exceptions import ImproperlyConfigured
 from .conf import service_settings
 from .exceptions import (
     ClientRequestError,
+    DisallowedURLError,
     IntegrationError,
     IntegrationTimeout,
     IntegrationUnavailable,
     InvalidResponseError,
     RateLimitedError,
+    bounded_retry_after,
 )
 from .policies import BreakerPolicy, RetryPolicy, Timeout
 from .resilience import AttemptInfo, call_with_resilience
+from .transport import AttemptBounds, ResponseRefused, bounded_client
 
 __all__ = ["ServiceClient", "parse_retry_after", "require_fields"]
 
@@ -61,7 +65,7 @@ def _pool_for(service: str) -> httpx.Client:
         with _pools_lock:
             client = _pools.get(service)
             if client is None:
-                client = _pools[service] = httpx.Client(
+                client = _pools[service] = bounded_client(
                     follow_redirects=False,
                     # Sent with every request unless the request sets its own.
                     headers={"User-Agent": "django-tether", "Accept": "application/json"},
@@ -97,7 +101,9 @@ if hasattr(os, "register_at_fork"):
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP-date.
 
-    Returns None when the header is absent or unreadable, and never less than 0.
+    Returns None when the header is absent or unreadable (NaN included); otherwise a wait in
+    ``[0, MAX_RETRY_AFTER]`` (``integrations.exceptions.bounded_retry_after``): a negative value
+    or a past date is 0, a huge or infinite one, or a date years away, is the cap.
     """
     if not value:
         return None
@@ -115,9 +121,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
             when = when.replace(tzinfo=UTC)
         current = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
         seconds = (when - current).total_seconds()
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN or infinite
-        return None
-    return max(0.0, seconds)
+    return bounded_retry_after(seconds)
 
 
 _MISSING = object()
@@ -157,9 +161,80 @@ def _httpx_timeout(limits: Timeout) -> httpx.Timeout:
     )
 
 
-def _shown(method: str, url: str) -> str:
+def _shown(method: str, url: httpx.URL) -> str:
     """How a request appears in messages: method and path, never the query string."""
-    return f"{method} {urlsplit(url).path or '/'}"
+    return f"{method} {url.path or '/'}"
+
+
+# --- where a request may go --------------------------------------------------------------------
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+#: An absolute URL (``scheme://...``) or a network-path reference (``//host/...``).
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|//")
+
+Origin = tuple[str, str, int | None]
+
+
+def _origin(url: httpx.URL) -> Origin:
+    """Scheme, host and port (the scheme's default when none is written)."""
+    return (url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme))
+
+
+def _show_origin(origin: Origin) -> str:
+    scheme, host, port = origin
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" + ("" if port == _DEFAULT_PORTS.get(scheme) else f":{port}")
+
+
+def _normalized_path(path: str) -> str | None:
+    """``path`` as the most lenient server could read it: percent-decoded until nothing changes
+    (``%2e%2e`` and ``%252e%252e`` are ``..``), backslashes as slashes, empty segments (``//``)
+    dropped, then ``.`` and ``..`` resolved (never above the root). None when it is still
+    percent-encoded after five decodings."""
+    for _ in range(5):
+        if "%" not in path:
+            break
+        decoded = unquote(path)
+        if decoded == path:
+            break
+        path = decoded
+    else:
+        if "%" in path and unquote(path) != path:
+            return None
+    segments: list[str] = []
+    for segment in path.replace("\\", "/").split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment not in ("", "."):
+            segments.append(segment)
+    return "/" + "/".join(segments)
+
+
+def _within(path: str, prefix: str) -> bool:
+    """Whether ``path`` (a raw path, without query) stays under ``prefix`` (a normalized
+    path without its trailing slash; "" for the root)."""
+    if not ("." in path or "%" in path or "\\" in path or "//" in path):
+        normal: str | None = path  # nothing to decode or resolve: the common case
+    else:
+        normal = _normalized_path(path)
+    return normal is not None and (
+        not prefix or normal == prefix or normal.startswith(prefix + "/")
+    )
+
+
+@functools.lru_cache(maxsize=128)
+def _base(base_url: str) -> tuple[str, Origin, str]:
+    """The base URL without its trailing slash (relative paths are joined to it), its origin,
+    and its normalized path without the trailing slash (what every path must stay under)."""
+    url = httpx.URL(base_url)
+    prefix = _normalized_path(url.raw_path.decode("ascii").split("?", 1)[0]) or "/"
+    return base_url.rstrip("/"), _origin(url), prefix.rstrip("/")
+
+
+@functools.lru_cache(maxsize=128)
+def _origins(urls: tuple[str, ...]) -> frozenset[Origin]:
+    return frozenset(_origin(httpx.URL(url)) for url in urls)
 
 
 # --- the client ----------------------------------------------------------------------------------
@@ -169,8 +244,13 @@ class ServiceClient:
     """Base class for one vendor's HTTP API. Subclasses set ``service`` and usually nothing else.
 
     Class attributes (all optional except ``service``): ``base_url``; ``timeout``, ``retry`` and
-    ``breaker``, each a policy object or a dict of some fields, overriding the settings; and
-    ``idempotency_header``. Constructor arguments override the class attributes the same way.
+    ``breaker``, each a policy object or a dict of some fields, overriding the settings;
+    ``max_response_bytes`` and ``allowed_origins``, overriding the settings of the same names;
+    and ``idempotency_header``. Constructor arguments override the class attributes the same way.
+
+    Credentials (``default_headers()``) only ever go to the base URL's origin, and every path,
+    relative or absolute, must stay under the base URL's path; another origin is refused
+    (``DisallowedURLError``) unless listed in ``allowed_origins``, and then gets no credentials.
     """
 
     #: The service's name: its key in ``INTEGRATIONS["SERVICES"]`` and its breaker's name.
@@ -182,6 +262,12 @@ class ServiceClient:
     breaker: ClassVar[BreakerPolicy | Mapping[str, Any] | None] = None
     #: Header carrying the idempotency key (POST and PATCH always get one).
     idempotency_header: ClassVar[str] = "Idempotency-Key"
+    #: The largest answer read (bytes, after decompression); else
+    #: ``INTEGRATIONS["SERVICES"][service]["MAX_RESPONSE_BYTES"]``, else the global one.
+    max_response_bytes: ClassVar[int | None] = None
+    #: Other origins (``"https://files.example.com"``) that absolute URLs may name; requests
+    #: to them go without ``default_headers()``. Else the service's ``ALLOWED_ORIGINS`` setting.
+    allowed_origins: ClassVar[Iterable[str] | None] = None
 
     def __init__(
         self,
@@ -224,13 +310,27 @@ class ServiceClient:
     def get_breaker_policy(self) -> BreakerPolicy:
         return BreakerPolicy.resolve(self.service, type(self).breaker, self._breaker)
 
+    def get_max_response_bytes(self) -> int:
+        return int(
+            type(self).max_response_bytes or service_settings(self.service)["MAX_RESPONSE_BYTES"]
+        )
+
+    def get_allowed_origins(self) -> tuple[str, ...]:
+        """Origins other than the base URL's that absolute URLs may name (no credentials)."""
+        origins = type(self).allowed_origins
+        if origins is None:
+            origins = service_settings(self.service).get("ALLOWED_ORIGINS") or ()
+        return tuple(origins)
+
     def get_breaker(self, retry: RetryPolicy | None = None) -> Any:
         """The service's breaker, with this client's breaker policy. A half-open probe's lease
-        is this client's call deadline: no call of ours outlives it."""
-        from .breaker import get_breaker
+        outlasts this client's call deadline, which bounds every attempt of ours."""
+        from .breaker import get_breaker, probe_lease_for
 
         retry = retry or self.get_retry_policy()
-        return get_breaker(self.service, self.get_breaker_policy(), probe_lease=retry.deadline)
+        return get_breaker(
+            self.service, self.get_breaker_policy(), probe_lease=probe_lease_for(retry.deadline)
+        )
 
     def default_headers(self) -> dict[str, str]:
         """Headers sent with every request (override to add credentials, read at call time)."""
@@ -253,8 +353,13 @@ class ServiceClient:
         every retry of this call; other methods carry one only when given.
         """
         method = method.upper()
-        headers = self._headers(method, httpx_kwargs.pop("headers", None), idempotency_key)
-        return self._call(method, path, operation, headers, httpx_kwargs, parse=None)
+        url, own = self._target(method, path, operation)
+        headers = self._headers(
+            method, httpx_kwargs.pop("headers", None), idempotency_key, credentials=own
+        )
+        if not own:
+            httpx_kwargs.pop("auth", None)  # credentials never leave the service's origin
+        return self._call(method, url, operation, headers, httpx_kwargs, parse=None)
 
     def get_json(
         self,
@@ -354,21 +459,26 @@ class ServiceClient:
         idempotency_key: str | None,
     ) -> Any:
         required = tuple(required)
-        merged = self._headers(method, headers, idempotency_key)
+        url, own = self._target(method, path, operation)
+        merged = self._headers(method, headers, idempotency_key, credentials=own)
 
         def parse(response: httpx.Response) -> Any:
             return self._parse_json(response, operation, required)
 
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        return self._call(method, path, operation, merged, kwargs, parse=parse)
+        return self._call(method, url, operation, merged, kwargs, parse=parse)
 
     def _headers(
         self,
         method: str,
         headers: Mapping[str, str] | None,
         idempotency_key: str | None,
+        *,
+        credentials: bool = True,
     ) -> dict[str, str]:
-        merged = dict(self.default_headers())
+        """``default_headers()`` (only when ``credentials``), then the caller's ``headers``,
+        then the idempotency key."""
+        merged = dict(self.default_headers()) if credentials else {}
         if headers:
             merged.update(headers)
         if idempotency_key is None and method in AUTO_IDEMPOTENT_METHODS:
@@ -379,36 +489,73 @@ class ServiceClient:
             merged[self.idempotency_header] = idempotency_key
         return merged
 
-    def _url(self, path: str) -> str:
-        if path.startswith(("http://", "https://")):
-            return path
-        return self.get_base_url().rstrip("/") + "/" + path.lstrip("/")
+    def _target(self, method: str, path: str, operation: str) -> tuple[httpx.URL, bool]:
+        """The URL ``path`` names, and whether it is the service's own origin (the only one
+        credentials go to); ``DisallowedURLError`` when it may not be sent at all.
+
+        A relative path is joined to the base URL; an absolute URL (``https://...``, or
+        ``//host/...`` with the base URL's scheme) is taken as is. Either must be on the base
+        URL's origin (scheme, host and port) and stay under its path once normalized (see
+        ``_normalized_path``), or be on an origin listed in ``get_allowed_origins()``. A URL
+        with ``user:password@`` is refused. The URL is parsed once, by httpx, which sends it.
+        """
+        joined, origin, prefix = _base(self.get_base_url())
+        absolute = _ABSOLUTE.match(path) is not None
+        try:
+            if absolute:
+                url = httpx.URL(f"{origin[0]}:{path}" if path.startswith("//") else path)
+            else:  # after the "/" we put, nothing in ``path`` can change the base's authority
+                url = httpx.URL(joined + "/" + path.lstrip("/"))
+        except httpx.InvalidURL as exc:
+            raise DisallowedURLError(
+                self.service, operation, f"{method} refused: not a valid URL", cause=exc
+            ) from exc
+        target = _origin(url) if absolute else origin
+        if absolute and url.userinfo:
+            reason = "a URL may not carry credentials (user:password@)"
+        elif target == origin:
+            if _within(url.raw_path.decode("ascii").split("?", 1)[0], prefix):
+                return url, True
+            reason = f"the path leaves the base URL's path ({prefix or '/'})"
+        elif target in _origins(self.get_allowed_origins()):
+            return url, False
+        else:
+            reason = (
+                f"{_show_origin(target)} is not the service's origin ({_show_origin(origin)}) "
+                "nor in its ALLOWED_ORIGINS"
+            )
+        raise DisallowedURLError(
+            self.service, operation, f"{_shown(method, url)} refused: {reason}"
+        )
 
     def _call(
         self,
         method: str,
-        path: str,
+        url: httpx.URL,
         operation: str,
         headers: dict[str, str],
         kwargs: dict[str, Any],
         *,
         parse: Any,
     ) -> Any:
-        url = self._url(path)
         timeout = self.get_timeout()
+        max_bytes = self.get_max_response_bytes()
         client = _pool_for(self.service)
         kwargs.pop("timeout", None)
 
         def attempt(info: AttemptInfo) -> Any:
             limits = timeout.capped(info.remaining)
             try:
-                response = client.request(
-                    method,
-                    url,
-                    headers=headers or None,
-                    timeout=_httpx_timeout(limits),
-                    **kwargs,
-                )
+                # Every socket operation of the attempt ends by the deadline, and the answer is
+                # read up to ``max_bytes`` (integrations.transport).
+                with AttemptBounds(info.remaining, max_bytes):
+                    response = client.request(
+                        method,
+                        url,
+                        headers=headers or None,
+                        timeout=_httpx_timeout(limits),
+                        **kwargs,
+                    )
             except httpx.HTTPError as exc:
                 raise self._map_transport_error(exc, operation, _shown(method, url)) from exc
             if response.status_code >= 400:
@@ -428,6 +575,8 @@ class ServiceClient:
         self, exc: httpx.HTTPError, operation: str, shown: str
     ) -> IntegrationError:
         kind = type(exc).__name__
+        if isinstance(exc, ResponseRefused):  # its text is ours: too large, unasked coding
+            return InvalidResponseError(self.service, operation, f"{shown}: {exc}", cause=exc)
         if isinstance(exc, httpx.TimeoutException):
             return IntegrationTimeout(
                 self.service, operation, f"{shown} timed out ({kind})", cause=exc

@@ -1,7 +1,9 @@
 """Settings for the integrations app: ``settings.INTEGRATIONS`` merged over these defaults.
 
-Per-service dicts in ``SERVICES`` override the global ``TIMEOUT``, ``RETRY`` and ``BREAKER``
-key by key; class attributes of a ``ServiceClient`` override both.
+Per-service dicts in ``SERVICES`` override the global ``TIMEOUT``, ``RETRY``, ``BREAKER`` and
+``MAX_RESPONSE_BYTES`` key by key; class attributes of a ``ServiceClient`` override both. A
+service's own keys also include ``BASE_URL``, ``ALLOWED_ORIGINS`` (other origins its absolute
+URLs may name; they get no credentials) and vendor options such as Stripe's ``API_KEY``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ DEFAULTS: dict[str, Any] = {
         "MINIMUM_CALLS": 20,
         "WINDOW": 60.0,
     },
+    # The largest answer (bytes, after decompression) a call reads; larger ones are refused.
+    "MAX_RESPONSE_BYTES": 10 * 1024 * 1024,
     "SERVICES": {},
     # Operator API (integrations.api): DRF permission and throttle classes, dotted paths or
     # classes. Model permissions (view/change on CircuitBreaker) are always checked on top.
@@ -33,6 +37,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 integrations_settings = AppSettings("INTEGRATIONS", DEFAULTS)
+
+#: The global keys a service's own entry in ``SERVICES`` may override.
+SERVICE_KEYS = ("TIMEOUT", "RETRY", "BREAKER", "MAX_RESPONSE_BYTES")
 
 
 # Per-service merges, memoized for the current ``integrations_settings.merged``: AppSettings
@@ -60,6 +67,6 @@ def service_settings(service: str) -> dict[str, Any]:
     except KeyError:
         pass
     own = merged["SERVICES"].get(service, {})
-    base = {key: merged[key] for key in ("TIMEOUT", "RETRY", "BREAKER")}
+    base = {key: merged[key] for key in SERVICE_KEYS}
     result = memo[service] = deep_merge(base, own)
     return result

@@ -7,6 +7,25 @@ operation, status and a short reason, never from request headers or URLs with qu
 
 from __future__ import annotations
 
+import math
+
+#: The longest wait a ``retry_after`` ever says, in seconds (one hour). A vendor's
+#: ``Retry-After`` or an operator's hold that asks for more is cut to it, so that
+#: ``countdown=exc.retry_after`` (Celery) or ``timedelta(seconds=exc.retry_after)`` never
+#: overflows, a task retried later simply asks again, and the wait stays within Redis's default
+#: visibility timeout (one hour; longer ETA tasks are redelivered early).
+MAX_RETRY_AFTER = 3600.0
+
+
+def bounded_retry_after(seconds: float | None) -> float | None:
+    """``seconds`` as a wait in ``[0, MAX_RETRY_AFTER]``: negative is 0, too long or infinite
+    is ``MAX_RETRY_AFTER``; None (unknown) for None and NaN. The one place every
+    ``retry_after`` goes through (``RateLimitedError``, ``CircuitOpenError``, and
+    ``integrations.client.parse_retry_after``)."""
+    if seconds is None or math.isnan(seconds):
+        return None
+    return min(max(float(seconds), 0.0), MAX_RETRY_AFTER)
+
 
 class IntegrationError(Exception):
     """A call to a vendor failed. Base of the hierarchy."""
@@ -68,8 +87,9 @@ class CircuitOpenError(IntegrationUnavailable):
     breaker_failure = False
 
     def __init__(self, *args, retry_after: float | None = None, **kwargs) -> None:
-        #: Seconds until the breaker lets a probe through (None when a person holds it open).
-        self.retry_after = retry_after
+        #: Seconds until the breaker lets a probe through (None when a person holds it open
+        #: with no end), at most ``MAX_RETRY_AFTER``.
+        self.retry_after = bounded_retry_after(retry_after)
         super().__init__(*args, **kwargs)
 
 
@@ -79,8 +99,9 @@ class RateLimitedError(IntegrationError):
     retryable = True
 
     def __init__(self, *args, retry_after: float | None = None, **kwargs) -> None:
-        #: Seconds the vendor asked us to wait, from ``Retry-After`` (None when absent).
-        self.retry_after = retry_after
+        #: Seconds the vendor asked us to wait, from ``Retry-After`` (None when absent), at
+        #: most ``MAX_RETRY_AFTER``.
+        self.retry_after = bounded_retry_after(retry_after)
         super().__init__(*args, **kwargs)
 
 
@@ -99,7 +120,16 @@ class ClientRequestError(IntegrationError):
 
 
 class InvalidResponseError(IntegrationError):
-    """The vendor's answer was not what we can use (not JSON, or a required field missing)."""
+    """The vendor's answer was not what we can use (not JSON, a required field missing, or
+    larger than ``MAX_RESPONSE_BYTES``)."""
+
+
+class DisallowedURLError(IntegrationError):
+    """The request names a URL outside the service: another origin than its base URL's (not
+    listed in ``ALLOWED_ORIGINS``), credentials in the URL, or a path that leaves the base
+    URL's path. Refused before anything is sent: never retried, not a breaker failure."""
+
+    breaker_failure = False
 
 
 def safe_error_text(error: BaseException | None, limit: int | None = None) -> str:

@@ -11,7 +11,13 @@ Use it where your code would call a vendor: point the service's base URL at ``ve
 A route answers its replies in order, then repeats the last one. A reply may also be a callable
 taking the ``RecordedRequest`` and returning a ``Reply``. Unrouted paths answer 404. Every request
 is recorded (method, path, query, headers, body) before it is answered, including those the
-server then leaves hanging or drops.
+server then leaves hanging or drops; so is what each answer sent (``answers``: bytes of body
+written, whether it was sent whole), and how many requests were being answered at once
+(``in_flight``, ``max_in_flight``).
+
+Besides healthy and failing answers, a reply can misbehave on the wire: ``Reply.trickle``
+sends its body a few bytes at a time, ``Reply.large`` sends a body of any size (generated as it
+goes, never held whole), optionally chunked and paced.
 """
 
 from __future__ import annotations
@@ -21,14 +27,14 @@ import email.utils
 import json
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["FakeVendor", "RecordedRequest", "Reply", "Route", "unused_port_url"]
+__all__ = ["Answer", "FakeVendor", "RecordedRequest", "Reply", "Route", "unused_port_url"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,14 @@ class Reply:
     #: bytes, send ``body``, close).
     action: str = "respond"
     declared_length: int | None = None
+    #: Send this many bytes of body by repeating ``body`` (None: ``body`` once).
+    length: int | None = None
+    #: Send the body in pieces of this many bytes (0: in one write) ...
+    piece_size: int = 0
+    #: ... waiting this many seconds before each piece (a trickle).
+    interval: float = 0.0
+    #: ``Transfer-Encoding: chunked`` (no ``Content-Length``), one chunk per piece.
+    chunked: bool = False
 
     @classmethod
     def json(
@@ -177,6 +191,59 @@ class Reply:
         """Close the connection without answering."""
         return cls(action="disconnect")
 
+    @classmethod
+    def trickle(
+        cls, then: Reply | None = None, *, interval: float = 0.05, piece_size: int = 1
+    ) -> Reply:
+        """``then`` (default an empty JSON object), its status and headers at once, then its
+        body ``piece_size`` bytes at a time, ``interval`` seconds apart: a vendor that never
+        stops answering long enough to trip a read timeout. Stops when the client goes away."""
+        return replace(then or cls.json({}), piece_size=piece_size, interval=interval)
+
+    @classmethod
+    def large(
+        cls,
+        size: int,
+        *,
+        fill: bytes = b"x",
+        chunked: bool = False,
+        piece_size: int = 65_536,
+        interval: float = 0.0,
+        content_type: str = "application/json",
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        """A body of ``size`` bytes (``fill`` repeated), written ``piece_size`` bytes at a time
+        (``interval`` seconds before each) without ever being held whole: declared with
+        ``Content-Length`` unless ``chunked``. Stops when the client goes away."""
+        return cls(
+            body=fill,
+            length=size,
+            headers=(("Content-Type", content_type), *(headers or {}).items()),
+            piece_size=piece_size,
+            interval=interval,
+            chunked=chunked,
+        )
+
+    @property
+    def body_length(self) -> int:
+        return len(self.body) if self.length is None else self.length
+
+    def pieces(self) -> Iterator[bytes]:
+        """The body as it goes on the wire, piece by piece (chunk framing not included)."""
+        total = self.body_length
+        size = self.piece_size or total or 1
+        if self.length is None:
+            for start in range(0, total, size):
+                yield self.body[start : start + size]
+            return
+        pattern = self.body or b"x"
+        block = pattern * (size // len(pattern) + 1)
+        sent = 0
+        while sent < total:
+            piece = block[: min(size, total - sent)]
+            sent += len(piece)
+            yield piece
+
 
 ReplySource = Reply | Callable[[RecordedRequest], Reply]
 
@@ -196,6 +263,17 @@ class Route:
 
 
 NOT_FOUND = Reply.json({"error": "no route scripted for this request"}, status=404)
+
+
+@dataclass
+class Answer:
+    """What the vendor sent back for one request (filled in as it goes)."""
+
+    request: RecordedRequest
+    #: Bytes of body written to the socket (a client that went away may not have read them).
+    body_bytes_sent: int = 0
+    #: The whole answer was written.
+    completed: bool = False
 
 
 class _Server(ThreadingHTTPServer):
@@ -263,7 +341,13 @@ class _Handler(BaseHTTPRequestHandler):
             body=self._read_body(),
             client_port=self.client_address[1],
         )
-        reply = vendor._dispatch(request)
+        reply, answer = vendor._dispatch_and_count(request)
+        try:
+            self._answer(vendor, reply, answer)
+        finally:
+            vendor._answered()
+
+    def _answer(self, vendor: FakeVendor, reply: Reply, answer: Answer) -> None:
         if reply.delay and vendor._closing.wait(reply.delay):
             self.close_connection = True
             return
@@ -278,16 +362,27 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(reply.status)
             for name, value in reply.headers:
                 self.send_header(name, value)
-            length = reply.declared_length if reply.action == "truncate" else len(reply.body)
-            self.send_header("Content-Length", str(length))
+            if reply.chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                length = reply.declared_length if reply.action == "truncate" else None
+                self.send_header("Content-Length", str(length or reply.body_length))
             if reply.action == "truncate":
                 self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(reply.body)
+            for piece in reply.pieces():
+                if reply.interval and vendor._closing.wait(reply.interval):
+                    self.close_connection = True
+                    return
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if reply.chunked else piece)
+                answer.body_bytes_sent += len(piece)
+            if reply.chunked:
+                self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
-        except OSError:  # the client gave up (its timeout) before we answered
+        except OSError:  # the client gave up (its timeout, a limit) before we were done
             self.close_connection = True
             return
+        answer.completed = True
         if reply.action == "truncate":
             self.close_connection = True
 
@@ -308,6 +403,9 @@ class FakeVendor:
         self._lock = threading.Lock()
         self._routes: dict[tuple[str, str], Route] = {}
         self._requests: list[RecordedRequest] = []
+        self._answers: list[Answer] = []
+        self._in_flight = 0
+        self._max_in_flight = 0
         self._closing = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -379,10 +477,30 @@ class FakeVendor:
         return route
 
     def reset(self) -> None:
-        """Forget every route and recorded request."""
+        """Forget every route, recorded request and answer, and the peak of ``in_flight``."""
         with self._lock:
             self._routes.clear()
             self._requests.clear()
+            self._answers.clear()
+            self._max_in_flight = self._in_flight
+
+    def _dispatch_and_count(self, request: RecordedRequest) -> tuple[Reply, Answer]:
+        with self._lock:
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        try:
+            reply = self._dispatch(request)
+        except BaseException:
+            self._answered()
+            raise
+        answer = Answer(request)
+        with self._lock:
+            self._answers.append(answer)
+        return reply, answer
+
+    def _answered(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def _dispatch(self, request: RecordedRequest) -> Reply:
         with self._lock:
@@ -400,6 +518,24 @@ class FakeVendor:
         """Every request received so far, in order."""
         with self._lock:
             return list(self._requests)
+
+    @property
+    def answers(self) -> list[Answer]:
+        """What was sent back for each request, in the order the requests came."""
+        with self._lock:
+            return list(self._answers)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests received and not yet answered (or given up on) right now."""
+        with self._lock:
+            return self._in_flight
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests that were being answered at once (since start or ``reset()``)."""
+        with self._lock:
+            return self._max_in_flight
 
     def requests_to(
         self, method: str | None = None, path: str | None = None

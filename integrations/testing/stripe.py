@@ -17,8 +17,9 @@ before the Stripe behaviour (to serve what Stripe would not), and failures are s
 ``resource_missing`` (404), ``authentication`` (401), ``permission`` (403), ``idempotency``
 (400 ``idempotency_error``), ``conflict`` (409), ``rate_limited`` (429 with ``Retry-After``),
 ``server_error`` (500), ``bad_gateway`` (502 HTML), ``hang`` (never answers), ``slow``
-(answers after ``delay``), ``garbage`` (200 with a non-JSON body), ``drop`` (closes the
-connection without answering). A refused connection is a stopped fake (``stop()``) or
+(answers after ``delay``), ``trickle`` (answers at once, but its body one byte every ``delay``
+seconds), ``garbage`` (200 with a non-JSON body), ``drop`` (closes the connection without
+answering). A refused connection is a stopped fake (``stop()``) or
 ``integrations.testing.unused_port_url()``. ``add_customer()``, ``add_payment_intent()``,
 ``confirm_payment_intent()`` and ``delete_customer()`` seed objects as Stripe's dashboard would.
 
@@ -213,7 +214,9 @@ FAILURES: dict[str, tuple[int, dict[str, Any]]] = {
 }
 
 #: Behaviours that are not a Stripe error body.
-BEHAVIOURS = frozenset({"hang", "slow", "garbage", "drop", "bad_gateway"})
+BEHAVIOURS = frozenset({"hang", "slow", "trickle", "garbage", "drop", "bad_gateway"})
+#: Behaviours that answer as Stripe would, only late or slowly.
+_PACED = frozenset({"slow", "trickle"})
 
 _ALPHANUM = string.ascii_letters + string.digits
 
@@ -314,11 +317,12 @@ class FakeStripe(FakeVendor):
         should_retry: bool | None = None,
     ) -> None:
         """Answer the next ``times`` matching requests (``None``: all until ``heal()``) with
-        failure ``kind`` (a key of ``FAILURES``, or ``hang``, ``slow``, ``garbage``, ``drop``,
-        ``bad_gateway``). ``path`` matches that path and those below it. ``retry_after`` is
-        sent with ``rate_limited`` (None: no header); ``should_retry`` sends Stripe's
-        ``Stripe-Should-Retry: true|false`` with an error body; ``slow`` waits ``delay``
-        seconds, then answers normally."""
+        failure ``kind`` (a key of ``FAILURES``, or ``hang``, ``slow``, ``trickle``,
+        ``garbage``, ``drop``, ``bad_gateway``). ``path`` matches that path and those below it.
+        ``retry_after`` is sent with ``rate_limited`` (None: no header); ``should_retry`` sends
+        Stripe's ``Stripe-Should-Retry: true|false`` with an error body; ``slow`` waits
+        ``delay`` seconds, then answers normally; ``trickle`` answers normally at once, but
+        sends its body one byte every ``delay`` seconds."""
         if kind not in FAILURES and kind not in BEHAVIOURS:
             raise ValueError(f"unknown failure {kind!r}")
         with self._state:
@@ -404,10 +408,14 @@ class FakeStripe(FakeVendor):
         if scripted is not NOT_FOUND:
             return scripted
         script = self._take_script(request.method, request.path)
-        if script is not None and script.kind != "slow":
+        if script is not None and script.kind not in _PACED:
             return _failure_reply(script)
         reply = self._answer(request)
-        return replace(reply, delay=script.delay) if script is not None else reply
+        if script is None:
+            return reply
+        if script.kind == "trickle":
+            return Reply.trickle(reply, interval=script.delay)
+        return replace(reply, delay=script.delay)
 
     def _answer(self, request: RecordedRequest) -> Reply:
         denied = self._check_key(request.header("Authorization"))

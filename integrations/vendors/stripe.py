@@ -24,14 +24,13 @@ Settings (read at call time)::
 
 from __future__ import annotations
 
-import contextvars
 import os
 import re
+import ssl
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -51,6 +50,7 @@ from ..exceptions import (
 )
 from ..policies import BreakerPolicy, RetryPolicy, Timeout
 from ..resilience import AttemptInfo, call_with_resilience
+from ..transport import AttemptBounds, ResponseRefused, bounded_client, current_bounds
 
 __all__ = [
     "SERVICE",
@@ -213,15 +213,22 @@ def _reason(exc: stripe.StripeError, api_key: str | None) -> str:
     return f"{label}{status}: {message}" if message else f"{label}{status}"
 
 
-def _is_timeout(exc: BaseException) -> bool:
+def _cause(
+    exc: BaseException, kinds: type[BaseException] | tuple[type[BaseException], ...]
+) -> BaseException | None:
+    """The first exception of ``kinds`` in ``exc``'s chain of causes, or None."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, _TIMEOUT_CAUSES):
-            return True
+        if isinstance(current, kinds):
+            return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return False
+    return None
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    return _cause(exc, _TIMEOUT_CAUSES) is not None
 
 
 def _retry_after(headers: Mapping[str, str] | None) -> float | None:
@@ -255,6 +262,9 @@ def _map(exc: stripe.StripeError, *, operation: str, api_key: str | None) -> Int
     status = exc.http_status
     kwargs: dict[str, Any] = {"cause": exc}
     if isinstance(exc, stripe.APIConnectionError):
+        refused = _cause(exc, ResponseRefused)  # too large, or in a coding we did not ask for
+        if refused is not None:
+            return InvalidResponseError(SERVICE, operation, f"Stripe: {refused}", **kwargs)
         if _is_timeout(exc):
             return IntegrationTimeout(SERVICE, operation, "Stripe did not answer in time", **kwargs)
         return IntegrationUnavailable(SERVICE, operation, "Stripe could not be reached", **kwargs)
@@ -278,23 +288,25 @@ def _map(exc: stripe.StripeError, *, operation: str, api_key: str | None) -> Int
 
 # --- the SDK's HTTP client ----------------------------------------------------------------------
 
-#: Seconds left before the current call's deadline, set around each attempt.
-_attempt_budget: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "tether_stripe_attempt_budget", default=None
-)
-
 
 class _HTTPXClient(stripe.HTTPXClient):
-    """stripe's own httpx client, with two adjustments:
+    """stripe's own httpx client, with three adjustments:
 
-    - each request's timeouts are capped by what the call's deadline leaves (the runner passes
-      it per attempt), so a hanging Stripe cannot outlast the deadline by a whole read timeout;
+    - it sends through ``integrations.transport.bounded_client()``, as every ``ServiceClient``
+      does: every socket operation of an attempt ends by the call's deadline (a Stripe that
+      trickles its answer is cut there) and the answer is read up to ``MAX_RESPONSE_BYTES``;
+    - each request's httpx timeouts are capped by what the call's deadline leaves;
     - the form body goes as ``content=`` (httpx deprecates ``data=<str>``; stripe-python
       passes a string there).
     """
 
     def __init__(self, policy: Timeout) -> None:
-        super().__init__(timeout=_httpx_timeout(policy), allow_sync_methods=True)
+        # The SDK's own sync client is not made; ours verifies certificates as the SDK's would.
+        super().__init__(timeout=_httpx_timeout(policy), allow_sync_methods=False)
+        verify: ssl.SSLContext | bool = False
+        if self._verify_ssl_certs:
+            verify = ssl.create_default_context(cafile=stripe.ca_bundle_path)
+        self._client = bounded_client(verify=verify)
         self.policy = policy
 
     def _get_request_args_kwargs(self, method, url, headers, post_data):  # type: ignore[no-untyped-def]
@@ -304,19 +316,10 @@ class _HTTPXClient(stripe.HTTPXClient):
             kwargs["content"] = kwargs.pop("data")
         elif not data:
             kwargs.pop("data", None)
-        budget = _attempt_budget.get()
-        if budget is not None:
-            kwargs["timeout"] = _httpx_timeout(self.policy.capped(budget))
+        bounds = current_bounds()
+        if bounds is not None:
+            kwargs["timeout"] = _httpx_timeout(self.policy.capped(bounds.time_left()))
         return args, kwargs
-
-
-@contextmanager
-def _budget(seconds: float) -> Iterator[None]:
-    token = _attempt_budget.set(seconds)
-    try:
-        yield
-    finally:
-        _attempt_budget.reset(token)
 
 
 # --- the service --------------------------------------------------------------------------------
@@ -439,24 +442,25 @@ class StripeService:
         *,
         idempotency_key: str | None = None,
     ) -> T:
-        from ..breaker import get_breaker
+        from ..breaker import get_breaker, probe_lease_for
 
         settings = service_settings(SERVICE)
         client, api_key = self._sdk_client(settings)
         retry = RetryPolicy.resolve(SERVICE, self._retry)
-        # A half-open probe's lease is this call's deadline, as for every ServiceClient.
+        # A half-open probe's lease outlasts this call's deadline, as for every ServiceClient.
         breaker = get_breaker(
             SERVICE,
             BreakerPolicy.resolve(SERVICE, self._breaker_policy),
-            probe_lease=retry.deadline,
+            probe_lease=probe_lease_for(retry.deadline),
         )
+        max_bytes = int(settings["MAX_RESPONSE_BYTES"])
         options: dict[str, Any] = {"max_network_retries": 0}
         if idempotency_key is not None:
             options["idempotency_key"] = idempotency_key
 
         def attempt(info: AttemptInfo) -> T:
             try:
-                with _budget(info.remaining):
+                with AttemptBounds(info.remaining, max_bytes):
                     obj = request(client, dict(options))
             except stripe.StripeError as exc:
                 raise map_stripe_error(exc, operation=operation, api_key=api_key) from exc

@@ -105,6 +105,49 @@ def test_e008_base_url(url):
     assert ids(SERVICES={"rates": {"BASE_URL": url}}) == ["integrations.E008"]
 
 
+@pytest.mark.parametrize(
+    ("integrations", "expected"),
+    [
+        ({"MAX_RESPONSE_BYTES": 1}, []),
+        ({"SERVICES": {"x": {"MAX_RESPONSE_BYTES": 50 * 1024 * 1024}}}, []),
+        ({"MAX_RESPONSE_BYTES": "10MB"}, ["integrations.E005"]),
+        ({"MAX_RESPONSE_BYTES": 1.5e6}, ["integrations.E005"]),
+        ({"MAX_RESPONSE_BYTES": True}, ["integrations.E005"]),
+        ({"MAX_RESPONSE_BYTES": None}, ["integrations.E005"]),
+        ({"MAX_RESPONSE_BYTES": 0}, ["integrations.E006"]),
+        ({"SERVICES": {"x": {"MAX_RESPONSE_BYTES": -1}}}, ["integrations.E006"]),
+    ],
+)
+def test_max_response_bytes(integrations, expected):
+    assert ids(**integrations) == expected
+
+
+@pytest.mark.parametrize(
+    "origins",
+    [
+        "https://files.example.com",  # a string, not a list
+        ["files.example.com"],
+        ["ftp://files.example.com"],
+        ["https://files.example.com/downloads"],  # an origin has no path
+        ["https://files.example.com?x=1"],
+        ["https://user:pw@files.example.com"],
+        ["https://files.example.com:99999"],
+        [None],
+    ],
+)
+def test_e009_allowed_origins(origins):
+    with override_settings(INTEGRATIONS={"SERVICES": {"x": {"ALLOWED_ORIGINS": origins}}}):
+        [error] = check_integrations_settings()
+    assert error.id == "integrations.E009"
+    assert "'x'" in error.msg and error.hint
+
+
+def test_allowed_origins_that_are_origins_pass():
+    origins = ["https://files.example.com", "http://127.0.0.1:8080/", "https://[::1]:8443"]
+    assert ids(SERVICES={"x": {"ALLOWED_ORIGINS": origins}}) == []
+    assert ids(SERVICES={"x": {"ALLOWED_ORIGINS": ()}}) == []
+
+
 def test_w001_max_delay_below_base_delay():
     assert ids(RETRY={"BASE_DELAY": 5, "MAX_DELAY": 1}) == ["integrations.W001"]
 

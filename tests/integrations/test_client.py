@@ -4,6 +4,7 @@ timeouts, idempotency keys, error mapping, settings precedence, the breaker, log
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -18,9 +19,10 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from integrations import RetryPolicy, ServiceClient, Timeout
-from integrations.breaker import get_breaker
+from integrations.breaker import clear_local_cache, get_breaker
 from integrations.client import parse_retry_after
 from integrations.exceptions import (
+    MAX_RETRY_AFTER,
     CircuitOpenError,
     ClientRequestError,
     IntegrationError,
@@ -312,6 +314,51 @@ def test_parse_retry_after(header, expected):
 def test_parse_retry_after_http_date_in_the_future():
     now = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
     assert parse_retry_after("Tue, 01 Jan 2030 12:00:30 GMT", now=now.timestamp()) == 30.0
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("1e308", MAX_RETRY_AFTER),
+        ("1e999", MAX_RETRY_AFTER),  # a float overflow: infinite
+        ("inf", MAX_RETRY_AFTER),
+        ("Infinity", MAX_RETRY_AFTER),
+        ("nan", None),  # unreadable: as if absent
+        ("-5", 0.0),
+        ("-inf", 0.0),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", MAX_RETRY_AFTER),
+    ],
+)
+def test_a_hostile_retry_after_is_finite_and_capped(rates, vendor, backoff, header, expected):
+    vendor.route("GET", "/v1/rates/EUR", Reply.rate_limited(header))
+
+    with pytest.raises(RateLimitedError) as caught:
+        rates.rate("EUR")
+
+    retry_after = caught.value.retry_after
+    assert retry_after == expected
+    if retry_after is not None:
+        assert math.isfinite(retry_after)
+        # What the README's `self.retry(countdown=exc.retry_after or 30)` makes of it (Celery
+        # adds the countdown to now): no OverflowError.
+        now = datetime.now(UTC)
+        assert now + timedelta(seconds=retry_after) >= now
+    # The waits between attempts stay within the call's deadline (30 s here).
+    assert sum(backoff.sleeps) < 30.0
+
+
+def test_a_breaker_held_open_for_ages_says_at_most_the_cap(rates, vendor):
+    force_breaker("rates", "forced_open")
+    CircuitBreaker.objects.filter(name="rates").update(
+        forced_until=datetime(9999, 12, 31, tzinfo=UTC)
+    )
+    clear_local_cache("rates")
+
+    with pytest.raises(CircuitOpenError) as caught:
+        rates.rate("EUR")
+
+    assert caught.value.retry_after == MAX_RETRY_AFTER
+    assert vendor.count() == 0
 
 
 # --- deadline and timeouts ----------------------------------------------------------------------

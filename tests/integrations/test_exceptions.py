@@ -1,10 +1,12 @@
 """The error hierarchy survives pickling (Celery pickles a task's exception) intact."""
 
+import math
 import pickle
 
 import pytest
 
 from integrations.exceptions import (
+    MAX_RETRY_AFTER,
     CircuitOpenError,
     ClientRequestError,
     IntegrationError,
@@ -59,3 +61,27 @@ def test_safe_error_text_trusts_only_our_errors():
     )
     assert safe_error_text(RuntimeError("https://x.test/?key=sk_live_1")) == "RuntimeError"
     assert safe_error_text(IntegrationError("svc", "op", "y" * 50), limit=10) == "svc.op: yy"
+
+
+@pytest.mark.parametrize("cls", [RateLimitedError, CircuitOpenError])
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (None, None),
+        (math.nan, None),
+        (12.5, 12.5),
+        (-3.0, 0.0),
+        (1e308, MAX_RETRY_AFTER),
+        (math.inf, MAX_RETRY_AFTER),
+        (-math.inf, 0.0),
+        (MAX_RETRY_AFTER + 1, MAX_RETRY_AFTER),
+    ],
+)
+def test_retry_after_is_always_finite_and_capped(cls, given, expected):
+    error = cls("svc", "op", retry_after=given)
+    assert error.retry_after == expected
+    assert pickle.loads(pickle.dumps(error)).retry_after == expected
+
+
+def test_the_cap_is_an_hour():
+    assert MAX_RETRY_AFTER == 3600.0

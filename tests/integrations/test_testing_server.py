@@ -167,6 +167,67 @@ def test_hang_never_answers_until_the_server_closes():
     assert vendor.count() == 2
 
 
+def test_trickle_sends_the_body_piece_by_piece(vendor):
+    vendor.route("GET", "/t", Reply.trickle(Reply.json({"a": 1}), interval=0.05, piece_size=2))
+
+    arrivals = []
+    started = time.monotonic()
+    with httpx.stream("GET", f"{vendor.url}/t") as response:
+        assert response.headers["Content-Length"] == "8"
+        for piece in response.iter_raw():
+            arrivals.append((time.monotonic() - started, piece))
+
+    assert b"".join(piece for _, piece in arrivals) == b'{"a": 1}'
+    assert len(arrivals) == 4
+    assert arrivals[-1][0] >= 0.2  # four pieces, 50 ms before each
+    [answer] = vendor.answers
+    assert answer.completed and answer.body_bytes_sent == 8
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_large_sends_a_body_of_any_size_without_holding_it(vendor, chunked):
+    vendor.route("GET", "/big", Reply.large(3 * 65_536 + 5, fill=b"ab", chunked=chunked))
+
+    response = httpx.get(f"{vendor.url}/big")
+
+    assert len(response.content) == 3 * 65_536 + 5
+    assert response.content.startswith(b"abab")
+    assert ("Transfer-Encoding" in response.headers) is chunked
+    assert ("Content-Length" in response.headers) is not chunked
+    assert vendor.answers[0].completed
+
+
+def test_answers_show_what_a_client_that_went_away_was_sent(vendor):
+    vendor.route("GET", "/t", Reply.trickle(Reply.text(b"x" * 100), interval=0.02))
+
+    with httpx.stream("GET", f"{vendor.url}/t") as response:
+        next(response.iter_raw())  # one byte, then the client goes away
+    time.sleep(0.3)  # the vendor notices on its next writes
+
+    [answer] = vendor.answers
+    assert not answer.completed
+    assert 1 <= answer.body_bytes_sent < 100
+    assert vendor.in_flight == 0
+
+
+def test_in_flight_counts_requests_being_answered(vendor):
+    vendor.route("GET", "/slow", Reply.slow(1.0))
+    threads = [threading.Thread(target=httpx.get, args=(f"{vendor.url}/slow",)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    waited = time.monotonic()
+    while vendor.count() < 3 and time.monotonic() - waited < 5:
+        time.sleep(0.01)
+    assert vendor.in_flight == 3
+    for thread in threads:
+        thread.join(5)
+
+    assert vendor.in_flight == 0
+    assert vendor.max_in_flight == 3
+    vendor.reset()
+    assert vendor.max_in_flight == 0
+
+
 def test_stopped_vendor_refuses_connections_and_can_start_again():
     vendor = FakeVendor()
     with pytest.raises(RuntimeError):

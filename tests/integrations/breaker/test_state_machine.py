@@ -14,8 +14,10 @@ from integrations.breaker import (
     FORCED_OPEN,
     HALF_OPEN,
     OPEN,
+    PROBE_LEASE_MARGIN,
     clear_local_cache,
     get_breaker,
+    probe_lease_for,
 )
 from integrations.exceptions import (
     CircuitOpenError,
@@ -203,6 +205,37 @@ def test_a_probe_that_never_reports_does_not_wedge_the_breaker(clock):
     assert row().half_open_in_flight == 1
     b.record_success(probe)
     assert b.state == CLOSED
+
+
+def test_a_shorter_lease_never_cuts_short_a_probe_in_flight(clock):
+    # Two callers with different deadlines (one client's DEADLINE 60, another's 1): the second
+    # grant must not shorten the lease that covers the first probe, still running.
+    policy = BreakerPolicy(failure_threshold=3, reset_timeout=30.0, half_open_max_calls=2)
+    long_calls = get_breaker(SERVICE, policy, clock=clock, probe_lease=60.0)
+    short_calls = get_breaker(SERVICE, policy, clock=clock, probe_lease=1.0)
+    fail(long_calls, 3)
+    clock.advance(30)
+    assert long_calls.acquire("rate").is_probe
+    assert short_calls.acquire("rate").is_probe
+
+    clock.advance(2)  # the short lease would be over, the long probe is still running
+    with pytest.raises(CircuitOpenError):
+        short_calls.acquire("rate")
+    assert row().half_open_in_flight == 2
+
+    clock.advance(59)  # now every lease is over: the slots are taken back
+    assert short_calls.acquire("rate").is_probe
+    assert row().half_open_in_flight == 1
+
+
+def test_the_default_lease_outlasts_the_deadline_by_the_margin(clock, settings):
+    settings.INTEGRATIONS = {"RETRY": {"DEADLINE": 12.0}}
+    b = get_breaker(SERVICE, BreakerPolicy(failure_threshold=1), clock=clock)
+    assert b.probe_lease() == 12.0 + PROBE_LEASE_MARGIN == probe_lease_for(12.0)
+    fail(b)
+    clock.advance(30)
+    b.acquire("rate")
+    assert row().probe_lease_until.timestamp() == pytest.approx(clock() + 12.0 + PROBE_LEASE_MARGIN)
 
 
 def test_release_gives_a_probe_slot_back(clock):

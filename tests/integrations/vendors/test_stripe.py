@@ -23,6 +23,7 @@ from django.test import override_settings
 
 from integrations.breaker import get_breaker
 from integrations.exceptions import (
+    MAX_RETRY_AFTER,
     CircuitOpenError,
     ClientRequestError,
     IntegrationTimeout,
@@ -409,6 +410,28 @@ def test_retry_after_beyond_the_deadline_fails_at_once(service, configure, fake_
     assert backoff.sleeps == []
 
 
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("1e308", MAX_RETRY_AFTER),
+        ("inf", MAX_RETRY_AFTER),
+        ("nan", None),
+        ("-5", 0.0),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", MAX_RETRY_AFTER),
+    ],
+)
+def test_a_hostile_retry_after_from_stripe_is_capped(
+    service, configure, fake_stripe, header, expected
+):
+    configure(RETRY={"MAX_ATTEMPTS": 1})
+    fake_stripe.fail("rate_limited", retry_after=header)
+
+    with pytest.raises(RateLimitedError) as caught:
+        service.create_customer("ada@example.com")
+
+    assert caught.value.retry_after == expected
+
+
 # --- timeouts ---------------------------------------------------------------------------------
 
 
@@ -437,6 +460,34 @@ def test_the_deadline_caps_each_attempts_timeout(service, configure, fake_stripe
         service.create_customer("ada@example.com")
 
     assert time.monotonic() - started < 2.0
+
+
+def test_a_trickling_stripe_is_cut_at_the_deadline(service, configure, fake_stripe):
+    # Stripe's answer starts at once, then one byte every 20 ms: no read ever waits 5 s, the
+    # whole body would take about 16 s. The call's 1 s deadline cuts it.
+    configure(TIMEOUT={"READ": 5.0}, RETRY={"DEADLINE": 1.0, "MAX_ATTEMPTS": 1})
+    fake_stripe.fail("trickle", delay=0.02)
+
+    started = time.monotonic()
+    with pytest.raises(IntegrationTimeout):
+        service.create_customer("ada@example.com")
+
+    assert time.monotonic() - started < 1.5
+    [answer] = fake_stripe.answers
+    assert not answer.completed
+
+
+def test_a_stripe_answer_over_the_size_limit_is_refused(service, configure, fake_stripe):
+    configure(MAX_RESPONSE_BYTES=65_536)
+    fake_stripe.route("POST", "/v1/customers", Reply.large(1024 * 1024, chunked=True))
+
+    with pytest.raises(InvalidResponseError) as caught:
+        service.create_customer("ada@example.com")
+
+    assert "over MAX_RESPONSE_BYTES (65536 bytes)" in str(caught.value)
+    assert caught.value.attempts == 1  # not retried
+    assert fake_stripe.count() == 1
+    assert CircuitBreaker.objects.get(name="stripe").consecutive_failures == 1
 
 
 # --- the circuit breaker ----------------------------------------------------------------------
