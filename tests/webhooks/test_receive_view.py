@@ -59,7 +59,9 @@ def test_verified_known_event_is_a_duplicate(client, signals):  # noqa: F811
     assert response.status_code == 200
     assert response.json() == {"status": "duplicate", "event_id": request.event_id}
     assert WebhookEvent.objects.count() == 1
-    assert signals.of(webhook_duplicate) == [{"endpoint": "github", "event_id": request.event_id}]
+    assert signals.of(webhook_duplicate) == [
+        {"endpoint": "github", "event_id": request.event_id, "replay_of": None}
+    ]
 
 
 def test_known_id_with_another_body_is_a_duplicate_kept_as_stored(client, caplog):
