@@ -153,9 +153,7 @@ def signed_events(db):
 
 
 def staff_with(django_user_model, *codenames: str):
-    user = django_user_model.objects.create_user(
-        "-".join(codenames), password="pw", is_staff=True
-    )
+    user = django_user_model.objects.create_user("-".join(codenames), password="pw", is_staff=True)
     user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
     return user
 

@@ -286,9 +286,7 @@ def test_w002_event_id_from_a_header_with_only_the_body_signed(settings):
 
 
 def test_w002_timestamp_header_outside_the_signed_payload(settings):
-    warning = only(
-        warnings_for(settings, TIMESTAMP_HEADER="X-Timestamp", SIGNED_PAYLOAD="{body}")
-    )
+    warning = only(warnings_for(settings, TIMESTAMP_HEADER="X-Timestamp", SIGNED_PAYLOAD="{body}"))
     assert warning.id == "webhooks.W002"
     assert warning.msg.startswith('WEBHOOKS["ENDPOINTS"]["partner"]["SIGNED_PAYLOAD"]: ')
     assert "TOLERANCE" in warning.msg and "fresh timestamp" in warning.msg

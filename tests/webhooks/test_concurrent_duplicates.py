@@ -13,7 +13,6 @@ import threading
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-
 from dataclasses import replace
 
 import httpx

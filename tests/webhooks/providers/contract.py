@@ -198,9 +198,7 @@ class ProviderContract:
         assert WebhookEvent.objects.count() == 1
         assert len(signals.of(webhook_received)) == 1
 
-    def test_signed_content_under_another_id_is_never_a_second_event(
-        self, client, signals, caplog
-    ):
+    def test_signed_content_under_another_id_is_never_a_second_event(self, client, signals, caplog):
         request = build_request(self.endpoint)
         assert self.post(client, request.body, request.headers).json()["status"] == "accepted"
         if self.id_header is None:

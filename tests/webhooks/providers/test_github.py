@@ -40,9 +40,7 @@ class TestGitHubContract(ProviderContract):
         del headers["X-GitHub-Delivery"]
         return body, headers
 
-    def test_a_stored_delivery_relabelled_and_resent_is_a_duplicate(
-        self, client, signals, caplog
-    ):
+    def test_a_stored_delivery_relabelled_and_resent_is_a_duplicate(self, client, signals, caplog):
         """What a staff user who can read a stored body and its X-Hub-Signature-256 could do:
         send them again under a new delivery id, as another event."""
         body = (VENDOR / "github" / "pull_request.opened.payload.json").read_bytes()
