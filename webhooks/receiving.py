@@ -50,7 +50,9 @@ from django.db import (
     transaction,
 )
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
+from .conf import SECRET_VARIABLES
 from .db import Jsonb, binds_on_server, bytes_param, fetch_one, timestamp_param
 from .exceptions import (
     InvalidSignature,
@@ -128,6 +130,7 @@ def rejection_code(error: BaseException) -> str | None:
     return None
 
 
+@sensitive_variables(*SECRET_VARIABLES)
 def receive_webhook(
     endpoint: str,
     *,
@@ -141,6 +144,8 @@ def receive_webhook(
     ``MAX_BODY_BYTES + 1`` bytes; ``content_length`` is the declared size, if any. Raises a
     ``WebhookError`` with a code in ``REJECTION_CODES`` for every refusal (after sending
     ``webhook_rejected``), and ``WebhookConfigurationError`` if the endpoint is misconfigured.
+    Error reports with ``DEBUG`` off hide ``SECRET_VARIABLES`` in every frame below this one
+    (the providers', the SDKs').
     """
     try:
         provider = get_provider(endpoint)

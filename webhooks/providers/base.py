@@ -26,8 +26,9 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from django.utils.datastructures import CaseInsensitiveMapping
+from django.views.decorators.debug import sensitive_variables
 
-from ..conf import webhooks_settings
+from ..conf import SECRET_VARIABLES, SecretStr, webhooks_settings
 from ..exceptions import InvalidSignature, MalformedPayload, WebhookConfigurationError
 
 #: Headers every provider keeps besides its own scheme's.
@@ -125,15 +126,6 @@ def limit_problem(
     return ConfigProblem("E005", key, f"{prefix}must be a positive {kind}, not {value!r}.", hint)
 
 
-class SecretStr(str):
-    """A secret whose ``repr`` never shows it (tracebacks, debug pages, ``repr`` of objects)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "'<secret>'"
-
-
 @dataclass(repr=False)
 class Provider:
     """Base class of providers. Subclass it, set ``name`` and the header names, implement
@@ -159,6 +151,7 @@ class Provider:
     #: Options the provider reads besides SECRETS, TOLERANCE and MAX_BODY_BYTES.
     options: ClassVar[tuple[str, ...]] = ()
 
+    @sensitive_variables(*SECRET_VARIABLES)
     def __post_init__(self) -> None:
         problems = self.config_problems(self.endpoint, self.config)
         if problems:
@@ -175,6 +168,7 @@ class Provider:
     # -- configuration ----------------------------------------------------------------------
 
     @classmethod
+    @sensitive_variables(*SECRET_VARIABLES)
     def config_problems(cls, endpoint: str, config: Mapping[str, Any]) -> list[ConfigProblem]:
         """Everything wrong with the endpoint's settings (empty when usable).
 
@@ -339,7 +333,7 @@ class Provider:
         raise NotImplementedError
 
     def _signing_secret(self, secret: str | None) -> str:
-        return self.secrets[0] if secret is None else secret
+        return self.secrets[0] if secret is None else SecretStr(secret)
 
 
 # -- shared building blocks -----------------------------------------------------------------
@@ -435,6 +429,7 @@ def signed_content_digest(*parts: bytes) -> bytes:
     return digest.digest()
 
 
+@sensitive_variables(*SECRET_VARIABLES)
 def any_secret(secrets: Sequence[str], matches: Any) -> bool:
     """True if ``matches(secret)`` holds for any secret; every secret is tried (no early exit),
     so timing does not tell which one matched."""

@@ -112,8 +112,8 @@ class GitHubProvider(Provider):
         event_id: str | None = None,
         event_type: str | None = None,
     ) -> dict[str, str]:
-        key = self._signing_secret(secret).encode("utf-8")
-        digest = hmac.new(key, body, hashlib.sha256).hexdigest()
+        key = self._signing_secret(secret)
+        digest = hmac.new(key.encode("utf-8"), body, hashlib.sha256).hexdigest()
         return {
             self.signature_header: f"sha256={digest}",
             self.delivery_header: event_id or str(uuid.uuid4()),
