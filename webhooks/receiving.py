@@ -313,9 +313,10 @@ def _insert_sql(connection: Any) -> str:
     that a value used twice (body, endpoint, event id) is sent once; ``%s`` elsewhere.
 
     ``ON CONFLICT DO NOTHING`` names no conflict target, so that both unique constraints
-    arbitrate (one target only can be named); for an event without a digest the partial one's
-    predicate is false and it costs nothing more. The duplicate's lookup stays the one through
-    the unique ``(endpoint, event_id)`` index."""
+    arbitrate (only one target can be named). An event without a digest is skipped by the
+    partial one on its predicate (no index entry, no lookup); with no target, PostgreSQL also
+    pre-checks the primary key's index. The duplicate's lookup stays the one through the unique
+    ``(endpoint, event_id)`` index."""
     sql = _INSERT_SQL.get(connection.vendor)
     if sql is not None:
         return sql

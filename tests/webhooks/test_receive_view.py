@@ -308,6 +308,15 @@ def test_portable_savepoint_insert_decides_by_the_constraint_too():
     assert WebhookEvent.objects.filter(event_id="evt_sp").count() == 1
 
 
+def test_portable_savepoint_insert_decides_replays_by_the_digest_constraint():
+    first, replay = _event("evt_sp1"), _event("evt_sp2")
+    first.content_digest = replay.content_digest = bytes(range(32))
+    assert insert_once_with_savepoint(first, "default") is True
+    assert insert_once_with_savepoint(replay, "default") is False
+    assert replay.pk is None
+    assert list(WebhookEvent.objects.values_list("event_id", flat=True)) == ["evt_sp1"]
+
+
 def test_malformed_payload_maps_from_data_error():
     from webhooks.providers.base import ParsedEvent
     from webhooks.receiving import store_event
