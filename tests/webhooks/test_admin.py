@@ -158,7 +158,7 @@ def staff_with(django_user_model, *codenames: str):
     return user
 
 
-def change_page(client, event) -> str:
+def change_page_text(client, event) -> str:
     response = client.get(reverse("admin:webhooks_webhookevent_change", args=[event.pk]))
     assert response.status_code == 200
     return response.content.decode()
@@ -166,14 +166,14 @@ def change_page(client, event) -> str:
 
 def test_a_view_only_user_does_not_see_signature_headers(client, django_user_model, signed_events):
     client.force_login(staff_with(django_user_model, "view_webhookevent"))
-    stripe = change_page(client, signed_events["stripe"])
+    stripe = change_page_text(client, signed_events["stripe"])
     assert "stripesig0123" not in stripe and "Stripe-Signature" not in stripe
     assert "Stripe/1.0" in stripe and "application/json" in stripe
-    github = change_page(client, signed_events["github"])
+    github = change_page_text(client, signed_events["github"])
     assert "githubsig4567" not in github and "X-Hub-Signature-256" not in github
     assert "delivery-89ab" in github and "GitHub-Hookshot/abc" in github
     # The endpoint's provider cannot be built: only headers known to be harmless are shown.
-    retired = change_page(client, signed_events["retired"])
+    retired = change_page_text(client, signed_events["retired"])
     assert "retiredsigcdef" not in retired and "retired-id-77" not in retired
     assert "Retired/2.0" in retired and "application/json" in retired
 
@@ -182,7 +182,7 @@ def test_a_user_who_may_change_events_sees_every_stored_header(
     client, django_user_model, signed_events
 ):
     client.force_login(staff_with(django_user_model, "view_webhookevent", "change_webhookevent"))
-    assert "stripesig0123" in change_page(client, signed_events["stripe"])
-    assert "githubsig4567" in change_page(client, signed_events["github"])
-    retired = change_page(client, signed_events["retired"])
+    assert "stripesig0123" in change_page_text(client, signed_events["stripe"])
+    assert "githubsig4567" in change_page_text(client, signed_events["github"])
+    retired = change_page_text(client, signed_events["retired"])
     assert "retiredsigcdef" in retired and "retired-id-77" in retired
