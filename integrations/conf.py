@@ -4,13 +4,22 @@ Per-service dicts in ``SERVICES`` override the global ``TIMEOUT``, ``RETRY``, ``
 ``MAX_RESPONSE_BYTES`` key by key; class attributes of a ``ServiceClient`` override both. A
 service's own keys also include ``BASE_URL``, ``ALLOWED_ORIGINS`` (other origins its absolute
 URLs may name; they get no credentials) and vendor options such as Stripe's ``API_KEY``.
+
+Credentials are ``SecretStr`` (a ``str`` whose ``repr`` hides it) from the merge on: every string
+under a key named like one (``API_KEY``, ``CLIENT_SECRET``, ``ACCESS_TOKEN``, ``PASSWORD``...;
+``webhooks.conf.SECRET_KEY_NAME``), so that no settings dict in a frame shows it in an error
+report.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from webhooks.conf import AppSettings, deep_merge
+from django.views.decorators.debug import sensitive_variables
+
+from webhooks.conf import SECRET_VARIABLES, AppSettings, SecretStr, deep_merge
+
+__all__ = ["DEFAULTS", "SecretStr", "integrations_settings", "service_settings"]
 
 DEFAULTS: dict[str, Any] = {
     "TIMEOUT": {"CONNECT": 3.05, "READ": 10.0, "WRITE": 10.0, "POOL": 5.0},
@@ -50,6 +59,7 @@ SERVICE_KEYS = ("TIMEOUT", "RETRY", "BREAKER", "MAX_RESPONSE_BYTES")
 _memo: tuple[dict[str, Any] | None, dict[str, dict[str, Any]]] = (None, {})
 
 
+@sensitive_variables(*SECRET_VARIABLES)
 def service_settings(service: str) -> dict[str, Any]:
     """The merged settings for one service: global policy dicts overridden by its own entry.
 

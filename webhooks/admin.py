@@ -130,7 +130,19 @@ class WebhookEventAdmin(admin.ModelAdmin):
 
     # An event log: nothing is added or edited by hand, and events go away by prune_webhooks.
     def get_readonly_fields(self, request: HttpRequest, obj: WebhookEvent | None = None):
-        return [field for fieldset in self.fieldsets for field in fieldset[1]["fields"]]
+        return [field for fieldset in self.get_fieldsets(request, obj)
+                for field in fieldset[1]["fields"]]  # fmt: skip
+
+    def get_fieldsets(self, request: HttpRequest, obj: WebhookEvent | None = None):
+        """Users who may only view events see the headers without the signature one."""
+        if self.has_change_permission(request, obj):
+            return self.fieldsets
+        return tuple(
+            (name, {**options, "fields": tuple(
+                "headers_without_signature" if field == "headers_pretty" else field
+                for field in options["fields"])})
+            for name, options in self.fieldsets
+        )  # fmt: skip
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -164,6 +176,10 @@ class WebhookEventAdmin(admin.ModelAdmin):
     @admin.display(description=_("headers"))
     def headers_pretty(self, obj: WebhookEvent) -> str:
         return _pretty_json(obj.headers)
+
+    @admin.display(description=_("headers (signature hidden)"))
+    def headers_without_signature(self, obj: WebhookEvent) -> str:
+        return _pretty_json(selectors.headers_without_signature(obj))
 
     @admin.display(description=_("body"))
     def body_size(self, obj: WebhookEvent) -> str:

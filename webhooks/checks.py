@@ -16,6 +16,13 @@
 - ``webhooks.E007``: an endpoint name that cannot be a URL path segment.
 - ``webhooks.W001``: a handler registered with ``@on`` for an endpoint that is not configured
   (a typo would otherwise never run).
+- ``webhooks.W002``: an ``hmac`` endpoint relies on something outside what is signed: its
+  ``EVENT_ID`` comes from a header and only the body is signed (a delivery re-sent under a new
+  id is recognised only by its signed content, while the original is stored), or its
+  ``TIMESTAMP_HEADER`` is checked but ``SIGNED_PAYLOAD`` is ``"{body}"`` (the tolerance then
+  refuses no replay). An id from a header with a signed timestamp is not warned about: within
+  ``TOLERANCE`` a resend is a replay of the same signed content, after it the timestamp is stale.
+  The rules live in ``Provider.config_warnings``.
 - ``webhooks.E008``: a processing setting out of range or of the wrong type (``MAX_ATTEMPTS``,
   ``RETRY_BASE_DELAY``, ``RETRY_MAX_DELAY``, ``STUCK_AFTER``, ``RETENTION_DAYS``, the
   ``DISPATCH_*`` and ``REQUEUE_RECEIVED_AFTER`` numbers, ``TASK_QUEUE``,
@@ -68,6 +75,29 @@ def check_webhook_handlers(app_configs: Any = None, **kwargs: Any) -> list[Check
         )
         for r in handlers_of_unknown_endpoints(endpoints)
     ]
+
+
+@register()
+def check_webhook_signed_content(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Warnings of usable endpoints whose scheme leaves the id or the time unsigned (W002)."""
+    endpoints = webhooks_settings["ENDPOINTS"]
+    if not isinstance(endpoints, Mapping):
+        return []
+    warnings: list[CheckMessage] = []
+    for name, config in endpoints.items():
+        if _endpoint_problems(name, config):
+            continue  # reported as errors; its warnings would be about settings it lacks
+        cls = provider_class(name, config)
+        warnings.extend(
+            Warning(
+                f"{problem.key}: {problem.message}",
+                hint=problem.hint or None,
+                obj="settings.WEBHOOKS",
+                id=f"webhooks.{problem.code}",
+            )
+            for problem in cls.config_warnings(name, config)
+        )
+    return warnings
 
 
 def webhook_config_problems() -> list[ConfigProblem]:

@@ -47,13 +47,26 @@ if is_psycopg3:
         keys its prepared statements on the parameters' types: an event without a timestamp
         would get a second prepared statement."""
 
-    class _NullTimestampDumper(Dumper):
-        oid = _postgres_types["timestamptz"].oid
+    class NullBytea:
+        """A NULL bound as ``bytea``, for the same reason (an event without a content digest)."""
 
+    class _TypedNullDumper(Dumper):
         def dump(self, obj: Any) -> None:
             return None  # NULL, of the type in ``oid``
 
+    class _NullTimestampDumper(_TypedNullDumper):
+        oid = _postgres_types["timestamptz"].oid
+
+    class _NullByteaDumper(_TypedNullDumper):
+        oid = _postgres_types["bytea"].oid
+
+    #: Each typed NULL's class and its dumper, registered on a connection by statement_cursor.
+    _TYPED_NULLS: tuple[tuple[type, type[Dumper]], ...] = (
+        (NullTimestamp, _NullTimestampDumper),
+        (NullBytea, _NullByteaDumper),
+    )
     NULL_TIMESTAMP: Any = NullTimestamp()
+    NULL_BYTEA: Any = NullBytea()
 
     class _PreparingCursor(psycopg.Cursor):
         """A server-binding cursor whose statements are prepared on their first execution."""
@@ -75,14 +88,15 @@ if is_psycopg3:
 
 else:
     Jsonb = None
-    NULL_TIMESTAMP = None
+    NULL_TIMESTAMP = NULL_BYTEA = None
+    _TYPED_NULLS = ()
     _LostStatement = type("_LostStatement", (Exception,), {})
 
 #: Database aliases on which a prepared statement vanished in this process (a pooler that
 #: does not keep them): their statements are no longer prepared.
 _unprepared_aliases: set[str] = set()
 
-#: Raw connections on which statement_cursor registered the ``NullTimestamp`` dumper.
+#: Raw connections on which statement_cursor registered the typed NULLs' dumpers.
 _ready: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
@@ -97,6 +111,14 @@ def timestamp_param(connection: Any, value: Any) -> Any:
     value = connection.ops.adapt_datetimefield_value(value)
     if value is None and binds_on_server(connection):
         return NULL_TIMESTAMP
+    return value
+
+
+def bytes_param(connection: Any, value: bytes | None) -> Any:
+    """A ``bytea`` parameter for a ``statement_cursor``; when bound on the server, None becomes a
+    NULL typed ``bytea`` (as ``timestamp_param`` does for timestamps)."""
+    if value is None and binds_on_server(connection):
+        return NULL_BYTEA
     return value
 
 
@@ -115,7 +137,8 @@ def statement_cursor(connection: Any) -> Any:
     connection.validate_thread_sharing()
     raw = connection.connection
     if raw not in _ready:
-        raw.adapters.register_dumper(NullTimestamp, _NullTimestampDumper)
+        for null_class, dumper in _TYPED_NULLS:
+            raw.adapters.register_dumper(null_class, dumper)
         _ready.add(raw)
     logged = connection.queries_logged
     # Logged queries (DEBUG, CaptureQueriesContext) stay unprepared: Django's log reads the

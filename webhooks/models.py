@@ -25,6 +25,16 @@ class WebhookEvent(models.Model):
     headers = models.JSONField(
         _("headers"), default=dict, blank=True, help_text=_("Allow-listed request headers only.")
     )
+    content_digest = models.BinaryField(
+        _("signed content digest"),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_(
+            "SHA-256 of what the signature covers, for schemes whose event id is outside it "
+            "(GitHub): the same signed content under another id is a replay."
+        ),
+    )
     status = models.CharField(
         _("status"), max_length=20, choices=Status.choices, default=Status.RECEIVED
     )
@@ -57,6 +67,13 @@ class WebhookEvent(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=("endpoint", "event_id"), name="webhooks_event_endpoint_event_id_uniq"
+            ),
+            # Partial: events of schemes that sign their id (Stripe, Standard Webhooks) have no
+            # digest and no entry in this index.
+            models.UniqueConstraint(
+                fields=("endpoint", "content_digest"),
+                condition=models.Q(content_digest__isnull=False),
+                name="webhooks_event_endpoint_digest_uniq",
             ),
         ]
         # No (endpoint, ...) index beside the unique one: a filter on endpoint uses its leading

@@ -12,16 +12,23 @@
    (413 if the body, e.g. a chunked one without ``Content-Length``, turns out larger);
 5. signature over the exact bytes, with any of the endpoint's secrets (400 ``invalid_signature``);
 6. parse: JSON object, event id, type (400 ``malformed_payload``);
-7. store: one ``INSERT ... ON CONFLICT (endpoint, event_id) DO NOTHING RETURNING id``; the
-   unique constraint alone decides whether the event is new, so concurrent deliveries of one
-   event store exactly one row and only one of them is ``accepted``. On PostgreSQL the same
-   statement compares a duplicate's body with the stored one (one round trip either way); on
-   SQLite a second query does; other databases use a savepoint and the ``IntegrityError``.
-   A database failure is ``StorageUnavailable`` (503 ``unavailable``; the sender retries).
+7. store: one ``INSERT ... ON CONFLICT DO NOTHING RETURNING id``; the unique constraints alone
+   decide whether the event is new, so concurrent deliveries of one event store exactly one row
+   and only one of them is ``accepted``. Two constraints arbitrate: ``(endpoint, event_id)``,
+   and, for schemes whose id is not signed, the partial ``(endpoint, content_digest)``
+   (``Provider.content_digest``: the same signed content under another id is a replay). On
+   PostgreSQL the same statement compares the body of a duplicate of the same id with the
+   stored one (one round trip); a replay under another id, or a conflicting row committed while
+   the insert waited for it, takes one more query to tell which it is, as does every duplicate
+   on SQLite; other databases use a savepoint and the ``IntegrityError``. An event without a
+   digest (Stripe, Standard Webhooks) binds a typed NULL, so the statement and its prepared
+   plan are the same for every provider. A database failure is ``StorageUnavailable`` (503
+   ``unavailable``; the sender retries).
 
 A new event sends ``webhook_received`` and is enqueued with ``enqueue_on_commit`` (both after the
-insert commits); a known one sends ``webhook_duplicate`` and is not touched, even when its body
-differs (logged as a warning); every refusal sends ``webhook_rejected(endpoint, reason)``.
+insert commits); a known one sends ``webhook_duplicate`` (with ``replay_of``, the stored event's
+id, for a replay under another id) and is not touched, even when its body differs (logged as a
+warning, as is every replay); every refusal sends ``webhook_rejected(endpoint, reason)``.
 Nothing here logs a secret, a signature or a body.
 """
 
@@ -31,7 +38,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from django.db import (
     DataError,
@@ -43,8 +50,10 @@ from django.db import (
     transaction,
 )
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
-from .db import Jsonb, binds_on_server, fetch_one, timestamp_param
+from .conf import SECRET_VARIABLES
+from .db import Jsonb, binds_on_server, bytes_param, fetch_one, timestamp_param
 from .exceptions import (
     InvalidSignature,
     MalformedPayload,
@@ -84,13 +93,24 @@ INSERT_FIELDS = (
     "last_error",
     "received_at",
     "occurred_at",
+    "content_digest",
 )
 JSON_FIELDS = ("payload", "headers")
 DATETIME_FIELDS = ("received_at", "occurred_at")
+BYTES_FIELDS = ("content_digest",)
 
 
 class BodyStream(Protocol):
     def read(self, size: int = ..., /) -> bytes: ...
+
+
+class StoredConflict(NamedTuple):
+    """The stored event a duplicate conflicts with: the same id (``same_body`` says whether the
+    stored body is the same), or the same signed content under another id (a replay:
+    ``replay_of`` is the stored event's id)."""
+
+    same_body: bool | None
+    replay_of: str | None
 
 
 @dataclass(frozen=True)
@@ -110,6 +130,7 @@ def rejection_code(error: BaseException) -> str | None:
     return None
 
 
+@sensitive_variables(*SECRET_VARIABLES)
 def receive_webhook(
     endpoint: str,
     *,
@@ -123,6 +144,8 @@ def receive_webhook(
     ``MAX_BODY_BYTES + 1`` bytes; ``content_length`` is the declared size, if any. Raises a
     ``WebhookError`` with a code in ``REJECTION_CODES`` for every refusal (after sending
     ``webhook_rejected``), and ``WebhookConfigurationError`` if the endpoint is misconfigured.
+    Error reports with ``DEBUG`` off hide ``SECRET_VARIABLES`` in every frame below this one
+    (the providers', the SDKs').
     """
     try:
         provider = get_provider(endpoint)
@@ -132,7 +155,13 @@ def receive_webhook(
         body = read_body(stream, provider.max_body_bytes)
         provider.verify(body, headers)
         parsed = provider.parse(body, headers)
-        return store_event(provider, parsed, body, provider.stored_headers(headers))
+        return store_event(
+            provider,
+            parsed,
+            body,
+            provider.stored_headers(headers),
+            content_digest=provider.content_digest(body, headers),
+        )
     except WebhookError as error:
         code = rejection_code(error)
         if code is None:
@@ -161,9 +190,15 @@ def read_body(stream: BodyStream, limit: int) -> bytes:
 
 
 def store_event(
-    provider: Provider, parsed: ParsedEvent, body: bytes, headers: dict[str, str]
+    provider: Provider,
+    parsed: ParsedEvent,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    content_digest: bytes | None = None,
 ) -> Receipt:
-    """Insert the event unless ``(endpoint, event_id)`` exists; send signals and enqueue."""
+    """Insert the event unless ``(endpoint, event_id)`` exists or, when ``content_digest`` is
+    given, ``(endpoint, content_digest)`` does (a replay); send signals and enqueue."""
     event = WebhookEvent(
         endpoint=provider.endpoint,
         event_id=parsed.event_id,
@@ -174,12 +209,14 @@ def store_event(
         status=WebhookEvent.Status.RECEIVED,
         received_at=timezone.now(),
         occurred_at=parsed.occurred_at,
+        content_digest=content_digest,
     )
     alias = router.db_for_write(WebhookEvent)
+    replay_of = None
     try:
         inserted, same_body = insert_or_compare(event, alias)
         if not inserted:
-            _note_duplicate(event, alias, same_body=same_body)
+            replay_of = _note_duplicate(event, alias, same_body=same_body)
     except DataError as exc:
         # e.g. PostgreSQL refuses a NUL character or a lone surrogate inside the JSON payload.
         raise MalformedPayload("the event cannot be stored (invalid characters)") from exc
@@ -187,7 +224,13 @@ def store_event(
         raise StorageUnavailable(type(exc).__name__) from exc
 
     if not inserted:
-        send_logged(webhook_duplicate, None, endpoint=event.endpoint, event_id=event.event_id)
+        send_logged(
+            webhook_duplicate,
+            None,
+            endpoint=event.endpoint,
+            event_id=event.event_id,
+            replay_of=replay_of,
+        )
         return Receipt("duplicate", event.event_id)
 
     logger.debug(
@@ -201,18 +244,20 @@ def store_event(
 
 
 def insert_once(event: WebhookEvent, alias: str) -> bool:
-    """Insert ``event`` unless its ``(endpoint, event_id)`` is taken; True if inserted (and then
-    ``event.pk`` is set). Race-safe: the unique constraint decides, never a prior SELECT."""
+    """Insert ``event`` unless its ``(endpoint, event_id)`` (or its ``content_digest``) is taken;
+    True if inserted (and then ``event.pk`` is set). Race-safe: the unique constraints decide,
+    never a prior SELECT."""
     return insert_or_compare(event, alias)[0]
 
 
 def insert_or_compare(event: WebhookEvent, alias: str) -> tuple[bool, bool | None]:
-    """``insert_once``, plus, for a duplicate, whether the stored body equals this one when the
-    database can tell in the same statement (PostgreSQL): ``(inserted, same_body)``, with
-    ``same_body`` None when it was not compared."""
+    """``insert_once``, plus, for a duplicate of the same id, whether the stored body equals this
+    one when the database can tell in the same statement (PostgreSQL): ``(inserted,
+    same_body)``, with ``same_body`` None when it was not compared (then ``_note_duplicate``
+    tells a replay under another id from a duplicate of the same id)."""
     connection = connections[alias]
     if connection.vendor not in ("postgresql", "sqlite"):
-        return insert_once_with_savepoint(event, alias), None
+        return _insert_with_savepoint(event, alias)
     if not connection.in_atomic_block:
         return _insert_on_conflict(event, connection)
     # Inside a transaction (e.g. ATOMIC_REQUESTS): a savepoint keeps a DataError from
@@ -222,11 +267,12 @@ def insert_or_compare(event: WebhookEvent, alias: str) -> tuple[bool, bool | Non
 
 
 def _insert_on_conflict(event: WebhookEvent, connection: Any) -> tuple[bool, bool | None]:
-    """One ``INSERT ... ON CONFLICT DO NOTHING``. On PostgreSQL the same statement also compares
-    the stored body of a duplicate (a data-modifying CTE), so a duplicate costs one round trip.
-    A conflicting row committed while the insert waited for it is invisible to that comparison
-    (the statement's snapshot predates it): then no row comes back, and the event is a
-    duplicate whose body was not compared."""
+    """One ``INSERT ... ON CONFLICT DO NOTHING``, arbitrated by both unique constraints. On
+    PostgreSQL the same statement also compares the stored body of a duplicate of the same id
+    (a data-modifying CTE), so such a duplicate costs one round trip. A conflicting row
+    committed while the insert waited for it is invisible to that comparison (the statement's
+    snapshot predates it), and so is a conflict on the content digest alone (a replay under
+    another id: no row of this id): then no row comes back, and the body was not compared."""
     sql = _insert_sql(connection)
     if binds_on_server(connection):
         # The values as psycopg 3 takes them, without a trip through each field's
@@ -237,6 +283,8 @@ def _insert_on_conflict(event: WebhookEvent, connection: Any) -> tuple[bool, boo
                 params[name] = Jsonb(params[name])
         for name in DATETIME_FIELDS:
             params[name] = timestamp_param(connection, params[name])
+        for name in BYTES_FIELDS:
+            params[name] = bytes_param(connection, params[name])
     else:
         meta = WebhookEvent._meta
         values = [
@@ -262,7 +310,13 @@ _INSERT_SQL: dict[str, str] = {}
 
 def _insert_sql(connection: Any) -> str:
     """The insert (and, on PostgreSQL, compare) statement: named parameters on PostgreSQL, so
-    that a value used twice (body, endpoint, event id) is sent once; ``%s`` elsewhere."""
+    that a value used twice (body, endpoint, event id) is sent once; ``%s`` elsewhere.
+
+    ``ON CONFLICT DO NOTHING`` names no conflict target, so that both unique constraints
+    arbitrate (only one target can be named). An event without a digest is skipped by the
+    partial one on its predicate (no index entry, no lookup); with no target, PostgreSQL also
+    pre-checks the primary key's index. The duplicate's lookup stays the one through the unique
+    ``(endpoint, event_id)`` index."""
     sql = _INSERT_SQL.get(connection.vendor)
     if sql is not None:
         return sql
@@ -278,7 +332,7 @@ def _insert_sql(connection: Any) -> str:
     insert = (
         f"INSERT INTO {table} ({', '.join(quote(field.column) for field in fields)}) "  # noqa: S608
         f"VALUES ({', '.join(placeholders)}) "
-        f"ON CONFLICT ({endpoint}, {event_id}) DO NOTHING RETURNING {pk}"
+        f"ON CONFLICT DO NOTHING RETURNING {pk}"
     )
     if compare:
         sql = (
@@ -296,28 +350,44 @@ def _insert_sql(connection: Any) -> str:
 
 def insert_once_with_savepoint(event: WebhookEvent, alias: str) -> bool:
     """The portable form of ``insert_once`` for databases without ``ON CONFLICT``: insert in a
-    savepoint and treat the unique violation as "already stored"."""
+    savepoint and treat a unique violation as "already stored"."""
+    return _insert_with_savepoint(event, alias)[0]
+
+
+def _insert_with_savepoint(event: WebhookEvent, alias: str) -> tuple[bool, bool | None]:
     try:
         with transaction.atomic(using=alias):
             event.save(using=alias, force_insert=True)
     except IntegrityError:
-        exists = WebhookEvent.objects.using(alias).filter(
-            endpoint=event.endpoint, event_id=event.event_id
-        )
-        if not exists.exists():
-            raise
+        conflict = _stored_conflict(event, alias)
+        if conflict is None:
+            raise  # not one of our unique constraints
         event.pk = None
-        return False
-    return True
+        return False, conflict.same_body
+    return True, None
 
 
-def _note_duplicate(event: WebhookEvent, alias: str, *, same_body: bool | None = None) -> None:
-    """Log a duplicate; a warning if the stored body differs. Unless the insert already told
-    (``same_body``), the bodies are compared by the database (one indexed lookup; the stored
-    body is not sent back)."""
+def _note_duplicate(
+    event: WebhookEvent, alias: str, *, same_body: bool | None = None
+) -> str | None:
+    """Log a duplicate: a warning for a replay under another id and for another body under the
+    same id. Unless the insert already compared the bodies (``same_body``), the database tells
+    which it is (``_stored_conflict``: one indexed query, the stored body not sent back).
+    Returns the id of the stored event a replay repeats, else None."""
+    replay_of = None
     if same_body is None:
-        same_body = _stored_body_equals(event, alias)
-    if same_body is False:
+        conflict = _stored_conflict(event, alias)
+        if conflict is not None:
+            same_body, replay_of = conflict
+    if replay_of is not None:
+        logger.warning(
+            "webhooks: %s event %r is a replay of the stored event %r (the same signed content "
+            "under another id); not stored",
+            event.endpoint,
+            event.event_id,
+            replay_of,
+        )
+    elif same_body is False:
         logger.warning(
             "webhooks: %s event %s delivered again with a different body; the stored one is kept",
             event.endpoint,
@@ -325,24 +395,44 @@ def _note_duplicate(event: WebhookEvent, alias: str, *, same_body: bool | None =
         )
     else:
         logger.debug("webhooks: duplicate %s event %s", event.endpoint, event.event_id)
+    return replay_of
 
 
-def _stored_body_equals(event: WebhookEvent, alias: str) -> bool | None:
-    """Whether the stored event's body equals ``event.body`` (None if nothing is stored)."""
+def _stored_conflict(event: WebhookEvent, alias: str) -> StoredConflict | None:
+    """The stored event ``event`` conflicts with, in one indexed query (the stored body is not
+    sent back): the same id (with whether its body is the same), else the same content digest
+    (a replay: ``replay_of`` its id). None if neither is stored."""
     connection = connections[alias]
     meta = WebhookEvent._meta
     quote = connection.ops.quote_name
-    body = meta.get_field("body")
-    sql = (
-        f"SELECT {quote(body.column)} = %s FROM {quote(meta.db_table)} "  # noqa: S608
-        f"WHERE {quote(meta.get_field('endpoint').column)} = %s "
-        f"AND {quote(meta.get_field('event_id').column)} = %s"
+    table = quote(meta.db_table)
+    endpoint, event_id, body, digest = (
+        quote(meta.get_field(name).column)
+        for name in ("endpoint", "event_id", "body", "content_digest")
     )
-    params = [body.get_db_prep_save(event.body, connection), event.endpoint, event.event_id]
+    sql = (
+        f"SELECT 0, NULL, {body} = %s FROM {table} "  # noqa: S608
+        f"WHERE {endpoint} = %s AND {event_id} = %s "
+        f"UNION ALL SELECT 1, {event_id}, NULL FROM {table} "
+        f"WHERE {endpoint} = %s AND {digest} = %s "
+        "ORDER BY 1 LIMIT 1"
+    )
+    prepare = meta.get_field("body").get_db_prep_save
+    params = [
+        prepare(event.body, connection),
+        event.endpoint,
+        event.event_id,
+        event.endpoint,
+        prepare(event.content_digest, connection),
+    ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
-    return None if row is None else bool(row[0])
+    if row is None:
+        return None
+    if row[0] == 0:
+        return StoredConflict(same_body=bool(row[2]), replay_of=None)
+    return StoredConflict(same_body=None, replay_of=row[1])
 
 
 def _send_received(event: WebhookEvent) -> None:

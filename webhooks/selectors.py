@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
+from .exceptions import UnknownEndpoint
 from .models import WebhookEvent
-from .providers.base import utc_datetime
+from .providers import get_provider
+from .providers.base import COMMON_STORED_HEADERS, utc_datetime
 from .registry import is_glob, pattern_regex
+
+#: The permission that shows an event's stored signature header (the admin's and the API's).
+SEE_SIGNATURES = "webhooks.change_webhookevent"
 
 
 def type_pattern_q(pattern: str) -> Q:
@@ -125,3 +132,31 @@ def stored_payload_text(pk: int) -> str | None:
         .values_list(Cast("payload", TextField()), flat=True)
         .first()
     )
+
+
+def visible_headers(event: WebhookEvent, user: Any) -> dict[str, Any]:
+    """The stored headers of ``event`` that ``user`` may see: all of them with the change
+    permission on ``WebhookEvent`` (``SEE_SIGNATURES``), else ``headers_without_signature``."""
+    if user is not None and user.has_perm(SEE_SIGNATURES):
+        return dict(event.headers or {})
+    return headers_without_signature(event)
+
+
+def headers_without_signature(event: WebhookEvent) -> dict[str, Any]:
+    """The stored headers of ``event`` without its signature, for users who may only view
+    events: a stored body with its signature is all it takes to send the event again.
+
+    Shown: the headers the endpoint's provider keeps, but its ``signature_header``; when the
+    provider cannot be built (the endpoint removed or misconfigured), only the ones known to be
+    harmless (``Content-Type``, ``User-Agent``).
+    """
+    try:
+        provider = get_provider(event.endpoint)
+    except (UnknownEndpoint, ImproperlyConfigured):
+        shown: Iterable[str] = COMMON_STORED_HEADERS
+    else:
+        signature = provider.signature_header.lower()
+        shown = [name for name in provider.stored_header_names() if name.lower() != signature]
+    allowed = {name.lower() for name in shown}
+    headers = event.headers if isinstance(event.headers, dict) else {}
+    return {name: value for name, value in headers.items() if name.lower() in allowed}

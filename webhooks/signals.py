@@ -9,7 +9,10 @@ Operational (used by metrics; sender is ``None``):
 - ``webhook_rejected(endpoint, reason)``: a request was refused; ``reason`` is the error code of
   the response (``invalid_signature``, ``malformed_payload``, ``payload_too_large``,
   ``unknown_endpoint``, ``unavailable``).
-- ``webhook_duplicate(endpoint, event_id)``: a delivery of an already stored event.
+- ``webhook_duplicate(endpoint, event_id, replay_of)``: a delivery of an already stored event.
+  ``event_id`` is the id the delivery gave. ``replay_of`` is None for a delivery of a stored id;
+  for a replay, the same signed content as a stored event under another id (schemes whose id is
+  not signed: GitHub, ``hmac`` with an id from a header), it is the stored event's id.
 - ``webhook_ignored(event)`` (sender ``WebhookEvent``): an event ended ``ignored``.
 """
 

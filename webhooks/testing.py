@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.urls import reverse
+from django.views.decorators.debug import sensitive_variables
 
+from .conf import SECRET_VARIABLES
 from .exceptions import MalformedPayload
 from .providers import Sample, get_provider
 
@@ -53,6 +55,7 @@ def sample_event(endpoint_name: str, event_type: str | None = None, **kwargs: An
     return get_provider(endpoint_name).sample(event_type, **kwargs)
 
 
+@sensitive_variables(*SECRET_VARIABLES)
 def sign_request(
     endpoint_name: str,
     body: bytes | str,

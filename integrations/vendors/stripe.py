@@ -37,9 +37,10 @@ from typing import Any, TypeVar
 import httpx
 import stripe
 from django.core.exceptions import ImproperlyConfigured
+from django.views.decorators.debug import sensitive_variables
 
 from ..client import _httpx_timeout, parse_retry_after
-from ..conf import service_settings
+from ..conf import SECRET_VARIABLES, SecretStr, service_settings
 from ..exceptions import (
     ClientRequestError,
     IntegrationError,
@@ -241,6 +242,7 @@ def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
     return next((v for k, v in (headers or {}).items() if k.lower() == name), None)
 
 
+@sensitive_variables(*SECRET_VARIABLES)
 def map_stripe_error(
     exc: stripe.StripeError, *, operation: str, api_key: str | None = None
 ) -> IntegrationError:
@@ -284,6 +286,20 @@ def _map(exc: stripe.StripeError, *, operation: str, api_key: str | None) -> Int
     if status is not None and status < 500:
         return ClientRequestError(SERVICE, operation, reason, status_code=status, **kwargs)
     return IntegrationUnavailable(SERVICE, operation, reason, status_code=status, **kwargs)
+
+
+def _without_frames(exc: BaseException) -> BaseException:
+    """``exc`` and the exceptions it came from, without their tracebacks. The SDK's and httpx's
+    frames hold the request's headers, ``Authorization: Bearer <API key>`` among them, and
+    error reporters (Django's technical 500 page, Sentry) show frames' variables; the types
+    and messages of the chain are kept (our error's message is redacted, ``_reason``)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+    return exc
 
 
 # --- the SDK's HTTP client ----------------------------------------------------------------------
@@ -346,7 +362,7 @@ class StripeService:
         retry: RetryPolicy | Mapping[str, Any] | None = None,
         breaker: BreakerPolicy | Mapping[str, Any] | None = None,
     ) -> None:
-        self._api_key = api_key
+        self._api_key = SecretStr(api_key) if api_key is not None else None
         self._base_url = base_url
         self._timeout = timeout
         self._retry = retry
@@ -434,6 +450,7 @@ class StripeService:
 
     # --- machinery ---------------------------------------------------------------------------
 
+    @sensitive_variables(*SECRET_VARIABLES)
     def _call(
         self,
         operation: str,
@@ -463,7 +480,8 @@ class StripeService:
                 with AttemptBounds(info.remaining, max_bytes):
                     obj = request(client, dict(options))
             except stripe.StripeError as exc:
-                raise map_stripe_error(exc, operation=operation, api_key=api_key) from exc
+                error = map_stripe_error(exc, operation=operation, api_key=api_key)
+                raise error from _without_frames(exc)
             try:
                 return build(obj.to_dict())
             except _Deleted as exc:
@@ -477,6 +495,7 @@ class StripeService:
             attempt, service=SERVICE, operation=operation, retry=retry, breaker=breaker
         )
 
+    @sensitive_variables(*SECRET_VARIABLES)
     def _sdk_client(self, settings: Mapping[str, Any]) -> tuple[stripe.StripeClient, str]:
         api_key = self._api_key or settings.get("API_KEY")
         if not api_key:

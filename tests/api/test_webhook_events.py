@@ -182,6 +182,40 @@ def test_detail_never_shows_a_signing_secret(api, settings):
             assert secret not in text
 
 
+def test_signature_headers_only_for_users_who_may_change_events():
+    from tests.api.conftest import client_for, make_user
+
+    stripe = WebhookEventFactory(
+        headers={"Stripe-Signature": "t=1,v1=stripesig0123", "Content-Type": "application/json"}
+    )
+    github = WebhookEventFactory(
+        endpoint="github",
+        headers={"X-Hub-Signature-256": "sha256=githubsig", "X-GitHub-Delivery": "delivery-89ab"},
+    )
+    retired = WebhookEventFactory(
+        endpoint="retired",
+        headers={"X-Retired-Sig": "retiredsig", "X-Retired-Id": "r-1", "User-Agent": "Retired/2"},
+    )
+    viewer = client_for(make_user("viewer", staff=True, perms=("webhooks.view_webhookevent",)))
+    operator = client_for(make_user("operator", staff=True, perms=(
+        "webhooks.view_webhookevent", "webhooks.change_webhookevent")))  # fmt: skip
+
+    def headers(client, event):
+        response = client.get(detail(event.pk))
+        assert response.status_code == 200
+        return response.json()["headers"]
+
+    assert headers(viewer, stripe) == {"Content-Type": "application/json"}
+    assert headers(viewer, github) == {"X-GitHub-Delivery": "delivery-89ab"}
+    assert headers(viewer, retired) == {"User-Agent": "Retired/2"}  # the provider is unknown
+    for event in (stripe, github, retired):
+        assert headers(operator, event) == event.headers
+    # The list never carries headers; the replay answer (change permission) carries them all.
+    assert all("headers" not in row for row in viewer.get(LIST).json()["results"])
+    replayed = operator.post(detail(github.pk) + "replay/")
+    assert replayed.json()["headers"] == github.headers
+
+
 @pytest.mark.parametrize("path", ["999999999/", "abc/", "-1/"])
 def test_detail_of_an_unknown_event_is_404(api, path):
     assert api.get(LIST + path).status_code == 404

@@ -201,3 +201,59 @@ def test_a_huge_payload_is_cut_and_the_page_stays_small(client, admin_client):
     assert len(response.content) < 200_000
     # The headers are small and shown whole.
     assert "Stripe-Signature" in content
+
+
+# -- signature headers: only for users who may change events -------------------------------
+
+
+@pytest.fixture
+def signed_events(db):
+    """Events whose stored signatures could be re-sent with their bodies, one per case: a
+    configured endpoint's signature header, and an endpoint no longer configured."""
+    return {
+        "stripe": WebhookEventFactory(headers={
+            "Stripe-Signature": "t=1,v1=stripesig0123", "Content-Type": "application/json",
+            "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)"}),
+        "github": WebhookEventFactory(endpoint="github", event_type="push", headers={
+            "X-Hub-Signature-256": "sha256=githubsig4567", "X-GitHub-Delivery": "delivery-89ab",
+            "X-GitHub-Event": "push", "User-Agent": "GitHub-Hookshot/abc"}),
+        "retired": WebhookEventFactory(endpoint="retired", event_type="x", headers={
+            "X-Retired-Sig": "retiredsigcdef", "X-Retired-Id": "retired-id-77",
+            "Content-Type": "application/json", "User-Agent": "Retired/2.0"}),
+    }  # fmt: skip
+
+
+def staff_with(django_user_model, *codenames: str):
+    user = django_user_model.objects.create_user("-".join(codenames), password="pw", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    return user
+
+
+def change_page_text(client, event) -> str:
+    response = client.get(reverse("admin:webhooks_webhookevent_change", args=[event.pk]))
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_a_view_only_user_does_not_see_signature_headers(client, django_user_model, signed_events):
+    client.force_login(staff_with(django_user_model, "view_webhookevent"))
+    stripe = change_page_text(client, signed_events["stripe"])
+    assert "stripesig0123" not in stripe and "Stripe-Signature" not in stripe
+    assert "Stripe/1.0" in stripe and "application/json" in stripe
+    github = change_page_text(client, signed_events["github"])
+    assert "githubsig4567" not in github and "X-Hub-Signature-256" not in github
+    assert "delivery-89ab" in github and "GitHub-Hookshot/abc" in github
+    # The endpoint's provider cannot be built: only headers known to be harmless are shown.
+    retired = change_page_text(client, signed_events["retired"])
+    assert "retiredsigcdef" not in retired and "retired-id-77" not in retired
+    assert "Retired/2.0" in retired and "application/json" in retired
+
+
+def test_a_user_who_may_change_events_sees_every_stored_header(
+    client, django_user_model, signed_events
+):
+    client.force_login(staff_with(django_user_model, "view_webhookevent", "change_webhookevent"))
+    assert "stripesig0123" in change_page_text(client, signed_events["stripe"])
+    assert "githubsig4567" in change_page_text(client, signed_events["github"])
+    retired = change_page_text(client, signed_events["retired"])
+    assert "retiredsigcdef" in retired and "retired-id-77" in retired

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
-from django.core.checks import Error
+from django.core.checks import WARNING, Error
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
 from sandbox_project import settings as sandbox_settings
-from webhooks.checks import check_webhook_endpoints
+from webhooks.checks import check_webhook_endpoints, check_webhook_signed_content
 from webhooks.exceptions import UnknownEndpoint, WebhookConfigurationError
 from webhooks.providers import get_provider
 from webhooks.providers.standard import StandardWebhooksProvider
@@ -333,3 +333,70 @@ def test_same_rules_at_call_time(settings):
     from django.core.exceptions import ImproperlyConfigured
 
     assert issubclass(WebhookConfigurationError, ImproperlyConfigured)
+
+
+# -- W002: what an hmac endpoint relies on is outside what is signed ---------------------------
+
+
+def warnings_for(settings, **options):
+    settings.WEBHOOKS = {"ENDPOINTS": {"partner": {**HMAC, **options}}}
+    return check_webhook_signed_content()
+
+
+def test_w002_event_id_from_a_header_with_only_the_body_signed(settings):
+    warning = only(warnings_for(settings, EVENT_ID="header:X-Event-Id"))
+    assert (warning.id, warning.level) == ("webhooks.W002", WARNING)
+    assert warning.msg.startswith('WEBHOOKS["ENDPOINTS"]["partner"]["EVENT_ID"]: ')
+    assert "not signed" in warning.msg
+    assert "under a new id" in warning.msg and "RETENTION_DAYS" in warning.msg
+    assert '"json:' in warning.hint and '"{timestamp}.{body}"' in warning.hint
+
+
+def test_w002_timestamp_header_outside_the_signed_payload(settings):
+    warning = only(warnings_for(settings, TIMESTAMP_HEADER="X-Timestamp", SIGNED_PAYLOAD="{body}"))
+    assert warning.id == "webhooks.W002"
+    assert warning.msg.startswith('WEBHOOKS["ENDPOINTS"]["partner"]["SIGNED_PAYLOAD"]: ')
+    assert "TOLERANCE" in warning.msg and "fresh timestamp" in warning.msg
+    assert '"{timestamp}.{body}"' in warning.hint
+
+
+def test_w002_both_at_once(settings):
+    warnings = warnings_for(
+        settings,
+        EVENT_ID="header:X-Event-Id",
+        TIMESTAMP_HEADER="X-Timestamp",
+        SIGNED_PAYLOAD="{body}",
+    )
+    assert [w.id for w in warnings] == ["webhooks.W002", "webhooks.W002"]
+    assert [w.msg.split(": ", 1)[0].rsplit("[", 1)[1] for w in warnings] == [
+        '"EVENT_ID"]',
+        '"SIGNED_PAYLOAD"]',
+    ]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},  # id in the signed body, no timestamp
+        {"TIMESTAMP_HEADER": "X-Timestamp"},  # the timestamp is signed by default
+        {"TIMESTAMP_HEADER": "X-Timestamp", "SIGNED_PAYLOAD": "{timestamp}.{body}"},
+        # An id from a header with a signed timestamp: a resend under a new id within
+        # TOLERANCE is a replay of the same signed content; later, a stale timestamp.
+        {"EVENT_ID": "header:X-Event-Id", "TIMESTAMP_HEADER": "X-Timestamp"},
+        {"EVENT_TYPE": "header:X-Event-Type"},  # a type alone is no way to a second event
+    ],
+)
+def test_w002_not_for_safe_configurations(settings, options):
+    assert warnings_for(settings, **options) == []
+
+
+def test_w002_not_for_the_built_in_schemes_nor_a_broken_endpoint(settings):
+    assert check_webhook_signed_content() == []  # the test settings: stripe, github, acme...
+    # A misconfigured endpoint gets its E0xx error, not a warning about a setting it lacks.
+    assert warnings_for(settings, EVENT_ID="header:X-Event-Id", HEADER=None) == []
+
+
+def test_w002_with_manage_py_check(settings, capsys):
+    settings.WEBHOOKS = {"ENDPOINTS": {"partner": {**HMAC, "EVENT_ID": "header:X-Id"}}}
+    call_command("check")
+    assert "webhooks.W002" in capsys.readouterr().err

@@ -2,14 +2,18 @@
 
 The unique constraint on ``(endpoint, event_id)`` decides, inside PostgreSQL: no
 check-then-insert race, no IntegrityError surfacing, no deadlock (dj-stripe issues 409, 1239,
-1267; laravel-webhook-client's check-then-insert).
+1267; laravel-webhook-client's check-then-insert). For schemes whose id is not signed, the same
+signed content under different ids is one event too: the partial unique constraint on
+``(endpoint, content_digest)`` decides.
 """
 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -69,6 +73,62 @@ def test_threads_delivering_one_event_at_once(endpoint):
     assert sorted(received.events) == sorted(stored)  # one webhook_received per stored event
     assert len(stored) == 3
     assert len(duplicates.events) == 3 * (DELIVERIES - 1)
+
+
+HEADER_ID_PARTNER = {
+    "PROVIDER": "hmac",
+    "SECRETS": ["test-partner-secret"],
+    "HEADER": "X-Partner-Signature",
+    "EVENT_ID": "header:X-Partner-Event-Id",
+    "EVENT_TYPE": "json:type",
+}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "id_header"),
+    [("github", "X-GitHub-Delivery"), ("partner-header-id", "X-Partner-Event-Id")],
+)
+def test_threads_delivering_one_signed_content_under_many_ids_at_once(
+    settings, endpoint, id_header
+):
+    settings.WEBHOOKS = {
+        **settings.WEBHOOKS,
+        "ENDPOINTS": {**settings.WEBHOOKS["ENDPOINTS"], "partner-header-id": HEADER_ID_PARTNER},
+    }
+    duplicates: list[dict] = []
+    lock = threading.Lock()
+
+    def on_duplicate(sender, **kwargs):
+        with lock:
+            duplicates.append(kwargs)
+
+    webhook_duplicate.connect(on_duplicate, weak=False)
+    try:
+        for _round in range(3):
+            request = build_request(endpoint, {"type": "order.created", "n": _round})
+            barrier = threading.Barrier(DELIVERIES)
+
+            def deliver(_, request=request, barrier=barrier):
+                client = Client()
+                headers = {**request.headers, id_header: str(uuid.uuid4())}
+                barrier.wait()
+                try:
+                    response = send_request(client, replace(request, headers=headers))
+                    return response.status_code, response.json().get("status")
+                finally:
+                    connection.close()
+
+            with ThreadPoolExecutor(DELIVERIES) as pool:
+                answers = Counter(pool.map(deliver, range(DELIVERIES)))
+
+            assert answers == {(200, "accepted"): 1, (200, "duplicate"): DELIVERIES - 1}
+            stored = WebhookEvent.objects.get(endpoint=endpoint, body=request.body)
+            replays = [d for d in duplicates if d["replay_of"] == stored.event_id]
+            assert len(replays) == DELIVERIES - 1
+    finally:
+        webhook_duplicate.disconnect(on_duplicate)
+    assert WebhookEvent.objects.count() == 3
+    assert len(duplicates) == 3 * (DELIVERIES - 1)
 
 
 @pytest.mark.multiprocess

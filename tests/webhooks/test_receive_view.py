@@ -59,7 +59,9 @@ def test_verified_known_event_is_a_duplicate(client, signals):  # noqa: F811
     assert response.status_code == 200
     assert response.json() == {"status": "duplicate", "event_id": request.event_id}
     assert WebhookEvent.objects.count() == 1
-    assert signals.of(webhook_duplicate) == [{"endpoint": "github", "event_id": request.event_id}]
+    assert signals.of(webhook_duplicate) == [
+        {"endpoint": "github", "event_id": request.event_id, "replay_of": None}
+    ]
 
 
 def test_known_id_with_another_body_is_a_duplicate_kept_as_stored(client, caplog):
@@ -304,6 +306,15 @@ def test_portable_savepoint_insert_decides_by_the_constraint_too():
     assert insert_once_with_savepoint(again, "default") is False
     assert again.pk is None
     assert WebhookEvent.objects.filter(event_id="evt_sp").count() == 1
+
+
+def test_portable_savepoint_insert_decides_replays_by_the_digest_constraint():
+    first, replay = _event("evt_sp1"), _event("evt_sp2")
+    first.content_digest = replay.content_digest = bytes(range(32))
+    assert insert_once_with_savepoint(first, "default") is True
+    assert insert_once_with_savepoint(replay, "default") is False
+    assert replay.pk is None
+    assert list(WebhookEvent.objects.values_list("event_id", flat=True)) == ["evt_sp1"]
 
 
 def test_malformed_payload_maps_from_data_error():

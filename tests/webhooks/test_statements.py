@@ -9,9 +9,11 @@ test client's requests use. Tests that need a session of their own close that co
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -30,6 +32,7 @@ from webhooks.testing import build_request, send_request
 
 RECEIVE_PREFIX = 'WITH inserted AS (INSERT INTO "webhooks_webhookevent"'
 UNIQUE_INDEX = "webhooks_event_endpoint_event_id_uniq"
+DIGEST_INDEX = "webhooks_event_endpoint_digest_uniq"
 DROPPED_INDEX = "webhooks_ev_endpoint_st_idx"
 
 
@@ -160,6 +163,22 @@ def test_events_with_and_without_a_timestamp_share_the_statement(client):
     assert [executions for _, executions in receive_statements()] == [3]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_events_with_and_without_a_content_digest_share_the_statement(client):
+    """A NULL digest (Stripe, Standard Webhooks, hmac with a signed id) is bound as ``bytea``,
+    as a digest is: one prepared statement for every provider, replays included."""
+    fresh_session()
+    github = build_request("github")
+    replayed = replace(github, headers={**github.headers, "X-GitHub-Delivery": "replayed-1"})
+    requests = [build_request("stripe"), github, replayed, build_request("partner")]
+    statuses = [deliver(client, request) for request in requests]
+    assert statuses == ["accepted", "accepted", "duplicate", "accepted"]
+    digests = dict(WebhookEvent.objects.values_list("endpoint", "content_digest"))
+    assert digests["stripe"] is None and digests["partner"] is None
+    assert bytes(digests["github"]) == hashlib.sha256(github.body).digest()
+    assert [executions for _, executions in receive_statements()] == [4]
+
+
 # -- results are the same with and without preparing ------------------------------------------
 
 
@@ -216,7 +235,7 @@ def generic_plan_of_a_duplicate() -> list[dict[str, Any]]:
     """EXPLAIN EXECUTE of the receive statement, prepared by SQL, under force_generic_plan."""
     sql, names = numbered(_insert_sql(connection))
     assert "%(" not in sql
-    assert len(names) == 11  # the inserted fields; body, endpoint and event_id reused
+    assert len(names) == 12  # the inserted fields; body, endpoint and event_id reused
     values = {
         "endpoint": "stripe",
         "event_id": "evt_generic",
@@ -229,6 +248,7 @@ def generic_plan_of_a_duplicate() -> list[dict[str, Any]]:
         "last_error": "",
         "received_at": timezone.now(),
         "occurred_at": None,
+        "content_digest": None,  # a Stripe event: the id is signed
     }
     placeholders = ", ".join(["%s"] * len(names))
     with connection.cursor() as cursor:
@@ -262,7 +282,10 @@ def test_the_generic_plan_looks_a_duplicate_up_through_the_unique_index():
     assert "$" in condition  # a generic plan: the parameters are not folded in
     assert "Filter" not in lookup
     [insert] = [n for n in on_table if n["Node Type"] == "ModifyTable"]
-    assert insert["Conflict Arbiter Indexes"] == [UNIQUE_INDEX]
+    # No conflict target: every unique index arbitrates, (endpoint, event_id) and the partial
+    # (endpoint, content_digest), which has no entry for an event without a digest.
+    assert insert["Conflict Resolution"] == "NOTHING"
+    assert "Conflict Arbiter Indexes" not in insert
     # Nothing leaked from the probe.
     assert [text for text, _ in prepared_statements() if "tether_generic_probe" in text] == []
     with connection.cursor() as cursor:
@@ -289,7 +312,18 @@ def test_the_endpoint_status_index_is_gone():
         cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'webhooks_webhookevent'")
         indexes = {name for (name,) in cursor.fetchall()}
     assert DROPPED_INDEX not in indexes
-    assert {UNIQUE_INDEX, "webhooks_ev_status_recv_idx"} <= indexes
+    assert {UNIQUE_INDEX, DIGEST_INDEX, "webhooks_ev_status_recv_idx"} <= indexes
+
+
+@pytest.mark.django_db
+def test_the_digest_index_is_unique_and_partial():
+    """Events without a digest, the hot path's, add no entry to it."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", [DIGEST_INDEX])
+        [(definition,)] = cursor.fetchall()
+    assert definition.startswith("CREATE UNIQUE INDEX")
+    assert "(endpoint, content_digest)" in definition
+    assert definition.endswith("WHERE (content_digest IS NOT NULL)")
 
 
 # -- psycopg's prepare_threshold ----------------------------------------------------------------

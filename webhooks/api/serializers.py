@@ -1,7 +1,9 @@
 """Serializers of the webhook events API: what an operator needs, never a secret.
 
 Signature secrets are not stored on events at all; the stored headers are the provider's
-allow-list (ids, type, timestamp, signature, ``Content-Type``, ``User-Agent``).
+allow-list (ids, type, timestamp, signature, ``Content-Type``, ``User-Agent``), and the
+signature among them is shown only to users with the change permission
+(``selectors.visible_headers``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ..models import WebhookEvent
+from ..selectors import visible_headers
 from .fields import DateOrDateTimeField, OneOrManyStringsField
 
 
@@ -42,9 +45,11 @@ class WebhookEventDetailSerializer(WebhookEventSerializer):
     """One event in full: payload, stored headers, last error and the exact body received.
 
     ``body`` is the raw body as text when it is UTF-8 (``body_encoding`` ``"utf-8"``), else
-    base64 (``"base64"``), so that an operator can re-verify a signature.
+    base64 (``"base64"``), so that an operator can re-verify a signature. ``headers`` are the
+    stored ones the requesting user may see: without the change permission, not the signature.
     """
 
+    headers = serializers.SerializerMethodField()
     body = serializers.SerializerMethodField()
     body_encoding = serializers.SerializerMethodField()
 
@@ -64,6 +69,11 @@ class WebhookEventDetailSerializer(WebhookEventSerializer):
             return raw.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
             return base64.b64encode(raw).decode("ascii"), "base64"
+
+    @extend_schema_field(serializers.DictField(child=serializers.CharField()))
+    def get_headers(self, event: WebhookEvent) -> dict[str, Any]:
+        request = self.context.get("request")
+        return visible_headers(event, getattr(request, "user", None))
 
     @extend_schema_field(serializers.CharField())
     def get_body(self, event: WebhookEvent) -> str:

@@ -13,8 +13,9 @@ from typing import Any
 
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
+from django.views.decorators.debug import sensitive_variables
 
-from ..conf import webhooks_settings
+from ..conf import SECRET_VARIABLES, webhooks_settings
 from ..exceptions import UnknownEndpoint, WebhookConfigurationError
 from .base import ConfigProblem, ParsedEvent, Provider, Sample, endpoint_key
 
@@ -40,6 +41,7 @@ _cache: dict[str, Provider] = {}
 _lock = threading.Lock()
 
 
+@sensitive_variables(*SECRET_VARIABLES)
 def endpoint_config(endpoint: str) -> Mapping[str, Any]:
     """The settings dict of an endpoint; ``UnknownEndpoint`` if there is none."""
     endpoints = webhooks_settings["ENDPOINTS"]
@@ -53,6 +55,7 @@ def endpoint_config(endpoint: str) -> Mapping[str, Any]:
     return config
 
 
+@sensitive_variables(*SECRET_VARIABLES)
 def provider_class(endpoint: str, config: Mapping[str, Any]) -> type[Provider]:
     """The class named by the endpoint's ``PROVIDER``; ``WebhookConfigurationError`` (naming the
     key) if it is missing, unknown, not importable or not a ``Provider`` subclass."""
@@ -78,6 +81,7 @@ def provider_class(endpoint: str, config: Mapping[str, Any]) -> type[Provider]:
     return cls
 
 
+@sensitive_variables(*SECRET_VARIABLES)
 def get_provider(endpoint: str) -> Provider:
     """The provider of an endpoint, built from its settings.
 

@@ -3,8 +3,9 @@
 A provider knows one vendor's scheme and nothing else: it checks a request's headers before the
 body is read (``check_headers``), verifies the signature over the exact body bytes with any of
 the endpoint's secrets (``verify``), extracts the event (``parse``), says which headers are worth
-keeping (``stored_headers``) and, for tests and ``send_test_webhook``, does the vendor's side:
-``sign`` a body and build a ``sample`` event. The receive path (``webhooks.receiving``) calls
+keeping (``stored_headers``), digests what the signature covers when the event id is outside it
+(``content_digest``) and, for tests and ``send_test_webhook``, does the vendor's side: ``sign`` a
+body and build a ``sample`` event. The receive path (``webhooks.receiving``) calls
 these in a fixed order and knows no vendor.
 
 Providers raise ``InvalidSignature`` (answered 400 ``invalid_signature``, nothing stored) and
@@ -14,6 +15,7 @@ secret or an expected signature.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import math
@@ -25,8 +27,9 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any, ClassVar
 
 from django.utils.datastructures import CaseInsensitiveMapping
+from django.views.decorators.debug import sensitive_variables
 
-from ..conf import webhooks_settings
+from ..conf import SECRET_VARIABLES, SecretStr, webhooks_settings
 from ..exceptions import InvalidSignature, MalformedPayload, WebhookConfigurationError
 
 #: Headers every provider keeps besides its own scheme's.
@@ -71,8 +74,9 @@ class Sample:
 class ConfigProblem:
     """One thing wrong with an endpoint's settings.
 
-    ``webhooks.checks`` turns it into a ``checks.Error`` with id ``webhooks.<code>``;
-    ``get_provider`` raises it as a ``WebhookConfigurationError``. ``key`` is the exact setting,
+    ``webhooks.checks`` turns it into a ``checks.Error`` with id ``webhooks.<code>`` (a
+    ``checks.Warning`` for a ``W`` code, from ``Provider.config_warnings``); ``get_provider``
+    raises an error's as a ``WebhookConfigurationError``. ``key`` is the exact setting,
     e.g. ``WEBHOOKS["ENDPOINTS"]["stripe"]["SECRETS"]``. Never includes a secret's value.
     """
 
@@ -144,15 +148,6 @@ def limit_problem(
     )
 
 
-class SecretStr(str):
-    """A secret whose ``repr`` never shows it (tracebacks, debug pages, ``repr`` of objects)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "'<secret>'"
-
-
 @dataclass(repr=False)
 class Provider:
     """Base class of providers. Subclass it, set ``name`` and the header names, implement
@@ -178,6 +173,7 @@ class Provider:
     #: Options the provider reads besides SECRETS, TOLERANCE and MAX_BODY_BYTES.
     options: ClassVar[tuple[str, ...]] = ()
 
+    @sensitive_variables(*SECRET_VARIABLES)
     def __post_init__(self) -> None:
         problems = self.config_problems(self.endpoint, self.config)
         if problems:
@@ -194,6 +190,7 @@ class Provider:
     # -- configuration ----------------------------------------------------------------------
 
     @classmethod
+    @sensitive_variables(*SECRET_VARIABLES)
     def config_problems(cls, endpoint: str, config: Mapping[str, Any]) -> list[ConfigProblem]:
         """Everything wrong with the endpoint's settings (empty when usable).
 
@@ -251,6 +248,12 @@ class Provider:
     @classmethod
     def secret_problems(cls, endpoint: str, key: str, secret: str) -> list[ConfigProblem]:
         """Problems with one non-empty secret's format (never quoting the secret)."""
+        return []
+
+    @classmethod
+    def config_warnings(cls, endpoint: str, config: Mapping[str, Any]) -> list[ConfigProblem]:
+        """Usable settings that leave something the scheme relies on unsigned (``webhooks.W0xx``
+        warnings of ``manage.py check``; never raised). Only asked of a usable configuration."""
         return []
 
     @classmethod
@@ -320,6 +323,19 @@ class Provider:
         """Extract the event from a verified request; ``MalformedPayload`` if unusable."""
         raise NotImplementedError
 
+    def content_digest(self, body: bytes, headers: Mapping[str, str]) -> bytes | None:
+        """For a scheme whose event id is outside what the signature covers (GitHub's
+        ``X-GitHub-Delivery``), a digest of exactly what it covers (``signed_content_digest``);
+        None (the default) when the id is signed.
+
+        Anyone who has seen a delivery can send its signed content again under a new id; the
+        receive insert refuses a second event with the same digest on the endpoint, so such a
+        resend is answered ``duplicate`` (a replay) while the original is stored. A scheme
+        whose id is signed needs none: another id breaks the signature, and the same id is a
+        duplicate already.
+        """
+        return None
+
     # -- the vendor's side, for tests and send_test_webhook -------------------------------------
 
     def sign(
@@ -339,7 +355,7 @@ class Provider:
         raise NotImplementedError
 
     def _signing_secret(self, secret: str | None) -> str:
-        return self.secrets[0] if secret is None else secret
+        return self.secrets[0] if secret is None else SecretStr(secret)
 
 
 # -- shared building blocks -----------------------------------------------------------------
@@ -497,6 +513,16 @@ def datetime_from_unix(value: Any) -> datetime | None:
         return None
 
 
+def signed_content_digest(*parts: bytes) -> bytes:
+    """SHA-256 of the signed content, given as the parts the scheme concatenates and signs
+    (``Provider.content_digest``); 32 bytes, the size of ``WebhookEvent.content_digest``."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.digest()
+
+
+@sensitive_variables(*SECRET_VARIABLES)
 def any_secret(secrets: Sequence[str], matches: Any) -> bool:
     """True if ``matches(secret)`` holds for any secret; every secret is tried (no early exit),
     so timing does not tell which one matched."""

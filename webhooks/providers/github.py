@@ -3,7 +3,10 @@
 Only the SHA-256 header is accepted; the legacy ``X-Hub-Signature`` (SHA-1) is ignored, so a
 request carrying only that one is refused. The key is the secret's UTF-8 bytes. GitHub's scheme
 has no timestamp, so there is no tolerance: a replayed delivery is recognised by its id instead
-(answered ``duplicate``).
+(answered ``duplicate``). Neither ``X-GitHub-Delivery`` nor ``X-GitHub-Event`` is signed, so a
+body and its signature sent again under a new delivery id (or event name) are recognised by the
+body instead (``content_digest``: the same signed bytes are a replay, answered ``duplicate``).
+GitHub's own redeliveries keep their ``X-GitHub-Delivery``.
 
 Extracted: id ``X-GitHub-Delivery``, type ``X-GitHub-Event`` plus ``.<action>`` when the payload
 has an ``action`` (``pull_request.opened``), no occurred time. The body is JSON, or
@@ -16,8 +19,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import secrets as _secrets
 import uuid
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from ..exceptions import InvalidSignature, MalformedPayload
@@ -32,9 +37,20 @@ from .base import (
     header_bytes,
     load_json_object,
     require_identifier,
+    signed_content_digest,
 )
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+
+#: Where each sample names what it is about (the hook pinged, the tag deleted, the pull request,
+#: the issue). ``sample`` gives it a fresh value, so that two samples are two events, as two real
+#: deliveries are: the same signed body twice is one event (``content_digest``).
+SAMPLE_SUBJECTS: dict[str, tuple[str, ...]] = {
+    "ping": ("hook_id", "hook.id"),
+    "push": ("ref",),
+    "pull_request": ("pull_request.id",),
+    "issues": ("issue.id",),
+}
 
 
 class GitHubProvider(Provider):
@@ -59,6 +75,9 @@ class GitHubProvider(Provider):
 
         if not any_secret(self.secrets, matches):
             raise InvalidSignature("X-Hub-Signature-256 matches no endpoint secret")
+
+    def content_digest(self, body: bytes, headers: Mapping[str, str]) -> bytes:
+        return signed_content_digest(body)  # the signature covers the raw body alone
 
     def parse(self, body: bytes, headers: Mapping[str, str]) -> ParsedEvent:
         headers = as_headers(headers)
@@ -93,8 +112,8 @@ class GitHubProvider(Provider):
         event_id: str | None = None,
         event_type: str | None = None,
     ) -> dict[str, str]:
-        key = self._signing_secret(secret).encode("utf-8")
-        digest = hmac.new(key, body, hashlib.sha256).hexdigest()
+        key = self._signing_secret(secret)
+        digest = hmac.new(key.encode("utf-8"), body, hashlib.sha256).hexdigest()
         return {
             self.signature_header: f"sha256={digest}",
             self.delivery_header: event_id or str(uuid.uuid4()),
@@ -109,12 +128,29 @@ class GitHubProvider(Provider):
         payload = samples.github_payload(name)
         if payload is None:
             payload = {"repository": samples.github_payload("ping")["repository"]}  # type: ignore[index]
+        _give_a_fresh_subject(payload, name)
         if action:
             payload["action"] = action
         elif "action" in payload:
             event_type = f"{name}.{payload['action']}"
         body = json.dumps(payload, indent=2).encode()
         return Sample(body=body, event_id=event_id or str(uuid.uuid4()), event_type=event_type)
+
+
+def _give_a_fresh_subject(payload: dict[str, Any], name: str) -> None:
+    """A new number for the sample's subject (``SAMPLE_SUBJECTS``; appended to a text one); an
+    event without a sample of its own gets a ``hook_id``."""
+    number = 10**8 + _secrets.randbelow(9 * 10**8)
+    paths = SAMPLE_SUBJECTS.get(name)
+    if paths is None:
+        payload["hook_id"] = number
+        return
+    for path in paths:
+        *parents, last = path.split(".")
+        node = payload
+        for part in parents:
+            node = node[part]
+        node[last] = number if isinstance(node[last], int) else f"{node[last]}-{number}"
 
 
 def form_encode(payload_json: bytes) -> bytes:

@@ -14,6 +14,11 @@ Options (besides ``SECRETS``, ``TOLERANCE``, ``MAX_BODY_BYTES``):
   ``"{timestamp}.{body}"`` when ``TIMESTAMP_HEADER`` is set, else ``"{body}"``.
 
 The key is the secret's UTF-8 bytes.
+
+An id from a header is outside what is signed: the same signed payload under another id is a
+replay (``content_digest``, answered ``duplicate``). ``manage.py check`` warns (``webhooks.W002``)
+when that is the only protection (only the body is signed), and when ``TIMESTAMP_HEADER`` is
+checked but not signed.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from .base import (
     header_bytes,
     load_json_object,
     require_identifier,
+    signed_content_digest,
 )
 
 ALGORITHMS = {"sha256": hashlib.sha256, "sha1": hashlib.sha1, "sha512": hashlib.sha512}
@@ -148,11 +154,52 @@ class HmacProvider(Provider):
             )
         return problems
 
-    def _digest(self, secret: str, body: bytes, timestamp: int | None) -> bytes:
-        message = body
+    @classmethod
+    def config_warnings(cls, endpoint: str, config: Mapping[str, Any]) -> list[ConfigProblem]:
+        warnings = []
+        ts_header = config.get("TIMESTAMP_HEADER")
+        signed = config.get("SIGNED_PAYLOAD") or ("{timestamp}.{body}" if ts_header else "{body}")
+        id_location = _location(config["EVENT_ID"])
+        if signed == "{body}" and id_location is not None and id_location[0] == "header":
+            warnings.append(
+                ConfigProblem(
+                    "W002",
+                    endpoint_key(endpoint, "EVENT_ID"),
+                    f"hmac endpoint {endpoint!r} takes its event id from a header, which is not "
+                    "signed, and signs no timestamp: whoever has seen a delivery (a stored body "
+                    "and its signature) can send it again under a new id. That is answered as a "
+                    "duplicate (a replay of the same signed body) only while the original event "
+                    "is stored (RETENTION_DAYS); after that it is stored and processed again.",
+                    'If the vendor puts the id in the body, use EVENT_ID "json:<path>"; if it '
+                    'signs a timestamp, set TIMESTAMP_HEADER and SIGNED_PAYLOAD "{timestamp}.'
+                    '{body}", so that an old delivery is refused.',
+                )
+            )
+        if ts_header and signed == "{body}":
+            warnings.append(
+                ConfigProblem(
+                    "W002",
+                    endpoint_key(endpoint, "SIGNED_PAYLOAD"),
+                    f"hmac endpoint {endpoint!r} checks TIMESTAMP_HEADER against TOLERANCE, but "
+                    'SIGNED_PAYLOAD "{body}" leaves the timestamp unsigned: a delivery sent again '
+                    "later with a fresh timestamp passes the check, so it refuses no replay.",
+                    "If the vendor signs the timestamp with the body, set SIGNED_PAYLOAD to "
+                    '"{timestamp}.{body}" (the default when TIMESTAMP_HEADER is set).',
+                )
+            )
+        return warnings
+
+    def _signed_parts(self, body: bytes, timestamp: int | None) -> tuple[bytes, ...]:
+        """What the signature covers, in order (``SIGNED_PAYLOAD``)."""
         if self.signed_payload == "{timestamp}.{body}":
-            message = f"{timestamp}.".encode("ascii") + body
-        return hmac.new(secret.encode("utf-8"), message, self.algorithm).digest()
+            return f"{timestamp}.".encode("ascii"), body
+        return (body,)
+
+    def _digest(self, secret: str, body: bytes, timestamp: int | None) -> bytes:
+        mac = hmac.new(secret.encode("utf-8"), digestmod=self.algorithm)
+        for part in self._signed_parts(body, timestamp):
+            mac.update(part)
+        return mac.digest()
 
     def _encode(self, digest: bytes) -> str:
         if self.encoding == "base64":
@@ -186,6 +233,14 @@ class HmacProvider(Provider):
 
         if not any_secret(self.secrets, matches):
             raise InvalidSignature(f"{self.header} matches no endpoint secret")
+
+    def content_digest(self, body: bytes, headers: Mapping[str, str]) -> bytes | None:
+        if self.event_id_at[0] != "header":
+            return None  # the id is in the body, which is signed
+        timestamp = None
+        if self.signed_payload == "{timestamp}.{body}":
+            timestamp = self.read_timestamp(as_headers(headers))
+        return signed_content_digest(*self._signed_parts(body, timestamp))
 
     def parse(self, body: bytes, headers: Mapping[str, str]) -> ParsedEvent:
         headers = as_headers(headers)
@@ -243,7 +298,10 @@ class HmacProvider(Provider):
     def sample(self, event_type: str | None = None, *, event_id: str | None = None) -> Sample:
         event_id = event_id or f"evt_{_secrets.token_hex(12)}"
         event_type = event_type or "test.event"
-        payload: dict[str, Any] = {"data": {"message": "Hello from django-tether"}}
+        # A fresh object id: two samples are two events even when the id is in a header (the
+        # same signed body under another id would be a replay: ``content_digest``).
+        data = {"id": f"obj_{_secrets.token_hex(8)}", "message": "Hello from django-tether"}
+        payload: dict[str, Any] = {"data": data}
         for (kind, where), value in (
             (self.event_id_at, event_id),
             (self.event_type_at, event_type),

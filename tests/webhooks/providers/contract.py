@@ -10,7 +10,9 @@ through the real view, the real PostgreSQL and the same signing code users call
 from __future__ import annotations
 
 import json
+import logging
 import time
+import uuid
 from typing import Any, ClassVar
 
 import pytest
@@ -19,7 +21,7 @@ from webhooks.exceptions import MalformedPayload
 from webhooks.models import WebhookEvent
 from webhooks.providers import get_provider
 from webhooks.providers.base import MAX_JSON_DEPTH
-from webhooks.signals import webhook_received, webhook_rejected
+from webhooks.signals import webhook_duplicate, webhook_received, webhook_rejected
 from webhooks.testing import build_request, send_request, sign_request
 
 
@@ -32,6 +34,11 @@ class ProviderContract:
     without_event_id_error: ClassVar[str] = "malformed_payload"
     #: Whether the scheme signs a timestamp (then stale and future ones are refused).
     timestamped: ClassVar[bool] = True
+    #: The header carrying the event id, for schemes that take it from a header (None: the id
+    #: is in the body, so another id is another body, which the signature refuses).
+    id_header: ClassVar[str | None] = None
+    #: Whether the scheme signs that header (Standard Webhooks): then another id is refused.
+    id_signed: ClassVar[bool] = False
 
     @pytest.fixture(autouse=True)
     def _endpoint(self, settings):
@@ -256,6 +263,43 @@ class ProviderContract:
         assert second.json() == {"status": "duplicate", "event_id": request.event_id}
         assert WebhookEvent.objects.count() == 1
         assert len(signals.of(webhook_received)) == 1
+
+    def test_signed_content_under_another_id_is_never_a_second_event(self, client, signals, caplog):
+        request = build_request(self.endpoint)
+        assert self.post(client, request.body, request.headers).json()["status"] == "accepted"
+        if self.id_header is None:
+            # The id is signed with the body: nothing to compare beyond the id.
+            assert self.provider.content_digest(request.body, request.headers) is None
+            return
+        other_id = f"replayed-{uuid.uuid4()}"
+        headers = {**request.headers, self.id_header: other_id}
+        with caplog.at_level(logging.DEBUG, logger="webhooks"):
+            response = self.post(client, request.body, headers)
+            again = self.post(client, request.body, request.headers)  # a true redelivery
+        assert WebhookEvent.objects.count() == 1
+        stored = WebhookEvent.objects.get()
+        assert (stored.event_id, bytes(stored.body)) == (request.event_id, request.body)
+        if self.id_signed:
+            assert response.status_code == 400
+            assert response.json() == {"error": "invalid_signature"}
+            assert signals.of(webhook_duplicate) == [
+                {"endpoint": self.endpoint, "event_id": request.event_id, "replay_of": None}
+            ]
+            return
+        assert response.status_code == 200
+        assert response.json() == {"status": "duplicate", "event_id": other_id}
+        assert again.json() == {"status": "duplicate", "event_id": request.event_id}
+        assert signals.of(webhook_duplicate) == [
+            {"endpoint": self.endpoint, "event_id": other_id, "replay_of": request.event_id},
+            {"endpoint": self.endpoint, "event_id": request.event_id, "replay_of": None},
+        ]
+        [warning] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert "replay" in warning
+        assert other_id in warning and request.event_id in warning
+        signature = request.headers[self.provider.signature_header]
+        logged = "\n".join(r.getMessage() for r in caplog.records)
+        for secret_or_content in (signature, request.body.decode(), *self.config["SECRETS"]):
+            assert secret_or_content not in logged
 
     # -- time: tolerance both ways, per endpoint; or, for schemes without a timestamp, replays
     # recognised by their id ---------------------------------------------------------------

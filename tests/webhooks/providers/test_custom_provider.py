@@ -78,6 +78,8 @@ class TokenHmacProvider(Provider):
 class TestCustomProviderContract(ProviderContract):
     endpoint = "custom"
     timestamped = False
+    id_header = "X-Acme-Id"
+    id_signed = True
     config = {
         "PROVIDER": "tests.webhooks.providers.test_custom_provider.TokenHmacProvider",
         "SECRETS": ["custom-secret"],

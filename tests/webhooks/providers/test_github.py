@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from webhooks.exceptions import InvalidSignature, MalformedPayload
 from webhooks.models import WebhookEvent
 from webhooks.providers import get_provider
 from webhooks.providers.github import form_encode
-from webhooks.testing import sign_request
+from webhooks.signals import webhook_duplicate, webhook_received
+from webhooks.testing import build_request, send_request, sign_request
 
 from .contract import ProviderContract
 
@@ -29,6 +31,7 @@ DOC_SIGNATURE = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c
 class TestGitHubContract(ProviderContract):
     endpoint = "github"
     timestamped = False  # GitHub signs no timestamp
+    id_header = "X-GitHub-Delivery"  # not signed: the same body under another id is a replay
     config = {"PROVIDER": "github", "SECRETS": [SECRET]}
 
     def request_without_event_id(self):
@@ -42,6 +45,39 @@ class TestGitHubContract(ProviderContract):
             *super().bodies_with(payload_json),
             (form_encode(payload_json.encode()), "application/x-www-form-urlencoded"),
         ]
+
+    def test_a_stored_delivery_relabelled_and_resent_is_a_duplicate(self, client, signals, caplog):
+        """What a staff user who can read a stored body and its X-Hub-Signature-256 could do:
+        send them again under a new delivery id, as another event."""
+        body = (VENDOR / "github" / "pull_request.opened.payload.json").read_bytes()
+        request = build_request(self.endpoint, body, event_type="pull_request")
+        assert send_request(client, request).json()["status"] == "accepted"
+        forged = str(uuid.uuid4())
+        headers = {**request.headers, "X-GitHub-Delivery": forged, "X-GitHub-Event": "issues"}
+        with caplog.at_level(logging.WARNING, logger="webhooks"):
+            response = self.post(client, body, headers)
+        assert response.status_code == 200
+        assert response.json() == {"status": "duplicate", "event_id": forged}
+        stored = WebhookEvent.objects.get()
+        assert (stored.event_id, stored.event_type) == (request.event_id, "pull_request.opened")
+        assert signals.of(webhook_duplicate) == [
+            {"endpoint": "github", "event_id": forged, "replay_of": request.event_id}
+        ]
+        assert not signals.of(webhook_received)
+        [warning] = caplog.records
+        assert "replay" in warning.getMessage() and request.event_id in warning.getMessage()
+
+    def test_the_same_payload_signed_in_another_body_is_a_new_event(self, client):
+        """Only identical signed bytes are a replay: the same JSON with other whitespace is
+        what another delivery of GitHub would look like, and is accepted."""
+        payload = json.loads((VENDOR / "github" / "push.payload.json").read_bytes())
+        first = build_request(self.endpoint, json.dumps(payload).encode(), event_type="push")
+        second = build_request(
+            self.endpoint, json.dumps(payload, indent=2).encode(), event_type="push"
+        )
+        assert send_request(client, first).json()["status"] == "accepted"
+        assert send_request(client, second).json()["status"] == "accepted"
+        assert WebhookEvent.objects.count() == 2
 
     def test_missing_event_header_is_malformed(self, client):
         body = b'{"zen": "x"}'

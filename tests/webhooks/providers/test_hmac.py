@@ -63,6 +63,8 @@ class TestHmacTimestampedBase64Contract(ProviderContract):
         "EVENT_TYPE": "header:X-Event-Type",
         "TIMESTAMP_HEADER": "X-Timestamp",
     }
+    # Not signed; within TOLERANCE the same "{timestamp}.{body}" under another id is a replay.
+    id_header = "X-Event-Id"
 
     def request_without_event_id(self):
         body = b'{"data": {}}'
@@ -104,6 +106,36 @@ class TestHmacTimestampedBase64Contract(ProviderContract):
         headers = sign_request(self.endpoint, body)
         headers["X-Sig"] = headers["X-Sig"].removeprefix("v1=")
         assert self.post(client, body, headers).json() == {"error": "invalid_signature"}
+
+
+class TestHmacHeaderIdContract(ProviderContract):
+    """A scheme that signs only the body and sends the id in a header (as GitHub does)."""
+
+    endpoint = "partner-header-id"
+    timestamped = False
+    config = {
+        "PROVIDER": "hmac",
+        "SECRETS": [SECRET],
+        "HEADER": "X-Partner-Signature",
+        "EVENT_ID": "header:X-Partner-Event-Id",
+        "EVENT_TYPE": "header:X-Partner-Event",
+    }
+    id_header = "X-Partner-Event-Id"
+
+    def request_without_event_id(self):
+        body = b'{"data": {}}'
+        headers = sign_request(self.endpoint, body)
+        del headers["X-Partner-Event-Id"]
+        return body, headers
+
+    def test_another_type_under_another_id_is_a_duplicate_too(self, client):
+        body = b'{"data": {"order": 7}}'
+        headers = sign_request(self.endpoint, body, event_id="e-1", event_type="order.created")
+        assert self.post(client, body, headers).json()["status"] == "accepted"
+        relabelled = {**headers, "X-Partner-Event-Id": "e-2", "X-Partner-Event": "order.refunded"}
+        response = self.post(client, body, relabelled)
+        assert response.json() == {"status": "duplicate", "event_id": "e-2"}
+        assert WebhookEvent.objects.get().event_type == "order.created"
 
 
 class TestHmacSha1NestedPathsContract(ProviderContract):

@@ -28,6 +28,8 @@ class TestStandardContract(ProviderContract):
     config = {"PROVIDER": "standard", "SECRETS": [SECRET]}
     # webhook-id is part of the signed content: without it nothing can be verified.
     without_event_id_error = "invalid_signature"
+    id_header = "webhook-id"
+    id_signed = True  # "<webhook-id>.<webhook-timestamp>.<body>" is signed
 
     def request_without_event_id(self):
         body = b'{"type": "contact.created", "data": {}}'
