@@ -27,6 +27,7 @@ timeouts apply.
 from __future__ import annotations
 
 import contextvars
+import functools
 import time
 import zlib
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ import httpx
 from httpx._utils import get_environment_proxies  # what httpx.Client(trust_env=True) uses
 
 from .conf import integrations_settings
+from .policies import Timeout
 
 __all__ = [
     "ACCEPT_ENCODING",
@@ -46,6 +48,7 @@ __all__ = [
     "ResponseTooLarge",
     "bounded_client",
     "current_bounds",
+    "httpx_timeout",
 ]
 
 #: The content codings we ask for, and the only ones we decode (with a bound) or accept.
@@ -82,6 +85,14 @@ class AttemptBounds:
 def current_bounds() -> AttemptBounds | None:
     """The bounds of the attempt this thread (or task) is making, if any."""
     return _current.get()
+
+
+@functools.lru_cache(maxsize=256)
+def httpx_timeout(limits: Timeout) -> httpx.Timeout:
+    """httpx's four timeouts for our ``Timeout`` policy (cached: a policy is immutable)."""
+    return httpx.Timeout(
+        connect=limits.connect, read=limits.read, write=limits.write, pool=limits.pool
+    )
 
 
 class ResponseRefused(httpx.DecodingError):
