@@ -17,8 +17,9 @@ send through ``bounded_client()``, an ``httpx.Client`` whose transport (``Bounde
   ``httpx.DecodingError``; ``ResponseTooLarge`` for the size), and the connection is closed,
   never left half-read in the pool.
 
-The limits of the attempt in progress are an ``AttemptBounds`` (a context manager around the
-attempt) held in a context variable, since one transport serves every thread. Outside any
+The limits of the attempt in progress are an ``AttemptBounds`` (a context manager that
+``CallPolicy.run`` puts around each attempt) held in a context variable, since one transport serves
+every thread. Outside any
 attempt there is no deadline, and the limit is ``INTEGRATIONS["MAX_RESPONSE_BYTES"]``.
 Name resolution (DNS) happens inside connect but is not bounded: the system resolver's own
 timeouts apply.
