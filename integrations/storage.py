@@ -270,10 +270,12 @@ class DatabaseStorage:
         window: float,
     ) -> BreakerSnapshot:
         """Count one failure (``error``: its text, safe to store) of a call admitted by
-        generation ``version``, and a process's batched successes; return the fresh row. The
-        failure always joins ``total_failures``, ``last_failure_at`` and ``last_error``, but
+        generation ``version``, and a process's batched successes; return the fresh row. One
+        UPDATE with ``F()`` increments: concurrent failures are never lost. The failure always
+        joins ``total_failures``, ``last_failure_at`` and ``last_error``, but
         ``consecutive_failures`` and the window only if the row is still at ``version``, in the
-        same statement. A row deleted meanwhile (by an operator) is created again."""
+        same statement (no read before the write). A row deleted meanwhile (by an operator) is
+        created again."""
         counted = _of_generation(version, 1)
         changes = {
             **_failure_counts(error, now, counted),
@@ -307,17 +309,18 @@ class DatabaseStorage:
         rows = CircuitBreaker.objects.filter(
             pk=current.pk, state=State.HALF_OPEN, version=current.version
         )
-        changed = rows.filter(Q(half_open_in_flight__lt=max_calls) | lease_over).update(
-            half_open_in_flight=Case(
-                When(lease_over, then=Value(1)), default=F("half_open_in_flight") + 1
-            ),
-            probe_lease_until=Case(
-                When(lease_over, then=Value(until)),
-                default=Greatest(F("probe_lease_until"), Value(until)),
-            ),
-            updated_at=_dt(now),
-        )
-        return _snapshot(CircuitBreaker.objects.get(pk=current.pk)) if changed == 1 else None
+        with transaction.atomic():
+            changed = rows.filter(Q(half_open_in_flight__lt=max_calls) | lease_over).update(
+                half_open_in_flight=Case(
+                    When(lease_over, then=Value(1)), default=F("half_open_in_flight") + 1
+                ),
+                probe_lease_until=Case(
+                    When(lease_over, then=Value(until)),
+                    default=Greatest(F("probe_lease_until"), Value(until)),
+                ),
+                updated_at=_dt(now),
+            )
+            return _snapshot(CircuitBreaker.objects.get(pk=current.pk)) if changed == 1 else None
 
     def release_probe(self, name: str, version: int) -> None:
         """Give back a probe slot of generation ``version`` that was never used."""
