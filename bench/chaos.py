@@ -102,7 +102,7 @@ class Profile:
     worker_down_seconds: float
     settle_timeout: float
     give_up_after: float  # the vendor retries this long past its window
-    timings: Mapping[str, float]
+    timings: Mapping[str, float]  # changes to bench.chaos_settings.SOAK_TIMINGS
     fault_window: tuple[float, float] = (0.05, 0.8)  # shares of ``seconds``
     progress_every: float = 15.0
 
@@ -122,13 +122,7 @@ FULL = Profile(
     worker_down_seconds=5.0,
     settle_timeout=300.0,
     give_up_after=180.0,
-    timings={
-        "REQUEUE_RECEIVED_AFTER": 10,
-        "STUCK_AFTER": 30,
-        "SWEEP_EVERY": 5,
-        "RETRY_BASE_DELAY": 1,
-        "RETRY_MAX_DELAY": 4,
-    },
+    timings={},  # bench.chaos_settings.SOAK_TIMINGS
 )
 SMOKE = Profile(
     events=1_500,
@@ -136,12 +130,12 @@ SMOKE = Profile(
     faults=dict.fromkeys(FAULT_KINDS, 1),
     outage_seconds=4.0,
     worker_down_seconds=2.0,
-    settle_timeout=90.0,
+    settle_timeout=120.0,
     give_up_after=60.0,
     timings={
-        "REQUEUE_RECEIVED_AFTER": 4,
-        "STUCK_AFTER": 8,
-        "SWEEP_EVERY": 2,
+        "REQUEUE_RECEIVED_AFTER": 8,
+        "STUCK_AFTER": 15,
+        "SWEEP_EVERY": 3,
         "RETRY_BASE_DELAY": 0.5,
         "RETRY_MAX_DELAY": 2,
     },
@@ -685,9 +679,11 @@ def settle(stack: Stack, profile: Profile, nemesis: Nemesis, vendor: dict) -> di
 
 
 def describe_setup(stack: Stack, profile: Profile, plan: list[Fault]) -> None:
+    from django.conf import settings
+
     from webhooks.services import processing_setting
 
-    timings = profile.timings
+    timings = settings.SOAK_TIMINGS
     print(
         f"chaos soak: {profile.events} events over {profile.seconds:g} s, ~5 % re-sent as "
         f"duplicates, 10 % of handlers failing their first 2 attempts; seed {stack.args.seed}"
@@ -789,6 +785,7 @@ def main(argv: list[str] | None = None) -> int:
             status = 1 if failures else 0
             summary.update({key: value for key, value in figures.items() if key != "samples"})
             summary.update(run)
+            summary["timings"] = dict(settings.SOAK_TIMINGS)
         except BenchError as exc:
             print(f"bench/chaos.py could not run: {exc}", file=sys.stderr)
             summary["error"] = str(exc)

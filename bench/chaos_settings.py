@@ -32,10 +32,12 @@ ROOT_URLCONF = "sandbox_project.urls"
 CHAOS_SECRET = "whsec_chaos_only_not_a_secret"
 CHAOS_JOURNAL_DIR = os.environ.get("TETHER_CHAOS_JOURNAL", "")
 
-#: Short enough for a soak of minutes (the defaults are 60 s, 600 s and a sweep every 30 s).
+#: Short enough for a soak of minutes (the app's defaults are 60 s, 600 s, a sweep every 30 s in
+#: the sandbox, and retries after 10 s doubling to an hour); the full run's, and what
+#: ``--smoke`` shortens further.
 SOAK_TIMINGS = {
-    "REQUEUE_RECEIVED_AFTER": 10,
-    "STUCK_AFTER": 30,
+    "REQUEUE_RECEIVED_AFTER": 15,
+    "STUCK_AFTER": 45,
     "SWEEP_EVERY": 5,
     "RETRY_BASE_DELAY": 1,
     "RETRY_MAX_DELAY": 4,
@@ -55,4 +57,15 @@ CELERY_BEAT_SCHEDULE = {
         "task": "webhooks.requeue_stuck",
         "schedule": float(SOAK_TIMINGS["SWEEP_EVERY"]),
     },
+}
+
+# The app's warnings (a publish the broker refused, a handler that failed) go to each process's
+# log in the run's directory: what to read when a run fails.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "ERROR"},
+    "loggers": {"webhooks": {"level": "WARNING"}},
 }
