@@ -37,6 +37,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -173,6 +174,7 @@ class Stack:
         self.worker_down = threading.Event()  # set while the nemesis holds the worker dead
         self.broker_down = threading.Event()
         self._lock = threading.Lock()
+        self._child_kill = threading.Lock()
         self._generation: Counter[str] = Counter()
         self.restarts: Counter[str] = Counter()
         self.rng = random.Random(args.seed)
@@ -307,11 +309,14 @@ class Stack:
                 return []
             return worker.children()
 
-        wait_until(lambda: bool(running_children()), timeout=60, what="a running Celery worker")
-        pid = self.rng.choice(running_children() or [0])
-        if not pid:
-            raise BenchError("the Celery worker stopped answering")
-        os.kill(pid, signal.SIGKILL)
+        with self._child_kill:  # two kills due at once strike two processes, one after the other
+            wait_until(lambda: bool(running_children()), timeout=60, what="a running worker")
+            pid = self.rng.choice(running_children() or [0])
+            if not pid:
+                raise BenchError("the Celery worker stopped answering")
+            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(BenchError):  # until the worker has reaped it
+                wait_until(lambda: pid not in running_children(), timeout=15, what="")
         return f"SIGKILL Celery pool process {pid}"
 
     def kill_worker(self, seconds: float) -> str:
@@ -380,6 +385,18 @@ class Stack:
 
         client = redis.Redis.from_url(self.broker_url, socket_timeout=5)
         return {"queued": client.llen("celery"), "unacked": client.hlen("unacked")}
+
+
+REQUEUED_LINE = re.compile(rb"webhooks: requeued (\d+) stuck event")
+
+
+def sweeper_requeues(workdir: Path) -> int:
+    """Messages the sweeper published, from the workers' logs ("requeued N stuck event(s)")."""
+    return sum(
+        int(found.group(1))
+        for log in workdir.glob("celery*.log")
+        for found in REQUEUED_LINE.finditer(log.read_bytes())
+    )
 
 
 def redis_keys_in(dump: Path) -> str:
@@ -569,6 +586,7 @@ def print_report(profile: Profile, figures: dict, run: dict) -> None:
          f"< {profile.settle_timeout:g} s"),
         ("  after the vendor's last delivery", _seconds(run["settle_after_load_s"]), ""),
         ("messages left in the broker", _inline(run["broker_messages"]), "reported"),
+        ("messages published by the sweeper", run["sweeper_requeues"], "reported"),
         ("faults injected", _inline(run["faults"]), ""),
         ("exits restarted by the supervisor", _inline(run["restarts"]) or "0", "reported"),
     ]  # fmt: skip
@@ -763,6 +781,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"load done: {json.dumps(vendor)}; waiting for the events to settle ...")
             run = settle(stack, profile, nemesis, vendor)
             run["broker_messages"] = stack.broker_messages()
+            run["sweeper_requeues"] = sweeper_requeues(workdir)
             run["faults"] = dict(nemesis.injected())
             run["restarts"] = dict(stack.restarts)
             figures = judge(observe(stack, vendor, answers))

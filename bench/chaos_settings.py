@@ -67,5 +67,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": "ERROR"},
-    "loggers": {"webhooks": {"level": "WARNING"}},
+    # webhooks.services at INFO: the sweeper's "requeued N stuck event(s)", counted by the run.
+    "loggers": {"webhooks": {"level": "WARNING"}, "webhooks.services": {"level": "INFO"}},
 }
