@@ -121,7 +121,7 @@ FULL = Profile(
     },
     outage_seconds=30.0,
     worker_down_seconds=5.0,
-    settle_timeout=300.0,
+    settle_timeout=480.0,
     give_up_after=180.0,
     timings={},  # bench.chaos_settings.SOAK_TIMINGS
 )
