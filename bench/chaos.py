@@ -48,7 +48,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,6 @@ from bench.processes import (  # noqa: E402
 SETTINGS_MODULE = os.environ.get("TETHER_CHAOS_SETTINGS", "bench.chaos_settings")
 #: The answer that is right while the database cannot be reached: the vendor retries.
 EXPECTED_5XX = (503, "unavailable")
-TERMINAL = ("processed", "ignored", "failed")
 UNFINISHED = ("received", "processing")
 
 
@@ -445,9 +444,7 @@ class Observed:
     invocations: dict[str, list[int]]  # event id -> the attempt of each handler invocation
     doubles: Counter[str]  # event id -> refused second effects
     planned: Callable[[str], int]  # event id -> planned failing attempts
-    gave_up: int = 0
     duplicates_sent: int = 0
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 def judge(seen: Observed) -> dict[str, Any]:
@@ -537,7 +534,6 @@ def observe(stack: Stack, vendor: dict, answers: dict) -> Observed:
         invocations=written.invocations,
         doubles=written.doubles,
         planned=planned_failures,
-        gave_up=vendor.get("gave_up", 0),
         duplicates_sent=vendor.get("duplicates_sent", 0),
     )
 
@@ -642,7 +638,8 @@ def print_progress(stack: Stack, t0: float, nemesis: Nemesis | None) -> None:
 
 
 def run_load(stack: Stack, profile: Profile, plan: list[Fault]) -> tuple[dict, dict, Nemesis]:
-    """Start the vendor and the nemesis; return when both are done: (vendor totals, run)."""
+    """Start the vendor and the nemesis; when both are done, return the vendor's totals, its
+    answers per event id, and the nemesis (what it injected)."""
     vendor = start_vendor(stack, profile)
     t0 = time.monotonic()
     nemesis = Nemesis(stack, plan, t0)
@@ -673,7 +670,7 @@ def settle(stack: Stack, profile: Profile, nemesis: Nemesis, vendor: dict) -> di
     at most ``settle_timeout`` after the last fault."""
     last_fault = nemesis.last_fault_ended()
     t0 = nemesis.t0
-    deadline = max(time.monotonic(), last_fault) + profile.settle_timeout
+    deadline = max(last_fault + profile.settle_timeout, time.monotonic() + 30)
     next_report = time.monotonic() + profile.progress_every
     settled_at = settled_wall = None
     while time.monotonic() < deadline:
