@@ -173,7 +173,8 @@ class Stack:
         self.worker_down = threading.Event()  # set while the nemesis holds the worker dead
         self.broker_down = threading.Event()
         self._lock = threading.Lock()
-        self._child_kill = threading.Lock()
+        # Faults of one kind that fall together strike one after the other.
+        self._serial = {kind: threading.Lock() for kind in FAULT_KINDS}
         self._generation: Counter[str] = Counter()
         self.restarts: Counter[str] = Counter()
         self.rng = random.Random(args.seed)
@@ -308,33 +309,47 @@ class Stack:
                 return []
             return worker.children()
 
-        with self._child_kill:  # two kills due at once strike two processes, one after the other
-            wait_until(lambda: bool(running_children()), timeout=60, what="a running worker")
-            pid = self.rng.choice(running_children() or [0])
-            if not pid:
-                raise BenchError("the Celery worker stopped answering")
-            os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(BenchError):  # until the worker has reaped it
-                wait_until(lambda: pid not in running_children(), timeout=15, what="")
+        with self._serial[WORKER_CHILD_KILL]:
+            pid = self._sigkill_one(running_children, "a pool process of a running worker")
         return f"SIGKILL Celery pool process {pid}"
 
     def kill_worker(self, seconds: float) -> str:
-        with self._lock:
-            self.worker_down.set()
-            worker = self.worker
-            os.killpg(worker.pid, signal.SIGKILL)
-        worker.stop()  # reaps it (and anything left in its group)
-        time.sleep(seconds)
-        with self._lock:
-            self.start_worker()
-            self.worker_down.clear()
+        with self._serial[WORKER_KILL]:  # a second kill waits for the restart, then strikes it
+            with self._lock:
+                self.worker_down.set()
+                worker = self.worker
+            with contextlib.suppress(ProcessLookupError):  # it may have just exited by itself
+                os.killpg(worker.pid, signal.SIGKILL)
+            worker.stop()  # reaps it (and anything left in its group)
+            time.sleep(seconds)
+            with self._lock:
+                self.start_worker()
+                self.worker_down.clear()
         return f"SIGKILL Celery worker {worker.pid} and its pool, restarted after {seconds:g} s"
 
     def kill_gunicorn_worker(self) -> str:
-        wait_until(lambda: bool(self.gunicorn.children()), timeout=30, what="a gunicorn worker")
-        pid = self.rng.choice(self.gunicorn.children())
-        os.kill(pid, signal.SIGKILL)
+        with self._serial[GUNICORN_WORKER_KILL]:
+            pid = self._sigkill_one(self.gunicorn.children, "a gunicorn worker")
         return f"SIGKILL gunicorn worker {pid}"
+
+    def _sigkill_one(self, candidates: Callable[[], list[int]], what: str) -> int:
+        """SIGKILL one of ``candidates()`` (drawn from the seed), then wait until its parent has
+        reaped it, so that the next fault of the kind strikes another process."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pids = candidates()
+            if not pids:
+                time.sleep(0.2)
+                continue
+            pid = self.rng.choice(pids)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:  # it exited between the listing and the kill
+                continue
+            with contextlib.suppress(BenchError):
+                wait_until(lambda killed=pid: killed not in candidates(), timeout=15, what="")
+            return pid
+        raise BenchError(f"found no {what} to kill in 60 s")
 
     def broker_outage(self, seconds: float, *, keep_data: bool) -> str:
         import redis
