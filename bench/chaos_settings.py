@@ -1,6 +1,7 @@
 """Settings of the chaos soak (``bench/chaos.py``): ``bench.settings`` (the sandbox on PostgreSQL,
-DEBUG off, quiet logging) with the run's own broker, database and timings, one endpoint ``chaos``
-and the soak's ledger app (``bench.ledger``: the handler and the table of its effects).
+DEBUG off) with the run's own broker, database and timings, one endpoint ``chaos``, the soak's
+ledger app (``bench.ledger``: the handler and the table of its effects), and the app's warnings
+and the sweeper's counts in each process's log.
 
 Environment knobs, set by ``bench/chaos.py`` for every process it starts:
 - ``TETHER_CHAOS_BROKER_URL``: the run's own ``redis-server`` (started on a free port, so that
@@ -19,7 +20,9 @@ from bench.ledger import ENDPOINT
 from bench.settings import *  # noqa: F403
 from bench.settings import DATABASES, INSTALLED_APPS
 
-DATABASES["default"]["NAME"] = os.environ.get("TETHER_CHAOS_DB", "chaos_tether")
+DATABASES = {
+    "default": {**DATABASES["default"], "NAME": os.environ.get("TETHER_CHAOS_DB", "chaos_tether")}
+}
 
 CELERY_BROKER_URL = os.environ.get("TETHER_CHAOS_BROKER_URL", "redis://127.0.0.1:6390/0")
 REDIS_URL = CELERY_BROKER_URL
