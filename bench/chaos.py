@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
     sys.path[0] = str(ROOT)  # so that `webhooks` is the app, not bench/webhooks.py
 
+from bench import run_record  # noqa: E402
 from bench.database import (  # noqa: E402
     backend_pids,
     child_env,
@@ -745,6 +746,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gunicorn-workers", type=int, default=2)
     parser.add_argument("--celery-concurrency", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="keep the database and the logs")
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=run_record.RESULTS_DIR,
+        help="where the run's record is written (default bench/results/)",
+    )
     args = parser.parse_args(argv)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(10**6)
@@ -757,9 +764,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     profile = args.profile
+    started_at, machine = time.time(), run_record.machine_state()
     workdir = Path(tempfile.mkdtemp(prefix="tether-chaos-"))
     status = 2
     summary: dict[str, Any] = {"seed": args.seed}
+    results: dict[str, Any] = {}
     with children_stopped_on_exit() as started:
         stack = Stack(args, workdir, started)
         os.environ.update(stack.env())  # this process's settings use the run's broker too
@@ -816,7 +825,23 @@ def main(argv: list[str] | None = None) -> int:
             status = 1 if failures else 0
             summary.update({key: value for key, value in figures.items() if key != "samples"})
             summary.update(run)
+            summary["failures"] = failures
             summary["timings"] = dict(settings.SOAK_TIMINGS)
+            results = {
+                "vendor": vendor,
+                "samples": figures["samples"],
+                "plan": [vars(fault) for fault in plan],
+                "injections": [
+                    {
+                        "kind": i.fault.kind,
+                        "at": round(i.started - nemesis.t0, 1),
+                        "ended": round(i.ended - nemesis.t0, 1),
+                        "detail": i.detail,
+                        "error": i.error,
+                    }
+                    for i in sorted(nemesis.injections, key=lambda i: i.started)
+                ],
+            }
         except BenchError as exc:
             print(f"bench/chaos.py could not run: {exc}", file=sys.stderr)
             summary["error"] = str(exc)
@@ -832,8 +857,36 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     else:
         print(f"logs kept in {workdir}")
+    record = run_record.write(
+        "chaos",
+        directory=args.results_dir,
+        smoke=args.smoke,
+        started_at=started_at,
+        settings=run_settings(args),
+        summary=summary,
+        results=results,
+        status=status,
+        machine=machine,
+    )
+    print(f"run recorded in {record}")
     print(json.dumps(summary))
     return status
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    """What a run's record says about how it was made: the options, the profile (load, faults,
+    their durations, the settle timeout) and the soak's timings."""
+    from django.conf import settings
+
+    options = {key: value for key, value in vars(args).items() if key != "profile"}
+    options["results_dir"] = str(args.results_dir)
+    return {
+        **options,
+        "profile": {
+            key: (dict(v) if isinstance(v, Mapping) else v) for key, v in vars(args.profile).items()
+        },
+        "timings": dict(settings.SOAK_TIMINGS),
+    }
 
 
 if __name__ == "__main__":
