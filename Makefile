@@ -1,12 +1,15 @@
 # django-tether: `make run` starts the sandbox, `make test` runs the suite, `make bench` measures,
-# `make docs` serves the documentation site, `make docs-check` builds it with warnings as errors.
+# `make docs` serves the documentation site, `make docs-check` builds it with warnings as errors,
+# `make chaos` soaks it under faults.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
+CHAOS_ARGS ?=
 
-.PHONY: run test bench bench-smoke lint docs docs-check install install-test install-docs clean
+.PHONY: run test bench bench-smoke chaos chaos-smoke lint docs docs-check install install-test \
+	install-docs clean
 
 $(VENV)/.installed-sandbox: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +64,15 @@ docs: $(VENV)/.installed-docs
 
 docs-check: $(VENV)/.installed-docs
 	$(VENV)/bin/mkdocs build --strict --clean --site-dir site
+
+# The soak: "nothing lost" under piled-up faults, on a stack of its own (see bench/README.md).
+chaos: $(VENV)/.installed-test
+	./tests/ensure_services.sh
+	$(PY) bench/chaos.py $(CHAOS_ARGS)
+
+chaos-smoke: $(VENV)/.installed-test
+	./tests/ensure_services.sh
+	$(PY) bench/chaos.py --smoke $(CHAOS_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

@@ -13,20 +13,28 @@ from .processes import ROOT, BenchError
 SETTINGS_MODULE = os.environ.get("TETHER_BENCH_SETTINGS", "bench.settings")
 
 
-def setup_django() -> None:
-    """Configure Django in this process with ``bench.settings``."""
+#: The settings module ``setup_django`` configured (its children run on the same).
+_configured_module = ""
+
+
+def setup_django(settings_module: str = "") -> None:
+    """Configure Django in this process with ``settings_module`` (default ``SETTINGS_MODULE``,
+    i.e. ``bench.settings``; the chaos soak passes its own)."""
+    global _configured_module
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
+    _configured_module = settings_module or SETTINGS_MODULE
+    os.environ["DJANGO_SETTINGS_MODULE"] = _configured_module
     import django
 
     django.setup()
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """The environment for a child process that runs the bench's Django project."""
+    """The environment for a child process that runs the bench's Django project, on the
+    settings module this process was set up with."""
     env = dict(os.environ)
-    env["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
+    env["DJANGO_SETTINGS_MODULE"] = _configured_module or SETTINGS_MODULE
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     env.update(extra)
     return env
@@ -67,6 +75,16 @@ def recreate_database() -> str:
         conn.execute(f'CREATE DATABASE "{name}"')
     call_command("migrate", verbosity=0, interactive=False)
     return name
+
+
+def sessions_on_database() -> int:
+    """How many sessions are connected to the bench database now (another run using it)."""
+    from django.conf import settings
+
+    name = settings.DATABASES["default"]["NAME"]
+    with _admin_connection() as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [name])
+        return row.fetchone()[0]
 
 
 def drop_database() -> None:

@@ -32,8 +32,17 @@ class Child:
     """A process (and its process group) started by the benchmark."""
 
     def __init__(
-        self, name: str, argv: Sequence[str], *, env: dict[str, str] | None, log: Path
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None,
+        log: Path,
+        stdout_to_log: bool = False,
     ) -> None:
+        """``stdout_to_log``: the child's stdout goes to its log too (a long-running child that
+        prints, such as a Celery worker, must not fill a pipe nobody reads); otherwise it is
+        a pipe for ``read_line`` and the caller."""
         self.name = name
         self.log = log
         self._log_file = log.open("wb")
@@ -41,7 +50,7 @@ class Child:
             list(argv),
             cwd=ROOT,
             env=env,
-            stdout=subprocess.PIPE,
+            stdout=self._log_file if stdout_to_log else subprocess.PIPE,
             stderr=self._log_file,
             start_new_session=True,  # its own group: stopping it stops its workers too
         )
