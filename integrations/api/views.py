@@ -16,7 +16,7 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from webhooks.api.base import OperatorAPIMixin
+from tether.api.base import OperatorAPIMixin
 
 from .. import services
 from ..conf import integrations_settings

@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from integrations import services
 from integrations.models import CircuitBreaker
-from webhooks.selectors import parse_when
+from tether.dates import parse_when
 
 EXIT_USAGE = 2
 EXIT_UNKNOWN_BREAKER = 3
