@@ -91,7 +91,7 @@ def test_webhooks_reload_forgets_built_providers():
 
 
 def test_webhooks_reload_reads_the_configured_eager_flag_again():
-    services.celery_is_eager()
+    services._configured_eager()  # what celery_is_eager reads unless set at run time
     assert services._configured_eager.cache_info().currsize == 1
     webhooks_settings.reload()
     assert services._configured_eager.cache_info().currsize == 0
