@@ -75,9 +75,9 @@ def missing_pieces() -> list[str]:
     except ImportError as exc:
         missing.append(f"integrations.breaker.get_breaker ({exc})")
     try:
-        from integrations.services import force_open_breaker  # noqa: F401
+        from integrations.breaker import force_open_breaker  # noqa: F401
     except ImportError as exc:
-        missing.append(f"integrations.services.force_open_breaker ({exc})")
+        missing.append(f"integrations.breaker.force_open_breaker ({exc})")
     try:
         import pybreaker
 
@@ -101,9 +101,9 @@ def build_cases(base_url: str) -> dict[str, Callable[[], object]]:
     import tenacity
     from django.conf import settings
 
+    from integrations.breaker import force_open_breaker
     from integrations.client import ServiceClient
     from integrations.exceptions import CircuitOpenError
-    from integrations.services import force_open_breaker
 
     def bare_with(client: httpx.Client) -> Callable[[], object]:
         def call() -> object:

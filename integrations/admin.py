@@ -1,6 +1,7 @@
 """Admin for circuit breakers: state at a glance, the transition history, operator actions.
 
-The actions are thin: each calls ``integrations.services`` with the acting username as actor.
+The actions are thin: each calls an operator action of ``integrations.breaker`` with the acting
+username as actor, as does saving a breaker's policy overrides.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
-from . import services
-from .breaker import clear_local_cache
+from .breaker import (
+    disable_breaker,
+    force_open_breaker,
+    reset_breaker,
+    set_breaker_overrides,
+)
+from .exceptions import BreakerNotFound
 from .models import BreakerState, BreakerTransition, CircuitBreaker
 
 DEFAULT_REASON = "admin action"
@@ -170,9 +175,9 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
         """Write only the policy overrides that changed: a full save would overwrite counters
         that other processes incremented since the page was read."""
         if form.changed_data:
-            obj.updated_at = timezone.now()
-            obj.save(update_fields=[*form.changed_data, "updated_at"])
-        clear_local_cache(obj.name)
+            set_breaker_overrides(
+                obj.name, {field: getattr(obj, field) for field in form.changed_data}
+            )
 
     @admin.display(description=_("state"), ordering="state")
     def state_badge(self, obj: CircuitBreaker) -> str:
@@ -189,7 +194,7 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
         for name in queryset.values_list("name", flat=True):
             try:
                 action(name, actor=actor, reason=DEFAULT_REASON)
-            except services.BreakerNotFound:
+            except BreakerNotFound:
                 self.message_user(request, _("%s no longer exists.") % name, messages.WARNING)
             else:
                 done_names.append(name)
@@ -198,15 +203,15 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Reset selected breakers (close)"), permissions=("change",))
     def reset_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        self._apply(request, queryset, services.reset_breaker, _("Reset"))
+        self._apply(request, queryset, reset_breaker, _("Reset"))
 
     @admin.action(description=_("Force open selected breakers"), permissions=("change",))
     def force_open_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        self._apply(request, queryset, services.force_open_breaker, _("Forced open"))
+        self._apply(request, queryset, force_open_breaker, _("Forced open"))
 
     @admin.action(description=_("Disable selected breakers"), permissions=("change",))
     def disable_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        self._apply(request, queryset, services.disable_breaker, _("Disabled"))
+        self._apply(request, queryset, disable_breaker, _("Disabled"))
 
 
 @admin.register(BreakerTransition)

@@ -1,18 +1,14 @@
-"""Circuit breakers whose state lives in the database, shared by every process.
+"""Circuit breakers whose state lives in the database, shared by every process: the state machine.
 
-The module has two halves, as pybreaker separates a breaker's policy from its storage:
+As pybreaker separates a breaker's policy from its storage, ``Breaker`` here is the policy: which
+state lets a call through, what a success or a failure does, when the state changes. Where the
+state lives is ``integrations.storage``: every change is one conditional write there, so two
+processes never both take the same transition, never exceed the half-open probe limit and never
+lose a failure. The breaker reads state through a short-lived, process-local snapshot and keeps
+nothing in memory that correctness depends on.
 
-- ``Breaker`` is the state machine (the policy): which state lets a call through, what a
-  success or a failure does, when a state changes. It reads state through a short-lived,
-  process-local snapshot and never keeps anything in memory that correctness depends on.
-- ``DatabaseStorage`` is where the state lives: one ``CircuitBreaker`` row per service. Every
-  transition is ONE conditional UPDATE (``filter(state=..., version=...).update(...)``, with
-  ``F()`` expressions for counters), and the caller that changed the row (rows affected == 1)
-  is the one that records the ``BreakerTransition`` and sends ``breaker_transitioned``. So two
-  processes never both take the same transition, never exceed the half-open probe limit, and
-  never lose a failure increment.
-
-States and transitions (``S`` = system, ``P`` = a person, through ``integrations.services``)::
+States and transitions (``S`` = the system, in ``Breaker``; ``P`` = a person, through the
+operator actions at the end of this module)::
 
     closed    --S failures reach the threshold, or the failure rate--> open
     open      --S reset timeout elapsed, first probe granted-------> half_open
@@ -27,12 +23,12 @@ outcome counts only against the generation that admitted its call: a failure rep
 another ``version`` (a call let through before an outage, reporting after a probe closed the
 breaker again) adds to ``total_failures`` only, never to ``consecutive_failures`` or the
 failure-rate window, and never trips the breaker; such a success never resets the new
-generation's failures and joins ``total_successes`` only. The check is part of the same
-conditional UPDATE that counts the outcome, so it holds across processes.
+generation's failures and joins ``total_successes`` only. The storage checks the generation in
+the same conditional UPDATE that counts the outcome, so the rule holds across processes.
 
-Costs: a healthy call in ``closed`` makes no query while the snapshot is fresh (``CACHE_TTL``,
-default 1 s) and no write at all unless failures had been counted; successes are added to the
-row's totals in batches. An open breaker fails fast from the snapshot, without a query.
+Costs: a healthy call in ``closed`` makes no query while the snapshot is fresh (``CACHE_TTL``)
+and no write at all unless failures had been counted; successes are added to the row's totals
+in batches. An open breaker fails fast from the snapshot, without a query.
 """
 
 from __future__ import annotations
@@ -41,18 +37,19 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
-from django.db import DatabaseError, models, transaction
-from django.db.models import Case, Expression, F, Q, Value, When
-from django.db.models.functions import Greatest
-from django.utils.translation import gettext_lazy as _
+from django.db import DatabaseError
+from django.utils import timezone
 
-from .exceptions import CircuitOpenError, safe_error_text
-from .policies import BreakerPolicy
+from .conf import integrations_settings
+from .exceptions import BreakerNotFound, CircuitOpenError, InvalidExpiry, safe_error_text
+from .models import CircuitBreaker
+from .policies import PROBE_LEASE_MARGIN, BreakerPolicy, RetryPolicy, probe_lease_for
+from .storage import BreakerSnapshot, DatabaseStorage, SuccessBatch
 
 logger = logging.getLogger("integrations.breaker")
 
@@ -62,66 +59,29 @@ __all__ = [
     "BreakerSnapshot",
     "BreakerState",
     "Clock",
-    "DatabaseStorage",
     "ManualClock",
     "Permit",
     "clear_local_cache",
+    "disable_breaker",
+    "force_open_breaker",
     "get_breaker",
     "probe_lease_for",
+    "reset_breaker",
+    "set_breaker_overrides",
 ]
 
-
-class BreakerState(models.TextChoices):
-    """The five states; ``CircuitBreaker.state`` takes its choices from here."""
-
-    CLOSED = "closed", _("closed")
-    OPEN = "open", _("open")
-    HALF_OPEN = "half_open", _("half-open")
-    FORCED_OPEN = "forced_open", _("forced open")
-    DISABLED = "disabled", _("disabled")
-
-
+BreakerState = CircuitBreaker.State
 CLOSED = BreakerState.CLOSED.value
 OPEN = BreakerState.OPEN.value
 HALF_OPEN = BreakerState.HALF_OPEN.value
 FORCED_OPEN = BreakerState.FORCED_OPEN.value
 DISABLED = BreakerState.DISABLED.value
-#: States only people set (through ``integrations.services``).
+#: States only people set (through the operator actions below).
 MANUAL_STATES = (FORCED_OPEN, DISABLED)
 
-SYSTEM = "system"
 #: Without a failure-rate rule, a process adds its batched successes to the row's
 #: ``total_successes`` at most this often (seconds). With one, every ``CACHE_TTL``.
 SUCCESS_FLUSH_INTERVAL = 30.0
-LAST_ERROR_MAX = 500
-
-#: What every way into ``closed`` writes (a reset, a probe that succeeded, a forced state that
-#: expired): no failures, no probe, not opened, and an empty failure-rate window. The totals
-#: are kept. One definition, so that a breaker that closes trips again on the same evidence
-#: whichever way it closed.
-CLOSED_COUNTS: dict[str, Any] = {
-    "consecutive_failures": 0,
-    "half_open_in_flight": 0,
-    "probe_lease_until": None,
-    "opened_at": None,
-    "window_calls": 0,
-    "window_failures": 0,
-    "previous_window_calls": 0,
-    "previous_window_failures": 0,
-}
-
-#: Seconds a half-open probe's lease outlasts the call deadline that bounds the probe's attempt
-#: (``integrations.transport`` ends every socket operation of an attempt by then): time to write
-#: the probe's outcome (a database write that may wait for a lock), to parse the answer, and for
-#: the clocks of the processes that compare ``probe_lease_until`` to differ.
-PROBE_LEASE_MARGIN = 5.0
-
-
-def probe_lease_for(deadline: float) -> float:
-    """The probe lease for calls bounded by ``deadline`` seconds: no new probe is granted while
-    an earlier one can still be running."""
-    return deadline + PROBE_LEASE_MARGIN
-
 
 #: Seconds since the epoch, like ``time.time``. Inject another to move time in tests.
 Clock = Callable[[], float]
@@ -139,51 +99,6 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def _dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=UTC)
-
-
-def _ts(value: datetime | None) -> float | None:
-    return None if value is None else value.timestamp()
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerSnapshot:
-    """What a process knows about one breaker row, until ``expires_at`` (clock time)."""
-
-    pk: int | None
-    state: str
-    version: int
-    consecutive_failures: int = 0
-    opened_at: float | None = None
-    forced_until: float | None = None
-    half_open_in_flight: int = 0
-    probe_lease_until: float | None = None
-    failure_threshold: int | None = None
-    reset_timeout: float | None = None
-    half_open_max_calls: int | None = None
-    expires_at: float = 0.0
-    #: The database could not be read: the breaker fails open (or closed, by policy).
-    degraded: bool = False
-
-    @classmethod
-    def from_row(cls, row: Any, *, expires_at: float) -> BreakerSnapshot:
-        return cls(
-            pk=row.pk,
-            state=row.state,
-            version=row.version,
-            consecutive_failures=row.consecutive_failures,
-            opened_at=_ts(row.opened_at),
-            forced_until=_ts(row.forced_until),
-            half_open_in_flight=row.half_open_in_flight,
-            probe_lease_until=_ts(row.probe_lease_until),
-            failure_threshold=row.failure_threshold,
-            reset_timeout=row.reset_timeout,
-            half_open_max_calls=row.half_open_max_calls,
-            expires_at=expires_at,
-        )
 
 
 class Permit:
@@ -211,41 +126,9 @@ class Permit:
         return f"<Permit {self.service}.{self.operation} in {self.state} v{self.version}>"
 
 
-# -- process-local snapshot cache -------------------------------------------------------------
+# -- what this process keeps: snapshots, and successes not yet written -------------------------
 
 _snapshots: dict[str, BreakerSnapshot] = {}
-
-
-@dataclass(slots=True)
-class SuccessBatch:
-    """Successes seen by this process and not yet added to the row. ``current`` are those of
-    the newest generation it has seen (``version``): only they may join that generation's
-    failure-rate window, if the row is still at it when the batch is written. ``late`` are
-    those of older generations: they go to ``total_successes`` only."""
-
-    version: int = -1
-    current: int = 0
-    late: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.current + self.late
-
-    def add(self, version: int, count: int = 1) -> None:
-        """Count ``count`` successes of calls admitted by generation ``version``."""
-        if version == self.version:
-            self.current += count
-        elif version > self.version:  # versions only grow: this batch's generation is over
-            self.late += self.current
-            self.version, self.current = version, count
-        else:
-            self.late += count
-
-    def merge(self, other: SuccessBatch) -> None:
-        self.add(other.version, other.current)
-        self.late += other.late
-
-
 _pending_lock = threading.Lock()
 #: name -> successes seen by this process and not yet added to the row.
 _pending_successes: dict[str, SuccessBatch] = {}
@@ -290,245 +173,6 @@ def _give_back_pending(name: str, batch: SuccessBatch) -> None:
                 _pending_successes[name] = batch
             else:
                 kept.merge(batch)
-
-
-def _of_generation(version: int, count: int) -> Expression:
-    """In an UPDATE: ``count`` if the row is still at ``version`` (the generation that admitted
-    the calls), else 0. What only that generation's counters may take."""
-    if not count:
-        return Value(0)
-    return Case(When(version=version, then=Value(count)), default=Value(0))
-
-
-# -- storage ----------------------------------------------------------------------------------
-
-
-class DatabaseStorage:
-    """Breaker state in the ``CircuitBreaker`` table. Every method is one short transaction."""
-
-    @staticmethod
-    def model() -> Any:
-        from .models import CircuitBreaker
-
-        return CircuitBreaker
-
-    def load(self, name: str) -> Any:
-        """The row, created on first use (race-safe: ``get_or_create`` retries on conflict)."""
-        model = self.model()
-        row = model.objects.filter(name=name).first()
-        if row is None:
-            row, _created = model.objects.get_or_create(name=name)
-        return row
-
-    @staticmethod
-    def window_changes(
-        now: float, window: float, calls: int | Expression, failures: int | Expression
-    ) -> dict[str, Any]:
-        """UPDATE expressions adding ``calls``/``failures`` (numbers, or expressions of the
-        row such as ``_of_generation``) to the two-bucket rate window.
-
-        Buckets are aligned on multiples of ``window`` since the epoch, so every process
-        agrees on their edges; a row still on the previous bucket rotates it in the same
-        statement (PostgreSQL evaluates every SET expression against the old row)."""
-        if isinstance(calls, int):
-            calls = Value(calls)
-        if isinstance(failures, int):
-            failures = Value(failures)
-        start = math.floor(now / window) * window
-        current, previous = _dt(start), _dt(start - window)
-        in_current = Q(window_start__gte=current)  # a process whose clock runs late joins it
-        in_previous = Q(window_start=previous)
-        return {
-            "window_start": Case(When(in_current, then=F("window_start")), default=Value(current)),
-            "window_calls": Case(When(in_current, then=F("window_calls") + calls), default=calls),
-            "window_failures": Case(
-                When(in_current, then=F("window_failures") + failures), default=failures
-            ),
-            "previous_window_calls": Case(
-                When(in_current, then=F("previous_window_calls")),
-                When(in_previous, then=F("window_calls")),
-                default=Value(0),
-            ),
-            "previous_window_failures": Case(
-                When(in_current, then=F("previous_window_failures")),
-                When(in_previous, then=F("window_failures")),
-                default=Value(0),
-            ),
-        }
-
-    def add_successes(self, name: str, batch: SuccessBatch, *, now: float, window: float) -> None:
-        """Add a batch of successes to the totals, and those of the row's generation to its
-        failure-rate window."""
-        self.model().objects.filter(name=name).update(
-            total_successes=F("total_successes") + batch.total,
-            **self.window_changes(now, window, _of_generation(batch.version, batch.current), 0),
-        )
-
-    def reset_failures(
-        self, pk: int, version: int, batch: SuccessBatch, *, now: float, window: float
-    ) -> int:
-        """A success in ``closed``: consecutive failures back to 0, only if there are some and
-        the row is still at ``version``, the generation that admitted the call (a late success
-        never resets a newer generation's failures). Adds ``batch`` (this success included)
-        as ``add_successes`` does. Returns the rows changed (0 or 1)."""
-        return (
-            self.model()
-            .objects.filter(pk=pk, state=CLOSED, version=version, consecutive_failures__gt=0)
-            .update(
-                consecutive_failures=0,
-                total_successes=F("total_successes") + batch.total,
-                updated_at=_dt(now),
-                **self.window_changes(now, window, _of_generation(batch.version, batch.current), 0),
-            )
-        )
-
-    def add_failure(
-        self,
-        name: str,
-        version: int,
-        error: BaseException | None,
-        batch: SuccessBatch,
-        *,
-        now: float,
-        window: float,
-    ) -> Any:
-        """Count one failure of a call admitted by generation ``version`` (and this process's
-        batched successes); return the fresh row. One UPDATE with ``F()`` increments:
-        concurrent failures are never lost. The failure always joins ``total_failures``,
-        ``last_failure_at`` and ``last_error``, but ``consecutive_failures`` and the window
-        only if the row is still at ``version``, in the same statement (no read before the
-        write). A row deleted meanwhile (by an operator) is created again."""
-        model = self.model()
-        counted = _of_generation(version, 1)
-        changes = {
-            "consecutive_failures": F("consecutive_failures") + counted,
-            "total_failures": F("total_failures") + 1,
-            "total_successes": F("total_successes") + batch.total,
-            "last_failure_at": _dt(now),
-            "last_error": safe_error_text(error, LAST_ERROR_MAX),
-            "updated_at": _dt(now),
-            **self.window_changes(
-                now, window, _of_generation(batch.version, batch.current) + counted, counted
-            ),
-        }
-        if not model.objects.filter(name=name).update(**changes):
-            self.load(name)
-            model.objects.filter(name=name).update(**changes)
-        return model.objects.get(name=name)
-
-    def transition(
-        self,
-        snapshot: BreakerSnapshot,
-        to_state: str,
-        *,
-        now: float,
-        reason: str,
-        guard: Q | None = None,
-        actor: str = SYSTEM,
-        **changes: Any,
-    ) -> Any | None:
-        """Move the row from ``snapshot.state`` (at ``snapshot.version``) to ``to_state`` if,
-        and only if, nobody moved it first. Returns the fresh row, or None when another
-        process won. The transition's record commits with the change; the signal follows the
-        commit."""
-        model = self.model()
-        with transaction.atomic():
-            rows = model.objects.filter(
-                pk=snapshot.pk, state=snapshot.state, version=snapshot.version
-            )
-            if guard is not None:
-                rows = rows.filter(guard)
-            changed = rows.update(
-                state=to_state, version=F("version") + 1, updated_at=_dt(now), **changes
-            )
-            if changed != 1:
-                return None
-            row = model.objects.get(pk=snapshot.pk)
-            self.record_transition(row, snapshot.state, reason=reason, actor=actor, at=_dt(now))
-        return row
-
-    def take_probe(
-        self, snapshot: BreakerSnapshot, *, now: float, max_calls: int, lease: float
-    ) -> Any | None:
-        """One more half-open probe, if fewer than ``max_calls`` are in flight, or if every
-        probe in flight is older than the lease (its process died or lost it): then the slots
-        are taken back. Returns the fresh row, or None when no slot is free.
-
-        ``probe_lease_until`` covers every probe in flight: a grant only ever moves it later
-        (a caller with a shorter lease never cuts short the lease of a probe still running),
-        and the slots are taken back only once it has passed."""
-        model = self.model()
-        until = _dt(now + lease)
-        lease_over = Q(probe_lease_until__lt=_dt(now)) | Q(probe_lease_until__isnull=True)
-        changed = (
-            model.objects.filter(pk=snapshot.pk, state=HALF_OPEN, version=snapshot.version)
-            .filter(Q(half_open_in_flight__lt=max_calls) | lease_over)
-            .update(
-                half_open_in_flight=Case(
-                    When(lease_over, then=Value(1)), default=F("half_open_in_flight") + 1
-                ),
-                probe_lease_until=Case(
-                    When(lease_over, then=Value(until)),
-                    default=Greatest(F("probe_lease_until"), Value(until)),
-                ),
-                updated_at=_dt(now),
-            )
-        )
-        return model.objects.get(pk=snapshot.pk) if changed == 1 else None
-
-    def release_probe(self, permit: Permit) -> None:
-        self.model().objects.filter(
-            name=permit.service, state=HALF_OPEN, version=permit.version, half_open_in_flight__gt=0
-        ).update(half_open_in_flight=F("half_open_in_flight") - 1)
-
-    @staticmethod
-    def record_transition(
-        row: Any, from_state: str, *, reason: str, actor: str, at: datetime | None = None
-    ) -> Any:
-        """Write the audit record of a committed-or-committing change of ``row``'s state and
-        send ``breaker_transitioned`` once the transaction commits."""
-        from django.utils import timezone
-
-        from .models import BreakerTransition, CircuitBreaker
-        from .signals import breaker_transitioned
-
-        record = BreakerTransition.objects.create(
-            breaker=row,
-            from_state=from_state,
-            to_state=row.state,
-            reason=reason[:500],
-            actor=actor[:200],
-            snapshot=row.counts(),
-            created_at=at or timezone.now(),
-        )
-
-        def send() -> None:
-            breaker_transitioned.send(
-                sender=CircuitBreaker,
-                breaker=row,
-                from_state=from_state,
-                to_state=row.state,
-                reason=record.reason,
-                actor=record.actor,
-            )
-
-        transaction.on_commit(send, robust=True)
-        logger.log(
-            logging.WARNING if row.state in (OPEN, FORCED_OPEN) else logging.INFO,
-            "circuit breaker %s: %s -> %s (%s) by %s",
-            row.name,
-            from_state,
-            row.state,
-            reason,
-            actor,
-            extra={
-                "breaker": row.name,
-                "from_state": from_state,
-                "to_state": row.state,
-                "actor": actor,
-            },
-        )
-        return record
 
 
 _storage = DatabaseStorage()
@@ -596,16 +240,15 @@ class Breaker:
         ttl = self.policy.cache_ttl
         try:
             self._flush_successes(now)
-            row = self.storage.load(self.name)
+            stored = self.storage.load(self.name)
         except DatabaseError as exc:
             self._log_db_error("cannot read its state from the database", exc)
             snapshot = BreakerSnapshot(
                 pk=None, state=CLOSED, version=-1, expires_at=now + ttl, degraded=True
             )
-        else:
-            snapshot = BreakerSnapshot.from_row(row, expires_at=now + ttl)
-        _snapshots[self.name] = snapshot
-        return snapshot
+            _snapshots[self.name] = snapshot
+            return snapshot
+        return self._remember(stored, now)
 
     def _log_db_error(self, what: str, exc: DatabaseError) -> None:
         failing = "open: calls go through" if self.policy.fail_open_on_db_error else "closed"
@@ -619,8 +262,9 @@ class Breaker:
             extra={"breaker": self.name, "error_class": type(exc).__name__},
         )
 
-    def _remember(self, row: Any, now: float) -> BreakerSnapshot:
-        snapshot = BreakerSnapshot.from_row(row, expires_at=now + self.policy.cache_ttl)
+    def _remember(self, stored: BreakerSnapshot, now: float) -> BreakerSnapshot:
+        """Cache ``stored``, as the storage just gave it, for ``CACHE_TTL``."""
+        snapshot = replace(stored, expires_at=now + self.policy.cache_ttl)
         _snapshots[self.name] = snapshot
         return snapshot
 
@@ -658,8 +302,6 @@ class Breaker:
     def probe_lease(self) -> float:
         if self._probe_lease is not None:
             return self._probe_lease
-        from .policies import RetryPolicy
-
         return probe_lease_for(float(RetryPolicy.for_service(self.name).deadline))
 
     # -- acquire ------------------------------------------------------------------------------
@@ -707,29 +349,28 @@ class Breaker:
                 wait = (snapshot.opened_at or now) + self._reset_timeout(snapshot) - now
                 if wait > 0:
                     raise self._open_error(operation, wait)
-                row = self.storage.transition(
+                moved = self.storage.transition(
                     snapshot,
                     HALF_OPEN,
                     now=now,
                     reason="reset timeout elapsed: probing",
-                    half_open_in_flight=1,
-                    probe_lease_until=_dt(now + self.probe_lease()),
+                    probe_lease_until=now + self.probe_lease(),
                 )
-                if row is not None:
-                    self._remember(row, now)
-                    return Permit(self.name, operation, HALF_OPEN, row.version)
+                if moved is not None:
+                    self._remember(moved, now)
+                    return Permit(self.name, operation, HALF_OPEN, moved.version)
                 snapshot = self._refresh(now)
                 continue
             if state == HALF_OPEN:
-                row = self.storage.take_probe(
+                moved = self.storage.take_probe(
                     snapshot,
                     now=now,
                     max_calls=self._max_probes(snapshot),
                     lease=self.probe_lease(),
                 )
-                if row is not None:
-                    self._remember(row, now)
-                    return Permit(self.name, operation, HALF_OPEN, row.version)
+                if moved is not None:
+                    self._remember(moved, now)
+                    return Permit(self.name, operation, HALF_OPEN, moved.version)
                 fresh = self._refresh(now)
                 if fresh.state == HALF_OPEN and fresh.version == snapshot.version:
                     raise self._open_error(operation, self._half_open_retry_after(fresh, now))
@@ -760,16 +401,10 @@ class Breaker:
         return CircuitOpenError(self.name, operation, message, retry_after=retry_after)
 
     def _end_manual_state(self, snapshot: BreakerSnapshot, now: float) -> BreakerSnapshot:
-        row = self.storage.transition(
-            snapshot,
-            CLOSED,
-            now=now,
-            reason=f"{snapshot.state} expired",
-            guard=Q(forced_until__lte=_dt(now)),
-            forced_until=None,
-            **CLOSED_COUNTS,
+        moved = self.storage.transition(
+            snapshot, CLOSED, now=now, reason=f"{snapshot.state} expired", if_hold_ended=True
         )
-        return self._remember(row, now) if row is not None else self._refresh(now)
+        return self._remember(moved, now) if moved is not None else self._refresh(now)
 
     # -- outcomes -----------------------------------------------------------------------------
 
@@ -804,7 +439,7 @@ class Breaker:
         """Give back a permit that was never used (the attempt was not made): frees a probe
         slot at once instead of waiting for its lease to run out."""
         if permit.state == HALF_OPEN and not permit.degraded:
-            self._guarded(self.storage.release_probe, permit)
+            self._guarded(self.storage.release_probe, self.name, permit.version)
 
     def _guarded(self, func: Callable[..., Any], *args: Any) -> None:
         """Outcomes are recorded after the vendor call: a database error here must not hide
@@ -823,7 +458,7 @@ class Breaker:
     def _reset_failures(self, permit: Permit, snapshot: BreakerSnapshot, now: float) -> None:
         batch = _take_pending(self.name)
         batch.add(permit.version)
-        written = 0
+        written = False
         try:
             written = self.storage.reset_failures(
                 snapshot.pk, permit.version, batch, now=now, window=self.policy.window
@@ -838,16 +473,11 @@ class Breaker:
     def _close_after_probe(self, permit: Permit, now: float) -> None:
         snapshot = self.snapshot()
         probe = replace(snapshot, state=HALF_OPEN, version=permit.version)
-        row = self.storage.transition(
-            probe,
-            CLOSED,
-            now=now,
-            reason="probe succeeded",
-            total_successes=F("total_successes") + 1,
-            **CLOSED_COUNTS,
+        moved = self.storage.transition(
+            probe, CLOSED, now=now, reason="probe succeeded", success=True
         )
-        if row is not None:
-            self._remember(row, now)
+        if moved is not None:
+            self._remember(moved, now)
         else:  # another probe decided first; the success still counts (in the totals)
             _add_pending(self.name, permit.version)
 
@@ -855,62 +485,46 @@ class Breaker:
         snapshot = self.snapshot()
         if snapshot.degraded:
             return
+        text = safe_error_text(error)
         if permit.state == HALF_OPEN:
             probe = replace(snapshot, state=HALF_OPEN, version=permit.version)
-            row = self.storage.transition(
-                probe,
-                OPEN,
-                now=now,
-                reason=f"probe failed: {safe_error_text(error, LAST_ERROR_MAX)}",
-                opened_at=_dt(now),
-                half_open_in_flight=0,
-                probe_lease_until=None,
-                consecutive_failures=F("consecutive_failures") + 1,
-                total_failures=F("total_failures") + 1,
-                last_failure_at=_dt(now),
-                last_error=safe_error_text(error, LAST_ERROR_MAX),
+            moved = self.storage.transition(
+                probe, OPEN, now=now, reason=f"probe failed: {text}", failure=text
             )
-            if row is not None:
-                self._remember(row, now)
+            if moved is not None:
+                self._remember(moved, now)
                 return
             # Another probe decided first: its generation is over; the totals take this failure.
         batch = _take_pending(self.name)
         try:
-            row = self.storage.add_failure(
-                self.name, permit.version, error, batch, now=now, window=self.policy.window
+            counted = self.storage.add_failure(
+                self.name, permit.version, text, batch, now=now, window=self.policy.window
             )
         except DatabaseError:
             _give_back_pending(self.name, batch)
             raise
-        fresh = self._remember(row, now)
+        fresh = self._remember(counted, now)
         # Only a failure counted in the generation that admitted it can trip the breaker; the
         # transition is conditional on that version too.
         if fresh.state == CLOSED and fresh.version == permit.version:
-            reason = self._trip_reason(row, fresh, now)
+            reason = self._trip_reason(fresh, now)
             if reason:
-                opened = self.storage.transition(
-                    fresh,
-                    OPEN,
-                    now=now,
-                    reason=reason,
-                    opened_at=_dt(now),
-                    half_open_in_flight=0,
-                    probe_lease_until=None,
-                )
+                opened = self.storage.transition(fresh, OPEN, now=now, reason=reason)
                 if opened is not None:
                     self._remember(opened, now)
                 else:
                     self._refresh(now)
 
-    def _trip_reason(self, row: Any, snapshot: BreakerSnapshot, now: float) -> str:
+    def _trip_reason(self, snapshot: BreakerSnapshot, now: float) -> str:
         """Why a closed breaker must open now, or "" when it need not."""
         threshold = self._threshold(snapshot)
-        if row.consecutive_failures >= threshold:
-            return f"{row.consecutive_failures} consecutive failures (threshold {threshold})"
+        failures_in_a_row = snapshot.consecutive_failures
+        if failures_in_a_row >= threshold:
+            return f"{failures_in_a_row} consecutive failures (threshold {threshold})"
         rate_limit = self.policy.failure_rate
         if rate_limit is None:
             return ""
-        calls, failures = self.window_estimate(row, now)
+        calls, failures = self.window_estimate(snapshot, now)
         if calls >= self.policy.minimum_calls and calls > 0 and failures / calls >= rate_limit:
             return (
                 f"failure rate {failures / calls:.0%} over the last {self.policy.window:g}s "
@@ -918,20 +532,20 @@ class Breaker:
             )
         return ""
 
-    def window_estimate(self, row: Any, now: float) -> tuple[float, float]:
+    def window_estimate(self, snapshot: BreakerSnapshot, now: float) -> tuple[float, float]:
         """Calls and failures over the last ``window`` seconds: the current bucket plus the
         previous one weighted by how much of it the sliding window still covers."""
         window = self.policy.window
         start = math.floor(now / window) * window
-        if row.window_start is None:
+        row_start = snapshot.window_start
+        if row_start is None:
             return 0.0, 0.0
-        row_start = row.window_start.timestamp()
         if row_start >= start:
-            current = (row.window_calls, row.window_failures)
-            previous = (row.previous_window_calls, row.previous_window_failures)
+            current = (snapshot.window_calls, snapshot.window_failures)
+            previous = (snapshot.previous_window_calls, snapshot.previous_window_failures)
         elif row_start == start - window:
             current = (0, 0)
-            previous = (row.window_calls, row.window_failures)
+            previous = (snapshot.window_calls, snapshot.window_failures)
         else:
             return 0.0, 0.0
         weight = max(0.0, 1.0 - (now - start) / window)
@@ -950,3 +564,89 @@ def get_breaker(
 ) -> Breaker:
     """The breaker of service ``name``. Its row is created on first use."""
     return Breaker(name, policy, clock=clock, probe_lease=probe_lease)
+
+
+# -- operator actions ---------------------------------------------------------------------------
+#
+# The admin, the ``circuit_breakers`` command, the operator API and ``integrations.testing`` call
+# these. Each is a transition through the storage's one transition path, recorded as a
+# ``BreakerTransition`` with who did it (``actor``), why, and the counts at the time. The process
+# that runs the action forgets its snapshot at once; every other process sees the change when its
+# snapshot expires, within ``CACHE_TTL``.
+
+
+def reset_breaker(
+    name: str, *, actor: str, reason: str = "", create: bool = False
+) -> CircuitBreaker:
+    """Close the breaker whatever its state (ending a forced state), with its failure counts
+    at zero. Totals are kept."""
+    return _set_state(name, CLOSED, actor=actor, reason=reason or "reset", create=create)
+
+
+def force_open_breaker(
+    name: str,
+    *,
+    actor: str,
+    reason: str,
+    until: datetime | None = None,
+    create: bool = False,
+) -> CircuitBreaker:
+    """Hold the breaker open: every call fails fast with ``CircuitOpenError`` (``retry_after``
+    is the time left until ``until``, or None) until a person resets it or ``until`` passes."""
+    return _set_state(name, FORCED_OPEN, actor=actor, reason=reason, until=until, create=create)
+
+
+def disable_breaker(
+    name: str,
+    *,
+    actor: str,
+    reason: str,
+    until: datetime | None = None,
+    create: bool = False,
+) -> CircuitBreaker:
+    """Let every call through whatever fails (outcomes are still counted) until a person
+    resets it or ``until`` passes; then the breaker is closed again."""
+    return _set_state(name, DISABLED, actor=actor, reason=reason, until=until, create=create)
+
+
+def set_breaker_overrides(name: str, overrides: Mapping[str, int | float | None]) -> None:
+    """Set a person's policy overrides of one breaker (``failure_threshold``,
+    ``reset_timeout``, ``half_open_max_calls``; None: from the settings), nothing else."""
+    _storage.set_overrides(name, overrides, now=time.time())
+    clear_local_cache(name)
+
+
+def _set_state(
+    name: str,
+    to_state: str,
+    *,
+    actor: str,
+    reason: str,
+    until: datetime | None = None,
+    create: bool,
+) -> CircuitBreaker:
+    """Move the breaker to ``to_state`` from whatever state it is in; the row, as it is now.
+
+    A breaker is created on its service's first call; one of a service configured in
+    ``INTEGRATIONS["SERVICES"]`` can be acted on before that (e.g. opened ahead of a vendor's
+    maintenance), from every surface alike. Any other unknown name is ``BreakerNotFound``
+    unless ``create``. ``until`` must be aware and in the future (``InvalidExpiry``)."""
+    now = timezone.now()
+    if until is not None:
+        if timezone.is_naive(until):
+            raise InvalidExpiry("until must be timezone-aware")
+        if until <= now:
+            raise InvalidExpiry(f"until ({until.isoformat()}) is not in the future")
+    row = _storage.set_state(
+        name,
+        to_state,
+        now=now.timestamp(),
+        reason=reason,
+        actor=actor,
+        forced_until=until,
+        create=create or name in integrations_settings["SERVICES"],
+    )
+    if row is None:
+        raise BreakerNotFound(name)
+    clear_local_cache(name)
+    return row

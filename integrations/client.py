@@ -1,8 +1,8 @@
 """``ServiceClient``: the base class for calling one vendor's HTTP API resiliently.
 
-A subclass names its service and says what it extracts; everything else (pooled connections,
-timeouts, the circuit breaker, retries, idempotency keys, error mapping) happens here and in
-``integrations.resilience``::
+A subclass names its service and says what it extracts; everything else happens here (pooled
+connections, where a request may go, idempotency keys, error mapping) and in the service's
+``integrations.calls.CallPolicy`` (timeouts, retries, the circuit breaker, bounded attempts)::
 
     class ExchangeRates(ServiceClient):
         service = "exchange-rates"
@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote
 
 import httpx
@@ -32,6 +32,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from tether.fork import after_fork
 
+from .calls import CallPolicy, PolicyOverrides
 from .conf import service_settings
 from .exceptions import (
     ClientRequestError,
@@ -44,15 +45,16 @@ from .exceptions import (
     bounded_retry_after,
 )
 from .policies import BreakerPolicy, RetryPolicy, Timeout
-from .resilience import AttemptInfo, call_with_resilience
-from .transport import AttemptBounds, ResponseRefused, bounded_client
+from .resilience import AttemptInfo
+from .transport import ResponseRefused, bounded_client, httpx_timeout
+
+if TYPE_CHECKING:
+    from .breaker import Breaker
 
 __all__ = ["ServiceClient", "parse_retry_after", "require_fields"]
 
 #: Methods that get an idempotency key even when the caller passes none.
 AUTO_IDEMPOTENT_METHODS = frozenset({"POST", "PATCH"})
-
-PolicyOverride = Timeout | RetryPolicy | BreakerPolicy | Mapping[str, Any] | None
 
 # --- one pooled httpx.Client per service and process ---------------------------------------------
 
@@ -152,13 +154,6 @@ def require_fields(data: Any, fields: Iterable[str], *, service: str, operation:
             service, operation, f"response lacks required field(s): {', '.join(missing)}"
         )
     return data
-
-
-@functools.lru_cache(maxsize=256)
-def _httpx_timeout(limits: Timeout) -> httpx.Timeout:
-    return httpx.Timeout(
-        connect=limits.connect, read=limits.read, write=limits.write, pool=limits.pool
-    )
 
 
 def _shown(method: str, url: httpx.URL) -> str:
@@ -280,9 +275,7 @@ class ServiceClient:
         if not self.service:
             raise ImproperlyConfigured(f"{type(self).__name__} must set the `service` attribute.")
         self._base_url = base_url
-        self._timeout = timeout
-        self._retry = retry
-        self._breaker = breaker
+        self._overrides = PolicyOverrides(timeout=timeout, retry=retry, breaker=breaker)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} service={self.service!r}>"
@@ -301,19 +294,22 @@ class ServiceClient:
             )
         return str(url)
 
+    def call_policy(self) -> CallPolicy:
+        """The policies of this client's calls: settings, then class attributes, then
+        constructor arguments. Every call runs under it."""
+        return CallPolicy.resolve(self.service, type(self), self._overrides)
+
     def get_timeout(self) -> Timeout:
-        return Timeout.resolve(self.service, type(self).timeout, self._timeout)
+        return self.call_policy().timeout
 
     def get_retry_policy(self) -> RetryPolicy:
-        return RetryPolicy.resolve(self.service, type(self).retry, self._retry)
+        return self.call_policy().retry
 
     def get_breaker_policy(self) -> BreakerPolicy:
-        return BreakerPolicy.resolve(self.service, type(self).breaker, self._breaker)
+        return self.call_policy().breaker
 
     def get_max_response_bytes(self) -> int:
-        return int(
-            type(self).max_response_bytes or service_settings(self.service)["MAX_RESPONSE_BYTES"]
-        )
+        return self.call_policy().max_response_bytes
 
     def get_allowed_origins(self) -> tuple[str, ...]:
         """Origins other than the base URL's that absolute URLs may name (no credentials)."""
@@ -322,15 +318,10 @@ class ServiceClient:
             origins = service_settings(self.service).get("ALLOWED_ORIGINS") or ()
         return tuple(origins)
 
-    def get_breaker(self, retry: RetryPolicy | None = None) -> Any:
+    def get_breaker(self) -> Breaker:
         """The service's breaker, with this client's breaker policy. A half-open probe's lease
         outlasts this client's call deadline, which bounds every attempt of ours."""
-        from .breaker import get_breaker, probe_lease_for
-
-        retry = retry or self.get_retry_policy()
-        return get_breaker(
-            self.service, self.get_breaker_policy(), probe_lease=probe_lease_for(retry.deadline)
-        )
+        return self.call_policy().get_breaker()
 
     def default_headers(self) -> dict[str, str]:
         """Headers sent with every request (override to add credentials, read at call time)."""
@@ -538,38 +529,27 @@ class ServiceClient:
         *,
         parse: Any,
     ) -> Any:
-        timeout = self.get_timeout()
-        max_bytes = self.get_max_response_bytes()
+        policy = self.call_policy()
+        timeout = policy.timeout
         client = _pool_for(self.service)
         kwargs.pop("timeout", None)
 
         def attempt(info: AttemptInfo) -> Any:
-            limits = timeout.capped(info.remaining)
             try:
-                # Every socket operation of the attempt ends by the deadline, and the answer is
-                # read up to ``max_bytes`` (integrations.transport).
-                with AttemptBounds(info.remaining, max_bytes):
-                    response = client.request(
-                        method,
-                        url,
-                        headers=headers or None,
-                        timeout=_httpx_timeout(limits),
-                        **kwargs,
-                    )
+                response = client.request(
+                    method,
+                    url,
+                    headers=headers or None,
+                    timeout=httpx_timeout(timeout.capped(info.remaining)),
+                    **kwargs,
+                )
             except httpx.HTTPError as exc:
                 raise self._map_transport_error(exc, operation, _shown(method, url)) from exc
             if response.status_code >= 400:
                 self._raise_for_status(response, operation, _shown(method, url))
             return parse(response) if parse is not None else response
 
-        retry = self.get_retry_policy()
-        return call_with_resilience(
-            attempt,
-            service=self.service,
-            operation=operation,
-            retry=retry,
-            breaker=self.get_breaker(retry),
-        )
+        return policy.run(attempt, operation=operation)
 
     def _map_transport_error(
         self, exc: httpx.HTTPError, operation: str, shown: str

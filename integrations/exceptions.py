@@ -1,8 +1,12 @@
-"""One error hierarchy for every outbound call, rooted at ``IntegrationError``.
+"""The integrations app's errors.
 
-Every error carries the service, the operation and how many attempts were made; the underlying
-exception is ``__cause__``. Messages never contain credentials: they are built from the service,
-operation, status and a short reason, never from request headers or URLs with query strings.
+Outbound calls have one hierarchy, rooted at ``IntegrationError``: every error carries the
+service, the operation and how many attempts were made; the underlying exception is
+``__cause__``. Messages never contain credentials: they are built from the service, operation,
+status and a short reason, never from request headers or URLs with query strings.
+
+An operator's breaker action refused for what it asks is ``BreakerNotFound`` (a
+``LookupError``) or ``InvalidExpiry`` (a ``ValueError``).
 """
 
 from __future__ import annotations
@@ -130,6 +134,18 @@ class DisallowedURLError(IntegrationError):
     URL's path. Refused before anything is sent: never retried, not a breaker failure."""
 
     breaker_failure = False
+
+
+class BreakerNotFound(LookupError):
+    """No circuit breaker has this name (it is created on a service's first call)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no circuit breaker named {name!r}")
+
+
+class InvalidExpiry(ValueError):
+    """``until`` must be an aware datetime in the future."""
 
 
 def safe_error_text(error: BaseException | None, limit: int | None = None) -> str:

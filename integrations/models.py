@@ -2,7 +2,8 @@
 
 ``CircuitBreaker`` is one row per service: its state, counters and optional per-breaker policy
 overrides. ``BreakerTransition`` is the audit trail: every change of state, who made it and why.
-The state machine that moves a row from state to state lives in ``integrations.breaker``.
+The state machine that moves a row from state to state is ``integrations.breaker``; the one
+module that writes these rows is ``integrations.storage``.
 """
 
 from __future__ import annotations
@@ -11,20 +12,23 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from .breaker import SYSTEM, BreakerState
-
 __all__ = ["BreakerState", "BreakerTransition", "CircuitBreaker"]
 
 
 class CircuitBreaker(models.Model):
-    State = BreakerState
+    class State(models.TextChoices):
+        """The five states of a breaker (what each means: ``integrations.breaker``)."""
+
+        CLOSED = "closed", _("closed")
+        OPEN = "open", _("open")
+        HALF_OPEN = "half_open", _("half-open")
+        FORCED_OPEN = "forced_open", _("forced open")
+        DISABLED = "disabled", _("disabled")
 
     name = models.CharField(
         _("name"), max_length=200, unique=True, help_text=_("The service name.")
     )
-    state = models.CharField(
-        _("state"), max_length=16, choices=BreakerState.choices, default=BreakerState.CLOSED
-    )
+    state = models.CharField(_("state"), max_length=16, choices=State.choices, default=State.CLOSED)
     version = models.PositiveBigIntegerField(
         _("version"),
         default=0,
@@ -98,6 +102,9 @@ class CircuitBreaker(models.Model):
         return {field: getattr(self, field) for field in COUNT_FIELDS}
 
 
+#: The breaker's states, by their own name.
+BreakerState = CircuitBreaker.State
+
 COUNT_FIELDS = (
     "consecutive_failures",
     "total_successes",
@@ -111,7 +118,8 @@ COUNT_FIELDS = (
 
 
 class BreakerTransition(models.Model):
-    SYSTEM = SYSTEM
+    #: The actor of the transitions the breaker makes by itself.
+    SYSTEM = "system"
 
     breaker = models.ForeignKey(
         CircuitBreaker,

@@ -1,4 +1,5 @@
-"""Policy objects: timeouts, retries and the circuit breaker, built from settings.
+"""Policy objects: timeouts, retries and the circuit breaker, built from settings; and the
+half-open probe's lease that follows from the retry deadline.
 
 Precedence, lowest first: ``INTEGRATIONS`` global dicts, the service's entry in
 ``INTEGRATIONS["SERVICES"]``, a ``ServiceClient`` subclass's class attribute, then what its
@@ -135,3 +136,16 @@ class BreakerPolicy(_Policy):
     failure_rate: float | None = None
     minimum_calls: int = 20
     window: float = 60.0
+
+
+#: Seconds a half-open probe's lease outlasts the call deadline that bounds the probe's attempt
+#: (``integrations.transport`` ends every socket operation of an attempt by then): time to write
+#: the probe's outcome (a database write that may wait for a lock), to parse the answer, and for
+#: the clocks of the processes that compare ``probe_lease_until`` to differ.
+PROBE_LEASE_MARGIN = 5.0
+
+
+def probe_lease_for(deadline: float) -> float:
+    """The probe lease for calls bounded by ``deadline`` seconds: no new probe is granted while
+    an earlier one can still be running."""
+    return deadline + PROBE_LEASE_MARGIN

@@ -1,7 +1,8 @@
 """The one retry runner of the project: every outbound call goes through ``call_with_resilience``.
 
-``ServiceClient`` and ``StripeService`` both hand it an ``attempt`` callable that makes ONE try and
-either returns or raises an ``IntegrationError`` already mapped from the transport's exception.
+``ServiceClient`` and ``StripeService`` both hand their service's ``CallPolicy``
+(``integrations.calls``) an ``attempt`` callable that makes ONE try and either returns or raises
+an ``IntegrationError`` already mapped from the transport's exception; the policy runs it here.
 The runner, built from tenacity's composable stop/wait/retry objects, then:
 
 - checks each attempt against the circuit breaker (``acquire``) and counts its outcome

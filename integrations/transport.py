@@ -17,8 +17,9 @@ send through ``bounded_client()``, an ``httpx.Client`` whose transport (``Bounde
   ``httpx.DecodingError``; ``ResponseTooLarge`` for the size), and the connection is closed,
   never left half-read in the pool.
 
-The limits of the attempt in progress are an ``AttemptBounds`` (a context manager around the
-attempt) held in a context variable, since one transport serves every thread. Outside any
+The limits of the attempt in progress are an ``AttemptBounds`` (a context manager that
+``CallPolicy.run`` puts around each attempt) held in a context variable, since one transport serves
+every thread. Outside any
 attempt there is no deadline, and the limit is ``INTEGRATIONS["MAX_RESPONSE_BYTES"]``.
 Name resolution (DNS) happens inside connect but is not bounded: the system resolver's own
 timeouts apply.
@@ -27,6 +28,7 @@ timeouts apply.
 from __future__ import annotations
 
 import contextvars
+import functools
 import time
 import zlib
 from collections.abc import Iterator
@@ -37,6 +39,7 @@ import httpx
 from httpx._utils import get_environment_proxies  # what httpx.Client(trust_env=True) uses
 
 from .conf import integrations_settings
+from .policies import Timeout
 
 __all__ = [
     "ACCEPT_ENCODING",
@@ -46,6 +49,7 @@ __all__ = [
     "ResponseTooLarge",
     "bounded_client",
     "current_bounds",
+    "httpx_timeout",
 ]
 
 #: The content codings we ask for, and the only ones we decode (with a bound) or accept.
@@ -82,6 +86,14 @@ class AttemptBounds:
 def current_bounds() -> AttemptBounds | None:
     """The bounds of the attempt this thread (or task) is making, if any."""
     return _current.get()
+
+
+@functools.lru_cache(maxsize=256)
+def httpx_timeout(limits: Timeout) -> httpx.Timeout:
+    """httpx's four timeouts for our ``Timeout`` policy (cached: a policy is immutable)."""
+    return httpx.Timeout(
+        connect=limits.connect, read=limits.read, write=limits.write, pool=limits.pool
+    )
 
 
 class ResponseRefused(httpx.DecodingError):

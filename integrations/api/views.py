@@ -1,7 +1,7 @@
 """Circuit breakers API: list, detail with recent transitions, reset, open, disable.
 
-Thin views over ``integrations.services``; each action is recorded as a ``BreakerTransition``
-with the actor ``api:<username>`` and the reason given.
+Thin views over the operator actions of ``integrations.breaker``; each action is recorded as a
+``BreakerTransition`` with the actor ``api:<username>`` and the reason given.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from rest_framework.response import Response
 
 from tether.api.base import OperatorAPIMixin
 
-from .. import services
+from ..breaker import disable_breaker, force_open_breaker, reset_breaker
 from ..conf import integrations_settings
+from ..exceptions import BreakerNotFound, InvalidExpiry
 from ..models import CircuitBreaker
 from .serializers import (
     BreakerActionSerializer,
@@ -64,24 +65,24 @@ class CircuitBreakerViewSet(OperatorAPIMixin, viewsets.ReadOnlyModelViewSet):
     def get_serializer_class(self) -> type:
         return CircuitBreakerSerializer if self.action == "list" else CircuitBreakerDetailSerializer
 
-    def _act(self, service_action: Any, serializer_class: type) -> Response:
+    def _act(self, operator_action: Any, serializer_class: type) -> Response:
         """Run one operator action on the breaker named in the URL.
 
         Which names exist (a breaker already created, or a configured service's) is the
-        services' rule; any other name is a 404.
+        operator actions' rule; any other name is a 404.
         """
         name = self.kwargs["name"]
         body = serializer_class(data=self.request.data)
         body.is_valid(raise_exception=True)
         try:
-            breaker = service_action(
+            breaker = operator_action(
                 name,
                 actor=api_actor(self.request),
                 **body.validated_data,
             )
-        except services.BreakerNotFound as exc:
+        except BreakerNotFound as exc:
             raise NotFound(f"No circuit breaker named {name!r}.") from exc
-        except services.InvalidExpiry as exc:
+        except InvalidExpiry as exc:
             raise ValidationError({"until": [str(exc)]}) from exc
         return Response(CircuitBreakerDetailSerializer(breaker).data)
 
@@ -92,7 +93,7 @@ class CircuitBreakerViewSet(OperatorAPIMixin, viewsets.ReadOnlyModelViewSet):
     )
     @action(detail=True, methods=["post"])
     def reset(self, request: Request, name: Any = None) -> Response:
-        return self._act(services.reset_breaker, BreakerActionSerializer)
+        return self._act(reset_breaker, BreakerActionSerializer)
 
     @extend_schema(
         summary="Force open: refuse every call until reset or `until`",
@@ -101,7 +102,7 @@ class CircuitBreakerViewSet(OperatorAPIMixin, viewsets.ReadOnlyModelViewSet):
     )
     @action(detail=True, methods=["post"], url_path="open", url_name="open")
     def force_open(self, request: Request, name: Any = None) -> Response:
-        return self._act(services.force_open_breaker, BreakerHoldSerializer)
+        return self._act(force_open_breaker, BreakerHoldSerializer)
 
     @extend_schema(
         summary="Disable: let every call through, breaker not consulted, until reset or `until`",
@@ -110,4 +111,4 @@ class CircuitBreakerViewSet(OperatorAPIMixin, viewsets.ReadOnlyModelViewSet):
     )
     @action(detail=True, methods=["post"])
     def disable(self, request: Request, name: Any = None) -> Response:
-        return self._act(services.disable_breaker, BreakerHoldSerializer)
+        return self._act(disable_breaker, BreakerHoldSerializer)

@@ -96,23 +96,29 @@ def force_breaker(
 ) -> Any:
     """Put breaker ``name`` in ``state`` and return its ``CircuitBreaker`` row.
 
-    ``"closed"``, ``"forced_open"`` and ``"disabled"`` go through ``integrations.services`` (as
-    the admin does, with a recorded transition). ``"open"`` is reached the way production
-    reaches it: failures are recorded until the breaker's threshold trips it.
+    ``"closed"``, ``"forced_open"`` and ``"disabled"`` go through the operator actions of
+    ``integrations.breaker`` (as the admin does, with a recorded transition). ``"open"`` is
+    reached the way production reaches it: failures are recorded until the breaker's threshold
+    trips it.
     """
-    from .. import services
-    from ..breaker import clear_local_cache, get_breaker
+    from ..breaker import (
+        clear_local_cache,
+        disable_breaker,
+        force_open_breaker,
+        get_breaker,
+        reset_breaker,
+    )
     from ..exceptions import IntegrationUnavailable
     from ..models import CircuitBreaker
 
     if state == "closed":
-        services.reset_breaker(name, actor=actor, reason=reason, create=True)
+        reset_breaker(name, actor=actor, reason=reason, create=True)
     elif state == "forced_open":
-        services.force_open_breaker(name, actor=actor, reason=reason, until=until, create=True)
+        force_open_breaker(name, actor=actor, reason=reason, until=until, create=True)
     elif state == "disabled":
-        services.disable_breaker(name, actor=actor, reason=reason, until=until, create=True)
+        disable_breaker(name, actor=actor, reason=reason, until=until, create=True)
     elif state == "open":
-        services.reset_breaker(name, actor=actor, reason=reason, create=True)
+        reset_breaker(name, actor=actor, reason=reason, create=True)
         breaker = get_breaker(name)
         error = IntegrationUnavailable(name, "force_breaker", "forced failure")
         # Bounded: a breaker that cannot be read (degraded) would never be seen open.

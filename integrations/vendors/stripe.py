@@ -1,13 +1,14 @@
 """Stripe, through the official ``stripe`` SDK, with our timeouts, retries, breaker and errors.
 
 ``StripeService`` is the service ``"stripe"`` (also its circuit breaker's name). Each public
-method makes one logical call through ``integrations.resilience.call_with_resilience``, the
-project's one retry runner: every attempt is checked against and counted by the shared database
-breaker, retries and waits are bounded by the call's deadline, and creates carry an idempotency
-key made once per call (or given by the caller) and sent unchanged on every attempt. The SDK's
-own retries are switched off (``max_network_retries=0``) so that retries are never stacked:
-stripe-python retries without our breaker and deadline, and makes a fresh idempotency key per
-request, so a Celery task retried later would lose Stripe's deduplication.
+method makes one logical call under the service's ``integrations.calls.CallPolicy``, as every
+``ServiceClient`` does: every attempt is checked against and counted by the shared database
+breaker, retries and waits are bounded by the call's deadline, each attempt's socket operations
+end by that deadline and its answer is read up to ``MAX_RESPONSE_BYTES``, and creates carry an
+idempotency key made once per call (or given by the caller) and sent unchanged on every attempt.
+The SDK's own retries are switched off (``max_network_retries=0``) so that retries are never
+stacked: stripe-python retries without our breaker and deadline, and makes a fresh idempotency
+key per request, so a Celery task retried later would lose Stripe's deduplication.
 
 Answers come back as small frozen dataclasses of the fields we use (``Customer``,
 ``PaymentIntent``, ``Refund``), never the SDK's objects; Stripe's errors are mapped onto
@@ -31,7 +32,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 import stripe
@@ -41,7 +42,8 @@ from django.views.decorators.debug import sensitive_variables
 from tether.conf import SECRET_VARIABLES, SecretStr
 from tether.fork import after_fork
 
-from ..client import _httpx_timeout, parse_retry_after
+from ..calls import CallPolicy, PolicyOverrides
+from ..client import parse_retry_after
 from ..conf import service_settings
 from ..exceptions import (
     ClientRequestError,
@@ -52,8 +54,8 @@ from ..exceptions import (
     RateLimitedError,
 )
 from ..policies import BreakerPolicy, RetryPolicy, Timeout
-from ..resilience import AttemptInfo, call_with_resilience
-from ..transport import AttemptBounds, ResponseRefused, bounded_client, current_bounds
+from ..resilience import AttemptInfo
+from ..transport import ResponseRefused, bounded_client, current_bounds, httpx_timeout
 
 __all__ = [
     "SERVICE",
@@ -320,7 +322,7 @@ class _HTTPXClient(stripe.HTTPXClient):
 
     def __init__(self, policy: Timeout) -> None:
         # The SDK's own sync client is not made; ours verifies certificates as the SDK's would.
-        super().__init__(timeout=_httpx_timeout(policy), allow_sync_methods=False)
+        super().__init__(timeout=httpx_timeout(policy), allow_sync_methods=False)
         verify: ssl.SSLContext | bool = False
         if self._verify_ssl_certs:
             verify = ssl.create_default_context(cafile=stripe.ca_bundle_path)
@@ -336,7 +338,7 @@ class _HTTPXClient(stripe.HTTPXClient):
             kwargs.pop("data", None)
         bounds = current_bounds()
         if bounds is not None:
-            kwargs["timeout"] = _httpx_timeout(self.policy.capped(bounds.time_left()))
+            kwargs["timeout"] = httpx_timeout(self.policy.capped(bounds.time_left()))
         return args, kwargs
 
 
@@ -348,12 +350,17 @@ class StripeService:
 
     ``api_key`` and ``base_url`` default to ``INTEGRATIONS["SERVICES"]["stripe"]["API_KEY"]``
     and ``["BASE_URL"]``; ``timeout``, ``retry`` and ``breaker`` override the service's policies
-    (a policy object, or a dict of some of its fields, as for ``ServiceClient``). Settings are
-    read when a call is made, never at construction or import. An instance keeps one SDK client
-    (one connection pool) and is safe to share between threads.
+    (a policy object, or a dict of some of its fields), over the class attributes of the same
+    names and ``max_response_bytes``, as for ``ServiceClient``. Settings are read when a call is
+    made, never at construction or import. An instance keeps one SDK client (one connection
+    pool) and is safe to share between threads.
     """
 
-    service = SERVICE
+    service: ClassVar[str] = SERVICE
+    timeout: ClassVar[Timeout | Mapping[str, Any] | None] = None
+    retry: ClassVar[RetryPolicy | Mapping[str, Any] | None] = None
+    breaker: ClassVar[BreakerPolicy | Mapping[str, Any] | None] = None
+    max_response_bytes: ClassVar[int | None] = None
 
     def __init__(
         self,
@@ -366,9 +373,7 @@ class StripeService:
     ) -> None:
         self._api_key = SecretStr(api_key) if api_key is not None else None
         self._base_url = base_url
-        self._timeout = timeout
-        self._retry = retry
-        self._breaker_policy = breaker
+        self._overrides = PolicyOverrides(timeout=timeout, retry=retry, breaker=breaker)
         self._lock = threading.Lock()
         self._client: stripe.StripeClient | None = None
         self._http_client: stripe.HTTPXClient | None = None
@@ -450,6 +455,11 @@ class StripeService:
         if http_client is not None:
             http_client.close()
 
+    def call_policy(self) -> CallPolicy:
+        """The policies of this service's calls: settings, then class attributes, then
+        constructor arguments. Every call runs under it."""
+        return CallPolicy.resolve(SERVICE, type(self), self._overrides)
+
     # --- machinery ---------------------------------------------------------------------------
 
     @sensitive_variables(*SECRET_VARIABLES)
@@ -461,26 +471,15 @@ class StripeService:
         *,
         idempotency_key: str | None = None,
     ) -> T:
-        from ..breaker import get_breaker, probe_lease_for
-
-        settings = service_settings(SERVICE)
-        client, api_key = self._sdk_client(settings)
-        retry = RetryPolicy.resolve(SERVICE, self._retry)
-        # A half-open probe's lease outlasts this call's deadline, as for every ServiceClient.
-        breaker = get_breaker(
-            SERVICE,
-            BreakerPolicy.resolve(SERVICE, self._breaker_policy),
-            probe_lease=probe_lease_for(retry.deadline),
-        )
-        max_bytes = int(settings["MAX_RESPONSE_BYTES"])
+        policy = self.call_policy()
+        client, api_key = self._sdk_client(service_settings(SERVICE), policy.timeout)
         options: dict[str, Any] = {"max_network_retries": 0}
         if idempotency_key is not None:
             options["idempotency_key"] = idempotency_key
 
         def attempt(info: AttemptInfo) -> T:
             try:
-                with AttemptBounds(info.remaining, max_bytes):
-                    obj = request(client, dict(options))
+                obj = request(client, dict(options))
             except stripe.StripeError as exc:
                 error = map_stripe_error(exc, operation=operation, api_key=api_key)
                 raise error from _without_frames(exc)
@@ -493,12 +492,12 @@ class StripeService:
             except _BadField as exc:
                 raise InvalidResponseError(SERVICE, operation, str(exc)) from exc
 
-        return call_with_resilience(
-            attempt, service=SERVICE, operation=operation, retry=retry, breaker=breaker
-        )
+        return policy.run(attempt, operation=operation)
 
     @sensitive_variables(*SECRET_VARIABLES)
-    def _sdk_client(self, settings: Mapping[str, Any]) -> tuple[stripe.StripeClient, str]:
+    def _sdk_client(
+        self, settings: Mapping[str, Any], timeout: Timeout
+    ) -> tuple[stripe.StripeClient, str]:
         api_key = self._api_key or settings.get("API_KEY")
         if not api_key:
             raise ImproperlyConfigured(
@@ -506,7 +505,6 @@ class StripeService:
                 "or pass StripeService(api_key=...)."
             )
         base_url = self._base_url or settings.get("BASE_URL") or None
-        timeout = Timeout.resolve(SERVICE, self._timeout)
         config = (api_key, base_url, timeout)
         with self._lock:
             if self._client is None or self._client_config != config:

@@ -1,7 +1,8 @@
 """The circuit breakers API: list, detail with recent transitions, reset, open, disable.
 
-Every action goes through ``integrations.services`` and is recorded as a transition with the
-actor ``api:<username>``; the effect on real calls is checked through ``get_breaker``."""
+Every action goes through the operator actions of ``integrations.breaker`` and is recorded as a
+transition with the actor ``api:<username>``; the effect on real calls is checked through
+``get_breaker``."""
 
 from __future__ import annotations
 

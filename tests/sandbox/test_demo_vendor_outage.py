@@ -5,8 +5,8 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
+from integrations.breaker import reset_breaker
 from integrations.models import BreakerTransition, CircuitBreaker
-from integrations.services import reset_breaker
 
 
 def run(*args):

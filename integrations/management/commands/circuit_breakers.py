@@ -12,7 +12,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from integrations import services
+from integrations.breaker import disable_breaker, force_open_breaker, reset_breaker
+from integrations.exceptions import BreakerNotFound, InvalidExpiry
 from integrations.models import CircuitBreaker
 from tether.dates import parse_when
 
@@ -74,23 +75,20 @@ class Command(BaseCommand):
             until = parse_when(until_text) if until_text else None
         except ValueError as exc:
             raise CommandError(f"--until {exc}", returncode=EXIT_BAD_DATE) from None
-        act = {
-            "reset": services.reset_breaker,
-            "open": services.force_open_breaker,
-            "disable": services.disable_breaker,
-        }[action]
+        actions = {"reset": reset_breaker, "open": force_open_breaker, "disable": disable_breaker}
+        act = actions[action]
         kwargs: dict[str, Any] = {"actor": cli_actor(), "reason": reason}
         if action != "reset":
             kwargs["until"] = until
         try:
             breaker = act(name, **kwargs)
-        except services.BreakerNotFound as exc:
+        except BreakerNotFound as exc:
             known = ", ".join(CircuitBreaker.objects.values_list("name", flat=True)[:20])
             raise CommandError(
                 f"{exc}; known breakers: {known or '(none yet)'}",
                 returncode=EXIT_UNKNOWN_BREAKER,
             ) from None
-        except services.InvalidExpiry as exc:
+        except InvalidExpiry as exc:
             raise CommandError(f"--until: {exc}", returncode=EXIT_BAD_DATE) from None
         expiry = f" until {breaker.forced_until.isoformat()}" if breaker.forced_until else ""
         self.stdout.write(self.style.SUCCESS(f"{breaker.name}: {breaker.state}{expiry}"))

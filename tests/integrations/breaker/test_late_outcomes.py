@@ -11,11 +11,10 @@ import pytest
 from django.db.models import F
 from django.utils import timezone
 
-from integrations.breaker import CLOSED, DISABLED, HALF_OPEN, OPEN, get_breaker
+from integrations.breaker import CLOSED, DISABLED, HALF_OPEN, OPEN, disable_breaker, get_breaker
 from integrations.exceptions import IntegrationTimeout, IntegrationUnavailable
 from integrations.models import BreakerTransition, CircuitBreaker
 from integrations.policies import BreakerPolicy
-from integrations.services import disable_breaker
 
 pytestmark = pytest.mark.django_db
 

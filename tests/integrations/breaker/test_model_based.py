@@ -14,11 +14,17 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from integrations.breaker import ManualClock, clear_local_cache, get_breaker
+from integrations.breaker import (
+    ManualClock,
+    clear_local_cache,
+    disable_breaker,
+    force_open_breaker,
+    get_breaker,
+    reset_breaker,
+)
 from integrations.exceptions import CircuitOpenError, IntegrationUnavailable
 from integrations.models import BreakerTransition, CircuitBreaker
 from integrations.policies import BreakerPolicy
-from integrations.services import disable_breaker, force_open_breaker, reset_breaker
 
 NAME = "modelled"
 THRESHOLD, RESET, MAX_PROBES, LEASE = 3, 10.0, 2, 5.0

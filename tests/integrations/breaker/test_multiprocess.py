@@ -17,11 +17,10 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from integrations.breaker import ManualClock, get_breaker
+from integrations.breaker import ManualClock, force_open_breaker, get_breaker
 from integrations.exceptions import IntegrationUnavailable
 from integrations.models import BreakerTransition, CircuitBreaker
 from integrations.policies import BreakerPolicy
-from integrations.services import force_open_breaker
 from tests.integrations.breaker import procs
 from tests.integrations.factories import CircuitBreakerFactory
 

@@ -9,15 +9,17 @@ from django.utils import timezone
 
 from integrations.breaker import (
     CLOSED,
-    CLOSED_COUNTS,
     DISABLED,
     FORCED_OPEN,
     HALF_OPEN,
     OPEN,
     PROBE_LEASE_MARGIN,
     clear_local_cache,
+    disable_breaker,
+    force_open_breaker,
     get_breaker,
     probe_lease_for,
+    reset_breaker,
 )
 from integrations.exceptions import (
     CircuitOpenError,
@@ -28,8 +30,8 @@ from integrations.exceptions import (
 from integrations.models import BreakerTransition, CircuitBreaker
 from integrations.policies import BreakerPolicy, RetryPolicy
 from integrations.resilience import call_with_resilience
-from integrations.services import disable_breaker, force_open_breaker, reset_breaker
 from integrations.signals import breaker_transitioned
+from integrations.storage import CLOSED_COUNTS
 from tests.integrations.factories import CircuitBreakerFactory
 
 pytestmark = pytest.mark.django_db
@@ -398,7 +400,7 @@ def test_failure_rate_window_slides(clock):
     assert b.state == CLOSED
     current = row()
     assert current.window_failures == 3 and current.previous_window_failures == 0
-    calls, failures = b.window_estimate(current, clock())
+    calls, failures = b.window_estimate(b.snapshot(fresh=True), clock())
     assert (calls, failures) == (3, 3)
 
 
@@ -408,7 +410,7 @@ def test_window_estimate_weights_the_previous_bucket(clock):
     fail(b, 10)
     clock.advance(75)  # 15 s into the next bucket: 75% of the previous one still counts
     fail(b, 2)
-    calls, failures = b.window_estimate(row(), clock())
+    calls, failures = b.window_estimate(b.snapshot(fresh=True), clock())
     assert calls == pytest.approx(2 + 10 * 0.75)
     assert failures == pytest.approx(2 + 10 * 0.75)
 

@@ -1,23 +1,29 @@
 """Operator actions: each records who, why and the counts, and takes effect in this process at
-once."""
+once. A person's transition is written by the same path as the breaker's own."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
 import pytest
 from django.utils import timezone
 
-from integrations.breaker import get_breaker
-from integrations.exceptions import CircuitOpenError
-from integrations.models import BreakerTransition, CircuitBreaker
-from integrations.services import (
-    BreakerNotFound,
-    InvalidExpiry,
+from integrations.breaker import (
     disable_breaker,
     force_open_breaker,
+    get_breaker,
     reset_breaker,
+    set_breaker_overrides,
 )
+from integrations.exceptions import (
+    BreakerNotFound,
+    CircuitOpenError,
+    IntegrationUnavailable,
+    InvalidExpiry,
+)
+from integrations.models import BreakerTransition, CircuitBreaker
+from integrations.policies import BreakerPolicy
 from integrations.signals import breaker_transitioned
 from tests.integrations.factories import BreakerTransitionFactory, CircuitBreakerFactory
 
@@ -160,3 +166,77 @@ def test_factories_build_consistent_rows():
     assert transition.breaker.state == "open"
     assert transition.snapshot["consecutive_failures"] == 5
     assert str(transition.breaker) == f"{transition.breaker.name} (open)"
+
+
+def test_a_persons_transition_is_written_as_the_breakers_own(
+    django_capture_on_commit_callbacks, caplog
+):
+    received = []
+
+    def receiver(sender, **kwargs):
+        received.append(kwargs)
+
+    breaker = get_breaker("rates", BreakerPolicy(failure_threshold=1))
+    breaker_transitioned.connect(receiver)
+    try:
+        with (
+            django_capture_on_commit_callbacks(execute=True),
+            caplog.at_level(logging.INFO, logger="integrations.breaker"),
+        ):
+            error = IntegrationUnavailable("rates", "rate", "server error")
+            breaker.record_failure(breaker.acquire("rate"), error)  # the system: closed -> open
+            opened = CircuitBreaker.objects.get(name="rates")
+            closed = reset_breaker("rates", actor="alice", reason="vendor fixed")
+    finally:
+        breaker_transitioned.disconnect(receiver)
+
+    assert (opened.state, closed.state) == ("open", "closed")
+    assert closed.version == opened.version + 1
+    system, person = BreakerTransition.objects.order_by("id")
+    for record, row in ((system, opened), (person, closed)):
+        assert record.created_at == row.updated_at  # one statement moved the row, one moment
+        assert record.snapshot == row.counts()
+    assert (person.from_state, person.to_state, person.actor, person.reason) == (
+        "open",
+        "closed",
+        "alice",
+        "vendor fixed",
+    )
+    assert [(r["from_state"], r["to_state"], r["actor"]) for r in received] == [
+        ("closed", "open", "system"),
+        ("open", "closed", "alice"),
+    ]
+    assert set(received[0]) == set(received[1])
+    assert received[1]["breaker"].pk == closed.pk
+    assert received[1]["breaker"].state == "closed"
+    lines = [r.getMessage() for r in caplog.records if r.name == "integrations.breaker"]
+    assert lines == [
+        "circuit breaker rates: closed -> open (1 consecutive failures (threshold 1)) by system",
+        "circuit breaker rates: open -> closed (vendor fixed) by alice",
+    ]
+
+
+def test_policy_overrides_take_effect_in_this_process_at_once():
+    breaker = get_breaker("rates", BreakerPolicy(failure_threshold=1, reset_timeout=30.0))
+    breaker.record_failure(breaker.acquire("rate"), IntegrationUnavailable("rates", "rate"))
+    with pytest.raises(CircuitOpenError) as caught:
+        breaker.acquire("rate")  # the snapshot says: open for 30 s
+    assert caught.value.retry_after == pytest.approx(30.0, abs=1)
+
+    set_breaker_overrides("rates", {"reset_timeout": 600.0, "failure_threshold": 3})
+
+    with pytest.raises(CircuitOpenError) as caught:
+        breaker.acquire("rate")
+    assert caught.value.retry_after == pytest.approx(600.0, abs=1)
+    row = CircuitBreaker.objects.get(name="rates")
+    assert (row.reset_timeout, row.failure_threshold, row.half_open_max_calls) == (600.0, 3, None)
+    assert (row.state, row.consecutive_failures) == ("open", 1)
+    assert BreakerTransition.objects.count() == 1  # the opening; overrides are no transition
+
+
+def test_only_policy_overrides_can_be_set():
+    CircuitBreakerFactory(name="rates", consecutive_failures=2)
+    with pytest.raises(ValueError, match="consecutive_failures"):
+        set_breaker_overrides("rates", {"consecutive_failures": 0, "failure_threshold": 1})
+    row = CircuitBreaker.objects.get(name="rates")
+    assert (row.consecutive_failures, row.failure_threshold) == (2, None)

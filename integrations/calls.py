@@ -1,0 +1,132 @@
+"""``CallPolicy``: what governs one service's outbound calls, resolved in one place.
+
+Every vendor client (``ServiceClient``, ``StripeService``) resolves one for each call: the
+settings (``INTEGRATIONS``, then the service's entry in ``SERVICES``), then its overrides, lowest
+first: its class attributes, then its constructor's arguments (``PolicyOverrides``). Resolving at
+call time means that a settings change applies at once.
+
+The client hands ``CallPolicy.run`` a callable that makes ONE attempt. ``run`` bounds each attempt
+(``integrations.transport``: every socket operation ends by the call's deadline, and the answer is
+read up to ``max_response_bytes``) and runs the attempts through
+``integrations.resilience.call_with_resilience``, under the retry policy and the service's circuit
+breaker, whose half-open probe lease outlasts the call's deadline. A policy added later is one
+more field resolved here and applied by ``run``, so that every client shares one definition of
+it; a runner for asynchronous clients takes the same resolved ``CallPolicy``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from .conf import service_settings
+from .policies import BreakerPolicy, RetryPolicy, Timeout, probe_lease_for
+from .resilience import AttemptInfo, call_with_resilience
+from .transport import AttemptBounds
+
+if TYPE_CHECKING:
+    from .breaker import Breaker
+
+__all__ = ["CallPolicy", "PolicyOverrides", "PolicySource"]
+
+T = TypeVar("T")
+
+
+class PolicySource(Protocol):
+    """Overrides of a service's settings: a client class (its attributes) or a
+    ``PolicyOverrides``. Each of ``timeout``, ``retry`` and ``breaker`` is a policy object (it
+    replaces what is below it), a dict of some of its fields (merged over what is below it), or
+    None; ``max_response_bytes`` is a number of bytes, or None."""
+
+    timeout: Timeout | Mapping[str, Any] | None
+    retry: RetryPolicy | Mapping[str, Any] | None
+    breaker: BreakerPolicy | Mapping[str, Any] | None
+    max_response_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyOverrides:
+    """What a client's constructor was given to override its class and the settings."""
+
+    timeout: Timeout | Mapping[str, Any] | None = None
+    retry: RetryPolicy | Mapping[str, Any] | None = None
+    breaker: BreakerPolicy | Mapping[str, Any] | None = None
+    max_response_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallPolicy:
+    """The policies of one service's calls, resolved: ``timeout`` (httpx's four timeouts, each
+    capped by what the deadline leaves), ``retry`` (attempts, backoff, deadline), ``breaker``
+    (the circuit breaker's policy) and ``max_response_bytes`` (the largest answer read)."""
+
+    service: str
+    timeout: Timeout
+    retry: RetryPolicy
+    breaker: BreakerPolicy
+    max_response_bytes: int
+
+    @classmethod
+    def resolve(cls, service: str, *sources: PolicySource) -> CallPolicy:
+        """The policies of ``service`` from its settings, overridden by each of ``sources`` in
+        turn (lowest precedence first)."""
+        timeout = Timeout.for_service(service)
+        retry = RetryPolicy.for_service(service)
+        breaker = BreakerPolicy.for_service(service)
+        max_response_bytes = service_settings(service)["MAX_RESPONSE_BYTES"]
+        for source in sources:  # most overrides are None: skip them without a call
+            if source.timeout is not None:
+                timeout = timeout.merged(source.timeout)
+            if source.retry is not None:
+                retry = retry.merged(source.retry)
+            if source.breaker is not None:
+                breaker = breaker.merged(source.breaker)
+            if source.max_response_bytes:
+                max_response_bytes = source.max_response_bytes
+        return cls(service, timeout, retry, breaker, int(max_response_bytes))
+
+    @property
+    def probe_lease(self) -> float:
+        """How long a half-open probe holds its slot: past the call's deadline, which bounds
+        every attempt of the call."""
+        return probe_lease_for(self.retry.deadline)
+
+    def get_breaker(self) -> Breaker:
+        """The service's circuit breaker, with this policy and probe lease."""
+        return _breaker_factory()(
+            self.service, self.breaker, probe_lease=probe_lease_for(self.retry.deadline)
+        )
+
+    def run(self, attempt: Callable[[AttemptInfo], T], *, operation: str) -> T:
+        """One call of ``operation``: ``attempt`` (one try, raising an ``IntegrationError``
+        mapped from its transport's) run under this policy; its result, or the last error."""
+        max_response_bytes = self.max_response_bytes
+
+        def bounded(info: AttemptInfo) -> T:
+            with AttemptBounds(info.remaining, max_response_bytes):
+                return attempt(info)
+
+        return call_with_resilience(
+            bounded,
+            service=self.service,
+            operation=operation,
+            retry=self.retry,
+            breaker=self.get_breaker(),
+        )
+
+
+_get_breaker: Callable[..., Breaker] | None = None
+
+
+def _breaker_factory() -> Callable[..., Breaker]:
+    """``integrations.breaker.get_breaker``, imported on first use (once: an import statement
+    on every call would cost more than the rest of the breaker check). The breaker's module loads
+    the models, which need the app registry, and a client's module may be imported before it is
+    ready."""
+    global _get_breaker
+    if _get_breaker is None:
+        from .breaker import get_breaker
+
+        _get_breaker = get_breaker
+    return _get_breaker
