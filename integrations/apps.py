@@ -9,6 +9,8 @@ class IntegrationsConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from .health import register_checks
         from .metrics import connect_receivers
 
+        register_checks()  # open circuit breakers, in tether.health's view
         connect_receivers()  # Prometheus metrics, only with the django-tether[metrics] extra

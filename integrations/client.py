@@ -18,7 +18,6 @@ from __future__ import annotations
 import email.utils
 import functools
 import json as jsonlib
-import os
 import re
 import threading
 import time
@@ -30,6 +29,8 @@ from urllib.parse import unquote
 
 import httpx
 from django.core.exceptions import ImproperlyConfigured
+
+from tether.fork import after_fork
 
 from .calls import CallPolicy, PolicyOverrides
 from .conf import service_settings
@@ -93,8 +94,7 @@ def _forget_pools_after_fork() -> None:
     _pools_lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pools_after_fork)
+after_fork(_forget_pools_after_fork)
 
 
 # --- response helpers ----------------------------------------------------------------------------

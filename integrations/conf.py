@@ -5,9 +5,13 @@ Per-service dicts in ``SERVICES`` override the global ``TIMEOUT``, ``RETRY``, ``
 service's own keys also include ``BASE_URL``, ``ALLOWED_ORIGINS`` (other origins its absolute
 URLs may name; they get no credentials) and vendor options such as Stripe's ``API_KEY``.
 
+``integrations_settings`` (a ``tether.conf.AppSettings``) is the app's only settings state: read
+at call time, reloaded on ``setting_changed`` (``override_settings``), and its ``reload()`` also
+empties the per-service merges ``service_settings`` keeps.
+
 Credentials are ``SecretStr`` (a ``str`` whose ``repr`` hides it) from the merge on: every string
 under a key named like one (``API_KEY``, ``CLIENT_SECRET``, ``ACCESS_TOKEN``, ``PASSWORD``...;
-``webhooks.conf.SECRET_KEY_NAME``), so that no settings dict in a frame shows it in an error
+``tether.conf.SECRET_KEY_NAME``), so that no settings dict in a frame shows it in an error
 report.
 """
 
@@ -17,9 +21,9 @@ from typing import Any
 
 from django.views.decorators.debug import sensitive_variables
 
-from webhooks.conf import SECRET_VARIABLES, AppSettings, SecretStr, deep_merge
+from tether.conf import SECRET_VARIABLES, AppSettings, deep_merge
 
-__all__ = ["DEFAULTS", "SecretStr", "integrations_settings", "service_settings"]
+__all__ = ["DEFAULTS", "integrations_settings", "service_settings"]
 
 DEFAULTS: dict[str, Any] = {
     "TIMEOUT": {"CONNECT": 3.05, "READ": 10.0, "WRITE": 10.0, "POOL": 5.0},
@@ -51,32 +55,26 @@ integrations_settings = AppSettings("INTEGRATIONS", DEFAULTS)
 SERVICE_KEYS = ("TIMEOUT", "RETRY", "BREAKER", "MAX_RESPONSE_BYTES")
 
 
-# Per-service merges, memoized for the current ``integrations_settings.merged``: AppSettings
-# builds a new dict when the setting changes (or on ``reload()``), and that new identity
-# invalidates the memo. The pair keeps a reference to the dict it was built from, so its id cannot
-# be reused by a later one, and is replaced as one object so that threads never pair a memo with
-# the wrong source.
-_memo: tuple[dict[str, Any] | None, dict[str, dict[str, Any]]] = (None, {})
+#: service -> its merged settings, for the current ``integrations_settings`` (emptied by its
+#: ``reload()``).
+_by_service: dict[str, dict[str, Any]] = {}
+integrations_settings.register_cache(_by_service.clear)
 
 
 @sensitive_variables(*SECRET_VARIABLES)
 def service_settings(service: str) -> dict[str, Any]:
     """The merged settings for one service: global policy dicts overridden by its own entry.
 
-    The returned dict is memoized and shared by every caller until the settings change: read
-    it, never mutate it (copy it first if you must).
+    The returned dict is kept and shared by every caller until the settings change: read it,
+    never mutate it (copy it first if you must).
     """
-    global _memo
-    merged = integrations_settings.merged
-    source, memo = _memo
-    if source is not merged:
-        memo = {}
-        _memo = (merged, memo)
     try:
-        return memo[service]
+        return _by_service[service]
     except KeyError:
         pass
+    merged = integrations_settings.merged
     own = merged["SERVICES"].get(service, {})
     base = {key: merged[key] for key in SERVICE_KEYS}
-    result = memo[service] = deep_merge(base, own)
+    result = deep_merge(base, own)
+    integrations_settings.remember(_by_service, service, result, source=merged)
     return result

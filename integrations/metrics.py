@@ -1,7 +1,7 @@
 """Prometheus metrics of outbound calls (optional extra: ``pip install 'django-tether[metrics]'``).
 
 Connected from ``IntegrationsConfig.ready()`` only when ``prometheus_client`` is installed;
-served by ``webhooks.metrics.metrics_view`` together with the webhook metrics.
+served by ``tether.metrics.metrics_view`` together with the webhook metrics, if any.
 
 - ``tether_integration_calls_total{service,operation,outcome}``: public calls that ended;
   ``outcome`` is ``success`` or the snake_case error class (``integration_timeout``, ...).
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
-from webhooks.metrics import add_scrape_collector, available
+from tether.metrics import available, connect
 
 from . import signals
 
@@ -116,7 +116,5 @@ def connect_receivers() -> bool:
     if not available():
         return False
     instruments()
-    for signal, receiver in _RECEIVERS:
-        signal.connect(receiver, dispatch_uid=f"tether-metrics-{receiver.__name__}")
-    add_scrape_collector(BreakerStateCollector())
+    connect(_RECEIVERS, collector=BreakerStateCollector())
     return True

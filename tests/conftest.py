@@ -1,4 +1,8 @@
-"""Fixtures shared by the whole suite. App-specific ones live in tests/<app>/conftest.py."""
+"""Fixtures shared by the whole suite. App-specific ones live in tests/<app>/conftest.py.
+
+Process-local state (circuit-breaker snapshots, pooled connections, the health view's broker
+probe) is reset around every test by django-tether's own pytest plugin (``tether.pytest_plugin``,
+installed with the package), as in a user's suite."""
 
 from __future__ import annotations
 
@@ -11,12 +15,8 @@ pytest_plugins = ["tests.celery_worker"]
 
 @pytest.fixture(autouse=True)
 def _clear_cache():
-    """Each test starts with an empty Django cache (Redis, in a database of its own) and no
-    process-local circuit-breaker snapshot (a rolled-back test's rows must not linger there)."""
-    from integrations.breaker import clear_local_cache
-
+    """Each test starts with an empty Django cache (Redis, in a database of its own)."""
     cache.clear()
-    clear_local_cache()
     yield
 
 

@@ -1,5 +1,5 @@
 """Real server subprocesses for tests: a free port, the environment a subprocess of the test
-run gets, and the sandbox under gunicorn.
+run gets, a database of a test's own, and the sandbox under gunicorn.
 
 A subprocess runs ``tests.worker_settings`` (the test settings) on the test database
 (``TETHER_DB_NAME``) and this run's Redis database (``TETHER_REDIS_DB``). Settings it should use
@@ -22,6 +22,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,32 @@ def subprocess_env(
         env["TETHER_WORKER_BROKER_URL"] = broker_url
     env.update(extra or {})
     return env
+
+
+@contextmanager
+def own_database(suffix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database on the test server, named after this run's test database
+    plus ``suffix``; dropped afterwards (its connections too). Yields its name."""
+    import psycopg
+
+    db = settings.DATABASES["default"]
+    name = f"{db['TEST']['NAME']}_{suffix}"
+    admin = psycopg.connect(
+        dbname="postgres",
+        user=db.get("USER") or None,
+        password=db.get("PASSWORD") or None,
+        host=db.get("HOST") or None,
+        port=db.get("PORT") or None,
+        autocommit=True,
+        connect_timeout=5,
+    )
+    with admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield name
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class GunicornServer:

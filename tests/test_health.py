@@ -31,13 +31,6 @@ from webhooks.models import WebhookEvent
 Status = WebhookEvent.Status
 
 
-@pytest.fixture(autouse=True)
-def _fresh_probe():
-    broker_probe.reset()
-    yield
-    broker_probe.reset()
-
-
 # --- in process -------------------------------------------------------------------------
 
 

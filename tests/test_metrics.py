@@ -16,8 +16,6 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from integrations import ServiceClient
-from integrations.breaker import clear_local_cache
-from integrations.client import close_pools
 from integrations.exceptions import IntegrationUnavailable
 from integrations.testing import FakeVendor, Reply, instant_backoff
 from tests import handler_runs
@@ -57,14 +55,6 @@ def handlers():
     saved = registry.snapshot()
     yield registry
     registry.restore(saved)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_breakers():
-    clear_local_cache()
-    yield
-    clear_local_cache()
-    close_pools()
 
 
 @pytest.mark.django_db

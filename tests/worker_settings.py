@@ -12,7 +12,7 @@ import os
 
 from tests.settings import *  # noqa: F403
 from tests.settings import INSTALLED_APPS, WEBHOOKS
-from webhooks.conf import deep_merge
+from tether.conf import deep_merge
 
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.worker_app"]
 WEBHOOKS = deep_merge(WEBHOOKS, json.loads(os.environ.get("TETHER_WORKER_WEBHOOKS") or "{}"))

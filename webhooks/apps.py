@@ -9,9 +9,11 @@ class WebhooksConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from .health import register_checks
         from .registry import autodiscover
 
         autodiscover()
+        register_checks()  # the broker and the event backlog, in tether.health's view
 
         from .metrics import connect_receivers
 

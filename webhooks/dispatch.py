@@ -20,7 +20,8 @@ What can be lost is the wake-up call, never the event:
 
 The thread starts with the first key submitted in a process, so a forked child (gunicorn and
 Celery prefork workers) never inherits the parent's thread, lock or pending keys: ``fork()``
-resets the dispatcher in the child (``os.register_at_fork``), and ``submit`` also checks the pid.
+resets the dispatcher in the child (``tether.fork.after_fork``), and ``submit`` also checks the
+pid.
 
 Tests and scripts that need the messages published *now* call ``flush()`` (it waits for
 everything submitted before the call, and returns False on timeout). Eager Celery
@@ -35,6 +36,8 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
+
+from tether.fork import after_fork
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +142,7 @@ def _interval() -> float:
 
 
 dispatcher = Dispatcher()
-os.register_at_fork(after_in_child=dispatcher._reset)
+after_fork(dispatcher._reset)
 
 
 def flush(timeout: float | None = 10.0) -> bool:

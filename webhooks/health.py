@@ -1,19 +1,14 @@
-"""Health view for load balancers and uptime checks: ``GET`` answers JSON, 200 or 503.
+"""The webhooks app's health checks, and the URL include of the health view.
 
-Mount it with ``path("health/", include("webhooks.health"))`` (or route ``health_view``
-yourself). It lives in the webhooks app because everything it checks is what that app needs to
-take a delivery: the database, the Celery broker and the event backlog; it adds the circuit
-breakers when ``integrations`` is installed.
+``WebhooksConfig.ready()`` registers two checks with ``tether.health`` (which holds the view and
+its JSON and status rules): ``broker``, critical (the view answers 503 when the Celery broker
+cannot be reached), and ``webhooks``, the backlog of events stuck past ``STUCK_AFTER``
+(reported, never failing). ``path("health/", include("webhooks.health"))`` mounts the view
+(``tether.health``'s ``urlpatterns``, re-exported here), as does ``include("tether.health")``.
 
-- **503** when the database or the broker cannot be reached: this process cannot do its job.
-- **200** otherwise. Stuck events and open breakers are reported but do not fail the check: a
-  vendor being down is no reason to take the web process out of the load balancer.
-
-Cost per request: one indexed ``COUNT`` of stuck events, one small query of breakers that are
-not closed (when integrations is installed), and a broker connection at most once every
-``WEBHOOKS["HEALTH_CACHE_TTL"]`` seconds (its result is reused in between, per process), with
-a connect timeout of ``WEBHOOKS["HEALTH_BROKER_TIMEOUT"]`` seconds. Errors are reported by
-class name only: driver messages can carry hostnames and credentials.
+Cost per request: one indexed ``COUNT`` of stuck events, and a broker connection at most once
+every ``WEBHOOKS["HEALTH_CACHE_TTL"]`` seconds (its result is reused in between, per process),
+with a connect timeout of ``WEBHOOKS["HEALTH_BROKER_TIMEOUT"]`` seconds.
 """
 
 from __future__ import annotations
@@ -24,20 +19,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from django.apps import apps
-from django.db import DatabaseError
 from django.db.models import Count
-from django.http import HttpRequest, JsonResponse
-from django.urls import path
-from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_safe
+
+from tether.health import HealthCheck, register
+from tether.health import app_name as app_name  # the URL include: include("webhooks.health")
+from tether.health import health_view as health_view
+from tether.health import urlpatterns as urlpatterns
 
 from .conf import webhooks_settings
 
 logger = logging.getLogger("webhooks.health")
-
-#: Breaker states reported as open (calls are refused or only probes go through).
-OPEN_BREAKER_STATES = ("open", "half_open", "forced_open")
 
 
 @dataclass
@@ -104,43 +95,31 @@ def stuck_event_counts() -> dict[str, int]:
     return dict(rows)
 
 
-def open_breakers() -> list[dict[str, str]] | None:
-    """Breakers that are not closed, or None when the integrations app is not installed."""
-    if not apps.is_installed("integrations"):
-        return None
-    from integrations.models import CircuitBreaker
+class BrokerCheck(HealthCheck):
+    """``broker``: whether this process can publish to the Celery broker (``broker_probe``)."""
 
-    rows = CircuitBreaker.objects.filter(state__in=OPEN_BREAKER_STATES).order_by("name")
-    return [{"name": name, "state": state} for name, state in rows.values_list("name", "state")]
+    name = "broker"
+    critical = True
 
-
-def health_report() -> tuple[bool, dict[str, Any]]:
-    """``(healthy, report)``: the JSON body of the health view."""
-    report: dict[str, Any] = {}
-    try:
-        stuck = stuck_event_count()
-        breakers = open_breakers()
-    except DatabaseError as exc:
-        logger.warning("health: database unreachable (%s)", type(exc).__name__)
-        report["database"] = {"ok": False, "error": type(exc).__name__}
-        stuck = breakers = None
-    else:
-        report["database"] = {"ok": True}
-    probe = broker_probe.check()
-    report["broker"] = {"ok": probe.ok} if probe.ok else {"ok": False, "error": probe.error}
-    report["webhooks"] = {"stuck": stuck, "stuck_after": webhooks_settings["STUCK_AFTER"]}
-    if apps.is_installed("integrations"):
-        report["circuit_breakers"] = {"open": breakers}
-    healthy = report["database"]["ok"] and probe.ok
-    return healthy, {"status": "ok" if healthy else "unavailable", **report}
+    def run(self) -> dict[str, Any]:
+        probe = broker_probe.check()
+        return {"ok": True} if probe.ok else {"ok": False, "error": probe.error}
 
 
-@never_cache
-@require_safe
-def health_view(request: HttpRequest) -> JsonResponse:
-    healthy, report = health_report()
-    return JsonResponse(report, status=200 if healthy else 503)
+class BacklogCheck(HealthCheck):
+    """``webhooks``: how many events are stuck, and past how many seconds."""
+
+    name = "webhooks"
+    reads_database = True
+
+    def run(self) -> dict[str, Any]:
+        return {"stuck": stuck_event_count(), "stuck_after": webhooks_settings["STUCK_AFTER"]}
+
+    def unreadable(self) -> dict[str, Any]:
+        return {"stuck": None, "stuck_after": webhooks_settings["STUCK_AFTER"]}
 
 
-app_name = "health"
-urlpatterns = [path("", health_view, name="health")]
+def register_checks() -> None:
+    """Add the webhooks app's checks to the health view (from ``WebhooksConfig.ready()``)."""
+    register(BrokerCheck())
+    register(BacklogCheck())

@@ -1,10 +1,11 @@
-"""Prometheus metrics (optional extra: ``pip install 'django-tether[metrics]'``).
+"""Prometheus metrics of webhooks (optional extra: ``pip install 'django-tether[metrics]'``).
 
 Receivers connected to ``webhooks.signals`` count what happens to deliveries and events; the
 stuck-event gauge is computed when Prometheus scrapes. ``connect_receivers()`` is called from
 ``WebhooksConfig.ready()`` and does nothing when ``prometheus_client`` is not installed, so
-nothing is imported and everything else works. ``metrics_view`` serves the default registry
-(also ``integrations.metrics``); mount it with ``path("metrics", metrics_view)``.
+nothing is imported and everything else works. They join the registry of ``tether.metrics``,
+whose ``metrics_view`` (also importable from here) serves every app's metrics; mount it with
+``path("metrics", metrics_view)``.
 
 Metrics (``endpoint`` is a configured endpoint name, or ``_unknown`` for any other path, so
 that strangers cannot grow the label set):
@@ -18,44 +19,27 @@ that strangers cannot grow the label set):
 - ``tether_webhook_end_to_end_seconds{endpoint}``: histogram, received to processed.
 - ``tether_webhooks_stuck{endpoint}``: gauge at scrape time, events the sweeper would requeue.
 
-With several processes per host (gunicorn workers, Celery prefork children), set
-``PROMETHEUS_MULTIPROC_DIR`` for all of them before start: the view then aggregates every
-process's files (prometheus_client's multiprocess mode) and adds the scrape-time gauges once.
+With several processes per host, see ``tether.metrics`` (``PROMETHEUS_MULTIPROC_DIR``).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
-from django.views.decorators.http import require_safe
+from tether.metrics import available, connect
+from tether.metrics import metrics_view as metrics_view  # documented: route it from here
 
 from . import signals
 from .conf import webhooks_settings
 
 logger = logging.getLogger("webhooks.metrics")
 
-EXTRA = "django-tether[metrics]"
 UNKNOWN_ENDPOINT = "_unknown"
 END_TO_END_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
-
-#: Collectors that read the database at scrape time (added once per scrape in multiprocess
-#: mode, registered in the default registry otherwise). ``integrations.metrics`` adds its own.
-scrape_collectors: list[Any] = []
-
-
-def available() -> bool:
-    """Whether the metrics extra (``prometheus_client``) is installed."""
-    try:
-        import prometheus_client  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @functools.cache
@@ -168,52 +152,10 @@ _RECEIVERS = (
 )
 
 
-def add_scrape_collector(collector: Any) -> None:
-    """Register a scrape-time collector once (no-op if already added)."""
-    if any(type(c) is type(collector) for c in scrape_collectors):
-        return
-    scrape_collectors.append(collector)
-    if not multiprocess_mode():
-        from prometheus_client import REGISTRY
-
-        REGISTRY.register(collector)
-
-
-def multiprocess_mode() -> bool:
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-
-
 def connect_receivers() -> bool:
     """Connect the metric receivers; False (and nothing imported) without the extra."""
     if not available():
         return False
     instruments()
-    for signal, receiver in _RECEIVERS:
-        signal.connect(receiver, dispatch_uid=f"tether-metrics-{receiver.__name__}")
-    add_scrape_collector(StuckEventsCollector())
+    connect(_RECEIVERS, collector=StuckEventsCollector())
     return True
-
-
-@require_safe
-def metrics_view(request: HttpRequest) -> HttpResponse:
-    """Prometheus text exposition of every django-tether metric (and the process's others)."""
-    if not available():
-        logger.error("metrics view: prometheus_client is not installed (extra %s)", EXTRA)
-        return HttpResponse(
-            f"Metrics need the optional extra: pip install '{EXTRA}'\n",
-            status=501,
-            content_type="text/plain; charset=utf-8",
-        )
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-
-    registry = REGISTRY
-    if multiprocess_mode():
-        from prometheus_client import multiprocess
-
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        for collector in scrape_collectors:
-            registry.register(collector)
-    response = HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
-    response["Cache-Control"] = "no-store"
-    return response

@@ -52,7 +52,8 @@ from django.db import (
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from .conf import SECRET_VARIABLES
+from tether.conf import SECRET_VARIABLES
+
 from .db import Jsonb, binds_on_server, bytes_param, fetch_one, timestamp_param
 from .exceptions import (
     InvalidSignature,

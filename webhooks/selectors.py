@@ -9,13 +9,13 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
-from django.utils import timezone
-from django.utils.dateparse import parse_date, parse_datetime
+
+from tether.dates import parse_when
 
 from .exceptions import UnknownEndpoint
 from .models import WebhookEvent
 from .providers import get_provider
-from .providers.base import COMMON_STORED_HEADERS, utc_datetime
+from .providers.base import COMMON_STORED_HEADERS
 from .registry import is_glob, pattern_regex
 
 #: The permission that shows an event's stored signature header (the admin's and the API's).
@@ -32,42 +32,6 @@ def type_pattern_q(pattern: str) -> Q:
     if set(pattern) == {"*"}:
         return Q()
     return Q(event_type__regex=pattern_regex(pattern))
-
-
-class DateOutOfRange(ValueError):
-    """A date or datetime that parses but falls outside the years 1-9999 once in UTC."""
-
-
-def parse_when(value: str | dt.date | dt.datetime) -> dt.datetime:
-    """An ISO 8601 date or datetime as an aware datetime in UTC; a date means its midnight.
-
-    Naive values are in the current time zone (``TIME_ZONE``). Raises ``ValueError`` with a
-    readable message for anything else: ``DateOutOfRange`` for a value outside the years 1-9999
-    once in UTC (``providers.base.utc_datetime``, the rule for every time taken from input), e.g.
-    ``9999-12-31T23:59:59-23:59``, which a database would store and then fail to read back.
-    """
-    if isinstance(value, dt.datetime):
-        parsed = value
-    elif isinstance(value, dt.date):
-        parsed = dt.datetime.combine(value, dt.time.min)
-    else:
-        text = str(value).strip()
-        try:
-            parsed = parse_datetime(text)
-            if parsed is None:
-                day = parse_date(text)
-                parsed = dt.datetime.combine(day, dt.time.min) if day else None
-        except ValueError:
-            parsed = None
-        if parsed is None:
-            raise ValueError(
-                f"{text!r} is not an ISO 8601 date (YYYY-MM-DD) or datetime "
-                "(YYYY-MM-DDThh:mm[:ss][+hh:mm])"
-            )
-    bounded = utc_datetime(parsed, naive_zone=timezone.get_current_timezone())
-    if bounded is None:
-        raise DateOutOfRange(f"{str(value).strip()!r} is outside the years 1-9999 once in UTC")
-    return bounded
 
 
 def _as_list(value: str | Iterable[str] | None) -> list[str] | None:

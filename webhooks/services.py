@@ -36,11 +36,9 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Retry
-from django.core.signals import setting_changed
 from django.db import router, transaction
 from django.db.models import DateTimeField, F, Q, QuerySet, Value
 from django.db.models.functions import Coalesce, Greatest
-from django.dispatch import receiver
 from django.utils import timezone
 
 from .conf import webhooks_settings
@@ -244,8 +242,8 @@ def celery_is_eager() -> bool:
     """Whether the Celery app runs tasks eagerly (``task_always_eager``), read cheaply: a value
     set at run time (``app.conf.task_always_eager = ...``) is seen at once; the configured one
     (Django settings or Celery's default) is read once, since reading it through ``app.conf``
-    costs more than the rest of the enqueue, and ``override_settings`` of a ``CELERY_``
-    setting reads it again."""
+    costs more than the rest of the enqueue, and kept until ``webhooks_settings`` reloads
+    (``override_settings`` of a ``CELERY_`` setting, or ``reload()``)."""
     from .tasks import process_event as process_event_task
 
     changed = process_event_task.app.conf.changes.get("task_always_eager")
@@ -261,10 +259,7 @@ def _configured_eager() -> bool:
     return bool(process_event_task.app.conf.task_always_eager)
 
 
-@receiver(setting_changed)
-def _forget_configured_eager(*, setting: str, **kwargs: Any) -> None:
-    if setting.startswith("CELERY"):
-        _configured_eager.cache_clear()
+webhooks_settings.register_cache(_configured_eager.cache_clear, also_on=("CELERY",))
 
 
 def enqueue_on_commit(event: WebhookEvent) -> None:

@@ -25,7 +25,8 @@ from typing import Any
 from django.urls import reverse
 from django.views.decorators.debug import sensitive_variables
 
-from .conf import SECRET_VARIABLES
+from tether.conf import SECRET_VARIABLES
+
 from .exceptions import MalformedPayload
 from .providers import Sample, get_provider
 

@@ -7,7 +7,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from webhooks.api.fields import DateOrDateTimeField
+from tether.api.fields import DateOrDateTimeField
 
 from ..models import BreakerTransition, CircuitBreaker
 

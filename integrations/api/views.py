@@ -16,7 +16,7 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from webhooks.api.base import OperatorAPIMixin
+from tether.api.base import OperatorAPIMixin
 
 from ..breaker import disable_breaker, force_open_breaker, reset_breaker
 from ..conf import integrations_settings

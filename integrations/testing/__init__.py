@@ -6,7 +6,7 @@
 - ``force_breaker(name, state)``: put a service's circuit breaker in a state, the way an
   operator (or a run of failures) would.
 - ``reset_local_state()``: forget this process's breaker snapshots and pooled connections
-  (an autouse fixture calls it around each test).
+  (django-tether's pytest plugin, ``tether.pytest_plugin``, calls it around each test).
 
 ``integrations.testing.stripe`` holds a fake Stripe API for ``StripeService``.
 """
@@ -72,8 +72,9 @@ def instant_backoff() -> Iterator[InstantBackoff]:
 
 
 def reset_local_state() -> None:
-    """Forget what this process keeps between calls: breaker snapshots (which would outlive a
-    test's rolled-back database) and pooled connections. Call it around each test."""
+    """Forget what this process keeps between calls: breaker snapshots and successes not yet
+    written (which would outlive a test's rolled-back database) and pooled connections.
+    ``tether.pytest_plugin`` calls it around each test of any suite."""
     from ..breaker import clear_local_cache
     from ..client import close_pools
 

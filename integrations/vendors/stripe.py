@@ -25,7 +25,6 @@ Settings (read at call time)::
 
 from __future__ import annotations
 
-import os
 import re
 import ssl
 import threading
@@ -40,9 +39,12 @@ import stripe
 from django.core.exceptions import ImproperlyConfigured
 from django.views.decorators.debug import sensitive_variables
 
+from tether.conf import SECRET_VARIABLES, SecretStr
+from tether.fork import after_fork
+
 from ..calls import CallPolicy, PolicyOverrides
 from ..client import parse_retry_after
-from ..conf import SECRET_VARIABLES, SecretStr, service_settings
+from ..conf import service_settings
 from ..exceptions import (
     ClientRequestError,
     IntegrationError,
@@ -532,8 +534,7 @@ def _forget_clients_after_fork() -> None:
         service._client = service._http_client = service._client_config = None
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_clients_after_fork)
+after_fork(_forget_clients_after_fork)
 
 
 class _Deleted(Exception):

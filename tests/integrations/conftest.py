@@ -1,5 +1,6 @@
-"""Fixtures for the integrations tests: a fake vendor on 127.0.0.1, instant backoff, and a
-clean process-local state (breaker snapshots, pooled connections) around every test."""
+"""Fixtures for the integrations tests: a fake vendor on 127.0.0.1 and instant backoff. The
+clean process-local state (breaker snapshots, pooled connections) around every test comes from
+django-tether's pytest plugin (``tether.pytest_plugin``)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from integrations.testing import FakeVendor, InstantBackoff, instant_backoff, reset_local_state
-
-
-@pytest.fixture(autouse=True)
-def _fresh_process_state() -> Iterator[None]:
-    """The database is rolled back after each test: forget what this process cached of it."""
-    reset_local_state()
-    yield
-    reset_local_state()
+from integrations.testing import FakeVendor, InstantBackoff, instant_backoff
 
 
 @pytest.fixture

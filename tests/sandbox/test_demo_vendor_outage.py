@@ -7,14 +7,6 @@ from django.core.management import CommandError, call_command
 
 from integrations.breaker import reset_breaker
 from integrations.models import BreakerTransition, CircuitBreaker
-from integrations.testing import reset_local_state
-
-
-@pytest.fixture(autouse=True)
-def _fresh_local_state():
-    reset_local_state()
-    yield
-    reset_local_state()
 
 
 def run(*args):

@@ -14,7 +14,8 @@ import pytest
 from django.test import Client
 from django.views.debug import ExceptionReporter, SafeExceptionReporterFilter
 
-from webhooks.conf import SecretStr, webhooks_settings
+from tether.conf import SecretStr
+from webhooks.conf import webhooks_settings
 
 pytestmark = pytest.mark.django_db
 

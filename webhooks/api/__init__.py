@@ -1,5 +1,5 @@
 """Operator REST API for webhook events (Django REST framework).
 
 Mount it with ``path("api/", include("webhooks.api.urls"))``; ``"rest_framework"`` must be in
-``INSTALLED_APPS``. ``webhooks.api.base`` holds what the integrations API shares with it.
+``INSTALLED_APPS``. What it shares with the integrations API is in ``tether.api``.
 """

@@ -14,9 +14,10 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from tether.api.fields import DateOrDateTimeField, OneOrManyStringsField
+
 from ..models import WebhookEvent
 from ..selectors import visible_headers
-from .fields import DateOrDateTimeField, OneOrManyStringsField
 
 
 class WebhookEventSerializer(serializers.ModelSerializer):

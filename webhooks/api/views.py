@@ -12,10 +12,11 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from tether.api.base import OperatorAPIMixin
+
 from .. import selectors, services
 from ..conf import webhooks_settings
 from ..models import WebhookEvent
-from .base import OperatorAPIMixin
 from .pagination import WebhookEventCursorPagination
 from .serializers import (
     BulkReplaySerializer,

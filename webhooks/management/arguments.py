@@ -7,7 +7,7 @@ import argparse
 import datetime as dt
 import math
 
-from webhooks.selectors import parse_when
+from tether.dates import parse_when
 
 # Exit codes of the webhooks commands.
 EXIT_OK = 0

@@ -2,20 +2,21 @@
 
 ``get_provider(endpoint)`` builds the provider of ``WEBHOOKS["ENDPOINTS"][endpoint]``: its
 ``PROVIDER`` is a built-in name (``stripe``, ``github``, ``standard``, ``hmac``) or the dotted
-path of a ``Provider`` subclass. Instances are cached until ``WEBHOOKS`` changes.
+path of a ``Provider`` subclass. Instances are kept until ``webhooks_settings`` reloads (a change
+of ``WEBHOOKS``, or ``reload()``).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from typing import Any
 
-from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 from django.views.decorators.debug import sensitive_variables
 
-from ..conf import SECRET_VARIABLES, webhooks_settings
+from tether.conf import SECRET_VARIABLES
+
+from ..conf import webhooks_settings
 from ..exceptions import UnknownEndpoint, WebhookConfigurationError
 from .base import ConfigProblem, ParsedEvent, Provider, Sample, endpoint_key
 
@@ -37,8 +38,9 @@ BUILTIN_PROVIDERS: dict[str, str] = {
     "hmac": "webhooks.providers.hmac.HmacProvider",
 }
 
+#: endpoint -> its provider, built from the current settings (emptied by their reload).
 _cache: dict[str, Provider] = {}
-_lock = threading.Lock()
+webhooks_settings.register_cache(_cache.clear)
 
 
 @sensitive_variables(*SECRET_VARIABLES)
@@ -90,17 +92,8 @@ def get_provider(endpoint: str) -> Provider:
     """
     provider = _cache.get(endpoint)
     if provider is None:
+        merged = webhooks_settings.merged
         config = endpoint_config(endpoint)
         provider = provider_class(endpoint, config)(endpoint, config)
-        with _lock:
-            _cache[endpoint] = provider
+        webhooks_settings.remember(_cache, endpoint, provider, source=merged)
     return provider
-
-
-def _clear_cache(*, setting: str, **kwargs: Any) -> None:
-    if setting == "WEBHOOKS":
-        with _lock:
-            _cache.clear()
-
-
-setting_changed.connect(_clear_cache, dispatch_uid="webhooks.providers.clear_cache")

@@ -23,13 +23,16 @@ import secrets as _secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from django.utils.datastructures import CaseInsensitiveMapping
 from django.views.decorators.debug import sensitive_variables
 
-from ..conf import SECRET_VARIABLES, SecretStr, webhooks_settings
+from tether.conf import SECRET_VARIABLES, SecretStr
+from tether.dates import utc_datetime
+
+from ..conf import webhooks_settings
 from ..exceptions import InvalidSignature, MalformedPayload, WebhookConfigurationError
 
 #: Headers every provider keeps besides its own scheme's.
@@ -482,24 +485,6 @@ def _encodable(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def utc_datetime(value: datetime, *, naive_zone: tzinfo = UTC) -> datetime | None:
-    """``value`` as an aware datetime in UTC, or None when it is unusable: outside the years
-    1-9999 once converted to UTC. A naive ``value`` is taken in ``naive_zone``.
-
-    The one rule for every time taken from input: occurred times (``datetime_from_unix``,
-    Standard Webhooks' ISO 8601 ``timestamp``) and the dates given to the commands and the
-    operator APIs (``webhooks.selectors.parse_when``). A legal ISO 8601 value can fall outside:
-    ``9999-12-31T23:59:59-23:59`` is year 10000 in UTC, which PostgreSQL stores but Python
-    cannot read back (every later read of the row fails), and SQLite's adapter cannot convert.
-    """
-    if value.utcoffset() is None:
-        value = value.replace(tzinfo=naive_zone)
-    try:
-        return value.astimezone(UTC)
-    except (OverflowError, ValueError):
-        return None
 
 
 def datetime_from_unix(value: Any) -> datetime | None:

@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 
 import standardwebhooks
 
+from tether.dates import utc_datetime
+
 from ..exceptions import InvalidSignature
 from . import samples
 from .base import (
@@ -38,7 +40,6 @@ from .base import (
     decode_utf8,
     load_json_object,
     require_identifier,
-    utc_datetime,
 )
 
 MAX_SIGNATURES = 16

@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from integrations.breaker import disable_breaker, force_open_breaker, reset_breaker
 from integrations.exceptions import BreakerNotFound, InvalidExpiry
 from integrations.models import CircuitBreaker
-from webhooks.selectors import parse_when
+from tether.dates import parse_when
 
 EXIT_USAGE = 2
 EXIT_UNKNOWN_BREAKER = 3

@@ -1,5 +1,5 @@
 """Fixtures for the breaker tests: a movable clock. (The clean process-local state around each
-test comes from tests/integrations/conftest.py.)"""
+test comes from django-tether's pytest plugin, ``tether.pytest_plugin``.)"""
 
 from __future__ import annotations
 

@@ -8,10 +8,11 @@ import pytest
 from django.test import override_settings
 from django.views.debug import ExceptionReporter, SafeExceptionReporterFilter
 
-from integrations.conf import SecretStr, integrations_settings, service_settings
+from integrations.conf import integrations_settings, service_settings
 from integrations.exceptions import IntegrationUnavailable
 from integrations.testing import unused_port_url
 from integrations.vendors.stripe import StripeService
+from tether.conf import SecretStr
 
 from .conftest import API_KEY
 

@@ -1,11 +1,11 @@
-"""The building blocks every provider shares: the bounded conversion of input times
-(``utc_datetime``, ``datetime_from_unix``) and JSON parsing (``load_json_object``)."""
+"""The building blocks every provider shares: the bounded conversion of Unix times
+(``datetime_from_unix``, through ``tether.dates.utc_datetime``) and JSON parsing
+(``load_json_object``)."""
 
 from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta, timezone
-from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -14,7 +14,6 @@ from webhooks.providers.base import (
     ParsedEvent,
     datetime_from_unix,
     load_json_object,
-    utc_datetime,
 )
 
 LAST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
@@ -24,50 +23,6 @@ FIRST = datetime(1, 1, 1, tzinfo=UTC)
 
 def offset(hours: int, minutes: int = 0) -> timezone:
     return timezone(timedelta(hours=hours, minutes=minutes))
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (LAST_SECOND, LAST_SECOND),
-        (LAST, LAST),
-        (FIRST, FIRST),
-        (datetime(2026, 3, 1, 12, tzinfo=offset(2)), datetime(2026, 3, 1, 10, tzinfo=UTC)),
-        # An offset that keeps the UTC time within range.
-        (datetime(9999, 12, 31, 23, tzinfo=offset(1)), datetime(9999, 12, 31, 22, tzinfo=UTC)),
-        (datetime(1, 1, 1, tzinfo=offset(-5)), datetime(1, 1, 1, 5, tzinfo=UTC)),
-        (datetime(1, 1, 2, tzinfo=offset(14)), datetime(1, 1, 1, 10, tzinfo=UTC)),
-        # Offsets pushing the UTC time across either end.
-        (datetime(9999, 12, 31, 23, 59, 59, tzinfo=offset(-23, -59)), None),
-        (datetime(9999, 12, 31, 23, 59, 59, tzinfo=offset(0, -1)), None),
-        (datetime(1, 1, 1, tzinfo=offset(14)), None),
-        (datetime(1, 1, 1, 0, 0, 59, tzinfo=offset(0, 1)), None),
-        # Naive: UTC by default.
-        (datetime(9999, 12, 31, 23, 59, 59), LAST_SECOND),
-        (datetime(1, 1, 1), FIRST),
-    ],
-)
-def test_utc_datetime(value, expected):
-    result = utc_datetime(value)
-    assert result == expected
-    if result is not None:
-        assert result.tzinfo is UTC
-        assert (result.year, result.month, result.day) == (
-            expected.year,
-            expected.month,
-            expected.day,
-        )
-
-
-def test_utc_datetime_takes_naive_values_in_the_given_zone():
-    new_york, tokyo = ZoneInfo("America/New_York"), ZoneInfo("Asia/Tokyo")
-    assert utc_datetime(datetime(2026, 7, 1, 12), naive_zone=new_york) == datetime(
-        2026, 7, 1, 16, tzinfo=UTC
-    )
-    assert utc_datetime(datetime(9999, 12, 31, 23), naive_zone=new_york) is None
-    assert utc_datetime(datetime(1, 1, 1, 3), naive_zone=tokyo) is None
-    # An aware value keeps its own offset whatever the zone for naive ones.
-    assert utc_datetime(LAST, naive_zone=tokyo) == LAST
 
 
 @pytest.mark.parametrize(

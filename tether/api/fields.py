@@ -9,14 +9,14 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ..selectors import DateOutOfRange, parse_when
+from tether.dates import DateOutOfRange, parse_when
 
 
 @extend_schema_field(OpenApiTypes.DATETIME)
 class DateOrDateTimeField(serializers.Field):
     """An ISO 8601 date (``2026-03-01``, meaning its midnight) or datetime
     (``2026-03-01T12:00:00Z``; without an offset, in the current time zone), parsed by
-    ``webhooks.selectors.parse_when`` as the commands do. The value is an aware ``datetime`` in
+    ``tether.dates.parse_when`` as the commands do. The value is an aware ``datetime`` in
     UTC; one outside the years 1-9999 once in UTC is refused (``out_of_range``)."""
 
     default_error_messages = {

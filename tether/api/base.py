@@ -2,7 +2,7 @@
 model permissions per action, and a clear answer when the database is down.
 
 Both ``webhooks.api`` and ``integrations.api`` build on ``OperatorAPIMixin``; the settings
-accessor (``webhooks_settings`` or ``integrations_settings``) is the only thing that differs.
+object (``webhooks_settings`` or ``integrations_settings``) is the only thing that differs.
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ from django.utils.module_loading import import_string
 from rest_framework import permissions, status
 from rest_framework.response import Response
 
-from webhooks.conf import AppSettings
-
-logger = logging.getLogger("webhooks.api")
+from tether.conf import AppSettings
 
 
 def load_classes(values: Iterable[str | type], *, setting: str) -> list[type]:
@@ -56,9 +54,10 @@ class HasActionModelPermission(permissions.BasePermission):
 class OperatorAPIMixin:
     """Settings-driven permissions and throttles, read at request time."""
 
-    #: The app's settings accessor; subclasses set it.
+    #: The app's settings object; subclasses set it.
     app_settings: ClassVar[AppSettings]
-    #: Name of the settings dict, for error messages.
+    #: Name of the settings dict, for error messages; its app logs on ``<name>.api``
+    #: (``webhooks.api``, ``integrations.api``).
     settings_name: ClassVar[str]
     action_permissions: ClassVar[dict[str, tuple[str, ...]]] = {}
 
@@ -79,6 +78,7 @@ class OperatorAPIMixin:
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, (OperationalError, InterfaceError)):
             # Reported generically: a driver's message can carry the connection string.
+            logger = logging.getLogger(f"{self.settings_name.lower()}.api")
             logger.error("Operator API: database unavailable (%s)", type(exc).__name__)
             return Response(
                 {"detail": "The database is unavailable; try again later."},

@@ -1,0 +1,105 @@
+"""``tether.conf.AppSettings``: one settings object per app, whose one reload (on
+``setting_changed``, or called) forgets the merged dict and every cache derived from it."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.test import override_settings
+
+from integrations import conf as integrations_conf
+from integrations.conf import integrations_settings, service_settings
+from tether.conf import AppSettings, SecretStr
+from webhooks import services
+from webhooks.conf import webhooks_settings
+from webhooks.providers import get_provider
+
+
+@pytest.fixture
+def app_settings():
+    """A settings object of a test's own, over ``settings.TETHER_TEST``."""
+    return AppSettings("TETHER_TEST", {"SIZE": 1, "NESTED": {"A": 1, "B": 2}})
+
+
+def test_merged_over_the_defaults_and_read_at_call_time(app_settings):
+    assert app_settings["SIZE"] == 1
+    with override_settings(TETHER_TEST={"NESTED": {"B": 3}, "API_KEY": "k"}):
+        assert app_settings.NESTED == {"A": 1, "B": 3}
+        assert app_settings["SIZE"] == 1
+        assert isinstance(app_settings["API_KEY"], SecretStr)
+    assert app_settings["NESTED"] == {"A": 1, "B": 2}
+    assert "API_KEY" not in app_settings.merged
+
+
+def test_reload_empties_every_registered_cache(app_settings):
+    derived: dict[str, int] = {}
+    app_settings.register_cache(derived.clear)
+    app_settings.register_cache(derived.clear)  # once, however often registered
+    derived["x"] = 1
+    merged = app_settings.merged
+    app_settings.reload()
+    assert derived == {}
+    assert app_settings.merged is not merged
+    assert app_settings._caches == [derived.clear]
+
+
+def test_a_change_of_its_setting_reloads_and_others_do_not(app_settings):
+    derived = {"x": 1}
+    app_settings.register_cache(derived.clear)
+    with override_settings(SOMETHING_ELSE=1):
+        assert derived == {"x": 1}
+    with override_settings(TETHER_TEST={"SIZE": 2}):
+        assert derived == {}
+
+
+def test_a_cache_may_depend_on_other_settings(app_settings):
+    derived = {"x": 1}
+    app_settings.register_cache(derived.clear, also_on=("CELERY",))
+    with override_settings(CELERY_TASK_ALWAYS_EAGER=True):
+        assert derived == {}
+
+
+def test_remember_keeps_nothing_built_from_settings_reloaded_meanwhile(app_settings):
+    derived: dict[str, int] = {}
+    app_settings.register_cache(derived.clear)
+    before = app_settings.merged
+    app_settings.reload()  # e.g. override_settings, in another thread, while the value was built
+    app_settings.remember(derived, "stale", 1, source=before)
+    app_settings.remember(derived, "fresh", 2, source=app_settings.merged)
+    assert derived == {"fresh": 2}
+
+
+def test_threads_share_one_merge(app_settings):
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(app_settings.merged)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(merged is seen[0] for merged in seen)
+
+
+# --- the apps' derived caches: one reload clears them all --------------------------------
+
+
+def test_webhooks_reload_forgets_built_providers():
+    provider = get_provider("stripe")
+    assert get_provider("stripe") is provider
+    webhooks_settings.reload()
+    assert get_provider("stripe") is not provider
+
+
+def test_webhooks_reload_reads_the_configured_eager_flag_again():
+    services._configured_eager()  # what celery_is_eager reads unless set at run time
+    assert services._configured_eager.cache_info().currsize == 1
+    webhooks_settings.reload()
+    assert services._configured_eager.cache_info().currsize == 0
+
+
+def test_integrations_reload_forgets_per_service_merges():
+    merged = service_settings("rates")
+    assert service_settings("rates") is merged
+    integrations_settings.reload()
+    assert integrations_conf._by_service == {}
+    assert service_settings("rates") is not merged
