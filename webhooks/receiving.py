@@ -25,6 +25,9 @@
    plan are the same for every provider. A database failure is ``StorageUnavailable`` (503
    ``unavailable``; the sender retries).
 
+Each refusal is a ``DeliveryRefused`` whose class carries its answer (``status_code``, and
+``default_code``: the response's ``error`` and ``webhook_rejected``'s reason).
+
 A new event sends ``webhook_received`` and is enqueued with ``enqueue_on_commit`` (both after the
 insert commits); a known one sends ``webhook_duplicate`` (with ``replay_of``, the stored event's
 id, for a replay under another id) and is not touched, even when its body differs (logged as a
@@ -56,12 +59,11 @@ from tether.conf import SECRET_VARIABLES
 
 from .db import Jsonb, binds_on_server, bytes_param, fetch_one, timestamp_param
 from .exceptions import (
-    InvalidSignature,
+    DeliveryRefused,
     MalformedPayload,
     PayloadTooLarge,
     StorageUnavailable,
     UnknownEndpoint,
-    WebhookError,
 )
 from .models import WebhookEvent
 from .providers import get_provider
@@ -71,15 +73,6 @@ from .signals import send_logged, webhook_duplicate, webhook_received, webhook_r
 logger = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 64 * 1024
-
-#: The error code of each refusal: the response's ``error`` and ``webhook_rejected``'s reason.
-REJECTION_CODES: dict[type[WebhookError], str] = {
-    UnknownEndpoint: "unknown_endpoint",
-    PayloadTooLarge: "payload_too_large",
-    InvalidSignature: "invalid_signature",
-    MalformedPayload: "malformed_payload",
-    StorageUnavailable: "unavailable",
-}
 
 #: Columns written by the insert; the others keep their database defaults (NULL).
 INSERT_FIELDS = (
@@ -123,14 +116,6 @@ class Receipt:
     event: WebhookEvent | None = None
 
 
-def rejection_code(error: BaseException) -> str | None:
-    """The error code for a refusal, or None if ``error`` is not one (e.g. a config error)."""
-    for cls in type(error).__mro__:
-        if cls in REJECTION_CODES:
-            return REJECTION_CODES[cls]
-    return None
-
-
 @sensitive_variables(*SECRET_VARIABLES)
 def receive_webhook(
     endpoint: str,
@@ -143,10 +128,9 @@ def receive_webhook(
 
     ``headers`` is case-insensitive (``request.headers``); ``stream`` is read at most
     ``MAX_BODY_BYTES + 1`` bytes; ``content_length`` is the declared size, if any. Raises a
-    ``WebhookError`` with a code in ``REJECTION_CODES`` for every refusal (after sending
-    ``webhook_rejected``), and ``WebhookConfigurationError`` if the endpoint is misconfigured.
-    Error reports with ``DEBUG`` off hide ``SECRET_VARIABLES`` in every frame below this one
-    (the providers', the SDKs').
+    ``DeliveryRefused`` for every refusal (after sending ``webhook_rejected``), and
+    ``WebhookConfigurationError`` if the endpoint is misconfigured. Error reports with ``DEBUG``
+    off hide ``SECRET_VARIABLES`` in every frame below this one (the providers', the SDKs').
     """
     try:
         provider = get_provider(endpoint)
@@ -163,12 +147,9 @@ def receive_webhook(
             provider.stored_headers(headers),
             content_digest=provider.content_digest(body, headers),
         )
-    except WebhookError as error:
-        code = rejection_code(error)
-        if code is None:
-            raise
-        _log_rejection(endpoint, code, error)
-        send_logged(webhook_rejected, None, endpoint=endpoint, reason=code)
+    except DeliveryRefused as error:
+        _log_rejection(endpoint, error)
+        send_logged(webhook_rejected, None, endpoint=endpoint, reason=error.default_code)
         raise
 
 
@@ -440,7 +421,8 @@ def _send_received(event: WebhookEvent) -> None:
     send_logged(webhook_received, WebhookEvent, event=event)
 
 
-def _log_rejection(endpoint: str, code: str, error: WebhookError) -> None:
+def _log_rejection(endpoint: str, error: DeliveryRefused) -> None:
+    code = error.default_code
     level = logging.WARNING if code in ("invalid_signature", "unavailable") else logging.INFO
     detail = str(error) if not isinstance(error, UnknownEndpoint) else "no such endpoint"
     logger.log(level, "webhooks: refused a delivery to %r: %s (%s)", endpoint, code, detail)
