@@ -68,6 +68,7 @@ from .exceptions import (
 from .models import WebhookEvent
 from .providers import get_provider
 from .providers.base import ParsedEvent, Provider
+from .queueing import enqueue_on_commit
 from .signals import send_logged, webhook_duplicate, webhook_received, webhook_rejected
 
 logger = logging.getLogger(__name__)
@@ -218,8 +219,6 @@ def store_event(
     logger.debug(
         "webhooks: accepted %s event %s (%s)", event.endpoint, event.event_id, event.event_type
     )
-    from .services import enqueue_on_commit
-
     transaction.on_commit(partial(_send_received, event), using=alias)
     enqueue_on_commit(event)
     return Receipt("accepted", event.event_id, event)

@@ -1,12 +1,15 @@
-"""Celery tasks of the webhooks app: thin shells over ``webhooks.services``.
+"""Celery tasks of the webhooks app: thin shells over ``webhooks.processing`` and
+``webhooks.services``.
 
-``webhooks.process_event`` is ``acks_late`` with ``reject_on_worker_lost``: a message is
-acknowledged only after its attempt finished, and a worker process that dies mid-handler puts
-it back on the queue. Retries use Celery's countdown, scheduled in one place
-(``services.schedule_retry``: the task's own ``retry()`` here, a new ``webhooks.process_event``
-message for an event of a batch or a synchronous replay); how many attempts an event has had is
-counted in the database (``WebhookEvent.attempts``), not by Celery, so replays and sweeps start
-and continue the same count.
+They are published by name (``webhooks.queueing``), so nothing else imports this module but
+``WebhooksConfig.ready()``, which registers them. ``webhooks.process_event`` is ``acks_late``
+with ``reject_on_worker_lost``: a message is acknowledged only after its attempt finished, and
+a worker process that dies mid-handler puts it back on the queue. Retries use Celery's
+countdown, scheduled in one place (``queueing.schedule_retry``: the task's own ``retry()``
+here, a new ``webhooks.process_event`` message for an event of a batch or a synchronous
+replay); how many attempts an event has had is counted in the database
+(``WebhookEvent.attempts``), not by Celery, so replays and sweeps start and continue the same
+count.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from contextlib import contextmanager
 
 from celery import Task, shared_task
 from django.db import close_old_connections
+
+from . import processing, services
+from .queueing import PROCESS_EVENT, PROCESS_EVENTS
 
 logger = logging.getLogger(__name__)
 
@@ -39,22 +45,20 @@ def database_connection(task: Task) -> Iterator[None]:
 
 @shared_task(
     bind=True,
-    name="webhooks.process_event",
+    name=PROCESS_EVENT,
     acks_late=True,
     reject_on_worker_lost=True,
     max_retries=None,
     ignore_result=True,
 )
 def process_event(self, event_pk: int) -> str | None:
-    from . import services
-
     with database_connection(self):
-        return services.process_event(event_pk, retry=True, task=self)
+        return processing.process_event(event_pk, retry=True, task=self)
 
 
 @shared_task(
     bind=True,
-    name="webhooks.process_events",
+    name=PROCESS_EVENTS,
     acks_late=True,
     reject_on_worker_lost=True,
     ignore_result=True,
@@ -70,13 +74,11 @@ def process_events(self, event_pks: list[int]) -> list[str | None]:
     event. An error outside the handlers (the database gone) stops only that event: it keeps
     its state for the sweeper, and the next events are attempted.
     """
-    from . import services
-
     statuses: list[str | None] = []
     with database_connection(self):
         for event_pk in event_pks:
             try:
-                status = services.process_event(event_pk, retry=True)
+                status = processing.process_event(event_pk, retry=True)
             except Exception as exc:
                 logger.error(
                     "webhooks: processing event pk=%s failed outside its handlers (%s); the "
@@ -93,7 +95,5 @@ def process_events(self, event_pks: list[int]) -> list[str | None]:
 
 @shared_task(bind=True, name="webhooks.requeue_stuck", ignore_result=True)
 def requeue_stuck(self, older_than: float | None = None) -> int:
-    from . import services
-
     with database_connection(self):
         return services.requeue_stuck(older_than=older_than)

@@ -11,7 +11,7 @@ from django.test import override_settings
 from integrations import conf as integrations_conf
 from integrations.conf import integrations_settings, service_settings
 from tether.conf import AppSettings, SecretStr
-from webhooks import services
+from webhooks import queueing
 from webhooks.conf import webhooks_settings
 from webhooks.providers import get_provider
 
@@ -91,10 +91,10 @@ def test_webhooks_reload_forgets_built_providers():
 
 
 def test_webhooks_reload_reads_the_configured_eager_flag_again():
-    services._configured_eager()  # what celery_is_eager reads unless set at run time
-    assert services._configured_eager.cache_info().currsize == 1
+    queueing._configured_eager()  # what celery_is_eager reads unless set at run time
+    assert queueing._configured_eager.cache_info().currsize == 1
     webhooks_settings.reload()
-    assert services._configured_eager.cache_info().currsize == 0
+    assert queueing._configured_eager.cache_info().currsize == 0
 
 
 def test_integrations_reload_forgets_per_service_merges():

@@ -1,6 +1,6 @@
 """The receive statement prepared once per connection (``webhooks.db.statement_cursor``), its
 generic plan (why migration 0002 dropped the (endpoint, status) index), psycopg's
-``prepare_threshold``, ``services.celery_is_eager`` and the ``PREPARED_STATEMENTS`` check.
+``prepare_threshold``, ``queueing.celery_is_eager`` and the ``PREPARED_STATEMENTS`` check.
 
 ``pg_prepared_statements`` is per session: it is read on Django's own connection, the one the
 test client's requests use. Tests that need a session of their own close that connection first
@@ -25,7 +25,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from webhooks import services
+from webhooks import conf, queueing
 from webhooks.models import WebhookEvent
 from webhooks.receiving import _insert_sql
 from webhooks.testing import build_request, send_request
@@ -372,54 +372,54 @@ def celery_app():
     app = process_event.app
     missing = object()
     saved = app.conf.changes.pop("task_always_eager", missing)
-    services._configured_eager.cache_clear()
+    queueing._configured_eager.cache_clear()
     yield app
     app.conf.changes.pop("task_always_eager", None)
     if saved is not missing:
         app.conf.changes["task_always_eager"] = saved
-    services._configured_eager.cache_clear()
+    queueing._configured_eager.cache_clear()
 
 
 def test_celery_is_eager_follows_the_configuration(celery_app):
     assert not hasattr(settings, "CELERY_TASK_ALWAYS_EAGER")  # the test settings leave it out
     assert celery_app.conf.task_always_eager is False
-    assert services.celery_is_eager() is False
-    assert services._configured_eager.cache_info().currsize == 1  # read once, kept
+    assert queueing.celery_is_eager() is False
+    assert queueing._configured_eager.cache_info().currsize == 1  # read once, kept
 
 
 def test_celery_is_eager_sees_a_run_time_change_at_once(celery_app):
-    assert services.celery_is_eager() is False  # the configured value is now cached
+    assert queueing.celery_is_eager() is False  # the configured value is now cached
     celery_app.conf.task_always_eager = True
     try:
-        assert services.celery_is_eager() is True
+        assert queueing.celery_is_eager() is True
         celery_app.conf.task_always_eager = False
-        assert services.celery_is_eager() is False
+        assert queueing.celery_is_eager() is False
         celery_app.conf.task_always_eager = True
-        assert services.celery_is_eager() is True
+        assert queueing.celery_is_eager() is True
     finally:
         celery_app.conf.task_always_eager = False
-    assert services.celery_is_eager() is False
+    assert queueing.celery_is_eager() is False
 
 
 def test_celery_is_eager_follows_override_settings(celery_app):
-    assert services.celery_is_eager() is False  # cached before the override
+    assert queueing.celery_is_eager() is False  # cached before the override
     with override_settings(CELERY_TASK_ALWAYS_EAGER=True):
         assert celery_app.conf.task_always_eager is True
-        assert services.celery_is_eager() is True
-    assert services.celery_is_eager() is False
+        assert queueing.celery_is_eager() is True
+    assert queueing.celery_is_eager() is False
     with override_settings(CELERY_TASK_ALWAYS_EAGER=True):
-        assert services.celery_is_eager() is True
-    assert services.celery_is_eager() is False
+        assert queueing.celery_is_eager() is True
+    assert queueing.celery_is_eager() is False
 
 
 def test_an_unrelated_setting_change_keeps_the_cached_value(celery_app):
     with override_settings(CELERY_TASK_ALWAYS_EAGER=True):
-        assert services.celery_is_eager() is True
-        read = services._configured_eager.cache_info().misses
+        assert queueing.celery_is_eager() is True
+        read = queueing._configured_eager.cache_info().misses
         with override_settings(TIME_ZONE="Europe/Paris"):
-            assert services.celery_is_eager() is True
-            assert services._configured_eager.cache_info().misses == read  # not read again
-    assert services.celery_is_eager() is False
+            assert queueing.celery_is_eager() is True
+            assert queueing._configured_eager.cache_info().misses == read  # not read again
+    assert queueing.celery_is_eager() is False
 
 
 # -- the PREPARED_STATEMENTS check --------------------------------------------------------------
@@ -443,7 +443,7 @@ def test_a_non_bool_prepared_statements_is_e008(value):
 def test_a_bool_prepared_statements_passes_the_check(value):
     with override_settings(WEBHOOKS=webhooks_with(PREPARED_STATEMENTS=value)):
         assert webhooks_errors() == []
-        assert services.processing_config_problems() == []
+        assert conf.processing_config_problems() == []
 
 
 # -- a prepared statement that vanishes (a pooler in transaction mode) ------------------------

@@ -34,9 +34,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from ..conf import ConfigProblem
 from ..exceptions import InvalidSignature
 from .base import (
-    ConfigProblem,
     ParsedEvent,
     Provider,
     Sample,
