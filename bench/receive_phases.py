@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         args.events = 50
     setup_django()
     try:
-        from webhooks import dispatch, receiving
+        from webhooks import dispatch, receiving, storage
         from webhooks.processing import process_event
         from webhooks.providers import get_provider
         from webhooks.queueing import enqueue_on_commit, publish_process_batch, publish_process_task
@@ -56,10 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     from webhooks.models import WebhookEvent
 
     def insert(event):
-        return receiving.insert_or_compare(event, "default")[0]
+        return storage.insert_or_compare(event, "default").inserted
 
     def duplicate(event):
-        inserted, same_body = receiving.insert_or_compare(event, "default")
+        inserted, same_body = storage.insert_or_compare(event, "default")
         if not inserted:
             receiving._note_duplicate(event, "default", same_body=same_body)
         return inserted

@@ -32,8 +32,8 @@ from webhooks.exceptions import (
 )
 from webhooks.models import WebhookEvent
 from webhooks.providers import get_provider
-from webhooks.receiving import insert_once, insert_once_with_savepoint
 from webhooks.signals import webhook_duplicate, webhook_rejected
+from webhooks.storage import insert_once, insert_once_with_savepoint, insert_or_compare
 from webhooks.testing import build_request, post_webhook, send_request, sign_request
 from webhooks.views import receive
 
@@ -543,8 +543,6 @@ def test_client_gone_mid_body_is_answered_without_a_500():
 
 
 def test_insert_or_compare_reports_duplicates_and_their_bodies(transactional_db):
-    from webhooks.receiving import insert_or_compare
-
     assert insert_or_compare(_event("evt_c", b"one"), "default") == (True, None)
     assert insert_or_compare(_event("evt_c", b"one"), "default") == (False, True)
     assert insert_or_compare(_event("evt_c", b"two"), "default") == (False, False)

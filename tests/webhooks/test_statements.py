@@ -1,4 +1,4 @@
-"""The receive statement prepared once per connection (``webhooks.db.statement_cursor``), its
+"""The receive statement prepared once per connection (``webhooks.storage.statement_cursor``), its
 generic plan (why migration 0002 dropped the (endpoint, status) index), psycopg's
 ``prepare_threshold``, ``queueing.celery_is_eager`` and the ``PREPARED_STATEMENTS`` check.
 
@@ -25,9 +25,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from webhooks import conf, queueing
+from webhooks import conf, queueing, storage
 from webhooks.models import WebhookEvent
-from webhooks.receiving import _insert_sql
 from webhooks.testing import build_request, send_request
 
 RECEIVE_PREFIX = 'WITH inserted AS (INSERT INTO "webhooks_webhookevent"'
@@ -233,7 +232,7 @@ def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def generic_plan_of_a_duplicate() -> list[dict[str, Any]]:
     """EXPLAIN EXECUTE of the receive statement, prepared by SQL, under force_generic_plan."""
-    sql, names = numbered(_insert_sql(connection))
+    sql, names = numbered(storage.statements(connection).insert)
     assert "%(" not in sql
     assert len(names) == 12  # the inserted fields; body, endpoint and event_id reused
     values = {
@@ -451,11 +450,10 @@ def test_a_bool_prepared_statements_passes_the_check(value):
 
 @pytest.fixture
 def unprepared_aliases() -> Iterator[set[str]]:
-    """``webhooks.db``'s process-wide record of aliases that stopped preparing, reset after."""
-    from webhooks import db
-
-    yield db._unprepared_aliases
-    db._unprepared_aliases.clear()
+    """``webhooks.storage``'s process-wide record of aliases that stopped preparing, reset
+    after."""
+    yield storage._unprepared_aliases
+    storage._unprepared_aliases.clear()
 
 
 def drop_prepared_behind_psycopgs_back(raw: Any) -> None:
@@ -476,7 +474,7 @@ def test_a_vanished_statement_is_run_again_unprepared_and_preparing_stops(
     drop_prepared_behind_psycopgs_back(raw)
     assert receive_statements() == []
 
-    with caplog.at_level(logging.ERROR, logger="webhooks.db"):
+    with caplog.at_level(logging.ERROR, logger="webhooks.storage"):
         statuses = [deliver(client, build_request("stripe")), deliver(client, first)]
         statuses.append(deliver(client, build_request("github")))
     # The delivery that met the missing statement was stored all the same (run again, not
@@ -485,7 +483,7 @@ def test_a_vanished_statement_is_run_again_unprepared_and_preparing_stops(
     assert WebhookEvent.objects.count() == 3
     assert receive_statements() == []
     assert unprepared_aliases == {"default"}
-    errors = [r for r in caplog.records if r.name == "webhooks.db"]
+    errors = [r for r in caplog.records if r.name == "webhooks.storage"]
     assert len(errors) == 1  # said once, not per delivery
     assert 'WEBHOOKS["PREPARED_STATEMENTS"] = False' in errors[0].getMessage()
 
@@ -495,8 +493,6 @@ def test_a_vanished_statement_inside_a_transaction_raises_and_the_next_one_works
     client, unprepared_aliases
 ):
     from django.db import ProgrammingError
-
-    from webhooks.receiving import insert_or_compare
 
     raw = fresh_session()
     assert deliver(client, build_request("stripe")) == "accepted"
@@ -508,9 +504,9 @@ def test_a_vanished_statement_inside_a_transaction_raises_and_the_next_one_works
 
     # Inside a transaction the error aborted it: it cannot be run again there.
     with pytest.raises(ProgrammingError), transaction.atomic():
-        insert_or_compare(event("evt_in_tx"), "default")
+        storage.insert_or_compare(event("evt_in_tx"), "default")
     assert not WebhookEvent.objects.filter(event_id="evt_in_tx").exists()
     assert unprepared_aliases == {"default"}
     with transaction.atomic():
-        assert insert_or_compare(event("evt_in_tx"), "default") == (True, None)
+        assert storage.insert_or_compare(event("evt_in_tx"), "default") == (True, None)
     assert WebhookEvent.objects.filter(event_id="evt_in_tx").exists()
