@@ -35,7 +35,9 @@ the benchmarks say it does not earn its keep:
 - **Results read from psycopg's cursor** (``_fetch_one``): the row is read past Django's cursor
   wrapper, whose every call builds an error-wrapping function.
 
-Statements are built once per database vendor.
+Statements are built once per database alias (their text depends on the backend: quoting,
+``SKIP LOCKED``, named parameters) and forgotten when ``webhooks_settings`` reloads, as on a
+change of ``DATABASES``.
 """
 
 from __future__ import annotations
@@ -318,16 +320,17 @@ class Statements:
     converters: Converters
 
 
-#: database vendor -> its statements.
+#: database alias -> its statements, emptied when the settings reload (and on DATABASES).
 _statements: dict[str, Statements] = {}
+webhooks_settings.register_cache(_statements.clear, also_on=("DATABASES",))
 
 
 def statements(connection: BaseDatabaseWrapper) -> Statements:
-    """The statements for ``connection``'s database, built once per vendor: the same text each
+    """The statements for ``connection``'s database, built once per alias: the same text each
     time, so each is prepared once."""
-    found = _statements.get(connection.vendor)
+    found = _statements.get(connection.alias)
     if found is None:
-        found = _statements[connection.vendor] = _build_statements(connection)
+        found = _statements[connection.alias] = _build_statements(connection)
     return found
 
 

@@ -11,7 +11,7 @@ from django.test import override_settings
 from integrations import conf as integrations_conf
 from integrations.conf import integrations_settings, service_settings
 from tether.conf import AppSettings, SecretStr
-from webhooks import queueing
+from webhooks import queueing, storage
 from webhooks.conf import webhooks_settings
 from webhooks.providers import get_provider
 
@@ -95,6 +95,16 @@ def test_webhooks_reload_reads_the_configured_eager_flag_again():
     assert queueing._configured_eager.cache_info().currsize == 1
     webhooks_settings.reload()
     assert queueing._configured_eager.cache_info().currsize == 0
+
+
+def test_webhooks_reload_forgets_the_database_statements():
+    from django.db import connection
+
+    statements = storage.statements(connection)
+    assert storage.statements(connection) is statements
+    webhooks_settings.reload()
+    assert storage._statements == {}
+    assert storage.statements(connection) is not statements
 
 
 def test_integrations_reload_forgets_per_service_merges():

@@ -359,6 +359,29 @@ def test_no_threshold_is_set_when_prepared_statements_is_false(client):
     assert raw.prepare_threshold is None
 
 
+# -- statements per database ------------------------------------------------------------------
+
+
+def another_database(alias: str, **features: Any) -> Any:
+    """A connection to the test database under another alias, with the backend features named
+    set otherwise (as MariaDB's differ from MySQL's under one vendor); never connected."""
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    other = DatabaseWrapper({**connection.settings_dict}, alias=alias)
+    for name, value in features.items():
+        setattr(other.features, name, value)
+    return other
+
+
+def test_each_database_gets_statements_for_its_own_features():
+    """Statements are kept per alias: two databases of one vendor whose features differ get
+    each their own text (they were kept per vendor, and the first one built served both)."""
+    without = another_database("no_skip_locked", has_select_for_update_skip_locked=False)
+    assert "SKIP LOCKED" in storage.statements(connection).lock
+    assert "SKIP LOCKED" not in storage.statements(without).lock
+    assert "SKIP LOCKED" in storage.statements(connection).lock
+
+
 # -- celery_is_eager ------------------------------------------------------------------------------
 
 
