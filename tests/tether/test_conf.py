@@ -8,6 +8,7 @@ import threading
 import pytest
 from django.test import override_settings
 
+from integrations import RetryPolicy, policies
 from integrations import conf as integrations_conf
 from integrations.conf import integrations_settings, service_settings
 from tether.conf import AppSettings, SecretStr
@@ -113,3 +114,12 @@ def test_integrations_reload_forgets_per_service_merges():
     integrations_settings.reload()
     assert integrations_conf._by_service == {}
     assert service_settings("rates") is not merged
+
+
+def test_integrations_reload_forgets_built_policies():
+    policy = RetryPolicy.for_service("rates")
+    assert RetryPolicy.for_service("rates") is policy
+    integrations_settings.reload()
+    assert policies._cache == {}
+    assert RetryPolicy.for_service("rates") is not policy
+    assert RetryPolicy.for_service("rates") == policy  # the same settings, built again
