@@ -9,6 +9,7 @@ the crash tests a real gunicorn.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -105,6 +106,29 @@ def test_eager_celery_bypasses_the_dispatcher(handlers):
     event.refresh_from_db()
     assert (event.status, event.attempts) == (Status.PROCESSED, 1)
     assert dispatch.dispatcher.pending == 0
+
+
+def test_the_process_dispatcher_publishes_with_queueing_s_publisher():
+    """``WebhooksConfig.ready()`` hands it ``publish_process_batch``; the dispatcher module
+    itself imports nothing of queueing or processing."""
+    assert dispatch.dispatcher._publish is queueing.publish_process_batch
+
+
+def test_a_dispatcher_without_a_publisher_logs_and_drops_what_it_takes(caplog):
+    published: list[list[int]] = []
+    local = Dispatcher()
+    with (
+        override_settings(WEBHOOKS={"DISPATCH_INTERVAL": 0}),
+        caplog.at_level(logging.ERROR, logger="webhooks.dispatch"),
+    ):
+        local.submit(1)
+        assert local.flush(timeout=10) is True
+        assert "failed to publish 1 event(s)" in caplog.text
+        local.publish_with(published.append)
+        local.submit(2)
+        assert local.flush(timeout=10) is True
+    assert published == [[2]]
+    assert local.pending == 0
 
 
 def test_flush_times_out_while_the_broker_hangs_and_the_keys_are_kept_until_done():
