@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Self
+from typing import Any, ClassVar, Self, TypeVar, cast
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -19,23 +19,28 @@ from .conf import service_settings
 
 # Each policy built from settings, with the (memoized, shared) settings dict it was built from:
 # ``service_settings`` returns a new dict once the settings change, which invalidates the entry.
-_cache: dict[tuple[type, str], tuple[dict[str, Any], Any]] = {}
+_cache: dict[tuple[type[_Policy], str], tuple[dict[str, Any], _Policy]] = {}
 
 
-def _field_names(cls: type) -> set[str]:
+def _field_names(cls: type[_Policy]) -> set[str]:
     return {f.name for f in fields(cls)}
 
 
-def _from_dict(cls: type, values: Mapping[str, Any]) -> Any:
+_P = TypeVar("_P", bound="_Policy")
+
+
+def _from_dict(cls: type[_P], values: Mapping[str, Any]) -> _P:
     names = _field_names(cls)
     return cls(**{k.lower(): v for k, v in values.items() if k.lower() in names})
 
 
+@dataclass(frozen=True)
 class _Policy:
-    """Shared behaviour of the three policy dataclasses."""
+    """Shared behaviour of the three policy dataclasses (a dataclass without fields, so that
+    ``dataclasses.replace`` and ``fields`` apply to each of them)."""
 
     #: The settings section this policy is read from (``"TIMEOUT"``, ...).
-    section: str = ""
+    section: ClassVar[str] = ""
 
     @classmethod
     def for_service(cls, service: str) -> Self:
@@ -45,7 +50,7 @@ class _Policy:
         entry = _cache.get(key)
         if entry is None or entry[0] is not settings:
             entry = _cache[key] = (settings, _from_dict(cls, settings[cls.section]))
-        return entry[1]
+        return cast(Self, entry[1])  # the entry under ``(cls, service)`` holds a ``cls``
 
     def merged(self, override: Self | Mapping[str, Any] | None) -> Self:
         """This policy with ``override`` applied: a policy object replaces it, a dict of some
@@ -63,7 +68,7 @@ class _Policy:
                     f"Unknown {self.section} policy key(s) {', '.join(unknown).upper()}; "
                     f"known: {', '.join(sorted(names)).upper()}."
                 )
-            return replace(self, **changes)  # type: ignore[type-var]
+            return replace(self, **changes)
         raise ImproperlyConfigured(
             f"A {self.section} policy override must be a {type(self).__name__} or a dict, "
             f"not {type(override).__name__}."
