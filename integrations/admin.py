@@ -6,7 +6,7 @@ username as actor, as does saving a breaker's policy overrides.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -16,6 +16,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from .breaker import (
+    OperatorAction,
     disable_breaker,
     force_open_breaker,
     reset_breaker,
@@ -24,9 +25,13 @@ from .breaker import (
 from .exceptions import BreakerNotFound
 from .models import BreakerState, BreakerTransition, CircuitBreaker
 
+if TYPE_CHECKING:
+    from django.contrib.admin.options import InlineModelAdmin
+    from django_stubs_ext import StrOrPromise
+
 DEFAULT_REASON = "admin action"
 
-_BADGE_COLOURS = {
+_BADGE_COLOURS: dict[str, str] = {
     BreakerState.CLOSED: "#2e7d32",
     BreakerState.OPEN: "#c62828",
     BreakerState.HALF_OPEN: "#ef6c00",
@@ -153,10 +158,13 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # a breaker row is created by its service's first call
 
-    def get_inline_instances(self, request: HttpRequest, obj: Any = None) -> list:
+    def get_inline_instances(
+        self, request: HttpRequest, obj: CircuitBreaker | None = None
+    ) -> list[InlineModelAdmin[Any, Any]]:
         inlines = super().get_inline_instances(request, obj)
         for inline in inlines:
-            inline.breaker = obj  # a fresh instance per request: safe to set
+            if isinstance(inline, BreakerTransitionInline):
+                inline.breaker = obj  # a fresh instance per request: safe to set
         return inlines
 
     @admin.display(description=_("history"))
@@ -188,7 +196,13 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
             obj.get_state_display(),
         )
 
-    def _apply(self, request: HttpRequest, queryset: QuerySet, action: Any, done: str) -> None:
+    def _apply(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[CircuitBreaker],
+        action: OperatorAction,
+        done: StrOrPromise,
+    ) -> None:
         actor = request.user.get_username()
         done_names = []
         for name in queryset.values_list("name", flat=True):
@@ -202,15 +216,15 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
             self.message_user(request, f"{done}: {', '.join(done_names)}", messages.SUCCESS)
 
     @admin.action(description=_("Reset selected breakers (close)"), permissions=("change",))
-    def reset_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def reset_selected(self, request: HttpRequest, queryset: QuerySet[CircuitBreaker]) -> None:
         self._apply(request, queryset, reset_breaker, _("Reset"))
 
     @admin.action(description=_("Force open selected breakers"), permissions=("change",))
-    def force_open_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def force_open_selected(self, request: HttpRequest, queryset: QuerySet[CircuitBreaker]) -> None:
         self._apply(request, queryset, force_open_breaker, _("Forced open"))
 
     @admin.action(description=_("Disable selected breakers"), permissions=("change",))
-    def disable_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def disable_selected(self, request: HttpRequest, queryset: QuerySet[CircuitBreaker]) -> None:
         self._apply(request, queryset, disable_breaker, _("Disabled"))
 
 

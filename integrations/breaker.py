@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from django.db import DatabaseError
 from django.utils import timezone
@@ -60,6 +60,7 @@ __all__ = [
     "BreakerState",
     "Clock",
     "ManualClock",
+    "OperatorAction",
     "Permit",
     "clear_local_cache",
     "disable_breaker",
@@ -461,7 +462,7 @@ class Breaker:
         written = False
         try:
             written = self.storage.reset_failures(
-                snapshot.pk, permit.version, batch, now=now, window=self.policy.window
+                snapshot, permit.version, batch, now=now, window=self.policy.window
             )
         finally:
             # Another process reset it first, or moved the row to a newer generation: keep the
@@ -573,6 +574,14 @@ def get_breaker(
 # ``BreakerTransition`` with who did it (``actor``), why, and the counts at the time. The process
 # that runs the action forgets its snapshot at once; every other process sees the change when its
 # snapshot expires, within ``CACHE_TTL``.
+
+
+class OperatorAction(Protocol):
+    """What the surfaces call an operator action with (``reset_breaker``,
+    ``force_open_breaker``, ``disable_breaker``): the breaker's name, who acts and why; the
+    holds also take ``until``. Returns the row as it is now."""
+
+    def __call__(self, name: str, /, *, actor: str, reason: str) -> CircuitBreaker: ...
 
 
 def reset_breaker(

@@ -37,12 +37,17 @@ class PolicySource(Protocol):
     """Overrides of a service's settings: a client class (its attributes) or a
     ``PolicyOverrides``. Each of ``timeout``, ``retry`` and ``breaker`` is a policy object (it
     replaces what is below it), a dict of some of its fields (merged over what is below it), or
-    None; ``max_response_bytes`` is a number of bytes, or None."""
+    None; ``max_response_bytes`` is a number of bytes, or None. Read only: a frozen
+    ``PolicyOverrides`` or a class's attributes will do."""
 
-    timeout: Timeout | Mapping[str, Any] | None
-    retry: RetryPolicy | Mapping[str, Any] | None
-    breaker: BreakerPolicy | Mapping[str, Any] | None
-    max_response_bytes: int | None
+    @property
+    def timeout(self) -> Timeout | Mapping[str, Any] | None: ...
+    @property
+    def retry(self) -> RetryPolicy | Mapping[str, Any] | None: ...
+    @property
+    def breaker(self) -> BreakerPolicy | Mapping[str, Any] | None: ...
+    @property
+    def max_response_bytes(self) -> int | None: ...
 
 
 @dataclass(frozen=True, slots=True)

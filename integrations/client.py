@@ -22,9 +22,9 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from urllib.parse import unquote
 
 import httpx
@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from .breaker import Breaker
 
 __all__ = ["ServiceClient", "parse_retry_after", "require_fields"]
+
+T = TypeVar("T")
 
 #: Methods that get an idempotency key even when the caller passes none.
 AUTO_IDEMPOTENT_METHODS = frozenset({"POST", "PATCH"})
@@ -154,6 +156,11 @@ def require_fields(data: Any, fields: Iterable[str], *, service: str, operation:
             service, operation, f"response lacks required field(s): {', '.join(missing)}"
         )
     return data
+
+
+def _unparsed(response: httpx.Response) -> httpx.Response:
+    """The ``parse`` of a call that returns the response itself (``ServiceClient.request``)."""
+    return response
 
 
 def _shown(method: str, url: httpx.URL) -> str:
@@ -350,7 +357,7 @@ class ServiceClient:
         )
         if not own:
             httpx_kwargs.pop("auth", None)  # credentials never leave the service's origin
-        return self._call(method, url, operation, headers, httpx_kwargs, parse=None)
+        return self._call(method, url, operation, headers, httpx_kwargs, parse=_unparsed)
 
     def get_json(
         self,
@@ -527,14 +534,16 @@ class ServiceClient:
         headers: dict[str, str],
         kwargs: dict[str, Any],
         *,
-        parse: Any,
-    ) -> Any:
+        parse: Callable[[httpx.Response], T],
+    ) -> T:
+        """One call under this client's ``CallPolicy``: each attempt sends the request and
+        hands a response below 400 to ``parse``, whose result is the call's."""
         policy = self.call_policy()
         timeout = policy.timeout
         client = _pool_for(self.service)
         kwargs.pop("timeout", None)
 
-        def attempt(info: AttemptInfo) -> Any:
+        def attempt(info: AttemptInfo) -> T:
             try:
                 response = client.request(
                     method,
@@ -547,7 +556,7 @@ class ServiceClient:
                 raise self._map_transport_error(exc, operation, _shown(method, url)) from exc
             if response.status_code >= 400:
                 self._raise_for_status(response, operation, _shown(method, url))
-            return parse(response) if parse is not None else response
+            return parse(response)
 
         return policy.run(attempt, operation=operation)
 
@@ -582,9 +591,7 @@ class ServiceClient:
         if status >= 500:
             raise IntegrationUnavailable(self.service, operation, message, status_code=status)
         error = ClientRequestError(self.service, operation, message, status_code=status)
-        #: The vendor's answer, for callers that read its validation details. It holds the
-        #: request too (with its headers): never log it whole.
-        error.response = response  # type: ignore[attr-defined]
+        error.response = response
         raise error
 
     def _parse_json(

@@ -12,6 +12,11 @@ An operator's breaker action refused for what it asks is ``BreakerNotFound`` (a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import httpx
 
 #: The longest wait a ``retry_after`` ever says, in seconds (one hour). A vendor's
 #: ``Retry-After`` or an operator's hold that asks for more is cut to it, so that
@@ -51,12 +56,14 @@ class IntegrationError(Exception):
         self.service = service
         self.operation = operation
         self.attempts = attempts
-        self.message = message or self.__class__.__doc__.splitlines()[0].rstrip(".")
+        self.message = message or _default_message(type(self))
         super().__init__(self.message)
         if cause is not None:
             self.__cause__ = cause
 
-    def __reduce__(self):
+    def __reduce__(
+        self,
+    ) -> tuple[Callable[..., IntegrationError], tuple[type[IntegrationError], dict[str, Any]]]:
         # Exceptions pickle as ``cls(*args)`` by default, which loses our keyword-only fields
         # and fails for subclasses; Celery pickles them when a task raises. Rebuild from state
         # instead, leaving out the vendor's response object (large, and not always picklable).
@@ -79,9 +86,18 @@ class IntegrationUnavailable(IntegrationError):
 
     retryable = True
 
-    def __init__(self, *args, status_code: int | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        service: str,
+        operation: str,
+        message: str = "",
+        *,
+        status_code: int | None = None,
+        cause: BaseException | None = None,
+        attempts: int = 0,
+    ) -> None:
         self.status_code = status_code
-        super().__init__(*args, **kwargs)
+        super().__init__(service, operation, message, cause=cause, attempts=attempts)
 
 
 class CircuitOpenError(IntegrationUnavailable):
@@ -90,11 +106,23 @@ class CircuitOpenError(IntegrationUnavailable):
     retryable = False
     breaker_failure = False
 
-    def __init__(self, *args, retry_after: float | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        service: str,
+        operation: str,
+        message: str = "",
+        *,
+        retry_after: float | None = None,
+        status_code: int | None = None,
+        cause: BaseException | None = None,
+        attempts: int = 0,
+    ) -> None:
         #: Seconds until the breaker lets a probe through (None when a person holds it open
         #: with no end), at most ``MAX_RETRY_AFTER``.
         self.retry_after = bounded_retry_after(retry_after)
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            service, operation, message, status_code=status_code, cause=cause, attempts=attempts
+        )
 
 
 class RateLimitedError(IntegrationError):
@@ -102,11 +130,20 @@ class RateLimitedError(IntegrationError):
 
     retryable = True
 
-    def __init__(self, *args, retry_after: float | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        service: str,
+        operation: str,
+        message: str = "",
+        *,
+        retry_after: float | None = None,
+        cause: BaseException | None = None,
+        attempts: int = 0,
+    ) -> None:
         #: Seconds the vendor asked us to wait, from ``Retry-After`` (None when absent), at
         #: most ``MAX_RETRY_AFTER``.
         self.retry_after = bounded_retry_after(retry_after)
-        super().__init__(*args, **kwargs)
+        super().__init__(service, operation, message, cause=cause, attempts=attempts)
 
 
 class ClientRequestError(IntegrationError):
@@ -114,9 +151,23 @@ class ClientRequestError(IntegrationError):
 
     breaker_failure = False
 
-    def __init__(self, *args, status_code: int | None = None, **kwargs) -> None:
+    #: The vendor's answer, set on the errors ``ServiceClient`` raises, for callers that read
+    #: its validation details. It holds the request too (with its headers): never log it whole.
+    #: Not pickled (``__reduce__``), and absent from ``StripeService``'s errors.
+    response: httpx.Response
+
+    def __init__(
+        self,
+        service: str,
+        operation: str,
+        message: str = "",
+        *,
+        status_code: int | None = None,
+        cause: BaseException | None = None,
+        attempts: int = 0,
+    ) -> None:
         self.status_code = status_code
-        super().__init__(*args, **kwargs)
+        super().__init__(service, operation, message, cause=cause, attempts=attempts)
         # 408 Request Timeout is the vendor's timeout, not our mistake.
         if status_code == 408:
             self.retryable = True
@@ -159,7 +210,20 @@ def safe_error_text(error: BaseException | None, limit: int | None = None) -> st
     return text if limit is None else text[:limit]
 
 
-def _rebuild(cls: type[IntegrationError], state: dict) -> IntegrationError:
+def _default_message(cls: type[IntegrationError]) -> str:
+    """The first line of the nearest docstring from ``cls`` up to ``IntegrationError`` (a
+    subclass need not have one), without its final period; the class name when docstrings are
+    stripped (``python -OO``)."""
+    for klass in cls.__mro__:
+        if not issubclass(klass, IntegrationError):
+            break
+        doc = (klass.__doc__ or "").strip()
+        if doc:
+            return doc.splitlines()[0].rstrip(".")
+    return cls.__name__
+
+
+def _rebuild(cls: type[IntegrationError], state: dict[str, Any]) -> IntegrationError:
     error = cls.__new__(cls)
     Exception.__init__(error, state.get("message", ""))
     error.__dict__.update(state)

@@ -80,7 +80,7 @@ def with_fallback(
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             cache_key = key_for(args, kwargs)
             store = caches[cache]
-            entry = store.get(cache_key)
+            entry: tuple[float, R] | None = store.get(cache_key)  # (stored at, value)
             now = clock()
             if entry is not None and ttl > 0 and now - entry[0] < ttl:
                 return entry[1]

@@ -18,24 +18,38 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterator
-from types import SimpleNamespace
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from tether.metrics import available, connect
 
 from . import signals
+
+if TYPE_CHECKING:  # an optional extra: imported at run time only once it is known installed
+    from prometheus_client import Counter, Histogram
+    from prometheus_client.metrics_core import Metric
 
 logger = logging.getLogger("integrations.metrics")
 
 CALL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
+@dataclass(frozen=True)
+class Instruments:
+    """This app's Prometheus instruments (``instruments()`` makes them once)."""
+
+    calls: Counter
+    seconds: Histogram
+    retries: Counter
+    transitions: Counter
+
+
 @functools.cache
-def instruments() -> SimpleNamespace:
+def instruments() -> Instruments:
     from prometheus_client import Counter, Histogram
 
     call = ["service", "operation"]
-    return SimpleNamespace(
+    return Instruments(
         calls=Counter(
             "tether_integration_calls", "Outbound calls, by outcome.", [*call, "outcome"]
         ),
@@ -80,12 +94,12 @@ class BreakerStateCollector:
     name = "tether_circuit_breaker_state"
     documentation = "1 for each circuit breaker's current state, 0 for its other states."
 
-    def describe(self) -> Iterator[Any]:
+    def describe(self) -> Iterator[Metric]:
         from prometheus_client.core import GaugeMetricFamily
 
         yield GaugeMetricFamily(self.name, self.documentation, labels=["breaker", "state"])
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Metric]:
         from django.db import DatabaseError
         from prometheus_client.core import GaugeMetricFamily
 

@@ -11,31 +11,36 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Self
+from typing import Any, ClassVar, Self, TypeVar, cast
 
 from django.core.exceptions import ImproperlyConfigured
 
 from .conf import integrations_settings, service_settings
 
 #: (policy class, service) -> the policy built from settings, emptied when they reload.
-_cache: dict[tuple[type, str], Any] = {}
+_cache: dict[tuple[type[_Policy], str], _Policy] = {}
 integrations_settings.register_cache(_cache.clear)
 
 
-def _field_names(cls: type) -> set[str]:
+def _field_names(cls: type[_Policy]) -> set[str]:
     return {f.name for f in fields(cls)}
 
 
-def _from_dict(cls: type, values: Mapping[str, Any]) -> Any:
+_P = TypeVar("_P", bound="_Policy")
+
+
+def _from_dict(cls: type[_P], values: Mapping[str, Any]) -> _P:
     names = _field_names(cls)
     return cls(**{k.lower(): v for k, v in values.items() if k.lower() in names})
 
 
+@dataclass(frozen=True)
 class _Policy:
-    """Shared behaviour of the three policy dataclasses."""
+    """Shared behaviour of the three policy dataclasses (a dataclass without fields, so that
+    ``dataclasses.replace`` and ``fields`` apply to each of them)."""
 
     #: The settings section this policy is read from (``"TIMEOUT"``, ...).
-    section: str = ""
+    section: ClassVar[str] = ""
 
     @classmethod
     def for_service(cls, service: str) -> Self:
@@ -46,7 +51,7 @@ class _Policy:
             merged = integrations_settings.merged
             policy = _from_dict(cls, service_settings(service)[cls.section])
             integrations_settings.remember(_cache, key, policy, source=merged)
-        return policy
+        return cast(Self, policy)  # the entry under ``(cls, service)`` holds a ``cls``
 
     def merged(self, override: Self | Mapping[str, Any] | None) -> Self:
         """This policy with ``override`` applied: a policy object replaces it, a dict of some
@@ -64,7 +69,7 @@ class _Policy:
                     f"Unknown {self.section} policy key(s) {', '.join(unknown).upper()}; "
                     f"known: {', '.join(sorted(names)).upper()}."
                 )
-            return replace(self, **changes)  # type: ignore[type-var]
+            return replace(self, **changes)
         raise ImproperlyConfigured(
             f"A {self.section} policy override must be a {type(self).__name__} or a dict, "
             f"not {type(override).__name__}."

@@ -61,6 +61,7 @@ __all__ = [
 logger = logging.getLogger("integrations.calls")
 
 T = TypeVar("T")
+C = TypeVar("C", bound="BackoffClock")
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def get_backoff_clock() -> BackoffClock:
 
 
 @contextmanager
-def use_backoff_clock(clock: BackoffClock) -> Iterator[BackoffClock]:
+def use_backoff_clock(clock: C) -> Iterator[C]:
     """Install ``clock`` process-wide for the duration of the block (tests)."""
     global _installed_clock
     with _clock_lock:

@@ -73,6 +73,7 @@ class BreakerSnapshot:
     """One breaker's row as the state machine reads it (times in epoch seconds), and until when
     a process that caches it trusts it (``expires_at``, clock time; 0 as the storage gives it)."""
 
+    #: The row's id; None for a ``degraded`` snapshot (no row was read).
     pk: int | None
     state: str
     version: int
@@ -243,14 +244,23 @@ class DatabaseStorage:
         )
 
     def reset_failures(
-        self, pk: int, version: int, batch: SuccessBatch, *, now: float, window: float
+        self,
+        current: BreakerSnapshot,
+        version: int,
+        batch: SuccessBatch,
+        *,
+        now: float,
+        window: float,
     ) -> bool:
-        """A success in ``closed``: consecutive failures back to 0, only if there are some and
-        the row is still at ``version``, the generation that admitted the call (a late success
-        never resets a newer generation's failures). Adds ``batch`` (this success included)
-        as ``add_successes`` does. Whether the row changed."""
+        """A success in ``closed``: consecutive failures of ``current``'s row back to 0, only
+        if there are some and the row is still at ``version``, the generation that admitted the
+        call (a late success never resets a newer generation's failures). Adds ``batch`` (this
+        success included) as ``add_successes`` does. Whether the row changed (never for a
+        ``degraded`` snapshot, which names no row)."""
+        if current.pk is None:
+            return False
         changed = CircuitBreaker.objects.filter(
-            pk=pk, state=State.CLOSED, version=version, consecutive_failures__gt=0
+            pk=current.pk, state=State.CLOSED, version=version, consecutive_failures__gt=0
         ).update(
             consecutive_failures=0,
             total_successes=F("total_successes") + batch.total,
@@ -299,11 +309,14 @@ class DatabaseStorage:
     ) -> BreakerSnapshot | None:
         """One more half-open probe of ``current``'s generation, if fewer than ``max_calls`` are
         in flight, or if every probe in flight is older than its lease (its process died or lost
-        it): then the slots are taken back. The fresh row, or None when no slot is free.
+        it): then the slots are taken back. The fresh row, or None when no slot is free (or
+        ``current`` is a ``degraded`` snapshot, which names no row).
 
         ``probe_lease_until`` covers every probe in flight: a grant only ever moves it later
         (a caller with a shorter lease never cuts short the lease of a probe still running),
         and the slots are taken back only once it has passed."""
+        if current.pk is None:
+            return None
         until = _dt(now + lease)
         lease_over = Q(probe_lease_until__lt=_dt(now)) | Q(probe_lease_until__isnull=True)
         rows = CircuitBreaker.objects.filter(
@@ -344,11 +357,13 @@ class DatabaseStorage:
     ) -> BreakerSnapshot | None:
         """The breaker's own transition from ``current.state`` (at ``current.version``) to
         ``to_state``, if, and only if, nobody moved the row first. The fresh row, or None when
-        another process won.
+        another process won (or ``current`` is a ``degraded`` snapshot, which names no row).
 
         ``probe_lease_until``: the first probe's lease, entering ``half_open``. ``success`` /
         ``failure`` (its error text): the probe's outcome that decided the transition, counted
         in the same UPDATE. ``if_hold_ended``: only if ``forced_until`` has passed by ``now``."""
+        if current.pk is None:
+            return None
         changes = _entering(to_state, now, probe_lease_until=probe_lease_until)
         if success:
             changes["total_successes"] = F("total_successes") + 1
@@ -413,7 +428,7 @@ class DatabaseStorage:
 
     @staticmethod
     def _move(
-        pk: int | None,
+        pk: int,
         from_state: str,
         version: int,
         to_state: str,

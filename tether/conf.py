@@ -28,7 +28,7 @@ import copy
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from django.conf import settings
 from django.core.signals import setting_changed
@@ -84,6 +84,15 @@ SECRET_VARIABLES = (
 def is_secret_key(key: Any) -> bool:
     """Whether the values under settings key ``key`` are credentials (``SECRET_KEY_NAME``)."""
     return isinstance(key, str) and SECRET_KEY_NAME.search(key) is not None
+
+
+_V = TypeVar("_V")
+
+
+@overload
+def hide_secrets(value: Mapping[str, Any], key: Any = None) -> dict[str, Any]: ...
+@overload
+def hide_secrets(value: _V, key: Any = None) -> _V: ...
 
 
 def hide_secrets(value: Any, key: Any = None) -> Any:

@@ -46,6 +46,7 @@ def parse_when(value: str | dt.date | dt.datetime) -> dt.datetime:
     once in UTC (``utc_datetime``, the rule for every time taken from input), e.g.
     ``9999-12-31T23:59:59-23:59``, which a database would store and then fail to read back.
     """
+    parsed: dt.datetime | None
     if isinstance(value, dt.datetime):
         parsed = value
     elif isinstance(value, dt.date):

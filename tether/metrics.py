@@ -17,11 +17,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from django.dispatch import Signal
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_safe
+
+if TYPE_CHECKING:  # an optional extra: never imported here at run time
+    from prometheus_client.registry import Collector
 
 __all__ = [
     "EXTRA",
@@ -39,7 +42,7 @@ EXTRA = "django-tether[metrics]"
 
 #: Collectors that read the database at scrape time (added once per scrape in multiprocess
 #: mode, registered in the default registry otherwise); each app adds its own.
-scrape_collectors: list[Any] = []
+scrape_collectors: list[Collector] = []
 
 
 def available() -> bool:
@@ -55,7 +58,7 @@ def multiprocess_mode() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
-def add_scrape_collector(collector: Any) -> None:
+def add_scrape_collector(collector: Collector) -> None:
     """Register a scrape-time collector once (no-op if one of its class is already added)."""
     if any(type(c) is type(collector) for c in scrape_collectors):
         return
@@ -67,7 +70,7 @@ def add_scrape_collector(collector: Any) -> None:
 
 
 def connect(
-    receivers: Iterable[tuple[Signal, Callable[..., None]]], *, collector: Any = None
+    receivers: Iterable[tuple[Signal, Callable[..., None]]], *, collector: Collector | None = None
 ) -> None:
     """Connect an app's metric receivers to its signals (once each, whatever the number of
     calls) and add its scrape-time ``collector``. Call it only when ``available()``."""

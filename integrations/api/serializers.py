@@ -25,7 +25,7 @@ class BreakerTransitionSerializer(serializers.ModelSerializer):
 class CircuitBreakerSerializer(serializers.ModelSerializer):
     class Meta:
         model = CircuitBreaker
-        fields = (
+        fields: tuple[str, ...] = (
             "name",
             "state",
             "consecutive_failures",
@@ -54,7 +54,9 @@ class CircuitBreakerDetailSerializer(CircuitBreakerSerializer):
     @extend_schema_field(BreakerTransitionSerializer(many=True))
     def get_recent_transitions(self, breaker: CircuitBreaker) -> list[dict[str, Any]]:
         rows = breaker.transitions.order_by("-created_at", "-id")[:RECENT_TRANSITIONS]
-        return BreakerTransitionSerializer(rows, many=True).data
+        # drf-stubs type a serializer made with many=True as itself, not the ListSerializer it
+        # is, so its .data as a dict (typeddjango/djangorestframework-stubs#260).
+        return BreakerTransitionSerializer(rows, many=True).data  # type: ignore[return-value]
 
 
 class BreakerActionSerializer(serializers.Serializer):

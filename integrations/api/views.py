@@ -6,8 +6,6 @@ Thin views over the operator actions of ``integrations.breaker``; each action is
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import viewsets
@@ -18,7 +16,7 @@ from rest_framework.response import Response
 
 from tether.api.base import OperatorAPIMixin
 
-from ..breaker import disable_breaker, force_open_breaker, reset_breaker
+from ..breaker import OperatorAction, disable_breaker, force_open_breaker, reset_breaker
 from ..conf import integrations_settings
 from ..exceptions import BreakerNotFound, InvalidExpiry
 from ..models import CircuitBreaker
@@ -62,10 +60,12 @@ class CircuitBreakerViewSet(OperatorAPIMixin, viewsets.ReadOnlyModelViewSet):
     def get_queryset(self) -> QuerySet[CircuitBreaker]:
         return CircuitBreaker.objects.order_by("name")
 
-    def get_serializer_class(self) -> type:
+    def get_serializer_class(self) -> type[CircuitBreakerSerializer]:
         return CircuitBreakerSerializer if self.action == "list" else CircuitBreakerDetailSerializer
 
-    def _act(self, operator_action: Any, serializer_class: type) -> Response:
+    def _act(
+        self, operator_action: OperatorAction, serializer_class: type[BreakerActionSerializer]
+    ) -> Response:
         """Run one operator action on the breaker named in the URL.
 
         Which names exist (a breaker already created, or a configured service's) is the
@@ -92,7 +92,7 @@ class CircuitBreakerViewSet(OperatorAPIMixin, viewsets.ReadOnlyModelViewSet):
         responses={200: CircuitBreakerDetailSerializer},
     )
     @action(detail=True, methods=["post"])
-    def reset(self, request: Request, name: Any = None) -> Response:
+    def reset(self, request: Request, name: str | None = None) -> Response:
         return self._act(reset_breaker, BreakerActionSerializer)
 
     @extend_schema(
@@ -101,7 +101,7 @@ class CircuitBreakerViewSet(OperatorAPIMixin, viewsets.ReadOnlyModelViewSet):
         responses={200: CircuitBreakerDetailSerializer},
     )
     @action(detail=True, methods=["post"], url_path="open", url_name="open")
-    def force_open(self, request: Request, name: Any = None) -> Response:
+    def force_open(self, request: Request, name: str | None = None) -> Response:
         return self._act(force_open_breaker, BreakerHoldSerializer)
 
     @extend_schema(
@@ -110,5 +110,5 @@ class CircuitBreakerViewSet(OperatorAPIMixin, viewsets.ReadOnlyModelViewSet):
         responses={200: CircuitBreakerDetailSerializer},
     )
     @action(detail=True, methods=["post"])
-    def disable(self, request: Request, name: Any = None) -> Response:
+    def disable(self, request: Request, name: str | None = None) -> Response:
         return self._act(disable_breaker, BreakerHoldSerializer)

@@ -18,10 +18,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Literal
 
 from ..resilience import BackoffClock, use_backoff_clock
 from .server import FakeVendor, RecordedRequest, Reply, Route, unused_port_url
+
+if TYPE_CHECKING:
+    from ..models import CircuitBreaker
 
 __all__ = [
     "FakeVendor",
@@ -68,7 +71,7 @@ def instant_backoff() -> Iterator[InstantBackoff]:
     assert len(backoff.sleeps) == 2
     """
     with use_backoff_clock(InstantBackoff()) as clock:
-        yield clock  # type: ignore[misc]
+        yield clock
 
 
 def reset_local_state() -> None:
@@ -88,12 +91,12 @@ _FORCE_OPEN_MAX_FAILURES = 10_000
 
 def force_breaker(
     name: str,
-    state: str,
+    state: Literal["closed", "open", "forced_open", "disabled"],
     *,
     reason: str = "set by integrations.testing.force_breaker",
     actor: str = "tests",
     until: datetime | None = None,
-) -> Any:
+) -> CircuitBreaker:
     """Put breaker ``name`` in ``state`` and return its ``CircuitBreaker`` row.
 
     ``"closed"``, ``"forced_open"`` and ``"disabled"`` go through the operator actions of

@@ -32,7 +32,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import httpx
 import stripe
@@ -56,6 +56,9 @@ from ..exceptions import (
 from ..policies import BreakerPolicy, RetryPolicy, Timeout
 from ..resilience import AttemptInfo
 from ..transport import ResponseRefused, bounded_client, current_bounds, httpx_timeout
+
+if TYPE_CHECKING:  # the SDK's request types (its run-time module layout varies by version)
+    from stripe.params import CustomerCreateParams, PaymentIntentCreateParams, RefundCreateParams
 
 __all__ = [
     "SERVICE",
@@ -329,7 +332,9 @@ class _HTTPXClient(stripe.HTTPXClient):
         self._client = bounded_client(verify=verify)
         self.policy = policy
 
-    def _get_request_args_kwargs(self, method, url, headers, post_data):  # type: ignore[no-untyped-def]
+    def _get_request_args_kwargs(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any
+    ) -> tuple[Any, dict[str, Any]]:
         args, kwargs = super()._get_request_args_kwargs(method, url, headers, post_data)
         data = kwargs.get("data")
         if isinstance(data, str | bytes):
@@ -385,7 +390,7 @@ class StripeService:
     def create_customer(
         self, email: str, *, name: str | None = None, idempotency_key: str | None = None
     ) -> Customer:
-        params: dict[str, Any] = {"email": email}
+        params: CustomerCreateParams = {"email": email}
         if name is not None:
             params["name"] = name
         return self._call(
@@ -418,7 +423,7 @@ class StripeService:
         customer: str | None = None,
         idempotency_key: str | None = None,
     ) -> PaymentIntent:
-        params: dict[str, Any] = {"amount": amount, "currency": currency}
+        params: PaymentIntentCreateParams = {"amount": amount, "currency": currency}
         if customer is not None:
             params["customer"] = customer
         return self._call(
@@ -437,7 +442,7 @@ class StripeService:
         amount: int | None = None,
         idempotency_key: str | None = None,
     ) -> Refund:
-        params: dict[str, Any] = {"payment_intent": payment_intent}
+        params: RefundCreateParams = {"payment_intent": payment_intent}
         if amount is not None:
             params["amount"] = amount
         return self._call(
@@ -466,20 +471,20 @@ class StripeService:
     def _call(
         self,
         operation: str,
-        request: Callable[[stripe.StripeClient, dict[str, Any]], Any],
+        request: Callable[[stripe.StripeClient, stripe.RequestOptions], stripe.StripeObject],
         build: Callable[[Mapping[str, Any]], T],
         *,
         idempotency_key: str | None = None,
     ) -> T:
         policy = self.call_policy()
         client, api_key = self._sdk_client(service_settings(SERVICE), policy.timeout)
-        options: dict[str, Any] = {"max_network_retries": 0}
+        options: stripe.RequestOptions = {"max_network_retries": 0}
         if idempotency_key is not None:
             options["idempotency_key"] = idempotency_key
 
         def attempt(info: AttemptInfo) -> T:
             try:
-                obj = request(client, dict(options))
+                obj = request(client, options.copy())
             except stripe.StripeError as exc:
                 error = map_stripe_error(exc, operation=operation, api_key=api_key)
                 raise error from _without_frames(exc)

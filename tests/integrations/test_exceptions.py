@@ -1,7 +1,10 @@
-"""The error hierarchy survives pickling (Celery pickles a task's exception) intact."""
+"""The error hierarchy: survives pickling (Celery pickles a task's exception) intact, and says
+what failed without a message of the caller's."""
 
 import math
 import pickle
+import subprocess
+import sys
 
 import pytest
 
@@ -85,3 +88,23 @@ def test_retry_after_is_always_finite_and_capped(cls, given, expected):
 
 def test_the_cap_is_an_hour():
     assert MAX_RETRY_AFTER == 3600.0
+
+
+class VendorTimeout(IntegrationTimeout):
+    pass  # a user's subclass, without a docstring of its own
+
+
+def test_the_default_message_is_the_nearest_docstring_line():
+    assert str(IntegrationTimeout("svc", "op")) == "svc.op: The vendor did not answer in time"
+    assert str(VendorTimeout("svc", "op", attempts=2)) == (
+        "svc.op: The vendor did not answer in time after 2 attempt(s)"
+    )
+
+
+def test_the_default_message_without_docstrings_is_the_class_name():
+    code = "from integrations.exceptions import RateLimitedError as E; print(E('svc', 'op'))"
+    run = subprocess.run(
+        [sys.executable, "-OO", "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "svc.op: RateLimitedError"

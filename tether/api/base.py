@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import InterfaceError, OperationalError
 from django.utils.module_loading import import_string
 from rest_framework import permissions, status
+from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
+from rest_framework.views import APIView
 
 from tether.conf import AppSettings
 
@@ -42,17 +45,21 @@ class HasActionModelPermission(permissions.BasePermission):
 
     message = "You do not have the model permission this action needs."
 
-    def has_permission(self, request: Any, view: Any) -> bool:
+    def has_permission(self, request: Request, view: APIView) -> bool:
         table: dict[str, tuple[str, ...]] = getattr(view, "action_permissions", {})
         action = getattr(view, "action", None)
         required = table.get(action or "", table.get("*", ()))
-        return bool(request.user and request.user.is_authenticated) and request.user.has_perms(
-            required
-        )
+        user = request.user
+        # drf-stubs type Request.user without None, which it is when
+        # REST_FRAMEWORK["UNAUTHENTICATED_USER"] is None.
+        authenticated = bool(user and user.is_authenticated)  # type: ignore[truthy-bool]
+        return authenticated and user.has_perms(required)
 
 
-class OperatorAPIMixin:
-    """Settings-driven permissions and throttles, read at request time."""
+class OperatorAPIMixin(APIView):
+    """Settings-driven permissions and throttles, read at request time. Listed before the
+    viewset it is mixed into (``class EventViewSet(OperatorAPIMixin, ReadOnlyModelViewSet)``),
+    whose ``APIView`` it extends."""
 
     #: The app's settings object; subclasses set it.
     app_settings: ClassVar[AppSettings]
@@ -68,7 +75,7 @@ class OperatorAPIMixin:
         )
         return [cls() for cls in configured] + [HasActionModelPermission()]
 
-    def get_throttles(self) -> list[Any]:
+    def get_throttles(self) -> list[BaseThrottle]:
         configured = load_classes(
             self.app_settings["API_THROTTLE_CLASSES"],
             setting=f'{self.settings_name}["API_THROTTLE_CLASSES"]',
@@ -84,4 +91,4 @@ class OperatorAPIMixin:
                 {"detail": "The database is unavailable; try again later."},
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
-        return super().handle_exception(exc)  # type: ignore[misc]
+        return super().handle_exception(exc)

@@ -12,7 +12,12 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from integrations.breaker import disable_breaker, force_open_breaker, reset_breaker
+from integrations.breaker import (
+    OperatorAction,
+    disable_breaker,
+    force_open_breaker,
+    reset_breaker,
+)
 from integrations.exceptions import BreakerNotFound, InvalidExpiry
 from integrations.models import CircuitBreaker
 from tether.dates import parse_when
@@ -75,7 +80,11 @@ class Command(BaseCommand):
             until = parse_when(until_text) if until_text else None
         except ValueError as exc:
             raise CommandError(f"--until {exc}", returncode=EXIT_BAD_DATE) from None
-        actions = {"reset": reset_breaker, "open": force_open_breaker, "disable": disable_breaker}
+        actions: dict[str, OperatorAction] = {
+            "reset": reset_breaker,
+            "open": force_open_breaker,
+            "disable": disable_breaker,
+        }
         act = actions[action]
         kwargs: dict[str, Any] = {"actor": cli_actor(), "reason": reason}
         if action != "reset":
