@@ -30,6 +30,7 @@ import logging
 import random
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 from celery import Task
 from django.db import transaction
@@ -51,7 +52,9 @@ Status = WebhookEvent.Status
 LAST_ERROR_MAX_CHARS = 2000
 
 
-def process_event(event_pk: int, *, retry: bool = False, task: Task | None = None) -> str | None:
+def process_event(
+    event_pk: int, *, retry: bool = False, task: Task[Any, Any] | None = None
+) -> str | None:
     """Make one processing attempt of an event; return its status after, or None if skipped.
 
     Skipped (None): the event does not exist, is locked by an attempt in progress, is finished,

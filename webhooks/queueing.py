@@ -150,7 +150,8 @@ def celery_is_eager() -> bool:
     (Django settings or Celery's default) is read once, since reading it through ``app.conf``
     costs more than the rest of the enqueue, and kept until ``webhooks_settings`` reloads
     (``override_settings`` of a ``CELERY_`` setting, or ``reload()``)."""
-    changed = current_app.conf.changes.get("task_always_eager")
+    changes = current_app.conf.changes
+    changed = changes.get("task_always_eager") if changes is not None else None
     if changed is not None:
         return bool(changed)
     return _configured_eager()

@@ -200,9 +200,11 @@ def statement_cursor(connection: BaseDatabaseWrapper) -> CursorWrapper:
         cursor = _PreparingCursor(raw)
     else:
         cursor = _UnpreparedCursor(raw)
+    # django-stubs types make_cursor's and make_debug_cursor's argument as a CursorWrapper; it is
+    # the driver's cursor, which they wrap (django.db.backends.base.base).
     if logged:
-        return connection.make_debug_cursor(cursor)
-    return connection.make_cursor(cursor)
+        return connection.make_debug_cursor(cursor)  # type: ignore[arg-type]
+    return connection.make_cursor(cursor)  # type: ignore[arg-type]
 
 
 def fetch_one(connection: BaseDatabaseWrapper, sql: str, params: Any) -> tuple[Any, ...] | None:
@@ -338,7 +340,8 @@ def _build_statements(connection: BaseDatabaseWrapper) -> Statements:
     meta = WebhookEvent._meta
     quote = connection.ops.quote_name
     fields = meta.concrete_fields
-    n = {field.name: quote(field.column) for field in fields}
+    # Every concrete field has a column (the stubs allow None).
+    n = {field.name: quote(field.column) for field in fields if field.column}
     table = quote(meta.db_table)
     postgresql = connection.vendor == "postgresql"
     lock = (

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from celery import Task, shared_task
 from django.db import close_old_connections
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 @contextmanager
-def database_connection(task: Task) -> Iterator[None]:
+def database_connection(task: Task[Any, Any]) -> Iterator[None]:
     """Treat the task like a request: drop an obsolete or broken database connection before and
     after it, honouring ``CONN_MAX_AGE`` and ``CONN_HEALTH_CHECKS``. This matters for workers that
     keep their connection between tasks (``CELERY_DB_REUSE_MAX``, see the README); an eager task
@@ -51,7 +52,7 @@ def database_connection(task: Task) -> Iterator[None]:
     max_retries=None,
     ignore_result=True,
 )
-def process_event(self, event_pk: int) -> str | None:
+def process_event(self: Task[Any, Any], event_pk: int) -> str | None:
     with database_connection(self):
         return processing.process_event(event_pk, retry=True, task=self)
 
@@ -63,7 +64,7 @@ def process_event(self, event_pk: int) -> str | None:
     reject_on_worker_lost=True,
     ignore_result=True,
 )
-def process_events(self, event_pks: list[int]) -> list[str | None]:
+def process_events(self: Task[Any, Any], event_pks: list[int]) -> list[str | None]:
     """Several events in one message (what the dispatcher publishes): each gets exactly what
     ``webhooks.process_event`` gives one event, one after the other: its own claim (its attempt
     counted and committed before its handlers run), its own transaction, and its own retry,
@@ -94,6 +95,6 @@ def process_events(self, event_pks: list[int]) -> list[str | None]:
 
 
 @shared_task(bind=True, name="webhooks.requeue_stuck", ignore_result=True)
-def requeue_stuck(self, older_than: float | None = None) -> int:
+def requeue_stuck(self: Task[Any, Any], older_than: float | None = None) -> int:
     with database_connection(self):
         return services.requeue_stuck(older_than=older_than)

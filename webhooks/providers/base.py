@@ -122,12 +122,21 @@ class Provider:
 
     #: Built-in name (``"stripe"``...); informative for user classes.
     name: ClassVar[str] = ""
-    #: The header carrying the signature; its absence is answered ``invalid_signature``.
-    signature_header: ClassVar[str] = ""
-    #: The header carrying the signing time, for schemes that have one.
-    timestamp_header: ClassVar[str | None] = None
     #: Options the provider reads besides SECRETS, TOLERANCE and MAX_BODY_BYTES.
     options: ClassVar[tuple[str, ...]] = ()
+
+    # The scheme's header names: a class attribute of the same name in a subclass
+    # (``signature_header = "Stripe-Signature"``) replaces each; ``hmac`` reads them from settings.
+
+    @property
+    def signature_header(self) -> str:
+        """The header carrying the signature; its absence is answered ``invalid_signature``."""
+        return ""
+
+    @property
+    def timestamp_header(self) -> str | None:
+        """The header carrying the signing time, for schemes that have one."""
+        return None
 
     @sensitive_variables(*SECRET_VARIABLES)
     def __post_init__(self) -> None:
