@@ -1,6 +1,6 @@
 """Where webhook events meet the database: every hand-written statement and the cursors they run
-on. Receiving and processing call these operations with plain values; none of them builds SQL
-or touches a cursor.
+on. Receiving and processing call these operations with plain values, and build no SQL and
+touch no cursor themselves.
 
 - ``insert_or_compare(event, alias)``: store a new event unless ``(endpoint, event_id)`` or, for
   schemes whose id is not signed, ``(endpoint, content_digest)`` is taken; for a duplicate of
@@ -20,7 +20,7 @@ the benchmarks say it does not earn its keep:
 
 - **One statement per operation**: the insert compares a duplicate's body in the same statement
   (PostgreSQL), and the claim is one ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP
-  LOCKED) RETURNING`` (``_claim_sql``) instead of the ORM's five round trips
+  LOCKED) RETURNING`` (``CLAIM_SQL``) instead of the ORM's five round trips
   (``_claim_with_orm``, which other databases use).
 - **The relaxed-commit claim** (``RELAX_COMMIT``): the claim's own commit does not wait for its
   WAL flush (``claim``'s ``relax``).
