@@ -712,7 +712,7 @@ def settle(stack: Stack, profile: Profile, nemesis: Nemesis, vendor: dict) -> di
 def describe_setup(stack: Stack, profile: Profile, plan: list[Fault]) -> None:
     from django.conf import settings
 
-    from webhooks.services import processing_setting
+    from webhooks.conf import processing_setting
 
     timings = settings.SOAK_TIMINGS
     print(

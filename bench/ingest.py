@@ -126,9 +126,9 @@ def missing_pieces(cases: str) -> list[str]:
             "webhooks/views.py)"
         )
     try:
-        from webhooks.services import enqueue_on_commit  # noqa: F401
+        from webhooks.queueing import enqueue_on_commit  # noqa: F401
     except ImportError as exc:
-        missing.append(f"webhooks.services.enqueue_on_commit ({exc})")
+        missing.append(f"webhooks.queueing.enqueue_on_commit ({exc})")
     try:
         from webhooks import registry
 

@@ -39,10 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         args.events = 50
     setup_django()
     try:
-        from webhooks import dispatch, receiving, services
+        from webhooks import dispatch, receiving, storage
+        from webhooks.processing import process_event
         from webhooks.providers import get_provider
+        from webhooks.queueing import enqueue_on_commit, publish_process_batch, publish_process_task
         from webhooks.receiving import read_body
-        from webhooks.services import enqueue_on_commit, publish_process_task
     except ImportError as exc:
         print(f"bench/receive_phases.py: a step of the receive path is missing: {exc}")
         return 3
@@ -55,10 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     from webhooks.models import WebhookEvent
 
     def insert(event):
-        return receiving.insert_or_compare(event, "default")[0]
+        return storage.insert_or_compare(event, "default").inserted
 
     def duplicate(event):
-        inserted, same_body = receiving.insert_or_compare(event, "default")
+        inserted, same_body = storage.insert_or_compare(event, "default")
         if not inserted:
             receiving._note_duplicate(event, "default", same_body=same_body)
         return inserted
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         for start in range(0, len(events), 20):  # the dispatcher's way: many events per message
             pks = [e.pk for e in events[start : start + 20]]
             wall, cpu = time.perf_counter(), time.thread_time()
-            services.publish_process_batch(pks)
+            publish_process_batch(pks)
             per = (
                 (time.perf_counter() - wall) / len(pks),
                 (time.thread_time() - cpu) / len(pks),
@@ -120,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError("a duplicate was inserted")
         # What the worker does per event (the no-op handler of bench/webhooks.py runs).
         import bench.webhooks  # noqa: F401  (registers the no-op handler)
-        from webhooks.services import process_event
 
         for event in events:
             status = timed("10 worker: process_event", process_event, event.pk)

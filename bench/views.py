@@ -9,7 +9,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from webhooks.models import WebhookEvent
-from webhooks.receiving import insert_or_compare
+from webhooks.storage import insert_or_compare
 
 #: The endpoint the floor view stores its events under (no such endpoint is configured).
 FLOOR_ENDPOINT = "bench-floor"
@@ -28,7 +28,7 @@ def floor(request: HttpRequest) -> JsonResponse:
 
     Only what any design that stores each event durably before answering must do: read the body,
     parse the JSON once, and store the event with the app's own statement
-    (``webhooks.receiving.insert_or_compare``: one round trip, committed at once), then answer
+    (``webhooks.storage.insert_or_compare``: one round trip, committed at once), then answer
     ``{"status": "accepted" | "duplicate", "event_id": ...}``. No signature check, no signals, no
     enqueue, no size limit. A body that is not a JSON object with a string ``id`` answers 400.
     """

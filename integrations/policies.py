@@ -15,11 +15,11 @@ from typing import Any, ClassVar, Self, TypeVar, cast
 
 from django.core.exceptions import ImproperlyConfigured
 
-from .conf import service_settings
+from .conf import integrations_settings, service_settings
 
-# Each policy built from settings, with the (memoized, shared) settings dict it was built from:
-# ``service_settings`` returns a new dict once the settings change, which invalidates the entry.
-_cache: dict[tuple[type[_Policy], str], tuple[dict[str, Any], _Policy]] = {}
+#: (policy class, service) -> the policy built from settings, emptied when they reload.
+_cache: dict[tuple[type[_Policy], str], _Policy] = {}
+integrations_settings.register_cache(_cache.clear)
 
 
 def _field_names(cls: type[_Policy]) -> set[str]:
@@ -46,11 +46,12 @@ class _Policy:
     def for_service(cls, service: str) -> Self:
         """The policy for ``service`` from settings (global dict, then the service's own)."""
         key = (cls, service)
-        settings = service_settings(service)
-        entry = _cache.get(key)
-        if entry is None or entry[0] is not settings:
-            entry = _cache[key] = (settings, _from_dict(cls, settings[cls.section]))
-        return cast(Self, entry[1])  # the entry under ``(cls, service)`` holds a ``cls``
+        policy = _cache.get(key)
+        if policy is None:
+            merged = integrations_settings.merged
+            policy = _from_dict(cls, service_settings(service)[cls.section])
+            integrations_settings.remember(_cache, key, policy, source=merged)
+        return cast(Self, policy)  # the entry under ``(cls, service)`` holds a ``cls``
 
     def merged(self, override: Self | Mapping[str, Any] | None) -> Self:
         """This policy with ``override`` applied: a policy object replaces it, a dict of some

@@ -23,7 +23,7 @@ from tests.celery_worker import CeleryWorker, purge_broker, wait_until
 from tests.integrations.factories import CircuitBreakerFactory
 from tests.servers import ROOT, GunicornServer, subprocess_env
 from tests.webhooks.factories import WebhookEventFactory
-from webhooks import PermanentFailure, on, services
+from webhooks import PermanentFailure, on, processing, services
 from webhooks.models import WebhookEvent
 from webhooks.registry import registry
 from webhooks.testing import build_request, post_webhook
@@ -85,7 +85,7 @@ def test_webhook_traffic_shows_on_metrics(client, handlers, django_capture_on_co
         )
 
         for event in WebhookEvent.objects.all():
-            services.process_event(event.pk)
+            processing.process_event(event.pk)
     after = scrape(client)
 
     def delta(name, **labels):

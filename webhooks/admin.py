@@ -5,17 +5,21 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import selectors, services
 from .models import WebhookEvent
+
+if TYPE_CHECKING:
+    from django.contrib.admin.options import _FieldsetSpec
+    from django_stubs_ext import StrOrPromise
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ def _pretty_json(value: Any) -> str:
     try:
         summarised, deep = _summarise_deep(value, SHOWN_JSON_DEPTH)
         encoder = json.JSONEncoder(indent=2, sort_keys=True, ensure_ascii=False, default=str)
-        notes = []
+        notes: list[StrOrPromise] = []
         if deep:
             notes.append(
                 _("Objects and arrays nested deeper than %(depth)d levels are summarised.")
@@ -60,7 +64,7 @@ def _pretty_stored_json(text: str | None) -> str:
     return _pretty_json(value)
 
 
-def _bounded_pre(chunks: Iterable[str], notes: list[str]) -> str:
+def _bounded_pre(chunks: Iterable[str], notes: list[StrOrPromise]) -> str:
     """The first ``SHOWN_JSON_CHARS`` characters of the text made of ``chunks`` in a ``<pre>``,
     then ``notes``, led by one giving the whole size when the text was cut."""
     shown: list[str] = []
@@ -129,19 +133,25 @@ class WebhookEventAdmin(admin.ModelAdmin):
     )  # fmt: skip
 
     # An event log: nothing is added or edited by hand, and events go away by prune_webhooks.
-    def get_readonly_fields(self, request: HttpRequest, obj: WebhookEvent | None = None):
-        return [field for fieldset in self.get_fieldsets(request, obj)
-                for field in fieldset[1]["fields"]]  # fmt: skip
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: WebhookEvent | None = None
+    ) -> list[str]:
+        names: list[str] = []
+        for _name, options in self.get_fieldsets(request, obj):
+            for field in options["fields"]:
+                names.extend([field] if isinstance(field, str) else field)
+        return names
 
-    def get_fieldsets(self, request: HttpRequest, obj: WebhookEvent | None = None):
+    def get_fieldsets(self, request: HttpRequest, obj: WebhookEvent | None = None) -> _FieldsetSpec:
         """Users who may only view events see the headers without the signature one."""
+        fieldsets = self.fieldsets or ()
         if self.has_change_permission(request, obj):
-            return self.fieldsets
+            return fieldsets
         return tuple(
             (name, {**options, "fields": tuple(
                 "headers_without_signature" if field == "headers_pretty" else field
                 for field in options["fields"])})
-            for name, options in self.fieldsets
+            for name, options in fieldsets
         )  # fmt: skip
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -160,7 +170,13 @@ class WebhookEventAdmin(admin.ModelAdmin):
             queryset = queryset.defer("body", "headers")
         return queryset
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
         extra_context = {
             **(extra_context or {}),
             "show_save": False,

@@ -26,7 +26,8 @@
 - ``webhooks.E008``: a processing setting out of range or of the wrong type (``MAX_ATTEMPTS``,
   ``RETRY_BASE_DELAY``, ``RETRY_MAX_DELAY``, ``STUCK_AFTER``, ``RETENTION_DAYS``, the
   ``DISPATCH_*`` and ``REQUEUE_RECEIVED_AFTER`` numbers, ``TASK_QUEUE``,
-  ``PREPARED_STATEMENTS``); the rules live in ``webhooks.services.processing_config_problems``.
+  ``PREPARED_STATEMENTS``); the rules live beside the settings, in
+  ``webhooks.conf.PROCESSING_SETTINGS``.
 
 The same rules raise ``WebhookConfigurationError`` (naming the exact key) when a misconfigured
 endpoint is used anyway: they live in the providers (``Provider.config_problems``), not here.
@@ -41,18 +42,16 @@ from typing import Any
 
 from django.core.checks import CheckMessage, Error, Warning, register
 
-from .conf import webhooks_settings
+from .conf import ConfigProblem, processing_config_problems, webhooks_settings
 from .exceptions import WebhookConfigurationError
 from .providers import BUILTIN_PROVIDERS, provider_class
-from .providers.base import LIMIT_OPTIONS, ConfigProblem, endpoint_key, limit_problem
+from .providers.base import LIMIT_OPTIONS, endpoint_key, limit_problem
 
 ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9._~-]+$")
 
 
 @register()
 def check_webhook_endpoints(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    from .services import processing_config_problems
-
     problems = [*webhook_config_problems(), *processing_config_problems()]
     return [_as_error(problem) for problem in problems]
 

@@ -1,16 +1,26 @@
-"""Settings for the webhooks app: ``settings.WEBHOOKS`` merged key by key over ``DEFAULTS``.
+"""Settings for the webhooks app: ``settings.WEBHOOKS`` merged key by key over ``DEFAULTS``,
+and the rules their values must follow.
 
 ``webhooks_settings`` (a ``tether.conf.AppSettings``) is the app's only settings state: read at
 call time (never at import), it reloads on ``setting_changed``, so ``override_settings`` works,
 and its ``reload()`` also empties every cache derived from it (built providers, the Celery
-eager flag). Credentials in it are ``SecretStr`` (``tether.conf``).
+eager flag, the database statements). Credentials in it are ``SecretStr`` (``tether.conf``).
+
+A wrong value is a ``ConfigProblem``: the system checks report it (``webhooks.checks``), and
+using it raises the same problem as a ``WebhookConfigurationError`` naming the exact key. The
+endpoints' rules live with their providers (``Provider.config_problems``); the processing
+settings' rules live here (``PROCESSING_SETTINGS``, the check ``webhooks.E008``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tether.conf import AppSettings
+
+from .exceptions import WebhookConfigurationError
 
 DEFAULTS: dict[str, Any] = {
     "ENDPOINTS": {},
@@ -30,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "DISPATCH_BATCH_SIZE": 20,
     "DISPATCH_SHUTDOWN_TIMEOUT": 5,
     # The receive insert and processing's statements are prepared once per connection on
-    # PostgreSQL with psycopg 3 (webhooks.db). False behind a pooler that cannot keep prepared
+    # PostgreSQL with psycopg 3 (webhooks.storage). False behind a pooler that cannot keep prepared
     # statements (PgBouncer before 1.21 in transaction mode).
     "PREPARED_STATEMENTS": True,
     # The sweeper enqueues `received` events older than this (seconds): those whose wake-up call
@@ -51,3 +61,127 @@ DEFAULTS: dict[str, Any] = {
 
 
 webhooks_settings = AppSettings("WEBHOOKS", DEFAULTS)
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with the ``WEBHOOKS`` settings (an endpoint's, or a global one).
+
+    ``webhooks.checks`` turns it into a ``checks.Error`` with id ``webhooks.<code>`` (a
+    ``checks.Warning`` for a ``W`` code, from ``Provider.config_warnings``); ``get_provider``
+    and ``processing_setting`` raise an error's as a ``WebhookConfigurationError``. ``key`` is
+    the exact setting, e.g. ``WEBHOOKS["ENDPOINTS"]["stripe"]["SECRETS"]``. Never includes a
+    secret's value.
+    """
+
+    code: str
+    key: str
+    message: str
+    hint: str = ""
+
+    def as_exception(self) -> WebhookConfigurationError:
+        text = f"{self.key}: {self.message}"
+        if self.hint:
+            text = f"{text} ({self.hint})"
+        return WebhookConfigurationError(text)
+
+
+def is_number(
+    value: Any,
+    *,
+    integer: bool = False,
+    above: float | None = None,
+    at_least: float | None = None,
+    at_most: float | None = None,
+) -> bool:
+    """Whether ``value`` is a number (an ``int`` when ``integer``), never a bool, greater than
+    ``above``, at least ``at_least`` and at most ``at_most`` when they are given (NaN and
+    infinities are within no range that has a bound on their side).
+
+    The one rule for numeric settings: ``TOLERANCE``/``MAX_BODY_BYTES`` (through
+    ``providers.base.limit_problem``, global and per endpoint) and the processing settings
+    (``PROCESSING_SETTINGS``).
+    """
+    kinds = (int,) if integer else (int, float)
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        return False
+    if above is not None and not value > above:
+        return False
+    if at_most is not None and not value <= at_most:
+        return False
+    return at_least is None or value >= at_least
+
+
+# -- the processing settings' rules (webhooks.E008) --------------------------------------------
+
+#: A rule: whether a value is valid.
+Rule = Callable[[Any], bool]
+
+
+def _number(
+    *, integer: bool = False, at_least: float, at_most: float, nullable: bool = False
+) -> Rule:
+    """A rule for a number setting (``is_number``), None allowed if ``nullable``."""
+    return lambda value: (
+        (nullable and value is None)
+        or is_number(value, integer=integer, at_least=at_least, at_most=at_most)
+    )
+
+
+_DEFAULT_HINT = "Leave it out to use the default."
+
+#: The largest number of seconds a processing setting may hold: 30 days. Every one of them ends
+#: up in a ``timedelta`` or a Celery countdown; a bound keeps those finite and meaningful.
+MAX_SETTING_SECONDS = 30 * 86_400
+
+
+def _seconds(*, nullable: bool = False) -> tuple[Rule, str, str]:
+    what = f"a number of seconds from 0 to {MAX_SETTING_SECONDS:,} (30 days)"
+    return (_number(at_least=0, at_most=MAX_SETTING_SECONDS, nullable=nullable),
+            what + (", or None" if nullable else ""), _DEFAULT_HINT)  # fmt: skip
+
+
+#: key -> (rule, what it must be, hint): the one table the E008 check and processing read.
+PROCESSING_SETTINGS: dict[str, tuple[Rule, str, str]] = {
+    "MAX_ATTEMPTS": (_number(integer=True, at_least=1, at_most=1000),
+                     "a whole number of attempts from 1 to 1,000", _DEFAULT_HINT),
+    "RETRY_BASE_DELAY": _seconds(),
+    "RETRY_MAX_DELAY": _seconds(),
+    "STUCK_AFTER": _seconds(),
+    "RETENTION_DAYS": (_number(at_least=0, at_most=36_500),
+                       "a number of days from 0 to 36,500", _DEFAULT_HINT),
+    "REQUEUE_RECEIVED_AFTER": _seconds(),
+    "REQUEUE_MAX_INTERVAL": _seconds(),
+    "DISPATCH_INTERVAL": (_number(at_least=0, at_most=60, nullable=True),
+                          "a number of seconds from 0 to 60, or None", _DEFAULT_HINT),
+    "DISPATCH_BATCH_SIZE": (_number(integer=True, at_least=1, at_most=10_000),
+                            "a whole number of events from 1 to 10,000", _DEFAULT_HINT),
+    "DISPATCH_SHUTDOWN_TIMEOUT": (_number(at_least=0, at_most=600),
+                                  "a number of seconds from 0 to 600", _DEFAULT_HINT),
+    "TASK_QUEUE": (lambda value: value is None or (isinstance(value, str) and bool(value.strip())),
+                   "a Celery queue name or None",
+                   "None sends processing tasks to Celery's default queue."),
+    "PREPARED_STATEMENTS": (lambda value: isinstance(value, bool), "True or False",
+                            "False behind a pooler that drops them."),
+}  # fmt: skip
+
+
+def _setting_problem(key: str) -> ConfigProblem | None:
+    value = webhooks_settings[key]
+    valid, expected, hint = PROCESSING_SETTINGS[key]
+    if valid(value):
+        return None
+    return ConfigProblem("E008", f'WEBHOOKS["{key}"]', f"must be {expected}, not {value!r}.", hint)
+
+
+def processing_config_problems() -> list[ConfigProblem]:
+    """What is wrong with the processing settings (reported by the system check E008)."""
+    return [problem for key in PROCESSING_SETTINGS if (problem := _setting_problem(key))]
+
+
+def processing_setting(key: str) -> Any:
+    """A processing setting, checked: raises ``WebhookConfigurationError`` naming the key."""
+    problem = _setting_problem(key)
+    if problem is not None:
+        raise problem.as_exception()
+    return webhooks_settings[key]

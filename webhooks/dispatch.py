@@ -3,11 +3,14 @@
 The stored row is the outbox: once the receive INSERT has committed, the event is safe, and the
 message that starts its processing is only a wake-up call. Publishing one Celery message per
 event from the request costs more CPU than the rest of the request (kombu builds a Redis client
-per publish), so ``enqueue_on_commit`` hands the event's primary key to this process's
-``Dispatcher`` instead. A daemon thread gathers the keys for ``DISPATCH_INTERVAL`` seconds and
-publishes them as few messages as it can: ``webhooks.process_events`` tasks of at most
-``DISPATCH_BATCH_SIZE`` keys each, all in one connection checkout. The worker processes every
-event of such a message with the same per-event semantics as ``webhooks.process_event``.
+per publish), so ``webhooks.queueing.enqueue_on_commit`` hands the event's primary key to this
+process's ``Dispatcher`` instead. A daemon thread gathers the keys for ``DISPATCH_INTERVAL``
+seconds and hands them to its publisher: for the process's ``dispatcher``,
+``webhooks.queueing.publish_process_batch`` (given by ``WebhooksConfig.ready()``), which sends
+``webhooks.process_events`` tasks of at most ``DISPATCH_BATCH_SIZE`` keys each, all in one
+connection checkout. The worker processes every event of such a message with the same
+per-event semantics as ``webhooks.process_event``. This module knows nothing of Celery or of
+processing.
 
 What can be lost is the wake-up call, never the event:
 
@@ -39,17 +42,26 @@ from collections.abc import Callable, Sequence
 
 from tether.fork import after_fork
 
+from .conf import processing_setting
+
 logger = logging.getLogger(__name__)
 
 Publisher = Callable[[Sequence[int]], object]
 
 
 class Dispatcher:
-    """Collects event primary keys and publishes them from a background thread."""
+    """Collects event primary keys and hands them to ``publish`` from a background thread.
+
+    ``publish`` may be given later (``publish_with``); until it is, what the thread takes is
+    logged and dropped (the rows are safe: the sweeper enqueues them)."""
 
     def __init__(self, publish: Publisher | None = None) -> None:
         self._publish = publish
         self._reset()
+
+    def publish_with(self, publish: Publisher) -> None:
+        """Hand gathered keys to ``publish`` from now on."""
+        self._publish = publish
 
     def _reset(self) -> None:
         """A fresh, idle state for this process (also run in a forked child)."""
@@ -122,25 +134,21 @@ class Dispatcher:
 
     def _publish_batch(self, batch: list[int]) -> None:
         try:
-            if self._publish is not None:
-                self._publish(batch)
-            else:
-                from .services import publish_process_batch
-
-                publish_process_batch(batch)
+            if self._publish is None:
+                raise RuntimeError("the dispatcher has no publisher")
+            self._publish(batch)
         except Exception:  # never let the thread die: the rows are safe, the sweeper has them
             logger.exception("webhooks: the dispatcher failed to publish %s event(s)", len(batch))
 
 
 def _interval() -> float:
-    from .services import processing_setting
-
     try:
         return float(processing_setting("DISPATCH_INTERVAL") or 0)
     except Exception:  # a bad setting is reported by the system check; publish at once
         return 0.0
 
 
+#: This process's dispatcher; ``WebhooksConfig.ready()`` gives it its publisher.
 dispatcher = Dispatcher()
 after_fork(dispatcher._reset)
 
@@ -151,8 +159,6 @@ def flush(timeout: float | None = 10.0) -> bool:
 
 
 def _flush_at_exit() -> None:
-    from .services import processing_setting
-
     if dispatcher.pending:
         try:
             timeout = float(processing_setting("DISPATCH_SHUTDOWN_TIMEOUT"))

@@ -26,7 +26,8 @@ from tether.health import app_name as app_name  # the URL include: include("webh
 from tether.health import health_view as health_view
 from tether.health import urlpatterns as urlpatterns
 
-from .conf import webhooks_settings
+from .conf import processing_setting, webhooks_settings
+from .services import stuck_events
 
 logger = logging.getLogger("webhooks.health")
 
@@ -81,15 +82,11 @@ broker_probe = BrokerProbe()
 def stuck_event_count() -> int:
     """Events stuck past ``STUCK_AFTER``, ``received`` or ``processing`` (one indexed ``COUNT``;
     the sweeper requeues ``received`` ones sooner, after ``REQUEUE_RECEIVED_AFTER``)."""
-    from .services import processing_setting, stuck_events
-
     return stuck_events(older_than=processing_setting("STUCK_AFTER")).count()
 
 
 def stuck_event_counts() -> dict[str, int]:
     """The same, per endpoint (used by the metrics gauge)."""
-    from .services import processing_setting, stuck_events
-
     stuck = stuck_events(older_than=processing_setting("STUCK_AFTER"))
     rows = stuck.order_by().values_list("endpoint").annotate(count=Count("pk"))
     return dict(rows)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterator
+from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -76,10 +77,12 @@ def instruments() -> SimpleNamespace:
 
 
 def endpoint_label(endpoint: str | None) -> str:
-    return endpoint if endpoint in webhooks_settings["ENDPOINTS"] else UNKNOWN_ENDPOINT
+    if endpoint is not None and endpoint in webhooks_settings["ENDPOINTS"]:
+        return endpoint
+    return UNKNOWN_ENDPOINT
 
 
-def _seconds(start: Any, end: Any) -> float | None:
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     if start is None or end is None:
         return None
     return max(0.0, (end - start).total_seconds())

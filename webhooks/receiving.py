@@ -12,18 +12,20 @@
    (413 if the body, e.g. a chunked one without ``Content-Length``, turns out larger);
 5. signature over the exact bytes, with any of the endpoint's secrets (400 ``invalid_signature``);
 6. parse: JSON object, event id, type (400 ``malformed_payload``);
-7. store: one ``INSERT ... ON CONFLICT DO NOTHING RETURNING id``; the unique constraints alone
-   decide whether the event is new, so concurrent deliveries of one event store exactly one row
-   and only one of them is ``accepted``. Two constraints arbitrate: ``(endpoint, event_id)``,
-   and, for schemes whose id is not signed, the partial ``(endpoint, content_digest)``
-   (``Provider.content_digest``: the same signed content under another id is a replay). On
-   PostgreSQL the same statement compares the body of a duplicate of the same id with the
-   stored one (one round trip); a replay under another id, or a conflicting row committed while
-   the insert waited for it, takes one more query to tell which it is, as does every duplicate
-   on SQLite; other databases use a savepoint and the ``IntegrityError``. An event without a
-   digest (Stripe, Standard Webhooks) binds a typed NULL, so the statement and its prepared
-   plan are the same for every provider. A database failure is ``StorageUnavailable`` (503
-   ``unavailable``; the sender retries).
+7. store (``webhooks.storage.insert_or_compare``): one ``INSERT ... ON CONFLICT DO NOTHING
+   RETURNING id``; the unique constraints alone decide whether the event is new, so concurrent
+   deliveries of one event store exactly one row and only one of them is ``accepted``. Two
+   constraints arbitrate: ``(endpoint, event_id)``, and, for schemes whose id is not signed, the
+   partial ``(endpoint, content_digest)`` (``Provider.content_digest``: the same signed content
+   under another id is a replay). On PostgreSQL the same statement compares the body of a
+   duplicate of the same id with the stored one (one round trip); a replay under another id, or
+   a conflicting row committed while the insert waited for it, takes one more query to tell
+   which it is (``storage.stored_conflict``), as does every duplicate on SQLite; other
+   databases use a savepoint and the ``IntegrityError``. A database failure is
+   ``StorageUnavailable`` (503 ``unavailable``; the sender retries).
+
+Each refusal is a ``DeliveryRefused`` whose class carries its answer (``status_code``, and
+``default_code``: the response's ``error`` and ``webhook_rejected``'s reason).
 
 A new event sends ``webhook_received`` and is enqueued with ``enqueue_on_commit`` (both after the
 insert commits); a known one sends ``webhook_duplicate`` (with ``replay_of``, the stored event's
@@ -38,80 +40,35 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple, Protocol
+from typing import Protocol
 
-from django.db import (
-    DataError,
-    IntegrityError,
-    InterfaceError,
-    OperationalError,
-    connections,
-    router,
-    transaction,
-)
+from django.db import DataError, InterfaceError, OperationalError, router, transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from tether.conf import SECRET_VARIABLES
 
-from .db import Jsonb, binds_on_server, bytes_param, fetch_one, timestamp_param
 from .exceptions import (
-    InvalidSignature,
+    DeliveryRefused,
     MalformedPayload,
     PayloadTooLarge,
     StorageUnavailable,
     UnknownEndpoint,
-    WebhookError,
 )
 from .models import WebhookEvent
 from .providers import get_provider
 from .providers.base import ParsedEvent, Provider
+from .queueing import enqueue_on_commit
 from .signals import send_logged, webhook_duplicate, webhook_received, webhook_rejected
+from .storage import insert_or_compare, stored_conflict
 
 logger = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 64 * 1024
 
-#: The error code of each refusal: the response's ``error`` and ``webhook_rejected``'s reason.
-REJECTION_CODES: dict[type[WebhookError], str] = {
-    UnknownEndpoint: "unknown_endpoint",
-    PayloadTooLarge: "payload_too_large",
-    InvalidSignature: "invalid_signature",
-    MalformedPayload: "malformed_payload",
-    StorageUnavailable: "unavailable",
-}
-
-#: Columns written by the insert; the others keep their database defaults (NULL).
-INSERT_FIELDS = (
-    "endpoint",
-    "event_id",
-    "event_type",
-    "body",
-    "payload",
-    "headers",
-    "status",
-    "attempts",
-    "last_error",
-    "received_at",
-    "occurred_at",
-    "content_digest",
-)
-JSON_FIELDS = ("payload", "headers")
-DATETIME_FIELDS = ("received_at", "occurred_at")
-BYTES_FIELDS = ("content_digest",)
-
 
 class BodyStream(Protocol):
     def read(self, size: int = ..., /) -> bytes: ...
-
-
-class StoredConflict(NamedTuple):
-    """The stored event a duplicate conflicts with: the same id (``same_body`` says whether the
-    stored body is the same), or the same signed content under another id (a replay:
-    ``replay_of`` is the stored event's id)."""
-
-    same_body: bool | None
-    replay_of: str | None
 
 
 @dataclass(frozen=True)
@@ -121,14 +78,6 @@ class Receipt:
     status: str
     event_id: str
     event: WebhookEvent | None = None
-
-
-def rejection_code(error: BaseException) -> str | None:
-    """The error code for a refusal, or None if ``error`` is not one (e.g. a config error)."""
-    for cls in type(error).__mro__:
-        if cls in REJECTION_CODES:
-            return REJECTION_CODES[cls]
-    return None
 
 
 @sensitive_variables(*SECRET_VARIABLES)
@@ -143,10 +92,9 @@ def receive_webhook(
 
     ``headers`` is case-insensitive (``request.headers``); ``stream`` is read at most
     ``MAX_BODY_BYTES + 1`` bytes; ``content_length`` is the declared size, if any. Raises a
-    ``WebhookError`` with a code in ``REJECTION_CODES`` for every refusal (after sending
-    ``webhook_rejected``), and ``WebhookConfigurationError`` if the endpoint is misconfigured.
-    Error reports with ``DEBUG`` off hide ``SECRET_VARIABLES`` in every frame below this one
-    (the providers', the SDKs').
+    ``DeliveryRefused`` for every refusal (after sending ``webhook_rejected``), and
+    ``WebhookConfigurationError`` if the endpoint is misconfigured. Error reports with ``DEBUG``
+    off hide ``SECRET_VARIABLES`` in every frame below this one (the providers', the SDKs').
     """
     try:
         provider = get_provider(endpoint)
@@ -163,12 +111,9 @@ def receive_webhook(
             provider.stored_headers(headers),
             content_digest=provider.content_digest(body, headers),
         )
-    except WebhookError as error:
-        code = rejection_code(error)
-        if code is None:
-            raise
-        _log_rejection(endpoint, code, error)
-        send_logged(webhook_rejected, None, endpoint=endpoint, reason=code)
+    except DeliveryRefused as error:
+        _log_rejection(endpoint, error)
+        send_logged(webhook_rejected, None, endpoint=endpoint, reason=error.default_code)
         raise
 
 
@@ -237,135 +182,9 @@ def store_event(
     logger.debug(
         "webhooks: accepted %s event %s (%s)", event.endpoint, event.event_id, event.event_type
     )
-    from .services import enqueue_on_commit
-
     transaction.on_commit(partial(_send_received, event), using=alias)
     enqueue_on_commit(event)
     return Receipt("accepted", event.event_id, event)
-
-
-def insert_once(event: WebhookEvent, alias: str) -> bool:
-    """Insert ``event`` unless its ``(endpoint, event_id)`` (or its ``content_digest``) is taken;
-    True if inserted (and then ``event.pk`` is set). Race-safe: the unique constraints decide,
-    never a prior SELECT."""
-    return insert_or_compare(event, alias)[0]
-
-
-def insert_or_compare(event: WebhookEvent, alias: str) -> tuple[bool, bool | None]:
-    """``insert_once``, plus, for a duplicate of the same id, whether the stored body equals this
-    one when the database can tell in the same statement (PostgreSQL): ``(inserted,
-    same_body)``, with ``same_body`` None when it was not compared (then ``_note_duplicate``
-    tells a replay under another id from a duplicate of the same id)."""
-    connection = connections[alias]
-    if connection.vendor not in ("postgresql", "sqlite"):
-        return _insert_with_savepoint(event, alias)
-    if not connection.in_atomic_block:
-        return _insert_on_conflict(event, connection)
-    # Inside a transaction (e.g. ATOMIC_REQUESTS): a savepoint keeps a DataError from
-    # poisoning the caller's transaction.
-    with transaction.atomic(using=alias):
-        return _insert_on_conflict(event, connection)
-
-
-def _insert_on_conflict(event: WebhookEvent, connection: Any) -> tuple[bool, bool | None]:
-    """One ``INSERT ... ON CONFLICT DO NOTHING``, arbitrated by both unique constraints. On
-    PostgreSQL the same statement also compares the stored body of a duplicate of the same id
-    (a data-modifying CTE), so such a duplicate costs one round trip. A conflicting row
-    committed while the insert waited for it is invisible to that comparison (the statement's
-    snapshot predates it), and so is a conflict on the content digest alone (a replay under
-    another id: no row of this id): then no row comes back, and the body was not compared."""
-    sql = _insert_sql(connection)
-    if binds_on_server(connection):
-        # The values as psycopg 3 takes them, without a trip through each field's
-        # get_db_prep_save (a measurable share of a delivery's CPU).
-        params: Any = {name: getattr(event, name) for name in INSERT_FIELDS}
-        for name in JSON_FIELDS:
-            if params[name] is not None:
-                params[name] = Jsonb(params[name])
-        for name in DATETIME_FIELDS:
-            params[name] = timestamp_param(connection, params[name])
-        for name in BYTES_FIELDS:
-            params[name] = bytes_param(connection, params[name])
-    else:
-        meta = WebhookEvent._meta
-        values = [
-            field.get_db_prep_save(getattr(event, field.attname), connection)
-            for field in (meta.get_field(name) for name in INSERT_FIELDS)
-        ]
-        compare = connection.vendor == "postgresql"
-        params = dict(zip(INSERT_FIELDS, values, strict=True)) if compare else values
-    row = fetch_one(connection, sql, params)
-    if row is None:
-        return False, None
-    if row[0] is None:
-        return False, bool(row[1])
-    event.pk = row[0]
-    event._state.adding = False
-    event._state.db = connection.alias
-    return True, None
-
-
-#: The insert statement of each database vendor, built once from the model's ``_meta``.
-_INSERT_SQL: dict[str, str] = {}
-
-
-def _insert_sql(connection: Any) -> str:
-    """The insert (and, on PostgreSQL, compare) statement: named parameters on PostgreSQL, so
-    that a value used twice (body, endpoint, event id) is sent once; ``%s`` elsewhere.
-
-    ``ON CONFLICT DO NOTHING`` names no conflict target, so that both unique constraints
-    arbitrate (only one target can be named). An event without a digest is skipped by the
-    partial one on its predicate (no index entry, no lookup); with no target, PostgreSQL also
-    pre-checks the primary key's index. The duplicate's lookup stays the one through the unique
-    ``(endpoint, event_id)`` index."""
-    sql = _INSERT_SQL.get(connection.vendor)
-    if sql is not None:
-        return sql
-    meta = WebhookEvent._meta
-    quote = connection.ops.quote_name
-    fields = [meta.get_field(name) for name in INSERT_FIELDS]
-    table, pk = quote(meta.db_table), quote(meta.pk.column)
-    endpoint, event_id, body = (
-        quote(meta.get_field(n).column) for n in ("endpoint", "event_id", "body")
-    )
-    compare = connection.vendor == "postgresql"
-    placeholders = [f"%({name})s" for name in INSERT_FIELDS] if compare else ["%s"] * len(fields)
-    insert = (
-        f"INSERT INTO {table} ({', '.join(quote(field.column) for field in fields)}) "  # noqa: S608
-        f"VALUES ({', '.join(placeholders)}) "
-        f"ON CONFLICT DO NOTHING RETURNING {pk}"
-    )
-    if compare:
-        sql = (
-            f"WITH inserted AS ({insert}) "  # noqa: S608 (names from _meta; values are parameters)
-            f"SELECT {pk}, NULL FROM inserted UNION ALL "
-            f"SELECT NULL, {body} = %(body)s FROM {table} "
-            f"WHERE {endpoint} = %(endpoint)s AND {event_id} = %(event_id)s "
-            "AND NOT EXISTS (SELECT 1 FROM inserted)"
-        )
-    else:
-        sql = insert
-    _INSERT_SQL[connection.vendor] = sql
-    return sql
-
-
-def insert_once_with_savepoint(event: WebhookEvent, alias: str) -> bool:
-    """The portable form of ``insert_once`` for databases without ``ON CONFLICT``: insert in a
-    savepoint and treat a unique violation as "already stored"."""
-    return _insert_with_savepoint(event, alias)[0]
-
-
-def _insert_with_savepoint(event: WebhookEvent, alias: str) -> tuple[bool, bool | None]:
-    try:
-        with transaction.atomic(using=alias):
-            event.save(using=alias, force_insert=True)
-    except IntegrityError:
-        conflict = _stored_conflict(event, alias)
-        if conflict is None:
-            raise  # not one of our unique constraints
-        event.pk = None
-        return False, conflict.same_body
-    return True, None
 
 
 def _note_duplicate(
@@ -373,11 +192,11 @@ def _note_duplicate(
 ) -> str | None:
     """Log a duplicate: a warning for a replay under another id and for another body under the
     same id. Unless the insert already compared the bodies (``same_body``), the database tells
-    which it is (``_stored_conflict``: one indexed query, the stored body not sent back).
+    which it is (``storage.stored_conflict``: one indexed query, the stored body not sent back).
     Returns the id of the stored event a replay repeats, else None."""
     replay_of = None
     if same_body is None:
-        conflict = _stored_conflict(event, alias)
+        conflict = stored_conflict(event, alias)
         if conflict is not None:
             same_body, replay_of = conflict
     if replay_of is not None:
@@ -399,48 +218,12 @@ def _note_duplicate(
     return replay_of
 
 
-def _stored_conflict(event: WebhookEvent, alias: str) -> StoredConflict | None:
-    """The stored event ``event`` conflicts with, in one indexed query (the stored body is not
-    sent back): the same id (with whether its body is the same), else the same content digest
-    (a replay: ``replay_of`` its id). None if neither is stored."""
-    connection = connections[alias]
-    meta = WebhookEvent._meta
-    quote = connection.ops.quote_name
-    table = quote(meta.db_table)
-    endpoint, event_id, body, digest = (
-        quote(meta.get_field(name).column)
-        for name in ("endpoint", "event_id", "body", "content_digest")
-    )
-    sql = (
-        f"SELECT 0, NULL, {body} = %s FROM {table} "  # noqa: S608
-        f"WHERE {endpoint} = %s AND {event_id} = %s "
-        f"UNION ALL SELECT 1, {event_id}, NULL FROM {table} "
-        f"WHERE {endpoint} = %s AND {digest} = %s "
-        "ORDER BY 1 LIMIT 1"
-    )
-    prepare = meta.get_field("body").get_db_prep_save
-    params = [
-        prepare(event.body, connection),
-        event.endpoint,
-        event.event_id,
-        event.endpoint,
-        prepare(event.content_digest, connection),
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    if row[0] == 0:
-        return StoredConflict(same_body=bool(row[2]), replay_of=None)
-    return StoredConflict(same_body=None, replay_of=row[1])
-
-
 def _send_received(event: WebhookEvent) -> None:
     send_logged(webhook_received, WebhookEvent, event=event)
 
 
-def _log_rejection(endpoint: str, code: str, error: WebhookError) -> None:
+def _log_rejection(endpoint: str, error: DeliveryRefused) -> None:
+    code = error.default_code
     level = logging.WARNING if code in ("invalid_signature", "unavailable") else logging.INFO
     detail = str(error) if not isinstance(error, UnknownEndpoint) else "no such endpoint"
     logger.log(level, "webhooks: refused a delivery to %r: %s (%s)", endpoint, code, detail)

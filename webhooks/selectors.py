@@ -81,8 +81,9 @@ def filter_events(
         qs = qs.filter(received_at__gte=parse_when(since))
     if until is not None:
         qs = qs.filter(received_at__lt=parse_when(until))
-    if event_ids is not None:
-        qs = qs.filter(event_id__in=_as_list(event_ids))
+    ids = _as_list(event_ids)
+    if ids is not None:
+        qs = qs.filter(event_id__in=ids)
     return qs
 
 

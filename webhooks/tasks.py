@@ -1,12 +1,15 @@
-"""Celery tasks of the webhooks app: thin shells over ``webhooks.services``.
+"""Celery tasks of the webhooks app: thin shells over ``webhooks.processing`` and
+``webhooks.services``.
 
-``webhooks.process_event`` is ``acks_late`` with ``reject_on_worker_lost``: a message is
-acknowledged only after its attempt finished, and a worker process that dies mid-handler puts
-it back on the queue. Retries use Celery's countdown, scheduled in one place
-(``services.schedule_retry``: the task's own ``retry()`` here, a new ``webhooks.process_event``
-message for an event of a batch or a synchronous replay); how many attempts an event has had is
-counted in the database (``WebhookEvent.attempts``), not by Celery, so replays and sweeps start
-and continue the same count.
+They are published by name (``webhooks.queueing``), so nothing else imports this module but
+``WebhooksConfig.ready()``, which registers them. ``webhooks.process_event`` is ``acks_late``
+with ``reject_on_worker_lost``: a message is acknowledged only after its attempt finished, and
+a worker process that dies mid-handler puts it back on the queue. Retries use Celery's
+countdown, scheduled in one place (``queueing.schedule_retry``: the task's own ``retry()``
+here, a new ``webhooks.process_event`` message for an event of a batch or a synchronous
+replay); how many attempts an event has had is counted in the database
+(``WebhookEvent.attempts``), not by Celery, so replays and sweeps start and continue the same
+count.
 """
 
 from __future__ import annotations
@@ -14,15 +17,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from celery import Task, shared_task
 from django.db import close_old_connections
+
+from . import processing, services
+from .queueing import PROCESS_EVENT, PROCESS_EVENTS
 
 logger = logging.getLogger(__name__)
 
 
 @contextmanager
-def database_connection(task: Task) -> Iterator[None]:
+def database_connection(task: Task[Any, Any]) -> Iterator[None]:
     """Treat the task like a request: drop an obsolete or broken database connection before and
     after it, honouring ``CONN_MAX_AGE`` and ``CONN_HEALTH_CHECKS``. This matters for workers that
     keep their connection between tasks (``CELERY_DB_REUSE_MAX``, see the README); an eager task
@@ -39,27 +46,25 @@ def database_connection(task: Task) -> Iterator[None]:
 
 @shared_task(
     bind=True,
-    name="webhooks.process_event",
+    name=PROCESS_EVENT,
     acks_late=True,
     reject_on_worker_lost=True,
     max_retries=None,
     ignore_result=True,
 )
-def process_event(self, event_pk: int) -> str | None:
-    from . import services
-
+def process_event(self: Task[Any, Any], event_pk: int) -> str | None:
     with database_connection(self):
-        return services.process_event(event_pk, retry=True, task=self)
+        return processing.process_event(event_pk, retry=True, task=self)
 
 
 @shared_task(
     bind=True,
-    name="webhooks.process_events",
+    name=PROCESS_EVENTS,
     acks_late=True,
     reject_on_worker_lost=True,
     ignore_result=True,
 )
-def process_events(self, event_pks: list[int]) -> list[str | None]:
+def process_events(self: Task[Any, Any], event_pks: list[int]) -> list[str | None]:
     """Several events in one message (what the dispatcher publishes): each gets exactly what
     ``webhooks.process_event`` gives one event, one after the other: its own claim (its attempt
     counted and committed before its handlers run), its own transaction, and its own retry,
@@ -70,13 +75,11 @@ def process_events(self, event_pks: list[int]) -> list[str | None]:
     event. An error outside the handlers (the database gone) stops only that event: it keeps
     its state for the sweeper, and the next events are attempted.
     """
-    from . import services
-
     statuses: list[str | None] = []
     with database_connection(self):
         for event_pk in event_pks:
             try:
-                status = services.process_event(event_pk, retry=True)
+                status = processing.process_event(event_pk, retry=True)
             except Exception as exc:
                 logger.error(
                     "webhooks: processing event pk=%s failed outside its handlers (%s); the "
@@ -92,8 +95,6 @@ def process_events(self, event_pks: list[int]) -> list[str | None]:
 
 
 @shared_task(bind=True, name="webhooks.requeue_stuck", ignore_result=True)
-def requeue_stuck(self, older_than: float | None = None) -> int:
-    from . import services
-
+def requeue_stuck(self: Task[Any, Any], older_than: float | None = None) -> int:
     with database_connection(self):
         return services.requeue_stuck(older_than=older_than)

@@ -1,6 +1,7 @@
 """The receive view: ``POST /webhooks/<endpoint>/``. A thin shell over ``receive_webhook``.
 
-Responses (JSON), as the contract's table says:
+Responses (JSON), as the contract's table says; each refusal's status and ``error`` are its
+exception's (``webhooks.exceptions.DeliveryRefused``):
 
 ======================================  ======  ============================================
 verified, new                           200     ``{"status": "accepted", "event_id": ...}``
@@ -33,16 +34,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from .exceptions import WebhookError
-from .receiving import BodyStream, receive_webhook, rejection_code
-
-STATUS_BY_CODE = {
-    "unknown_endpoint": 404,
-    "payload_too_large": 413,
-    "invalid_signature": 400,
-    "malformed_payload": 400,
-    "unavailable": 503,
-}
+from .exceptions import DeliveryRefused
+from .receiving import BodyStream, receive_webhook
 
 
 @csrf_exempt
@@ -54,11 +47,8 @@ def receive(request: HttpRequest, endpoint: str) -> JsonResponse:
         receipt = receive_webhook(
             endpoint, headers=request.headers, stream=stream, content_length=content_length
         )
-    except WebhookError as error:
-        code = rejection_code(error)
-        if code is None:
-            raise
-        return JsonResponse({"error": code}, status=STATUS_BY_CODE[code])
+    except DeliveryRefused as error:  # the refusal's class carries its answer
+        return JsonResponse({"error": error.default_code}, status=error.status_code)
     return JsonResponse({"status": receipt.status, "event_id": receipt.event_id})
 
 

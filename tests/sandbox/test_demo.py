@@ -17,7 +17,7 @@ import pytest
 
 from sandbox_project.demo.models import GitHubPush, Order
 from tests.celery_worker import wait_until
-from webhooks import services
+from webhooks import processing, services
 from webhooks.models import WebhookEvent
 from webhooks.testing import post_webhook
 
@@ -47,7 +47,7 @@ def deliver(client, endpoint, payload, **kwargs) -> WebhookEvent:
     assert response.status_code == 200, response.content
     assert response.json()["status"] == "accepted"
     event = WebhookEvent.objects.get(endpoint=endpoint, event_id=response.json()["event_id"])
-    services.process_event(event.pk)
+    processing.process_event(event.pk)
     event.refresh_from_db()
     return event
 

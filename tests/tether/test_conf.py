@@ -8,10 +8,11 @@ import threading
 import pytest
 from django.test import override_settings
 
+from integrations import RetryPolicy, policies
 from integrations import conf as integrations_conf
 from integrations.conf import integrations_settings, service_settings
 from tether.conf import AppSettings, SecretStr
-from webhooks import services
+from webhooks import queueing, storage
 from webhooks.conf import webhooks_settings
 from webhooks.providers import get_provider
 
@@ -91,10 +92,20 @@ def test_webhooks_reload_forgets_built_providers():
 
 
 def test_webhooks_reload_reads_the_configured_eager_flag_again():
-    services._configured_eager()  # what celery_is_eager reads unless set at run time
-    assert services._configured_eager.cache_info().currsize == 1
+    queueing._configured_eager()  # what celery_is_eager reads unless set at run time
+    assert queueing._configured_eager.cache_info().currsize == 1
     webhooks_settings.reload()
-    assert services._configured_eager.cache_info().currsize == 0
+    assert queueing._configured_eager.cache_info().currsize == 0
+
+
+def test_webhooks_reload_forgets_the_database_statements():
+    from django.db import connection
+
+    statements = storage.statements(connection)
+    assert storage.statements(connection) is statements
+    webhooks_settings.reload()
+    assert storage._statements == {}
+    assert storage.statements(connection) is not statements
 
 
 def test_integrations_reload_forgets_per_service_merges():
@@ -103,3 +114,12 @@ def test_integrations_reload_forgets_per_service_merges():
     integrations_settings.reload()
     assert integrations_conf._by_service == {}
     assert service_settings("rates") is not merged
+
+
+def test_integrations_reload_forgets_built_policies():
+    policy = RetryPolicy.for_service("rates")
+    assert RetryPolicy.for_service("rates") is policy
+    integrations_settings.reload()
+    assert policies._cache == {}
+    assert RetryPolicy.for_service("rates") is not policy
+    assert RetryPolicy.for_service("rates") == policy  # the same settings, built again

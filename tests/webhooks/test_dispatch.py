@@ -9,6 +9,7 @@ the crash tests a real gunicorn.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -26,7 +27,7 @@ from django.utils import timezone
 from tests.celery_worker import purge_broker, queued_messages, wait_until
 from tests.servers import GunicornServer
 from tests.webhooks.factories import WebhookEventFactory
-from webhooks import dispatch, on, services
+from webhooks import conf, dispatch, on, processing, queueing, services
 from webhooks.dispatch import Dispatcher
 from webhooks.models import WebhookEvent
 from webhooks.testing import build_request, send_request
@@ -38,7 +39,7 @@ def enqueue_batch(count: int) -> list[int]:
     with transaction.atomic():
         events = WebhookEventFactory.create_batch(count)
         for event in events:
-            services.enqueue_on_commit(event)
+            queueing.enqueue_on_commit(event)
     return [event.pk for event in events]
 
 
@@ -99,12 +100,35 @@ def test_eager_celery_bypasses_the_dispatcher(handlers):
     try:
         with transaction.atomic():
             event = WebhookEventFactory(event_type="test.eager")
-            services.enqueue_on_commit(event)
+            queueing.enqueue_on_commit(event)
     finally:
         app.conf.task_always_eager = False
     event.refresh_from_db()
     assert (event.status, event.attempts) == (Status.PROCESSED, 1)
     assert dispatch.dispatcher.pending == 0
+
+
+def test_the_process_dispatcher_publishes_with_queueing_s_publisher():
+    """``WebhooksConfig.ready()`` hands it ``publish_process_batch``; the dispatcher module
+    itself imports nothing of queueing or processing."""
+    assert dispatch.dispatcher._publish is queueing.publish_process_batch
+
+
+def test_a_dispatcher_without_a_publisher_logs_and_drops_what_it_takes(caplog):
+    published: list[list[int]] = []
+    local = Dispatcher()
+    with (
+        override_settings(WEBHOOKS={"DISPATCH_INTERVAL": 0}),
+        caplog.at_level(logging.ERROR, logger="webhooks.dispatch"),
+    ):
+        local.submit(1)
+        assert local.flush(timeout=10) is True
+        assert "failed to publish 1 event(s)" in caplog.text
+        local.publish_with(published.append)
+        local.submit(2)
+        assert local.flush(timeout=10) is True
+    assert published == [[2]]
+    assert local.pending == 0
 
 
 def test_flush_times_out_while_the_broker_hangs_and_the_keys_are_kept_until_done():
@@ -230,7 +254,7 @@ def test_bad_dispatch_settings_are_system_check_errors(key, value):
               "DISPATCH_SHUTDOWN_TIMEOUT": 0, "REQUEUE_RECEIVED_AFTER": 0}
 )  # fmt: skip
 def test_good_dispatch_settings_pass_the_check():
-    assert services.processing_config_problems() == []
+    assert conf.processing_config_problems() == []
 
 
 # -- the sweeper's window for received events -----------------------------------------------------
@@ -308,7 +332,7 @@ def test_the_claim_relaxes_only_its_own_commit(handlers):
     on("stripe", "test.ok")(lambda event: None)
     event = WebhookEventFactory(event_type="test.ok")
     assert not connection.in_atomic_block
-    assert services.process_event(event.pk) == Status.PROCESSED
+    assert processing.process_event(event.pk) == Status.PROCESSED
     with connection.cursor() as cursor:
         cursor.execute("SHOW synchronous_commit")
         assert cursor.fetchone()[0] == "on"  # set_config(..., is_local) ended with the claim
@@ -337,7 +361,7 @@ def test_a_batch_through_the_worker_each_event_with_its_own_retries(celery_worke
             WebhookEventFactory(event_type="test.permanent"),
         ]
         for event in events:
-            services.enqueue_on_commit(event)
+            queueing.enqueue_on_commit(event)
     assert dispatch.flush()
     record, flaky, permanent = (reaches(e, Status.PROCESSED, Status.FAILED) for e in events)
     assert (record.status, record.attempts) == (Status.PROCESSED, 1)
@@ -357,8 +381,8 @@ def test_a_pool_process_killed_mid_batch_loses_nothing(worker_factory, runs, tmp
             event_type="test.block", payload={"marker": str(marker), "sleep": 120}
         )
         after = WebhookEventFactory(event_type="test.record")
-        services.enqueue_on_commit(blocked)
-        services.enqueue_on_commit(after)
+        queueing.enqueue_on_commit(blocked)
+        queueing.enqueue_on_commit(after)
     assert dispatch.flush()
     wait_until(marker.exists, timeout=30, message="the handler to start")
     worker.kill_child()
@@ -433,7 +457,7 @@ def test_a_successful_attempt_is_three_statements_besides_begin_and_commit(handl
     on("stripe", "test.ok")(lambda event: None)
     event = WebhookEventFactory(event_type="test.ok")
     with CaptureQueriesContext(connection) as captured:
-        assert services.process_event(event.pk) == Status.PROCESSED
+        assert processing.process_event(event.pk) == Status.PROCESSED
     assert _statements(captured) == [
         "WITH relax", "BEGIN", 'SELECT "id",', 'UPDATE "webhooks_webhookevent"', "COMMIT"
     ]  # fmt: skip
@@ -445,7 +469,7 @@ def test_a_successful_attempt_is_three_statements_besides_begin_and_commit(handl
 
     failing = WebhookEventFactory(event_type="test.boom")
     with CaptureQueriesContext(connection) as captured:
-        assert services.process_event(failing.pk) == Status.PROCESSING
+        assert processing.process_event(failing.pk) == Status.PROCESSING
     assert not [sql for sql in _statements(captured) if "SAVEPOINT" in sql]
     failing.refresh_from_db()
     assert failing.event_type == "test.boom"  # the handler's write was rolled back

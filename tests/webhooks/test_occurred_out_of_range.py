@@ -17,7 +17,7 @@ from django.db import DataError, connection
 from django.urls import reverse
 
 from tests.webhooks.factories import WebhookEventFactory
-from webhooks import on, services
+from webhooks import on, processing, services
 from webhooks.models import WebhookEvent
 from webhooks.testing import build_request, send_request
 
@@ -62,12 +62,12 @@ def test_standard_webhooks_timestamp_out_of_range(client, admin_client, handlers
     assert event.occurred_at == datetime.fromtimestamp(signed, tz=UTC)
     read_everywhere(admin_client, event)
 
-    assert services.process_event(event.pk) == Status.PROCESSED
+    assert processing.process_event(event.pk) == Status.PROCESSED
     assert handled == [event.occurred_at]
     services.replay_event(event)
     event.refresh_from_db()
     assert (event.status, event.attempts) == (Status.RECEIVED, 0)
-    assert services.process_event(event.pk) == Status.PROCESSED
+    assert processing.process_event(event.pk) == Status.PROCESSED
     read_everywhere(admin_client, event)
 
 

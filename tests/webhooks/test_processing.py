@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from tests.celery_worker import purge_broker, queue_length
 from tests.webhooks.factories import WebhookEventFactory
-from webhooks import Ignore, PermanentFailure, dispatch, on, services
+from webhooks import Ignore, PermanentFailure, conf, dispatch, on, processing, queueing, services
 from webhooks.exceptions import BrokerUnavailable
 from webhooks.models import WebhookEvent
 from webhooks.signals import webhook_failed, webhook_ignored, webhook_processed
@@ -60,7 +60,7 @@ def test_a_handled_event_ends_processed_with_one_attempt(handlers, on_commit, re
     event = WebhookEventFactory(event_type="test.ok")
 
     with on_commit(execute=True):
-        assert services.process_event(event.pk) == Status.PROCESSED
+        assert processing.process_event(event.pk) == Status.PROCESSED
 
     event.refresh_from_db()
     assert seen == [event.pk]
@@ -75,7 +75,7 @@ def test_a_handled_event_ends_processed_with_one_attempt(handlers, on_commit, re
 def test_an_event_without_handler_ends_ignored(handlers, on_commit, received_signals):
     event = WebhookEventFactory(endpoint="acme", event_type="nobody.listens")
     with on_commit(execute=True):
-        assert services.process_event(event.pk) == Status.IGNORED
+        assert processing.process_event(event.pk) == Status.IGNORED
     event.refresh_from_db()
     assert (event.status, event.attempts) == (Status.IGNORED, 1)
     assert [name for name, _, _ in received_signals] == ["ignored"]
@@ -89,7 +89,7 @@ def test_ignore_ends_the_event_ignored_with_its_reason(handlers, on_commit, rece
 
     event = WebhookEventFactory(event_type="test.ignore")
     with on_commit(execute=True):
-        assert services.process_event(event.pk) == Status.IGNORED
+        assert processing.process_event(event.pk) == Status.IGNORED
     event.refresh_from_db()
     assert event.status == Status.IGNORED
     assert "not for us" in event.last_error
@@ -105,7 +105,7 @@ def test_permanent_failure_ends_failed_without_retry(handlers, on_commit, receiv
 
     event = WebhookEventFactory(event_type="test.permanent")
     with on_commit(execute=True):
-        assert services.process_event(event.pk) == Status.FAILED
+        assert processing.process_event(event.pk) == Status.FAILED
     event.refresh_from_db()
     assert (event.status, event.attempts) == (Status.FAILED, 1)
     assert event.last_error == "webhooks.exceptions.PermanentFailure: amount mismatch"
@@ -114,7 +114,7 @@ def test_permanent_failure_ends_failed_without_retry(handlers, on_commit, receiv
     assert name == "failed" and signalled.pk == event.pk
     assert isinstance(kwargs["error"], PermanentFailure)
     # Finished: a later delivery of the task does nothing.
-    assert services.process_event(event.pk) is None
+    assert processing.process_event(event.pk) is None
 
 
 @pytest.mark.django_db
@@ -133,32 +133,32 @@ def test_a_failing_handler_is_retried_on_schedule_then_ends_failed(
     caps = {1: 10, 2: 15}  # min(MAX_DELAY, BASE * 2 ** (attempt - 1))
     for attempt in (1, 2):
         before = timezone.now()
-        assert services.process_event(event.pk) == Status.PROCESSING
+        assert processing.process_event(event.pk) == Status.PROCESSING
         event.refresh_from_db()
         assert (event.status, event.attempts) == (Status.PROCESSING, attempt)
         assert event.last_error == "RuntimeError: boom"
         assert before <= event.next_attempt_at <= timezone.now() + timedelta(seconds=caps[attempt])
         # Not due yet: an early delivery leaves it alone.
         if event.next_attempt_at > timezone.now() + timedelta(milliseconds=50):
-            assert services.process_event(event.pk) is None
+            assert processing.process_event(event.pk) is None
         WebhookEvent.objects.filter(pk=event.pk).update(next_attempt_at=timezone.now())
 
     with on_commit(execute=True):
-        assert services.process_event(event.pk) == Status.FAILED
+        assert processing.process_event(event.pk) == Status.FAILED
     event.refresh_from_db()
     assert (event.status, event.attempts, event.next_attempt_at) == (Status.FAILED, 3, None)
     assert event.last_error == "RuntimeError: boom"
     assert calls == [1, 2, 3]
     assert [name for name, _, _ in received_signals] == ["failed"]
     assert isinstance(received_signals[0][2]["error"], RuntimeError)
-    assert services.process_event(event.pk) is None
+    assert processing.process_event(event.pk) is None
     assert calls == [1, 2, 3]
 
 
 @override_settings(WEBHOOKS={"RETRY_BASE_DELAY": 2, "RETRY_MAX_DELAY": 100})
 def test_retry_delay_is_full_jitter_under_a_doubling_cap():
     for attempts, cap in [(1, 2), (2, 4), (3, 8), (6, 64), (7, 100), (30, 100), (500, 100)]:
-        delays = [services.retry_delay(attempts) for _ in range(400)]
+        delays = [processing.retry_delay(attempts) for _ in range(400)]
         assert all(0 <= d <= cap for d in delays)
         # Full jitter: spread over the whole range, not clustered at the cap.
         assert min(delays) < cap * 0.1 and max(delays) > cap * 0.9
@@ -179,11 +179,11 @@ def test_handler_writes_and_the_processed_mark_commit_together(handlers, runs):
             raise RuntimeError("second handler fails")
 
     event = WebhookEventFactory(event_type="test.pair")
-    assert services.process_event(event.pk) == Status.PROCESSING
+    assert processing.process_event(event.pk) == Status.PROCESSING
     assert runs.runs(event.event_id) == []  # the first handler's write was rolled back
 
     WebhookEvent.objects.filter(pk=event.pk).update(next_attempt_at=timezone.now())
-    assert services.process_event(event.pk) == Status.PROCESSED
+    assert processing.process_event(event.pk) == Status.PROCESSED
     assert [attempt for _, attempt, _ in runs.runs(event.event_id)] == [2]
 
 
@@ -199,7 +199,7 @@ def test_nothing_is_committed_when_a_later_handler_fails(handlers, runs):
         raise PermanentFailure("second handler refuses")
 
     event = WebhookEventFactory(event_type="test.pair")
-    assert services.process_event(event.pk) == Status.FAILED
+    assert processing.process_event(event.pk) == Status.FAILED
     assert runs.runs(event.event_id) == []
     event.refresh_from_db()
     assert event.status == Status.FAILED and event.processed_at is None
@@ -218,7 +218,7 @@ def test_an_attempt_interrupted_mid_handler_still_counts(handlers, on_commit, re
         event_type="test.poison", status=Status.PROCESSING, attempts=2,
         last_attempt_at=timezone.now(),
     )  # fmt: skip
-    assert services.process_event(event.pk) == Status.PROCESSED
+    assert processing.process_event(event.pk) == Status.PROCESSED
     assert calls == [3]
 
     poison = WebhookEventFactory(
@@ -226,7 +226,7 @@ def test_an_attempt_interrupted_mid_handler_still_counts(handlers, on_commit, re
         last_attempt_at=timezone.now(), last_error="RuntimeError: earlier",
     )  # fmt: skip
     with on_commit(execute=True):
-        assert services.process_event(poison.pk) == Status.FAILED
+        assert processing.process_event(poison.pk) == Status.FAILED
     poison.refresh_from_db()
     assert calls == [3]  # the handlers did not run again
     assert poison.status == Status.FAILED
@@ -254,7 +254,7 @@ def test_concurrent_attempts_on_one_event_run_the_handlers_once(handlers, runs):
     def attempt():
         try:
             barrier.wait()
-            results.append(services.process_event(event.pk))
+            results.append(processing.process_event(event.pk))
         finally:
             connection.close()
 
@@ -291,13 +291,13 @@ def test_an_event_locked_by_a_running_attempt_is_skipped(handlers):
     try:
         assert locked.wait(10)
         started = time.monotonic()
-        assert services.process_event(event.pk) is None
+        assert processing.process_event(event.pk) is None
         assert time.monotonic() - started < 2  # skipped, not waiting for the lock
     finally:
         release.set()
         holder.join(10)
     assert calls == []
-    assert services.process_event(event.pk) == Status.PROCESSED
+    assert processing.process_event(event.pk) == Status.PROCESSED
 
 
 # -- signals ------------------------------------------------------------------------------------
@@ -314,7 +314,7 @@ def test_a_failing_signal_receiver_does_not_undo_processing(handlers, on_commit)
     try:
         event = WebhookEventFactory(event_type="test.ok")
         with on_commit(execute=True):
-            assert services.process_event(event.pk) == Status.PROCESSED
+            assert processing.process_event(event.pk) == Status.PROCESSED
     finally:
         webhook_processed.disconnect(broken)
     event.refresh_from_db()
@@ -323,7 +323,7 @@ def test_a_failing_signal_receiver_does_not_undo_processing(handlers, on_commit)
 
 @pytest.mark.django_db
 def test_process_event_of_a_missing_event_is_a_no_op():
-    assert services.process_event(987654321) is None
+    assert processing.process_event(987654321) is None
 
 
 # -- enqueueing ---------------------------------------------------------------------------------
@@ -334,7 +334,7 @@ def test_enqueue_on_commit_publishes_only_after_commit():
     purge_broker()
     with transaction.atomic():
         event = WebhookEventFactory()
-        services.enqueue_on_commit(event)
+        queueing.enqueue_on_commit(event)
         assert dispatch.flush() and queue_length() == 0
     assert dispatch.flush()
     assert queue_length() == 1
@@ -344,7 +344,7 @@ def test_enqueue_on_commit_publishes_only_after_commit():
 def test_enqueue_on_commit_rolled_back_publishes_nothing():
     purge_broker()
     with pytest.raises(RuntimeError), transaction.atomic():
-        services.enqueue_on_commit(WebhookEventFactory())
+        queueing.enqueue_on_commit(WebhookEventFactory())
         raise RuntimeError("the request failed after storing the event")
     assert dispatch.flush()
     assert queue_length() == 0
@@ -356,7 +356,7 @@ def test_enqueue_with_the_broker_down_neither_raises_nor_hangs(broker_down, capl
     started = time.monotonic()
     with caplog.at_level("WARNING", logger="webhooks"):
         with transaction.atomic():
-            services.enqueue_on_commit(event)
+            queueing.enqueue_on_commit(event)
         assert dispatch.flush()  # the dispatcher thread tried, and gave up
     assert time.monotonic() - started < 5
     event.refresh_from_db()
@@ -370,7 +370,7 @@ def test_enqueue_with_the_broker_down_neither_raises_nor_hangs(broker_down, capl
 @override_settings(WEBHOOKS={"TASK_QUEUE": "webhooks-h2"})
 def test_enqueue_uses_the_configured_queue():
     purge_broker()
-    services.enqueue_on_commit(WebhookEventFactory())
+    queueing.enqueue_on_commit(WebhookEventFactory())
     assert dispatch.flush()
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     assert client.llen("webhooks-h2") == 1
@@ -522,16 +522,16 @@ def test_a_duplicate_delivery_never_reruns_a_processed_event_nor_blocks_a_failed
                "created": int(time.time()), "data": {"object": {}}}  # fmt: skip
     assert post_webhook(client, "stripe", payload).json()["status"] == "accepted"
     event = WebhookEvent.objects.get(event_id="evt_dup_ok")
-    assert services.process_event(event.pk) == Status.PROCESSED
+    assert processing.process_event(event.pk) == Status.PROCESSED
     assert post_webhook(client, "stripe", payload).json()["status"] == "duplicate"
-    assert services.process_event(event.pk) is None  # a stray task for it does nothing
+    assert processing.process_event(event.pk) is None  # a stray task for it does nothing
     assert calls == ["evt_dup_ok"]
 
     calls.clear()
     broken = {**payload, "id": "evt_dup_failed", "broken": True}
     post_webhook(client, "stripe", broken)
     failed = WebhookEvent.objects.get(event_id="evt_dup_failed")
-    assert services.process_event(failed.pk) == Status.FAILED
+    assert processing.process_event(failed.pk) == Status.FAILED
     assert post_webhook(client, "stripe", broken).json()["status"] == "duplicate"
     failed.refresh_from_db()
     assert failed.status == Status.FAILED  # the duplicate neither finished nor hid it
@@ -608,7 +608,7 @@ def test_a_bad_processing_setting_is_a_system_check_error_and_a_clear_exception(
             call_command("check")
         assert f'webhooks.E008) WEBHOOKS["{key}"]' in str(excinfo.value)
         with pytest.raises(WebhookConfigurationError, match=rf'WEBHOOKS\["{key}"\]'):
-            services.processing_setting(key)
+            conf.processing_setting(key)
 
 
 @override_settings(
@@ -616,7 +616,7 @@ def test_a_bad_processing_setting_is_a_system_check_error_and_a_clear_exception(
               "STUCK_AFTER": 0, "RETENTION_DAYS": 0.5, "TASK_QUEUE": "webhooks"}
 )  # fmt: skip
 def test_good_processing_settings_pass_the_check():
-    assert services.processing_config_problems() == []
+    assert conf.processing_config_problems() == []
 
 
 @pytest.mark.django_db
@@ -624,7 +624,7 @@ def test_the_claim_never_relaxes_the_durability_of_a_callers_transaction(handler
     on("stripe", "test.ok")(lambda event: None)
     event = WebhookEventFactory(event_type="test.ok")
     # The test runs inside a transaction, as an eager task inside a request would.
-    assert services.process_event(event.pk) == Status.PROCESSED
+    assert processing.process_event(event.pk) == Status.PROCESSED
     with connection.cursor() as cursor:
         cursor.execute("SHOW synchronous_commit")
         assert cursor.fetchone()[0] == "on"

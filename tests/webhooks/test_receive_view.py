@@ -21,11 +21,19 @@ from tests.celery_worker import wait_until
 from tests.servers import GunicornServer, free_port
 from tests.webhooks.providers.gunicorn_server import chunked, http_request, raw_request
 from tests.webhooks.providers.signal_log import signals  # noqa: F401  (fixture)
-from webhooks.exceptions import MalformedPayload, WebhookConfigurationError
+from webhooks.exceptions import (
+    DeliveryRefused,
+    InvalidSignature,
+    MalformedPayload,
+    PayloadTooLarge,
+    StorageUnavailable,
+    UnknownEndpoint,
+    WebhookConfigurationError,
+)
 from webhooks.models import WebhookEvent
 from webhooks.providers import get_provider
-from webhooks.receiving import insert_once, insert_once_with_savepoint
 from webhooks.signals import webhook_duplicate, webhook_rejected
+from webhooks.storage import insert_once, insert_once_with_savepoint, insert_or_compare
 from webhooks.testing import build_request, post_webhook, send_request, sign_request
 from webhooks.views import receive
 
@@ -136,6 +144,41 @@ def test_unknown_endpoint_is_404(client, signals):  # noqa: F811
     assert response.status_code == 404
     assert response.json() == {"error": "unknown_endpoint"}
     assert signals.of(webhook_rejected) == [{"endpoint": "nope", "reason": "unknown_endpoint"}]
+
+
+@pytest.mark.parametrize(
+    ("refusal", "status", "code"),
+    [
+        (UnknownEndpoint, 404, "unknown_endpoint"),
+        (PayloadTooLarge, 413, "payload_too_large"),
+        (InvalidSignature, 400, "invalid_signature"),
+        (MalformedPayload, 400, "malformed_payload"),
+        (StorageUnavailable, 503, "unavailable"),
+    ],
+)
+def test_each_refusal_carries_its_answer(refusal, status, code):
+    """The status and error code live on the exception class, as DRF's ``APIException``'s."""
+    assert issubclass(refusal, DeliveryRefused)
+    assert (refusal.status_code, refusal.default_code) == (status, code)
+
+
+def test_refusals_are_answered_byte_for_byte(client, settings):
+    """The exact bodies of the contract's table (the view maps no code by hand)."""
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "MAX_BODY_BYTES": 64}
+    cases = [
+        (client.post("/webhooks/nope/", data=b"{}", content_type="application/json"),
+         404, b'{"error": "unknown_endpoint"}'),
+        (send_request(client, build_request("stripe", {"id": "evt_big", "pad": "x" * 100})),
+         413, b'{"error": "payload_too_large"}'),
+        (send_request(client, build_request("partner", {"id": "e", "type": "t"},
+                                            bad_signature=True)),
+         400, b'{"error": "invalid_signature"}'),
+        (send_request(client, build_request("partner", b"not json")),
+         400, b'{"error": "malformed_payload"}'),
+    ]  # fmt: skip
+    for response, status, body in cases:
+        assert (response.status_code, response.content) == (status, body)
+        assert response["Content-Type"] == "application/json"
 
 
 @pytest.mark.parametrize("method", ["get", "put", "patch", "delete", "head", "options"])
@@ -388,7 +431,7 @@ def test_database_unreachable_is_503(transactional_db):
     with GunicornServer(env=env) as server, httpx.Client(base_url=server.url) as http:
         response = send_request(http, build_request("stripe"))
         assert response.status_code == 503, server.log()
-        assert response.json() == {"error": "unavailable"}
+        assert response.content == b'{"error": "unavailable"}'
         # Refusals that need no database are still answered as usual.
         assert send_request(http, build_request("stripe", bad_signature=True)).status_code == 400
         assert http.post("/webhooks/nope/", content=b"{}").status_code == 404
@@ -500,8 +543,6 @@ def test_client_gone_mid_body_is_answered_without_a_500():
 
 
 def test_insert_or_compare_reports_duplicates_and_their_bodies(transactional_db):
-    from webhooks.receiving import insert_or_compare
-
     assert insert_or_compare(_event("evt_c", b"one"), "default") == (True, None)
     assert insert_or_compare(_event("evt_c", b"one"), "default") == (False, True)
     assert insert_or_compare(_event("evt_c", b"two"), "default") == (False, False)

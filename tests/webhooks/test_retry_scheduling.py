@@ -1,4 +1,4 @@
-"""One way to schedule a retry (``services.schedule_retry``) and bulk mark-ignored
+"""One way to schedule a retry (``queueing.schedule_retry``) and bulk mark-ignored
 (``services.mark_ignored_many``), against the real PostgreSQL and Redis broker."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 
 from tests.celery_worker import purge_broker
 from tests.webhooks.factories import WebhookEventFactory
-from webhooks import on, services
+from webhooks import on, processing, queueing, services
 from webhooks.models import WebhookEvent
 from webhooks.signals import webhook_ignored
 
@@ -46,7 +46,7 @@ def failing(handlers):
 
 def test_a_failed_attempt_publishes_its_retry_with_the_countdown_it_wrote(broker, failing):
     with CaptureQueriesContext(connection) as queries:
-        assert services.process_event(failing.pk, retry=True) == Status.PROCESSING
+        assert processing.process_event(failing.pk, retry=True) == Status.PROCESSING
     failing.refresh_from_db()
     [message] = _messages(broker)
     headers = message["headers"]
@@ -62,7 +62,7 @@ def test_a_failed_attempt_publishes_its_retry_with_the_countdown_it_wrote(broker
 
 
 def test_without_retry_nothing_is_published(broker, failing):
-    assert services.process_event(failing.pk) == Status.PROCESSING
+    assert processing.process_event(failing.pk) == Status.PROCESSING
     assert _messages(broker) == []
 
 
@@ -72,13 +72,13 @@ def test_a_success_publishes_no_retry(broker, handlers):
         pass
 
     event = WebhookEventFactory(event_type="test.retry-ok")
-    assert services.process_event(event.pk, retry=True) == Status.PROCESSED
+    assert processing.process_event(event.pk, retry=True) == Status.PROCESSED
     assert _messages(broker) == []
 
 
 def test_retries_go_to_the_task_queue(broker, failing):
     with override_settings(WEBHOOKS={**settings.WEBHOOKS, "TASK_QUEUE": "webhooks-retry-q"}):
-        assert services.process_event(failing.pk, retry=True) == Status.PROCESSING
+        assert processing.process_event(failing.pk, retry=True) == Status.PROCESSING
     assert _messages(broker) == []
     [message] = _messages(broker, "webhooks-retry-q")
     assert message["headers"]["task"] == "webhooks.process_event"
@@ -98,10 +98,10 @@ def test_sync_replay_publishes_the_retry_the_same_way(broker, failing):
 def test_a_refused_retry_publish_is_swallowed_and_the_event_keeps_its_schedule(
     broker_down, failing
 ):
-    assert services.process_event(failing.pk, retry=True) == Status.PROCESSING
+    assert processing.process_event(failing.pk, retry=True) == Status.PROCESSING
     failing.refresh_from_db()
     assert failing.next_attempt_at is not None
-    assert services.schedule_retry(failing.pk, failing.next_attempt_at) is False
+    assert queueing.schedule_retry(failing.pk, failing.next_attempt_at) is False
 
 
 def test_mark_ignored_many_counts_changed_and_skipped_in_chunks():

@@ -1,6 +1,6 @@
-"""The receive statement prepared once per connection (``webhooks.db.statement_cursor``), its
+"""The receive statement prepared once per connection (``webhooks.storage.statement_cursor``), its
 generic plan (why migration 0002 dropped the (endpoint, status) index), psycopg's
-``prepare_threshold``, ``services.celery_is_eager`` and the ``PREPARED_STATEMENTS`` check.
+``prepare_threshold``, ``queueing.celery_is_eager`` and the ``PREPARED_STATEMENTS`` check.
 
 ``pg_prepared_statements`` is per session: it is read on Django's own connection, the one the
 test client's requests use. Tests that need a session of their own close that connection first
@@ -25,9 +25,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from webhooks import services
+from webhooks import conf, queueing, storage
 from webhooks.models import WebhookEvent
-from webhooks.receiving import _insert_sql
 from webhooks.testing import build_request, send_request
 
 RECEIVE_PREFIX = 'WITH inserted AS (INSERT INTO "webhooks_webhookevent"'
@@ -233,7 +232,7 @@ def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def generic_plan_of_a_duplicate() -> list[dict[str, Any]]:
     """EXPLAIN EXECUTE of the receive statement, prepared by SQL, under force_generic_plan."""
-    sql, names = numbered(_insert_sql(connection))
+    sql, names = numbered(storage.statements(connection).insert)
     assert "%(" not in sql
     assert len(names) == 12  # the inserted fields; body, endpoint and event_id reused
     values = {
@@ -360,6 +359,29 @@ def test_no_threshold_is_set_when_prepared_statements_is_false(client):
     assert raw.prepare_threshold is None
 
 
+# -- statements per database ------------------------------------------------------------------
+
+
+def another_database(alias: str, **features: Any) -> Any:
+    """A connection to the test database under another alias, with the backend features named
+    set otherwise (as MariaDB's differ from MySQL's under one vendor); never connected."""
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    other = DatabaseWrapper({**connection.settings_dict}, alias=alias)
+    for name, value in features.items():
+        setattr(other.features, name, value)
+    return other
+
+
+def test_each_database_gets_statements_for_its_own_features():
+    """Statements are kept per alias: two databases of one vendor whose features differ get
+    each their own text (they were kept per vendor, and the first one built served both)."""
+    without = another_database("no_skip_locked", has_select_for_update_skip_locked=False)
+    assert "SKIP LOCKED" in storage.statements(connection).lock
+    assert "SKIP LOCKED" not in storage.statements(without).lock
+    assert "SKIP LOCKED" in storage.statements(connection).lock
+
+
 # -- celery_is_eager ------------------------------------------------------------------------------
 
 
@@ -372,54 +394,54 @@ def celery_app():
     app = process_event.app
     missing = object()
     saved = app.conf.changes.pop("task_always_eager", missing)
-    services._configured_eager.cache_clear()
+    queueing._configured_eager.cache_clear()
     yield app
     app.conf.changes.pop("task_always_eager", None)
     if saved is not missing:
         app.conf.changes["task_always_eager"] = saved
-    services._configured_eager.cache_clear()
+    queueing._configured_eager.cache_clear()
 
 
 def test_celery_is_eager_follows_the_configuration(celery_app):
     assert not hasattr(settings, "CELERY_TASK_ALWAYS_EAGER")  # the test settings leave it out
     assert celery_app.conf.task_always_eager is False
-    assert services.celery_is_eager() is False
-    assert services._configured_eager.cache_info().currsize == 1  # read once, kept
+    assert queueing.celery_is_eager() is False
+    assert queueing._configured_eager.cache_info().currsize == 1  # read once, kept
 
 
 def test_celery_is_eager_sees_a_run_time_change_at_once(celery_app):
-    assert services.celery_is_eager() is False  # the configured value is now cached
+    assert queueing.celery_is_eager() is False  # the configured value is now cached
     celery_app.conf.task_always_eager = True
     try:
-        assert services.celery_is_eager() is True
+        assert queueing.celery_is_eager() is True
         celery_app.conf.task_always_eager = False
-        assert services.celery_is_eager() is False
+        assert queueing.celery_is_eager() is False
         celery_app.conf.task_always_eager = True
-        assert services.celery_is_eager() is True
+        assert queueing.celery_is_eager() is True
     finally:
         celery_app.conf.task_always_eager = False
-    assert services.celery_is_eager() is False
+    assert queueing.celery_is_eager() is False
 
 
 def test_celery_is_eager_follows_override_settings(celery_app):
-    assert services.celery_is_eager() is False  # cached before the override
+    assert queueing.celery_is_eager() is False  # cached before the override
     with override_settings(CELERY_TASK_ALWAYS_EAGER=True):
         assert celery_app.conf.task_always_eager is True
-        assert services.celery_is_eager() is True
-    assert services.celery_is_eager() is False
+        assert queueing.celery_is_eager() is True
+    assert queueing.celery_is_eager() is False
     with override_settings(CELERY_TASK_ALWAYS_EAGER=True):
-        assert services.celery_is_eager() is True
-    assert services.celery_is_eager() is False
+        assert queueing.celery_is_eager() is True
+    assert queueing.celery_is_eager() is False
 
 
 def test_an_unrelated_setting_change_keeps_the_cached_value(celery_app):
     with override_settings(CELERY_TASK_ALWAYS_EAGER=True):
-        assert services.celery_is_eager() is True
-        read = services._configured_eager.cache_info().misses
+        assert queueing.celery_is_eager() is True
+        read = queueing._configured_eager.cache_info().misses
         with override_settings(TIME_ZONE="Europe/Paris"):
-            assert services.celery_is_eager() is True
-            assert services._configured_eager.cache_info().misses == read  # not read again
-    assert services.celery_is_eager() is False
+            assert queueing.celery_is_eager() is True
+            assert queueing._configured_eager.cache_info().misses == read  # not read again
+    assert queueing.celery_is_eager() is False
 
 
 # -- the PREPARED_STATEMENTS check --------------------------------------------------------------
@@ -443,7 +465,7 @@ def test_a_non_bool_prepared_statements_is_e008(value):
 def test_a_bool_prepared_statements_passes_the_check(value):
     with override_settings(WEBHOOKS=webhooks_with(PREPARED_STATEMENTS=value)):
         assert webhooks_errors() == []
-        assert services.processing_config_problems() == []
+        assert conf.processing_config_problems() == []
 
 
 # -- a prepared statement that vanishes (a pooler in transaction mode) ------------------------
@@ -451,11 +473,10 @@ def test_a_bool_prepared_statements_passes_the_check(value):
 
 @pytest.fixture
 def unprepared_aliases() -> Iterator[set[str]]:
-    """``webhooks.db``'s process-wide record of aliases that stopped preparing, reset after."""
-    from webhooks import db
-
-    yield db._unprepared_aliases
-    db._unprepared_aliases.clear()
+    """``webhooks.storage``'s process-wide record of aliases that stopped preparing, reset
+    after."""
+    yield storage._unprepared_aliases
+    storage._unprepared_aliases.clear()
 
 
 def drop_prepared_behind_psycopgs_back(raw: Any) -> None:
@@ -476,7 +497,7 @@ def test_a_vanished_statement_is_run_again_unprepared_and_preparing_stops(
     drop_prepared_behind_psycopgs_back(raw)
     assert receive_statements() == []
 
-    with caplog.at_level(logging.ERROR, logger="webhooks.db"):
+    with caplog.at_level(logging.ERROR, logger="webhooks.storage"):
         statuses = [deliver(client, build_request("stripe")), deliver(client, first)]
         statuses.append(deliver(client, build_request("github")))
     # The delivery that met the missing statement was stored all the same (run again, not
@@ -485,7 +506,7 @@ def test_a_vanished_statement_is_run_again_unprepared_and_preparing_stops(
     assert WebhookEvent.objects.count() == 3
     assert receive_statements() == []
     assert unprepared_aliases == {"default"}
-    errors = [r for r in caplog.records if r.name == "webhooks.db"]
+    errors = [r for r in caplog.records if r.name == "webhooks.storage"]
     assert len(errors) == 1  # said once, not per delivery
     assert 'WEBHOOKS["PREPARED_STATEMENTS"] = False' in errors[0].getMessage()
 
@@ -495,8 +516,6 @@ def test_a_vanished_statement_inside_a_transaction_raises_and_the_next_one_works
     client, unprepared_aliases
 ):
     from django.db import ProgrammingError
-
-    from webhooks.receiving import insert_or_compare
 
     raw = fresh_session()
     assert deliver(client, build_request("stripe")) == "accepted"
@@ -508,9 +527,9 @@ def test_a_vanished_statement_inside_a_transaction_raises_and_the_next_one_works
 
     # Inside a transaction the error aborted it: it cannot be run again there.
     with pytest.raises(ProgrammingError), transaction.atomic():
-        insert_or_compare(event("evt_in_tx"), "default")
+        storage.insert_or_compare(event("evt_in_tx"), "default")
     assert not WebhookEvent.objects.filter(event_id="evt_in_tx").exists()
     assert unprepared_aliases == {"default"}
     with transaction.atomic():
-        assert insert_or_compare(event("evt_in_tx"), "default") == (True, None)
+        assert storage.insert_or_compare(event("evt_in_tx"), "default") == (True, None)
     assert WebhookEvent.objects.filter(event_id="evt_in_tx").exists()

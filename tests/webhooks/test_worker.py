@@ -25,7 +25,7 @@ from sandbox_project.celery import app as celery_app
 from tests.celery_worker import wait_until
 from tests.webhooks.conftest import FAST_RETRIES
 from tests.webhooks.factories import WebhookEventFactory
-from webhooks import services
+from webhooks import queueing
 from webhooks.models import WebhookEvent
 from webhooks.testing import post_webhook
 
@@ -44,7 +44,7 @@ def reaches(event, *wanted, timeout: float = 30) -> WebhookEvent:
 def enqueue(**fields) -> WebhookEvent:
     with transaction.atomic():
         event = WebhookEventFactory(**fields)
-        services.enqueue_on_commit(event)
+        queueing.enqueue_on_commit(event)
     return event
 
 
@@ -199,7 +199,7 @@ def test_concurrent_deliveries_of_one_event_run_its_handlers_once(worker_factory
     worker_factory(pool="prefork", concurrency=3)
     event = WebhookEventFactory(event_type="test.slow", payload={"sleep": 1})
     for _ in range(6):
-        services.publish_process_task(event.pk)
+        queueing.publish_process_task(event.pk)
     done = reaches(event, Status.PROCESSED)
     time.sleep(1.5)  # let the other deliveries finish
     assert len(runs.runs(event.event_id)) == 1

@@ -25,7 +25,7 @@ class WebhookEventSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = WebhookEvent
-        fields = (
+        fields: tuple[str, ...] = (
             "id",
             "endpoint",
             "event_id",
@@ -39,7 +39,7 @@ class WebhookEventSerializer(serializers.ModelSerializer):
             "next_attempt_at",
             "processed_at",
         )
-        read_only_fields = fields
+        read_only_fields: tuple[str, ...] = fields
 
 
 class WebhookEventDetailSerializer(WebhookEventSerializer):
@@ -113,7 +113,8 @@ class WebhookEventFilterSerializer(serializers.Serializer):
                 raise serializers.ValidationError(
                     {name: ["Unknown parameter."] for name in unknown}
                 )
-        return super().to_internal_value(data)
+        values: dict[str, Any] = super().to_internal_value(data)
+        return values
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         since, until = attrs.get("since"), attrs.get("until")

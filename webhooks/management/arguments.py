@@ -30,7 +30,7 @@ MAX_DAYS = 36_500  # a hundred years
 MAX_COUNT = 1_000_000_000
 
 
-def _number(value: str, kind: type, largest: float) -> float:
+def _number(value: str, kind: type[int] | type[float], largest: float) -> float:
     try:
         number = kind(value)
     except ValueError:

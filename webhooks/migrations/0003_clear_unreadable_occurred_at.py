@@ -10,14 +10,22 @@ replay). Occurred times are now bounded before they are stored
 Only PostgreSQL can hold them: SQLite refused such a value before storing it.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from django.db import migrations
+
+if TYPE_CHECKING:
+    from django.db.backends.base.schema import BaseDatabaseSchemaEditor
+    from django.db.migrations.state import StateApps
 
 #: The first instant after what Python reads back, and the first it reads, in UTC.
 AFTER_LAST = "10000-01-01 00:00:00+00"
 FIRST = "0001-01-01 00:00:00+00"
 
 
-def clear_unreadable_occurred_at(apps, schema_editor):
+def clear_unreadable_occurred_at(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     connection = schema_editor.connection
     if connection.vendor != "postgresql":
         return

@@ -16,9 +16,9 @@ from django.views.decorators.debug import sensitive_variables
 
 from tether.conf import SECRET_VARIABLES
 
-from ..conf import webhooks_settings
+from ..conf import ConfigProblem, webhooks_settings
 from ..exceptions import UnknownEndpoint, WebhookConfigurationError
-from .base import ConfigProblem, ParsedEvent, Provider, Sample, endpoint_key
+from .base import ParsedEvent, Provider, Sample, endpoint_key
 
 __all__ = [
     "BUILTIN_PROVIDERS",

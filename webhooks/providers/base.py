@@ -32,8 +32,9 @@ from django.views.decorators.debug import sensitive_variables
 from tether.conf import SECRET_VARIABLES, SecretStr
 from tether.dates import utc_datetime
 
-from ..conf import webhooks_settings
-from ..exceptions import InvalidSignature, MalformedPayload, WebhookConfigurationError
+from ..conf import ConfigProblem as ConfigProblem  # its home before webhooks.conf: still here
+from ..conf import is_number, webhooks_settings
+from ..exceptions import InvalidSignature, MalformedPayload
 
 #: Headers every provider keeps besides its own scheme's.
 COMMON_STORED_HEADERS: tuple[str, ...] = ("Content-Type", "User-Agent")
@@ -73,57 +74,9 @@ class Sample:
     content_type: str = "application/json"
 
 
-@dataclass(frozen=True)
-class ConfigProblem:
-    """One thing wrong with an endpoint's settings.
-
-    ``webhooks.checks`` turns it into a ``checks.Error`` with id ``webhooks.<code>`` (a
-    ``checks.Warning`` for a ``W`` code, from ``Provider.config_warnings``); ``get_provider``
-    raises an error's as a ``WebhookConfigurationError``. ``key`` is the exact setting,
-    e.g. ``WEBHOOKS["ENDPOINTS"]["stripe"]["SECRETS"]``. Never includes a secret's value.
-    """
-
-    code: str
-    key: str
-    message: str
-    hint: str = ""
-
-    def as_exception(self) -> WebhookConfigurationError:
-        text = f"{self.key}: {self.message}"
-        if self.hint:
-            text = f"{text} ({self.hint})"
-        return WebhookConfigurationError(text)
-
-
 def endpoint_key(endpoint: str, option: str | None = None) -> str:
     key = f'WEBHOOKS["ENDPOINTS"][{endpoint!r}]'.replace("'", '"')
     return f'{key}["{option}"]' if option else key
-
-
-def is_number(
-    value: Any,
-    *,
-    integer: bool = False,
-    above: float | None = None,
-    at_least: float | None = None,
-    at_most: float | None = None,
-) -> bool:
-    """Whether ``value`` is a number (an ``int`` when ``integer``), never a bool, greater than
-    ``above``, at least ``at_least`` and at most ``at_most`` when they are given (NaN and
-    infinities are within no range that has a bound on their side).
-
-    The one rule for numeric settings: ``TOLERANCE``/``MAX_BODY_BYTES`` (through
-    ``limit_problem``, global and per endpoint) and the processing settings
-    (``webhooks.services``).
-    """
-    kinds = (int,) if integer else (int, float)
-    if not isinstance(value, kinds) or isinstance(value, bool):
-        return False
-    if above is not None and not value > above:
-        return False
-    if at_most is not None and not value <= at_most:
-        return False
-    return at_least is None or value >= at_least
 
 
 #: The limits set globally (``WEBHOOKS[...]``) or per endpoint: whether each is an integer, and
@@ -169,12 +122,21 @@ class Provider:
 
     #: Built-in name (``"stripe"``...); informative for user classes.
     name: ClassVar[str] = ""
-    #: The header carrying the signature; its absence is answered ``invalid_signature``.
-    signature_header: ClassVar[str] = ""
-    #: The header carrying the signing time, for schemes that have one.
-    timestamp_header: ClassVar[str | None] = None
     #: Options the provider reads besides SECRETS, TOLERANCE and MAX_BODY_BYTES.
     options: ClassVar[tuple[str, ...]] = ()
+
+    # The scheme's header names: a class attribute of the same name in a subclass
+    # (``signature_header = "Stripe-Signature"``) replaces each; ``hmac`` reads them from settings.
+
+    @property
+    def signature_header(self) -> str:
+        """The header carrying the signature; its absence is answered ``invalid_signature``."""
+        return ""
+
+    @property
+    def timestamp_header(self) -> str | None:
+        """The header carrying the signing time, for schemes that have one."""
+        return None
 
     @sensitive_variables(*SECRET_VARIABLES)
     def __post_init__(self) -> None:

@@ -34,9 +34,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from ..conf import ConfigProblem
 from ..exceptions import InvalidSignature
 from .base import (
-    ConfigProblem,
     ParsedEvent,
     Provider,
     Sample,
@@ -78,19 +78,19 @@ class HmacProvider(Provider):
         self.algorithm = ALGORITHMS[config.get("ALGORITHM", "sha256")]
         self.encoding: str = config.get("ENCODING", "hex")
         self.prefix: str = config.get("PREFIX", "")
-        self.event_id_at = _location(config["EVENT_ID"])
-        self.event_type_at = _location(config["EVENT_TYPE"])
+        self.event_id_at = _checked_location(config["EVENT_ID"])
+        self.event_type_at = _checked_location(config["EVENT_TYPE"])
         self.ts_header: str | None = config.get("TIMESTAMP_HEADER") or None
         self.signed_payload: str = config.get(
             "SIGNED_PAYLOAD", "{timestamp}.{body}" if self.ts_header else "{body}"
         )
 
-    # The scheme's header names come from settings, so they are instance attributes here.
-    @property  # type: ignore[override]
+    # The scheme's header names come from settings.
+    @property
     def signature_header(self) -> str:
         return self.header
 
-    @property  # type: ignore[override]
+    @property
     def timestamp_header(self) -> str | None:
         return self.ts_header
 
@@ -319,6 +319,15 @@ def _location(value: str) -> tuple[str, str] | None:
     if kind == "json" and any(not part for part in where.split(".")):
         return None
     return kind, where.strip()
+
+
+def _checked_location(value: str) -> tuple[str, str]:
+    """``_location`` of an option ``config_problems`` accepted (built providers have none
+    other)."""
+    location = _location(value)
+    if location is None:
+        raise ValueError(f"not a location: {value!r}")
+    return location
 
 
 def _set_path(payload: dict[str, Any], path: str, value: Any) -> None:

@@ -26,10 +26,10 @@ import standardwebhooks
 
 from tether.dates import utc_datetime
 
+from ..conf import ConfigProblem
 from ..exceptions import InvalidSignature
 from . import samples
 from .base import (
-    ConfigProblem,
     ParsedEvent,
     Provider,
     Sample,

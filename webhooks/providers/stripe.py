@@ -58,7 +58,9 @@ class StripeProvider(Provider):
         def matches(secret: str) -> bool:
             try:
                 # The SDK checks the signature; the time window (both ways) is ours, below.
-                return stripe.WebhookSignature.verify_header(text, header, secret, tolerance=None)
+                return bool(
+                    stripe.WebhookSignature.verify_header(text, header, secret, tolerance=None)
+                )
             except stripe.SignatureVerificationError:
                 return False
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
 
 from webhooks import services
 from webhooks.conf import webhooks_settings
@@ -17,7 +19,7 @@ class Command(BaseCommand):
         "(Stripe: 3 days). Exit codes: 0 done, 2 bad input."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         retention = webhooks_settings["RETENTION_DAYS"]
         parser.add_argument(
             "--older-than",
@@ -39,7 +41,7 @@ class Command(BaseCommand):
             "--dry-run", action="store_true", help="Count what would be deleted; delete nothing."
         )  # fmt: skip
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         days = options["older_than"]
         count = services.prune_events(
             older_than_days=days,

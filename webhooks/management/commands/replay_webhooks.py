@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from webhooks import services
 from webhooks.management.arguments import (
@@ -27,7 +28,7 @@ class Command(BaseCommand):
         "or ignored."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--status",
             choices=STATUSES,
@@ -81,7 +82,7 @@ class Command(BaseCommand):
             help="Process each event in this process instead of enqueuing it.",
         )  # fmt: skip
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         if options["since"] and options["until"] and options["since"] >= options["until"]:
             raise CommandError("--since must be before --until", returncode=EXIT_USAGE)
         status = None if options["status"] == "any" else options["status"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from webhooks import services
 from webhooks.conf import webhooks_settings
@@ -18,7 +20,7 @@ class Command(BaseCommand):
         "Exit codes: 0 done, 2 bad input, 3 broker unavailable."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         stuck_after = webhooks_settings["STUCK_AFTER"]
         received_after = webhooks_settings["REQUEUE_RECEIVED_AFTER"]
         max_interval = webhooks_settings["REQUEUE_MAX_INTERVAL"]
@@ -40,7 +42,7 @@ class Command(BaseCommand):
             "--dry-run", action="store_true", help="Count what would be requeued; enqueue nothing."
         )
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         older_than = options["older_than"]
         include_requeued = options["include_requeued"]
         waiting = 0 if include_requeued else services.recently_requeued_events(older_than).count()

@@ -1,28 +1,34 @@
-"""No import cycle inside the integrations package.
+"""No import cycle in our packages (``tether``, ``webhooks``, ``integrations``), within one or
+across them.
 
 An import inside a function to dodge a cycle is still a cycle, so every import counts wherever it
 is written; only those under ``if TYPE_CHECKING:`` (never run) are left out. The graph is read
-from the source with ``ast``, without importing anything."""
+from the source with ``ast``, without importing anything, over every package at once."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-import integrations
+import pytest
 
-PACKAGE = Path(integrations.__file__).parent
+ROOT = Path(__file__).resolve().parent.parent
+
+#: The packages the distribution ships (pyproject.toml's ``packages.find``).
+PACKAGES = ("tether", "webhooks", "integrations")
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def package_modules() -> dict[str, Path]:
+def package_modules(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
+    """Every module of ``packages`` under ``root`` but migrations, by dotted name."""
     return {
-        module_name(path): path
-        for path in sorted(PACKAGE.rglob("*.py"))
+        module_name(path, root): path
+        for package in packages
+        for path in sorted((root / package).rglob("*.py"))
         if "migrations" not in path.parts
     }
 
@@ -110,8 +116,18 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_the_integrations_package_has_no_import_cycle():
-    assert cycles(import_graph(package_modules())) == []
+def test_our_packages_have_no_import_cycle():
+    modules = package_modules()
+    assert {name.split(".")[0] for name in modules} == set(PACKAGES)
+    assert cycles(import_graph(modules)) == []
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_package_is_read(package):
+    """The walk sees each package's modules (a renamed package would otherwise pass unseen)."""
+    modules = package_modules(packages=(package,))
+    assert package in modules and len(modules) > 3
+    assert not [name for name in modules if ".migrations" in name]
 
 
 def test_the_check_sees_a_cycle_through_an_import_inside_a_function(tmp_path):
@@ -128,3 +144,21 @@ def test_the_check_sees_a_cycle_through_an_import_inside_a_function(tmp_path):
     (tmp_path / "d.py").write_text("from .c import z\n")
     modules = {f"pkg.{name}": tmp_path / f"{name}.py" for name in "abcd"}
     assert cycles(import_graph(modules)) == [["pkg.a", "pkg.b"]]
+
+
+def test_the_check_sees_a_cycle_across_packages_and_through_a_package(tmp_path):
+    """Across packages, and through ``from . import module`` (which runs the package's
+    ``__init__`` first), as the real tree is read."""
+    for package, files in {
+        "core": {"__init__.py": "", "base.py": "def f():\n    from app import jobs\n"},
+        "app": {
+            "__init__.py": "",
+            "jobs.py": "from . import work\n",
+            "work.py": "from core.base import f\n",
+        },
+    }.items():
+        (tmp_path / package).mkdir()
+        for name, text in files.items():
+            (tmp_path / package / name).write_text(text)
+    graph = import_graph(package_modules(tmp_path, ("core", "app")))
+    assert cycles(graph) == [["app.jobs", "app.work", "core.base"]]

@@ -1,0 +1,218 @@
+"""One processing attempt of a stored webhook event: claim it, run its handlers, record the
+outcome (and, for a failure, when the retry is due).
+
+``process_event`` runs in two short steps, through ``webhooks.storage``:
+
+1. **Claim** (its own transaction, committed at once; ``storage.claim``): lock the row, skipping
+   it if locked; leave it alone unless it is due (``received`` or ``processing``, and
+   ``next_attempt_at`` empty or reached); count the attempt (``attempts + 1``,
+   ``last_attempt_at = now``, status ``processing``). Because the count is committed before any
+   handler runs, an attempt whose worker dies mid-handler is still counted: when a claim finds
+   every attempt already used (the last one never finished), the event ends ``failed`` without
+   running its handlers again, so a poison event that kills its worker cannot loop forever.
+2. **Run** (a second transaction): lock the row again, with ``skip_locked``, and check that the
+   claim is still ours (``storage.lock_claimed``: same ``attempts`` and ``last_attempt_at``; a
+   newer claim means another worker took over). Then run the handlers and write the outcome in
+   the same transaction: handler writes and the ``processed`` mark commit together. When a
+   handler raises, that transaction is rolled back (its writes with it) and the outcome
+   (``ignored``, retry or ``failed``) is written by a third, short one, if the claim still
+   holds: a delivery that claimed the event in the moment between owns it and its handlers run
+   once more (as any delivery racing between a claim and a run may). The row stays locked
+   while the handlers run, so concurrent deliveries skip it.
+
+A retry is scheduled by ``webhooks.queueing.schedule_retry``; the Celery tasks
+(``webhooks.tasks``) and a synchronous replay (``webhooks.services``) call ``process_event``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+from celery import Task
+from django.db import transaction
+from django.utils import timezone
+
+from . import storage
+from .conf import processing_setting
+from .exceptions import Ignore, PermanentFailure
+from .models import WebhookEvent
+from .queueing import schedule_retry
+from .registry import handlers_for
+from .signals import send_logged, webhook_failed, webhook_ignored, webhook_processed
+
+logger = logging.getLogger(__name__)
+
+Status = WebhookEvent.Status
+
+#: The longest ``last_error`` kept, in characters.
+LAST_ERROR_MAX_CHARS = 2000
+
+
+def process_event(
+    event_pk: int, *, retry: bool = False, task: Task[Any, Any] | None = None
+) -> str | None:
+    """Make one processing attempt of an event; return its status after, or None if skipped.
+
+    Skipped (None): the event does not exist, is locked by an attempt in progress, is finished,
+    or its next retry is not yet due. Otherwise the result is ``processed``, ``ignored``,
+    ``failed``, or ``processing`` when a retry is due at ``next_attempt_at``. With ``retry``
+    (the Celery tasks, a synchronous replay) that retry is also scheduled, by
+    ``schedule_retry``, from the ``next_attempt_at`` the attempt wrote (no second read); with
+    ``task`` (the running ``webhooks.process_event``) as that task's ``retry()``, which raises
+    Celery's ``Retry``.
+    """
+    status, next_attempt_at = _attempt(event_pk)
+    if retry and next_attempt_at is not None:
+        schedule_retry(event_pk, next_attempt_at, task=task)
+    return status
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds to wait before the attempt after ``attempts`` failed ones: full jitter.
+
+    ``random.uniform(0, min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2 ** (attempts - 1)))``, so the
+    cap doubles after each failure (10 s, 20 s, 40 s... by default) up to ``RETRY_MAX_DELAY``.
+    """
+    base = float(processing_setting("RETRY_BASE_DELAY"))
+    cap = float(processing_setting("RETRY_MAX_DELAY"))
+    exponent = max(attempts - 1, 0)
+    ceiling = cap if exponent >= 64 else min(cap, base * 2**exponent)
+    return random.uniform(0, max(ceiling, 0.0))
+
+
+def describe_error(exc: BaseException) -> str:
+    """What ``last_error`` keeps: the exception's type and message, bounded in length.
+
+    No traceback (locals and frames may hold secrets); handlers should not put secrets in their
+    exception messages.
+    """
+    message = str(exc)
+    text = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    if text.startswith("builtins."):
+        text = text[len("builtins.") :]
+    if message:
+        text = f"{text}: {message}"
+    return text[:LAST_ERROR_MAX_CHARS]
+
+
+def _claim(event_pk: int) -> tuple[int, datetime] | str | None:
+    """Step 1: count the attempt and commit. Returns the claim token (the attempt's number and
+    start), a final status, or None."""
+    now = timezone.now()
+    claimed = storage.claim(
+        event_pk,
+        max_attempts=processing_setting("MAX_ATTEMPTS"),
+        now=now,
+        max_error_chars=LAST_ERROR_MAX_CHARS,
+    )
+    if claimed is None:
+        return None  # gone, locked by an attempt in progress, finished, or not due
+    if claimed.status == Status.FAILED:
+        lost = claimed.last_error.split(";", 1)[0]
+        transaction.on_commit(partial(_send_failed, event_pk, RuntimeError(lost)))
+        return Status.FAILED
+    return claimed.attempts, now
+
+
+def _attempt(event_pk: int) -> tuple[str | None, datetime | None]:
+    """``process_event``'s attempt: its status and, when a retry is due, ``next_attempt_at``."""
+    claim = _claim(event_pk)
+    if claim is None or isinstance(claim, str):
+        return claim, None
+    attempt, started_at = claim
+    max_attempts = processing_setting("MAX_ATTEMPTS")
+
+    try:
+        with transaction.atomic():
+            event = storage.lock_claimed(event_pk, attempt, started_at)
+            if event is None or event.status != Status.PROCESSING:
+                return None, None  # another worker claimed it after us: it runs the handlers
+            handlers = handlers_for(event.endpoint, event.event_type)
+            try:
+                for handler in handlers:
+                    handler(event)
+            except Exception as exc:
+                raise _HandlerRaised(exc) from exc
+            if handlers:
+                return _record_outcome(event, Status.PROCESSED, attempt, max_attempts)
+            event.last_error = ""
+            return _record_outcome(event, Status.IGNORED, attempt, max_attempts)
+    except _HandlerRaised as raised:
+        # The handlers' writes were rolled back with the transaction; the outcome is recorded in
+        # a new one, if the claim still holds (a delivery that claimed the event in between owns
+        # it now). Cheaper than a savepoint around the handlers on the (common) success path.
+        error = raised.error
+        with transaction.atomic():
+            event = storage.lock_claimed(event_pk, attempt, started_at)
+            if event is None or event.status != Status.PROCESSING:
+                return None, None
+            if isinstance(error, Ignore):
+                event.last_error = describe_error(error) if str(error) else ""
+                return _record_outcome(event, Status.IGNORED, attempt, max_attempts)
+            if isinstance(error, PermanentFailure) or attempt >= max_attempts:
+                return _record_outcome(event, Status.FAILED, attempt, max_attempts, error=error)
+            return _record_outcome(event, Status.PROCESSING, attempt, max_attempts, error=error)
+
+
+class _HandlerRaised(Exception):
+    """Carries a handler's exception out of the transaction it rolls back."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(type(error).__name__)
+        self.error = error
+
+
+def _record_outcome(
+    event: WebhookEvent,
+    outcome: str,
+    attempt: int,
+    max_attempts: int,
+    *,
+    error: BaseException | None = None,
+) -> tuple[str, datetime | None]:
+    """Write the attempt's outcome (inside the caller's transaction) and send its signal on
+    commit. Returns the outcome and ``next_attempt_at``: ``processing`` means a retry is due
+    then."""
+    now = timezone.now()
+    event.status = outcome
+    event.next_attempt_at = None
+    if outcome in (Status.PROCESSED, Status.IGNORED):
+        event.processed_at = now
+    if error is not None:
+        event.last_error = describe_error(error)
+        logger.warning(
+            "webhooks: handler failed for %s:%s (attempt %s of %s): %s",
+            event.endpoint,
+            event.event_id,
+            attempt,
+            max_attempts,
+            type(error).__name__,
+        )
+    if outcome == Status.PROCESSING:
+        event.next_attempt_at = now + timedelta(seconds=retry_delay(attempt))
+    storage.save_outcome(
+        event.pk,
+        status=event.status,
+        next_attempt_at=event.next_attempt_at,
+        processed_at=event.processed_at,
+        last_error=event.last_error,
+    )
+    if outcome == Status.PROCESSED:
+        transaction.on_commit(partial(send_logged, webhook_processed, WebhookEvent, event=event))
+    elif outcome == Status.IGNORED:
+        transaction.on_commit(partial(send_logged, webhook_ignored, WebhookEvent, event=event))
+    elif outcome == Status.FAILED:
+        transaction.on_commit(
+            partial(send_logged, webhook_failed, WebhookEvent, event=event, error=error)
+        )
+    return outcome, event.next_attempt_at
+
+
+def _send_failed(event_pk: int, error: BaseException) -> None:
+    event = WebhookEvent.objects.filter(pk=event_pk).first()
+    if event is not None:
+        send_logged(webhook_failed, WebhookEvent, event=event, error=error)

@@ -1,0 +1,182 @@
+"""Putting events on the Celery queue: publishing the processing tasks, eager detection, the
+transactional outbox's hand-off (``enqueue_on_commit``), the dispatcher's publisher, and retry
+scheduling.
+
+Tasks are published by their fixed names (``webhooks.process_event``, ``webhooks.process_events``)
+from the current Celery app's registry, where ``WebhooksConfig.ready()`` has them registered
+(``webhooks.tasks``): this module imports nothing of processing, and a project whose tests set
+``task_always_eager`` still runs them eagerly. A broker failure is never raised to the caller:
+the event is already stored, and the sweeper (``webhooks.services.requeue_stuck``) enqueues it
+later. Log lines name the exception's type only, never the broker URL or its credentials.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from celery import Task, current_app
+from celery.exceptions import Retry
+from django.db import router, transaction
+from django.utils import timezone
+
+from .conf import processing_setting, webhooks_settings
+from .dispatch import dispatcher
+from .models import WebhookEvent
+
+logger = logging.getLogger(__name__)
+
+#: The Celery task that makes one processing attempt of one event (``webhooks.tasks``).
+PROCESS_EVENT = "webhooks.process_event"
+#: The Celery task that makes one attempt of each of several events (what the dispatcher sends).
+PROCESS_EVENTS = "webhooks.process_events"
+
+
+def _task(name: str) -> Task[Any, Any]:
+    """The current Celery app's task of that name (registered by ``webhooks.tasks``)."""
+    return current_app.tasks[name]
+
+
+def _task_options() -> dict[str, Any]:
+    """The publish options every processing task shares: the ``TASK_QUEUE``, if one is set."""
+    queue = processing_setting("TASK_QUEUE")
+    return {"queue": queue} if queue else {}
+
+
+def publish_process_task(event_pk: int, *, countdown: float | None = None) -> bool:
+    """Publish ``webhooks.process_event`` for one event now; ``False`` if the broker refused.
+
+    Never raises for a broker failure and never hangs on it (the project's Celery settings give
+    the connection a short timeout and no publish retries): the event is already stored, and the
+    sweeper enqueues it later.
+    """
+    options = _task_options()
+    if countdown:
+        options["countdown"] = countdown
+    try:
+        _task(PROCESS_EVENT).apply_async(args=(event_pk,), **options)
+    except Exception as exc:
+        logger.warning(
+            "webhooks: could not enqueue event pk=%s (%s); it stays queued in the database "
+            "and the sweeper will enqueue it later",
+            event_pk,
+            type(exc).__name__,
+        )
+        return False
+    return True
+
+
+def publish_process_batch(event_pks: Sequence[int]) -> bool:
+    """Publish ``webhooks.process_events`` for these events now, ``DISPATCH_BATCH_SIZE`` per
+    message, all through one connection checkout; ``False`` if the broker refused.
+
+    The dispatcher's publisher (``WebhooksConfig.ready()`` hands it to ``webhooks.dispatch``).
+    Like ``publish_process_task`` it never raises for a broker failure: the events stay
+    ``received`` and the sweeper enqueues them later; the warning names the primary keys and
+    the exception's type only.
+    """
+    if not event_pks:
+        return True
+    size = processing_setting("DISPATCH_BATCH_SIZE")
+    options = _task_options()
+    chunks = [list(event_pks[i : i + size]) for i in range(0, len(event_pks), size)]
+    sent = 0
+    try:
+        task = _task(PROCESS_EVENTS)
+        with task.app.producer_or_acquire() as producer:
+            for chunk in chunks:
+                task.apply_async(args=(chunk,), producer=producer, **options)
+                sent += 1
+    except Exception as exc:
+        unsent = [pk for chunk in chunks[sent:] for pk in chunk]
+        logger.warning(
+            "webhooks: could not enqueue %s event(s) (pk=%s) (%s); they stay queued in the "
+            "database and the sweeper will enqueue them later",
+            len(unsent),
+            ",".join(map(str, unsent[:20])) + (",..." if len(unsent) > 20 else ""),
+            type(exc).__name__,
+        )
+        return False
+    return True
+
+
+def schedule_retry(
+    event_pk: int, next_attempt_at: datetime, *, task: Task[Any, Any] | None = None
+) -> bool:
+    """Schedule the event's retry with Celery's ``countdown`` until ``next_attempt_at`` (what the
+    failed attempt wrote); ``False`` if the broker refused the publish.
+
+    The one way a retry is scheduled (``process_event(..., retry=True)`` calls it). Given the
+    running ``webhooks.process_event`` task, this is that task's own ``retry()``, which raises
+    Celery's ``Retry`` (and, under ``task.apply()``, runs the retry eagerly); otherwise a new
+    ``webhooks.process_event`` message is published. Either way it goes to ``TASK_QUEUE``. A
+    refused publish is logged (the exception's type only) and swallowed: the event keeps its
+    ``next_attempt_at`` and the sweeper enqueues it once that is ``STUCK_AFTER`` in the past.
+    """
+    countdown = max((next_attempt_at - timezone.now()).total_seconds(), 0.0)
+    if task is None:
+        return publish_process_task(event_pk, countdown=countdown)
+    try:
+        raise task.retry(countdown=countdown, **_task_options())
+    except Retry:
+        raise
+    except Exception as exc:
+        logger.warning(
+            "webhooks: could not schedule the retry of event pk=%s (%s); the sweeper will "
+            "enqueue it later",
+            event_pk,
+            type(exc).__name__,
+        )
+        return False
+
+
+def dispatches_inline() -> bool:
+    """Whether new events' tasks are published by the committing thread, one per event:
+    ``DISPATCH_INTERVAL`` is None, or Celery runs tasks eagerly (a user's tests)."""
+    # Read without validation on this path (one per delivery): a bad value is reported by the
+    # system check, and the dispatcher thread treats it as 0.
+    if webhooks_settings["DISPATCH_INTERVAL"] is None:
+        return True
+    return celery_is_eager()
+
+
+def celery_is_eager() -> bool:
+    """Whether the Celery app runs tasks eagerly (``task_always_eager``), read cheaply: a value
+    set at run time (``app.conf.task_always_eager = ...``) is seen at once; the configured one
+    (Django settings or Celery's default) is read once, since reading it through ``app.conf``
+    costs more than the rest of the enqueue, and kept until ``webhooks_settings`` reloads
+    (``override_settings`` of a ``CELERY_`` setting, or ``reload()``)."""
+    changes = current_app.conf.changes
+    changed = changes.get("task_always_eager") if changes is not None else None
+    if changed is not None:
+        return bool(changed)
+    return _configured_eager()
+
+
+@functools.cache
+def _configured_eager() -> bool:
+    return bool(current_app.conf.task_always_eager)
+
+
+webhooks_settings.register_cache(_configured_eager.cache_clear, also_on=("CELERY",))
+
+
+def enqueue_on_commit(event: WebhookEvent) -> None:
+    """Have the event processed once the current transaction commits (a transactional outbox).
+
+    By default the event's primary key goes to this process's dispatcher
+    (``webhooks.dispatch``), which publishes it from a background thread within about
+    ``DISPATCH_INTERVAL`` seconds, batched with others; with ``DISPATCH_INTERVAL = None`` (or
+    eager Celery) ``webhooks.process_event`` is published by the committing thread. Outside a
+    transaction this happens at once. A broker failure is logged and swallowed either way: the
+    event stays ``received`` and ``requeue_stuck`` enqueues it later.
+    """
+    using = event._state.db or router.db_for_write(WebhookEvent)
+    if dispatches_inline():
+        transaction.on_commit(partial(publish_process_task, event.pk), using=using)
+    else:
+        transaction.on_commit(partial(dispatcher.submit, event.pk), using=using)
