@@ -61,9 +61,7 @@ def requirements_of(metadata: email.message.Message, extra: str) -> set[str]:
         seen.add(current)
         for line in metadata.get_all("Requires-Dist") or []:
             requirement = Requirement(line)
-            if requirement.marker is None or not requirement.marker.evaluate(
-                {"extra": current}
-            ):
+            if requirement.marker is None or not requirement.marker.evaluate({"extra": current}):
                 continue
             if requirement.name == "django-tether":
                 pending.extend(requirement.extras - seen)
