@@ -92,24 +92,30 @@ cleanup() {
 trap cleanup EXIT
 trap 'cleanup; exit 0' INT TERM  # asked to stop: both are stopped, nothing failed
 
-# The worker touches this file once it consumes (sandbox_project/celery.py, worker_ready).
-ready_file="$STATE_DIR/worker-ready"
-rm -f "$ready_file"
-SANDBOX_WORKER_READY_FILE="$ready_file" "$VENV/bin/celery" -A sandbox_project worker --beat \
+# Each says when it is ready through a file: the worker once it consumes (worker_ready, in
+# sandbox_project/celery.py), the web server once it has bound the port (runserver prints its
+# "Starting development server at" line after binding). That another program answers on the
+# port does not count: if it took the port first, runserver fails to bind and exits.
+worker_ready="$STATE_DIR/worker-ready"
+web_ready="$STATE_DIR/web-ready"
+rm -f "$worker_ready" "$web_ready"
+web_server_output() {
+  while IFS= read -r line; do
+    printf '%s\n' "$line"
+    if [[ $line == "Starting development server at "* ]]; then : > "$web_ready"; fi
+  done
+}
+SANDBOX_WORKER_READY_FILE="$worker_ready" "$VENV/bin/celery" -A sandbox_project worker --beat \
   --loglevel=INFO --concurrency=2 --schedule "$STATE_DIR/celerybeat-schedule" &
 worker=$!
 pids+=("$worker")
-"$PY" manage.py runserver --noreload "$HOST:$PORT" &
+PYTHONUNBUFFERED=1 "$PY" manage.py runserver --noreload "$HOST:$PORT" > >(web_server_output) &
 web=$!
 pids+=("$web")
 
 # Wait for both, or for either to die: then stop the other and exit non-zero, with no banner.
-connect_host=${HOST#[}
-connect_host=${connect_host%]}
-case "$connect_host" in 0.0.0.0) connect_host=127.0.0.1 ;; ::) connect_host=::1 ;; esac
-answers() { (exec 3<>"/dev/tcp/$connect_host/$PORT") 2>/dev/null; }
 deadline=$((SECONDS + STARTUP_TIMEOUT))
-until answers && [ -e "$ready_file" ]; do
+until [ -e "$web_ready" ] && [ -e "$worker_ready" ]; do
   for pid in "$web" "$worker"; do
     if ! kill -0 "$pid" 2>/dev/null; then
       status=0
