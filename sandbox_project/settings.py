@@ -16,7 +16,9 @@ STATE_DIR = Path(os.environ.get("SANDBOX_STATE_DIR", BASE_DIR / ".sandbox"))
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "sandbox-only-insecure-key")
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
-ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
+ALLOWED_HOSTS = os.environ.get(
+    "DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver"
+).split(",")
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -39,6 +39,25 @@ def test_a_taken_port_stops_it_before_migrating_or_starting_anything(tmp_path):
     assert not state_dir.exists(), "it migrated (or set up its state) before checking the port"
 
 
+def test_an_ipv6_address_is_taken_in_runservers_form_and_checked_the_same(tmp_path):
+    with socket.socket(socket.AF_INET6) as taken:
+        taken.bind(("::1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = SandboxRun(tmp_path / "state", port=port, env={"SANDBOX_HOST": "::1"}).start()
+        try:
+            assert run.wait(timeout=30) != 0
+        finally:
+            run.kill()
+    assert f"port {port} on [::1] is already in use" in run.log()
+
+
+def test_the_sandbox_answers_on_the_addresses_it_listens_on(client):
+    """``DJANGO_ALLOWED_HOSTS``' default names every loopback form ``SANDBOX_HOST`` takes."""
+    for host in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000"):
+        assert client.get("/api/schema/", HTTP_HOST=host).status_code == 200, host
+
+
 def test_a_port_that_is_not_a_number_is_refused(tmp_path):
     run = SandboxRun(tmp_path / "state", env={"SANDBOX_PORT": "80; rm -rf /"}).start()
     try:
