@@ -200,12 +200,12 @@ def check_celery_wiring(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
     """
     import warnings
 
-    from celery import current_app
+    from celery.app import app_or_default
     from django.conf import settings
 
     if webhooks_settings.merged.get("TASK_BACKEND", "celery") == "django":
         return []
-    app = current_app._get_current_object()
+    app = app_or_default()  # the current app, which a shared_task is published through
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback's loader warns that it has no celeryconfig
         broker = app.conf.broker_write_url
@@ -215,7 +215,11 @@ def check_celery_wiring(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
         'app.config_from_object("django.conf:settings", namespace="CELERY"); import that app '
         'in <project>/__init__.py. See docs/getting-started.md, "5. Celery".'
     )
-    fallback = app.main == "default" and not app.set_as_current and not app.fixups
+    fallback = (  # Celery's fallback app (celery-types does not declare these two attributes)
+        app.main == "default"
+        and not app.set_as_current  # type: ignore[attr-defined]
+        and not app.fixups  # type: ignore[attr-defined]
+    )
     if fallback:
         message = (
             "No Celery app is configured: webhooks would publish its processing tasks through "
