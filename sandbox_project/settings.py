@@ -16,7 +16,9 @@ STATE_DIR = Path(os.environ.get("SANDBOX_STATE_DIR", BASE_DIR / ".sandbox"))
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "sandbox-only-insecure-key")
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
-ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
+ALLOWED_HOSTS = os.environ.get(
+    "DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver"
+).split(",")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -66,8 +68,21 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Web server and worker share one file: wait for locks instead of failing at once.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # The web server, the worker's pool processes and beat all write to one file. Set up for
+    # concurrent writers (Django 5.1+ options):
+    # - transaction_mode IMMEDIATE: a transaction takes the write lock when it begins, so a
+    #   writer waits its turn there; a DEFERRED one that read first and then writes gets
+    #   "database is locked" at once, whatever the timeout (SQLite cannot make it wait);
+    # - timeout: how long a writer waits for the lock (seconds), instead of failing at once;
+    # - WAL: readers never block the writer, nor the writer its readers; NORMAL sync is safe
+    #   with WAL (a power cut may lose the last commits, never corrupt the file).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        }
+    )
 
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 if os.environ.get("REDIS_CACHE_URL"):

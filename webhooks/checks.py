@@ -23,6 +23,12 @@
   refuses no replay). An id from a header with a signed timestamp is not warned about: within
   ``TOLERANCE`` a resend is a replay of the same signed content, after it the timestamp is stale.
   The rules live in ``Provider.config_warnings``.
+- ``webhooks.W003``: the processing tasks would not reach the project's broker: no Celery app
+  is configured (the tasks would go through Celery's fallback app, which reads none of the
+  ``CELERY_*`` settings), or the app reads no broker URL (Celery would publish to its built-in
+  default, ``amqp://guest@localhost:5672//``). The hint names ``CELERY_BROKER_URL`` and
+  ``app.config_from_object("django.conf:settings", namespace="CELERY")``. Not checked when
+  ``WEBHOOKS["TASK_BACKEND"]`` is ``"django"``.
 - ``webhooks.E008``: a processing setting out of range or of the wrong type (``MAX_ATTEMPTS``,
   ``RETRY_BASE_DELAY``, ``RETRY_MAX_DELAY``, ``STUCK_AFTER``, ``RETENTION_DAYS``, the
   ``DISPATCH_*`` and ``REQUEUE_RECEIVED_AFTER`` numbers, ``TASK_QUEUE``,
@@ -173,3 +179,65 @@ def _as_error(problem: ConfigProblem) -> Error:
 def _without_key(message: str) -> str:
     # provider_class's messages start with the key, which the check already shows.
     return message.split(": ", 1)[1] if message.startswith("WEBHOOKS[") else message
+
+
+#: Where Celery publishes when no broker is configured (its built-in default).
+CELERY_DEFAULT_BROKER = "amqp://guest@localhost:5672//"
+
+
+@register()
+def check_celery_wiring(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W003: processing tasks would not reach the project's broker.
+
+    The processing tasks are ``shared_task``s: they are published through Celery's current
+    app, which is the project's when its package imports its ``celery.py`` (Celery's Django
+    recipe: the app is made current, and with ``DJANGO_SETTINGS_MODULE`` set Celery's Django
+    fix-up makes it the default of every thread). Without that, Celery makes up a fallback app
+    (``celery._state``: named ``default``, no fix-ups, never current), which reads none of the
+    ``CELERY_*`` settings; and an app that reads no broker URL publishes to
+    ``CELERY_DEFAULT_BROKER``, whatever RabbitMQ listens there. Skipped when the project
+    chose Django's Tasks backend (``WEBHOOKS["TASK_BACKEND"] = "django"``).
+    """
+    import warnings
+
+    from celery.app import app_or_default
+    from django.conf import settings
+
+    if webhooks_settings.merged.get("TASK_BACKEND", "celery") == "django":
+        return []
+    app = app_or_default()  # the current app, which a shared_task is published through
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback's loader warns that it has no celeryconfig
+        broker = app.conf.broker_write_url
+    hint = (
+        "Set CELERY_BROKER_URL and have your project's Celery app read it: in "
+        '<project>/celery.py, app = Celery("<project>") and '
+        'app.config_from_object("django.conf:settings", namespace="CELERY"); import that app '
+        'in <project>/__init__.py. See docs/getting-started.md, "5. Celery".'
+    )
+    fallback = (  # Celery's fallback app (celery-types does not declare these two attributes)
+        app.main == "default"
+        and not app.set_as_current  # type: ignore[attr-defined]
+        and not app.fixups  # type: ignore[attr-defined]
+    )
+    if fallback:
+        message = (
+            "No Celery app is configured: webhooks would publish its processing tasks through "
+            "Celery's fallback app"
+        )
+        ignored = sorted(name for name in dir(settings) if name.startswith("CELERY_"))
+        if ignored:
+            names = ", ".join(ignored[:3]) + (", ..." if len(ignored) > 3 else "")
+            message += f", which reads none of your CELERY_* settings ({names})"
+        if not broker:
+            message += f", to Celery's default broker {CELERY_DEFAULT_BROKER}"
+        message += "."
+    elif not broker:
+        message = (
+            f"The Celery app {app.main!r} has no broker URL: webhooks would publish its "
+            f"processing tasks to Celery's default broker, {CELERY_DEFAULT_BROKER}, whatever "
+            "listens there."
+        )
+    else:
+        return []
+    return [Warning(message, hint=hint, obj="celery", id="webhooks.W003")]

@@ -1,11 +1,14 @@
 """The sandbox's outage demo: a real fake vendor over HTTP opens the real breaker in PostgreSQL."""
 
+import re
+from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
-from integrations.breaker import reset_breaker
+from integrations.breaker import force_open_breaker, reset_breaker
 from integrations.models import BreakerTransition, CircuitBreaker
 
 
@@ -41,6 +44,43 @@ def test_after_a_reset_a_healthy_vendor_answers():
     assert output.count("EUR rate 1.0842") == 2
     assert "breaker 'demo-rates' is closed." in output
     assert CircuitBreaker.objects.get(name="demo-rates").state == "closed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_healthy_while_the_breaker_is_open_says_until_when_and_how_to_close_it():
+    run("--calls", "6")
+
+    output = run("--healthy", "--calls", "2")
+
+    assert output.count("CircuitOpenError") == 2
+    assert "The vendor saw 0 request(s); breaker 'demo-rates' is open." in output
+    # RESET_TIMEOUT is 30 s by default: the time the breaker lets a probe through.
+    match = re.search(r"It is open until (\d\d:\d\d:\d\d) UTC \(in (\d+) s\)", output)
+    assert match, output
+    assert 25 <= int(match[2]) <= 30
+    assert "no call reached it while the breaker is open" in output
+    assert "wait until then, or reset the breaker now with " in output
+    assert "`manage.py circuit_breakers reset demo-rates`" in output
+    assert "with --healthy" not in output  # it was run with --healthy: that is not the fix
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_breaker_held_open_by_an_operator_says_so():
+    run("--calls", "1")  # the breaker's row exists
+    until = timezone.now() + timedelta(minutes=10)
+    force_open_breaker("demo-rates", actor="admin", reason="vendor maintenance", until=until)
+
+    output = run("--healthy", "--calls", "1")
+
+    assert "breaker 'demo-rates' is forced_open." in output
+    match = re.search(r"An operator holds it open until \d\d:\d\d:\d\d UTC \(in (\d+) s\)", output)
+    assert match, output
+    assert 590 <= int(match[1]) <= 600
+    assert "wait until then" not in output  # only a reset ends it early
+    assert "reset the breaker now with `manage.py circuit_breakers reset demo-rates`" in output
+
+    force_open_breaker("demo-rates", actor="admin", reason="vendor maintenance")  # no end
+    assert "An operator holds it open until someone resets it" in run("--calls", "1")
 
 
 @pytest.mark.django_db

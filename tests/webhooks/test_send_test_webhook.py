@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import StringIO
 
@@ -15,7 +16,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from tests.servers import ROOT, free_port
+from tests.servers import ROOT, GunicornServer, free_port
 from webhooks.models import WebhookEvent
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -122,6 +123,20 @@ def test_unknown_endpoint_exits_2(live_server):
     assert excinfo.value.returncode == 2
 
 
+def test_unknown_endpoint_lists_the_known_ones(live_server, settings):
+    with pytest.raises(CommandError) as excinfo:
+        run("nosuch", "--url", live_server.url)
+    assert str(excinfo.value) == (
+        "unknown endpoint 'nosuch': not in WEBHOOKS['ENDPOINTS'] "
+        "(known endpoints: acme, github, partner, stripe)"
+    )
+    assert excinfo.value.returncode == 2
+
+    settings.WEBHOOKS = {"ENDPOINTS": {}}
+    with pytest.raises(CommandError, match=r"\(no endpoint is configured\)"):
+        run("nosuch", "--url", live_server.url)
+
+
 def test_misconfigured_endpoint_exits_2(live_server, settings):
     settings.WEBHOOKS = {"ENDPOINTS": {"bad": {"PROVIDER": "github", "SECRETS": [""]}}}
     with pytest.raises(CommandError, match=r'\["bad"\]\["SECRETS"\]\[0\]') as excinfo:
@@ -163,9 +178,130 @@ def test_help_documents_the_defaults():
     from webhooks.management.commands.send_test_webhook import Command
 
     text = Command().create_parser("manage.py", "send_test_webhook").format_help()
-    for option in ("--url", "--type", "--duplicate", "--bad-signature", "--timeout"):
+    for option in ("--url", "--type", "--id", "--data", "--duplicate", "--bad-signature"):
         assert option in text
+    assert "--timeout" in text
     assert "http://127.0.0.1:8000" in text
+    # Where --data's event id and type come from, for providers that carry them in headers.
+    flat = " ".join(text.split())
+    for words in ("X-GitHub-Delivery and X-GitHub-Event", "webhook-id", "MAX_BODY_BYTES"):
+        assert words in flat
+
+
+# -- --data: one's own event ---------------------------------------------------------------------
+
+
+def test_data_inline_json_is_signed_and_sent_as_given(live_server):
+    body = '{"id": "evt_mine_1", "object": "event", "type": "invoice.paid",  "data": {}}'
+    output = run("stripe", "--url", live_server.url, "--data", body, "--duplicate")
+    event = WebhookEvent.objects.get()
+    assert (event.event_id, event.event_type) == ("evt_mine_1", "invoice.paid")
+    assert bytes(event.body) == body.encode()  # the exact bytes, spacing included
+    assert "POST " in output and "(invoice.paid, id evt_mine_1)" in output
+    assert '"status": "duplicate"' in output
+
+
+def test_data_file_with_id_and_type_from_options_where_headers_carry_them(live_server, tmp_path):
+    payload = tmp_path / "push.json"
+    body = b'{\n  "ref": "refs/heads/main",\n  "commits": [],\n  "caf\xc3\xa9": true\n}\n'
+    payload.write_bytes(body)
+    run("github", "--url", live_server.url, "--data", str(payload), "--id", "d-1", "--type", "push")
+    event = WebhookEvent.objects.get()
+    assert (event.event_id, event.event_type) == ("d-1", "push")
+    assert bytes(event.body) == body
+    assert event.payload["caf\u00e9"] is True
+
+    # Without them: a fresh delivery id and GitHub's default event, ping (as --help says).
+    other = tmp_path / "other.json"
+    other.write_text('{"zen": "mine"}')
+    run("github", "--url", live_server.url, "--data", str(other))
+    event = WebhookEvent.objects.exclude(event_id="d-1").get()
+    assert event.event_type == "ping"
+    assert uuid.UUID(event.event_id)
+
+    # Standard Webhooks: the id from webhook-id (--id), the type from the payload.
+    run("acme", "--url", live_server.url, "--id", "msg_mine", "--data", '{"type": "a.b", "x": 1}')
+    event = WebhookEvent.objects.get(endpoint="acme")
+    assert (event.event_id, event.event_type) == ("msg_mine", "a.b")
+
+
+def test_id_of_a_sample(live_server):
+    run("stripe", "--url", live_server.url, "--id", "evt_chosen")
+    assert WebhookEvent.objects.get().event_id == "evt_chosen"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ('{"id": "evt_1", "type": ', r"^--data: body is not JSON: Expecting value: line 1"),
+        ("[1, 2]", r"^--data: body is not a JSON object$"),
+        ('{"id": "evt_1", "type": "a", "n": NaN}', r"^--data: body holds NaN"),
+        ("no/such/file.json", r"^--data 'no/such/file.json': cannot read the file \(No such file"),
+        (".", r"^--data '.': cannot read the file \(Is a directory\)$"),
+    ],
+)
+def test_bad_data_is_a_usage_error_before_anything_is_sent(data, message):
+    # Nothing listens at --url: had the command sent anything, it would exit 3 instead.
+    with pytest.raises(CommandError, match=message) as excinfo:
+        run("stripe", "--url", f"http://127.0.0.1:{free_port()}", "--data", data)
+    assert excinfo.value.returncode == 2
+
+
+def test_a_file_that_is_not_json_is_named(tmp_path):
+    payload = tmp_path / "event.json"
+    payload.write_bytes(b"\x80 not json")
+    with pytest.raises(CommandError, match=r"event.json': body is not JSON: 'utf-8' codec"):
+        run("stripe", "--url", f"http://127.0.0.1:{free_port()}", "--data", str(payload))
+
+
+@pytest.mark.parametrize("value", ["has space", "new\nline", "x" * 256, "", "caf\u00e9"])
+@pytest.mark.parametrize("option", ["--id", "--type"])
+def test_ids_and_types_that_cannot_be_sent_in_a_header_are_refused(option, value):
+    with pytest.raises(CommandError, match=f"argument {option}: .* is not usable"):
+        run("github", "--url", f"http://127.0.0.1:{free_port()}", option, value)
+
+
+def json_of_size(size: int) -> str:
+    text = '{"a": "' + "x" * (size - 9) + '"}'
+    assert len(text.encode()) == size
+    return text
+
+
+def test_data_over_the_endpoints_max_body_bytes_is_refused_before_sending(settings, tmp_path):
+    settings.WEBHOOKS = {
+        **settings.WEBHOOKS,
+        "ENDPOINTS": {
+            **settings.WEBHOOKS["ENDPOINTS"],
+            "github": {"PROVIDER": "github", "SECRETS": ["s"], "MAX_BODY_BYTES": 1024},
+        },
+    }
+    url = f"http://127.0.0.1:{free_port()}"
+    over = json_of_size(1025)
+    with pytest.raises(CommandError, match=r"larger than the endpoint's MAX_BODY_BYTES \(1,024"):
+        run("github", "--url", url, "--data", over)
+    # A file is read no further than the limit: an endless one is refused, not read into memory.
+    with pytest.raises(CommandError, match="larger than the endpoint's MAX_BODY_BYTES") as excinfo:
+        run("github", "--url", url, "--data", "/dev/zero")
+    assert excinfo.value.returncode == 2
+
+
+@pytest.mark.multiprocess
+def test_data_at_the_limit_is_accepted_by_a_real_server_with_that_limit(settings):
+    """The bound is the server's own: gunicorn running the sandbox with a 2 KiB limit for
+    ``github`` accepts a body of exactly 2048 bytes, which the command sends."""
+    limit = 2048
+    github = {**settings.WEBHOOKS["ENDPOINTS"]["github"], "MAX_BODY_BYTES": limit}
+    settings.WEBHOOKS = {
+        **settings.WEBHOOKS,
+        "ENDPOINTS": {**settings.WEBHOOKS["ENDPOINTS"], "github": github},
+    }
+    at_limit = json_of_size(limit)
+    with GunicornServer(webhooks={"ENDPOINTS": {"github": {"MAX_BODY_BYTES": limit}}}) as server:
+        output = run("github", "--url", server.url, "--data", at_limit, "--type", "push")
+        assert '-> 200 {"status": "accepted"' in output
+        with pytest.raises(CommandError, match="MAX_BODY_BYTES"):
+            run("github", "--url", server.url, "--data", json_of_size(limit + 1))
+    assert bytes(WebhookEvent.objects.get().body) == at_limit.encode()
 
 
 @pytest.mark.multiprocess

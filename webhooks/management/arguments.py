@@ -9,6 +9,8 @@ import math
 
 from tether.dates import parse_when
 
+from ..providers.base import MAX_ID_LENGTH
+
 # Exit codes of the webhooks commands.
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad input, as argparse itself uses
@@ -61,3 +63,20 @@ def positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
     return number
+
+
+def event_identifier(value: str) -> str:
+    """An event id or type given to a command (``send_test_webhook --id/--type``). It may be
+    sent in a header (GitHub's ``X-GitHub-Delivery``/``X-GitHub-Event``, Standard Webhooks'
+    ``webhook-id``), so: 1 to 255 printable ASCII characters, no spaces."""
+    if not (
+        0 < len(value) <= MAX_ID_LENGTH
+        and value.isascii()
+        and value.isprintable()
+        and " " not in value
+    ):
+        raise argparse.ArgumentTypeError(
+            f"{value[:80]!r} is not usable: give 1 to {MAX_ID_LENGTH} printable ASCII "
+            "characters without spaces"
+        )
+    return value

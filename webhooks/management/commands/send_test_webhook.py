@@ -1,5 +1,6 @@
 """``manage.py send_test_webhook ENDPOINT``: sign a realistic sample event with the endpoint's
-secret and POST it to a running server, like a vendor's CLI "trigger".
+secret and POST it to a running server, like a vendor's CLI "trigger"; or, with ``--data``,
+your own event (a JSON file or inline JSON), signed exactly as given.
 
 Exit status: 0 when the answer is the expected one (2xx; 400 ``invalid_signature`` with
 ``--bad-signature``; ``duplicate`` for the second delivery with ``--duplicate``), 1 when it is
@@ -8,13 +9,18 @@ not, 2 for a usage or configuration error, 3 when the server cannot be reached.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from webhooks.exceptions import UnknownEndpoint, WebhookConfigurationError
-from webhooks.management.arguments import EXIT_USAGE
+from webhooks.conf import webhooks_settings
+from webhooks.exceptions import MalformedPayload, UnknownEndpoint, WebhookConfigurationError
+from webhooks.management.arguments import EXIT_USAGE, event_identifier
+from webhooks.providers import get_provider
+from webhooks.providers.base import load_json_object
 from webhooks.testing import WebhookRequest, build_request, send_request
 
 EXIT_UNEXPECTED = 1
@@ -38,9 +44,32 @@ class Command(BaseCommand):
         parser.add_argument(
             "--type",
             dest="event_type",
+            type=event_identifier,
             default=None,
             help="Event type of the sample (default: the provider's, e.g. "
-            "payment_intent.succeeded for Stripe, ping for GitHub).",
+            "payment_intent.succeeded for Stripe, ping for GitHub). With --data: the type for "
+            "providers that read it from a header (see --data); others read the payload's.",
+        )
+        parser.add_argument(
+            "--id",
+            dest="event_id",
+            type=event_identifier,
+            default=None,
+            help="Event id to send (default: a fresh one). With --data: the id for providers "
+            "that read it from a header (see --data); others read the payload's.",
+        )
+        parser.add_argument(
+            "--data",
+            metavar="PAYLOAD",
+            default=None,
+            help="Send this payload instead of the provider's sample: inline JSON (a value "
+            "that starts with '{' or '[') or the path of a JSON file. The body is signed exactly "
+            "as given; it must be a JSON object no larger than the endpoint's MAX_BODY_BYTES. "
+            "The event id and type are the payload's for Stripe (id, type) and Standard "
+            "Webhooks (type); where a provider reads them from headers (GitHub: "
+            "X-GitHub-Delivery and X-GitHub-Event; Standard Webhooks: webhook-id; an hmac "
+            "endpoint's 'header:' EVENT_ID/EVENT_TYPE), they come from --id and --type, or a "
+            "fresh id and the provider's default type (GitHub: ping; hmac: test.event) are sent.",
         )
         parser.add_argument(
             "--duplicate",
@@ -62,14 +91,21 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         endpoint = options["endpoint"]
         try:
+            provider = get_provider(endpoint)
+            payload = None
+            if options["data"] is not None:
+                payload = read_payload(options["data"], provider.max_body_bytes)
             request = build_request(
                 endpoint,
+                payload,
                 event_type=options["event_type"],
+                event_id=options["event_id"],
                 bad_signature=options["bad_signature"],
             )
         except UnknownEndpoint as exc:
             raise CommandError(
-                f"unknown endpoint {endpoint!r}: not in WEBHOOKS['ENDPOINTS']",
+                f"unknown endpoint {endpoint!r}: not in WEBHOOKS['ENDPOINTS'] "
+                f"({known_endpoints()})",
                 returncode=EXIT_USAGE,
             ) from exc
         except WebhookConfigurationError as exc:
@@ -109,6 +145,50 @@ class Command(BaseCommand):
         if second and _json(response).get("status") != "duplicate":
             return "expected the second delivery to be answered 'duplicate'"
         return None
+
+
+def known_endpoints() -> str:
+    """The configured endpoint names, for an error about an unknown one."""
+    endpoints = webhooks_settings["ENDPOINTS"]
+    names = sorted(map(str, endpoints)) if isinstance(endpoints, Mapping) else []
+    if not names:
+        return "no endpoint is configured"
+    return f"known endpoints: {', '.join(names)}"
+
+
+def read_payload(value: str, limit: int) -> bytes:
+    """The body ``--data`` gives: inline JSON (starting with ``{`` or ``[``) or a file's bytes,
+    at most ``limit`` bytes (the endpoint's ``MAX_BODY_BYTES``; a file is never read further),
+    and a JSON object by the rules the endpoint applies (``load_json_object``). ``CommandError``
+    (usage) otherwise."""
+    if value.lstrip().startswith(("{", "[")):
+        source = "--data"
+        try:
+            body = value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise CommandError("--data is not valid UTF-8 text", returncode=EXIT_USAGE) from exc
+    else:
+        source = f"--data {value!r}"
+        try:
+            with Path(value).open("rb") as file:
+                body = file.read(limit + 1)
+        except OSError as exc:
+            raise CommandError(
+                f"{source}: cannot read the file ({exc.strerror or type(exc).__name__})",
+                returncode=EXIT_USAGE,
+            ) from exc
+    if len(body) > limit:
+        raise CommandError(
+            f"{source}: the payload is larger than the endpoint's MAX_BODY_BYTES ({limit:,} "
+            "bytes): the endpoint would refuse it (413)",
+            returncode=EXIT_USAGE,
+        )
+    try:
+        load_json_object(body)
+    except MalformedPayload as exc:
+        detail = f": {exc.__cause__}" if isinstance(exc.__cause__, ValueError) else ""
+        raise CommandError(f"{source}: {exc}{detail}", returncode=EXIT_USAGE) from exc
+    return body
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

@@ -4,20 +4,27 @@ Starts ``integrations.testing.FakeVendor`` on 127.0.0.1, answering 503 (or, with
 a rate), and calls it through the demo's ``ExchangeRates`` client. After
 ``FAILURE_THRESHOLD`` failed attempts (5 by default) the ``demo-rates`` breaker opens and the
 next calls fail fast without reaching the vendor. See it in the admin (Integrations > Circuit
-breakers), reset it there or with ``manage.py circuit_breakers reset demo-rates``, then run this
-command again with ``--healthy``.
+breakers), reset it there or with ``manage.py circuit_breakers reset demo-rates`` (or wait for
+its reset timeout, 30 s by default, after which one probe call goes through), then run this
+command again with ``--healthy``. While the breaker is open, ``--healthy`` calls fail fast too:
+the command then says until when it is open and how to close it.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from integrations.exceptions import CircuitOpenError, IntegrationError
 from integrations.testing import FakeVendor, Reply
 
 from ...services import ExchangeRates
+
+ADMIN_PAGE = "/admin/integrations/circuitbreaker/"
+RESET_COMMAND = "`manage.py circuit_breakers reset demo-rates`"
 
 
 class Command(BaseCommand):
@@ -41,11 +48,17 @@ class Command(BaseCommand):
             client = ExchangeRates(
                 base_url=vendor.url, retry={"MAX_ATTEMPTS": 2, "BASE_DELAY": 0.05, "MAX_DELAY": 0.1}
             )
+            refused_until: datetime | None = None  # from the last call the breaker refused
             for number in range(1, calls + 1):
                 try:
                     rate = client.rate("EUR")
                 except CircuitOpenError as error:
                     self.stdout.write(f"call {number}: CircuitOpenError: {error}")
+                    refused_until = (
+                        None
+                        if error.retry_after is None
+                        else timezone.now() + timedelta(seconds=error.retry_after)
+                    )
                 except IntegrationError as error:
                     self.stdout.write(f"call {number}: {type(error).__name__}: {error}")
                 else:
@@ -53,9 +66,36 @@ class Command(BaseCommand):
             seen = vendor.count("GET", "/v1/rates/EUR")
         state = client.get_breaker().state
         self.stdout.write(f"The vendor saw {seen} request(s); breaker 'demo-rates' is {state}.")
-        if state != "closed":
-            self.stdout.write(
-                "See it in the admin at /admin/integrations/circuitbreaker/, reset it there (or "
-                "`manage.py circuit_breakers reset demo-rates`), then run this "
-                "command with --healthy."
+        if state in ("open", "half_open", "forced_open"):
+            self.stdout.write(self._why_calls_fail_fast(state, refused_until))
+            self.stdout.write(self._what_next(state, healthy=healthy))
+
+    @staticmethod
+    def _why_calls_fail_fast(state: str, until: datetime | None) -> str:
+        """What the open breaker does, and until when."""
+        if until is not None:
+            left = max(0, round((until - timezone.now()).total_seconds()))
+            when = f"until {timezone.localtime(until):%H:%M:%S %Z} (in {left} s)"
+        else:
+            when = "until someone resets it"
+        if state == "forced_open":
+            return f"An operator holds it open {when}: every call fails fast."
+        return (
+            f"It is open {when}: until then every call fails fast without reaching the vendor; "
+            "after that, one probe call goes through and closes it if the vendor answers."
+        )
+
+    @staticmethod
+    def _what_next(state: str, *, healthy: bool) -> str:
+        """How to see calls succeed again from here."""
+        wait = "" if state == "forced_open" else "wait until then, or "
+        if healthy:
+            return (
+                "The vendor answers now, but no call reached it while the breaker is open: "
+                f"{wait}reset the breaker now with {RESET_COMMAND} (or in the admin at "
+                f"{ADMIN_PAGE}), then run this command again."
             )
+        return (
+            f"See it in the admin at {ADMIN_PAGE}. To see calls succeed again, {wait}reset it "
+            f"(there, or {RESET_COMMAND}), then run this command with --healthy."
+        )
