@@ -29,7 +29,7 @@ def built(tmp_path_factory) -> tuple[email.message.Message, str]:
     checkout), and what the backend printed while building it."""
     source = tmp_path_factory.mktemp("source")
     out = tmp_path_factory.mktemp("metadata")
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, source / name)
     result = subprocess.run(
         [sys.executable, "-c", BUILD_METADATA.format(out=str(out))],
@@ -48,6 +48,7 @@ def test_the_licence_is_an_spdx_expression_built_without_warnings(built):
     metadata, output = built
     assert metadata["License-Expression"] == "MIT"
     assert metadata["License"] is None  # the deprecated free-text field
+    assert metadata["License-File"] == "LICENSE"  # the licence's text ships with the code
     assert "license" not in output.lower(), output
 
 
