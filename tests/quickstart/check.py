@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         env=base_environment(services),
     )
     print(
-        f"quickstart-check: following {options.page.relative_to(ROOT)} in {workdir} "
+        f"quickstart-check: following {options.page} in {workdir} "
         f"(database {services.database}, Redis database {services.redis_db}, port {run.port})"
     )
     status = 1

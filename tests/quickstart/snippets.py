@@ -119,7 +119,7 @@ def _snippet(marker: re.Match[str], info: str, body: str, line: int, source: str
     title_match = _TITLE.search(info)
     title = title_match.group("title") if title_match else None
     if kind in FILE_KINDS and title is None:
-        raise SnippetError(f'{where}: an {kind} block names its file: ```python title="path"')
+        raise SnippetError(f'{where}: a {kind!r} block names its file: ```python title="path"')
     if kind in FILE_KINDS and (Path(title or "").is_absolute() or ".." in Path(title or "").parts):
         raise SnippetError(f"{where}: the file {title!r} must be relative to the project")
     return Snippet(kind=kind, text=body, line=line, title=title, reason=reason)
