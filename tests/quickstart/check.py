@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 import psycopg
@@ -172,6 +173,7 @@ class Process:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    output: BinaryIO
 
     def tail(self) -> str:
         return _tail(self.log)
@@ -371,16 +373,17 @@ def run_shell(run: Run, snippet: Snippet) -> str:
 
 def start(run: Run, snippet: Snippet, name: str) -> Process:
     log = run.log_path(name)
+    output = log.open("wb")
     popen = subprocess.Popen(
         ["bash", "-e", "-c", f"exec {run.substitute(snippet.text).strip()}"],
         cwd=run.cwd,
         env=run.env,
         stdin=subprocess.DEVNULL,
-        stdout=log.open("wb"),
+        stdout=output,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: stopped with all its children
     )
-    process = Process(name=name, popen=popen, log=log)
+    process = Process(name=name, popen=popen, log=log, output=output)
     run.processes.append(process)
     return process
 
@@ -446,6 +449,7 @@ def stop_processes(processes: list[Process]) -> None:
         # Children that outlived their leader (the reloader's server, the worker's pool).
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.popen.pid, signal.SIGKILL)
+        process.output.close()
 
 
 def copy_checkout(target: Path) -> None:
