@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import re
@@ -223,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     options = parser.parse_args(argv)
+    if isinstance(sys.stdout, io.TextIOWrapper):  # progress and failure in order in CI's log
+        sys.stdout.reconfigure(line_buffering=True)
 
     started = time.monotonic()
     try:
