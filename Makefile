@@ -1,6 +1,7 @@
 # django-tether: `make run` starts the sandbox, `make test` runs the suite, `make bench` measures,
 # `make lint` checks style and types, `make docs` serves the documentation site, `make docs-check`
-# builds it with warnings as errors, `make chaos` soaks it under faults.
+# builds it with warnings as errors, `make chaos` soaks it under faults, `make quickstart-check`
+# follows docs/getting-started.md literally in a fresh project.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,8 +9,8 @@ PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
 CHAOS_ARGS ?=
 
-.PHONY: run test bench bench-smoke chaos chaos-smoke lint docs docs-check install install-test \
-	install-docs clean
+.PHONY: run test bench bench-smoke chaos chaos-smoke lint docs docs-check quickstart-check install \
+	install-test install-docs clean
 
 $(VENV)/.installed-sandbox: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +53,14 @@ bench-smoke: $(VENV)/.installed-test
 	./tests/ensure_services.sh
 	status=0; ./bench/ensure_wrk.sh && $(PY) bench/ingest.py --smoke || status=$$?; \
 	$(PY) bench/outbound.py --smoke || status=$$?; exit $$status
+
+# The getting-started page, followed as written (tests/quickstart/check.py): a fresh virtualenv
+# with django-tether pip-installed from this checkout, `django-admin startproject`, the page's
+# blocks in order, on PostgreSQL and Redis, until a signed test event is processed by a real
+# worker. Its own database (TETHER_QUICKSTART_DB) and Redis database (TETHER_REDIS_DB, default 13).
+quickstart-check: $(VENV)/.installed-test
+	./tests/ensure_services.sh
+	$(PY) -m tests.quickstart.check
 
 # The documentation site (mkdocs.yml, docs/): served with live reload on http://127.0.0.1:8001
 # (DOCS_ADDR to change it), or built into site/ with every warning an error (broken links and
