@@ -28,11 +28,15 @@ the same conditional UPDATE that counts the outcome, so the rule holds across pr
 
 Costs: a healthy call in ``closed`` makes no query while the snapshot is fresh (``CACHE_TTL``)
 and no write at all unless failures had been counted; successes are added to the row's totals
-in batches. An open breaker fails fast from the snapshot, without a query.
+in batches: at the first snapshot refresh ``SUCCESS_FLUSH_INTERVAL`` after the last batch (every
+``CACHE_TTL`` with a failure-rate rule), by a background timer that long after the first success
+of an idle process, and when the process exits. An open breaker fails fast from the snapshot,
+without a query.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import threading
@@ -42,8 +46,10 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from django.db import DatabaseError
+from django.db import DatabaseError, connections
 from django.utils import timezone
+
+from tether.fork import after_fork
 
 from .conf import integrations_settings
 from .exceptions import BreakerNotFound, CircuitOpenError, InvalidExpiry, safe_error_text
@@ -64,6 +70,7 @@ __all__ = [
     "Permit",
     "clear_local_cache",
     "disable_breaker",
+    "flush_successes",
     "force_open_breaker",
     "get_breaker",
     "probe_lease_for",
@@ -83,6 +90,9 @@ MANUAL_STATES = (FORCED_OPEN, DISABLED)
 #: Without a failure-rate rule, a process adds its batched successes to the row's
 #: ``total_successes`` at most this often (seconds). With one, every ``CACHE_TTL``.
 SUCCESS_FLUSH_INTERVAL = 30.0
+#: A process that goes idle has its batch written by a timer this long after its first pending
+#: success, and every process writes what is pending when it exits (``flush_successes``), so
+#: that a short-lived one (a command, a script) loses none.
 
 #: Seconds since the epoch, like ``time.time``. Inject another to move time in tests.
 Clock = Callable[[], float]
@@ -135,6 +145,10 @@ _pending_lock = threading.Lock()
 _pending_successes: dict[str, SuccessBatch] = {}
 #: name -> clock time of this process's last flush of successes.
 _last_flush: dict[str, float] = {}
+#: name -> the failure-rate window (seconds) of the breaker whose successes are pending.
+_pending_windows: dict[str, float] = {}
+#: The timer that writes the pending successes of a process that went idle (one at a time).
+_flush_timer: threading.Timer | None = None
 
 
 def clear_local_cache(name: str | None = None) -> None:
@@ -146,19 +160,27 @@ def clear_local_cache(name: str | None = None) -> None:
         _snapshots.clear()
         with _pending_lock:
             _pending_successes.clear()
+            _pending_windows.clear()
             _last_flush.clear()
+            _cancel_timer()
     else:
         _snapshots.pop(name, None)
 
 
-def _add_pending(name: str, version: int) -> None:
+def _add_pending(name: str, version: int, window: float) -> None:
     """One more success of a call admitted by generation ``version``, for the next batch."""
+    global _flush_timer
     with _pending_lock:
+        _pending_windows[name] = window
         batch = _pending_successes.get(name)
         if batch is None:
             _pending_successes[name] = SuccessBatch(version, 1)
         else:
             batch.add(version)
+        if _flush_timer is None:  # an idle process still writes its batch
+            _flush_timer = threading.Timer(SUCCESS_FLUSH_INTERVAL, _flush_from_timer)
+            _flush_timer.daemon = True
+            _flush_timer.start()
 
 
 def _take_pending(name: str) -> SuccessBatch:
@@ -177,6 +199,77 @@ def _give_back_pending(name: str, batch: SuccessBatch) -> None:
 
 
 _storage = DatabaseStorage()
+
+
+def flush_successes() -> int:
+    """Add every success this process has batched to its breaker's row now; how many were
+    written. Runs when the process exits (``atexit``); a batch that cannot be written (the
+    database is gone) is logged and dropped, never raised."""
+    with _pending_lock:
+        names = list(_pending_successes)
+    written = 0
+    for name in names:
+        batch = _take_pending(name)
+        if not batch.total:
+            continue
+        try:
+            _storage.add_successes(
+                name, batch, now=time.time(), window=_pending_windows.get(name, 60.0)
+            )
+        except DatabaseError as exc:
+            logger.error(
+                "circuit breaker %s: cannot add %d successes to its row (%s)",
+                name,
+                batch.total,
+                type(exc).__name__,
+                extra={"breaker": name},
+            )
+        else:
+            written += batch.total
+    return written
+
+
+def _cancel_timer() -> None:
+    global _flush_timer
+    if _flush_timer is not None:
+        _flush_timer.cancel()
+        _flush_timer = None
+
+
+def _flush_from_timer() -> None:
+    global _flush_timer
+    with _pending_lock:
+        _flush_timer = None
+    try:
+        flush_successes()
+    except Exception:
+        logger.exception("circuit breaker: flushing successes from the idle timer failed")
+    finally:
+        connections.close_all()  # this thread's own connections
+
+
+def _flush_at_exit() -> None:
+    _cancel_timer()
+    try:
+        flush_successes()
+    except Exception:  # at exit: settings or the database may already be unusable
+        logger.exception("circuit breaker: flushing successes at exit failed")
+
+
+def _forget_pending_after_fork() -> None:
+    """A forked child starts with no batch of its own: its parent writes what it had counted
+    (a copy would count every one of them twice); the lock may have been held by a thread of
+    the parent that does not exist in the child."""
+    global _pending_lock, _flush_timer
+    _pending_lock = threading.Lock()
+    _flush_timer = None  # the parent's thread: not in this process
+    _pending_successes.clear()
+    _pending_windows.clear()
+    _last_flush.clear()
+
+
+atexit.register(_flush_at_exit)
+after_fork(_forget_pending_after_fork)
 
 
 # -- the state machine ------------------------------------------------------------------------
@@ -426,8 +519,9 @@ class Breaker:
         ):
             self._guarded(self._reset_failures, permit, snapshot, self.clock())
             return
-        # The hot path: nothing written; the success joins this process's next batch.
-        _add_pending(self.name, permit.version)
+        # The hot path: nothing written; the success joins this process's next batch, which
+        # is written when it is due (``_flush_successes``), by the idle timer, or at exit.
+        _add_pending(self.name, permit.version, self.policy.window)
 
     def record_failure(self, permit: Permit, error: BaseException | None = None) -> None:
         """The attempt failed in a way that counts against the breaker. Which failures count
@@ -480,7 +574,7 @@ class Breaker:
         if moved is not None:
             self._remember(moved, now)
         else:  # another probe decided first; the success still counts (in the totals)
-            _add_pending(self.name, permit.version)
+            _add_pending(self.name, permit.version, self.policy.window)
 
     def _count_failure(self, permit: Permit, error: BaseException | None, now: float) -> None:
         snapshot = self.snapshot()
