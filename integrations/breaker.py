@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from django.db import DatabaseError, connections
@@ -68,6 +68,7 @@ __all__ = [
     "ManualClock",
     "OperatorAction",
     "Permit",
+    "check_until",
     "clear_local_cache",
     "disable_breaker",
     "flush_successes",
@@ -393,6 +394,27 @@ class Breaker:
     def _max_probes(self, snapshot: BreakerSnapshot) -> int:
         return snapshot.half_open_max_calls or self.policy.half_open_max_calls
 
+    def policy_in_force(self, snapshot: BreakerSnapshot) -> BreakerPolicy:
+        """The policy this breaker applies to ``snapshot``'s row: the settings', with the row's
+        overrides in place (what the admin shows)."""
+        return replace(
+            self.policy,
+            failure_threshold=self._threshold(snapshot),
+            reset_timeout=self._reset_timeout(snapshot),
+            half_open_max_calls=self._max_probes(snapshot),
+        )
+
+    def next_probe_at(self, snapshot: BreakerSnapshot) -> float | None:
+        """When ``snapshot``'s breaker lets a call through again (epoch seconds): an open one
+        once its reset timeout has passed (the first call then probes), a forced-open or
+        disabled one when its ``forced_until`` passes (None: never by itself). None for the
+        other states, which need no probe to be granted."""
+        if snapshot.state == OPEN:
+            return (snapshot.opened_at or self.clock()) + self._reset_timeout(snapshot)
+        if snapshot.state in MANUAL_STATES:
+            return snapshot.forced_until
+        return None
+
     def probe_lease(self) -> float:
         if self._probe_lease is not None:
             return self._probe_lease
@@ -670,6 +692,28 @@ def get_breaker(
 # snapshot expires, within ``CACHE_TTL``.
 
 
+#: The longest a person may hold a breaker forced open or disabled with an ``until``: a hold
+#: meant to last longer is one without an end (reset by hand), not a typo's year 2206.
+MAX_HOLD = timedelta(days=366)
+
+
+def check_until(until: datetime | None, now: datetime | None = None) -> None:
+    """The rule for an operator's ``until``, on every surface (admin, command, API): aware, in
+    the future, and at most ``MAX_HOLD`` away. Raises ``InvalidExpiry`` saying which."""
+    if until is None:
+        return
+    now = now or timezone.now()
+    if timezone.is_naive(until):
+        raise InvalidExpiry("until must be timezone-aware")
+    if until <= now:
+        raise InvalidExpiry(f"until ({until.isoformat()}) is not in the future")
+    if until - now > MAX_HOLD:
+        raise InvalidExpiry(
+            f"until ({until.isoformat()}) is more than {MAX_HOLD.days} days away; "
+            "hold it without an end instead, and reset it by hand"
+        )
+
+
 class OperatorAction(Protocol):
     """What the surfaces call an operator action with (``reset_breaker``,
     ``force_open_breaker``, ``disable_breaker``): the breaker's name, who acts and why; the
@@ -733,13 +777,9 @@ def _set_state(
     A breaker is created on its service's first call; one of a service configured in
     ``INTEGRATIONS["SERVICES"]`` can be acted on before that (e.g. opened ahead of a vendor's
     maintenance), from every surface alike. Any other unknown name is ``BreakerNotFound``
-    unless ``create``. ``until`` must be aware and in the future (``InvalidExpiry``)."""
+    unless ``create``. ``until`` follows ``check_until`` (``InvalidExpiry``)."""
     now = timezone.now()
-    if until is not None:
-        if timezone.is_naive(until):
-            raise InvalidExpiry("until must be timezone-aware")
-        if until <= now:
-            raise InvalidExpiry(f"until ({until.isoformat()}) is not in the future")
+    check_until(until, now)
     row = _storage.set_state(
         name,
         to_state,
