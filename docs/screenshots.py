@@ -1,4 +1,4 @@
-"""Screenshots of the admin pages an on-call engineer works from, for the docs: ``make screenshots``.
+"""Screenshots of the admin pages an on-call engineer works from: ``make screenshots``.
 
 Not run in CI (it installs a browser and takes about a minute): run it by hand after changing
 an admin page, look at the PNGs, and commit them. What it does, each time from nothing:
@@ -70,7 +70,7 @@ def ensure_tools() -> None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "playwright"], check=True)
 
 
-# -- 2. the server --------------------------------------------------------------------------------
+# -- 2. the server -----------------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -109,7 +109,8 @@ def sandbox_server(env: dict[str, str], port: int) -> Iterator[str]:
         deadline = time.monotonic() + 60
         while True:
             try:
-                urllib.request.urlopen(f"{url}/admin/login/", timeout=2).close()
+                login = f"{url}/admin/login/"  # http://127.0.0.1:<port>, built here
+                urllib.request.urlopen(login, timeout=2).close()  # noqa: S310
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
@@ -127,7 +128,7 @@ def sandbox_server(env: dict[str, str], port: int) -> Iterator[str]:
         log.close()
 
 
-# -- 3. the data ----------------------------------------------------------------------------------
+# -- 3. the data -------------------------------------------------------------------------------
 
 #: Stripe events to send: (event id, type, PaymentIntent). Orders are created first (seed).
 EVENTS: list[tuple[str, str, dict[str, Any]]] = [
@@ -234,7 +235,7 @@ def send_events(env: dict[str, str], url: str) -> None:
         )  # fmt: skip
 
 
-# -- 4. the screenshots -----------------------------------------------------------------------------
+# -- 4. the screenshots ------------------------------------------------------------------------
 
 
 def take(url: str, password: str, out: Path) -> None:
