@@ -214,9 +214,8 @@ def flush_successes() -> int:
         if not batch.total:
             continue
         try:
-            _storage.add_successes(
-                name, batch, now=time.time(), window=_pending_windows.get(name, 60.0)
-            )
+            window = _pending_windows.get(name) or BreakerPolicy.for_service(name).window
+            _storage.add_successes(name, batch, now=time.time(), window=window)
         except DatabaseError as exc:
             logger.error(
                 "circuit breaker %s: cannot add %d successes to its row (%s)",
