@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 CHAOS_ARGS ?=
 
 .PHONY: run test bench bench-smoke chaos chaos-smoke lint docs docs-check quickstart-check install \
-	install-test install-docs clean
+	install-test install-docs clean screenshots
 
 $(VENV)/.installed-sandbox: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -73,6 +73,11 @@ docs: $(VENV)/.installed-docs
 
 docs-check: $(VENV)/.installed-docs
 	$(VENV)/bin/mkdocs build --strict --clean --site-dir site
+
+# The admin screenshots of the docs (docs/images/), taken in headless Chromium from a sandbox of
+# their own; installs Debian's chromium (as root) and playwright when missing. Not run in CI.
+screenshots: $(VENV)/.installed-sandbox
+	$(PY) docs/screenshots.py
 
 # The soak: "nothing lost" under piled-up faults, on a stack of its own (see bench/README.md).
 chaos: $(VENV)/.installed-test

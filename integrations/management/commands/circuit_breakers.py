@@ -1,7 +1,7 @@
 """``circuit_breakers list|reset NAME|open NAME|disable NAME``: the admin's actions, from a shell.
 
 Exit codes: 0 done; 2 bad usage (missing NAME or --reason); 3 no breaker with that name;
-4 bad --until (not ISO 8601, or not in the future).
+4 bad --until (not ISO 8601, not in the future, or more than 366 days ahead).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
+from integrations.breaker import MAX_HOLD
 from integrations.management.commands.circuit_breakers import (
     EXIT_BAD_DATE,
     EXIT_UNKNOWN_BREAKER,
@@ -165,6 +166,14 @@ def test_until_in_the_past():
         EXIT_BAD_DATE, "disable", "exchange-rates", "--reason", "x", "--until", "2001-01-01"
     )
     assert "not in the future" in message
+    assert CircuitBreaker.objects.get().state == "closed"
+
+
+def test_until_further_than_the_longest_hold():
+    CircuitBreakerFactory(name="exchange-rates")
+    far = (timezone.now() + MAX_HOLD + timedelta(days=1)).date().isoformat()
+    message = expect_error(EXIT_BAD_DATE, "open", "exchange-rates", "--reason", "x", "--until", far)
+    assert "more than 366 days away" in message
     assert CircuitBreaker.objects.get().state == "closed"
 
 
