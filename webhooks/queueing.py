@@ -89,13 +89,10 @@ def publish_process_batch(event_pks: Sequence[int]) -> bool:
         task = _task(PROCESS_EVENTS)
         with task.app.producer_or_acquire() as producer:
             for chunk in chunks:
-                task.apply_async(
-                    args=(chunk,),
-                    producer=producer,
-                    argsrepr=_args_repr(chunk),
-                    kwargsrepr="{}",
-                    **options,
-                )
+                # argsrepr/kwargsrepr: Celery's message options, passed on by apply_async
+                # (not in celery-types' signature).
+                reprs: dict[str, Any] = {"argsrepr": _args_repr(chunk), "kwargsrepr": "{}"}
+                task.apply_async(args=(chunk,), producer=producer, **options, **reprs)
                 sent += 1
     except Exception as exc:
         unsent = [pk for chunk in chunks[sent:] for pk in chunk]
