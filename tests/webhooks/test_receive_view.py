@@ -561,3 +561,28 @@ def test_one_statement_per_delivery(transactional_db, client):
     # On PostgreSQL the insert and, for a duplicate, the body comparison are one statement.
     assert [q["sql"].split()[0] for q in new.captured_queries] == ["WITH"]
     assert [q["sql"].split()[0] for q in duplicate.captured_queries] == ["WITH"]
+
+
+def test_meta_headers_read_as_request_headers_do():
+    """The receive view's header view (read from META when asked) answers as Django's
+    ``request.headers`` does: case-insensitive, ``_`` for ``-``, the two unprefixed headers,
+    and the same mapping when iterated or compared."""
+    from django.http.request import HttpHeaders
+
+    from webhooks.receiving import MetaHeaders
+
+    meta = {
+        "HTTP_STRIPE_SIGNATURE": "t=1,v1=ab",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": "12",
+        "HTTP_X_GITHUB_EVENT": "push",
+        "wsgi.input": object(),
+        "REMOTE_ADDR": "127.0.0.1",
+    }
+    headers = MetaHeaders(meta)
+    assert headers["stripe-signature"] == headers["Stripe_Signature"] == "t=1,v1=ab"
+    assert headers.get("Content-Type") == "application/json"
+    assert headers.get("content-length") == "12"
+    assert headers.get("Remote-Addr") is None and "wsgi.input" not in headers
+    assert headers == HttpHeaders(meta)
+    assert dict(headers) == dict(HttpHeaders(meta)) and len(headers) == 4
