@@ -25,6 +25,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
+from tests.webhooks.eager import configured_celery_app, eager_setting_set_quietly
 from webhooks import conf, queueing, storage
 from webhooks.models import WebhookEvent
 from webhooks.testing import build_request, send_request
@@ -387,26 +388,18 @@ def test_each_database_gets_statements_for_its_own_features():
 
 @pytest.fixture
 def celery_app():
-    """The processing tasks' Celery app, without a run-time ``task_always_eager`` (another test
-    may have left one in ``conf.changes``); whatever was there is put back afterwards."""
-    from webhooks.tasks import process_event
-
-    app = process_event.app
-    missing = object()
-    saved = app.conf.changes.pop("task_always_eager", missing)
-    queueing._configured_eager.cache_clear()
-    yield app
-    app.conf.changes.pop("task_always_eager", None)
-    if saved is not missing:
-        app.conf.changes["task_always_eager"] = saved
-    queueing._configured_eager.cache_clear()
+    """The processing tasks' Celery app, its configured ``task_always_eager`` deciding."""
+    with configured_celery_app() as app:
+        yield app
 
 
 def test_celery_is_eager_follows_the_configuration(celery_app):
     assert not hasattr(settings, "CELERY_TASK_ALWAYS_EAGER")  # the test settings leave it out
     assert celery_app.conf.task_always_eager is False
     assert queueing.celery_is_eager() is False
-    assert queueing._configured_eager.cache_info().currsize == 1  # read once, kept
+    with eager_setting_set_quietly(True):  # no setting_changed: nothing reads it again
+        assert celery_app.conf.task_always_eager is True
+        assert queueing.celery_is_eager() is False  # read once, kept
 
 
 def test_celery_is_eager_sees_a_run_time_change_at_once(celery_app):
@@ -437,10 +430,9 @@ def test_celery_is_eager_follows_override_settings(celery_app):
 def test_an_unrelated_setting_change_keeps_the_cached_value(celery_app):
     with override_settings(CELERY_TASK_ALWAYS_EAGER=True):
         assert queueing.celery_is_eager() is True
-        read = queueing._configured_eager.cache_info().misses
-        with override_settings(TIME_ZONE="Europe/Paris"):
-            assert queueing.celery_is_eager() is True
-            assert queueing._configured_eager.cache_info().misses == read  # not read again
+        with eager_setting_set_quietly(False), override_settings(TIME_ZONE="Europe/Paris"):
+            assert celery_app.conf.task_always_eager is False
+            assert queueing.celery_is_eager() is True  # not read again
     assert queueing.celery_is_eager() is False
 
 
@@ -471,14 +463,6 @@ def test_a_bool_prepared_statements_passes_the_check(value):
 # -- a prepared statement that vanishes (a pooler in transaction mode) ------------------------
 
 
-@pytest.fixture
-def unprepared_aliases() -> Iterator[set[str]]:
-    """``webhooks.storage``'s process-wide record of aliases that stopped preparing, reset
-    after."""
-    yield storage._unprepared_aliases
-    storage._unprepared_aliases.clear()
-
-
 def drop_prepared_behind_psycopgs_back(raw: Any) -> None:
     """What a pooler in transaction mode does: the next server connection lacks the statement
     psycopg believes is prepared (psycopg is not told: the command goes to libpq directly)."""
@@ -487,9 +471,7 @@ def drop_prepared_behind_psycopgs_back(raw: Any) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_vanished_statement_is_run_again_unprepared_and_preparing_stops(
-    client, caplog, unprepared_aliases
-):
+def test_a_vanished_statement_is_run_again_unprepared_and_preparing_stops(client, caplog):
     raw = fresh_session()
     first = build_request("stripe")
     assert deliver(client, first) == "accepted"
@@ -505,16 +487,13 @@ def test_a_vanished_statement_is_run_again_unprepared_and_preparing_stops(
     assert statuses == ["accepted", "duplicate", "accepted"]
     assert WebhookEvent.objects.count() == 3
     assert receive_statements() == []
-    assert unprepared_aliases == {"default"}
     errors = [r for r in caplog.records if r.name == "webhooks.storage"]
     assert len(errors) == 1  # said once, not per delivery
     assert 'WEBHOOKS["PREPARED_STATEMENTS"] = False' in errors[0].getMessage()
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_vanished_statement_inside_a_transaction_raises_and_the_next_one_works(
-    client, unprepared_aliases
-):
+def test_a_vanished_statement_inside_a_transaction_raises_and_the_next_one_works(client):
     from django.db import ProgrammingError
 
     raw = fresh_session()
@@ -529,7 +508,27 @@ def test_a_vanished_statement_inside_a_transaction_raises_and_the_next_one_works
     with pytest.raises(ProgrammingError), transaction.atomic():
         storage.insert_or_compare(event("evt_in_tx"), "default")
     assert not WebhookEvent.objects.filter(event_id="evt_in_tx").exists()
-    assert unprepared_aliases == {"default"}
     with transaction.atomic():
         assert storage.insert_or_compare(event("evt_in_tx"), "default") == (True, None)
     assert WebhookEvent.objects.filter(event_id="evt_in_tx").exists()
+    # The process stopped preparing on that database (psycopg would prepare it again otherwise).
+    assert deliver(client, build_request("stripe")) == "accepted"
+    assert receive_statements() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_preparing_resumes_after_prepare_again_which_the_pytest_plugin_calls(client):
+    from tether.pytest_plugin import local_state_resets
+
+    raw = fresh_session()
+    assert deliver(client, build_request("stripe")) == "accepted"
+    drop_prepared_behind_psycopgs_back(raw)
+    assert deliver(client, build_request("stripe")) == "accepted"  # met the missing statement
+    assert deliver(client, build_request("stripe")) == "accepted"
+    assert receive_statements() == []  # preparing stopped
+
+    assert storage.prepare_again in local_state_resets()  # so each test starts preparing
+    storage.prepare_again()
+    fresh_session()  # a session that has the statements it believes it has
+    assert deliver(client, build_request("stripe")) == "accepted"
+    assert len(receive_statements()) == 1
