@@ -17,10 +17,11 @@ import pytest
 from django.db import connection, transaction
 from django.test import RequestFactory
 
-from tests.celery_worker import wait_until
+from tests.celery_worker import purge_broker, queued_messages, wait_until
 from tests.servers import GunicornServer, free_port
 from tests.webhooks.providers.gunicorn_server import chunked, http_request, raw_request
 from tests.webhooks.providers.signal_log import signals  # noqa: F401  (fixture)
+from webhooks import dispatch
 from webhooks.exceptions import (
     DeliveryRefused,
     InvalidSignature,
@@ -32,7 +33,7 @@ from webhooks.exceptions import (
 )
 from webhooks.models import WebhookEvent
 from webhooks.providers import get_provider
-from webhooks.signals import webhook_duplicate, webhook_rejected
+from webhooks.signals import webhook_duplicate, webhook_received, webhook_rejected
 from webhooks.storage import insert_once, insert_once_with_savepoint, insert_or_compare
 from webhooks.testing import build_request, post_webhook, send_request, sign_request
 from webhooks.views import receive
@@ -312,14 +313,23 @@ def test_csrf_is_not_required():
     assert post_webhook(csrf_client, "stripe").status_code == 200
 
 
-def test_stored_event_is_ready_for_processing(client, django_capture_on_commit_callbacks):
-    with django_capture_on_commit_callbacks() as callbacks:
+def test_stored_event_is_ready_for_processing(
+    client,
+    signals,  # noqa: F811
+    django_capture_on_commit_callbacks,
+):
+    purge_broker()
+    with django_capture_on_commit_callbacks(execute=True):
         response = post_webhook(client, "acme")
-    assert response.status_code == 200
-    names = sorted(cb.func.__name__ for cb in callbacks)
-    assert names == ["_send_received", "submit"]  # to this process's dispatcher (webhooks.dispatch)
+        assert response.status_code == 200
+        # Nothing before the insert commits.
+        assert not signals.of(webhook_received)
+        assert dispatch.dispatcher.pending == 0
+    assert len(signals.of(webhook_received)) == 1
+    assert dispatch.flush()
     event = WebhookEvent.objects.get()
-    assert callbacks[[cb.func.__name__ for cb in callbacks].index("submit")].args == (event.pk,)
+    # Through this process's dispatcher (webhooks.dispatch), which publishes batches of keys.
+    assert queued_messages() == [("webhooks.process_events", [[event.pk]])]
 
 
 # -- the insert itself ---------------------------------------------------------------------
