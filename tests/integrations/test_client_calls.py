@@ -11,6 +11,7 @@ import pytest
 from django.db import connection
 
 from integrations.testing import Reply
+from tests.forking import in_a_child
 from tests.integrations.rates import API_KEY, Rates
 
 pytestmark = pytest.mark.django_db
@@ -74,6 +75,19 @@ def test_connections_are_pooled_and_reused_across_instances(rates, vendor):
     ports = {r.client_port for r in vendor.requests}
     assert len(vendor.requests) == 3
     assert len(ports) == 1  # one keep-alive connection from the shared pool
+
+
+def test_a_forked_child_opens_connections_of_its_own(rates, vendor):
+    """A child (gunicorn, Celery prefork) must not send on its parent's pooled sockets."""
+    vendor.route("GET", "/v1/rates/EUR", Reply.json({"rate": 1}))
+    rates.rate("EUR")  # the parent's pooled keep-alive connection
+
+    assert in_a_child(lambda: str(Rates().rate("EUR"))) == "1"
+    rates.rate("EUR")
+
+    parent, child, parent_again = (r.client_port for r in vendor.requests)
+    assert child != parent
+    assert parent_again == parent  # the parent keeps its pool
 
 
 @pytest.mark.django_db(transaction=True)  # the threads' own connections commit
