@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import re
 from pathlib import Path
@@ -30,14 +31,42 @@ def test_no_second_copy_of_a_vendor_file_anywhere_in_the_repository():
     assert elsewhere == []
 
 
+def path_strings(source: str) -> list[str]:
+    """The string literals of a module that name a vendor payload's place (not its docstrings:
+    saying where the files are is fine)."""
+    tree = ast.parse(source)
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+        and re.search(r"vendor_payloads|vendor-payloads|(^|/)vendor(/|$)", node.value)
+    ]
+
+
 def test_tests_name_the_payloads_only_through_the_helper():
     helper = TESTS / "vendor.py"
-    readers = [
-        path.relative_to(TESTS)
+    readers = {
+        str(path.relative_to(TESTS)): found
         for path in TESTS.rglob("*.py")
-        if path != helper and re.search(r"vendor_payloads\"|/ ?\"vendor\"", path.read_text())
-    ]
-    assert readers == []
+        if path not in {helper, Path(__file__)}
+        and (found := path_strings(path.read_text(encoding="utf-8")))
+    }
+    assert readers == {}
+
+
+def test_the_rule_sees_a_path_of_its_own():
+    source = 'VENDOR = Path(__file__).parent / "vendor"\nx = ROOT / "providers/vendor/a.json"\n'
+    assert path_strings(source) == ["vendor", "providers/vendor/a.json"]
 
 
 def test_every_file_says_where_it_comes_from():
