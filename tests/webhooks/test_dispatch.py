@@ -23,6 +23,7 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
+from tests import postgres
 from tests.celery_worker import purge_broker, queued_messages, wait_until
 from tests.forking import in_a_child
 from tests.servers import GunicornServer
@@ -341,6 +342,7 @@ def test_the_batch_task_gives_each_event_its_own_attempt_and_outcome(handlers):
     assert finished.attempts == 0  # a finished event is skipped, not counted
 
 
+@postgres.DURABILITY
 @pytest.mark.django_db(transaction=True)
 def test_the_claim_relaxes_only_its_own_commit(handlers):
     on("stripe", "test.ok")(lambda event: None)
@@ -462,6 +464,7 @@ def _statements(captured) -> list[str]:
     return [" ".join(q["sql"].split()[:2]) for q in captured.captured_queries]
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_a_successful_attempt_is_three_statements_besides_begin_and_commit(handlers):
     """The hot path: the one-statement claim, the row lock, the outcome (no savepoint); a failing

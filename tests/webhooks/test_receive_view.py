@@ -17,6 +17,7 @@ import pytest
 from django.db import connection, transaction
 from django.test import RequestFactory
 
+from tests import postgres
 from tests.celery_worker import purge_broker, queued_messages, wait_until
 from tests.servers import GunicornServer, free_port
 from tests.webhooks.providers.gunicorn_server import chunked, http_request, raw_request
@@ -125,6 +126,7 @@ def test_verified_but_unusable_body_is_malformed(client, body):
     assert not WebhookEvent.objects.exists()
 
 
+@postgres.DATA_ERRORS
 def test_payload_that_postgresql_cannot_store_is_malformed(client):
     # Valid JSON, but PostgreSQL's jsonb refuses \u0000: a DataError, answered 400, not 500.
     body = b'{"id": "evt_nul", "type": "a.b", "note": "x\\u0000y"}'
@@ -370,6 +372,7 @@ def test_portable_savepoint_insert_decides_replays_by_the_digest_constraint():
     assert list(WebhookEvent.objects.values_list("event_id", flat=True)) == ["evt_sp1"]
 
 
+@postgres.DATA_ERRORS
 def test_malformed_payload_maps_from_data_error():
     from webhooks.providers.base import ParsedEvent
     from webhooks.receiving import store_event
@@ -552,6 +555,7 @@ def test_client_gone_mid_body_is_answered_without_a_500():
     assert json.loads(response.content) == {"error": "malformed_payload"}
 
 
+@postgres.STATEMENTS
 def test_insert_or_compare_reports_duplicates_and_their_bodies(transactional_db):
     assert insert_or_compare(_event("evt_c", b"one"), "default") == (True, None)
     assert insert_or_compare(_event("evt_c", b"one"), "default") == (False, True)
@@ -559,6 +563,7 @@ def test_insert_or_compare_reports_duplicates_and_their_bodies(transactional_db)
     assert bytes(WebhookEvent.objects.get(event_id="evt_c").body) == b"one"
 
 
+@postgres.STATEMENTS
 def test_one_statement_per_delivery(transactional_db, client):
     """The receive path's database cost: one statement for a new event, one for a duplicate."""
     from django.test.utils import CaptureQueriesContext

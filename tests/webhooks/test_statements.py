@@ -25,6 +25,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
+from tests import postgres
 from tests.webhooks.eager import configured_celery_app, eager_setting_set_quietly
 from webhooks import conf, queueing, storage
 from webhooks.models import WebhookEvent
@@ -71,6 +72,7 @@ def deliver(client, request) -> str:
 # -- the statement is prepared once per connection --------------------------------------------
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_deliveries_prepare_the_receive_statement_once_per_connection(client):
     fresh_session()
@@ -87,6 +89,7 @@ def test_deliveries_prepare_the_receive_statement_once_per_connection(client):
     assert WebhookEvent.objects.count() == 3
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_a_new_session_prepares_the_statement_again(client):
     fresh_session()
@@ -98,6 +101,7 @@ def test_a_new_session_prepares_the_statement_again(client):
     assert [executions for _, executions in receive_statements()] == [1]
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_nothing_is_prepared_when_prepared_statements_is_false(client):
     fresh_session()
@@ -110,6 +114,7 @@ def test_nothing_is_prepared_when_prepared_statements_is_false(client):
     assert WebhookEvent.objects.count() == 2
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_captured_queries_are_not_prepared_and_show_the_statement_text(client):
     fresh_session()
@@ -127,6 +132,7 @@ def test_captured_queries_are_not_prepared_and_show_the_statement_text(client):
     assert len(receive_statements()) == 1
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_deliveries_work_after_psycopg_drops_its_prepared_statements(client):
     """psycopg deallocates every prepared statement of a connection on a rollback (a savepoint's
@@ -151,6 +157,7 @@ def test_deliveries_work_after_psycopg_drops_its_prepared_statements(client):
     assert WebhookEvent.objects.count() == 2
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_events_with_and_without_a_timestamp_share_the_statement(client):
     fresh_session()
@@ -163,6 +170,7 @@ def test_events_with_and_without_a_timestamp_share_the_statement(client):
     assert [executions for _, executions in receive_statements()] == [3]
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_events_with_and_without_a_content_digest_share_the_statement(client):
     """A NULL digest (Stripe, Standard Webhooks, hmac with a signed id) is bound as ``bytea``,
@@ -182,6 +190,7 @@ def test_events_with_and_without_a_content_digest_share_the_statement(client):
 # -- results are the same with and without preparing ------------------------------------------
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "unprepared"])
 def test_new_and_duplicate_results_are_unchanged(client, caplog, prepared):
@@ -267,6 +276,7 @@ def generic_plan_of_a_duplicate() -> list[dict[str, Any]]:
     return list(plan_nodes(explained[0]["Plan"]))
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db
 def test_the_generic_plan_looks_a_duplicate_up_through_the_unique_index():
     assert not WebhookEvent.objects.exists()  # planned on the empty, freshly migrated table
@@ -293,6 +303,7 @@ def test_the_generic_plan_looks_a_duplicate_up_through_the_unique_index():
         assert cursor.fetchone() == ("auto",)
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db
 def test_with_the_dropped_index_back_the_generic_plan_filters_on_event_id():
     """The control of the test above (and the reason for migration 0002): the same probe on the
@@ -306,6 +317,7 @@ def test_with_the_dropped_index_back_the_generic_plan_filters_on_event_id():
     assert "event_id" in lookup["Filter"]
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db
 def test_the_endpoint_status_index_is_gone():
     with connection.cursor() as cursor:
@@ -315,6 +327,7 @@ def test_the_endpoint_status_index_is_gone():
     assert {UNIQUE_INDEX, DIGEST_INDEX, "webhooks_ev_status_recv_idx"} <= indexes
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db
 def test_the_digest_index_is_unique_and_partial():
     """Events without a digest, the hot path's, add no entry to it."""
@@ -329,6 +342,7 @@ def test_the_digest_index_is_unique_and_partial():
 # -- psycopg's prepare_threshold ----------------------------------------------------------------
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_a_connection_without_a_threshold_gets_one_no_query_reaches(client):
     raw = fresh_session()
@@ -339,6 +353,7 @@ def test_a_connection_without_a_threshold_gets_one_no_query_reaches(client):
     assert len(receive_statements()) == 1
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_a_users_threshold_is_left_as_is(client):
     raw = fresh_session()
@@ -351,6 +366,7 @@ def test_a_users_threshold_is_left_as_is(client):
     assert [executions for _, executions in receive_statements()] == [2]
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_no_threshold_is_set_when_prepared_statements_is_false(client):
     raw = fresh_session()
@@ -374,6 +390,7 @@ def another_database(alias: str, **features: Any) -> Any:
     return other
 
 
+@postgres.STATEMENTS
 def test_each_database_gets_statements_for_its_own_features():
     """Statements are kept per alias: two databases of one vendor whose features differ get
     each their own text (they were kept per vendor, and the first one built served both)."""
@@ -470,6 +487,7 @@ def drop_prepared_behind_psycopgs_back(raw: Any) -> None:
     assert result.status == 1  # COMMAND_OK
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_a_vanished_statement_is_run_again_unprepared_and_preparing_stops(client, caplog):
     raw = fresh_session()
@@ -492,6 +510,7 @@ def test_a_vanished_statement_is_run_again_unprepared_and_preparing_stops(client
     assert 'WEBHOOKS["PREPARED_STATEMENTS"] = False' in errors[0].getMessage()
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_a_vanished_statement_inside_a_transaction_raises_and_the_next_one_works(client):
     from django.db import ProgrammingError
@@ -516,6 +535,7 @@ def test_a_vanished_statement_inside_a_transaction_raises_and_the_next_one_works
     assert receive_statements() == []
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_preparing_resumes_after_prepare_again_which_the_pytest_plugin_calls(client):
     from tether.pytest_plugin import local_state_resets

@@ -9,6 +9,7 @@ from django.urls import reverse
 from integrations.breaker import get_breaker
 from integrations.exceptions import CircuitOpenError
 from integrations.models import BreakerTransition, CircuitBreaker
+from tests import postgres
 from tests.integrations.factories import BreakerTransitionFactory, CircuitBreakerFactory
 
 pytestmark = pytest.mark.django_db
@@ -144,6 +145,7 @@ def _messages(response) -> list[tuple[str, str]]:
     return [(m.level_tag, str(m)) for m in response.context["messages"]]
 
 
+@postgres.ROW_LOCKS
 def test_action_reports_success_only_for_the_breakers_it_changed(admin_client):
     first = CircuitBreakerFactory(name="exchange-rates", tripped=True)
     second = CircuitBreakerFactory(name="geocoder", tripped=True)
@@ -161,6 +163,7 @@ def test_action_reports_success_only_for_the_breakers_it_changed(admin_client):
     assert first.state == "closed"
 
 
+@postgres.ROW_LOCKS
 def test_action_reports_no_success_when_no_breaker_was_changed(admin_client):
     breaker = CircuitBreakerFactory(name="geocoder", tripped=True)
     with connection.execute_wrapper(_delete_when_locked("geocoder")):
