@@ -1,4 +1,5 @@
-# django-tether: `make run` starts the sandbox, `make test` runs the suite, `make bench` measures,
+# django-tether: `make run` starts the sandbox, `make test` runs the suite (`make test-sqlite`: its
+# database-agnostic part on SQLite), `make bench` measures,
 # `make lint` checks style and types, `make docs` serves the documentation site, `make docs-check`
 # builds it with warnings as errors, `make chaos` soaks it under faults, `make quickstart-check`
 # follows docs/getting-started.md literally in a fresh project.
@@ -9,8 +10,8 @@ PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
 CHAOS_ARGS ?=
 
-.PHONY: run test bench bench-smoke chaos chaos-smoke lint docs docs-check quickstart-check install \
-	install-test install-docs clean screenshots
+.PHONY: run test test-sqlite bench bench-smoke chaos chaos-smoke lint docs docs-check \
+	quickstart-check install install-test install-docs clean screenshots
 
 $(VENV)/.installed-sandbox: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +42,17 @@ test: $(VENV)/.installed-test
 	./tests/ensure_services.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The suite's database-agnostic part on SQLite, the sandbox's default database
+# (tests/settings_sqlite.py: a file, with the sandbox's options for concurrent writers). Not run
+# here: the tests marked postgres (they need PostgreSQL; the end of the run counts them by
+# reason) and those marked slow, worker or multiprocess (they start processes of their own on
+# tests.worker_settings, PostgreSQL, or on the sandbox's own SQLite file; `make test` runs them).
+SQLITE_MARKERS ?= not slow and not worker and not multiprocess
+
+test-sqlite: $(VENV)/.installed-test
+	./tests/ensure_services.sh
+	$(VENV)/bin/pytest --ds=tests.settings_sqlite --create-db -m "$(SQLITE_MARKERS)" $(PYTEST_ARGS)
 
 # Both benchmarks always run; the target fails if either did (see bench/README.md). wrk, the
 # ingest benchmark's load generator, is installed first when missing (bench/ensure_wrk.sh).

@@ -127,6 +127,14 @@ else:
 #: does not keep them): their statements are no longer prepared.
 _unprepared_aliases: set[str] = set()
 
+
+def prepare_again() -> None:
+    """Prepare statements again on every database where one vanished (see ``fetch_one``): for
+    a process whose connection pooler now keeps them, and between tests (django-tether's pytest
+    plugin, ``tether.pytest_plugin``, calls it around each test)."""
+    _unprepared_aliases.clear()
+
+
 #: Raw connections on which statement_cursor registered the typed NULLs' dumpers.
 _ready: weakref.WeakSet[Any] = weakref.WeakSet()
 

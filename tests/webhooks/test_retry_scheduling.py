@@ -14,6 +14,7 @@ from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
+from tests import postgres
 from tests.celery_worker import purge_broker
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import on, processing, queueing, services
@@ -45,6 +46,7 @@ def failing(handlers):
     return WebhookEventFactory(event_type="test.retry-boom")
 
 
+@postgres.STATEMENTS
 def test_a_failed_attempt_publishes_its_retry_with_the_countdown_it_wrote(broker, failing):
     with CaptureQueriesContext(connection) as queries:
         assert processing.process_event(failing.pk, retry=True) == Status.PROCESSING

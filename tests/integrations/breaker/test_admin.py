@@ -18,6 +18,7 @@ from django.utils import timezone
 from integrations.breaker import get_breaker
 from integrations.exceptions import CircuitOpenError
 from integrations.models import BreakerTransition, CircuitBreaker
+from tests import postgres
 from tests.integrations.factories import BreakerTransitionFactory, CircuitBreakerFactory
 
 pytestmark = pytest.mark.django_db
@@ -306,6 +307,7 @@ def _messages(response) -> list[tuple[str, str]]:
     return [(m.level_tag, str(m)) for m in response.context["messages"]]
 
 
+@postgres.ROW_LOCKS
 def test_a_breaker_deleted_before_the_confirmation_is_reported(admin_client):
     breaker = CircuitBreakerFactory(name="geocoder", tripped=True)
     with connection.execute_wrapper(_delete_when_locked("geocoder")):

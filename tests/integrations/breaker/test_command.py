@@ -22,6 +22,7 @@ from integrations.management.commands.circuit_breakers import (
     EXIT_USAGE,
 )
 from integrations.models import BreakerTransition, CircuitBreaker
+from tests import postgres
 from tests.integrations.factories import CircuitBreakerFactory
 
 pytestmark = pytest.mark.django_db
@@ -182,6 +183,7 @@ def test_unknown_action():
         run("explode", "exchange-rates")
 
 
+@postgres.SUBPROCESS
 @pytest.mark.django_db(transaction=True)
 def test_exit_codes_from_a_real_shell():
     """As an operator runs it: ``manage.py circuit_breakers`` in its own process."""
