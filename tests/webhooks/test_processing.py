@@ -108,7 +108,8 @@ def test_permanent_failure_ends_failed_without_retry(handlers, on_commit, receiv
         assert processing.process_event(event.pk) == Status.FAILED
     event.refresh_from_db()
     assert (event.status, event.attempts) == (Status.FAILED, 1)
-    assert event.last_error == "webhooks.exceptions.PermanentFailure: amount mismatch"
+    first_line = event.last_error.splitlines()[0]
+    assert first_line == "webhooks.exceptions.PermanentFailure: amount mismatch"
     assert event.next_attempt_at is None
     [(name, signalled, kwargs)] = received_signals
     assert name == "failed" and signalled.pk == event.pk
@@ -136,7 +137,7 @@ def test_a_failing_handler_is_retried_on_schedule_then_ends_failed(
         assert processing.process_event(event.pk) == Status.PROCESSING
         event.refresh_from_db()
         assert (event.status, event.attempts) == (Status.PROCESSING, attempt)
-        assert event.last_error == "RuntimeError: boom"
+        assert event.last_error.splitlines()[0] == "RuntimeError: boom"
         assert before <= event.next_attempt_at <= timezone.now() + timedelta(seconds=caps[attempt])
         # Not due yet: an early delivery leaves it alone.
         if event.next_attempt_at > timezone.now() + timedelta(milliseconds=50):
@@ -147,7 +148,7 @@ def test_a_failing_handler_is_retried_on_schedule_then_ends_failed(
         assert processing.process_event(event.pk) == Status.FAILED
     event.refresh_from_db()
     assert (event.status, event.attempts, event.next_attempt_at) == (Status.FAILED, 3, None)
-    assert event.last_error == "RuntimeError: boom"
+    assert event.last_error.splitlines()[0] == "RuntimeError: boom"
     assert calls == [1, 2, 3]
     assert [name for name, _, _ in received_signals] == ["failed"]
     assert isinstance(received_signals[0][2]["error"], RuntimeError)

@@ -67,7 +67,8 @@ def test_a_handler_that_fails_then_succeeds_on_retry(celery_worker, runs):
     event = enqueue(event_type="test.flaky", payload={"fail_times": 1})
     done = reaches(event, Status.PROCESSED)
     assert done.attempts == 2
-    assert done.last_error == "RuntimeError: flaky failure on attempt 1"  # kept for the record
+    # kept for the record
+    assert done.last_error.splitlines()[0] == "RuntimeError: flaky failure on attempt 1"
     # Attempt 1's write was rolled back with its failure; attempt 2's committed with the mark.
     assert attempts_run(runs, event) == [2]
     assert done.processed_at >= done.last_attempt_at
@@ -81,7 +82,7 @@ def test_retries_exhausted_then_replayed_by_the_command_and_the_admin(
     for event in (first, second):
         failed = reaches(event, Status.FAILED)
         assert failed.attempts == FAST_RETRIES["MAX_ATTEMPTS"]
-        assert failed.last_error == "RuntimeError: bug not fixed yet"
+        assert failed.last_error.splitlines()[0] == "RuntimeError: bug not fixed yet"
         assert failed.next_attempt_at is None
     assert attempts_run(runs, first) == []
 
@@ -111,7 +112,8 @@ def test_permanent_failure_and_no_handler_through_the_worker(celery_worker, runs
     unhandled = enqueue(event_type="test.nobody_listens")
     done = reaches(permanent, Status.FAILED)
     assert done.attempts == 1
-    assert done.last_error == "webhooks.exceptions.PermanentFailure: not recoverable"
+    first_line = done.last_error.splitlines()[0]
+    assert first_line == "webhooks.exceptions.PermanentFailure: not recoverable"
     assert reaches(unhandled, Status.IGNORED).attempts == 1
 
 
