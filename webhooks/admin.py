@@ -1,4 +1,6 @@
-"""Admin for stored webhook events: a read-only event log with replay and mark-ignored actions."""
+"""Admin for stored webhook events: a read-only event log; Replay and Mark ignored as buttons on
+an event's page and as actions on the list, each through a confirmation page, each recorded in
+the History (``LogEntry``) by ``webhooks.services``."""
 
 from __future__ import annotations
 
@@ -7,9 +9,14 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
@@ -30,6 +37,8 @@ SHOWN_JSON_CHARS = 50_000
 #: The deepest nesting the change page shows; deeper objects and arrays are summarised
 #: (``[… 3 items]``, ``{… 2 keys}``). The receive view accepts payloads nested about 900 deep.
 SHOWN_JSON_DEPTH = 20
+#: The most events a bulk action's confirmation page lists (it states the whole count).
+CONFIRMATION_LISTED = 20
 
 
 def _pretty_json(value: Any) -> str:
@@ -111,8 +120,39 @@ def _summarise_deep(value: Any, levels: int) -> tuple[Any, bool]:
     return elements, deep
 
 
+class OperatorActionForm(forms.Form):
+    """The reason an operator gives on a confirmation page (optional, kept in the History)."""
+
+    reason = forms.CharField(
+        label=_("Reason"),
+        required=False,
+        max_length=services.REASON_MAX_CHARS,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text=_("Optional; recorded in each event's History with your name."),
+    )
+
+
+#: The operator actions: name -> (title, what it does, button label).
+_ACTIONS: dict[str, tuple[StrOrPromise, StrOrPromise, StrOrPromise]] = {
+    "replay": (
+        _("Replay"),
+        _("Each event goes back to “received” with 0 attempts and is enqueued: its handlers run "
+          "again. Its last error is kept until the next outcome."),
+        _("Yes, replay"),
+    ),
+    "mark_ignored": (
+        _("Mark ignored"),
+        _("Each received, processing or failed event ends “ignored”: no more attempts. Events "
+          "already processed or ignored are left alone. The last error is kept."),
+        _("Yes, mark ignored"),
+    ),
+}  # fmt: skip
+
+
 @admin.register(WebhookEvent)
 class WebhookEventAdmin(admin.ModelAdmin):
+    change_form_template = "admin/webhooks/webhookevent/change_form.html"
+    confirmation_template = "admin/webhooks/webhookevent/confirm_action.html"
     list_display = ("endpoint", "event_id", "event_type", "status", "attempts", "received_at")
     list_filter = ("endpoint", "status", "event_type")
     search_fields = ("=event_id",)
@@ -185,6 +225,133 @@ class WebhookEventAdmin(admin.ModelAdmin):
         }
         return super().change_view(request, object_id, form_url, extra_context)
 
+    def get_urls(self) -> list[URLPattern]:
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        return [
+            path("<path:object_id>/replay/", self.admin_site.admin_view(self.replay_view),
+                 name=f"{prefix}_replay"),
+            path("<path:object_id>/ignore/", self.admin_site.admin_view(self.ignore_view),
+                 name=f"{prefix}_ignore"),
+            *super().get_urls(),
+        ]  # fmt: skip
+
+    def replay_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The Replay button: a confirmation page (GET), the replay (POST)."""
+        return self._object_action(request, object_id, "replay")
+
+    def ignore_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The Mark ignored button: a confirmation page (GET), the action (POST)."""
+        return self._object_action(request, object_id, "mark_ignored")
+
+    def _object_action(self, request: HttpRequest, object_id: str, name: str) -> HttpResponse:
+        event = self.get_object(request, object_id)
+        if event is None:
+            raise Http404(_("No webhook event with this id."))
+        if not self.has_change_permission(request, event):
+            raise PermissionDenied
+        change_url = reverse("admin:webhooks_webhookevent_change", args=[event.pk],
+                             current_app=self.admin_site.name)  # fmt: skip
+        form = OperatorActionForm(request.POST if request.method == "POST" else None)
+        if request.method == "POST" and form.is_valid():
+            queryset = WebhookEvent.objects.filter(pk=event.pk)
+            self._perform(request, name, queryset, form.cleaned_data["reason"], via="admin")
+            return HttpResponseRedirect(change_url)
+        return self._confirmation(request, name, form, events=[event], count=1,
+                                  cancel_url=change_url)  # fmt: skip
+
+    def _confirmation(
+        self,
+        request: HttpRequest,
+        name: str,
+        form: OperatorActionForm,
+        *,
+        events: list[WebhookEvent],
+        count: int,
+        cancel_url: str,
+        bulk: dict[str, Any] | None = None,
+    ) -> TemplateResponse:
+        """The confirmation page of an action on ``count`` events (the first ``events`` listed)."""
+        title, explanation, button = _ACTIONS[name]
+        eligible = count
+        if name == "mark_ignored" and bulk is not None:
+            eligible = bulk.pop("eligible")
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("%(action)s: are you sure?") % {"action": title},
+            "opts": self.opts,
+            "action_name": name,
+            "action_title": title,
+            "explanation": explanation,
+            "button": button,
+            "form": form,
+            "events": events,
+            "count": count,
+            "eligible": eligible,
+            "shown": len(events),
+            "cancel_url": cancel_url,
+            "bulk": bulk,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, self.confirmation_template, context)
+
+    def _perform(self, request: HttpRequest, name: str, queryset: QuerySet[WebhookEvent],
+                 reason: str, *, via: str) -> None:  # fmt: skip
+        """Run the action through ``webhooks.services`` and say what it did."""
+        if name == "replay":
+            count = services.replay_events(queryset, actor=request.user, via=via, reason=reason)
+            self.message_user(
+                request,
+                ngettext("%(count)d event queued for replay.",
+                         "%(count)d events queued for replay.", count) % {"count": count},
+                messages.SUCCESS,
+            )  # fmt: skip
+            return
+        changed, skipped = services.mark_ignored_many(queryset, actor=request.user, via=via,
+                                                      reason=reason)  # fmt: skip
+        self.message_user(
+            request,
+            ngettext("%(count)d event marked ignored.", "%(count)d events marked ignored.",
+                     changed) % {"count": changed},
+            messages.SUCCESS,
+        )  # fmt: skip
+        if skipped > 0:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d event was left alone (already processed or ignored).",
+                    "%(count)d events were left alone (already processed or ignored).",
+                    skipped,
+                )
+                % {"count": skipped},
+                messages.WARNING,
+            )
+
+    def _bulk_action(self, request: HttpRequest, queryset: QuerySet[WebhookEvent],
+                     name: str) -> HttpResponse | None:  # fmt: skip
+        """A changelist action: its confirmation page, stating how many events it touches;
+        once confirmed (``post``), the action."""
+        form = OperatorActionForm(request.POST if request.POST.get("post") else None)
+        if request.POST.get("post") and form.is_valid():
+            self._perform(request, name, queryset, form.cleaned_data["reason"],
+                          via="admin action")  # fmt: skip
+            return None  # back to the changelist
+        queryset = queryset.order_by()
+        count = queryset.count()
+        bulk: dict[str, Any] = {
+            "action": name,
+            "select_across": request.POST.get("select_across", "0"),
+            "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+            "index": request.POST.get("index", "0"),
+        }
+        if name == "mark_ignored":
+            bulk["eligible"] = queryset.filter(status__in=services.IGNORABLE_STATUSES).count()
+        shown = list(queryset.defer("body", "payload", "headers").order_by("-received_at", "-id")
+                     [:CONFIRMATION_LISTED])  # fmt: skip
+        changelist = reverse("admin:webhooks_webhookevent_changelist",
+                             current_app=self.admin_site.name)  # fmt: skip
+        return self._confirmation(request, name, form, events=shown, count=count,
+                                  cancel_url=changelist, bulk=bulk)  # fmt: skip
+
     @admin.display(description=_("payload"))
     def payload_pretty(self, obj: WebhookEvent) -> str:
         return _pretty_stored_json(selectors.stored_payload_text(obj.pk))
@@ -204,33 +371,11 @@ class WebhookEventAdmin(admin.ModelAdmin):
                         size) % {"size": size}  # fmt: skip
 
     @admin.action(description=_("Replay selected events"), permissions=["change"])
-    def replay(self, request: HttpRequest, queryset: QuerySet[WebhookEvent]) -> None:
-        count = services.replay_events(queryset)
-        self.message_user(
-            request,
-            ngettext("%(count)d event queued for replay.", "%(count)d events queued for replay.",
-                     count) % {"count": count},
-            messages.SUCCESS,
-        )  # fmt: skip
+    def replay(self, request: HttpRequest, queryset: QuerySet[WebhookEvent]) -> HttpResponse | None:
+        return self._bulk_action(request, queryset, "replay")
 
     @admin.action(description=_("Mark selected events ignored"), permissions=["change"])
-    def mark_ignored(self, request: HttpRequest, queryset: QuerySet[WebhookEvent]) -> None:
-        reason = f"marked ignored in the admin by {request.user.get_username()}"
-        changed, skipped = services.mark_ignored_many(queryset, reason=reason)
-        self.message_user(
-            request,
-            ngettext("%(count)d event marked ignored.", "%(count)d events marked ignored.",
-                     changed) % {"count": changed},
-            messages.SUCCESS,
-        )  # fmt: skip
-        if skipped > 0:
-            self.message_user(
-                request,
-                ngettext(
-                    "%(count)d event was left alone (already processed or ignored).",
-                    "%(count)d events were left alone (already processed or ignored).",
-                    skipped,
-                )
-                % {"count": skipped},
-                messages.WARNING,
-            )
+    def mark_ignored(
+        self, request: HttpRequest, queryset: QuerySet[WebhookEvent]
+    ) -> HttpResponse | None:
+        return self._bulk_action(request, queryset, "mark_ignored")

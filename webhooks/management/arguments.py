@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
+from typing import Any
 
 from tether.dates import parse_when
 
@@ -80,3 +81,46 @@ def event_identifier(value: str) -> str:
             "characters without spaces"
         )
     return value
+
+
+def reason_text(value: str) -> str:
+    from ..services import REASON_MAX_CHARS
+
+    if len(value) > REASON_MAX_CHARS:
+        raise argparse.ArgumentTypeError(f"the reason is longer than {REASON_MAX_CHARS} characters")
+    return value
+
+
+def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--user`` and ``--reason``: whom the action's History entries (``LogEntry``) name, and
+    why."""
+    from ..services import SYSTEM_USERNAME
+
+    parser.add_argument(
+        "--user",
+        metavar="USERNAME",
+        help="The existing user the History records as having done this (default: the "
+        f"inactive system user {SYSTEM_USERNAME!r}, created on first use).",
+    )
+    parser.add_argument(
+        "--reason",
+        type=reason_text,
+        default="",
+        help="Why, recorded in each event's History (at most 1,000 characters).",
+    )
+
+
+def audit_actor(options: dict[str, Any]) -> Any:
+    """The user ``--user`` names (None: the services use the system user); a ``CommandError``
+    if there is none by that name."""
+    from django.contrib.auth import get_user_model
+    from django.core.management.base import CommandError
+
+    username = options.get("user")
+    if not username:
+        return None
+    user_model = get_user_model()
+    try:
+        return user_model._default_manager.get_by_natural_key(username)
+    except user_model.DoesNotExist:
+        raise CommandError(f"--user: no user named {username!r}", returncode=EXIT_USAGE) from None

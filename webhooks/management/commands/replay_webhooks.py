@@ -11,6 +11,8 @@ from webhooks import services
 from webhooks.management.arguments import (
     EXIT_NOT_ALL_PROCESSED,
     EXIT_USAGE,
+    add_audit_arguments,
+    audit_actor,
     iso_datetime,
     positive_int,
 )
@@ -81,6 +83,7 @@ class Command(BaseCommand):
             "--sync", action="store_true",
             help="Process each event in this process instead of enqueuing it.",
         )  # fmt: skip
+        add_audit_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["since"] and options["until"] and options["since"] >= options["until"]:
@@ -100,6 +103,7 @@ class Command(BaseCommand):
         if options["limit"]:
             queryset = queryset.order_by("received_at", "id")[: options["limit"]]
 
+        actor = audit_actor(options)
         outcomes: Counter[str] = Counter()
         count = services.replay_events(
             queryset,
@@ -107,6 +111,9 @@ class Command(BaseCommand):
             dry_run=options["dry_run"],
             chunk_size=options["chunk_size"],
             on_result=lambda pk, result: outcomes.update([result or "skipped"]),
+            actor=actor,
+            via="command replay_webhooks",
+            reason=options["reason"],
         )
 
         if options["dry_run"]:
