@@ -17,12 +17,13 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import selectors, services
-from .models import WebhookEvent
+from .models import ProcessingAttempt, WebhookEvent
 
 if TYPE_CHECKING:
     from django.contrib.admin.options import _FieldsetSpec
@@ -149,6 +150,110 @@ _ACTIONS: dict[str, tuple[StrOrPromise, StrOrPromise, StrOrPromise]] = {
 }  # fmt: skip
 
 
+#: The most attempts the event's page lists (the latest); a replay keeps at most
+#: ``services.ATTEMPTS_KEPT_PER_EVENT`` rows per event, processing adds at most ``MAX_ATTEMPTS``.
+SHOWN_ATTEMPTS = 100
+
+_OUTCOME_COLOURS: dict[str, str] = {
+    ProcessingAttempt.Outcome.PROCESSED: "#2e7d32",
+    ProcessingAttempt.Outcome.IGNORED: "#616161",
+    ProcessingAttempt.Outcome.RETRY: "#ef6c00",
+    ProcessingAttempt.Outcome.FAILED: "#c62828",
+    ProcessingAttempt.Outcome.LOST: "#6a1b9a",
+}
+
+
+def _badge(colour: str, label: StrOrPromise) -> str:
+    """A coloured label, as the breakers' admin shows their state."""
+    return format_html(
+        '<span style="background:{};color:#fff;padding:2px 8px;border-radius:8px;'
+        'font-weight:bold;white-space:nowrap">{}</span>',
+        colour,
+        label,
+    )
+
+
+def _seconds(value: Any) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+
+
+def _attempt_rows(event: WebhookEvent) -> list[tuple[int, Any, Any, Any, str]]:
+    """The event's attempts, oldest first, as ``(number, started, duration, outcome badge,
+    error)``, with a row for each attempt counted but without a recorded outcome (its worker
+    died, or its outcome could not be written; the latest may be running now).
+
+    Numbers restart at 1 after a replay; a missing number within a run of attempts, or after the
+    last row up to the event's ``attempts``, is such an attempt."""
+    rows = list(reversed(
+        ProcessingAttempt.objects.filter(event=event).order_by("-started_at", "-id")
+        [:SHOWN_ATTEMPTS]
+    ))  # fmt: skip
+    missing = _badge("#9e9e9e", _("no outcome recorded"))
+    running = _badge("#1565c0", _("running, or its worker died"))
+    out: list[tuple[int, Any, Any, Any, str]] = []
+    previous: int | None = None
+    for row in rows:
+        if previous is not None and row.number <= previous:
+            previous = 0  # a replay started the count again
+        for number in range((previous or 0) + 1, row.number) if previous is not None else ():
+            out.append((number, None, None, missing, ""))
+        duration = row.duration
+        out.append((row.number, timezone.localtime(row.started_at),
+                    None if duration is None else f"{duration.total_seconds():.3f} s",
+                    _badge(_OUTCOME_COLOURS.get(row.outcome, "#616161"),
+                           row.get_outcome_display()), row.error))  # fmt: skip
+        previous = row.number
+    # The attempts counted after the last row (fewer counted than that row's number: a replay
+    # came after it, and none of the new run's attempts has a row).
+    last = previous or 0
+    first = last + 1 if event.attempts >= last else 1
+    for number in range(first, event.attempts + 1):
+        latest = number == event.attempts
+        in_progress = (
+            latest
+            and event.status == WebhookEvent.Status.PROCESSING
+            and event.next_attempt_at is None
+        )
+        started = event.last_attempt_at if latest else None
+        out.append((number, started and timezone.localtime(started), None,
+                    running if in_progress else missing, ""))  # fmt: skip
+    return out
+
+
+def _attempt_table(event: WebhookEvent) -> str:
+    rows = _attempt_rows(event)
+    if not rows:
+        return format_html("<p>{}</p>", _("No attempt yet."))
+    body = format_html_join(
+        "",
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        (
+            (number, _seconds(started), duration or "", outcome, _error_cell(error))
+            for number, started, duration, outcome, error in rows
+        ),
+    )
+    return format_html(
+        '<table class="webhooks-attempts"><thead><tr><th>{}</th><th>{}</th><th>{}</th>'
+        "<th>{}</th><th>{}</th></tr></thead><tbody>{}</tbody></table>",
+        _("attempt"), _("started"), _("duration"), _("outcome"), _("error"), body,
+    )  # fmt: skip
+
+
+def _error_cell(error: str) -> str:
+    """The error's first line; the whole (bounded) text folded under it."""
+    if not error:
+        return ""
+    first, _sep, rest = error.partition("\n")
+    if not rest:
+        return format_html("<code>{}</code>", first)
+    return format_html(
+        '<details><summary><code>{}</code></summary><pre style="white-space: pre-wrap">{}</pre>'
+        "</details>",
+        first,
+        error,
+    )
+
+
 @admin.register(WebhookEvent)
 class WebhookEventAdmin(admin.ModelAdmin):
     change_form_template = "admin/webhooks/webhookevent/change_form.html"
@@ -169,6 +274,7 @@ class WebhookEventAdmin(admin.ModelAdmin):
             {"fields": ("attempts", "received_at", "occurred_at", "last_attempt_at",
                         "next_attempt_at", "processed_at")},
         ),
+        (_("Attempts"), {"fields": ("attempt_history",)}),
         (_("Request"), {"fields": ("payload_pretty", "headers_pretty", "body_size")}),
     )  # fmt: skip
 
@@ -351,6 +457,10 @@ class WebhookEventAdmin(admin.ModelAdmin):
                              current_app=self.admin_site.name)  # fmt: skip
         return self._confirmation(request, name, form, events=shown, count=count,
                                   cancel_url=changelist, bulk=bulk)  # fmt: skip
+
+    @admin.display(description=_("history"))
+    def attempt_history(self, obj: WebhookEvent) -> str:
+        return _attempt_table(obj)
 
     @admin.display(description=_("payload"))
     def payload_pretty(self, obj: WebhookEvent) -> str:

@@ -40,7 +40,7 @@ from django.utils import timezone
 from . import storage
 from .conf import processing_setting
 from .exceptions import Ignore, PermanentFailure
-from .models import WebhookEvent
+from .models import ProcessingAttempt, WebhookEvent
 from .queueing import schedule_retry
 from .registry import handler_name, handlers_for
 from .signals import send_logged, webhook_failed, webhook_ignored, webhook_processed
@@ -162,9 +162,26 @@ def _claim(event_pk: int) -> tuple[int, datetime] | str | None:
         return None  # gone, locked by an attempt in progress, finished, or not due
     if claimed.status == Status.FAILED:
         lost = claimed.last_error.split(";", 1)[0]
+        _record_lost_attempt(event_pk, claimed.attempts, lost, now)
         transaction.on_commit(partial(_send_failed, event_pk, RuntimeError(lost)))
         return Status.FAILED
     return claimed.attempts, now
+
+
+def _record_lost_attempt(event_pk: int, number: int, error: str, now: datetime) -> None:
+    """The row of the last attempt, whose worker died: written when a claim ends the event
+    ``failed`` for it (rare, so through the ORM). Its start is the event's ``last_attempt_at``."""
+    started = (
+        WebhookEvent.objects.filter(pk=event_pk).values_list("last_attempt_at", flat=True).first()
+    )
+    ProcessingAttempt.objects.create(
+        event_id=event_pk,
+        number=number,
+        started_at=started or now,
+        finished_at=None,
+        outcome=ProcessingAttempt.Outcome.LOST,
+        error=error,
+    )
 
 
 def _attempt(event_pk: int) -> tuple[str | None, datetime | None]:
@@ -254,12 +271,19 @@ def _record_outcome(
         )
     if outcome == Status.PROCESSING:
         event.next_attempt_at = now + timedelta(seconds=retry_delay(attempt))
+    # The attempt's row, in the same statement (PostgreSQL) and transaction: it exists exactly
+    # when this outcome commits. ``last_attempt_at`` is the claim's start (lock_claimed checked).
     storage.save_outcome(
         event.pk,
         status=event.status,
         next_attempt_at=event.next_attempt_at,
         processed_at=event.processed_at,
         last_error=event.last_error,
+        attempt=attempt,
+        started_at=event.last_attempt_at or now,
+        finished_at=now,
+        outcome=_ATTEMPT_OUTCOMES[outcome],
+        error=event.last_error if outcome != Status.PROCESSED else "",
     )
     if outcome == Status.PROCESSED:
         transaction.on_commit(partial(send_logged, webhook_processed, WebhookEvent, event=event))
@@ -270,6 +294,15 @@ def _record_outcome(
             partial(send_logged, webhook_failed, WebhookEvent, event=event, error=error)
         )
     return outcome, event.next_attempt_at
+
+
+#: The attempt's outcome for each status it leaves the event in.
+_ATTEMPT_OUTCOMES: dict[str, str] = {
+    Status.PROCESSED: ProcessingAttempt.Outcome.PROCESSED,
+    Status.IGNORED: ProcessingAttempt.Outcome.IGNORED,
+    Status.PROCESSING: ProcessingAttempt.Outcome.RETRY,
+    Status.FAILED: ProcessingAttempt.Outcome.FAILED,
+}
 
 
 def _send_failed(event_pk: int, error: BaseException) -> None:

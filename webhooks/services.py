@@ -19,18 +19,19 @@ from typing import Any
 from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import DateTimeField, F, Q, QuerySet, Value
-from django.db.models.functions import Coalesce, Greatest
+from django.db.models import DateTimeField, F, Q, QuerySet, Value, Window
+from django.db.models.functions import Coalesce, Greatest, RowNumber
 from django.utils import timezone
 
 from .conf import processing_setting
 from .exceptions import BrokerUnavailable
-from .models import WebhookEvent
+from .models import ProcessingAttempt, WebhookEvent
 from .processing import process_event
 from .queueing import publish_process_task
 from .signals import send_logged, webhook_ignored
 
 __all__ = [
+    "ATTEMPTS_KEPT_PER_EVENT",
     "CHUNK_SIZE",
     "REASON_MAX_CHARS",
     "SYSTEM_USERNAME",
@@ -54,6 +55,9 @@ Status = WebhookEvent.Status
 
 #: Rows read (or deleted) per database round trip by the actions on many events.
 CHUNK_SIZE = 500
+#: The most ``ProcessingAttempt`` rows a replay leaves an event (its latest); processing adds at
+#: most ``MAX_ATTEMPTS`` (and one lost attempt) between two replays.
+ATTEMPTS_KEPT_PER_EVENT = 50
 #: The longest reason an operator may give for an action, in characters.
 REASON_MAX_CHARS = 1000
 #: The user an operator action is recorded under when no user is given (a command run without
@@ -162,6 +166,7 @@ def replay_events(
                 next_attempt_at=timezone.now(),
                 processed_at=None,
             )
+            _forget_old_attempts(pks)
             replayed = WebhookEvent.objects.filter(pk__in=pks).only("id", "endpoint", "event_id",
                                                                    "status")  # fmt: skip
             _log_action(list(replayed), actor=actor, action="Replayed", via=via, reason=reason)
@@ -175,6 +180,20 @@ def replay_events(
                     on_result(pk, status)
     logger.info("webhooks: replayed %s event(s)%s", count, " (sync)" if sync else "")
     return count
+
+
+def _forget_old_attempts(pks: list[int]) -> None:
+    """Delete the attempts of these events but the latest ``ATTEMPTS_KEPT_PER_EVENT`` of each."""
+    ranked = ProcessingAttempt.objects.filter(event_id__in=pks).annotate(
+        rank=Window(
+            RowNumber(),
+            partition_by=[F("event_id")],
+            order_by=[F("started_at").desc(), F("id").desc()],
+        )
+    )
+    old = list(ranked.filter(rank__gt=ATTEMPTS_KEPT_PER_EVENT).values_list("pk", flat=True))
+    if old:
+        ProcessingAttempt.objects.filter(pk__in=old).delete()
 
 
 #: The statuses an operator may end ``ignored``: unfinished or failed.
@@ -453,7 +472,8 @@ def prune_events(
         pks = list(queryset.order_by().values_list("pk", flat=True)[:batch_size])
         if not pks:
             break
-        deleted += queryset.filter(pk__in=pks).delete()[0]
+        # Their attempts go with them (CASCADE); only the events are counted.
+        deleted += queryset.filter(pk__in=pks).delete()[1].get(WebhookEvent._meta.label, 0)
     if deleted:
         logger.info("webhooks: pruned %s event(s)", deleted)
     return deleted

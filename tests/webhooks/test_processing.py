@@ -13,6 +13,7 @@ from datetime import timedelta
 import pytest
 import redis
 from django.conf import settings
+from django.contrib.admin.models import LogEntry
 from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
@@ -409,10 +410,12 @@ def test_replay_enqueues_after_resetting(handlers):
 
 @pytest.mark.django_db
 def test_mark_ignored(received_signals):
-    failed = WebhookEventFactory(status=Status.FAILED)
+    failed = WebhookEventFactory(status=Status.FAILED, last_error="RuntimeError: boom")
     processed = WebhookEventFactory(status=Status.PROCESSED)
     assert services.mark_ignored(failed, reason="handled by hand") is True
-    assert failed.status == Status.IGNORED and "handled by hand" in failed.last_error
+    assert failed.status == Status.IGNORED and failed.last_error == "RuntimeError: boom"
+    [entry] = LogEntry.objects.filter(object_id=str(failed.pk))
+    assert entry.change_message == "Marked ignored via code: handled by hand"
     assert services.mark_ignored(processed) is False
     assert processed.status == Status.PROCESSED
     assert services.mark_ignored(failed) is False  # already ignored
