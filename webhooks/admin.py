@@ -14,6 +14,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
+from django.db.models.functions import Substr
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -174,7 +175,33 @@ def _badge(colour: str, label: StrOrPromise) -> str:
 
 
 def _seconds(value: Any) -> str:
-    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+    """A time to the second, in the current time zone (Django's default format stops at the
+    minute): ``2026-12-05 03:04:05 UTC``."""
+    if value is None:
+        return ""
+    return timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+
+
+def _at_second(field: str, description: StrOrPromise) -> Any:
+    """A display of the event's ``field`` to the second, sortable by that field."""
+
+    @admin.display(description=description, ordering=field)
+    def show(self: Any, obj: WebhookEvent) -> str:
+        return _seconds(getattr(obj, field)) or "-"
+
+    return show
+
+
+#: The colour of each status's badge (as the breakers' admin colours their states).
+_STATUS_COLOURS: dict[str, str] = {
+    WebhookEvent.Status.RECEIVED: "#1565c0",
+    WebhookEvent.Status.PROCESSING: "#ef6c00",
+    WebhookEvent.Status.PROCESSED: "#2e7d32",
+    WebhookEvent.Status.IGNORED: "#616161",
+    WebhookEvent.Status.FAILED: "#c62828",
+}
+#: The most characters of ``last_error``'s first line the list shows.
+LIST_ERROR_CHARS = 80
 
 
 def _attempt_rows(event: WebhookEvent) -> list[tuple[int, Any, Any, Any, str]]:
@@ -198,7 +225,7 @@ def _attempt_rows(event: WebhookEvent) -> list[tuple[int, Any, Any, Any, str]]:
         for number in range((previous or 0) + 1, row.number) if previous is not None else ():
             out.append((number, None, None, missing, ""))
         duration = row.duration
-        out.append((row.number, timezone.localtime(row.started_at),
+        out.append((row.number, row.started_at,
                     None if duration is None else f"{duration.total_seconds():.3f} s",
                     _badge(_OUTCOME_COLOURS.get(row.outcome, "#616161"),
                            row.get_outcome_display()), row.error))  # fmt: skip
@@ -215,7 +242,7 @@ def _attempt_rows(event: WebhookEvent) -> list[tuple[int, Any, Any, Any, str]]:
             and event.next_attempt_at is None
         )
         started = event.last_attempt_at if latest else None
-        out.append((number, started and timezone.localtime(started), None,
+        out.append((number, started, None,
                     running if in_progress else missing, ""))  # fmt: skip
     return out
 
@@ -258,7 +285,8 @@ def _error_cell(error: str) -> str:
 class WebhookEventAdmin(admin.ModelAdmin):
     change_form_template = "admin/webhooks/webhookevent/change_form.html"
     confirmation_template = "admin/webhooks/webhookevent/confirm_action.html"
-    list_display = ("endpoint", "event_id", "event_type", "status", "attempts", "received_at")
+    list_display = ("endpoint", "event_id", "event_type", "status_badge", "attempts",
+                    "received_at_s", "last_error_short")  # fmt: skip
     list_filter = ("endpoint", "status", "event_type")
     search_fields = ("=event_id",)
     search_help_text = _("Exact vendor event id (e.g. evt_... or a GitHub delivery id).")
@@ -268,11 +296,12 @@ class WebhookEventAdmin(admin.ModelAdmin):
     show_full_result_count = False
     actions = ("replay", "mark_ignored")
     fieldsets = (
-        (None, {"fields": ("endpoint", "event_id", "event_type", "status", "last_error")}),
+        (None, {"fields": ("endpoint", "event_id", "event_type", "status_badge",
+                           "last_error_pretty")}),
         (
             _("Processing"),
-            {"fields": ("attempts", "received_at", "occurred_at", "last_attempt_at",
-                        "next_attempt_at", "processed_at")},
+            {"fields": ("attempts", "received_at_s", "occurred_at_s", "last_attempt_at_s",
+                        "next_attempt_at_s", "processed_at_s")},
         ),
         (_("Attempts"), {"fields": ("attempt_history",)}),
         (_("Request"), {"fields": ("payload_pretty", "headers_pretty", "body_size")}),
@@ -313,7 +342,10 @@ class WebhookEventAdmin(admin.ModelAdmin):
         queryset = super().get_queryset(request).defer("payload")
         match = getattr(request, "resolver_match", None)
         if match is not None and match.url_name and match.url_name.endswith("_changelist"):
-            queryset = queryset.defer("body", "headers")
+            # The list shows only the first line of last_error (up to 8 KiB each).
+            queryset = queryset.defer("body", "headers", "last_error").annotate(
+                last_error_head=Substr("last_error", 1, LIST_ERROR_CHARS + 1)
+            )
         return queryset
 
     def change_view(
@@ -457,6 +489,32 @@ class WebhookEventAdmin(admin.ModelAdmin):
                              current_app=self.admin_site.name)  # fmt: skip
         return self._confirmation(request, name, form, events=shown, count=count,
                                   cancel_url=changelist, bulk=bulk)  # fmt: skip
+
+    received_at_s = _at_second("received_at", _("received at"))
+    occurred_at_s = _at_second("occurred_at", _("occurred at"))
+    last_attempt_at_s = _at_second("last_attempt_at", _("last attempt at"))
+    next_attempt_at_s = _at_second("next_attempt_at", _("next attempt at"))
+    processed_at_s = _at_second("processed_at", _("processed at"))
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_badge(self, obj: WebhookEvent) -> str:
+        return _badge(_STATUS_COLOURS.get(obj.status, "#616161"), obj.get_status_display())
+
+    @admin.display(description=_("last error"))
+    def last_error_short(self, obj: WebhookEvent) -> str:
+        """The first line of ``last_error``, cut at ``LIST_ERROR_CHARS``."""
+        head = getattr(obj, "last_error_head", None)
+        first = (obj.last_error if head is None else head).split("\n", 1)[0]
+        if len(first) > LIST_ERROR_CHARS:
+            first = first[: LIST_ERROR_CHARS - 1] + "…"
+        return first
+
+    @admin.display(description=_("last error"))
+    def last_error_pretty(self, obj: WebhookEvent) -> str:
+        if not obj.last_error:
+            return "-"
+        return format_html('<pre style="white-space: pre-wrap; margin: 0">{}</pre>',
+                           obj.last_error)  # fmt: skip
 
     @admin.display(description=_("history"))
     def attempt_history(self, obj: WebhookEvent) -> str:

@@ -51,7 +51,12 @@ class WebhookEvent(models.Model):
         blank=True,
         help_text=_("When a retry is due; a task delivered earlier leaves the event alone."),
     )
-    processed_at = models.DateTimeField(_("processed at"), null=True, blank=True)
+    processed_at = models.DateTimeField(
+        _("processed at"),
+        null=True,
+        blank=True,
+        help_text=_("When it ended processed; empty for an ignored event."),
+    )
     requeued_at = models.DateTimeField(
         _("requeued at"),
         null=True,

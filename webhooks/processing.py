@@ -254,8 +254,8 @@ def _record_outcome(
     now = timezone.now()
     event.status = outcome
     event.next_attempt_at = None
-    if outcome in (Status.PROCESSED, Status.IGNORED):
-        event.processed_at = now
+    if outcome == Status.PROCESSED:
+        event.processed_at = now  # an ignored event was not processed: its end is its attempt's
     if error is not None:
         event.last_error = describe_error(error, handler=handler)
         # The bounded description in the message, not ``exc_info``: a log handler given the

@@ -238,9 +238,9 @@ def mark_ignored_many(
     changed = seen = 0
     for pks in _pks(queryset, chunk_size):
         seen += len(pks)
-        now = timezone.now()
+        # processed_at stays NULL: the event was not processed (the History says when).
         changes: dict[str, Any] = {"status": Status.IGNORED, "next_attempt_at": None,
-                                   "processed_at": now}  # fmt: skip
+                                   "processed_at": None}  # fmt: skip
         with transaction.atomic():
             events = list(
                 WebhookEvent.objects.select_for_update()

@@ -132,7 +132,7 @@ def test_mark_ignored_many_counts_changed_and_skipped_in_chunks():
         [entry] = LogEntry.objects.filter(object_id=str(event.pk))
         assert entry.change_message == "Marked ignored via code: bulk"
         assert entry.user.get_username() == services.SYSTEM_USERNAME
-        assert event.processed_at is not None and event.next_attempt_at is None
+        assert event.processed_at is None and event.next_attempt_at is None  # not processed
     assert WebhookEvent.objects.get(pk=done[0].pk).status == Status.PROCESSED
     # Nothing left to change: all skipped.
     assert services.mark_ignored_many(WebhookEvent.objects.all()) == (0, 5)

@@ -1,9 +1,22 @@
 """Add ``ProcessingAttempt``: one row per processing attempt that recorded an outcome, written in
 the outcome's transaction, deleted with its event (``CASCADE``). Events stored before this
-migration have no attempt rows: their history starts with their next attempt."""
+migration have no attempt rows: their history starts with their next attempt.
+
+``processed_at`` now means what it says: empty for an ``ignored`` event (it was not processed).
+The ignored events stored before are cleared the same way, in one UPDATE (on a large table, run
+it at a quiet time; it touches only ignored rows). Not reversed: the time an event was ignored
+remains in its History (an operator's) or its last attempt (a handler's).
+"""
 
 import django.db.models.deletion
 from django.db import migrations, models
+
+
+def clear_processed_at_of_ignored(apps, schema_editor):
+    WebhookEvent = apps.get_model("webhooks", "WebhookEvent")
+    WebhookEvent.objects.filter(status="ignored").exclude(processed_at=None).update(
+        processed_at=None
+    )
 
 
 class Migration(migrations.Migration):
@@ -31,4 +44,15 @@ class Migration(migrations.Migration):
                 'indexes': [models.Index(fields=['event', 'started_at'], name='webhooks_att_event_start_idx')],
             },
         ),
+        migrations.AlterField(
+            model_name="webhookevent",
+            name="processed_at",
+            field=models.DateTimeField(
+                blank=True,
+                help_text="When it ended processed; empty for an ignored event.",
+                null=True,
+                verbose_name="processed at",
+            ),
+        ),
+        migrations.RunPython(clear_processed_at_of_ignored, migrations.RunPython.noop),
     ]
