@@ -288,8 +288,11 @@ class WebhookEventAdmin(admin.ModelAdmin):
     list_display = ("endpoint", "event_id", "event_type", "status_badge", "attempts",
                     "received_at_s", "last_error_short")  # fmt: skip
     list_filter = ("endpoint", "status", "event_type")
-    search_fields = ("=event_id",)
-    search_help_text = _("Exact vendor event id (e.g. evt_... or a GitHub delivery id).")
+    search_fields = ("=event_id",)  # shows the search box; get_search_results does the search
+    search_help_text = _(
+        "Exact vendor event id (evt_..., a GitHub delivery id) or, on PostgreSQL, a string "
+        "value anywhere in the payload (a PaymentIntent or customer id: pi_..., cus_...)."
+    )
     date_hierarchy = "received_at"
     ordering = ("-received_at", "-id")
     list_per_page = 50
@@ -328,6 +331,14 @@ class WebhookEventAdmin(admin.ModelAdmin):
                 for field in options["fields"])})
             for name, options in fieldsets
         )  # fmt: skip
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[WebhookEvent], search_term: str
+    ) -> tuple[QuerySet[WebhookEvent], bool]:
+        """``selectors.search_events``: the exact event id, or a string value in the payload."""
+        if not search_term.strip():
+            return queryset, False
+        return selectors.search_events(queryset, search_term), False
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -8,11 +8,19 @@ it at a quiet time; it touches only ignored rows). Not reversed: the time an eve
 remains in its History (an operator's) or its last attempt (a handler's).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import django.db.models.deletion
 from django.db import migrations, models
 
+if TYPE_CHECKING:
+    from django.db.backends.base.schema import BaseDatabaseSchemaEditor
+    from django.db.migrations.state import StateApps
 
-def clear_processed_at_of_ignored(apps, schema_editor):
+
+def clear_processed_at_of_ignored(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     WebhookEvent = apps.get_model("webhooks", "WebhookEvent")
     WebhookEvent.objects.filter(status="ignored").exclude(processed_at=None).update(
         processed_at=None
