@@ -225,3 +225,26 @@ def test_the_operator_api_records_replay_bulk_replay_and_ignore(api_user, failed
     assert history(third) == [("apiuser", CHANGE, "Marked ignored via operator API")]
     too_long = {"reason": "x" * 1001}
     assert api_user.post(f"{base}{failed.pk}/replay/", too_long, format="json").status_code == 400
+
+
+def test_ignore_command_marks_failed_events_keeps_their_error_and_records_it(
+    failed, django_user_model
+):
+    processed = WebhookEventFactory(status=Status.PROCESSED)
+    received = WebhookEventFactory(status=Status.RECEIVED)
+    django_user_model.objects.create_user("oncall")
+    out = StringIO()
+    call_command("ignore_webhooks", "--dry-run", stdout=out)
+    assert "Would mark 1 event(s) ignored" in out.getvalue()
+    assert history(failed) == []
+    out = StringIO()
+    call_command("ignore_webhooks", "--status", "any", "--user", "oncall", "--reason",
+                 "vendor test events", stdout=out)  # fmt: skip
+    assert "Marked 2 event(s) ignored; 1 left alone" in out.getvalue()
+    failed.refresh_from_db()
+    assert (failed.status, failed.last_error) == (Status.IGNORED, "KeyError: 'id'")
+    message = "Marked ignored via command ignore_webhooks: vendor test events"
+    assert history(failed) == history(received) == [("oncall", CHANGE, message)]
+    assert history(processed) == []
+    with pytest.raises(CommandError, match="--since must be before --until"):
+        call_command("ignore_webhooks", "--since", "2026-02-01", "--until", "2026-01-01")
