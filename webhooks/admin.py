@@ -1,4 +1,6 @@
-"""Admin for stored webhook events: a read-only event log with replay and mark-ignored actions."""
+"""Admin for stored webhook events: a read-only event log; Replay and Mark ignored as buttons on
+an event's page and as actions on the list, each through a confirmation page, each recorded in
+the History (``LogEntry``) by ``webhooks.services``."""
 
 from __future__ import annotations
 
@@ -7,15 +9,22 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.db.models.functions import Substr
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import selectors, services
-from .models import WebhookEvent
+from .models import ProcessingAttempt, WebhookEvent
 
 if TYPE_CHECKING:
     from django.contrib.admin.options import _FieldsetSpec
@@ -30,6 +39,8 @@ SHOWN_JSON_CHARS = 50_000
 #: The deepest nesting the change page shows; deeper objects and arrays are summarised
 #: (``[… 3 items]``, ``{… 2 keys}``). The receive view accepts payloads nested about 900 deep.
 SHOWN_JSON_DEPTH = 20
+#: The most events a bulk action's confirmation page lists (it states the whole count).
+CONFIRMATION_LISTED = 20
 
 
 def _pretty_json(value: Any) -> str:
@@ -111,24 +122,191 @@ def _summarise_deep(value: Any, levels: int) -> tuple[Any, bool]:
     return elements, deep
 
 
+class OperatorActionForm(forms.Form):
+    """The reason an operator gives on a confirmation page (optional, kept in the History)."""
+
+    reason = forms.CharField(
+        label=_("Reason"),
+        required=False,
+        max_length=services.REASON_MAX_CHARS,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text=_("Optional; recorded in each event's History with your name."),
+    )
+
+
+#: The operator actions: name -> (title, what it does, button label).
+_ACTIONS: dict[str, tuple[StrOrPromise, StrOrPromise, StrOrPromise]] = {
+    "replay": (
+        _("Replay"),
+        _("Each event goes back to “received” with 0 attempts and is enqueued: its handlers run "
+          "again. Its last error is kept until the next outcome."),
+        _("Yes, replay"),
+    ),
+    "mark_ignored": (
+        _("Mark ignored"),
+        _("Each received, processing or failed event ends “ignored”: no more attempts. Events "
+          "already processed or ignored are left alone. The last error is kept."),
+        _("Yes, mark ignored"),
+    ),
+}  # fmt: skip
+
+
+#: The most attempts the event's page lists (the latest); a replay keeps at most
+#: ``services.ATTEMPTS_KEPT_PER_EVENT`` rows per event, processing adds at most ``MAX_ATTEMPTS``.
+SHOWN_ATTEMPTS = 100
+
+_OUTCOME_COLOURS: dict[str, str] = {
+    ProcessingAttempt.Outcome.PROCESSED: "#2e7d32",
+    ProcessingAttempt.Outcome.IGNORED: "#616161",
+    ProcessingAttempt.Outcome.RETRY: "#ef6c00",
+    ProcessingAttempt.Outcome.FAILED: "#c62828",
+    ProcessingAttempt.Outcome.LOST: "#6a1b9a",
+}
+
+
+def _badge(colour: str, label: StrOrPromise) -> str:
+    """A coloured label, as the breakers' admin shows their state."""
+    return format_html(
+        '<span style="background:{};color:#fff;padding:2px 8px;border-radius:8px;'
+        'font-weight:bold;white-space:nowrap">{}</span>',
+        colour,
+        label,
+    )
+
+
+def _seconds(value: Any) -> str:
+    """A time to the second, in the current time zone (Django's default format stops at the
+    minute): ``2026-12-05 03:04:05 UTC``."""
+    if value is None:
+        return ""
+    return timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+
+
+def _at_second(field: str, description: StrOrPromise) -> Any:
+    """A display of the event's ``field`` to the second, sortable by that field."""
+
+    @admin.display(description=description, ordering=field)
+    def show(self: Any, obj: WebhookEvent) -> str:
+        return _seconds(getattr(obj, field)) or "-"
+
+    return show
+
+
+#: The colour of each status's badge (as the breakers' admin colours their states).
+_STATUS_COLOURS: dict[str, str] = {
+    WebhookEvent.Status.RECEIVED: "#1565c0",
+    WebhookEvent.Status.PROCESSING: "#ef6c00",
+    WebhookEvent.Status.PROCESSED: "#2e7d32",
+    WebhookEvent.Status.IGNORED: "#616161",
+    WebhookEvent.Status.FAILED: "#c62828",
+}
+#: The most characters of ``last_error``'s first line the list shows.
+LIST_ERROR_CHARS = 80
+
+
+def _attempt_rows(event: WebhookEvent) -> list[tuple[int, Any, Any, Any, str]]:
+    """The event's attempts, oldest first, as ``(number, started, duration, outcome badge,
+    error)``, with a row for each attempt counted but without a recorded outcome (its worker
+    died, or its outcome could not be written; the latest may be running now).
+
+    Numbers restart at 1 after a replay; a missing number within a run of attempts, or after the
+    last row up to the event's ``attempts``, is such an attempt."""
+    rows = list(reversed(
+        ProcessingAttempt.objects.filter(event=event).order_by("-started_at", "-id")
+        [:SHOWN_ATTEMPTS]
+    ))  # fmt: skip
+    missing = _badge("#9e9e9e", _("no outcome recorded"))
+    running = _badge("#1565c0", _("running, or its worker died"))
+    out: list[tuple[int, Any, Any, Any, str]] = []
+    previous: int | None = None
+    for row in rows:
+        if previous is not None and row.number <= previous:
+            previous = 0  # a replay started the count again
+        for number in range((previous or 0) + 1, row.number) if previous is not None else ():
+            out.append((number, None, None, missing, ""))
+        duration = row.duration
+        out.append((row.number, row.started_at,
+                    None if duration is None else f"{duration.total_seconds():.3f} s",
+                    _badge(_OUTCOME_COLOURS.get(row.outcome, "#616161"),
+                           row.get_outcome_display()), row.error))  # fmt: skip
+        previous = row.number
+    # The attempts counted after the last row (fewer counted than that row's number: a replay
+    # came after it, and none of the new run's attempts has a row).
+    last = previous or 0
+    first = last + 1 if event.attempts >= last else 1
+    for number in range(first, event.attempts + 1):
+        latest = number == event.attempts
+        in_progress = (
+            latest
+            and event.status == WebhookEvent.Status.PROCESSING
+            and event.next_attempt_at is None
+        )
+        started = event.last_attempt_at if latest else None
+        out.append((number, started, None,
+                    running if in_progress else missing, ""))  # fmt: skip
+    return out
+
+
+def _attempt_table(event: WebhookEvent) -> str:
+    rows = _attempt_rows(event)
+    if not rows:
+        return format_html("<p>{}</p>", _("No attempt yet."))
+    body = format_html_join(
+        "",
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        (
+            (number, _seconds(started), duration or "", outcome, _error_cell(error))
+            for number, started, duration, outcome, error in rows
+        ),
+    )
+    return format_html(
+        '<table class="webhooks-attempts"><thead><tr><th>{}</th><th>{}</th><th>{}</th>'
+        "<th>{}</th><th>{}</th></tr></thead><tbody>{}</tbody></table>",
+        _("attempt"), _("started"), _("duration"), _("outcome"), _("error"), body,
+    )  # fmt: skip
+
+
+def _error_cell(error: str) -> str:
+    """The error's first line; the whole (bounded) text folded under it."""
+    if not error:
+        return ""
+    first, _sep, rest = error.partition("\n")
+    if not rest:
+        return format_html("<code>{}</code>", first)
+    return format_html(
+        '<details><summary><code>{}</code></summary><pre style="white-space: pre-wrap">{}</pre>'
+        "</details>",
+        first,
+        error,
+    )
+
+
 @admin.register(WebhookEvent)
 class WebhookEventAdmin(admin.ModelAdmin):
-    list_display = ("endpoint", "event_id", "event_type", "status", "attempts", "received_at")
+    change_form_template = "admin/webhooks/webhookevent/change_form.html"
+    confirmation_template = "admin/webhooks/webhookevent/confirm_action.html"
+    list_display = ("endpoint", "event_id", "event_type", "status_badge", "attempts",
+                    "received_at_s", "last_error_short")  # fmt: skip
     list_filter = ("endpoint", "status", "event_type")
-    search_fields = ("=event_id",)
-    search_help_text = _("Exact vendor event id (e.g. evt_... or a GitHub delivery id).")
+    search_fields = ("=event_id",)  # shows the search box; get_search_results does the search
+    search_help_text = _(
+        "Exact vendor event id (evt_..., a GitHub delivery id) or, on PostgreSQL, a string "
+        "value anywhere in the payload (a PaymentIntent or customer id: pi_..., cus_...)."
+    )
     date_hierarchy = "received_at"
     ordering = ("-received_at", "-id")
     list_per_page = 50
     show_full_result_count = False
     actions = ("replay", "mark_ignored")
     fieldsets = (
-        (None, {"fields": ("endpoint", "event_id", "event_type", "status", "last_error")}),
+        (None, {"fields": ("endpoint", "event_id", "event_type", "status_badge",
+                           "last_error_pretty")}),
         (
             _("Processing"),
-            {"fields": ("attempts", "received_at", "occurred_at", "last_attempt_at",
-                        "next_attempt_at", "processed_at")},
+            {"fields": ("attempts", "received_at_s", "occurred_at_s", "last_attempt_at_s",
+                        "next_attempt_at_s", "processed_at_s")},
         ),
+        (_("Attempts"), {"fields": ("attempt_history",)}),
         (_("Request"), {"fields": ("payload_pretty", "headers_pretty", "body_size")}),
     )  # fmt: skip
 
@@ -154,6 +332,14 @@ class WebhookEventAdmin(admin.ModelAdmin):
             for name, options in fieldsets
         )  # fmt: skip
 
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[WebhookEvent], search_term: str
+    ) -> tuple[QuerySet[WebhookEvent], bool]:
+        """``selectors.search_events``: the exact event id, or a string value in the payload."""
+        if not search_term.strip():
+            return queryset, False
+        return selectors.search_events(queryset, search_term), False
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -167,7 +353,10 @@ class WebhookEventAdmin(admin.ModelAdmin):
         queryset = super().get_queryset(request).defer("payload")
         match = getattr(request, "resolver_match", None)
         if match is not None and match.url_name and match.url_name.endswith("_changelist"):
-            queryset = queryset.defer("body", "headers")
+            # The list shows only the first line of last_error (up to 8 KiB each).
+            queryset = queryset.defer("body", "headers", "last_error").annotate(
+                last_error_head=Substr("last_error", 1, LIST_ERROR_CHARS + 1)
+            )
         return queryset
 
     def change_view(
@@ -184,6 +373,163 @@ class WebhookEventAdmin(admin.ModelAdmin):
             "show_save_and_add_another": False,
         }
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def get_urls(self) -> list[URLPattern]:
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        return [
+            path("<path:object_id>/replay/", self.admin_site.admin_view(self.replay_view),
+                 name=f"{prefix}_replay"),
+            path("<path:object_id>/ignore/", self.admin_site.admin_view(self.ignore_view),
+                 name=f"{prefix}_ignore"),
+            *super().get_urls(),
+        ]  # fmt: skip
+
+    def replay_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The Replay button: a confirmation page (GET), the replay (POST)."""
+        return self._object_action(request, object_id, "replay")
+
+    def ignore_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The Mark ignored button: a confirmation page (GET), the action (POST)."""
+        return self._object_action(request, object_id, "mark_ignored")
+
+    def _object_action(self, request: HttpRequest, object_id: str, name: str) -> HttpResponse:
+        event = self.get_object(request, object_id)
+        if event is None:
+            raise Http404(_("No webhook event with this id."))
+        if not self.has_change_permission(request, event):
+            raise PermissionDenied
+        change_url = reverse("admin:webhooks_webhookevent_change", args=[event.pk],
+                             current_app=self.admin_site.name)  # fmt: skip
+        form = OperatorActionForm(request.POST if request.method == "POST" else None)
+        if request.method == "POST" and form.is_valid():
+            queryset = WebhookEvent.objects.filter(pk=event.pk)
+            self._perform(request, name, queryset, form.cleaned_data["reason"], via="admin")
+            return HttpResponseRedirect(change_url)
+        return self._confirmation(request, name, form, events=[event], count=1,
+                                  cancel_url=change_url)  # fmt: skip
+
+    def _confirmation(
+        self,
+        request: HttpRequest,
+        name: str,
+        form: OperatorActionForm,
+        *,
+        events: list[WebhookEvent],
+        count: int,
+        cancel_url: str,
+        bulk: dict[str, Any] | None = None,
+    ) -> TemplateResponse:
+        """The confirmation page of an action on ``count`` events (the first ``events`` listed)."""
+        title, explanation, button = _ACTIONS[name]
+        eligible = count
+        if name == "mark_ignored" and bulk is not None:
+            eligible = bulk.pop("eligible")
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("%(action)s: are you sure?") % {"action": title},
+            "opts": self.opts,
+            "action_name": name,
+            "action_title": title,
+            "explanation": explanation,
+            "button": button,
+            "form": form,
+            "events": events,
+            "count": count,
+            "eligible": eligible,
+            "shown": len(events),
+            "cancel_url": cancel_url,
+            "bulk": bulk,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, self.confirmation_template, context)
+
+    def _perform(self, request: HttpRequest, name: str, queryset: QuerySet[WebhookEvent],
+                 reason: str, *, via: str) -> None:  # fmt: skip
+        """Run the action through ``webhooks.services`` and say what it did."""
+        if name == "replay":
+            count = services.replay_events(queryset, actor=request.user, via=via, reason=reason)
+            self.message_user(
+                request,
+                ngettext("%(count)d event queued for replay.",
+                         "%(count)d events queued for replay.", count) % {"count": count},
+                messages.SUCCESS,
+            )  # fmt: skip
+            return
+        changed, skipped = services.mark_ignored_many(queryset, actor=request.user, via=via,
+                                                      reason=reason)  # fmt: skip
+        self.message_user(
+            request,
+            ngettext("%(count)d event marked ignored.", "%(count)d events marked ignored.",
+                     changed) % {"count": changed},
+            messages.SUCCESS,
+        )  # fmt: skip
+        if skipped > 0:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d event was left alone (already processed or ignored).",
+                    "%(count)d events were left alone (already processed or ignored).",
+                    skipped,
+                )
+                % {"count": skipped},
+                messages.WARNING,
+            )
+
+    def _bulk_action(self, request: HttpRequest, queryset: QuerySet[WebhookEvent],
+                     name: str) -> HttpResponse | None:  # fmt: skip
+        """A changelist action: its confirmation page, stating how many events it touches;
+        once confirmed (``post``), the action."""
+        form = OperatorActionForm(request.POST if request.POST.get("post") else None)
+        if request.POST.get("post") and form.is_valid():
+            self._perform(request, name, queryset, form.cleaned_data["reason"],
+                          via="admin action")  # fmt: skip
+            return None  # back to the changelist
+        queryset = queryset.order_by()
+        count = queryset.count()
+        bulk: dict[str, Any] = {
+            "action": name,
+            "select_across": request.POST.get("select_across", "0"),
+            "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+            "index": request.POST.get("index", "0"),
+        }
+        if name == "mark_ignored":
+            bulk["eligible"] = queryset.filter(status__in=services.IGNORABLE_STATUSES).count()
+        shown = list(queryset.defer("body", "payload", "headers").order_by("-received_at", "-id")
+                     [:CONFIRMATION_LISTED])  # fmt: skip
+        changelist = reverse("admin:webhooks_webhookevent_changelist",
+                             current_app=self.admin_site.name)  # fmt: skip
+        return self._confirmation(request, name, form, events=shown, count=count,
+                                  cancel_url=changelist, bulk=bulk)  # fmt: skip
+
+    received_at_s = _at_second("received_at", _("received at"))
+    occurred_at_s = _at_second("occurred_at", _("occurred at"))
+    last_attempt_at_s = _at_second("last_attempt_at", _("last attempt at"))
+    next_attempt_at_s = _at_second("next_attempt_at", _("next attempt at"))
+    processed_at_s = _at_second("processed_at", _("processed at"))
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_badge(self, obj: WebhookEvent) -> str:
+        return _badge(_STATUS_COLOURS.get(obj.status, "#616161"), obj.get_status_display())
+
+    @admin.display(description=_("last error"))
+    def last_error_short(self, obj: WebhookEvent) -> str:
+        """The first line of ``last_error``, cut at ``LIST_ERROR_CHARS``."""
+        head = getattr(obj, "last_error_head", None)
+        first = (obj.last_error if head is None else head).split("\n", 1)[0]
+        if len(first) > LIST_ERROR_CHARS:
+            first = first[: LIST_ERROR_CHARS - 1] + "…"
+        return first
+
+    @admin.display(description=_("last error"))
+    def last_error_pretty(self, obj: WebhookEvent) -> str:
+        if not obj.last_error:
+            return "-"
+        return format_html('<pre style="white-space: pre-wrap; margin: 0">{}</pre>',
+                           obj.last_error)  # fmt: skip
+
+    @admin.display(description=_("history"))
+    def attempt_history(self, obj: WebhookEvent) -> str:
+        return _attempt_table(obj)
 
     @admin.display(description=_("payload"))
     def payload_pretty(self, obj: WebhookEvent) -> str:
@@ -204,33 +550,11 @@ class WebhookEventAdmin(admin.ModelAdmin):
                         size) % {"size": size}  # fmt: skip
 
     @admin.action(description=_("Replay selected events"), permissions=["change"])
-    def replay(self, request: HttpRequest, queryset: QuerySet[WebhookEvent]) -> None:
-        count = services.replay_events(queryset)
-        self.message_user(
-            request,
-            ngettext("%(count)d event queued for replay.", "%(count)d events queued for replay.",
-                     count) % {"count": count},
-            messages.SUCCESS,
-        )  # fmt: skip
+    def replay(self, request: HttpRequest, queryset: QuerySet[WebhookEvent]) -> HttpResponse | None:
+        return self._bulk_action(request, queryset, "replay")
 
     @admin.action(description=_("Mark selected events ignored"), permissions=["change"])
-    def mark_ignored(self, request: HttpRequest, queryset: QuerySet[WebhookEvent]) -> None:
-        reason = f"marked ignored in the admin by {request.user.get_username()}"
-        changed, skipped = services.mark_ignored_many(queryset, reason=reason)
-        self.message_user(
-            request,
-            ngettext("%(count)d event marked ignored.", "%(count)d events marked ignored.",
-                     changed) % {"count": changed},
-            messages.SUCCESS,
-        )  # fmt: skip
-        if skipped > 0:
-            self.message_user(
-                request,
-                ngettext(
-                    "%(count)d event was left alone (already processed or ignored).",
-                    "%(count)d events were left alone (already processed or ignored).",
-                    skipped,
-                )
-                % {"count": skipped},
-                messages.WARNING,
-            )
+    def mark_ignored(
+        self, request: HttpRequest, queryset: QuerySet[WebhookEvent]
+    ) -> HttpResponse | None:
+        return self._bulk_action(request, queryset, "mark_ignored")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -49,7 +51,12 @@ class WebhookEvent(models.Model):
         blank=True,
         help_text=_("When a retry is due; a task delivered earlier leaves the event alone."),
     )
-    processed_at = models.DateTimeField(_("processed at"), null=True, blank=True)
+    processed_at = models.DateTimeField(
+        _("processed at"),
+        null=True,
+        blank=True,
+        help_text=_("When it ended processed; empty for an ignored event."),
+    )
     requeued_at = models.DateTimeField(
         _("requeued at"),
         null=True,
@@ -87,3 +94,60 @@ class WebhookEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.endpoint}:{self.event_id} ({self.status})"
+
+
+class ProcessingAttempt(models.Model):
+    """One processing attempt of an event that recorded an outcome: written by
+    ``webhooks.processing`` in the same transaction as the event's outcome (one INSERT per
+    attempt), so it exists exactly when that outcome committed.
+
+    An attempt whose worker died (or whose outcome could not be written) has no row; the event's
+    ``attempts`` still counts it, and the admin shows the missing numbers as "no outcome
+    recorded". When that lost attempt was the last allowed, the claim that ends the event
+    ``failed`` writes a ``lost`` row for it. Rows go with their event (prune); a replay keeps
+    the latest ``ATTEMPTS_KEPT_PER_EVENT`` of an event's rows (``webhooks.services``). A later
+    per-handler breakdown would add a nullable ``handler`` column (NULL: the whole attempt).
+    """
+
+    class Outcome(models.TextChoices):
+        PROCESSED = "processed", _("processed")
+        IGNORED = "ignored", _("ignored")
+        RETRY = "retry", _("failed, retry scheduled")
+        FAILED = "failed", _("failed")
+        LOST = "lost", _("did not finish (worker lost)")
+
+    event = models.ForeignKey(
+        WebhookEvent,
+        on_delete=models.CASCADE,
+        related_name="processing_attempts",
+        verbose_name=_("event"),
+        db_index=False,  # the (event, started_at) index leads with it
+    )
+    number = models.PositiveIntegerField(
+        _("attempt"), help_text=_("The event's attempt count when it ran (1 after a replay).")
+    )
+    started_at = models.DateTimeField(_("started at"))
+    finished_at = models.DateTimeField(
+        _("finished at"), null=True, blank=True, help_text=_("Empty for a lost attempt.")
+    )
+    outcome = models.CharField(_("outcome"), max_length=20, choices=Outcome.choices)
+    error = models.TextField(
+        _("error"), blank=True, default="", help_text=_("As in the event's last error; bounded.")
+    )
+
+    class Meta:
+        verbose_name = _("processing attempt")
+        verbose_name_plural = _("processing attempts")
+        ordering = ("started_at", "id")
+        indexes = [
+            models.Index(fields=("event", "started_at"), name="webhooks_att_event_start_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of event {self.event_id} ({self.outcome})"
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at

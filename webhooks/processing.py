@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import random
+import traceback
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -39,17 +40,23 @@ from django.utils import timezone
 from . import storage
 from .conf import processing_setting
 from .exceptions import Ignore, PermanentFailure
-from .models import WebhookEvent
+from .models import ProcessingAttempt, WebhookEvent
 from .queueing import schedule_retry
-from .registry import handlers_for
+from .registry import handler_name, handlers_for
 from .signals import send_logged, webhook_failed, webhook_ignored, webhook_processed
 
 logger = logging.getLogger(__name__)
 
 Status = WebhookEvent.Status
 
-#: The longest ``last_error`` kept, in characters.
-LAST_ERROR_MAX_CHARS = 2000
+#: The longest ``last_error`` kept (and logged), in characters: 8 KiB of ASCII. A longer
+#: description keeps its head (the exception, the handler, the outer frames) and its tail (the
+#: innermost frames and the exception line), and says how much was cut between them.
+LAST_ERROR_MAX_CHARS = 8192
+#: The longest exception message on the first line of an error description, in characters.
+ERROR_HEADLINE_MAX_CHARS = 500
+#: The longest message logged for an error outside the handlers (first line only), in characters.
+OUTSIDE_ERROR_MAX_CHARS = 200
 
 
 def process_event(
@@ -84,19 +91,61 @@ def retry_delay(attempts: int) -> float:
     return random.uniform(0, max(ceiling, 0.0))
 
 
-def describe_error(exc: BaseException) -> str:
-    """What ``last_error`` keeps: the exception's type and message, bounded in length.
+def error_type_name(exc: BaseException) -> str:
+    """The exception's class as ``module.Qualname`` (builtins without their module)."""
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return name[len("builtins.") :] if name.startswith("builtins.") else name
 
-    No traceback (locals and frames may hold secrets); handlers should not put secrets in their
-    exception messages.
+
+def describe_error(
+    exc: BaseException, *, handler: str | None = None, with_traceback: bool = True
+) -> str:
+    """What ``last_error`` (and a handler's failure log line) keeps, at most
+    ``LAST_ERROR_MAX_CHARS`` characters.
+
+    First line: the exception's type and message (message cut at ``ERROR_HEADLINE_MAX_CHARS``);
+    then ``Handler: <dotted name>`` when known; then, ``with_traceback``, the traceback as Python
+    prints it: frames, line numbers and source lines, never the frames' local variables (they may
+    hold secrets; handlers should not put secrets in their exception messages either). A longer
+    text keeps its head and its tail (``bound_text``).
     """
     message = str(exc)
-    text = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    if text.startswith("builtins."):
-        text = text[len("builtins.") :]
+    headline = error_type_name(exc)
     if message:
-        text = f"{text}: {message}"
-    return text[:LAST_ERROR_MAX_CHARS]
+        headline = f"{headline}: {message[:ERROR_HEADLINE_MAX_CHARS]}"
+        if len(message) > ERROR_HEADLINE_MAX_CHARS:
+            headline += "…"
+    lines = [headline]
+    if handler:
+        lines.append(f"Handler: {handler}")
+    text = "\n".join(lines)
+    if with_traceback and exc.__traceback__ is not None:
+        text += "\n" + "".join(traceback.format_exception(exc)).rstrip("\n")
+    return bound_text(text, LAST_ERROR_MAX_CHARS)
+
+
+def bound_text(text: str, max_chars: int) -> str:
+    """``text`` if it fits in ``max_chars``; else its head (a quarter) and its tail, joined by a
+    line saying how many characters were cut, ``max_chars`` in all."""
+    if len(text) <= max_chars:
+        return text
+    head = max_chars // 4
+    marker = f"\n[… {len(text) - max_chars:,} characters cut …]\n"
+    # The marker's own length is taken from the tail, so the result is exactly max_chars long
+    # (the count it gives is then a few characters short of what was cut: close enough).
+    tail = max_chars - head - len(marker)
+    return text[:head] + marker + text[len(text) - tail :]
+
+
+def describe_outside_error(exc: BaseException) -> str:
+    """An error outside the handlers (the database, the broker), for a log line: the exception's
+    class and the first line of its message, at most ``OUTSIDE_ERROR_MAX_CHARS`` characters.
+    Only the first line: a database error's detail lines may echo a statement's parameters."""
+    first = str(exc).strip().split("\n", 1)[0].strip()
+    text = error_type_name(exc) + (f": {first}" if first else "")
+    if len(text) > OUTSIDE_ERROR_MAX_CHARS:
+        text = text[: OUTSIDE_ERROR_MAX_CHARS - 1] + "…"
+    return text
 
 
 def _claim(event_pk: int) -> tuple[int, datetime] | str | None:
@@ -113,9 +162,26 @@ def _claim(event_pk: int) -> tuple[int, datetime] | str | None:
         return None  # gone, locked by an attempt in progress, finished, or not due
     if claimed.status == Status.FAILED:
         lost = claimed.last_error.split(";", 1)[0]
+        _record_lost_attempt(event_pk, claimed.attempts, lost, now)
         transaction.on_commit(partial(_send_failed, event_pk, RuntimeError(lost)))
         return Status.FAILED
     return claimed.attempts, now
+
+
+def _record_lost_attempt(event_pk: int, number: int, error: str, now: datetime) -> None:
+    """The row of the last attempt, whose worker died: written when a claim ends the event
+    ``failed`` for it (rare, so through the ORM). Its start is the event's ``last_attempt_at``."""
+    started = (
+        WebhookEvent.objects.filter(pk=event_pk).values_list("last_attempt_at", flat=True).first()
+    )
+    ProcessingAttempt.objects.create(
+        event_id=event_pk,
+        number=number,
+        started_at=started or now,
+        finished_at=None,
+        outcome=ProcessingAttempt.Outcome.LOST,
+        error=error,
+    )
 
 
 def _attempt(event_pk: int) -> tuple[str | None, datetime | None]:
@@ -132,11 +198,12 @@ def _attempt(event_pk: int) -> tuple[str | None, datetime | None]:
             if event is None or event.status != Status.PROCESSING:
                 return None, None  # another worker claimed it after us: it runs the handlers
             handlers = handlers_for(event.endpoint, event.event_type)
+            index = 0
             try:
-                for handler in handlers:
+                for index, handler in enumerate(handlers):  # noqa: B007 (read after a raise)
                     handler(event)
             except Exception as exc:
-                raise _HandlerRaised(exc) from exc
+                raise _HandlerRaised(exc, handler_name(handlers[index])) from exc
             if handlers:
                 return _record_outcome(event, Status.PROCESSED, attempt, max_attempts)
             event.last_error = ""
@@ -145,25 +212,31 @@ def _attempt(event_pk: int) -> tuple[str | None, datetime | None]:
         # The handlers' writes were rolled back with the transaction; the outcome is recorded in
         # a new one, if the claim still holds (a delivery that claimed the event in between owns
         # it now). Cheaper than a savepoint around the handlers on the (common) success path.
-        error = raised.error
+        error, name = raised.error, raised.handler
         with transaction.atomic():
             event = storage.lock_claimed(event_pk, attempt, started_at)
             if event is None or event.status != Status.PROCESSING:
                 return None, None
             if isinstance(error, Ignore):
-                event.last_error = describe_error(error) if str(error) else ""
+                # A handler's decision, not a failure: its message without a traceback.
+                event.last_error = describe_error(error, with_traceback=False) if str(error) else ""
                 return _record_outcome(event, Status.IGNORED, attempt, max_attempts)
-            if isinstance(error, PermanentFailure) or attempt >= max_attempts:
-                return _record_outcome(event, Status.FAILED, attempt, max_attempts, error=error)
-            return _record_outcome(event, Status.PROCESSING, attempt, max_attempts, error=error)
+            outcome = (
+                Status.FAILED
+                if isinstance(error, PermanentFailure) or attempt >= max_attempts
+                else Status.PROCESSING
+            )
+            return _record_outcome(event, outcome, attempt, max_attempts, error=error, handler=name)
 
 
 class _HandlerRaised(Exception):
-    """Carries a handler's exception out of the transaction it rolls back."""
+    """Carries a handler's exception, and the handler's dotted name, out of the transaction it
+    rolls back."""
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: Exception, handler: str) -> None:
         super().__init__(type(error).__name__)
         self.error = error
+        self.handler = handler
 
 
 def _record_outcome(
@@ -173,6 +246,7 @@ def _record_outcome(
     max_attempts: int,
     *,
     error: BaseException | None = None,
+    handler: str | None = None,
 ) -> tuple[str, datetime | None]:
     """Write the attempt's outcome (inside the caller's transaction) and send its signal on
     commit. Returns the outcome and ``next_attempt_at``: ``processing`` means a retry is due
@@ -180,26 +254,36 @@ def _record_outcome(
     now = timezone.now()
     event.status = outcome
     event.next_attempt_at = None
-    if outcome in (Status.PROCESSED, Status.IGNORED):
-        event.processed_at = now
+    if outcome == Status.PROCESSED:
+        event.processed_at = now  # an ignored event was not processed: its end is its attempt's
     if error is not None:
-        event.last_error = describe_error(error)
+        event.last_error = describe_error(error, handler=handler)
+        # The bounded description in the message, not ``exc_info``: a log handler given the
+        # exception (Sentry's, for one) may record the frames' local variables.
         logger.warning(
-            "webhooks: handler failed for %s:%s (attempt %s of %s): %s",
+            "webhooks: handler %s failed for %s:%s (attempt %s of %s): %s",
+            handler or "?",
             event.endpoint,
             event.event_id,
             attempt,
             max_attempts,
-            type(error).__name__,
+            event.last_error,
         )
     if outcome == Status.PROCESSING:
         event.next_attempt_at = now + timedelta(seconds=retry_delay(attempt))
+    # The attempt's row, in the same statement (PostgreSQL) and transaction: it exists exactly
+    # when this outcome commits. ``last_attempt_at`` is the claim's start (lock_claimed checked).
     storage.save_outcome(
         event.pk,
         status=event.status,
         next_attempt_at=event.next_attempt_at,
         processed_at=event.processed_at,
         last_error=event.last_error,
+        attempt=attempt,
+        started_at=event.last_attempt_at or now,
+        finished_at=now,
+        outcome=_ATTEMPT_OUTCOMES[outcome],
+        error=event.last_error if outcome != Status.PROCESSED else "",
     )
     if outcome == Status.PROCESSED:
         transaction.on_commit(partial(send_logged, webhook_processed, WebhookEvent, event=event))
@@ -210,6 +294,15 @@ def _record_outcome(
             partial(send_logged, webhook_failed, WebhookEvent, event=event, error=error)
         )
     return outcome, event.next_attempt_at
+
+
+#: The attempt's outcome for each status it leaves the event in.
+_ATTEMPT_OUTCOMES: dict[str, str] = {
+    Status.PROCESSED: ProcessingAttempt.Outcome.PROCESSED,
+    Status.IGNORED: ProcessingAttempt.Outcome.IGNORED,
+    Status.PROCESSING: ProcessingAttempt.Outcome.RETRY,
+    Status.FAILED: ProcessingAttempt.Outcome.FAILED,
+}
 
 
 def _send_failed(event_pk: int, error: BaseException) -> None:

@@ -75,6 +75,13 @@ def _qualname(handler: Handler) -> str:
     return getattr(handler, "__qualname__", repr(handler))
 
 
+def handler_name(handler: Handler) -> str:
+    """The handler's dotted name (``module.qualname``), as logs and ``last_error`` give it."""
+    module = getattr(handler, "__module__", None)
+    qualname = _qualname(handler)
+    return f"{module}.{qualname}" if module else qualname
+
+
 class HandlerRegistry:
     """The handlers registered with ``@on``, in registration order."""
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
 from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
 
@@ -125,3 +127,37 @@ def headers_without_signature(event: WebhookEvent) -> dict[str, Any]:
     allowed = {name.lower() for name in shown}
     headers = event.headers if isinstance(event.headers, dict) else {}
     return {name: value for name, value in headers.items() if name.lower() in allowed}
+
+
+#: The longest term the admin looks for in payloads, in characters (a longer one searches the
+#: event id only).
+PAYLOAD_SEARCH_MAX_CHARS = 255
+#: The name of the optional trigram index that makes the payload search fast (PostgreSQL,
+#: ``pg_trgm``); see ``PAYLOAD_SEARCH_INDEX_SQL``.
+PAYLOAD_SEARCH_INDEX = "webhooks_ev_payload_trgm_idx"
+#: The opt-in index for the payload search (docs: operations, "Search by a payload value"). Not
+#: created by a migration: it costs the receive path more than 5 % (bench/payload_search.py).
+PAYLOAD_SEARCH_INDEX_SQL = (
+    "CREATE EXTENSION IF NOT EXISTS pg_trgm;\n"
+    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {PAYLOAD_SEARCH_INDEX} "
+    "ON webhooks_webhookevent USING gin ((payload::text) gin_trgm_ops);"
+)
+
+
+def payload_search_supported(alias: str) -> bool:
+    """Whether the payload search is offered on database ``alias``: PostgreSQL only (``jsonb``'s
+    text form is canonical there, and the opt-in trigram index exists only there)."""
+    return connections[alias].vendor == "postgresql"
+
+
+def search_events(queryset: QuerySet[WebhookEvent], term: str) -> QuerySet[WebhookEvent]:
+    """The events whose vendor event id is ``term``, or, on PostgreSQL, whose payload holds the
+    JSON string ``term`` anywhere (a value such as a PaymentIntent or customer id, or a key): a
+    ``LIKE '%"term"%'`` on ``payload::text``, which the opt-in trigram index
+    (``PAYLOAD_SEARCH_INDEX_SQL``) serves; without it, a scan of the table."""
+    term = term.strip()
+    match = Q(event_id=term)
+    if len(term) <= PAYLOAD_SEARCH_MAX_CHARS and payload_search_supported(queryset.db):
+        queryset = queryset.alias(payload_text=Cast("payload", TextField()))
+        match |= Q(payload_text__contains=json.dumps(term, ensure_ascii=False))
+    return queryset.filter(match)

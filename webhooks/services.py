@@ -16,20 +16,25 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+from django.apps import apps
+from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import DateTimeField, F, Q, QuerySet, Value
-from django.db.models.functions import Coalesce, Greatest
+from django.db.models import DateTimeField, F, Q, QuerySet, Value, Window
+from django.db.models.functions import Coalesce, Greatest, RowNumber
 from django.utils import timezone
 
 from .conf import processing_setting
 from .exceptions import BrokerUnavailable
-from .models import WebhookEvent
-from .processing import LAST_ERROR_MAX_CHARS, process_event
+from .models import ProcessingAttempt, WebhookEvent
+from .processing import process_event
 from .queueing import publish_process_task
 from .signals import send_logged, webhook_ignored
 
 __all__ = [
+    "ATTEMPTS_KEPT_PER_EVENT",
     "CHUNK_SIZE",
+    "REASON_MAX_CHARS",
+    "SYSTEM_USERNAME",
     "mark_ignored",
     "mark_ignored_many",
     "process_event",
@@ -41,6 +46,7 @@ __all__ = [
     "requeue_stuck",
     "requeueable_events",
     "stuck_events",
+    "system_user",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,6 +55,48 @@ Status = WebhookEvent.Status
 
 #: Rows read (or deleted) per database round trip by the actions on many events.
 CHUNK_SIZE = 500
+#: The most ``ProcessingAttempt`` rows a replay leaves an event (its latest); processing adds at
+#: most ``MAX_ATTEMPTS`` (and one lost attempt) between two replays.
+ATTEMPTS_KEPT_PER_EVENT = 50
+#: The longest reason an operator may give for an action, in characters.
+REASON_MAX_CHARS = 1000
+#: The user an operator action is recorded under when no user is given (a command run without
+#: ``--user``, code calling these functions): an inactive user with an unusable password,
+#: created on first use.
+SYSTEM_USERNAME = "tether-system"
+
+
+def system_user() -> Any:
+    """The ``SYSTEM_USERNAME`` user, created (inactive, unusable password) if missing."""
+    user_model = get_user_model()
+    user, created = user_model._default_manager.get_or_create(
+        **{user_model.USERNAME_FIELD: SYSTEM_USERNAME}, defaults={"is_active": False}
+    )
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    return user
+
+
+def _log_action(events: Sequence[WebhookEvent], *, actor: Any, action: str, via: str,
+                reason: str) -> None:  # fmt: skip
+    """One ``LogEntry`` (the admin's History) per event, in one INSERT, in the caller's
+    transaction: ``"<action> via <via>: <reason>"`` by ``actor`` (``system_user()`` if None).
+    Nothing when ``django.contrib.admin`` is not installed (there is no LogEntry table)."""
+    if not events or not apps.is_installed("django.contrib.admin"):
+        return
+    from django.contrib.admin.models import CHANGE, LogEntry
+
+    message = f"{action} via {via}" + (f": {reason}" if reason else "")
+    user = actor if actor is not None else system_user()
+    LogEntry.objects.log_actions(user.pk, list(events), CHANGE, change_message=message)
+
+
+def _bounded_reason(reason: str) -> str:
+    reason = reason.strip()
+    if len(reason) > REASON_MAX_CHARS:
+        raise ValueError(f"the reason is longer than {REASON_MAX_CHARS} characters")
+    return reason
 
 
 def _pks(queryset: QuerySet[WebhookEvent], chunk_size: int) -> Iterator[list[int]]:
@@ -63,9 +111,17 @@ def _pks(queryset: QuerySet[WebhookEvent], chunk_size: int) -> Iterator[list[int
         yield batch
 
 
-def replay_event(event: WebhookEvent, *, sync: bool = False) -> None:
+def replay_event(
+    event: WebhookEvent,
+    *,
+    sync: bool = False,
+    actor: Any = None,
+    via: str = "code",
+    reason: str = "",
+) -> None:
     """Set one event back to ``received`` with ``attempts`` 0 and process it again."""
-    replay_events(WebhookEvent.objects.filter(pk=event.pk), sync=sync)
+    replay_events(WebhookEvent.objects.filter(pk=event.pk), sync=sync, actor=actor, via=via,
+                  reason=reason)  # fmt: skip
     event.refresh_from_db()
 
 
@@ -76,6 +132,9 @@ def replay_events(
     dry_run: bool = False,
     chunk_size: int = CHUNK_SIZE,
     on_result: Callable[[int, str | None], None] | None = None,
+    actor: Any = None,
+    via: str = "code",
+    reason: str = "",
 ) -> int:
     """Replay the events: back to ``received``, ``attempts`` 0, then enqueue (or, with ``sync``,
     process each in this process). Returns how many were replayed (would be, with ``dry_run``).
@@ -85,7 +144,12 @@ def replay_events(
     ``failed``). A replay never waits on the event's age: timestamps are checked at receipt only.
     With ``sync``, ``on_result(pk, status)`` is called after each event's attempt; an attempt
     that schedules a retry publishes it with Celery's countdown.
+
+    Each replayed event gets a ``LogEntry`` (``"Replayed via <via>: <reason>"`` by ``actor``,
+    the system user if None) in its chunk's transaction. ``reason`` is at most
+    ``REASON_MAX_CHARS`` (``ValueError``).
     """
+    reason = _bounded_reason(reason)
     if not isinstance(queryset, QuerySet):
         queryset = WebhookEvent.objects.filter(pk__in=[e.pk for e in queryset])
     if not queryset.query.is_sliced:
@@ -102,6 +166,10 @@ def replay_events(
                 next_attempt_at=timezone.now(),
                 processed_at=None,
             )
+            _forget_old_attempts(pks)
+            replayed = WebhookEvent.objects.filter(pk__in=pks).only("id", "endpoint", "event_id",
+                                                                   "status")  # fmt: skip
+            _log_action(list(replayed), actor=actor, action="Replayed", via=via, reason=reason)
             if not sync:
                 for pk in pks:
                     transaction.on_commit(partial(publish_process_task, pk))
@@ -114,52 +182,79 @@ def replay_events(
     return count
 
 
+def _forget_old_attempts(pks: list[int]) -> None:
+    """Delete the attempts of these events but the latest ``ATTEMPTS_KEPT_PER_EVENT`` of each."""
+    ranked = ProcessingAttempt.objects.filter(event_id__in=pks).annotate(
+        rank=Window(
+            RowNumber(),
+            partition_by=[F("event_id")],
+            order_by=[F("started_at").desc(), F("id").desc()],
+        )
+    )
+    old = list(ranked.filter(rank__gt=ATTEMPTS_KEPT_PER_EVENT).values_list("pk", flat=True))
+    if old:
+        ProcessingAttempt.objects.filter(pk__in=old).delete()
+
+
 #: The statuses an operator may end ``ignored``: unfinished or failed.
 IGNORABLE_STATUSES = (Status.RECEIVED, Status.PROCESSING, Status.FAILED)
 
 
-def mark_ignored(event: WebhookEvent, *, reason: str = "") -> bool:
+def mark_ignored(
+    event: WebhookEvent, *, reason: str = "", actor: Any = None, via: str = "code"
+) -> bool:
     """End an unfinished or failed event ``ignored``. False if it was processed or ignored.
 
     If an attempt is running, this waits for it and then applies only if the event did not end
     ``processed`` meanwhile.
     """
-    changed, _ = mark_ignored_many(WebhookEvent.objects.filter(pk=event.pk), reason=reason)
+    changed, _ = mark_ignored_many(WebhookEvent.objects.filter(pk=event.pk), reason=reason,
+                                   actor=actor, via=via)  # fmt: skip
     event.refresh_from_db()
     return bool(changed)
 
 
 def mark_ignored_many(
-    queryset: QuerySet[WebhookEvent], *, reason: str = "", chunk_size: int = CHUNK_SIZE
+    queryset: QuerySet[WebhookEvent],
+    *,
+    reason: str = "",
+    chunk_size: int = CHUNK_SIZE,
+    actor: Any = None,
+    via: str = "code",
 ) -> tuple[int, int]:
     """End the queryset's unfinished or failed events ``ignored``: ``(changed, skipped)``,
     skipped being those already processed or ignored.
 
     Rows are streamed in chunks; each chunk's eligible rows are locked (waiting for an attempt
     in progress, then re-checked), updated in one statement, and ``webhook_ignored`` is sent for
-    each once the chunk is written.
+    each once the chunk is written. ``last_error`` is kept (the error that led an operator to
+    give up is what the page should still show); the reason goes in each event's ``LogEntry``
+    (``"Marked ignored via <via>: <reason>"`` by ``actor``, the system user if None), written
+    in the chunk's transaction. ``reason`` is at most ``REASON_MAX_CHARS`` (``ValueError``).
     """
+    reason = _bounded_reason(reason)
     if not queryset.query.is_sliced:
         queryset = queryset.order_by()
     changed = seen = 0
     for pks in _pks(queryset, chunk_size):
         seen += len(pks)
-        now = timezone.now()
+        # processed_at stays NULL: the event was not processed (the History says when).
         changes: dict[str, Any] = {"status": Status.IGNORED, "next_attempt_at": None,
-                                   "processed_at": now}  # fmt: skip
-        if reason:
-            changes["last_error"] = f"Ignored: {reason}"[:LAST_ERROR_MAX_CHARS]
+                                   "processed_at": None}  # fmt: skip
         with transaction.atomic():
             events = list(
                 WebhookEvent.objects.select_for_update()
                 .filter(pk__in=pks, status__in=IGNORABLE_STATUSES)
                 .order_by("pk")
+                .defer("body", "payload", "headers")
             )
             if events:
                 WebhookEvent.objects.filter(pk__in=[e.pk for e in events]).update(**changes)
+                for event in events:
+                    for field, value in changes.items():
+                        setattr(event, field, value)
+                _log_action(events, actor=actor, action="Marked ignored", via=via, reason=reason)
         for event in events:
-            for field, value in changes.items():
-                setattr(event, field, value)
             send_logged(webhook_ignored, WebhookEvent, event=event)
         changed += len(events)
     return changed, seen - changed
@@ -377,7 +472,8 @@ def prune_events(
         pks = list(queryset.order_by().values_list("pk", flat=True)[:batch_size])
         if not pks:
             break
-        deleted += queryset.filter(pk__in=pks).delete()[0]
+        # Their attempts go with them (CASCADE); only the events are counted.
+        deleted += queryset.filter(pk__in=pks).delete()[1].get(WebhookEvent._meta.label, 0)
     if deleted:
         logger.info("webhooks: pruned %s event(s)", deleted)
     return deleted

@@ -10,7 +10,8 @@ touch no cursor themselves.
 - ``claim(event_pk, ...)``: lock a due event, count the attempt (or end it ``failed`` when every
   attempt is used up) and commit at once.
 - ``lock_claimed(event_pk, attempt, started_at)``: the event, locked, if that claim still holds.
-- ``save_outcome(event_pk, ...)``: an attempt's outcome columns.
+- ``save_outcome(event_pk, ...)``: an attempt's outcome columns and its ``ProcessingAttempt``
+  row (on PostgreSQL one statement: the INSERT is a data-modifying CTE of the UPDATE).
 
 The operator actions (``webhooks.services``) and the reads (``webhooks.selectors``) use the ORM:
 they are not on a hot path.
@@ -52,7 +53,7 @@ from django.db import IntegrityError, ProgrammingError, connections, transaction
 from django.db.models import Q
 
 from .conf import webhooks_settings
-from .models import WebhookEvent
+from .models import ProcessingAttempt, WebhookEvent
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -265,6 +266,8 @@ INSERT_FIELDS = (
     "occurred_at",
     "content_digest",
 )
+#: Columns of an attempt's row, in ``save_outcome``'s parameter order.
+ATTEMPT_FIELDS = ("event", "number", "started_at", "finished_at", "outcome", "error")
 JSON_FIELDS = ("payload", "headers")
 DATETIME_FIELDS = ("received_at", "occurred_at")
 BYTES_FIELDS = ("content_digest",)
@@ -312,6 +315,8 @@ class Statements:
     claim_relaxed: str | None
     lock: str
     save_outcome: str
+    #: The attempt's INSERT on its own, for databases where ``save_outcome`` does not include it.
+    record_attempt: str | None
     #: The event's concrete fields' attribute names, in the lock's column order.
     attnames: list[str]
     #: (column index, Col, converters) of the event's fields that have any, for the lock's row.
@@ -340,6 +345,20 @@ def _build_statements(connection: BaseDatabaseWrapper) -> Statements:
     n = {field.name: quote(field.column) for field in fields if field.column}
     table = quote(meta.db_table)
     postgresql = connection.vendor == "postgresql"
+    attempts_table = quote(ProcessingAttempt._meta.db_table)
+    attempt_columns = ", ".join(
+        quote(field.column)
+        for field in ProcessingAttempt._meta.concrete_fields
+        if field.column and field.name in ATTEMPT_FIELDS
+    )
+    record_attempt = (
+        f"INSERT INTO {attempts_table} ({attempt_columns}) "  # noqa: S608
+        f"VALUES ({', '.join(['%s'] * len(ATTEMPT_FIELDS))})"
+    )
+    save_outcome = (
+        f"UPDATE {table} SET {n['status']} = %s, {n['next_attempt_at']} = %s, "  # noqa: S608
+        f"{n['processed_at']} = %s, {n['last_error']} = %s WHERE {n['id']} = %s"
+    )
     lock = (
         f"SELECT {', '.join(n[field.name] for field in fields)} FROM {table} "  # noqa: S608
         f"WHERE {n['id']} = %s AND {n['attempts']} = %s AND {n['last_attempt_at']} = %s"
@@ -369,9 +388,9 @@ def _build_statements(connection: BaseDatabaseWrapper) -> Statements:
         ),
         lock=lock,
         save_outcome=(
-            f"UPDATE {table} SET {n['status']} = %s, {n['next_attempt_at']} = %s, "  # noqa: S608
-            f"{n['processed_at']} = %s, {n['last_error']} = %s WHERE {n['id']} = %s"
+            f"WITH attempt AS ({record_attempt}) {save_outcome}" if postgresql else save_outcome
         ),
+        record_attempt=None if postgresql else record_attempt,
         attnames=[field.attname for field in fields],
         converters=converters,
     )
@@ -621,9 +640,22 @@ def save_outcome(
     next_attempt_at: datetime | None,
     processed_at: datetime | None,
     last_error: str,
+    attempt: int,
+    started_at: datetime,
+    finished_at: datetime,
+    outcome: str,
+    error: str,
 ) -> None:
-    """An attempt's outcome columns, in one UPDATE (inside the caller's transaction)."""
+    """An attempt's outcome columns and its ``ProcessingAttempt`` row (inside the caller's
+    transaction): one statement on PostgreSQL, two elsewhere."""
     connection = transaction.get_connection()
+    found = statements(connection)
+    attempt_params = [event_pk, attempt, timestamp_param(connection, started_at),
+                      timestamp_param(connection, finished_at), outcome, error]  # fmt: skip
     params = [status, timestamp_param(connection, next_attempt_at),
               timestamp_param(connection, processed_at), last_error, event_pk]  # fmt: skip
-    fetch_one(connection, statements(connection).save_outcome, params)
+    if found.record_attempt is not None:
+        fetch_one(connection, found.record_attempt, attempt_params)
+        fetch_one(connection, found.save_outcome, params)
+    else:
+        fetch_one(connection, found.save_outcome, attempt_params + params)

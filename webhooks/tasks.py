@@ -85,7 +85,7 @@ def process_events(self: Task[Any, Any], event_pks: list[int]) -> list[str | Non
                     "webhooks: processing event pk=%s failed outside its handlers (%s); the "
                     "sweeper will enqueue it again",
                     event_pk,
-                    type(exc).__name__,
+                    processing.describe_outside_error(exc),
                 )
                 status = None
                 if not getattr(self.request, "is_eager", False):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from django.contrib.admin.models import LogEntry
 from django.utils import timezone
 
 from tests.webhooks.factories import WebhookEventFactory
@@ -248,7 +249,10 @@ def test_ignore_marks_the_event_with_the_reason(api):
     assert response.status_code == 200
     event.refresh_from_db()
     assert event.status == Status.IGNORED
-    assert "test data" in event.last_error
+    assert event.last_error == ""  # kept as it was; the reason is in the History
+    [entry] = LogEntry.objects.filter(object_id=str(event.pk))
+    assert entry.change_message == "Marked ignored via operator API: test data"
+    assert entry.user.get_username() == "root"
     assert response.json()["status"] == "ignored"
 
 

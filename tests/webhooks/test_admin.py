@@ -85,12 +85,14 @@ def test_no_add_or_delete(admin_client, events):
 def test_replay_action_replays_the_selected_failed_event(admin_client, events, on_commit, handlers):
     on("stripe", "invoice.payment_failed")(lambda event: None)
     event = events["failed"]
+    form = {"action": "replay", "_selected_action": [event.pk]}
+    # First the confirmation page: nothing changes yet.
+    response = admin_client.post(reverse(CHANGELIST), form)
+    assert "Replay: this touches 1 event." in response.content.decode()
+    event.refresh_from_db()
+    assert event.status == Status.FAILED
     with on_commit(execute=False) as callbacks:
-        response = admin_client.post(
-            reverse(CHANGELIST),
-            {"action": "replay", "_selected_action": [event.pk]},
-            follow=True,
-        )
+        response = admin_client.post(reverse(CHANGELIST), {**form, "post": "yes"}, follow=True)
     assert response.status_code == 200
     assert "1 event queued for replay." in response.content.decode()
     event.refresh_from_db()
@@ -99,12 +101,11 @@ def test_replay_action_replays_the_selected_failed_event(admin_client, events, o
 
 
 def test_mark_ignored_action(admin_client, events):
-    response = admin_client.post(
-        reverse(CHANGELIST),
-        {"action": "mark_ignored",
-         "_selected_action": [events["failed"].pk, events["processed"].pk]},
-        follow=True,
-    )  # fmt: skip
+    form = {"action": "mark_ignored",
+            "_selected_action": [events["failed"].pk, events["processed"].pk]}  # fmt: skip
+    response = admin_client.post(reverse(CHANGELIST), form)
+    assert "2 events selected, 1 of them will be marked ignored" in response.content.decode()
+    response = admin_client.post(reverse(CHANGELIST), {**form, "post": "yes"}, follow=True)
     content = response.content.decode()
     assert response.status_code == 200
     assert "1 event marked ignored." in content
@@ -112,7 +113,7 @@ def test_mark_ignored_action(admin_client, events):
     events["failed"].refresh_from_db()
     events["processed"].refresh_from_db()
     assert events["failed"].status == Status.IGNORED
-    assert "marked ignored in the admin by admin" in events["failed"].last_error
+    assert events["failed"].last_error == "RuntimeError: boom"  # the earlier error is kept
     assert events["processed"].status == Status.PROCESSED
 
 

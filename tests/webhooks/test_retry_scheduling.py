@@ -10,6 +10,7 @@ from datetime import datetime
 import pytest
 import redis
 from django.conf import settings
+from django.contrib.admin.models import LogEntry
 from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
@@ -130,8 +131,11 @@ def test_mark_ignored_many_counts_changed_and_skipped_in_chunks():
     for event in eligible:
         event.refresh_from_db()
         assert event.status == Status.IGNORED
-        assert event.last_error == "Ignored: bulk"
-        assert event.processed_at is not None and event.next_attempt_at is None
+        assert event.last_error == ""  # kept as it was
+        [entry] = LogEntry.objects.filter(object_id=str(event.pk))
+        assert entry.change_message == "Marked ignored via code: bulk"
+        assert entry.user.get_username() == services.SYSTEM_USERNAME
+        assert event.processed_at is None and event.next_attempt_at is None  # not processed
     assert WebhookEvent.objects.get(pk=done[0].pk).status == Status.PROCESSED
     # Nothing left to change: all skipped.
     assert services.mark_ignored_many(WebhookEvent.objects.all()) == (0, 5)

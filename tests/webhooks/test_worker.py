@@ -26,7 +26,7 @@ from tests.celery_worker import wait_until
 from tests.webhooks.conftest import FAST_RETRIES
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import queueing
-from webhooks.models import WebhookEvent
+from webhooks.models import ProcessingAttempt, WebhookEvent
 from webhooks.testing import post_webhook
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
@@ -63,11 +63,17 @@ def stripe_event(event_type: str, **payload) -> dict:
     }
 
 
+def attempt_rows(event):
+    return list(ProcessingAttempt.objects.filter(event=event).values_list("number", "outcome"))
+
+
 def test_a_handler_that_fails_then_succeeds_on_retry(celery_worker, runs):
     event = enqueue(event_type="test.flaky", payload={"fail_times": 1})
     done = reaches(event, Status.PROCESSED)
     assert done.attempts == 2
-    assert done.last_error == "RuntimeError: flaky failure on attempt 1"  # kept for the record
+    assert attempt_rows(event) == [(1, "retry"), (2, "processed")]
+    # kept for the record
+    assert done.last_error.splitlines()[0] == "RuntimeError: flaky failure on attempt 1"
     # Attempt 1's write was rolled back with its failure; attempt 2's committed with the mark.
     assert attempts_run(runs, event) == [2]
     assert done.processed_at >= done.last_attempt_at
@@ -81,7 +87,7 @@ def test_retries_exhausted_then_replayed_by_the_command_and_the_admin(
     for event in (first, second):
         failed = reaches(event, Status.FAILED)
         assert failed.attempts == FAST_RETRIES["MAX_ATTEMPTS"]
-        assert failed.last_error == "RuntimeError: bug not fixed yet"
+        assert failed.last_error.splitlines()[0] == "RuntimeError: bug not fixed yet"
         assert failed.next_attempt_at is None
     assert attempts_run(runs, first) == []
 
@@ -98,7 +104,7 @@ def test_retries_exhausted_then_replayed_by_the_command_and_the_admin(
     cache.set(f"fixed:{second.event_id}", True, 300)
     response = admin_client.post(
         reverse("admin:webhooks_webhookevent_changelist"),
-        {"action": "replay", "_selected_action": [second.pk]},
+        {"action": "replay", "_selected_action": [second.pk], "post": "yes"},
     )
     assert response.status_code == 302
     done = reaches(second, Status.PROCESSED)
@@ -111,7 +117,8 @@ def test_permanent_failure_and_no_handler_through_the_worker(celery_worker, runs
     unhandled = enqueue(event_type="test.nobody_listens")
     done = reaches(permanent, Status.FAILED)
     assert done.attempts == 1
-    assert done.last_error == "webhooks.exceptions.PermanentFailure: not recoverable"
+    first_line = done.last_error.splitlines()[0]
+    assert first_line == "webhooks.exceptions.PermanentFailure: not recoverable"
     assert reaches(unhandled, Status.IGNORED).attempts == 1
 
 
@@ -162,6 +169,8 @@ def test_a_worker_process_killed_mid_handler_is_redelivered_and_runs_once(
     runs_ = runs.runs(event.event_id)
     assert [attempt for _, attempt, _ in runs_] == [2]  # the killed attempt's write rolled back
     assert killed not in [pid for _, _, pid in runs_]
+    # The killed attempt has no row (its outcome never committed); the page shows it as missing.
+    assert attempt_rows(event) == [(2, "processed")]
 
 
 def test_a_whole_worker_killed_mid_handler_is_recovered_by_the_sweeper(
@@ -192,6 +201,8 @@ def test_a_poison_event_that_kills_its_worker_every_time_ends_failed(worker_fact
     assert done.attempts == 2
     assert done.last_error.startswith("WorkerLost: attempt 2 of 2 did not finish")
     assert attempts_run(runs, event) == []  # every crashed attempt's write was rolled back
+    # The last lost attempt is recorded by the claim that ends the event failed.
+    assert attempt_rows(event) == [(2, "lost")]
     assert worker.process.poll() is None  # the main worker process survived
 
 

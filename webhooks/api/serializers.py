@@ -18,6 +18,7 @@ from tether.api.fields import DateOrDateTimeField, OneOrManyStringsField
 
 from ..models import WebhookEvent
 from ..selectors import visible_headers
+from ..services import REASON_MAX_CHARS
 
 
 class WebhookEventSerializer(serializers.ModelSerializer):
@@ -148,6 +149,10 @@ class BulkReplaySerializer(WebhookEventFilterSerializer):
     )
     limit = serializers.IntegerField(required=False, min_value=1)
     dry_run = serializers.BooleanField(required=False, default=False)
+    reason = serializers.CharField(
+        required=False, allow_blank=True, max_length=REASON_MAX_CHARS, default="",
+        help_text="Why; recorded in each replayed event's History (LogEntry).",
+    )  # fmt: skip
 
 
 class ReplayCountSerializer(serializers.Serializer):
@@ -155,4 +160,9 @@ class ReplayCountSerializer(serializers.Serializer):
 
 
 class IgnoreSerializer(serializers.Serializer):
-    reason = serializers.CharField(required=False, allow_blank=True, max_length=1000, default="")
+    """The body of ``ignore`` and of a single ``replay``: an optional reason, recorded in the
+    event's History (LogEntry) with the API user."""
+
+    reason = serializers.CharField(
+        required=False, allow_blank=True, max_length=REASON_MAX_CHARS, default=""
+    )

@@ -30,6 +30,8 @@ from .serializers import (
 VIEW = "webhooks.view_webhookevent"
 CHANGE = "webhooks.change_webhookevent"
 CONFLICT = OpenApiResponse(description="The event's status does not allow the action.")
+#: How the History (LogEntry) names this way of acting.
+VIA = "operator API"
 BAD_REQUEST = OpenApiResponse(description="A filter value is invalid; the body names it.")
 
 
@@ -70,13 +72,16 @@ class WebhookEventViewSet(OperatorAPIMixin, viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(
         summary="Replay one event: back to `received`, attempts 0, enqueued",
-        request=None,
+        request=IgnoreSerializer,
         responses={202: WebhookEventDetailSerializer},
     )
     @action(detail=True, methods=["post"])
     def replay(self, request: Request, pk: Any = None) -> Response:
         event = self.get_object()
-        services.replay_event(event)
+        body = IgnoreSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        services.replay_event(event, actor=request.user, via=VIA,
+                              reason=body.validated_data["reason"])  # fmt: skip
         return Response(self.get_serializer(event).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
@@ -89,7 +94,8 @@ class WebhookEventViewSet(OperatorAPIMixin, viewsets.ReadOnlyModelViewSet):
         event = self.get_object()
         body = IgnoreSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        if not services.mark_ignored(event, reason=body.validated_data["reason"]):
+        reason = body.validated_data["reason"]
+        if not services.mark_ignored(event, reason=reason, actor=request.user, via=VIA):
             return Response(
                 {"detail": f"An event in status {event.status!r} cannot be marked ignored."},
                 status=status.HTTP_409_CONFLICT,
@@ -112,7 +118,8 @@ class WebhookEventViewSet(OperatorAPIMixin, viewsets.ReadOnlyModelViewSet):
             first = events.order_by("received_at", "id").values("pk")[:limit]
             events = WebhookEvent.objects.filter(pk__in=first)
         dry_run = body.validated_data["dry_run"]
-        count = services.replay_events(events, dry_run=dry_run)
+        count = services.replay_events(events, dry_run=dry_run, actor=request.user, via=VIA,
+                                       reason=body.validated_data["reason"])  # fmt: skip
         return Response(
             {"count": count},
             status=status.HTTP_200_OK if dry_run else status.HTTP_202_ACCEPTED,

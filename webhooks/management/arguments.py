@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
+from typing import Any
 
 from tether.dates import parse_when
 
@@ -80,3 +81,119 @@ def event_identifier(value: str) -> str:
             "characters without spaces"
         )
     return value
+
+
+def reason_text(value: str) -> str:
+    from ..services import REASON_MAX_CHARS
+
+    if len(value) > REASON_MAX_CHARS:
+        raise argparse.ArgumentTypeError(f"the reason is longer than {REASON_MAX_CHARS} characters")
+    return value
+
+
+def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--user`` and ``--reason``: whom the action's History entries (``LogEntry``) name, and
+    why."""
+    from ..services import SYSTEM_USERNAME
+
+    parser.add_argument(
+        "--user",
+        metavar="USERNAME",
+        help="The existing user the History records as having done this (default: the "
+        f"inactive system user {SYSTEM_USERNAME!r}, created on first use).",
+    )
+    parser.add_argument(
+        "--reason",
+        type=reason_text,
+        default="",
+        help="Why, recorded in each event's History (at most 1,000 characters).",
+    )
+
+
+def audit_actor(options: dict[str, Any]) -> Any:
+    """The user ``--user`` names (None: the services use the system user); a ``CommandError``
+    if there is none by that name."""
+    from django.contrib.auth import get_user_model
+    from django.core.management.base import CommandError
+
+    username = options.get("user")
+    if not username:
+        return None
+    user_model = get_user_model()
+    try:
+        return user_model._default_manager.get_by_natural_key(username)
+    except user_model.DoesNotExist:
+        raise CommandError(f"--user: no user named {username!r}", returncode=EXIT_USAGE) from None
+
+
+def add_event_filter_arguments(parser: argparse.ArgumentParser, *, verb: str) -> None:
+    """The filters of the commands that act on stored events (``replay_webhooks``,
+    ``ignore_webhooks``): ``--status`` (default ``failed``), ``--endpoint``, ``--type``,
+    ``--since``, ``--until``, ``--id``, ``--limit``; ``filtered_events`` applies them."""
+    from ..models import WebhookEvent
+
+    parser.add_argument(
+        "--status",
+        choices=[*WebhookEvent.Status.values, "any"],
+        default=WebhookEvent.Status.FAILED,
+        help="Only events in this status; 'any' for all (default: failed).",
+    )
+    parser.add_argument("--endpoint", help="Only this endpoint (default: all).")
+    parser.add_argument(
+        "--type",
+        dest="type_pattern",
+        metavar="PATTERN",
+        help="Event type pattern: a glob ('invoice.*') or a name that also matches the "
+        "names below it ('pull_request'). Default: all.",
+    )
+    parser.add_argument(
+        "--since",
+        type=iso_datetime,
+        metavar="ISO8601",
+        help="Received at or after this ISO 8601 date or datetime (a date means its "
+        "midnight; naive times are in TIME_ZONE).",
+    )
+    parser.add_argument(
+        "--until",
+        type=iso_datetime,
+        metavar="ISO8601",
+        help="Received before this ISO 8601 date or datetime (exclusive).",
+    )
+    parser.add_argument(
+        "--id",
+        dest="event_ids",
+        action="append",
+        metavar="EVENT_ID",
+        help="The vendor's event id; repeat for several.",
+    )
+    parser.add_argument(
+        "--limit",
+        type=positive_int,
+        help=f"{verb} at most this many, oldest first (default: no limit).",
+    )
+
+
+def filtered_events(options: dict[str, Any]) -> Any:
+    """The events ``add_event_filter_arguments``' options select (a ``CommandError`` with
+    ``EXIT_USAGE`` for a bad combination)."""
+    from django.core.management.base import CommandError
+
+    from ..selectors import filter_events
+
+    if options["since"] and options["until"] and options["since"] >= options["until"]:
+        raise CommandError("--since must be before --until", returncode=EXIT_USAGE)
+    status = None if options["status"] == "any" else options["status"]
+    try:
+        queryset = filter_events(
+            status=status,
+            endpoint=options["endpoint"],
+            type_pattern=options["type_pattern"],
+            since=options["since"],
+            until=options["until"],
+            event_ids=options["event_ids"],
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc), returncode=EXIT_USAGE) from None
+    if options["limit"]:
+        queryset = queryset.order_by("received_at", "id")[: options["limit"]]
+    return queryset
