@@ -27,8 +27,7 @@
   is configured (the tasks would go through Celery's fallback app, which reads none of the
   ``CELERY_*`` settings), or the app reads no broker URL (Celery would publish to its built-in
   default, ``amqp://guest@localhost:5672//``). The hint names ``CELERY_BROKER_URL`` and
-  ``app.config_from_object("django.conf:settings", namespace="CELERY")``. Not checked when
-  ``WEBHOOKS["TASK_BACKEND"]`` is ``"django"``.
+  ``app.config_from_object("django.conf:settings", namespace="CELERY")``.
 - ``webhooks.E008``: a processing setting out of range or of the wrong type (``MAX_ATTEMPTS``,
   ``RETRY_BASE_DELAY``, ``RETRY_MAX_DELAY``, ``STUCK_AFTER``, ``RETENTION_DAYS``, the
   ``DISPATCH_*`` and ``REQUEUE_RECEIVED_AFTER`` numbers, ``TASK_QUEUE``,
@@ -195,16 +194,13 @@ def check_celery_wiring(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
     fix-up makes it the default of every thread). Without that, Celery makes up a fallback app
     (``celery._state``: named ``default``, no fix-ups, never current), which reads none of the
     ``CELERY_*`` settings; and an app that reads no broker URL publishes to
-    ``CELERY_DEFAULT_BROKER``, whatever RabbitMQ listens there. Skipped when the project
-    chose Django's Tasks backend (``WEBHOOKS["TASK_BACKEND"] = "django"``).
+    ``CELERY_DEFAULT_BROKER``, whatever RabbitMQ listens there.
     """
     import warnings
 
     from celery.app import app_or_default
     from django.conf import settings
 
-    if webhooks_settings.merged.get("TASK_BACKEND", "celery") == "django":
-        return []
     app = app_or_default()  # the current app, which a shared_task is published through
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback's loader warns that it has no celeryconfig

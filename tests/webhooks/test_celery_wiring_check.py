@@ -127,11 +127,6 @@ def test_the_getting_started_project_passes_every_check(project):
     assert "System check identified no issues" in output, output
 
 
-def test_skipped_when_the_project_chose_djangos_tasks_backend(project):
-    project.add_settings('INSTALLED_APPS += ["webhooks"]\nWEBHOOKS = {"TASK_BACKEND": "django"}\n')
-    assert "W003" not in project.check()
-
-
 def test_the_sandbox_settings_pass(tmp_path):
     env = {
         key: value
