@@ -43,7 +43,13 @@ from tenacity import (
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from .exceptions import CircuitOpenError, IntegrationError, RateLimitedError, safe_error_text
+from .exceptions import (
+    CircuitOpenError,
+    IntegrationError,
+    RateLimitedError,
+    SlowCall,
+    safe_error_text,
+)
 from .signals import call_finished, call_retried
 
 if TYPE_CHECKING:
@@ -53,6 +59,7 @@ __all__ = [
     "AttemptInfo",
     "BackoffClock",
     "BreakerLike",
+    "GuardLike",
     "call_with_resilience",
     "get_backoff_clock",
     "use_backoff_clock",
@@ -89,6 +96,18 @@ class BreakerLike(Protocol):
     def record_success(self, permit: Any) -> None: ...
 
     def record_failure(self, permit: Any, error: BaseException) -> None: ...
+
+
+class GuardLike(Protocol):
+    """The part of ``integrations.fleet.FleetGuard`` the runner uses: ``enter`` before an
+    attempt (may wait, or raise), ``leave`` after it with its error (None on success)."""
+
+    @property
+    def active(self) -> bool: ...
+
+    def enter(self, operation: str, remaining: float, clock: BackoffClock) -> None: ...
+
+    def leave(self, operation: str, error: BaseException | None) -> None: ...
 
 
 class BackoffClock:
@@ -195,18 +214,30 @@ def call_with_resilience(
     retry: RetryPolicy,
     breaker: BreakerLike | None,
     clock: BackoffClock | None = None,
+    guard: GuardLike | None = None,
+    slow_call_threshold: float | None = None,
 ) -> T:
     """Run ``attempt`` under ``retry`` and ``breaker``; return its result or raise the last
-    ``IntegrationError`` (with ``attempts`` set). ``breaker=None`` runs without a breaker."""
+    ``IntegrationError`` (with ``attempts`` set). ``breaker=None`` runs without a breaker.
+
+    ``guard`` (the service's shared policies, ``integrations.fleet``) is entered before each
+    attempt, before the breaker is asked, and left after it. An attempt that succeeds after
+    more than ``slow_call_threshold`` seconds counts as a failure for the breaker
+    (``SlowCall``); its result is still returned."""
     clock = clock or _installed_clock
     started = time.perf_counter()
     deadline_at = clock.monotonic() + retry.deadline
     sent = 0  # attempts that went past the breaker
+    if guard is not None and not guard.active:
+        guard = None
 
     def one_attempt(number: int) -> T:
         nonlocal sent
+        if guard is not None:
+            guard.enter(operation, max(0.0, deadline_at - clock.monotonic()), clock)
         permit = breaker.acquire(operation) if breaker is not None else None
         sent += 1
+        attempt_started = time.perf_counter()
         try:
             result = attempt(AttemptInfo(number, max(0.0, deadline_at - clock.monotonic())))
         except BaseException as error:
@@ -218,9 +249,23 @@ def call_with_resilience(
                     breaker.record_failure(permit, error)
                 else:
                     breaker.record_success(permit)
+            if guard is not None:
+                guard.leave(operation, error)
             raise
         if breaker is not None:
-            breaker.record_success(permit)
+            took = time.perf_counter() - attempt_started
+            if slow_call_threshold is not None and took > slow_call_threshold:
+                breaker.record_failure(
+                    permit,
+                    SlowCall(
+                        service,
+                        operation,
+                        f"succeeded in {took:.3f}s, over the slow-call threshold "
+                        f"({slow_call_threshold:g}s)",
+                    ),
+                )
+            else:
+                breaker.record_success(permit)
         return result
 
     # The first attempt is made before any retry machinery is built: a healthy call (and a

@@ -7,6 +7,8 @@
   with ``error`` and the next one starts after ``delay`` seconds.
 - ``breaker_transitioned(breaker, from_state, to_state, reason, actor)`` (sender
   ``CircuitBreaker``): sent after the transition committed.
+- ``shared_state_unavailable(service, error_class)``: the Redis of the shared policies
+  (``INTEGRATIONS["REDIS_URL"]``) could not be asked; the call went out without them.
 """
 
 from django.dispatch import Signal
@@ -14,3 +16,4 @@ from django.dispatch import Signal
 call_finished = Signal()
 call_retried = Signal()
 breaker_transitioned = Signal()
+shared_state_unavailable = Signal()

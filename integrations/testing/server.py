@@ -10,7 +10,7 @@ Use it where your code would call a vendor: point the service's base URL at ``ve
 
 A route answers its replies in order, then repeats the last one. A reply may also be a callable
 taking the ``RecordedRequest`` and returning a ``Reply``. Unrouted paths answer 404. Every request
-is recorded (method, path, query, headers, body) before it is answered, including those the
+is recorded (method, path, query, headers, body, arrival time) before it is answered, including those the
 server then leaves hanging or drops; so is what each answer sent (``answers``: bytes of body
 written, whether it was sent whole), and how many requests were being answered at once
 (``in_flight``, ``max_in_flight``).
@@ -27,6 +27,7 @@ import email.utils
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -48,6 +49,9 @@ class RecordedRequest:
     body: bytes
     #: The client's source port: requests on one keep-alive connection share it.
     client_port: int = 0
+    #: ``time.monotonic()`` in the vendor's process when the request had been read (rate
+    #: limits and cool-downs are checked on these).
+    received_at: float = 0.0
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (case-insensitive)."""
@@ -340,6 +344,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers=tuple(self.headers.items()),
             body=self._read_body(),
             client_port=self.client_address[1],
+            received_at=time.monotonic(),
         )
         reply, answer = vendor._dispatch_and_count(request)
         try:

@@ -1,0 +1,181 @@
+"""Policies that hold for the whole fleet of processes calling a service: the shared rate limit
+and the shared cool-down after a 429.
+
+``CallPolicy`` builds one ``FleetGuard`` per call from the service's settings; the runner
+(``integrations.resilience``) calls ``enter`` before each attempt, before the circuit breaker is
+asked (a call refused here never takes a half-open probe's place), and ``leave`` after it. The
+state lives in Redis (``integrations.shared_state``, one round trip per attempt); the decisions,
+the waits and the errors are here.
+
+- **Rate limit** (``RATE_LIMIT``): a GCRA across every process. A call over the limit is given
+  the next free slot and waits for it (the computed time, no polling) when the slot comes before
+  its deadline; else it raises ``RateLimited`` (retryable, ``retry_after`` = when the slot is),
+  and nothing is reserved for it.
+- **Cool-down** (``SHARED_COOLDOWN``): when the vendor answers 429, or 503 with
+  ``Retry-After``, every process stops calling the service until the time it gives (1 s for a
+  429 without one; at most ``MAX_RETRY_AFTER``). A call meeting a cool-down waits for its end
+  when that fits its deadline, else raises ``RateLimited``. Checked in the rate limit's round
+  trip.
+- **Redis unreachable**: the shared policies fail open. The call goes out as if they were off,
+  a warning is logged at most once a minute per process and service, the
+  ``shared_state_unavailable`` signal counts it (``tether_integration_shared_state_errors_total``)
+  and this process does not ask Redis again for ``REDIS_RETRY_INTERVAL`` seconds, so that a Redis
+  that answers nothing costs one call ``REDIS_TIMEOUT`` at most, not every call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import shared_state
+from .exceptions import IntegrationUnavailable, RateLimited, RateLimitedError
+from .signals import shared_state_unavailable
+
+if TYPE_CHECKING:
+    from .policies import RateLimit
+    from .resilience import BackoffClock
+
+__all__ = [
+    "DEFAULT_COOLDOWN",
+    "REDIS_RETRY_INTERVAL",
+    "WARNING_INTERVAL",
+    "FleetGuard",
+    "forget_unavailable",
+]
+
+logger = logging.getLogger("integrations.fleet")
+
+#: Seconds of cool-down after a 429 that gives no ``Retry-After``.
+DEFAULT_COOLDOWN = 1.0
+#: Seconds this process leaves Redis alone after it could not be asked.
+REDIS_RETRY_INTERVAL = 1.0
+#: Seconds between two warnings, per process and service, that Redis cannot be asked.
+WARNING_INTERVAL = 60.0
+
+_state_lock = threading.Lock()
+#: ``time.monotonic()`` until which this process does not ask Redis (after an error).
+_redis_down_until = 0.0
+#: service -> ``time.monotonic()`` of this process's last warning about Redis.
+_last_warning: dict[str, float] = {}
+
+
+def forget_unavailable() -> None:
+    """Ask Redis again on the next call, and warn again (tests, and after Redis came back)."""
+    global _redis_down_until
+    with _state_lock:
+        _redis_down_until = 0.0
+        _last_warning.clear()
+
+
+def _redis_skipped() -> bool:
+    return time.monotonic() < _redis_down_until
+
+
+def _unavailable(service: str, operation: str, error: shared_state.SharedStateUnavailable) -> None:
+    """Redis could not be asked: fail open, and say so (once a minute in the log)."""
+    global _redis_down_until
+    now = time.monotonic()
+    with _state_lock:
+        _redis_down_until = now + REDIS_RETRY_INTERVAL
+        last = _last_warning.get(service)
+        warn = last is None or now - last >= WARNING_INTERVAL
+        if warn:
+            _last_warning[service] = now
+    if warn:
+        logger.warning(
+            "%s: the shared policies' Redis cannot be asked (%s); calls go out without the "
+            "shared rate limit and cool-down (failing open) until it answers again",
+            service,
+            error,
+            extra={"service": service, "operation": operation, "error_class": str(error)},
+        )
+    shared_state_unavailable.send(sender=service, service=service, error_class=str(error))
+
+
+@dataclass(frozen=True, slots=True)
+class FleetGuard:
+    """The shared policies of one service, as resolved for one call."""
+
+    service: str
+    rate_limit: RateLimit | None
+    shared_cooldown: bool
+
+    @property
+    def active(self) -> bool:
+        return self.rate_limit is not None or self.shared_cooldown
+
+    def enter(self, operation: str, remaining: float, clock: BackoffClock) -> None:
+        """Before an attempt with ``remaining`` seconds to its deadline: wait for the call's
+        slot (and any cool-down) within them, or raise ``RateLimited``."""
+        if _redis_skipped():
+            return
+        limit = self.rate_limit
+        deadline_at = clock.monotonic() + remaining
+        for _ in range(3):  # a cool-down waited for, then the slot; a new cool-down meanwhile
+            left = deadline_at - clock.monotonic()
+            try:
+                admission = shared_state.admit(
+                    self.service,
+                    interval=limit.interval if limit else None,
+                    burst=limit.burst if limit else 1,
+                    max_wait=max(0.0, left),
+                    cooldown=self.shared_cooldown,
+                )
+            except shared_state.SharedStateUnavailable as error:
+                _unavailable(self.service, operation, error)
+                return
+            wait = admission.wait
+            if admission.code == shared_state.ADMITTED:
+                clock.sleep(wait)
+                return
+            if admission.code == shared_state.COOLING_DOWN and wait < left:
+                clock.sleep(wait)
+                continue
+            raise self._refused(operation, admission)
+        raise RateLimited(
+            self.service, operation, "the vendor's cool-down keeps being renewed", retry_after=1.0
+        )
+
+    def _refused(self, operation: str, admission: shared_state.Admission) -> RateLimited:
+        if admission.code == shared_state.COOLING_DOWN:
+            reason = f"the vendor asked every caller to wait {admission.wait:.2f}s more (cool-down)"
+        else:
+            reason = (
+                f"the shared rate limit ({self.rate_limit}) has no slot for "
+                f"{admission.wait:.2f}s, past the call's deadline"
+            )
+        return RateLimited(self.service, operation, reason, retry_after=admission.wait)
+
+    def leave(self, operation: str, error: BaseException | None) -> None:
+        """After an attempt: a 429, or a 503 with ``Retry-After``, starts the fleet's
+        cool-down."""
+        if error is None or not self.shared_cooldown or isinstance(error, RateLimited):
+            return
+        seconds: float | None = None
+        if isinstance(error, RateLimitedError):
+            seconds = error.retry_after if error.retry_after is not None else DEFAULT_COOLDOWN
+            reason = "429"
+        elif isinstance(error, IntegrationUnavailable) and error.retry_after is not None:
+            seconds = error.retry_after
+            reason = str(error.status_code or 503)
+        if not seconds or _redis_skipped():
+            return
+        try:
+            started = shared_state.start_cooldown(
+                self.service, seconds, f"{reason} from {self.service}.{operation}"
+            )
+        except shared_state.SharedStateUnavailable as exc:
+            _unavailable(self.service, operation, exc)
+            return
+        if started:
+            logger.warning(
+                "%s: the vendor answered %s; every process holds its calls for %.2fs (cool-down)",
+                self.service,
+                reason,
+                seconds,
+                extra={"service": self.service, "operation": operation, "cooldown": seconds},
+            )

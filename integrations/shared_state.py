@@ -1,0 +1,234 @@
+"""Where the policies shared by every process keep their state: Redis (``REDIS_URL``).
+
+The storage half of ``integrations.fleet`` (which decides, waits and raises): each function here
+is ONE round trip to Redis (a Lua script run with ``EVALSHA``, atomic on the server), takes and
+returns plain numbers, and raises ``SharedStateUnavailable`` for any Redis or socket error. Times
+are the Redis server's (``TIME``), so processes whose clocks differ still share one timeline. An
+asynchronous runner would only need async twins of these few functions.
+
+Keys, per service: ``tether:integrations:<service>:rate`` (the GCRA's theoretical arrival time,
+microseconds) and ``...:cooldown`` (present while a cool-down is in force; its expiry is the
+cool-down's end). Every key expires by itself.
+
+The client is made once per process (and again after a fork), with ``REDIS_TIMEOUT`` as its
+connect and socket timeout, so that a dead or unreachable Redis costs a call at most that. The
+URL is never logged nor put in an error message (it may hold a password).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+from tether.fork import after_fork
+
+from .conf import integrations_settings
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = [
+    "ADMITTED",
+    "COOLING_DOWN",
+    "REFUSED",
+    "Admission",
+    "SharedStateUnavailable",
+    "admit",
+    "cooldown_left",
+    "get_redis",
+    "key",
+    "start_cooldown",
+]
+
+#: ``Admission.code``: a rate-limit slot was reserved, ``wait`` seconds from now.
+ADMITTED = 0
+#: A cool-down is in force for ``wait`` more seconds; nothing was reserved.
+COOLING_DOWN = 1
+#: The next slot is ``wait`` seconds away, beyond the call's deadline; nothing was reserved.
+REFUSED = 2
+
+KEY_PREFIX = "tether:integrations:"
+
+
+class SharedStateUnavailable(Exception):
+    """Redis could not be asked (down, unreachable, too slow, or refused the command)."""
+
+
+def key(service: str, what: str) -> str:
+    """The Redis key of ``what`` (``rate``, ``cooldown``...) for ``service``."""
+    return f"{KEY_PREFIX}{service}:{what}"
+
+
+# GCRA (the generic cell rate algorithm) and the cool-down, in one atomic round trip.
+# KEYS: rate key, cool-down key. ARGV (integers, microseconds): the emission interval (0: no rate
+# limit), the burst tolerance (interval x (burst - 1)), the longest wait the caller accepts, and
+# 1 to check the cool-down (0 not to).
+# Returns {code, wait in microseconds}.
+_ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if ARGV[4] == '1' then
+  local left = redis.call('PTTL', KEYS[2])
+  if left > 0 then return {1, left * 1000} end
+end
+local interval = tonumber(ARGV[1])
+if interval <= 0 then return {0, 0} end
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local wait = tat - tolerance - now
+if wait < 0 then wait = 0 end
+if wait > tonumber(ARGV[3]) then return {2, wait} end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX',
+           math.floor((new_tat - now) / 1000) + 1000)
+return {0, wait}
+"""
+
+# A cool-down of ARGV[1] milliseconds, never shortening one already in force. KEYS: cool-down
+# key; ARGV: milliseconds, what caused it (kept as the value, for operators).
+_COOLDOWN = """
+local ms = tonumber(ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ms then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ms)
+  return 1
+end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What Redis answered a call asking to go out: ``code`` (``ADMITTED``, ``COOLING_DOWN`` or
+    ``REFUSED``) and ``wait``, in seconds."""
+
+    code: int
+    wait: float
+
+
+class _Connection:
+    """This process's Redis client and its registered scripts, for one URL and timeout."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        try:
+            import redis
+        except ImportError as exc:  # pragma: no cover - the extra names it
+            raise ImproperlyConfigured(
+                'INTEGRATIONS["REDIS_URL"] needs the redis package: '
+                "pip install 'django-tether[redis]'."
+            ) from exc
+        self.source = (url, timeout)
+        self.client: redis.Redis = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry_on_timeout=False,
+            retry=None,
+        )
+        self.admit = self.client.register_script(_ADMIT)
+        self.cooldown = self.client.register_script(_COOLDOWN)
+        self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+
+
+_lock = threading.Lock()
+_connection: _Connection | None = None
+
+
+def _forget_after_fork() -> None:
+    global _connection, _lock
+    _connection = None
+    _lock = threading.Lock()
+
+
+after_fork(_forget_after_fork)
+
+
+def _connect() -> _Connection:
+    global _connection
+    url = integrations_settings["REDIS_URL"]
+    if not url:
+        raise ImproperlyConfigured(
+            'A shared policy (RATE_LIMIT, SHARED_COOLDOWN...) is set but INTEGRATIONS["REDIS_URL"] '
+            "is not."
+        )
+    source = (url, float(integrations_settings["REDIS_TIMEOUT"]))
+    connection = _connection
+    if connection is not None and connection.source == source:
+        return connection
+    with _lock:
+        if _connection is None or _connection.source != source:
+            old, _connection = _connection, _Connection(*source)
+            if old is not None:
+                old.client.close()
+        return _connection
+
+
+def get_redis() -> redis.Redis:
+    """This process's client of the shared policies' Redis (for operator views and tests)."""
+    return _connect().client
+
+
+def close() -> None:
+    """Close this process's Redis client (tests; it is made again on the next call)."""
+    global _connection
+    with _lock:
+        old, _connection = _connection, None
+    if old is not None:
+        old.client.close()
+
+
+def _run(script_name: str, keys: list[str], args: list[Any]) -> Any:
+    connection = _connect()
+    try:
+        return getattr(connection, script_name)(keys=keys, args=args)
+    except connection.errors as exc:
+        raise SharedStateUnavailable(type(exc).__name__) from exc
+
+
+def _us(seconds: float) -> int:
+    return max(0, round(seconds * 1_000_000))
+
+
+def admit(
+    service: str,
+    *,
+    interval: float | None,
+    burst: int,
+    max_wait: float,
+    cooldown: bool,
+) -> Admission:
+    """Ask for the next rate-limit slot of ``service`` (``interval`` seconds apart, ``burst``
+    at once; None: no rate limit) no more than ``max_wait`` seconds away, first checking its
+    cool-down when ``cooldown``. One round trip."""
+    step = _us(interval) if interval else 0
+    code, wait = _run(
+        "admit",
+        [key(service, "rate"), key(service, "cooldown")],
+        [step, step * max(0, burst - 1), _us(max_wait), 1 if cooldown else 0],
+    )
+    return Admission(int(code), int(wait) / 1_000_000)
+
+
+def start_cooldown(service: str, seconds: float, reason: str) -> bool:
+    """Stop every process calling ``service`` for ``seconds`` (never shortening a cool-down in
+    force); True when this one is now the cool-down. One round trip."""
+    ms = max(1, round(seconds * 1000))
+    return bool(_run("cooldown", [key(service, "cooldown")], [ms, reason[:200]]))
+
+
+def cooldown_left(service: str) -> tuple[float, str]:
+    """Seconds left of ``service``'s cool-down (0 when none) and what caused it."""
+    connection = _connect()
+    try:
+        pipe = connection.client.pipeline(transaction=False)
+        pipe.pttl(key(service, "cooldown"))
+        pipe.get(key(service, "cooldown"))
+        left, reason = pipe.execute()
+    except connection.errors as exc:
+        raise SharedStateUnavailable(type(exc).__name__) from exc
+    if left is None or left <= 0:
+        return 0.0, ""
+    return left / 1000, (reason or b"").decode("utf-8", "replace")
