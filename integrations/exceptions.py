@@ -125,11 +125,16 @@ class CircuitOpenError(IntegrationUnavailable):
         cause: BaseException | None = None,
         attempts: int = 0,
     ) -> None:
-        #: Seconds until the breaker lets a probe through (None when a person holds it open
-        #: with no end), at most ``MAX_RETRY_AFTER``.
-        self.retry_after = bounded_retry_after(retry_after)
+        # ``retry_after``: seconds until the breaker lets a probe through (None when a person
+        # holds it open with no end), at most ``MAX_RETRY_AFTER``.
         super().__init__(
-            service, operation, message, status_code=status_code, cause=cause, attempts=attempts
+            service,
+            operation,
+            message,
+            status_code=status_code,
+            cause=cause,
+            attempts=attempts,
+            retry_after=retry_after,
         )
 
 

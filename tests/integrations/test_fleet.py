@@ -1,0 +1,260 @@
+"""The shared policies in one process, against the real Redis (its own database number,
+``TETHER_REDIS_DB``) and a real HTTP fake vendor: the rate limit's waits and refusals, the
+cool-down after a 429 or a 503 with ``Retry-After``, settings and checks, and what happens when
+Redis cannot be reached. Across processes: ``test_fleet_multiprocess.py``."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.test import override_settings
+
+from integrations import ServiceClient, shared_state
+from integrations.checks import check_integrations_settings
+from integrations.exceptions import IntegrationUnavailable, RateLimited, RateLimitedError
+from integrations.models import CircuitBreaker
+from integrations.policies import RateLimit
+from integrations.signals import shared_state_unavailable
+from integrations.testing import Reply, unused_port_url
+from integrations.testing.stripe import FakeStripe
+from integrations.vendors.stripe import StripeService
+from tests.integrations.vendors.conftest import API_KEY, stripe_settings
+
+pytestmark = pytest.mark.django_db
+
+PATH = "/v1/things"
+
+
+class Things(ServiceClient):
+    service = "things"
+
+
+def configure(settings, vendor, **policies):
+    settings.INTEGRATIONS = {
+        "REDIS_URL": settings.REDIS_URL,
+        "RETRY": {"MAX_ATTEMPTS": 3, "BASE_DELAY": 0.01, "MAX_DELAY": 0.05, "DEADLINE": 5.0},
+        "SERVICES": {"things": {"BASE_URL": vendor.url, **policies}},
+    }
+
+
+# -- settings -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("100/s", RateLimit(100, 1.0, 1)),
+        ("6000/m", RateLimit(6000, 60.0, 1)),
+        ("5/10s", RateLimit(5, 10.0, 1)),
+        ({"RATE": "80/s", "BURST": 10}, RateLimit(80, 1.0, 10)),
+        (None, None),
+    ],
+)
+def test_rate_limit_settings_parse(value, expected):
+    assert RateLimit.parse(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["100", "100/fortnight", "0/s", "-1/s", 100, {"RATE": "1/s", "BURST": 0},
+     {"RATE": "1/s", "BURST": True}, {"RATE": "1/s", "BRUST": 2}],
+)  # fmt: skip
+def test_bad_rate_limits_are_refused_naming_the_key(value):
+    with pytest.raises(ImproperlyConfigured, match=r'SERVICES.*"RATE_LIMIT"'):
+        RateLimit.parse(value, 'INTEGRATIONS["SERVICES"]["x"]["RATE_LIMIT"]')
+
+
+def ids(settings, integrations):
+    settings.INTEGRATIONS = integrations
+    return [message.id for message in check_integrations_settings()]
+
+
+def test_checks_of_the_shared_policies(settings):
+    url = "redis://:hunter2@127.0.0.1:6379/0"
+    assert ids(settings, {"REDIS_URL": url, "RATE_LIMIT": "10/s", "SHARED_COOLDOWN": True}) == []
+    assert ids(settings, {"REDIS_URL": "http://:hunter2@x/"}) == ["integrations.E010"]
+    assert ids(settings, {"REDIS_URL": url, "REDIS_TIMEOUT": 0}) == ["integrations.E010"]
+    assert ids(settings, {"REDIS_URL": url, "SERVICES": {"a": {"RATE_LIMIT": "x"}}}) == [
+        "integrations.E011"
+    ]
+    assert ids(settings, {"REDIS_URL": url, "SHARED_COOLDOWN": "yes"}) == ["integrations.E011"]
+    assert ids(settings, {"SERVICES": {"a": {"RATE_LIMIT": "5/s"}}}) == ["integrations.E012"]
+    settings.INTEGRATIONS = {"REDIS_URL": "http://:hunter2@x/"}
+    assert all("hunter2" not in str(m) + str(m.hint) for m in check_integrations_settings())
+
+
+# -- rate limit -----------------------------------------------------------------------------
+
+
+def test_calls_over_the_limit_wait_for_their_slot(settings, vendor):
+    vendor.route("GET", PATH, Reply.json({}))
+    configure(settings, vendor, RATE_LIMIT="20/s")  # a slot every 50 ms
+    client = Things()
+    started = time.monotonic()
+    for _ in range(6):
+        client.get_json(PATH, operation="get")
+    took = time.monotonic() - started
+    arrivals = [r.received_at for r in vendor.requests]
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    assert took >= 5 * 0.05 - 0.01
+    assert min(gaps) >= 0.045  # evenly spaced (burst 1), no call early
+
+
+def test_a_burst_goes_at_once_then_the_rate_holds(settings, vendor):
+    vendor.route("GET", PATH, Reply.json({}))
+    configure(settings, vendor, RATE_LIMIT={"RATE": "10/s", "BURST": 4})
+    client = Things()
+    started = time.monotonic()
+    for _ in range(4):
+        client.get_json(PATH, operation="get")
+    assert time.monotonic() - started < 0.09
+    client.get_json(PATH, operation="get")  # the fifth waits for the rate
+    assert time.monotonic() - started >= 0.09
+
+
+def test_a_slot_past_the_deadline_is_refused_at_once_and_not_taken(settings, vendor):
+    vendor.route("GET", PATH, Reply.json({}))
+    configure(settings, vendor, RATE_LIMIT="1/m", RETRY={"DEADLINE": 2.0})
+    client = Things()
+    client.get_json(PATH, operation="get")
+    started = time.monotonic()
+    with pytest.raises(RateLimited) as caught:
+        client.get_json(PATH, operation="get")
+    assert time.monotonic() - started < 0.5  # failed fast: no wait, no retry
+    error = caught.value
+    assert isinstance(error, RateLimitedError) and error.retryable
+    assert 58 < error.retry_after <= 60
+    assert error.attempts == 0
+    assert "shared rate limit (1/60s (burst 1))" in str(error)
+    assert vendor.count() == 1
+    # Not the vendor's failure: the breaker counted nothing.
+    assert CircuitBreaker.objects.get(name="things").consecutive_failures == 0
+    # Nothing was reserved by the refusal: the slot after the first is still one minute out.
+    tat = int(shared_state.get_redis().get(shared_state.key("things", "rate")))
+    seconds, micros = shared_state.get_redis().time()
+    assert tat - (seconds * 1_000_000 + micros) <= 60_000_000
+
+
+def test_stripe_service_shares_the_same_rate_limit(settings):
+    with FakeStripe(api_key=API_KEY) as fake:
+        config = stripe_settings(fake.base_url, RATE_LIMIT="1/m", RETRY={"DEADLINE": 1.0})
+        config["REDIS_URL"] = settings.REDIS_URL
+        with override_settings(INTEGRATIONS=config):
+            StripeService().create_customer("ada@example.com")
+            with pytest.raises(RateLimited):
+                StripeService().create_customer("bob@example.com")
+        assert fake.count() == 1
+
+
+# -- cool-down --------------------------------------------------------------------------------
+
+
+def test_a_429_cools_down_every_caller_of_the_service(settings, vendor):
+    vendor.route("GET", PATH, Reply.rate_limited(0.6), Reply.json({}))
+    vendor.route("GET", "/other", Reply.json({}))
+    configure(settings, vendor, SHARED_COOLDOWN=True, RETRY={"MAX_ATTEMPTS": 1})
+    with pytest.raises(RateLimitedError):
+        Things().get_json(PATH, operation="get")
+    left, reason = shared_state.cooldown_left("things")
+    assert 0.4 < left <= 0.6
+    assert reason == "429 from things.get"
+    hit = time.monotonic()
+    Things().get_json("/other", operation="other")  # another caller: waits out the cool-down
+    other = vendor.requests_to("GET", "/other")[0]
+    assert other.received_at - hit >= left - 0.05
+
+
+def test_a_cooldown_longer_than_the_deadline_fails_fast(settings, vendor):
+    vendor.route("GET", PATH, Reply.error(503, headers={"Retry-After": "30"}), Reply.json({}))
+    configure(settings, vendor, SHARED_COOLDOWN=True, RETRY={"MAX_ATTEMPTS": 1, "DEADLINE": 3})
+    with pytest.raises(IntegrationUnavailable) as first:
+        Things().get_json(PATH, operation="get")
+    assert first.value.retry_after == 30
+    started = time.monotonic()
+    with pytest.raises(RateLimited, match="cool-down") as caught:
+        Things().get_json(PATH, operation="get")
+    assert time.monotonic() - started < 0.5
+    assert 29 < caught.value.retry_after <= 30
+    assert vendor.count() == 1
+
+
+def test_a_503_without_retry_after_starts_no_cooldown(settings, vendor):
+    vendor.route("GET", PATH, Reply.server_error(503), Reply.json({}))
+    configure(settings, vendor, SHARED_COOLDOWN=True, RETRY={"MAX_ATTEMPTS": 1})
+    with pytest.raises(IntegrationUnavailable):
+        Things().get_json(PATH, operation="get")
+    assert shared_state.cooldown_left("things") == (0.0, "")
+    Things().get_json(PATH, operation="get")
+    assert vendor.count() == 2
+
+
+def test_without_shared_cooldown_a_429_holds_only_its_caller(settings, vendor):
+    vendor.route("GET", PATH, Reply.rate_limited(30), Reply.json({}))
+    configure(settings, vendor, RATE_LIMIT="1000/s", RETRY={"MAX_ATTEMPTS": 1})
+    with pytest.raises(RateLimitedError):
+        Things().get_json(PATH, operation="get")
+    Things().get_json(PATH, operation="get")
+    assert vendor.count() == 2
+
+
+# -- Redis unreachable: fail open ---------------------------------------------------------------
+
+
+def test_redis_down_fails_open_with_one_warning_and_a_signal(settings, vendor, caplog):
+    vendor.route("GET", PATH, Reply.json({}))
+    configure(settings, vendor, RATE_LIMIT="1/m", SHARED_COOLDOWN=True)
+    port = unused_port_url().rsplit(":", 1)[1]  # a closed port: connections are refused
+    settings.INTEGRATIONS = {
+        **settings.INTEGRATIONS,
+        "REDIS_URL": f"redis://:s3cret-password@127.0.0.1:{port}/0",
+    }
+    sent = []
+
+    def receiver(sender, **kwargs):
+        sent.append((sender, kwargs["error_class"]))
+
+    shared_state_unavailable.connect(receiver)
+    try:
+        with caplog.at_level(logging.WARNING, logger="integrations.fleet"):
+            started = time.monotonic()
+            for _ in range(3):  # a 1/m limit would refuse the second: it is not applied
+                Things().get_json(PATH, operation="get")
+            took = time.monotonic() - started
+    finally:
+        shared_state_unavailable.disconnect(receiver)
+    assert vendor.count() == 3
+    assert took < 1.0  # no call waits on the dead Redis past REDIS_TIMEOUT
+    warnings = [r for r in caplog.records if r.name == "integrations.fleet"]
+    assert len(warnings) == 1
+    assert "failing open" in warnings[0].getMessage()
+    assert sent == [("things", "ConnectionError")]  # later calls leave Redis alone for a while
+    assert "s3cret" not in caplog.text
+
+
+def test_a_redis_that_never_answers_costs_one_call_its_timeout(settings, vendor):
+    """A listening socket that never answers (a hung Redis): the first call waits
+    ``REDIS_TIMEOUT`` and goes out; the next ones do not wait again."""
+    import socket
+
+    vendor.route("GET", PATH, Reply.json({}))
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        configure(settings, vendor, RATE_LIMIT="100/s")
+        settings.INTEGRATIONS = {
+            **settings.INTEGRATIONS,
+            "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+            "REDIS_TIMEOUT": 0.2,
+        }
+        started = time.monotonic()
+        Things().get_json(PATH, operation="get")
+        first = time.monotonic() - started
+        Things().get_json(PATH, operation="get")
+        both = time.monotonic() - started
+    assert 0.2 <= first < 0.6
+    assert both - first < 0.1
+    assert vendor.count() == 2
