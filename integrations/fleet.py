@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from . import shared_state
 from .exceptions import IntegrationUnavailable, RateLimited, RateLimitedError
-from .signals import shared_state_unavailable
+from .signals import cooldown_started, shared_state_unavailable
 
 if TYPE_CHECKING:
     from .policies import RateLimit
@@ -172,6 +172,13 @@ class FleetGuard:
             _unavailable(self.service, operation, exc)
             return
         if started:
+            cooldown_started.send(
+                sender=self.service,
+                service=self.service,
+                operation=operation,
+                seconds=seconds,
+                status=reason,
+            )
             logger.warning(
                 "%s: the vendor answered %s; every process holds its calls for %.2fs (cool-down)",
                 self.service,

@@ -9,6 +9,11 @@ served by ``tether.metrics.metrics_view`` together with the webhook metrics, if 
   retries and backoff included.
 - ``tether_integration_retries_total{service,operation}``: attempts that failed and were retried.
 - ``tether_circuit_breaker_transitions_total{breaker,from_state,to_state}``.
+- ``tether_integration_cooldowns_total{service,status}``: shared cool-downs started by a 429
+  (or a 503 with ``Retry-After``); calls a cool-down or the shared rate limit refused end with
+  ``outcome="rate_limited"`` in ``tether_integration_calls_total``.
+- ``tether_integration_shared_state_errors_total{service}``: calls that found the shared
+  policies' Redis unreachable and went out without them (failing open).
 - ``tether_circuit_breaker_state{breaker,state}``: gauge at scrape time from the database (the
   state every process shares): 1 for the breaker's current state, 0 for the others.
 """
@@ -42,6 +47,8 @@ class Instruments:
     seconds: Histogram
     retries: Counter
     transitions: Counter
+    cooldowns: Counter
+    shared_state_errors: Counter
 
 
 @functools.cache
@@ -65,6 +72,16 @@ def instruments() -> Instruments:
             "Circuit breaker state changes.",
             ["breaker", "from_state", "to_state"],
         ),
+        cooldowns=Counter(
+            "tether_integration_cooldowns",
+            "Shared cool-downs started by a vendor's 429 (or 503 with Retry-After).",
+            ["service", "status"],
+        ),
+        shared_state_errors=Counter(
+            "tether_integration_shared_state_errors",
+            "Calls that could not ask the shared policies' Redis (they went out without them).",
+            ["service"],
+        ),
     )
 
 
@@ -86,6 +103,14 @@ def on_breaker_transitioned(
 ) -> None:
     name = getattr(breaker, "name", breaker)
     instruments().transitions.labels(name, from_state, to_state).inc()
+
+
+def on_cooldown_started(sender: Any, status: str, **kwargs: Any) -> None:
+    instruments().cooldowns.labels(kwargs.get("service", sender), status).inc()
+
+
+def on_shared_state_unavailable(sender: Any, **kwargs: Any) -> None:
+    instruments().shared_state_errors.labels(kwargs.get("service", sender)).inc()
 
 
 class BreakerStateCollector:
@@ -122,6 +147,8 @@ _RECEIVERS = (
     (signals.call_finished, on_call_finished),
     (signals.call_retried, on_call_retried),
     (signals.breaker_transitioned, on_breaker_transitioned),
+    (signals.cooldown_started, on_cooldown_started),
+    (signals.shared_state_unavailable, on_shared_state_unavailable),
 )
 
 

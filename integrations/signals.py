@@ -9,6 +9,8 @@
   ``CircuitBreaker``): sent after the transition committed.
 - ``shared_state_unavailable(service, error_class)``: the Redis of the shared policies
   (``INTEGRATIONS["REDIS_URL"]``) could not be asked; the call went out without them.
+- ``cooldown_started(service, operation, seconds, status)``: the vendor answered ``status``
+  (429, or 503 with ``Retry-After``) and every process now holds its calls for ``seconds``.
 """
 
 from django.dispatch import Signal
@@ -17,3 +19,4 @@ call_finished = Signal()
 call_retried = Signal()
 breaker_transitioned = Signal()
 shared_state_unavailable = Signal()
+cooldown_started = Signal()

@@ -192,6 +192,44 @@ def test_outbound_calls_retries_and_breakers_show_on_metrics(
 
 
 @pytest.mark.django_db
+def test_cooldowns_refusals_and_redis_errors_show_on_metrics(client, settings):
+    from integrations.exceptions import RateLimited, RateLimitedError
+    from integrations.testing import unused_port_url
+
+    with FakeVendor() as vendor:
+        vendor.route("GET", "/v1/rate", Reply.rate_limited(30), Reply.json({"rate": 1}))
+        service = {
+            "BASE_URL": vendor.url,
+            "RETRY": {"MAX_ATTEMPTS": 1, "DEADLINE": 2.0},
+            "SHARED_COOLDOWN": True,
+        }
+        settings.INTEGRATIONS = {
+            "REDIS_URL": settings.REDIS_URL,
+            "SERVICES": {"metrics-rates": service},
+        }
+        before = scrape(client)
+        with pytest.raises(RateLimitedError):
+            Rates().rate()  # the vendor's 429: a cool-down of 30 s for every process
+        with pytest.raises(RateLimited):
+            Rates().rate()  # refused by the cool-down, longer than the deadline
+        settings.INTEGRATIONS = {
+            "REDIS_URL": unused_port_url().replace("http", "redis"),
+            "SERVICES": {"metrics-rates": service},
+        }
+        assert Rates().rate() == {"rate": 1}  # Redis down: fails open
+        after = scrape(client)
+
+    def delta(name, **labels):
+        return after.value(name, **labels) - before.value(name, **labels)
+
+    call = {"service": "metrics-rates", "operation": "rate"}
+    assert delta("tether_integration_cooldowns_total", service="metrics-rates", status="429") == 1
+    assert delta("tether_integration_calls_total", **call, outcome="rate_limited") == 1
+    assert delta("tether_integration_calls_total", **call, outcome="rate_limited_error") == 1
+    assert delta("tether_integration_shared_state_errors_total", service="metrics-rates") == 1
+
+
+@pytest.mark.django_db
 def test_breaker_state_gauge_reads_the_shared_state(client):
     CircuitBreakerFactory(name="github", state="forced_open")
     metrics = scrape(client)

@@ -100,7 +100,10 @@ def test_calls_over_the_limit_wait_for_their_slot(settings, vendor):
     arrivals = [r.received_at for r in vendor.requests]
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
     assert took >= 5 * 0.05 - 0.01
-    assert min(gaps) >= 0.045  # evenly spaced (burst 1), no call early
+    assert arrivals[-1] - arrivals[0] >= 5 * 0.05 - 0.01
+    # Evenly spaced (burst 1); a slot is kept at the client, so one request delayed on its way
+    # (a busy machine) arrives closer to the next: no gap is much below the interval.
+    assert min(gaps) >= 0.03
 
 
 def test_a_burst_goes_at_once_then_the_rate_holds(settings, vendor):
