@@ -14,7 +14,12 @@ from django.test import override_settings
 
 from integrations import ServiceClient, shared_state
 from integrations.checks import check_integrations_settings
-from integrations.exceptions import IntegrationUnavailable, RateLimited, RateLimitedError
+from integrations.exceptions import (
+    CircuitOpenError,
+    IntegrationUnavailable,
+    RateLimited,
+    RateLimitedError,
+)
 from integrations.models import CircuitBreaker
 from integrations.policies import RateLimit
 from integrations.signals import shared_state_unavailable
@@ -261,3 +266,48 @@ def test_a_redis_that_never_answers_costs_one_call_its_timeout(settings, vendor)
     assert 0.2 <= first < 0.6
     assert both - first < 0.1
     assert vendor.count() == 2
+
+
+# -- slow calls count against the breaker ---------------------------------------------------
+
+
+def test_slow_successes_open_the_breaker_when_their_rate_crosses_the_threshold(settings, vendor):
+    vendor.route("GET", PATH, Reply.slow(0.15, Reply.json({"ok": True})))
+    vendor.route("GET", "/fast", Reply.json({"ok": True}))
+    breaker = {
+        "FAILURE_THRESHOLD": 1000,  # only the failure-rate rule can open it
+        "FAILURE_RATE": 0.5,
+        "MINIMUM_CALLS": 6,
+        "WINDOW": 60.0,
+        "CACHE_TTL": 0.0,
+        "SLOW_CALL_THRESHOLD": 0.1,
+    }
+    settings.INTEGRATIONS = {
+        "RETRY": {"MAX_ATTEMPTS": 1},
+        "SERVICES": {"things": {"BASE_URL": vendor.url, "BREAKER": breaker}},
+    }
+    client = Things()
+    for _ in range(3):
+        assert client.get_json("/fast", operation="fast") == {"ok": True}
+    for _ in range(2):  # slow, but each caller still gets its answer
+        assert client.get_json(PATH, operation="get") == {"ok": True}
+    assert CircuitBreaker.objects.get(name="things").state == "closed"  # 2 of 5: under 50 %
+    assert client.get_json(PATH, operation="get") == {"ok": True}  # 3 of 6: the rate is reached
+    row = CircuitBreaker.objects.get(name="things")
+    assert row.state == "open"
+    assert "over the slow-call threshold (0.1s)" in row.last_error
+    with pytest.raises(CircuitOpenError):
+        client.get_json("/fast", operation="fast")
+
+
+def test_without_a_threshold_slow_calls_are_successes(settings, vendor):
+    vendor.route("GET", PATH, Reply.slow(0.15, Reply.json({"ok": True})))
+    settings.INTEGRATIONS = {
+        "SERVICES": {
+            "things": {"BASE_URL": vendor.url, "BREAKER": {"FAILURE_THRESHOLD": 1}},
+        },
+    }
+    for _ in range(3):
+        Things().get_json(PATH, operation="get")
+    row = CircuitBreaker.objects.get(name="things")
+    assert (row.state, row.consecutive_failures) == ("closed", 0)
