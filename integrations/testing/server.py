@@ -11,8 +11,8 @@ Use it where your code would call a vendor: point the service's base URL at ``ve
 A route answers its replies in order, then repeats the last one. A reply may also be a callable
 taking the ``RecordedRequest`` and returning a ``Reply``. Unrouted paths answer 404. Every request
 is recorded (method, path, query, headers, body, arrival time) before it is answered, including
-those the server then leaves hanging or drops; so is what each answer sent (``answers``: bytes of body
-written, whether it was sent whole), and how many requests were being answered at once
+those the server then leaves hanging or drops; so is what each answer sent (``answers``: bytes of
+body written, whether it was sent whole), and how many requests were being answered at once
 (``in_flight``, ``max_in_flight``).
 
 Besides healthy and failing answers, a reply can misbehave on the wire: ``Reply.trickle``
