@@ -72,7 +72,8 @@ class CallPolicy:
     retry: RetryPolicy
     breaker: BreakerPolicy
     max_response_bytes: int
-    #: The policies shared by every process (rate limit, cool-down), from the settings only.
+    #: The policies shared by every process (rate limit, cool-down, bulkheads), from the
+    #: settings only.
     fleet: FleetGuard | None = None
 
     @classmethod
@@ -143,7 +144,11 @@ def fleet_guard_for(service: str) -> FleetGuard | None:
     own = service_settings(service)
     where = f'INTEGRATIONS["SERVICES"][{service!r}]["RATE_LIMIT"]'
     guard: FleetGuard | None = FleetGuard(
-        service, RateLimit.parse(own["RATE_LIMIT"], where), bool(own["SHARED_COOLDOWN"])
+        service,
+        RateLimit.parse(own["RATE_LIMIT"], where),
+        bool(own["SHARED_COOLDOWN"]),
+        own["MAX_CONCURRENCY"],
+        own["CLUSTER_MAX_CONCURRENCY"],
     )
     if guard is not None and not guard.active:
         guard = None

@@ -17,10 +17,11 @@
   (the message never shows the URL: it may hold a password), or ``REDIS_TIMEOUT`` is not a
   number of seconds greater than 0.
 - ``integrations.E011``: a ``RATE_LIMIT`` (global or per service) that does not parse
-  (``"100/s"``, or ``{"RATE": "100/s", "BURST": 10}``), or a ``SHARED_COOLDOWN`` that is not
-  True or False.
-- ``integrations.E012``: a shared policy (``RATE_LIMIT``, ``SHARED_COOLDOWN``) is on and
-  ``REDIS_URL`` is not set.
+  (``"100/s"``, or ``{"RATE": "100/s", "BURST": 10}``), a ``SHARED_COOLDOWN`` that is not
+  True or False, or a ``MAX_CONCURRENCY`` / ``CLUSTER_MAX_CONCURRENCY`` that is not None or an
+  integer from 1 to 100000.
+- ``integrations.E012``: a shared policy (``RATE_LIMIT``, ``SHARED_COOLDOWN``,
+  ``CLUSTER_MAX_CONCURRENCY``) is on and ``REDIS_URL`` is not set.
 - ``integrations.W001``: ``RETRY`` has ``MAX_DELAY`` below ``BASE_DELAY`` (the cap wins).
 """
 
@@ -112,6 +113,16 @@ def _check_shared_policies(entry: Mapping[str, Any], where: str) -> list[CheckMe
                     id="integrations.E011",
                 )
             )
+    for name in ("MAX_CONCURRENCY", "CLUSTER_MAX_CONCURRENCY"):
+        value = entry.get(name)
+        if value is not None and not (_integer(value) and 1 <= value <= 100_000):
+            errors.append(
+                Error(
+                    f'{where}["{name}"] must be None or an integer from 1 to 100000.',
+                    hint="The most calls of the service in flight at once.",
+                    id="integrations.E011",
+                )
+            )
     if "SHARED_COOLDOWN" in entry and not isinstance(entry["SHARED_COOLDOWN"], bool):
         errors.append(
             Error(
@@ -124,7 +135,11 @@ def _check_shared_policies(entry: Mapping[str, Any], where: str) -> list[CheckMe
 
 
 def _uses_shared_policies(entry: Mapping[str, Any]) -> bool:
-    return entry.get("RATE_LIMIT") is not None or entry.get("SHARED_COOLDOWN") is True
+    return (
+        entry.get("RATE_LIMIT") is not None
+        or entry.get("SHARED_COOLDOWN") is True
+        or entry.get("CLUSTER_MAX_CONCURRENCY") is not None
+    )
 
 
 def _check_redis(user: Mapping[str, Any]) -> list[CheckMessage]:
@@ -160,8 +175,8 @@ def _check_redis(user: Mapping[str, Any]) -> list[CheckMessage]:
         if any(_uses_shared_policies(entry) for entry in entries):
             errors.append(
                 Error(
-                    "A shared policy (RATE_LIMIT, SHARED_COOLDOWN) is on but "
-                    'INTEGRATIONS["REDIS_URL"] is not set.',
+                    "A shared policy (RATE_LIMIT, SHARED_COOLDOWN, CLUSTER_MAX_CONCURRENCY) is on "
+                    'but INTEGRATIONS["REDIS_URL"] is not set.',
                     hint="Set REDIS_URL to the Redis every process of the fleet shares.",
                     id="integrations.E012",
                 )

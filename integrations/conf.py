@@ -56,6 +56,12 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_TIMEOUT": 0.25,
     "RATE_LIMIT": None,
     "SHARED_COOLDOWN": False,
+    # Bulkhead: at most this many calls of a service in flight in each process
+    # (MAX_CONCURRENCY), and across the fleet (CLUSTER_MAX_CONCURRENCY, Redis, with leases that
+    # expire so a killed process gives its places back). Excess calls wait within their
+    # deadline, else raise BulkheadFull. None = no limit.
+    "MAX_CONCURRENCY": None,
+    "CLUSTER_MAX_CONCURRENCY": None,
     "SERVICES": {},
     # Operator API (integrations.api): DRF permission and throttle classes, dotted paths or
     # classes. Model permissions (view/change on CircuitBreaker) are always checked on top.
@@ -73,6 +79,8 @@ SERVICE_KEYS = (
     "MAX_RESPONSE_BYTES",
     "RATE_LIMIT",
     "SHARED_COOLDOWN",
+    "MAX_CONCURRENCY",
+    "CLUSTER_MAX_CONCURRENCY",
 )
 
 

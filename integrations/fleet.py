@@ -1,5 +1,5 @@
-"""Policies that hold for the whole fleet of processes calling a service: the shared rate limit
-and the shared cool-down after a 429.
+"""Policies that hold for the whole fleet of processes calling a service: the shared rate limit,
+the shared cool-down after a 429, and the bulkhead.
 
 ``CallPolicy`` builds one ``FleetGuard`` per call from the service's settings; the runner
 (``integrations.resilience``) calls ``enter`` before each attempt, before the circuit breaker is
@@ -16,6 +16,14 @@ the waits and the errors are here.
   429 without one; at most ``MAX_RETRY_AFTER``). A call meeting a cool-down waits for its end
   when that fits its deadline, else raises ``RateLimited``. Checked in the rate limit's round
   trip.
+- **Bulkhead** (``MAX_CONCURRENCY`` per process, ``CLUSTER_MAX_CONCURRENCY`` across the
+  fleet): at most that many calls of the service in flight. A call waits for a place within its
+  deadline, else raises ``BulkheadFull``. The process's places are a semaphore; the fleet's are
+  leases in a Redis sorted set, each ending ``BULKHEAD_LEASE_MARGIN`` seconds after the attempt's
+  deadline (which bounds the attempt), so that a killed process's places come back by then. A
+  call waiting for a fleet place asks again every ``BULKHEAD_POLL`` seconds at most (or when the
+  first lease ends, if sooner). Places are taken before the rate-limit slot (a slot is never
+  wasted waiting for a place) and given back as soon as the attempt ends.
 - **Redis unreachable**: the shared policies fail open. The call goes out as if they were off,
   a warning is logged at most once a minute per process and service, the
   ``shared_state_unavailable`` signal counts it (``tether_integration_shared_state_errors_total``)
@@ -26,13 +34,23 @@ the waits and the errors are here.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tether.fork import after_fork
+
 from . import shared_state
-from .exceptions import IntegrationUnavailable, RateLimited, RateLimitedError
+from .exceptions import (
+    BulkheadFull,
+    CircuitOpenError,
+    IntegrationUnavailable,
+    RateLimited,
+    RateLimitedError,
+)
 from .signals import cooldown_started, shared_state_unavailable
 
 if TYPE_CHECKING:
@@ -40,11 +58,15 @@ if TYPE_CHECKING:
     from .resilience import BackoffClock
 
 __all__ = [
+    "BULKHEAD_LEASE_MARGIN",
+    "BULKHEAD_POLL",
     "DEFAULT_COOLDOWN",
     "REDIS_RETRY_INTERVAL",
     "WARNING_INTERVAL",
     "FleetGuard",
+    "Ticket",
     "forget_unavailable",
+    "in_flight",
 ]
 
 logger = logging.getLogger("integrations.fleet")
@@ -55,12 +77,42 @@ DEFAULT_COOLDOWN = 1.0
 REDIS_RETRY_INTERVAL = 1.0
 #: Seconds between two warnings, per process and service, that Redis cannot be asked.
 WARNING_INTERVAL = 60.0
+#: Seconds a fleet bulkhead lease outlasts the deadline of the attempt that holds it.
+BULKHEAD_LEASE_MARGIN = 2.0
+#: The longest a call waiting for a fleet bulkhead place sleeps before asking again (seconds).
+BULKHEAD_POLL = 0.02
+
+#: (service, size) -> this process's bulkhead semaphore.
+_semaphores: dict[tuple[str, int], threading.BoundedSemaphore] = {}
 
 _state_lock = threading.Lock()
 #: ``time.monotonic()`` until which this process does not ask Redis (after an error).
 _redis_down_until = 0.0
 #: service -> ``time.monotonic()`` of this process's last warning about Redis.
 _last_warning: dict[str, float] = {}
+
+
+def _forget_after_fork() -> None:
+    global _state_lock
+    _semaphores.clear()  # a child's threads hold none of its parent's places
+    _state_lock = threading.Lock()
+
+
+after_fork(_forget_after_fork)
+
+
+def _semaphore(service: str, size: int) -> threading.BoundedSemaphore:
+    semaphore = _semaphores.get((service, size))
+    if semaphore is None:
+        with _state_lock:
+            semaphore = _semaphores.setdefault((service, size), threading.BoundedSemaphore(size))
+    return semaphore
+
+
+def in_flight(service: str, size: int) -> int:
+    """How many of this process's ``size`` bulkhead places for ``service`` are taken."""
+    semaphore = _semaphores.get((service, size))
+    return 0 if semaphore is None else size - semaphore._value
 
 
 def forget_unavailable() -> None:
@@ -88,12 +140,22 @@ def _unavailable(service: str, operation: str, error: shared_state.SharedStateUn
     if warn:
         logger.warning(
             "%s: the shared policies' Redis cannot be asked (%s); calls go out without the "
-            "shared rate limit and cool-down (failing open) until it answers again",
+            "shared rate limit, cool-down and fleet bulkhead (failing open) until it answers again",
             service,
             error,
             extra={"service": service, "operation": operation, "error_class": str(error)},
         )
     shared_state_unavailable.send(sender=service, service=service, error_class=str(error))
+
+
+class Ticket:
+    """The places one attempt holds in its service's bulkheads, handed back to ``leave``."""
+
+    __slots__ = ("process", "token")
+
+    def __init__(self) -> None:
+        self.process: threading.BoundedSemaphore | None = None
+        self.token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,18 +165,97 @@ class FleetGuard:
     service: str
     rate_limit: RateLimit | None
     shared_cooldown: bool
+    max_concurrency: int | None = None
+    cluster_max_concurrency: int | None = None
 
     @property
     def active(self) -> bool:
-        return self.rate_limit is not None or self.shared_cooldown
+        return (
+            self.rate_limit is not None
+            or self.shared_cooldown
+            or self.max_concurrency is not None
+            or self.cluster_max_concurrency is not None
+        )
 
-    def enter(self, operation: str, remaining: float, clock: BackoffClock) -> None:
-        """Before an attempt with ``remaining`` seconds to its deadline: wait for the call's
-        slot (and any cool-down) within them, or raise ``RateLimited``."""
+    def enter(self, operation: str, remaining: float, clock: BackoffClock) -> Ticket:
+        """Before an attempt with ``remaining`` seconds to its deadline: take its bulkhead
+        places, then wait for its rate-limit slot (and any cool-down), all within them; or raise
+        ``BulkheadFull`` / ``RateLimited`` (holding nothing)."""
+        deadline_at = clock.monotonic() + remaining
+        ticket = Ticket()
+        try:
+            if self.max_concurrency is not None:
+                self._take_process_place(ticket, operation, remaining)
+            if self.cluster_max_concurrency is not None:
+                self._take_fleet_place(ticket, operation, deadline_at, clock)
+            if self.rate_limit is not None or self.shared_cooldown:
+                self._wait_for_slot(operation, deadline_at, clock)
+        except BaseException:
+            self._give_back(ticket, operation)
+            raise
+        return ticket
+
+    def _take_process_place(self, ticket: Ticket, operation: str, remaining: float) -> None:
+        size = self.max_concurrency
+        assert size is not None
+        semaphore = _semaphore(self.service, size)
+        # Waiting is real time, whatever the clock: another thread gives the place back.
+        if not semaphore.acquire(timeout=max(0.0, remaining)):
+            raise BulkheadFull(
+                self.service,
+                operation,
+                f"{size} call(s) already in flight in this process (MAX_CONCURRENCY) until the "
+                "call's deadline",
+            )
+        ticket.process = semaphore
+
+    def _take_fleet_place(
+        self, ticket: Ticket, operation: str, deadline_at: float, clock: BackoffClock
+    ) -> None:
+        size = self.cluster_max_concurrency
+        assert size is not None
+        if _redis_skipped():
+            return
+        token = f"{os.getpid()}-{uuid.uuid4().hex}"
+        while True:
+            left = deadline_at - clock.monotonic()
+            try:
+                taken, wait = shared_state.take_lease(
+                    self.service,
+                    limit=size,
+                    lease=max(0.0, left) + BULKHEAD_LEASE_MARGIN,
+                    token=token,
+                )
+            except shared_state.SharedStateUnavailable as error:
+                _unavailable(self.service, operation, error)
+                return
+            if taken:
+                ticket.token = token
+                return
+            if left <= 0:
+                raise BulkheadFull(
+                    self.service,
+                    operation,
+                    f"{size} call(s) already in flight across the fleet "
+                    "(CLUSTER_MAX_CONCURRENCY) until the call's deadline",
+                )
+            clock.sleep(max(0.001, min(wait, BULKHEAD_POLL, left)))
+
+    def _give_back(self, ticket: Ticket, operation: str) -> None:
+        if ticket.process is not None:
+            ticket.process.release()
+            ticket.process = None
+        token, ticket.token = ticket.token, None
+        if token is not None:
+            try:
+                shared_state.give_back_lease(self.service, token)
+            except shared_state.SharedStateUnavailable as error:  # its lease ends by itself
+                _unavailable(self.service, operation, error)
+
+    def _wait_for_slot(self, operation: str, deadline_at: float, clock: BackoffClock) -> None:
         if _redis_skipped():
             return
         limit = self.rate_limit
-        deadline_at = clock.monotonic() + remaining
         for _ in range(3):  # a cool-down waited for, then the slot; a new cool-down meanwhile
             left = deadline_at - clock.monotonic()
             try:
@@ -150,10 +291,15 @@ class FleetGuard:
             )
         return RateLimited(self.service, operation, reason, retry_after=admission.wait)
 
-    def leave(self, operation: str, error: BaseException | None) -> None:
-        """After an attempt: a 429, or a 503 with ``Retry-After``, starts the fleet's
-        cool-down."""
-        if error is None or not self.shared_cooldown or isinstance(error, RateLimited):
+    def leave(self, operation: str, ticket: Ticket, error: BaseException | None) -> None:
+        """After an attempt (or when it was not made): give its places back; a 429, or a 503
+        with ``Retry-After``, starts the fleet's cool-down."""
+        self._give_back(ticket, operation)
+        if (
+            error is None
+            or not self.shared_cooldown
+            or isinstance(error, RateLimited | CircuitOpenError)
+        ):
             return
         seconds: float | None = None
         if isinstance(error, RateLimitedError):

@@ -100,14 +100,15 @@ class BreakerLike(Protocol):
 
 class GuardLike(Protocol):
     """The part of ``integrations.fleet.FleetGuard`` the runner uses: ``enter`` before an
-    attempt (may wait, or raise), ``leave`` after it with its error (None on success)."""
+    attempt (may wait, or raise) returns a ticket; ``leave`` takes it back after the attempt,
+    with its error (None on success, or when the attempt was not made)."""
 
     @property
     def active(self) -> bool: ...
 
-    def enter(self, operation: str, remaining: float, clock: BackoffClock) -> None: ...
+    def enter(self, operation: str, remaining: float, clock: BackoffClock) -> Any: ...
 
-    def leave(self, operation: str, error: BaseException | None) -> None: ...
+    def leave(self, operation: str, ticket: Any, error: BaseException | None) -> None: ...
 
 
 class BackoffClock:
@@ -232,15 +233,36 @@ def call_with_resilience(
         guard = None
 
     def one_attempt(number: int) -> T:
+        if guard is None:
+            return breaker_attempt(number)
+        ticket = guard.enter(operation, max(0.0, deadline_at - clock.monotonic()), clock)
+        left = False
+
+        def leave(error: BaseException | None) -> None:
+            # As soon as the attempt ends, before its outcome is written: the places it held
+            # are free for the next caller.
+            nonlocal left
+            left = True
+            guard.leave(operation, ticket, error)
+
+        try:
+            return breaker_attempt(number, leave)
+        finally:
+            if not left:  # the breaker refused it, or recording its outcome failed
+                guard.leave(operation, ticket, None)
+
+    def breaker_attempt(
+        number: int, ended: Callable[[BaseException | None], None] | None = None
+    ) -> T:
         nonlocal sent
-        if guard is not None:
-            guard.enter(operation, max(0.0, deadline_at - clock.monotonic()), clock)
         permit = breaker.acquire(operation) if breaker is not None else None
         sent += 1
         attempt_started = time.perf_counter()
         try:
             result = attempt(AttemptInfo(number, max(0.0, deadline_at - clock.monotonic())))
         except BaseException as error:
+            if ended is not None:
+                ended(error)
             if breaker is not None:
                 # The one place that decides whether a failure counts against the breaker: an
                 # error whose ``breaker_failure`` is False (a 4xx) is a success for it.
@@ -249,9 +271,9 @@ def call_with_resilience(
                     breaker.record_failure(permit, error)
                 else:
                     breaker.record_success(permit)
-            if guard is not None:
-                guard.leave(operation, error)
             raise
+        if ended is not None:
+            ended(None)
         if breaker is not None:
             took = time.perf_counter() - attempt_started
             if slow_call_threshold is not None and took > slow_call_threshold:

@@ -7,8 +7,9 @@ are the Redis server's (``TIME``), so processes whose clocks differ still share 
 asynchronous runner would only need async twins of these few functions.
 
 Keys, per service: ``tether:integrations:<service>:rate`` (the GCRA's theoretical arrival time,
-microseconds) and ``...:cooldown`` (present while a cool-down is in force; its expiry is the
-cool-down's end). Every key expires by itself.
+microseconds), ``...:cooldown`` (present while a cool-down is in force; its expiry is the
+cool-down's end) and ``...:bulkhead`` (a sorted set: one member per call in flight, scored by
+its lease's expiry). Every key expires by itself.
 
 The client is made once per process (and again after a fork), with ``REDIS_TIMEOUT`` as its
 connect and socket timeout, so that a dead or unreachable Redis costs a call at most that. The
@@ -39,8 +40,11 @@ __all__ = [
     "admit",
     "cooldown_left",
     "get_redis",
+    "give_back_lease",
     "key",
+    "leases_in_force",
     "start_cooldown",
+    "take_lease",
 ]
 
 #: ``Admission.code``: a rate-limit slot was reserved, ``wait`` seconds from now.
@@ -100,6 +104,25 @@ return 0
 """
 
 
+# A place in the fleet's bulkhead, leased. KEYS: the bulkhead's sorted set. ARGV: the limit, the
+# lease (microseconds), this call's token. Expired leases (a killed process's) are dropped first.
+# Returns {1, 0} when the place is taken, else {0, microseconds until the first lease ends}.
+_LEASE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  local expiry = now + tonumber(ARGV[2])
+  redis.call('ZADD', KEYS[1], string.format('%d', expiry), ARGV[3])
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIRE', KEYS[1], math.floor((tonumber(last[2]) - now) / 1000) + 1000)
+  return {1, 0}
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, tonumber(first[2]) - now}
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     """What Redis answered a call asking to go out: ``code`` (``ADMITTED``, ``COOLING_DOWN`` or
@@ -130,6 +153,7 @@ class _Connection:
         )
         self.admit = self.client.register_script(_ADMIT)
         self.cooldown = self.client.register_script(_COOLDOWN)
+        self.lease = self.client.register_script(_LEASE)
         self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
 
@@ -232,3 +256,35 @@ def cooldown_left(service: str) -> tuple[float, str]:
     if left is None or left <= 0:
         return 0.0, ""
     return left / 1000, (reason or b"").decode("utf-8", "replace")
+
+
+def take_lease(service: str, *, limit: int, lease: float, token: str) -> tuple[bool, float]:
+    """Take one of ``limit`` places in ``service``'s fleet-wide bulkhead for ``lease`` seconds
+    under ``token``: (True, 0), or (False, seconds until the first lease in force ends). One
+    round trip."""
+    taken, wait = _run("lease", [key(service, "bulkhead")], [limit, _us(lease), token])
+    return bool(taken), int(wait) / 1_000_000
+
+
+def give_back_lease(service: str, token: str) -> None:
+    """Give back the place ``token`` holds (nothing when its lease already ended). One round
+    trip."""
+    connection = _connect()
+    try:
+        connection.client.zrem(key(service, "bulkhead"), token)
+    except connection.errors as exc:
+        raise SharedStateUnavailable(type(exc).__name__) from exc
+
+
+def leases_in_force(service: str) -> int:
+    """How many places of ``service``'s fleet-wide bulkhead are taken now (for operators)."""
+    connection = _connect()
+    try:
+        seconds, micros = connection.client.time()
+        return int(
+            connection.client.zcount(
+                key(service, "bulkhead"), f"({seconds * 1_000_000 + micros}", "+inf"
+            )
+        )
+    except connection.errors as exc:
+        raise SharedStateUnavailable(type(exc).__name__) from exc

@@ -278,6 +278,10 @@ class Answer:
     body_bytes_sent: int = 0
     #: The whole answer was written.
     completed: bool = False
+    #: ``time.monotonic()`` just before the first byte of the answer was written (None: not
+    #: answered). The client cannot have had its answer before then: ``[request.received_at,
+    #: replied_at]`` lies within the time its caller held the call open.
+    replied_at: float | None = None
 
 
 class _Server(ThreadingHTTPServer):
@@ -364,6 +368,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         try:
+            answer.replied_at = time.monotonic()
             self.send_response(reply.status)
             for name, value in reply.headers:
                 self.send_header(name, value)

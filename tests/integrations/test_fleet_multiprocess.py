@@ -136,3 +136,72 @@ def test_a_429_holds_every_process(vendor):
     resumed = [t for t in times if at + 1.95 <= t < at + 2.6]
     assert len(resumed) >= 20  # every process resumes: calls at the limit again
     assert sum(r.get("success", 0) for r in results) >= len(times) - 1
+
+
+def most_at_once(vendor: FakeVendor, path: str = PATH) -> int:
+    """The most requests to ``path`` the vendor was answering at once: overlaps of [arrived,
+    replied], each within the time its caller held its bulkhead place."""
+    events = []
+    for answer in vendor.answers:
+        if answer.request.path == path and answer.replied_at is not None:
+            events += [(answer.request.received_at, 1), (answer.replied_at, -1)]
+    most = current = 0
+    for _, step in sorted(events):
+        current += step
+        most = max(most, current)
+    return most
+
+
+def test_a_cluster_bulkhead_of_3_holds_across_4_processes_of_4_threads(vendor):
+    vendor.route("GET", "/warm", Reply.json({}))
+    vendor.route("GET", PATH, Reply.slow(0.05, Reply.json({"ok": True})))
+    service = "fleet-bulkhead"
+    config = integrations_for(vendor, service, CLUSTER_MAX_CONCURRENCY=3)
+
+    results, _ = run_callers(config, service, processes=4, threads=4, seconds=3.0)
+
+    assert most_at_once(vendor) == 3  # used to the full, never beyond
+    assert vendor.max_in_flight <= 3 + 1  # (its own count lags the answer's last byte a little)
+    assert all(r.get("success", 0) > 0 for r in results)
+    assert sum(r.get("success", 0) for r in results) == vendor.count("GET", PATH)
+
+
+def test_a_killed_process_gives_its_places_back_when_their_leases_end(vendor, settings):
+    """A process holding all 3 places is killed (SIGKILL: no clean-up at all); the places come
+    back when their leases end (the attempt's deadline + BULKHEAD_LEASE_MARGIN), not never."""
+    from django.test import override_settings
+
+    from integrations import ServiceClient, shared_state
+    from integrations.fleet import BULKHEAD_LEASE_MARGIN
+
+    vendor.route("GET", "/warm", Reply.json({}))
+    vendor.route("GET", PATH, Reply.hang())
+    vendor.route("GET", "/after", Reply.json({"ok": True}))
+    service = "fleet-killed"
+    config = integrations_for(vendor, service, CLUSTER_MAX_CONCURRENCY=3)
+    config["RETRY"] = {"MAX_ATTEMPTS": 1, "DEADLINE": 1.5}
+    barrier = SPAWN.Barrier(2)
+    queue = SPAWN.Queue()
+    holder = SPAWN.Process(
+        target=fleet_procs.call_until,
+        args=(connection.settings_dict["NAME"], config, service, PATH, 60.0, 3, barrier, queue),
+    )
+    holder.start()
+    try:
+        barrier.wait(timeout=120)
+        while vendor.in_flight < 3:  # its 3 calls hang at the vendor, holding every place
+            time.sleep(0.01)
+        taken = time.monotonic()
+        holder.kill()
+        holder.join(timeout=10)
+    finally:
+        if holder.is_alive():
+            holder.kill()
+    with override_settings(INTEGRATIONS={**config, "RETRY": {"DEADLINE": 10.0}}):
+        assert shared_state.leases_in_force(service) == 3  # the dead process's, still leased
+        client = type("After", (ServiceClient,), {"service": service})()
+        assert client.get_json("/after", operation="after") == {"ok": True}
+        waited = time.monotonic() - taken
+        assert shared_state.leases_in_force(service) == 0
+    lease = 1.5 + BULKHEAD_LEASE_MARGIN
+    assert lease - 0.3 <= waited < lease + 1.0
