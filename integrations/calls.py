@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .conf import integrations_settings, service_settings
 from .fleet import FleetGuard
-from .policies import BreakerPolicy, RateLimit, RetryPolicy, Timeout, probe_lease_for
+from .policies import (
+    BreakerPolicy,
+    RateLimit,
+    RetryBudget,
+    RetryPolicy,
+    Timeout,
+    probe_lease_for,
+)
 from .resilience import AttemptInfo, call_with_resilience
 from .transport import AttemptBounds
 
@@ -72,8 +79,8 @@ class CallPolicy:
     retry: RetryPolicy
     breaker: BreakerPolicy
     max_response_bytes: int
-    #: The policies shared by every process (rate limit, cool-down, bulkheads), from the
-    #: settings only.
+    #: The policies shared by every process (rate limit, cool-down, bulkheads, retry budget),
+    #: from the settings only.
     fleet: FleetGuard | None = None
 
     @classmethod
@@ -149,6 +156,9 @@ def fleet_guard_for(service: str) -> FleetGuard | None:
         bool(own["SHARED_COOLDOWN"]),
         own["MAX_CONCURRENCY"],
         own["CLUSTER_MAX_CONCURRENCY"],
+        RetryBudget.parse(
+            own["RETRY_BUDGET"], f'INTEGRATIONS["SERVICES"][{service!r}]["RETRY_BUDGET"]'
+        ),
     )
     if guard is not None and not guard.active:
         guard = None

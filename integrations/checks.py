@@ -18,10 +18,11 @@
   number of seconds greater than 0.
 - ``integrations.E011``: a ``RATE_LIMIT`` (global or per service) that does not parse
   (``"100/s"``, or ``{"RATE": "100/s", "BURST": 10}``), a ``SHARED_COOLDOWN`` that is not
-  True or False, or a ``MAX_CONCURRENCY`` / ``CLUSTER_MAX_CONCURRENCY`` that is not None or an
-  integer from 1 to 100000.
+  True or False, a ``MAX_CONCURRENCY`` / ``CLUSTER_MAX_CONCURRENCY`` that is not None or an
+  integer from 1 to 100000, or a ``RETRY_BUDGET`` that is not None or a dict of ``RATIO``
+  (0..10), ``MIN_RETRIES_PER_SECOND`` (0 or more), ``WINDOW`` (0.1..3600 s).
 - ``integrations.E012``: a shared policy (``RATE_LIMIT``, ``SHARED_COOLDOWN``,
-  ``CLUSTER_MAX_CONCURRENCY``) is on and ``REDIS_URL`` is not set.
+  ``CLUSTER_MAX_CONCURRENCY``, ``RETRY_BUDGET``) is on and ``REDIS_URL`` is not set.
 - ``integrations.W001``: ``RETRY`` has ``MAX_DELAY`` below ``BASE_DELAY`` (the cap wins).
 """
 
@@ -99,7 +100,7 @@ def _check_shared_policies(entry: Mapping[str, Any], where: str) -> list[CheckMe
     """``RATE_LIMIT`` and ``SHARED_COOLDOWN`` of ``INTEGRATIONS`` or of one service."""
     from django.core.exceptions import ImproperlyConfigured
 
-    from .policies import RateLimit
+    from .policies import RateLimit, RetryBudget
 
     errors: list[CheckMessage] = []
     if "RATE_LIMIT" in entry:
@@ -110,6 +111,17 @@ def _check_shared_policies(entry: Mapping[str, Any], where: str) -> list[CheckMe
                 Error(
                     str(exc),
                     hint='For example "100/s", "6000/m", or {"RATE": "80/s", "BURST": 10}.',
+                    id="integrations.E011",
+                )
+            )
+    if "RETRY_BUDGET" in entry:
+        try:
+            RetryBudget.parse(entry["RETRY_BUDGET"], f'{where}["RETRY_BUDGET"]')
+        except ImproperlyConfigured as exc:
+            errors.append(
+                Error(
+                    str(exc),
+                    hint='For example {"RATIO": 0.2, "MIN_RETRIES_PER_SECOND": 1, "WINDOW": 10}.',
                     id="integrations.E011",
                 )
             )
@@ -139,6 +151,7 @@ def _uses_shared_policies(entry: Mapping[str, Any]) -> bool:
         entry.get("RATE_LIMIT") is not None
         or entry.get("SHARED_COOLDOWN") is True
         or entry.get("CLUSTER_MAX_CONCURRENCY") is not None
+        or entry.get("RETRY_BUDGET") is not None
     )
 
 
@@ -175,8 +188,8 @@ def _check_redis(user: Mapping[str, Any]) -> list[CheckMessage]:
         if any(_uses_shared_policies(entry) for entry in entries):
             errors.append(
                 Error(
-                    "A shared policy (RATE_LIMIT, SHARED_COOLDOWN, CLUSTER_MAX_CONCURRENCY) is on "
-                    'but INTEGRATIONS["REDIS_URL"] is not set.',
+                    "A shared policy (RATE_LIMIT, SHARED_COOLDOWN, CLUSTER_MAX_CONCURRENCY, "
+                    'RETRY_BUDGET) is on but INTEGRATIONS["REDIS_URL"] is not set.',
                     hint="Set REDIS_URL to the Redis every process of the fleet shares.",
                     id="integrations.E012",
                 )

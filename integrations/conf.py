@@ -62,6 +62,10 @@ DEFAULTS: dict[str, Any] = {
     # deadline, else raise BulkheadFull. None = no limit.
     "MAX_CONCURRENCY": None,
     "CLUSTER_MAX_CONCURRENCY": None,
+    # Retry budget across the fleet: {"RATIO": 0.2, "MIN_RETRIES_PER_SECOND": 1.0,
+    # "WINDOW": 10.0} lets retries reach 20 % of first attempts (+1/s) over the last 10 s;
+    # beyond it a failure is raised without retrying. None = off.
+    "RETRY_BUDGET": None,
     "SERVICES": {},
     # Operator API (integrations.api): DRF permission and throttle classes, dotted paths or
     # classes. Model permissions (view/change on CircuitBreaker) are always checked on top.
@@ -81,6 +85,7 @@ SERVICE_KEYS = (
     "SHARED_COOLDOWN",
     "MAX_CONCURRENCY",
     "CLUSTER_MAX_CONCURRENCY",
+    "RETRY_BUDGET",
 )
 
 

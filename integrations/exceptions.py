@@ -47,6 +47,8 @@ class IntegrationError(Exception):
     retryable: bool = False
     #: Whether this failure counts against the service's circuit breaker.
     breaker_failure: bool = True
+    #: Set on the error of a call whose retry the service's retry budget refused.
+    retry_budget_spent: bool = False
 
     def __init__(
         self,

@@ -54,7 +54,7 @@ from .exceptions import (
 from .signals import cooldown_started, shared_state_unavailable
 
 if TYPE_CHECKING:
-    from .policies import RateLimit
+    from .policies import RateLimit, RetryBudget
     from .resilience import BackoffClock
 
 __all__ = [
@@ -167,6 +167,7 @@ class FleetGuard:
     shared_cooldown: bool
     max_concurrency: int | None = None
     cluster_max_concurrency: int | None = None
+    retry_budget: RetryBudget | None = None
 
     @property
     def active(self) -> bool:
@@ -175,12 +176,16 @@ class FleetGuard:
             or self.shared_cooldown
             or self.max_concurrency is not None
             or self.cluster_max_concurrency is not None
+            or self.retry_budget is not None
         )
 
-    def enter(self, operation: str, remaining: float, clock: BackoffClock) -> Ticket:
-        """Before an attempt with ``remaining`` seconds to its deadline: take its bulkhead
-        places, then wait for its rate-limit slot (and any cool-down), all within them; or raise
-        ``BulkheadFull`` / ``RateLimited`` (holding nothing)."""
+    def enter(
+        self, operation: str, remaining: float, clock: BackoffClock, number: int = 1
+    ) -> Ticket:
+        """Before attempt ``number`` with ``remaining`` seconds to its deadline: take its
+        bulkhead places, then wait for its rate-limit slot (and any cool-down), all within them,
+        counting a first attempt in the retry budget; or raise ``BulkheadFull`` /
+        ``RateLimited`` (holding nothing)."""
         deadline_at = clock.monotonic() + remaining
         ticket = Ticket()
         try:
@@ -188,8 +193,8 @@ class FleetGuard:
                 self._take_process_place(ticket, operation, remaining)
             if self.cluster_max_concurrency is not None:
                 self._take_fleet_place(ticket, operation, deadline_at, clock)
-            if self.rate_limit is not None or self.shared_cooldown:
-                self._wait_for_slot(operation, deadline_at, clock)
+            if self.rate_limit is not None or self.shared_cooldown or self.retry_budget:
+                self._wait_for_slot(operation, deadline_at, clock, first=number == 1)
         except BaseException:
             self._give_back(ticket, operation)
             raise
@@ -252,10 +257,13 @@ class FleetGuard:
             except shared_state.SharedStateUnavailable as error:  # its lease ends by itself
                 _unavailable(self.service, operation, error)
 
-    def _wait_for_slot(self, operation: str, deadline_at: float, clock: BackoffClock) -> None:
+    def _wait_for_slot(
+        self, operation: str, deadline_at: float, clock: BackoffClock, *, first: bool
+    ) -> None:
         if _redis_skipped():
             return
         limit = self.rate_limit
+        budget = self._budget_args()
         for _ in range(3):  # a cool-down waited for, then the slot; a new cool-down meanwhile
             left = deadline_at - clock.monotonic()
             try:
@@ -265,6 +273,9 @@ class FleetGuard:
                     burst=limit.burst if limit else 1,
                     max_wait=max(0.0, left),
                     cooldown=self.shared_cooldown,
+                    # A retry was counted when the budget allowed it (``allow_retry``).
+                    attempt=shared_state.FIRST_ATTEMPT if first else shared_state.NOT_COUNTED,
+                    budget=budget,
                 )
             except shared_state.SharedStateUnavailable as error:
                 _unavailable(self.service, operation, error)
@@ -280,6 +291,42 @@ class FleetGuard:
         raise RateLimited(
             self.service, operation, "the vendor's cool-down keeps being renewed", retry_after=1.0
         )
+
+    def _budget_args(self) -> tuple[float, float, float] | None:
+        budget = self.retry_budget
+        if budget is None:
+            return None
+        return (budget.window, budget.ratio, budget.min_retries)
+
+    def allow_retry(self, operation: str) -> bool:
+        """Whether the service's retry budget allows one more retry now (counting it when it
+        does). True without a budget, or when Redis cannot be asked (failing open)."""
+        budget = self._budget_args()
+        if budget is None or _redis_skipped():
+            return True
+        try:
+            admission = shared_state.admit(
+                self.service,
+                interval=None,
+                burst=1,
+                max_wait=0.0,
+                cooldown=False,
+                attempt=shared_state.RETRY,
+                budget=budget,
+            )
+        except shared_state.SharedStateUnavailable as error:
+            _unavailable(self.service, operation, error)
+            return True
+        if admission.code == shared_state.BUDGET_SPENT:
+            logger.info(
+                "%s.%s: the retry budget (%s) is spent; the failure is raised without retrying",
+                self.service,
+                operation,
+                self.retry_budget,
+                extra={"service": self.service, "operation": operation},
+            )
+            return False
+        return True
 
     def _refused(self, operation: str, admission: shared_state.Admission) -> RateLimited:
         if admission.code == shared_state.COOLING_DOWN:

@@ -12,6 +12,8 @@ served by ``tether.metrics.metrics_view`` together with the webhook metrics, if 
 - ``tether_integration_cooldowns_total{service,status}``: shared cool-downs started by a 429
   (or a 503 with ``Retry-After``); calls a cool-down or the shared rate limit refused end with
   ``outcome="rate_limited"`` in ``tether_integration_calls_total``.
+- ``tether_integration_retry_budget_spent_total{service,operation}``: failures raised without
+  a retry because the service's retry budget was spent.
 - ``tether_integration_shared_state_errors_total{service}``: calls that found the shared
   policies' Redis unreachable and went out without them (failing open).
 - ``tether_circuit_breaker_state{breaker,state}``: gauge at scrape time from the database (the
@@ -49,6 +51,7 @@ class Instruments:
     transitions: Counter
     cooldowns: Counter
     shared_state_errors: Counter
+    budget_spent: Counter
 
 
 @functools.cache
@@ -82,6 +85,11 @@ def instruments() -> Instruments:
             "Calls that could not ask the shared policies' Redis (they went out without them).",
             ["service"],
         ),
+        budget_spent=Counter(
+            "tether_integration_retry_budget_spent",
+            "Failures raised without a retry: the service's retry budget was spent.",
+            call,
+        ),
     )
 
 
@@ -107,6 +115,10 @@ def on_breaker_transitioned(
 
 def on_cooldown_started(sender: Any, status: str, **kwargs: Any) -> None:
     instruments().cooldowns.labels(kwargs.get("service", sender), status).inc()
+
+
+def on_retry_budget_spent(sender: Any, operation: str, **kwargs: Any) -> None:
+    instruments().budget_spent.labels(kwargs.get("service", sender), operation).inc()
 
 
 def on_shared_state_unavailable(sender: Any, **kwargs: Any) -> None:
@@ -149,6 +161,7 @@ _RECEIVERS = (
     (signals.breaker_transitioned, on_breaker_transitioned),
     (signals.cooldown_started, on_cooldown_started),
     (signals.shared_state_unavailable, on_shared_state_unavailable),
+    (signals.retry_budget_spent, on_retry_budget_spent),
 )
 
 

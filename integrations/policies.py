@@ -220,3 +220,55 @@ class RateLimit:
                 f"{where}: BURST must be an integer from 1 to {MAX_BURST}, not {burst!r}."
             )
         return cls(calls, period, burst)
+
+
+@dataclass(frozen=True)
+class RetryBudget:
+    """Retries of a service across the fleet stay under ``ratio`` of its first attempts over
+    the last ``window`` seconds, plus ``min_retries_per_second`` (so a quiet service can still
+    retry), the way Finagle and gRPC bound retries. Beyond it a failure is raised without
+    retrying.
+
+    Built from ``RETRY_BUDGET``: ``{"RATIO": 0.2, "MIN_RETRIES_PER_SECOND": 1.0,
+    "WINDOW": 10.0}`` (these are the defaults of keys left out)."""
+
+    ratio: float = 0.2
+    min_retries_per_second: float = 1.0
+    window: float = 10.0
+
+    @property
+    def min_retries(self) -> float:
+        """Retries always allowed per window."""
+        return self.min_retries_per_second * self.window
+
+    @classmethod
+    def parse(
+        cls, value: object, where: str = 'INTEGRATIONS["RETRY_BUDGET"]'
+    ) -> RetryBudget | None:
+        """The budget ``value`` describes (None for None); ``ImproperlyConfigured``, naming
+        ``where``, for anything else."""
+        if value is None:
+            return None
+        known = {"RATIO": "ratio", "MIN_RETRIES_PER_SECOND": "min_retries_per_second",
+                 "WINDOW": "window"}  # fmt: skip
+        if not isinstance(value, Mapping):
+            raise ImproperlyConfigured(
+                f'{where} must be None or a dict like {{"RATIO": 0.2}}, not {type(value).__name__}.'
+            )
+        unknown = sorted(set(map(str, value)) - set(known))
+        if unknown:
+            raise ImproperlyConfigured(
+                f"{where} has unknown key(s) {', '.join(unknown)}; known: "
+                f"{', '.join(sorted(known))}."
+            )
+        for name, number in value.items():
+            if not isinstance(number, int | float) or isinstance(number, bool):
+                raise ImproperlyConfigured(f"{where}[{name!r}] must be a number.")
+        budget = cls(**{known[str(k)]: float(v) for k, v in value.items()})
+        if not 0 <= budget.ratio <= 10:
+            raise ImproperlyConfigured(f"{where}['RATIO'] must be in [0, 10].")
+        if not 0 <= budget.min_retries_per_second <= 1_000_000:
+            raise ImproperlyConfigured(f"{where}['MIN_RETRIES_PER_SECOND'] must be 0 or more.")
+        if not 0.1 <= budget.window <= 3600:
+            raise ImproperlyConfigured(f"{where}['WINDOW'] must be in [0.1, 3600] seconds.")
+        return budget

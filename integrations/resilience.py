@@ -50,7 +50,7 @@ from .exceptions import (
     SlowCall,
     safe_error_text,
 )
-from .signals import call_finished, call_retried
+from .signals import call_finished, call_retried, retry_budget_spent
 
 if TYPE_CHECKING:
     from .policies import RetryPolicy
@@ -106,9 +106,16 @@ class GuardLike(Protocol):
     @property
     def active(self) -> bool: ...
 
-    def enter(self, operation: str, remaining: float, clock: BackoffClock) -> Any: ...
+    def enter(self, operation: str, remaining: float, clock: BackoffClock, number: int) -> Any: ...
+
+    def allow_retry(self, operation: str) -> bool: ...
 
     def leave(self, operation: str, ticket: Any, error: BaseException | None) -> None: ...
+
+
+class RetryBudgetSpent(Exception):
+    """Raised by the runner's ``before_sleep`` when the service's retry budget refuses the next
+    attempt; the runner turns it back into the last attempt's error (never seen by callers)."""
 
 
 class BackoffClock:
@@ -235,7 +242,7 @@ def call_with_resilience(
     def one_attempt(number: int) -> T:
         if guard is None:
             return breaker_attempt(number)
-        ticket = guard.enter(operation, max(0.0, deadline_at - clock.monotonic()), clock)
+        ticket = guard.enter(operation, max(0.0, deadline_at - clock.monotonic()), clock, number)
         left = False
 
         def leave(error: BaseException | None) -> None:
@@ -306,6 +313,9 @@ def call_with_resilience(
         return result
 
     def before_sleep(state: RetryCallState) -> None:
+        # The retry budget decides before the wait: a retry it refuses is not waited for.
+        if guard is not None and not guard.allow_retry(operation):
+            raise RetryBudgetSpent
         error = state.outcome.exception() if state.outcome else None
         delay = state.upcoming_sleep
         if logger.isEnabledFor(logging.INFO):
@@ -358,6 +368,14 @@ def call_with_resilience(
                 except BaseException as error:
                     previous_error = _chain(error, previous_error)
                     raise
+    except RetryBudgetSpent:
+        last = previous_error
+        if isinstance(last, IntegrationError):
+            last.retry_budget_spent = True
+        retry_budget_spent.send(sender=service, service=service, operation=operation)
+        _fail(service, operation, breaker, started, sent, last)
+        last.__suppress_context__ = True  # raised for the vendor's failure, not the budget's
+        raise last  # noqa: B904 - the last attempt's error, as if no retry had been allowed
     except BaseException as error:
         _fail(service, operation, breaker, started, sent, error)
         raise
@@ -408,15 +426,17 @@ def _finish(
     )
     if logger.isEnabledFor(level):
         breaker_state = _breaker_state(breaker)
+        budget_spent = bool(getattr(error, "retry_budget_spent", False))
         logger.log(
             level,
-            "%s.%s %s after %d attempt(s) in %.3fs (breaker %s)%s",
+            "%s.%s %s after %d attempt(s) in %.3fs (breaker %s)%s%s",
             service,
             operation,
             outcome if error is None else f"failed ({outcome})",
             attempts,
             duration,
             breaker_state,
+            " (retry budget spent: not retried)" if budget_spent else "",
             "" if error is None else f": {safe_error_text(error)}",
             extra={
                 "service": service,
@@ -426,6 +446,7 @@ def _finish(
                 "attempts": attempts,
                 "duration": duration,
                 "breaker_state": breaker_state,
+                "retry_budget_spent": budget_spent,
             },
         )
     call_finished.send(

@@ -8,8 +8,9 @@ asynchronous runner would only need async twins of these few functions.
 
 Keys, per service: ``tether:integrations:<service>:rate`` (the GCRA's theoretical arrival time,
 microseconds), ``...:cooldown`` (present while a cool-down is in force; its expiry is the
-cool-down's end) and ``...:bulkhead`` (a sorted set: one member per call in flight, scored by
-its lease's expiry). Every key expires by itself.
+cool-down's end), ``...:budget`` (the retry budget's counts, a hash) and ``...:bulkhead`` (a
+sorted set: one member per call in flight, scored by its lease's expiry). Every key expires by
+itself.
 
 The client is made once per process (and again after a fork), with ``REDIS_TIMEOUT`` as its
 connect and socket timeout, so that a dead or unreachable Redis costs a call at most that. The
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADMITTED",
+    "BUDGET_SPENT",
     "COOLING_DOWN",
     "REFUSED",
     "Admission",
@@ -53,6 +55,11 @@ ADMITTED = 0
 COOLING_DOWN = 1
 #: The next slot is ``wait`` seconds away, beyond the call's deadline; nothing was reserved.
 REFUSED = 2
+#: A retry, and the service's retry budget is spent; nothing was reserved.
+BUDGET_SPENT = 3
+
+#: ``admit``'s ``attempt``: not counted in a retry budget, a first attempt, a retry.
+NOT_COUNTED, FIRST_ATTEMPT, RETRY = 0, 1, 2
 
 KEY_PREFIX = "tether:integrations:"
 
@@ -66,11 +73,20 @@ def key(service: str, what: str) -> str:
     return f"{KEY_PREFIX}{service}:{what}"
 
 
-# GCRA (the generic cell rate algorithm) and the cool-down, in one atomic round trip.
-# KEYS: rate key, cool-down key. ARGV (integers, microseconds): the emission interval (0: no rate
-# limit), the burst tolerance (interval x (burst - 1)), the longest wait the caller accepts, and
-# 1 to check the cool-down (0 not to).
-# Returns {code, wait in microseconds}.
+# The cool-down, the retry budget and the GCRA (the generic cell rate algorithm), in one atomic
+# round trip. KEYS: rate key, cool-down key, budget key. ARGV (integers; times in microseconds):
+# 1 the emission interval (0: no rate limit), 2 the burst tolerance (interval x (burst - 1)),
+# 3 the longest wait the caller accepts, 4 1 to check the cool-down (0 not to), 5 the attempt's
+# kind for the budget (0: no budget, 1: a first attempt, 2: a retry), 6 the budget's window,
+# 7 its ratio in millionths, 8 the retries always allowed per window, in millionths.
+# Returns {code, wait in microseconds}: 0 admitted (its slot reserved, its attempt counted),
+# 1 cooling down, 2 no slot before the deadline, 3 the retry budget is spent (nothing counted
+# nor reserved unless admitted).
+#
+# The budget: first attempts and retries are counted in fixed windows of ARGV[6]; the last
+# window's counts weigh what is left of it over the current one (a sliding-window estimate, as
+# the breaker's failure rate). A retry is allowed while retries + 1 <= ratio x first attempts +
+# the minimum.
 _ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -78,17 +94,46 @@ if ARGV[4] == '1' then
   local left = redis.call('PTTL', KEYS[2])
   if left > 0 then return {1, left * 1000} end
 end
+local kind = tonumber(ARGV[5])
+local bucket, f, r, pf, pr
+if kind > 0 then
+  local window = tonumber(ARGV[6])
+  bucket = math.floor(now / window)
+  local h = redis.call('HMGET', KEYS[3], 'b', 'f', 'r', 'pf', 'pr')
+  local b = tonumber(h[1] or '-1')
+  f, r = tonumber(h[2] or '0'), tonumber(h[3] or '0')
+  pf, pr = tonumber(h[4] or '0'), tonumber(h[5] or '0')
+  if b == bucket - 1 then
+    pf, pr, f, r = f, r, 0, 0
+  elseif b ~= bucket then
+    pf, pr, f, r = 0, 0, 0, 0
+  end
+  if kind == 2 then
+    local weight = 1 - (now - bucket * window) / window
+    local firsts = f + pf * weight
+    local retries = r + pr * weight
+    local allowed = firsts * tonumber(ARGV[7]) / 1000000 + tonumber(ARGV[8]) / 1000000
+    if retries + 1 > allowed then return {3, 0} end
+  end
+end
+local wait = 0
 local interval = tonumber(ARGV[1])
-if interval <= 0 then return {0, 0} end
-local tolerance = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local wait = tat - tolerance - now
-if wait < 0 then wait = 0 end
-if wait > tonumber(ARGV[3]) then return {2, wait} end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX',
-           math.floor((new_tat - now) / 1000) + 1000)
+if interval > 0 then
+  local tolerance = tonumber(ARGV[2])
+  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if tat < now then tat = now end
+  wait = tat - tolerance - now
+  if wait < 0 then wait = 0 end
+  if wait > tonumber(ARGV[3]) then return {2, wait} end
+  local new_tat = tat + interval
+  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX',
+             math.floor((new_tat - now) / 1000) + 1000)
+end
+if kind > 0 then
+  if kind == 1 then f = f + 1 else r = r + 1 end
+  redis.call('HSET', KEYS[3], 'b', bucket, 'f', f, 'r', r, 'pf', pf, 'pr', pr)
+  redis.call('PEXPIRE', KEYS[3], math.floor(tonumber(ARGV[6]) / 500) + 1000)
+end
 return {0, wait}
 """
 
@@ -223,17 +268,53 @@ def admit(
     burst: int,
     max_wait: float,
     cooldown: bool,
+    attempt: int = NOT_COUNTED,
+    budget: tuple[float, float, float] | None = None,
 ) -> Admission:
     """Ask for the next rate-limit slot of ``service`` (``interval`` seconds apart, ``burst``
     at once; None: no rate limit) no more than ``max_wait`` seconds away, first checking its
-    cool-down when ``cooldown``. One round trip."""
+    cool-down when ``cooldown`` and, when ``budget`` is (window, ratio, minimum retries per
+    window), counting a ``FIRST_ATTEMPT`` or allowing a ``RETRY`` within it. One round trip."""
     step = _us(interval) if interval else 0
+    window, ratio, minimum = budget if budget is not None else (1.0, 0.0, 0.0)
     code, wait = _run(
         "admit",
-        [key(service, "rate"), key(service, "cooldown")],
-        [step, step * max(0, burst - 1), _us(max_wait), 1 if cooldown else 0],
+        [key(service, "rate"), key(service, "cooldown"), key(service, "budget")],
+        [
+            step,
+            step * max(0, burst - 1),
+            _us(max_wait),
+            1 if cooldown else 0,
+            attempt if budget is not None else NOT_COUNTED,
+            _us(window),
+            round(ratio * 1_000_000),
+            round(minimum * 1_000_000),
+        ],
     )
     return Admission(int(code), int(wait) / 1_000_000)
+
+
+def budget_counts(service: str, window: float) -> tuple[float, float]:
+    """First attempts and retries over the last ``window`` seconds, as the budget estimates
+    them (for operators)."""
+    connection = _connect()
+    try:
+        seconds, micros = connection.client.time()
+        values = connection.client.hmget(key(service, "budget"), "b", "f", "r", "pf", "pr")
+    except connection.errors as exc:
+        raise SharedStateUnavailable(type(exc).__name__) from exc
+    b, f, r, pf, pr = (float(v) if v is not None else None for v in values)
+    if b is None:
+        return 0.0, 0.0
+    now = seconds * 1_000_000 + micros
+    span = _us(window)
+    bucket = now // span
+    weight = 1 - (now - bucket * span) / span
+    if b == bucket:
+        return (f or 0) + (pf or 0) * weight, (r or 0) + (pr or 0) * weight
+    if b == bucket - 1:
+        return (f or 0) * weight, (r or 0) * weight
+    return 0.0, 0.0
 
 
 def start_cooldown(service: str, seconds: float, reason: str) -> bool:

@@ -11,6 +11,8 @@
   (``INTEGRATIONS["REDIS_URL"]``) could not be asked; the call went out without them.
 - ``cooldown_started(service, operation, seconds, status)``: the vendor answered ``status``
   (429, or 503 with ``Retry-After``) and every process now holds its calls for ``seconds``.
+- ``retry_budget_spent(service, operation)``: a call's failure was not retried because the
+  service's retry budget was spent.
 """
 
 from django.dispatch import Signal
@@ -20,3 +22,4 @@ call_retried = Signal()
 breaker_transitioned = Signal()
 shared_state_unavailable = Signal()
 cooldown_started = Signal()
+retry_budget_spent = Signal()
