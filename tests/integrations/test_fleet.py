@@ -382,3 +382,56 @@ def test_a_refused_call_gives_its_place_back(settings, vendor):
         Things().get_json(PATH, operation="get")
     assert in_flight("things", 1) == 0
     assert shared_state.leases_in_force("things") == 0
+
+
+# -- retry budget ---------------------------------------------------------------------------
+
+
+def test_retries_stop_when_the_budget_is_spent(settings, vendor, caplog):
+    vendor.route("GET", PATH, Reply.server_error(503))
+    # 10 % of first attempts, and 2 retries always allowed per 10 s window.
+    configure(
+        settings,
+        vendor,
+        RETRY_BUDGET={"RATIO": 0.1, "MIN_RETRIES_PER_SECOND": 0.2, "WINDOW": 10.0},
+        BREAKER={"FAILURE_THRESHOLD": 1000},
+    )
+    errors = []
+    with caplog.at_level(logging.INFO, logger="integrations"):
+        for _ in range(10):
+            with pytest.raises(IntegrationUnavailable) as caught:
+                Things().get_json(PATH, operation="get")
+            errors.append(caught.value)
+    # 10 first attempts allow 0.1 x 10 + 2 = 3 retries in all, whoever asks.
+    retries = vendor.count() - 10
+    assert retries == 3
+    spent = [e for e in errors if e.retry_budget_spent]
+    assert len(spent) >= 8
+    assert sum(e.attempts for e in errors) == vendor.count()
+    assert all(e.status_code == 503 for e in errors)  # the vendor's error, as without a budget
+    finished = [r for r in caplog.records if "retry budget spent: not retried" in r.getMessage()]
+    assert len(finished) == len(spent)
+    assert all(r.retry_budget_spent for r in finished)
+    counts = shared_state.budget_counts("things", 10.0)
+    assert counts == (10.0, 3.0)
+
+
+def test_a_healthy_service_keeps_its_whole_budget(settings, vendor):
+    """First attempts that succeed still earn retries: a later blip is retried."""
+    vendor.route("GET", PATH, *[Reply.json({})] * 20, Reply.server_error(503), Reply.json({}))
+    configure(
+        settings,
+        vendor,
+        RETRY_BUDGET={"RATIO": 0.1, "MIN_RETRIES_PER_SECOND": 0, "WINDOW": 10.0},
+    )
+    for _ in range(21):
+        Things().get_json(PATH, operation="get")  # the 21st fails once, is retried, succeeds
+    assert vendor.count() == 22
+
+
+def test_the_budget_fails_open_when_redis_is_down(settings, vendor):
+    vendor.route("GET", PATH, Reply.server_error(503), Reply.json({}))
+    configure(settings, vendor, RETRY_BUDGET={"RATIO": 0.0, "MIN_RETRIES_PER_SECOND": 0})
+    settings.INTEGRATIONS = {**settings.INTEGRATIONS, "REDIS_URL": "redis://127.0.0.1:1/0"}
+    assert Things().get_json(PATH, operation="get") == {}  # retried: no budget to ask
+    assert vendor.count() == 2

@@ -205,3 +205,30 @@ def test_a_killed_process_gives_its_places_back_when_their_leases_end(vendor, se
         assert shared_state.leases_in_force(service) == 0
     lease = 1.5 + BULKHEAD_LEASE_MARGIN
     assert lease - 0.3 <= waited < lease + 1.0
+
+
+def test_retries_stay_within_the_budget_across_4_processes(vendor):
+    """A vendor failing every call under steady load from 4 processes: retries, counted at the
+    vendor, stay within the budget's ratio of first attempts (plus its minimum), where without a
+    budget each call would be tried 3 times."""
+    vendor.route("GET", "/warm", Reply.json({}))
+    vendor.route("GET", PATH, Reply.server_error(503))
+    service = "fleet-budget"
+    config = integrations_for(
+        vendor,
+        service,
+        RETRY_BUDGET={"RATIO": 0.1, "MIN_RETRIES_PER_SECOND": 1.0, "WINDOW": 2.0},
+        BREAKER={"FAILURE_THRESHOLD": 1_000_000},  # the budget alone is under test
+    )
+    config["RETRY"] = {"MAX_ATTEMPTS": 3, "BASE_DELAY": 0.01, "MAX_DELAY": 0.02, "DEADLINE": 5.0}
+    seconds = 4.0
+
+    results, _ = run_callers(config, service, processes=4, seconds=seconds)
+
+    calls = sum(sum(r.values()) for r in results)  # one first attempt each
+    assert calls == sum(r.get("IntegrationUnavailable", 0) for r in results)
+    retries = vendor.count("GET", PATH) - calls
+    allowed = 0.1 * (calls + 4) + 1.0 * (seconds + 2.0)  # (+4: the warm-up calls' attempts)
+    print(f"calls {calls}, retries {retries}, allowed {allowed:.1f}")
+    assert 0 < retries <= allowed * 1.05, (calls, retries, allowed)
+    assert retries < 0.2 * calls  # against 2 retries per call without the budget
