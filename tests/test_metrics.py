@@ -230,6 +230,34 @@ def test_cooldowns_refusals_and_redis_errors_show_on_metrics(client, settings):
 
 
 @pytest.mark.django_db
+def test_a_spent_retry_budget_shows_on_metrics(client, settings):
+    with FakeVendor() as vendor, instant_backoff():
+        vendor.route("GET", "/v1/rate", Reply.server_error(503))
+        settings.INTEGRATIONS = {
+            "REDIS_URL": settings.REDIS_URL,
+            "SERVICES": {
+                "metrics-rates": {
+                    "BASE_URL": vendor.url,
+                    "RETRY": {"MAX_ATTEMPTS": 2},
+                    "BREAKER": {"FAILURE_THRESHOLD": 100},
+                    "RETRY_BUDGET": {"RATIO": 0.0, "MIN_RETRIES_PER_SECOND": 0.1, "WINDOW": 10},
+                }
+            },
+        }
+        before = scrape(client)
+        for _ in range(3):  # one retry allowed (0.1/s x 10 s), then none
+            with pytest.raises(IntegrationUnavailable):
+                Rates().rate()
+        after = scrape(client)
+    call = {"service": "metrics-rates", "operation": "rate"}
+    spent = "tether_integration_retry_budget_spent_total"
+    assert after.value(spent, **call) - before.value(spent, **call) == 2
+    retried = "tether_integration_retries_total"
+    assert after.value(retried, **call) - before.value(retried, **call) == 1
+    assert vendor.count() == 4
+
+
+@pytest.mark.django_db
 def test_breaker_state_gauge_reads_the_shared_state(client):
     CircuitBreakerFactory(name="github", state="forced_open")
     metrics = scrape(client)

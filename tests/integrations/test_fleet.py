@@ -88,6 +88,17 @@ def test_checks_of_the_shared_policies(settings):
     ]
     assert ids(settings, {"REDIS_URL": url, "SHARED_COOLDOWN": "yes"}) == ["integrations.E011"]
     assert ids(settings, {"SERVICES": {"a": {"RATE_LIMIT": "5/s"}}}) == ["integrations.E012"]
+    assert ids(settings, {"SERVICES": {"a": {"CLUSTER_MAX_CONCURRENCY": 3}}}) == [
+        "integrations.E012"
+    ]
+    assert ids(settings, {"SERVICES": {"a": {"RETRY_BUDGET": {"RATIO": 0.1}}}}) == [
+        "integrations.E012"
+    ]
+    assert ids(settings, {"SERVICES": {"a": {"MAX_CONCURRENCY": 3}}}) == []  # no Redis needed
+    for bad in ({"MAX_CONCURRENCY": 0}, {"CLUSTER_MAX_CONCURRENCY": 1.5},
+                {"RETRY_BUDGET": {"RATIO": -1}}, {"RETRY_BUDGET": {"RATE": 0.1}},
+                {"RETRY_BUDGET": 0.2}, {"RETRY_BUDGET": {"WINDOW": 0}}):  # fmt: skip
+        assert ids(settings, {"REDIS_URL": url, "SERVICES": {"a": bad}}) == ["integrations.E011"]
     settings.INTEGRATIONS = {"REDIS_URL": "http://:hunter2@x/"}
     assert all("hunter2" not in str(m) + str(m.hint) for m in check_integrations_settings())
 
