@@ -12,7 +12,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
 from .breaker import (
@@ -23,6 +23,7 @@ from .breaker import (
     set_breaker_overrides,
 )
 from .exceptions import BreakerNotFound
+from .fleet_status import fleet_status
 from .models import BreakerState, BreakerTransition, CircuitBreaker
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
         "last_failure_at",
         "last_error",
         "forced_until",
+        "fleet_policies",
     )
     list_filter = ("state",)
     search_fields = ("name",)
@@ -98,6 +100,8 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
         "name",
         "state_badge",
         "all_transitions",
+        "fleet_policies",
+        "fleet_details",
         "version",
         "consecutive_failures",
         "total_successes",
@@ -149,6 +153,10 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
             },
         ),
         (
+            _("Fleet policies (shared by every process, state in Redis)"),
+            {"fields": ("fleet_policies", "fleet_details")},
+        ),
+        (
             _("Policy overrides (empty = from settings)"),
             {"fields": ("failure_threshold", "reset_timeout", "half_open_max_calls")},
         ),
@@ -186,6 +194,24 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
             set_breaker_overrides(
                 obj.name, {field: getattr(obj, field) for field in form.changed_data}
             )
+
+    @admin.display(description=_("fleet policies"))
+    def fleet_policies(self, obj: CircuitBreaker) -> str:
+        """The service's rate limit (used / limit), cool-down, retry budget and bulkhead now
+        (``integrations.fleet_status``); "-" when it has none."""
+        return fleet_status(obj.name).summary()
+
+    @admin.display(description=_("fleet policy details"))
+    def fleet_details(self, obj: CircuitBreaker) -> str:
+        status = fleet_status(obj.name)
+        if not status.active:
+            return "-"
+        rows = [
+            (k, v) for k, v in status.as_dict().items() if k != "service" and v not in (None, "")
+        ]
+        return format_html_join(
+            "", "<div><code>{}</code>: {}</div>", ((name, value) for name, value in rows)
+        )
 
     @admin.display(description=_("state"), ordering="state")
     def state_badge(self, obj: CircuitBreaker) -> str:

@@ -18,6 +18,13 @@ served by ``tether.metrics.metrics_view`` together with the webhook metrics, if 
   policies' Redis unreachable and went out without them (failing open).
 - ``tether_circuit_breaker_state{breaker,state}``: gauge at scrape time from the database (the
   state every process shares): 1 for the breaker's current state, 0 for the others.
+- Gauges at scrape time from Redis, for each service in ``INTEGRATIONS["SERVICES"]`` with fleet
+  policies (``integrations.fleet_status``): ``tether_integration_rate_limit_per_second`` and
+  ``tether_integration_rate_limit_used`` (calls let out in the last whole second),
+  ``tether_integration_cooldown_seconds`` (left of a cool-down in force, 0 when none),
+  ``tether_integration_retry_budget_retries`` and ``..._allowed`` (over its window), and
+  ``tether_integration_bulkhead_in_flight`` / ``tether_integration_bulkhead_limit`` (the fleet
+  bulkhead), each labelled ``service``.
 """
 
 from __future__ import annotations
@@ -155,6 +162,71 @@ class BreakerStateCollector:
         yield family
 
 
+#: Gauge name -> (help, the ``FleetStatus`` field it reads).
+FLEET_GAUGES = {
+    "tether_integration_rate_limit_per_second": (
+        "The service's shared rate limit, calls per second.",
+        "rate_per_second",
+    ),
+    "tether_integration_rate_limit_used": (
+        "Calls the shared rate limit let out in the last whole second, fleet-wide.",
+        "rate_used_last_second",
+    ),
+    "tether_integration_cooldown_seconds": (
+        "Seconds left of the service's shared cool-down (0: none).",
+        "cooldown_left",
+    ),
+    "tether_integration_retry_budget_retries": (
+        "Retries counted in the service's retry budget window.",
+        "budget_retries",
+    ),
+    "tether_integration_retry_budget_allowed": (
+        "Retries the service's retry budget allows over its window now.",
+        "budget_retries_allowed",
+    ),
+    "tether_integration_bulkhead_in_flight": (
+        "Calls holding a place in the service's fleet bulkhead.",
+        "cluster_in_flight",
+    ),
+    "tether_integration_bulkhead_limit": (
+        "Places in the service's fleet bulkhead (CLUSTER_MAX_CONCURRENCY).",
+        "cluster_max_concurrency",
+    ),
+}
+
+
+class FleetPolicyCollector:
+    """The fleet policies' state, read from Redis at scrape time (one service failing to be
+    read is logged and left out; the rest of the scrape still answers)."""
+
+    def describe(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        for name, (documentation, _field) in FLEET_GAUGES.items():
+            yield GaugeMetricFamily(name, documentation, labels=["service"])
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        from .fleet_status import configured_services, fleet_status
+
+        families = {
+            name: GaugeMetricFamily(name, documentation, labels=["service"])
+            for name, (documentation, _field) in FLEET_GAUGES.items()
+        }
+        for service in configured_services():
+            try:
+                status = fleet_status(service)
+            except Exception as exc:  # a bad setting: the rest of the scrape still answers
+                logger.warning("metrics: cannot read %s's fleet policies (%s)", service, exc)
+                continue
+            for name, (_documentation, field) in FLEET_GAUGES.items():
+                value = getattr(status, field)
+                if value is not None:
+                    families[name].add_metric([service], float(value))
+        yield from families.values()
+
+
 _RECEIVERS = (
     (signals.call_finished, on_call_finished),
     (signals.call_retried, on_call_retried),
@@ -171,4 +243,5 @@ def connect_receivers() -> bool:
         return False
     instruments()
     connect(_RECEIVERS, collector=BreakerStateCollector())
+    connect((), collector=FleetPolicyCollector())
     return True

@@ -8,9 +8,9 @@ asynchronous runner would only need async twins of these few functions.
 
 Keys, per service: ``tether:integrations:<service>:rate`` (the GCRA's theoretical arrival time,
 microseconds), ``...:cooldown`` (present while a cool-down is in force; its expiry is the
-cool-down's end), ``...:budget`` (the retry budget's counts, a hash) and ``...:bulkhead`` (a
-sorted set: one member per call in flight, scored by its lease's expiry). Every key expires by
-itself.
+cool-down's end), ``...:rate_usage`` (calls let out per second, for operators),
+``...:budget`` (the retry budget's counts, a hash) and ``...:bulkhead`` (a sorted set: one
+member per call in flight, scored by its lease's expiry). Every key expires by itself.
 
 The client is made once per process (and again after a fork), with ``REDIS_TIMEOUT`` as its
 connect and socket timeout, so that a dead or unreachable Redis costs a call at most that. The
@@ -40,11 +40,13 @@ __all__ = [
     "Admission",
     "SharedStateUnavailable",
     "admit",
+    "budget_counts",
     "cooldown_left",
     "get_redis",
     "give_back_lease",
     "key",
     "leases_in_force",
+    "rate_used_last_second",
     "start_cooldown",
     "take_lease",
 ]
@@ -74,7 +76,8 @@ def key(service: str, what: str) -> str:
 
 
 # The cool-down, the retry budget and the GCRA (the generic cell rate algorithm), in one atomic
-# round trip. KEYS: rate key, cool-down key, budget key. ARGV (integers; times in microseconds):
+# round trip. KEYS: rate key, cool-down key, budget key, rate usage key (calls per second of the
+# Redis clock, this one and the one before: for operators). ARGV (integers; times in microseconds):
 # 1 the emission interval (0: no rate limit), 2 the burst tolerance (interval x (burst - 1)),
 # 3 the longest wait the caller accepts, 4 1 to check the cool-down (0 not to), 5 the attempt's
 # kind for the budget (0: no budget, 1: a first attempt, 2: a retry), 6 the budget's window,
@@ -128,6 +131,15 @@ if interval > 0 then
   local new_tat = tat + interval
   redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX',
              math.floor((new_tat - now) / 1000) + 1000)
+  local sec = math.floor((now + wait) / 1000000)
+  local u = redis.call('HMGET', KEYS[4], 's', 'n')
+  local s, n = tonumber(u[1] or '-1'), tonumber(u[2] or '0')
+  if s == sec then
+    redis.call('HINCRBY', KEYS[4], 'n', 1)
+  elseif s < sec then
+    redis.call('HSET', KEYS[4], 's', sec, 'n', 1, 'ps', s, 'pn', n)
+  end
+  redis.call('PEXPIRE', KEYS[4], math.floor(wait / 1000) + 3000)
 end
 if kind > 0 then
   if kind == 1 then f = f + 1 else r = r + 1 end
@@ -279,7 +291,12 @@ def admit(
     window, ratio, minimum = budget if budget is not None else (1.0, 0.0, 0.0)
     code, wait = _run(
         "admit",
-        [key(service, "rate"), key(service, "cooldown"), key(service, "budget")],
+        [
+            key(service, "rate"),
+            key(service, "cooldown"),
+            key(service, "budget"),
+            key(service, "rate_usage"),
+        ],
         [
             step,
             step * max(0, burst - 1),
@@ -369,3 +386,20 @@ def leases_in_force(service: str) -> int:
         )
     except connection.errors as exc:
         raise SharedStateUnavailable(type(exc).__name__) from exc
+
+
+def rate_used_last_second(service: str) -> int:
+    """Calls of ``service`` the shared rate limit let out in the last whole second (Redis's
+    clock; for operators)."""
+    connection = _connect()
+    try:
+        seconds, _micros = connection.client.time()
+        values = connection.client.hmget(key(service, "rate_usage"), "s", "n", "ps", "pn")
+    except connection.errors as exc:
+        raise SharedStateUnavailable(type(exc).__name__) from exc
+    s, n, ps, pn = (int(v) if v is not None else None for v in values)
+    if s == seconds - 1:
+        return n or 0
+    if ps == seconds - 1:
+        return pn or 0
+    return 0

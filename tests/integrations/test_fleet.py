@@ -342,6 +342,7 @@ def most_at_once(vendor) -> int:
     return most
 
 
+@pytest.mark.django_db(transaction=True)  # other threads: other connections
 def test_a_process_bulkhead_caps_calls_in_flight(settings, vendor):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -354,6 +355,7 @@ def test_a_process_bulkhead_caps_calls_in_flight(settings, vendor):
     assert most_at_once(vendor) == 2
 
 
+@pytest.mark.django_db(transaction=True)  # other threads: other connections
 def test_a_full_bulkhead_fails_at_the_deadline_and_is_not_a_breaker_failure(settings, vendor):
     import threading
 
