@@ -230,6 +230,46 @@ def test_cooldowns_refusals_and_redis_errors_show_on_metrics(client, settings):
 
 
 @pytest.mark.django_db
+def test_fleet_policy_state_is_a_gauge_read_at_scrape_time(client, settings):
+    from integrations import shared_state
+
+    with FakeVendor() as vendor:
+        vendor.route("GET", "/v1/rate", Reply.json({"rate": 1}))
+        settings.INTEGRATIONS = {
+            "REDIS_URL": settings.REDIS_URL,
+            "SERVICES": {
+                "metrics-rates": {
+                    "BASE_URL": vendor.url,
+                    "RATE_LIMIT": {"RATE": "50/s", "BURST": 5},
+                    "SHARED_COOLDOWN": True,
+                    "RETRY_BUDGET": {"RATIO": 0.5, "MIN_RETRIES_PER_SECOND": 0, "WINDOW": 10},
+                    "CLUSTER_MAX_CONCURRENCY": 3,
+                }
+            },
+        }
+        shared_state.take_lease("metrics-rates", limit=3, lease=30, token="held")
+        shared_state.start_cooldown("metrics-rates", 30, "429 from metrics-rates.rate")
+        seconds, _ = shared_state.get_redis().time()
+        while shared_state.get_redis().time()[0] == seconds:  # start of a second
+            pass
+        shared_state.get_redis().delete(shared_state.key("metrics-rates", "cooldown"))
+        for _ in range(4):
+            Rates().rate()
+        shared_state.start_cooldown("metrics-rates", 30, "429 from metrics-rates.rate")
+        while shared_state.get_redis().time()[0] == seconds + 1:  # that second is over
+            pass
+        after = scrape(client)
+    service = {"service": "metrics-rates"}
+    assert after.value("tether_integration_rate_limit_per_second", **service) == 50
+    assert after.value("tether_integration_rate_limit_used", **service) == 4
+    assert 27 < after.value("tether_integration_cooldown_seconds", **service) <= 30
+    assert after.value("tether_integration_retry_budget_allowed", **service) == 2  # 0.5 x 4
+    assert after.value("tether_integration_retry_budget_retries", **service) == 0
+    assert after.value("tether_integration_bulkhead_in_flight", **service) == 1
+    assert after.value("tether_integration_bulkhead_limit", **service) == 3
+
+
+@pytest.mark.django_db
 def test_a_spent_retry_budget_shows_on_metrics(client, settings):
     with FakeVendor() as vendor, instant_backoff():
         vendor.route("GET", "/v1/rate", Reply.server_error(503))
