@@ -284,15 +284,17 @@ def test_a_redis_that_never_answers_costs_one_call_its_timeout(settings, vendor)
 
 
 def test_slow_successes_open_the_breaker_when_their_rate_crosses_the_threshold(settings, vendor):
-    vendor.route("GET", PATH, Reply.slow(0.15, Reply.json({"ok": True})))
+    vendor.route("GET", PATH, Reply.slow(0.5, Reply.json({"ok": True})))
     vendor.route("GET", "/fast", Reply.json({"ok": True}))
     breaker = {
         "FAILURE_THRESHOLD": 1000,  # only the failure-rate rule can open it
         "FAILURE_RATE": 0.5,
-        "MINIMUM_CALLS": 6,
-        "WINDOW": 60.0,
+        "MINIMUM_CALLS": 5,
+        # Long: the test never straddles two windows (the previous one's calls would be
+        # weighted below 1 and the rate estimated, not counted).
+        "WINDOW": 3600.0,
         "CACHE_TTL": 0.0,
-        "SLOW_CALL_THRESHOLD": 0.1,
+        "SLOW_CALL_THRESHOLD": 0.3,  # well above a fast call, even on a busy machine
     }
     settings.INTEGRATIONS = {
         "RETRY": {"MAX_ATTEMPTS": 1},
@@ -307,7 +309,7 @@ def test_slow_successes_open_the_breaker_when_their_rate_crosses_the_threshold(s
     assert client.get_json(PATH, operation="get") == {"ok": True}  # 3 of 6: the rate is reached
     row = CircuitBreaker.objects.get(name="things")
     assert row.state == "open"
-    assert "over the slow-call threshold (0.1s)" in row.last_error
+    assert "over the slow-call threshold (0.3s)" in row.last_error
     with pytest.raises(CircuitOpenError):
         client.get_json("/fast", operation="fast")
 
