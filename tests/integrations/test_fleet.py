@@ -450,3 +450,15 @@ def test_the_budget_fails_open_when_redis_is_down(settings, vendor):
     settings.INTEGRATIONS = {**settings.INTEGRATIONS, "REDIS_URL": "redis://127.0.0.1:1/0"}
     assert Things().get_json(PATH, operation="get") == {}  # retried: no budget to ask
     assert vendor.count() == 2
+
+
+def test_a_redis_that_lost_the_script_gets_it_again(settings, vendor):
+    """EVALSHA of a script Redis does not know (restarted, failed over) loads it and goes on."""
+    vendor.route("GET", PATH, Reply.json({}))
+    configure(settings, vendor, RATE_LIMIT="100/s")
+    Things().get_json(PATH, operation="get")
+    connection = shared_state._connect()
+    connection.admit.sha = "0" * 40  # as if Redis had never seen it
+    Things().get_json(PATH, operation="get")
+    assert connection.admit.sha != "0" * 40
+    assert vendor.count() == 2
