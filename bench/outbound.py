@@ -16,8 +16,9 @@ machine's load affects all of them alike:
 (e) the bare call wrapped by tenacity alone,
 (f) (b) with the shared rate limit on (a GCRA in Redis, one ``EVALSHA`` per call; a limit so
     high that no call waits) and the shared cool-down checked in the same round trip,
-(g) (f) with every policy of the fleet set (rate limit, cool-down, both bulkheads, slow-call
-    counting: three Redis round trips, the fleet bulkhead taking and giving back its lease),
+(g) (f) with every policy of the fleet set (rate limit, cool-down, retry budget, both
+    bulkheads, slow-call counting: three Redis round trips, the fleet bulkhead taking and
+    giving back its lease),
 (h) the bare call behind the ``limits`` library's Redis limiter (its sliding-window counter, one
     Lua script per call), the peer of (f).
 
@@ -200,6 +201,7 @@ def build_cases(base_url: str) -> dict[str, Callable[[], object]]:
                     ALL_POLICIES_SERVICE: {
                         "RATE_LIMIT": {"RATE": BENCH_RATE, "BURST": 100},
                         "SHARED_COOLDOWN": True,
+                        "RETRY_BUDGET": {"RATIO": 0.2},
                         "MAX_CONCURRENCY": 64,
                         "CLUSTER_MAX_CONCURRENCY": 64,
                         "BREAKER": {"SLOW_CALL_THRESHOLD": 5.0},
