@@ -1,6 +1,8 @@
-# django-tether: `make run` starts the sandbox, `make test` runs the suite, `make bench` measures,
+# django-tether: `make run` starts the sandbox, `make test` runs the suite (`make test-sqlite`: its
+# database-agnostic part on SQLite), `make bench` measures,
 # `make lint` checks style and types, `make docs` serves the documentation site, `make docs-check`
-# builds it with warnings as errors, `make chaos` soaks it under faults.
+# builds it with warnings as errors, `make chaos` soaks it under faults, `make quickstart-check`
+# follows docs/getting-started.md literally in a fresh project.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,8 +10,8 @@ PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
 CHAOS_ARGS ?=
 
-.PHONY: run test bench bench-smoke chaos chaos-smoke lint docs docs-check install install-test \
-	install-docs clean
+.PHONY: run test test-sqlite bench bench-smoke chaos chaos-smoke lint docs docs-check \
+	quickstart-check install install-test install-docs clean screenshots
 
 $(VENV)/.installed-sandbox: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +43,17 @@ test: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# The suite's database-agnostic part on SQLite, the sandbox's default database
+# (tests/settings_sqlite.py: a file, with the sandbox's options for concurrent writers). Not run
+# here: the tests marked postgres (they need PostgreSQL; the end of the run counts them by
+# reason) and those marked slow, worker or multiprocess (they start processes of their own on
+# tests.worker_settings, PostgreSQL, or on the sandbox's own SQLite file; `make test` runs them).
+SQLITE_MARKERS ?= not slow and not worker and not multiprocess
+
+test-sqlite: $(VENV)/.installed-test
+	./tests/ensure_services.sh
+	$(VENV)/bin/pytest --ds=tests.settings_sqlite --create-db -m "$(SQLITE_MARKERS)" $(PYTEST_ARGS)
+
 # Both benchmarks always run; the target fails if either did (see bench/README.md). wrk, the
 # ingest benchmark's load generator, is installed first when missing (bench/ensure_wrk.sh).
 bench: $(VENV)/.installed-test
@@ -53,6 +66,14 @@ bench-smoke: $(VENV)/.installed-test
 	status=0; ./bench/ensure_wrk.sh && $(PY) bench/ingest.py --smoke || status=$$?; \
 	$(PY) bench/outbound.py --smoke || status=$$?; exit $$status
 
+# The getting-started page, followed as written (tests/quickstart/check.py): a fresh virtualenv
+# with django-tether pip-installed from this checkout, `django-admin startproject`, the page's
+# blocks in order, on PostgreSQL and Redis, until a signed test event is processed by a real
+# worker. Its own database (TETHER_QUICKSTART_DB) and Redis database (TETHER_REDIS_DB, default 13).
+quickstart-check: $(VENV)/.installed-test
+	./tests/ensure_services.sh
+	$(PY) -m tests.quickstart.check
+
 # The documentation site (mkdocs.yml, docs/): served with live reload on http://127.0.0.1:8001
 # (DOCS_ADDR to change it), or built into site/ with every warning an error (broken links and
 # anchors, missing includes, docstrings that do not resolve).
@@ -64,6 +85,11 @@ docs: $(VENV)/.installed-docs
 
 docs-check: $(VENV)/.installed-docs
 	$(VENV)/bin/mkdocs build --strict --clean --site-dir site
+
+# The admin screenshots of the docs (docs/images/), taken in headless Chromium from a sandbox of
+# their own; installs Debian's chromium (as root) and playwright when missing. Not run in CI.
+screenshots: $(VENV)/.installed-sandbox
+	$(PY) docs/screenshots.py
 
 # The soak: "nothing lost" under piled-up faults, on a stack of its own (see bench/README.md).
 chaos: $(VENV)/.installed-test

@@ -793,7 +793,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="?",
         const="cpu",
         choices=["cpu", "wall"],
-        help="run (b) with the gunicorn workers under cProfile, by CPU (default) or wall time",
+        help="run (b) (or (a) or (e), given by --cases) with the gunicorn workers under "
+        "cProfile, by CPU (default) or wall time",
+    )
+    parser.add_argument(
+        "--profile-save",
+        type=Path,
+        help="with --profile, also write the workers' merged profile there (pstats format)",
     )
     parser.add_argument("--keep-db", action="store_true", help="leave the database behind")
     parser.add_argument(
@@ -807,7 +813,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.cases or set(args.cases) - set("abcdef"):
         parser.error(f"--cases: letters among a, b, c, d, e, f, not {args.cases!r}")
     if args.profile:
-        args.cases = "b"  # the profile covers (b) only, after each worker's first requests
+        # The profile covers one HTTP case, after each worker's first requests: (b) unless
+        # --cases names a or e (the floor, to compare with it). Not c or f: their duplicates
+        # are events that b or e stores first, in the same workers.
+        given = args.cases if parser.get_default("cases") != args.cases else "b"
+        if len(given) != 1 or given not in "abe":
+            parser.error("--profile covers one of the cases a, b, e (--cases)")
+        args.cases = given
     if args.smoke:
         args.seconds, args.warmup, args.e2e_events, args.rounds = 1, 1, 30, 1
         args.e2e_rounds = 2
@@ -854,7 +866,7 @@ def main(argv: list[str] | None = None) -> int:
                 os.environ["BENCH_PROFILE_CLOCK"] = args.profile
 
                 print("(profiling slows the workers: the figures above are not the benchmark's)")
-                print_profile(workdir)
+                print_profile(workdir, save=args.profile_save)
             if "d" in args.cases:
                 print(f"(d) end to end, {args.e2e_events} events ...", flush=True)
                 results.update(bench.case_end_to_end())

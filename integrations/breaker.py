@@ -28,22 +28,28 @@ the same conditional UPDATE that counts the outcome, so the rule holds across pr
 
 Costs: a healthy call in ``closed`` makes no query while the snapshot is fresh (``CACHE_TTL``)
 and no write at all unless failures had been counted; successes are added to the row's totals
-in batches. An open breaker fails fast from the snapshot, without a query.
+in batches: at the first snapshot refresh ``SUCCESS_FLUSH_INTERVAL`` after the last batch (every
+``CACHE_TTL`` with a failure-rate rule), by a background timer that long after the first success
+of an idle process, and when the process exits. An open breaker fails fast from the snapshot,
+without a query.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from django.db import DatabaseError
+from django.db import DatabaseError, connections
 from django.utils import timezone
+
+from tether.fork import after_fork
 
 from .conf import integrations_settings
 from .exceptions import BreakerNotFound, CircuitOpenError, InvalidExpiry, safe_error_text
@@ -62,8 +68,10 @@ __all__ = [
     "ManualClock",
     "OperatorAction",
     "Permit",
+    "check_until",
     "clear_local_cache",
     "disable_breaker",
+    "flush_successes",
     "force_open_breaker",
     "get_breaker",
     "probe_lease_for",
@@ -83,6 +91,9 @@ MANUAL_STATES = (FORCED_OPEN, DISABLED)
 #: Without a failure-rate rule, a process adds its batched successes to the row's
 #: ``total_successes`` at most this often (seconds). With one, every ``CACHE_TTL``.
 SUCCESS_FLUSH_INTERVAL = 30.0
+#: A process that goes idle has its batch written by a timer this long after its first pending
+#: success, and every process writes what is pending when it exits (``flush_successes``), so
+#: that a short-lived one (a command, a script) loses none.
 
 #: Seconds since the epoch, like ``time.time``. Inject another to move time in tests.
 Clock = Callable[[], float]
@@ -135,6 +146,10 @@ _pending_lock = threading.Lock()
 _pending_successes: dict[str, SuccessBatch] = {}
 #: name -> clock time of this process's last flush of successes.
 _last_flush: dict[str, float] = {}
+#: name -> the failure-rate window (seconds) of the breaker whose successes are pending.
+_pending_windows: dict[str, float] = {}
+#: The timer that writes the pending successes of a process that went idle (one at a time).
+_flush_timer: threading.Timer | None = None
 
 
 def clear_local_cache(name: str | None = None) -> None:
@@ -146,19 +161,27 @@ def clear_local_cache(name: str | None = None) -> None:
         _snapshots.clear()
         with _pending_lock:
             _pending_successes.clear()
+            _pending_windows.clear()
             _last_flush.clear()
+            _cancel_timer()
     else:
         _snapshots.pop(name, None)
 
 
-def _add_pending(name: str, version: int) -> None:
+def _add_pending(name: str, version: int, window: float) -> None:
     """One more success of a call admitted by generation ``version``, for the next batch."""
+    global _flush_timer
     with _pending_lock:
+        _pending_windows[name] = window
         batch = _pending_successes.get(name)
         if batch is None:
             _pending_successes[name] = SuccessBatch(version, 1)
         else:
             batch.add(version)
+        if _flush_timer is None:  # an idle process still writes its batch
+            _flush_timer = threading.Timer(SUCCESS_FLUSH_INTERVAL, _flush_from_timer)
+            _flush_timer.daemon = True
+            _flush_timer.start()
 
 
 def _take_pending(name: str) -> SuccessBatch:
@@ -177,6 +200,76 @@ def _give_back_pending(name: str, batch: SuccessBatch) -> None:
 
 
 _storage = DatabaseStorage()
+
+
+def flush_successes() -> int:
+    """Add every success this process has batched to its breaker's row now; how many were
+    written. Runs when the process exits (``atexit``); a batch that cannot be written (the
+    database is gone) is logged and dropped, never raised."""
+    with _pending_lock:
+        names = list(_pending_successes)
+    written = 0
+    for name in names:
+        batch = _take_pending(name)
+        if not batch.total:
+            continue
+        try:
+            window = _pending_windows.get(name) or BreakerPolicy.for_service(name).window
+            _storage.add_successes(name, batch, now=time.time(), window=window)
+        except DatabaseError as exc:
+            logger.error(
+                "circuit breaker %s: cannot add %d successes to its row (%s)",
+                name,
+                batch.total,
+                type(exc).__name__,
+                extra={"breaker": name},
+            )
+        else:
+            written += batch.total
+    return written
+
+
+def _cancel_timer() -> None:
+    global _flush_timer
+    if _flush_timer is not None:
+        _flush_timer.cancel()
+        _flush_timer = None
+
+
+def _flush_from_timer() -> None:
+    global _flush_timer
+    with _pending_lock:
+        _flush_timer = None
+    try:
+        flush_successes()
+    except Exception:
+        logger.exception("circuit breaker: flushing successes from the idle timer failed")
+    finally:
+        connections.close_all()  # this thread's own connections
+
+
+def _flush_at_exit() -> None:
+    _cancel_timer()
+    try:
+        flush_successes()
+    except Exception:  # at exit: settings or the database may already be unusable
+        logger.exception("circuit breaker: flushing successes at exit failed")
+
+
+def _forget_pending_after_fork() -> None:
+    """A forked child starts with no batch of its own: its parent writes what it had counted
+    (a copy would count every one of them twice); the lock may have been held by a thread of
+    the parent that does not exist in the child."""
+    global _pending_lock, _flush_timer
+    _pending_lock = threading.Lock()
+    _flush_timer = None  # the parent's thread: not in this process
+    _pending_successes.clear()
+    _pending_windows.clear()
+    _last_flush.clear()
+
+
+atexit.register(_flush_at_exit)
+after_fork(_forget_pending_after_fork)
 
 
 # -- the state machine ------------------------------------------------------------------------
@@ -299,6 +392,27 @@ class Breaker:
 
     def _max_probes(self, snapshot: BreakerSnapshot) -> int:
         return snapshot.half_open_max_calls or self.policy.half_open_max_calls
+
+    def policy_in_force(self, snapshot: BreakerSnapshot) -> BreakerPolicy:
+        """The policy this breaker applies to ``snapshot``'s row: the settings', with the row's
+        overrides in place (what the admin shows)."""
+        return replace(
+            self.policy,
+            failure_threshold=self._threshold(snapshot),
+            reset_timeout=self._reset_timeout(snapshot),
+            half_open_max_calls=self._max_probes(snapshot),
+        )
+
+    def next_probe_at(self, snapshot: BreakerSnapshot) -> float | None:
+        """When ``snapshot``'s breaker lets a call through again (epoch seconds): an open one
+        once its reset timeout has passed (the first call then probes), a forced-open or
+        disabled one when its ``forced_until`` passes (None: never by itself). None for the
+        other states, which need no probe to be granted."""
+        if snapshot.state == OPEN:
+            return (snapshot.opened_at or self.clock()) + self._reset_timeout(snapshot)
+        if snapshot.state in MANUAL_STATES:
+            return snapshot.forced_until
+        return None
 
     def probe_lease(self) -> float:
         if self._probe_lease is not None:
@@ -426,8 +540,9 @@ class Breaker:
         ):
             self._guarded(self._reset_failures, permit, snapshot, self.clock())
             return
-        # The hot path: nothing written; the success joins this process's next batch.
-        _add_pending(self.name, permit.version)
+        # The hot path: nothing written; the success joins this process's next batch, which
+        # is written when it is due (``_flush_successes``), by the idle timer, or at exit.
+        _add_pending(self.name, permit.version, self.policy.window)
 
     def record_failure(self, permit: Permit, error: BaseException | None = None) -> None:
         """The attempt failed in a way that counts against the breaker. Which failures count
@@ -480,7 +595,7 @@ class Breaker:
         if moved is not None:
             self._remember(moved, now)
         else:  # another probe decided first; the success still counts (in the totals)
-            _add_pending(self.name, permit.version)
+            _add_pending(self.name, permit.version, self.policy.window)
 
     def _count_failure(self, permit: Permit, error: BaseException | None, now: float) -> None:
         snapshot = self.snapshot()
@@ -576,6 +691,28 @@ def get_breaker(
 # snapshot expires, within ``CACHE_TTL``.
 
 
+#: The longest a person may hold a breaker forced open or disabled with an ``until``: a hold
+#: meant to last longer is one without an end (reset by hand), not a typo's year 2206.
+MAX_HOLD = timedelta(days=366)
+
+
+def check_until(until: datetime | None, now: datetime | None = None) -> None:
+    """The rule for an operator's ``until``, on every surface (admin, command, API): aware, in
+    the future, and at most ``MAX_HOLD`` away. Raises ``InvalidExpiry`` saying which."""
+    if until is None:
+        return
+    now = now or timezone.now()
+    if timezone.is_naive(until):
+        raise InvalidExpiry("until must be timezone-aware")
+    if until <= now:
+        raise InvalidExpiry(f"until ({until.isoformat()}) is not in the future")
+    if until - now > MAX_HOLD:
+        raise InvalidExpiry(
+            f"until ({until.isoformat()}) is more than {MAX_HOLD.days} days away; "
+            "hold it without an end instead, and reset it by hand"
+        )
+
+
 class OperatorAction(Protocol):
     """What the surfaces call an operator action with (``reset_breaker``,
     ``force_open_breaker``, ``disable_breaker``): the breaker's name, who acts and why; the
@@ -639,13 +776,9 @@ def _set_state(
     A breaker is created on its service's first call; one of a service configured in
     ``INTEGRATIONS["SERVICES"]`` can be acted on before that (e.g. opened ahead of a vendor's
     maintenance), from every surface alike. Any other unknown name is ``BreakerNotFound``
-    unless ``create``. ``until`` must be aware and in the future (``InvalidExpiry``)."""
+    unless ``create``. ``until`` follows ``check_until`` (``InvalidExpiry``)."""
     now = timezone.now()
-    if until is not None:
-        if timezone.is_naive(until):
-            raise InvalidExpiry("until must be timezone-aware")
-        if until <= now:
-            raise InvalidExpiry(f"until ({until.isoformat()}) is not in the future")
+    check_until(until, now)
     row = _storage.set_state(
         name,
         to_state,

@@ -33,7 +33,7 @@ from django.db.models.functions import Greatest
 from .models import BreakerTransition, CircuitBreaker
 from .signals import breaker_transitioned
 
-__all__ = ["CLOSED_COUNTS", "BreakerSnapshot", "DatabaseStorage", "SuccessBatch"]
+__all__ = ["CLOSED_COUNTS", "BreakerSnapshot", "DatabaseStorage", "SuccessBatch", "snapshot_of"]
 
 logger = logging.getLogger("integrations.breaker")
 
@@ -96,7 +96,8 @@ class BreakerSnapshot:
     degraded: bool = False
 
 
-def _snapshot(row: CircuitBreaker) -> BreakerSnapshot:
+def snapshot_of(row: CircuitBreaker) -> BreakerSnapshot:
+    """``row`` as the state machine reads it (the admin shows the policy in force from it)."""
     return BreakerSnapshot(
         pk=row.pk,
         state=row.state,
@@ -224,7 +225,7 @@ class DatabaseStorage:
 
     def load(self, name: str) -> BreakerSnapshot:
         """The breaker's row, created on first use."""
-        return _snapshot(self._row(name))
+        return snapshot_of(self._row(name))
 
     @staticmethod
     def _row(name: str) -> CircuitBreaker:
@@ -300,7 +301,7 @@ class DatabaseStorage:
             if not rows.update(**changes):
                 self._row(name)
                 rows.update(**changes)
-            return _snapshot(rows.get())
+            return snapshot_of(rows.get())
 
     # -- probes -------------------------------------------------------------------------------
 
@@ -333,7 +334,7 @@ class DatabaseStorage:
                 ),
                 updated_at=_dt(now),
             )
-            return _snapshot(CircuitBreaker.objects.get(pk=current.pk)) if changed == 1 else None
+            return snapshot_of(CircuitBreaker.objects.get(pk=current.pk)) if changed == 1 else None
 
     def release_probe(self, name: str, version: int) -> None:
         """Give back a probe slot of generation ``version`` that was never used."""
@@ -382,7 +383,7 @@ class DatabaseStorage:
                 changes=changes,
                 guard=guard,
             )
-        return None if row is None else _snapshot(row)
+        return None if row is None else snapshot_of(row)
 
     def set_state(
         self,

@@ -67,22 +67,21 @@ DATABASES = {
         default=f"sqlite:///{STATE_DIR / 'sandbox.sqlite3'}", conn_max_age=60
     )
 }
+# The web server, the worker's pool processes and beat all write to one file. SQLite set up for
+# concurrent writers (Django 5.1+ options); tests/settings_sqlite.py runs the suite with them:
+# - transaction_mode IMMEDIATE: a transaction takes the write lock when it begins, so a
+#   writer waits its turn there; a DEFERRED one that read first and then writes gets
+#   "database is locked" at once, whatever the timeout (SQLite cannot make it wait);
+# - timeout: how long a writer waits for the lock (seconds), instead of failing at once;
+# - WAL: readers never block the writer, nor the writer its readers; NORMAL sync is safe
+#   with WAL (a power cut may lose the last commits, never corrupt the file).
+SQLITE_CONCURRENT_WRITERS = {
+    "transaction_mode": "IMMEDIATE",
+    "timeout": 20,
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # The web server, the worker's pool processes and beat all write to one file. Set up for
-    # concurrent writers (Django 5.1+ options):
-    # - transaction_mode IMMEDIATE: a transaction takes the write lock when it begins, so a
-    #   writer waits its turn there; a DEFERRED one that read first and then writes gets
-    #   "database is locked" at once, whatever the timeout (SQLite cannot make it wait);
-    # - timeout: how long a writer waits for the lock (seconds), instead of failing at once;
-    # - WAL: readers never block the writer, nor the writer its readers; NORMAL sync is safe
-    #   with WAL (a power cut may lose the last commits, never corrupt the file).
-    DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {
-            "transaction_mode": "IMMEDIATE",
-            "timeout": 20,
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
-        }
-    )
+    DATABASES["default"].setdefault("OPTIONS", {}).update(SQLITE_CONCURRENT_WRITERS)
 
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 if os.environ.get("REDIS_CACHE_URL"):

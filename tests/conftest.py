@@ -6,11 +6,49 @@ installed with the package), as in a user's suite."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from django.core.cache import cache
 
 # The real-worker fixtures (celery_worker, worker_factory), for every test directory.
 pytest_plugins = ["tests.celery_worker"]
+
+#: Why the tests marked ``postgres`` were deselected in this run, with how many of each.
+_needs_postgresql: Counter[str] = Counter()
+
+
+def pytest_collection_modifyitems(config, items):
+    """On a database other than PostgreSQL (``make test-sqlite``), deselect the tests marked
+    ``@pytest.mark.postgres("why")``; every such marker must say why."""
+    from django.conf import settings
+
+    engine = settings.DATABASES["default"]["ENGINE"]
+    on_postgresql = engine.endswith(("postgresql", "postgis"))
+    kept, deselected = [], []
+    for item in items:
+        marker = item.get_closest_marker("postgres")
+        if marker is None:
+            kept.append(item)
+            continue
+        reason = marker.args[0] if marker.args else marker.kwargs.get("reason")
+        if not reason:
+            raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.postgres needs a reason")
+        if on_postgresql:
+            kept.append(item)
+        else:
+            deselected.append(item)
+            _needs_postgresql[reason] += 1
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _needs_postgresql:
+        terminalreporter.section("deselected: they need PostgreSQL")
+        for reason, count in sorted(_needs_postgresql.items()):
+            terminalreporter.write_line(f"{count:5d}  {reason}")
 
 
 @pytest.fixture(autouse=True)

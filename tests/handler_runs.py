@@ -24,7 +24,7 @@ def ensure_table() -> None:
 
 def clear() -> None:
     with connection.cursor() as cursor:
-        cursor.execute(f"TRUNCATE {TABLE}")
+        cursor.execute(f"DELETE FROM {TABLE}")  # TRUNCATE is not in SQLite
 
 
 def record_run(event) -> None:

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from integrations import ServiceClient
 from integrations.exceptions import IntegrationUnavailable
 from integrations.testing import FakeVendor, Reply, instant_backoff
-from tests import handler_runs
+from tests import handler_runs, postgres
 from tests.celery_worker import CeleryWorker, purge_broker, wait_until
 from tests.integrations.factories import CircuitBreakerFactory
 from tests.servers import ROOT, GunicornServer, subprocess_env
@@ -349,6 +349,7 @@ NO_EXTRA = textwrap.dedent(
 )
 
 
+@postgres.SUBPROCESS
 @pytest.mark.django_db(transaction=True)
 def test_without_the_extra_nothing_is_imported_and_everything_works():
     env = subprocess_env(extra={"DJANGO_SETTINGS_MODULE": "tests.settings"})

@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Callable
 
-__all__ = ["after_fork"]
+__all__ = ["after_fork", "cancel_after_fork"]
 
 logger = logging.getLogger("tether.fork")
 
@@ -25,6 +25,14 @@ def after_fork(callback: Callable[[], None]) -> None:
     """Run ``callback`` in every child forked from now on (once, however often registered)."""
     if callback not in _callbacks:
         _callbacks.append(callback)
+
+
+def cancel_after_fork(callback: Callable[[], None]) -> None:
+    """Stop running ``callback`` in children forked from now on (nothing if it is not
+    registered): for state that no longer needs resetting, and for tests that register their
+    own."""
+    if callback in _callbacks:
+        _callbacks.remove(callback)
 
 
 def _run_in_child() -> None:

@@ -29,7 +29,7 @@ from django.urls import path
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-__all__ = ["HealthCheck", "health_report", "health_view", "register", "registered"]
+__all__ = ["HealthCheck", "health_report", "health_view", "register", "registered", "unregister"]
 
 logger = logging.getLogger("tether.health")
 
@@ -60,6 +60,12 @@ _checks: dict[str, HealthCheck] = {}
 def register(check: HealthCheck) -> None:
     """Add ``check`` to the report (one with the same ``name`` is replaced, in its place)."""
     _checks[check.name] = check
+
+
+def unregister(name: str) -> None:
+    """Remove the check called ``name`` from the report (nothing happens if there is none): for
+    a project that reports it elsewhere, and for tests that want a registry of their own."""
+    _checks.pop(name, None)
 
 
 def registered() -> list[HealthCheck]:

@@ -5,7 +5,8 @@ it without a line of configuration. Its autouse fixture forgets, before and afte
 what this process keeps between calls and what a test's rolled-back database would leave
 stale: with ``integrations`` installed, ``integrations.testing.reset_local_state()`` (circuit
 breaker snapshots and successes not yet written, pooled HTTP connections); with ``webhooks``,
-the health view's last broker probe. Settings-derived caches need nothing here: they are
+the health view's last broker probe and the databases on which a prepared statement vanished
+(``webhooks.storage.prepare_again()``). Settings-derived caches need nothing here: they are
 emptied by the settings objects' reload (``override_settings``, pytest-django's ``settings``).
 
 It does nothing in a session without Django, or before Django is set up, and touches only the
@@ -36,8 +37,9 @@ def local_state_resets() -> list[Callable[[], None]]:
         resets.append(reset_local_state)
     if apps.is_installed("webhooks"):
         from webhooks.health import broker_probe
+        from webhooks.storage import prepare_again
 
-        resets.append(broker_probe.reset)
+        resets.extend([broker_probe.reset, prepare_again])
     return resets
 
 

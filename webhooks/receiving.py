@@ -43,7 +43,9 @@ from functools import partial
 from typing import Protocol
 
 from django.db import DataError, InterfaceError, OperationalError, router, transaction
+from django.http.request import HttpHeaders
 from django.utils import timezone
+from django.utils.functional import cached_property
 from django.views.decorators.debug import sensitive_variables
 
 from tether.conf import SECRET_VARIABLES
@@ -69,6 +71,24 @@ READ_CHUNK_BYTES = 64 * 1024
 
 class BodyStream(Protocol):
     def read(self, size: int = ..., /) -> bytes: ...
+
+
+class MetaHeaders(HttpHeaders):
+    """``request.headers`` read straight from a WSGI ``META``: a header is looked up by its
+    WSGI name when asked for, instead of every header's name being parsed up front (what
+    ``HttpHeaders`` does, and the receive path asks for a few). The same mapping otherwise:
+    case-insensitive, ``_`` taken for ``-``, and iterating, ``len`` or comparing it parses
+    the names as ``HttpHeaders`` does."""
+
+    def __init__(self, meta: Mapping[str, str]) -> None:  # no parse here: see _store
+        self._meta = meta
+
+    @cached_property
+    def _store(self) -> dict[str, tuple[str, str]]:  # type: ignore[override]
+        return HttpHeaders(self._meta)._store
+
+    def __getitem__(self, key: str) -> str:
+        return self._meta[HttpHeaders.to_wsgi_name(key)]
 
 
 @dataclass(frozen=True)
@@ -182,7 +202,8 @@ def store_event(
     logger.debug(
         "webhooks: accepted %s event %s (%s)", event.endpoint, event.event_id, event.event_type
     )
-    transaction.on_commit(partial(_send_received, event), using=alias)
+    if webhook_received.has_listeners(WebhookEvent):
+        transaction.on_commit(partial(_send_received, event), using=alias)
     enqueue_on_commit(event)
     return Receipt("accepted", event.event_id, event)
 

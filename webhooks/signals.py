@@ -16,7 +16,11 @@ Operational (used by metrics; sender is ``None``):
 - ``webhook_ignored(event)`` (sender ``WebhookEvent``): an event ended ``ignored``.
 """
 
+import logging
+
 from django.dispatch import Signal
+
+logger = logging.getLogger("webhooks")
 
 webhook_received = Signal()
 webhook_processed = Signal()
@@ -28,12 +32,14 @@ webhook_duplicate = Signal()
 
 def send_logged(signal: Signal, sender: object, **kwargs: object) -> None:
     """Send ``signal`` robustly: a receiver that raises is logged (with its traceback) and never
-    changes what the app does (the event is stored, the refusal stands, the outcome is kept)."""
-    import logging
-
+    changes what the app does (the event is stored, the refusal stands, the outcome is kept).
+    Nothing is sent when no receiver listens to ``sender`` (``send_robust`` costs several times
+    that check even then)."""
+    if not signal.has_listeners(sender):
+        return
     for receiver, result in signal.send_robust(sender=sender, **kwargs):
         if isinstance(result, Exception):
-            logging.getLogger("webhooks").error(
+            logger.error(
                 "webhooks: signal receiver %r raised %s",
                 receiver,
                 type(result).__name__,

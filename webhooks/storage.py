@@ -15,8 +15,9 @@ touch no cursor themselves.
 The operator actions (``webhooks.services``) and the reads (``webhooks.selectors``) use the ORM:
 they are not on a hot path.
 
-Hand optimisations of the hot path, each kept apart so that it can be dropped on its own once
-the benchmarks say it does not earn its keep:
+Hand optimisations of the hot path, each kept because ``bench/storage_variants.py`` (each one
+on and off in one run) shows it earns at least 5 % on the figure it targets (the figures are in
+``bench/README.md``); each is kept apart so that it can be dropped on its own:
 
 - **One statement per operation**: the insert compares a duplicate's body in the same statement
   (PostgreSQL), and the claim is one ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP
@@ -32,8 +33,6 @@ the benchmarks say it does not earn its keep:
   that lose them (``fetch_one``).
 - **Rows loaded by hand** (``lock_claimed``): one plain ``SELECT``, its values converted as the
   ORM would (``Model.from_db`` and each field's database converters), without building a query.
-- **Results read from psycopg's cursor** (``_fetch_one``): the row is read past Django's cursor
-  wrapper, whose every call builds an error-wrapping function.
 
 Statements are built once per database alias (their text depends on the backend: quoting,
 ``SKIP LOCKED``, named parameters) and forgotten when ``webhooks_settings`` reloads, as on a
@@ -127,6 +126,14 @@ else:
 #: Database aliases on which a prepared statement vanished in this process (a pooler that
 #: does not keep them): their statements are no longer prepared.
 _unprepared_aliases: set[str] = set()
+
+
+def prepare_again() -> None:
+    """Prepare statements again on every database where one vanished (see ``fetch_one``): for
+    a process whose connection pooler now keeps them, and between tests (django-tether's pytest
+    plugin, ``tether.pytest_plugin``, calls it around each test)."""
+    _unprepared_aliases.clear()
+
 
 #: Raw connections on which statement_cursor registered the typed NULLs' dumpers.
 _ready: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -236,20 +243,9 @@ def fetch_one(connection: BaseDatabaseWrapper, sql: str, params: Any) -> tuple[A
 
 
 def _fetch_one(connection: BaseDatabaseWrapper, sql: str, params: Any) -> tuple[Any, ...] | None:
-    """With psycopg 3 the result has fully arrived once ``execute`` returns, so the row is read
-    from psycopg's cursor directly and the cursor closed the same way. Other drivers read
-    through Django's wrapper (SQLite can fail while stepping a row)."""
-    cursor = statement_cursor(connection)
-    if not binds_on_server(connection):
-        with cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchone() if cursor.description is not None else None
-    raw = cursor.cursor
-    try:
+    with statement_cursor(connection) as cursor:
         cursor.execute(sql, params)
-        return raw.fetchone() if raw.description is not None else None
-    finally:
-        raw.close()
+        return cursor.fetchone() if cursor.description is not None else None
 
 
 # -- the statements ------------------------------------------------------------------------------

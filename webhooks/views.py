@@ -35,7 +35,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from .exceptions import DeliveryRefused
-from .receiving import BodyStream, receive_webhook
+from .receiving import BodyStream, MetaHeaders, receive_webhook
 
 
 @csrf_exempt
@@ -45,7 +45,10 @@ def receive(request: HttpRequest, endpoint: str) -> JsonResponse:
     stream, content_length = _body_source(request)
     try:
         receipt = receive_webhook(
-            endpoint, headers=request.headers, stream=stream, content_length=content_length
+            endpoint,
+            headers=MetaHeaders(request.META),
+            stream=stream,
+            content_length=content_length,
         )
     except DeliveryRefused as error:  # the refusal's class carries its answer
         return JsonResponse({"error": error.default_code}, status=error.status_code)

@@ -11,7 +11,7 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
-from integrations.breaker import clear_local_cache, get_breaker
+from integrations.breaker import MAX_HOLD, clear_local_cache, get_breaker
 from integrations.exceptions import CircuitOpenError
 from integrations.models import BreakerState, BreakerTransition, CircuitBreaker
 from tests.integrations.factories import BreakerTransitionFactory, CircuitBreakerFactory
@@ -149,15 +149,24 @@ def test_bad_action_bodies_are_400_and_change_nothing(api, action, body, field):
     assert not BreakerTransition.objects.exists()
 
 
-def test_open_until_the_last_instant_is_stored_and_read_back(api):
+def test_open_until_the_furthest_allowed_instant_is_stored_and_read_back(api):
     CircuitBreakerFactory(name="stripe")
-    last = "9999-12-31T23:59:59Z"
-    response = api.post(url("stripe", "open"), {"reason": "x", "until": last}, format="json")
+    furthest = (timezone.now() + MAX_HOLD - dt.timedelta(minutes=1)).replace(microsecond=0)
+    body = {"reason": "x", "until": furthest.isoformat()}
+    response = api.post(url("stripe", "open"), body, format="json")
     assert response.status_code == 200, response.content
-    assert api.get(url("stripe")).json()["forced_until"] == last
-    assert CircuitBreaker.objects.get(name="stripe").forced_until == dt.datetime(
-        9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC
-    )
+    assert CircuitBreaker.objects.get(name="stripe").forced_until == furthest
+
+
+@pytest.mark.parametrize("until", ["9999-12-31T23:59:59Z", "LATER"])
+def test_open_until_further_than_the_longest_hold_is_400(api, until):
+    CircuitBreakerFactory(name="stripe")
+    if until == "LATER":
+        until = (timezone.now() + MAX_HOLD + dt.timedelta(minutes=1)).isoformat()
+    response = api.post(url("stripe", "open"), {"reason": "x", "until": until}, format="json")
+    assert response.status_code == 400
+    assert "more than 366 days away" in response.json()["until"][0]
+    assert CircuitBreaker.objects.get(name="stripe").state == "closed"
 
 
 def test_a_configured_service_can_be_opened_before_its_first_call(api, settings):

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from integrations.testing import FakeVendor, InstantBackoff, instant_backoff
+from tests.integrations.rates import Rates, configure
 
 
 @pytest.fixture
@@ -21,3 +22,10 @@ def vendor() -> Iterator[FakeVendor]:
 def backoff() -> Iterator[InstantBackoff]:
     with instant_backoff() as clock:
         yield clock
+
+
+@pytest.fixture
+def rates(vendor, settings, backoff) -> Rates:
+    """The "rates" client (tests/integrations/rates.py) on the fake vendor, quick policies."""
+    configure(settings, vendor.url)
+    return Rates()

@@ -2,7 +2,7 @@
 
 Stripe events are built from Stripe's own fixtures (``stripe/event.json`` as the envelope,
 ``stripe/payment_intent.json`` as ``data.object``), GitHub's from octokit's payload examples; see
-``vendor_payloads/SOURCES.md``. Each gets a fresh id and is signed at run time.
+``tests/vendor_payloads/SOURCES.md``. Each gets a fresh id and is signed at run time.
 """
 
 from __future__ import annotations
@@ -11,22 +11,17 @@ import copy
 import json
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from sandbox_project.demo.models import GitHubPush, Order
 from tests.celery_worker import wait_until
+from tests.vendor import vendor_bytes, vendor_json
 from webhooks import processing, services
 from webhooks.models import WebhookEvent
 from webhooks.testing import post_webhook
 
-PAYLOADS = Path(__file__).resolve().parent / "vendor_payloads"
 Status = WebhookEvent.Status
-
-
-def vendor_json(name: str) -> dict:
-    return json.loads((PAYLOADS / name).read_text())
 
 
 def payment_intent_event(event_type="payment_intent.succeeded", **intent_fields) -> dict:
@@ -124,7 +119,7 @@ def test_an_unhandled_stripe_event_is_ignored(client):
 
 @pytest.mark.django_db
 def test_github_push_is_recorded(client):
-    body = (PAYLOADS / "github/push.payload.json").read_bytes()
+    body = vendor_bytes("github/push.payload.json")
     delivery = str(uuid.uuid4())
     event = deliver(client, "github", body, event_type="push", event_id=delivery)
     assert event.status == Status.PROCESSED
@@ -139,7 +134,7 @@ def test_github_push_is_recorded(client):
 
 @pytest.mark.django_db
 def test_github_ping_is_ignored(client):
-    body = (PAYLOADS / "github/ping.payload.json").read_bytes()
+    body = vendor_bytes("github/ping.payload.json")
     event = deliver(client, "github", body, event_type="ping")
     assert event.status == Status.IGNORED
     assert "ping" in event.last_error

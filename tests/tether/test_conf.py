@@ -8,9 +8,9 @@ import threading
 import pytest
 from django.test import override_settings
 
-from integrations import RetryPolicy, policies
-from integrations import conf as integrations_conf
+from integrations import RetryPolicy
 from integrations.conf import integrations_settings, service_settings
+from tests.webhooks.eager import configured_celery_app, eager_setting_set_quietly
 from tether.conf import AppSettings, SecretStr
 from webhooks import queueing, storage
 from webhooks.conf import webhooks_settings
@@ -36,13 +36,23 @@ def test_merged_over_the_defaults_and_read_at_call_time(app_settings):
 def test_reload_empties_every_registered_cache(app_settings):
     derived: dict[str, int] = {}
     app_settings.register_cache(derived.clear)
-    app_settings.register_cache(derived.clear)  # once, however often registered
     derived["x"] = 1
     merged = app_settings.merged
     app_settings.reload()
     assert derived == {}
     assert app_settings.merged is not merged
-    assert app_settings._caches == [derived.clear]
+
+
+def test_a_cache_registered_twice_is_emptied_once_per_reload(app_settings):
+    emptied: list[str] = []
+
+    def forget() -> None:
+        emptied.append("forget")
+
+    app_settings.register_cache(forget)
+    app_settings.register_cache(forget)  # once, however often registered
+    app_settings.reload()
+    assert emptied == ["forget"]
 
 
 def test_a_change_of_its_setting_reloads_and_others_do_not(app_settings):
@@ -92,10 +102,16 @@ def test_webhooks_reload_forgets_built_providers():
 
 
 def test_webhooks_reload_reads_the_configured_eager_flag_again():
-    queueing._configured_eager()  # what celery_is_eager reads unless set at run time
-    assert queueing._configured_eager.cache_info().currsize == 1
-    webhooks_settings.reload()
-    assert queueing._configured_eager.cache_info().currsize == 0
+    with configured_celery_app():
+        assert queueing.celery_is_eager() is False
+        # Celery reads the Django setting live; set without setting_changed, only a reload
+        # shows it.
+        with eager_setting_set_quietly(True):
+            assert queueing.celery_is_eager() is False  # the configured value, read once and kept
+            webhooks_settings.reload()
+            assert queueing.celery_is_eager() is True
+        webhooks_settings.reload()
+        assert queueing.celery_is_eager() is False
 
 
 def test_webhooks_reload_forgets_the_database_statements():
@@ -104,7 +120,6 @@ def test_webhooks_reload_forgets_the_database_statements():
     statements = storage.statements(connection)
     assert storage.statements(connection) is statements
     webhooks_settings.reload()
-    assert storage._statements == {}
     assert storage.statements(connection) is not statements
 
 
@@ -112,7 +127,6 @@ def test_integrations_reload_forgets_per_service_merges():
     merged = service_settings("rates")
     assert service_settings("rates") is merged
     integrations_settings.reload()
-    assert integrations_conf._by_service == {}
     assert service_settings("rates") is not merged
 
 
@@ -120,6 +134,5 @@ def test_integrations_reload_forgets_built_policies():
     policy = RetryPolicy.for_service("rates")
     assert RetryPolicy.for_service("rates") is policy
     integrations_settings.reload()
-    assert policies._cache == {}
     assert RetryPolicy.for_service("rates") is not policy
     assert RetryPolicy.for_service("rates") == policy  # the same settings, built again

@@ -1,5 +1,10 @@
 """``tether.fork``: the library's one ``os.register_at_fork``; a forked child runs every reset
-the apps registered, one failing not stopping the others."""
+the apps registered, one failing not stopping the others.
+
+What each app's reset does is tested where its state lives, by forking: the webhooks dispatcher
+(tests/webhooks/test_dispatch.py), the integrations HTTP pools
+(tests/integrations/test_client_calls.py) and the Stripe clients
+(tests/integrations/vendors/test_stripe.py)."""
 
 from __future__ import annotations
 
@@ -8,19 +13,24 @@ from pathlib import Path
 
 import pytest
 
-from integrations import client
-from integrations.vendors import stripe
 from tether import fork
-from webhooks import dispatch
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def callbacks(monkeypatch):
-    """The registry, restored after the test (its callbacks would run in later forks)."""
-    monkeypatch.setattr(fork, "_callbacks", list(fork._callbacks))
-    return fork._callbacks
+def register():
+    """``fork.after_fork`` for the test: what it registers is cancelled after it (it would run
+    in later forks)."""
+    registered: list = []
+
+    def register(callback):
+        fork.after_fork(callback)
+        registered.append(callback)
+
+    yield register
+    for callback in registered:
+        fork.cancel_after_fork(callback)
 
 
 def run_in_a_child(path: Path) -> str:
@@ -33,7 +43,7 @@ def run_in_a_child(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
-def test_a_child_runs_every_registered_reset_in_order(callbacks, tmp_path):
+def test_a_child_runs_every_registered_reset_in_order(register, tmp_path):
     log = tmp_path / "resets"
 
     def write(text):
@@ -47,19 +57,31 @@ def test_a_child_runs_every_registered_reset_in_order(callbacks, tmp_path):
         raise RuntimeError("this reset fails")
 
     first = write("first;")
-    fork.after_fork(first)
-    fork.after_fork(broken)
-    fork.after_fork(write("second;"))
-    fork.after_fork(first)  # once, however often registered
+    register(first)
+    register(broken)
+    register(write("second;"))
+    register(first)  # once, however often registered
 
     assert run_in_a_child(log) == "first;second;"
     assert log.read_text() == "first;second;"  # and nothing ran in this process
 
 
-def test_the_apps_register_their_resets():
-    assert dispatch.dispatcher._reset in fork._callbacks
-    assert client._forget_pools_after_fork in fork._callbacks
-    assert stripe._forget_clients_after_fork in fork._callbacks
+def test_a_cancelled_reset_no_longer_runs_in_a_child(register, tmp_path):
+    log = tmp_path / "resets"
+
+    def kept():
+        with log.open("a") as out:
+            out.write("kept;")
+
+    def cancelled():
+        with log.open("a") as out:
+            out.write("cancelled;")
+
+    register(cancelled)
+    register(kept)
+    fork.cancel_after_fork(cancelled)
+    fork.cancel_after_fork(cancelled)  # nothing left to cancel
+    assert run_in_a_child(log) == "kept;"
 
 
 def test_only_the_core_registers_at_fork():

@@ -29,9 +29,16 @@ class Check(health.HealthCheck):
 
 
 @pytest.fixture
-def checks(monkeypatch):
-    """An empty registry for the test; the apps' checks come back after it."""
-    monkeypatch.setattr(health, "_checks", {})
+def checks():
+    """An empty registry for the test; the apps' checks come back after it, in their order."""
+    saved = health.registered()
+    for check in saved:
+        health.unregister(check.name)
+    yield
+    for check in health.registered():
+        health.unregister(check.name)
+    for check in saved:
+        health.register(check)
 
 
 def test_the_apps_register_their_checks_in_order():
@@ -40,6 +47,15 @@ def test_the_apps_register_their_checks_in_order():
         "webhooks",
         "circuit_breakers",
     ]
+
+
+def test_unregister_drops_a_check_from_the_report(checks):
+    health.register(Check("queue", {"ok": True}, critical=True))
+    health.register(Check("backlog", {"count": 3}))
+    health.unregister("queue")
+    health.unregister("not-there")  # nothing to drop
+    assert [check.name for check in health.registered()] == ["backlog"]
+    assert health.health_report() == (True, {"status": "ok", "backlog": {"count": 3}})
 
 
 def test_entries_in_registration_order_after_the_database(checks):

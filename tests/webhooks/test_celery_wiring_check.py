@@ -9,7 +9,6 @@ too (as ``runserver``'s autoreloader runs the checks)."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -17,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.quickstart.snippets import read_snippets
 from tests.servers import ROOT
 from webhooks.checks import check_celery_wiring
 
 GETTING_STARTED = ROOT / "docs" / "getting-started.md"
-FILE_BLOCK = re.compile(r'```python title="(?P<path>[^"]+)"\n(?P<code>.*?)```', re.DOTALL)
 
 
 class Project:
@@ -114,15 +113,16 @@ def test_a_celery_app_that_does_not_read_the_settings_is_warned(project):
 def test_the_getting_started_project_passes_every_check(project):
     """Every file of docs/getting-started.md, as the page says to write them: no warning."""
     project.run("manage.py", "startapp", "shop")
-    blocks = list(FILE_BLOCK.finditer(GETTING_STARTED.read_text()))
+    blocks = [block for block in read_snippets(GETTING_STARTED) if block.kind in ("append", "file")]
     assert {"mysite/settings.py", "mysite/celery.py", "mysite/__init__.py"} <= {
-        block["path"] for block in blocks
+        block.title for block in blocks
     }
     for block in blocks:
-        if block["path"] == "mysite/settings.py":
-            project.add_settings(block["code"])
+        if block.kind == "append":
+            assert block.title == "mysite/settings.py"
+            project.add_settings(block.text)
         else:
-            project.write(block["path"], block["code"])
+            project.write(str(block.title), block.text)
     output = project.check()
     assert "System check identified no issues" in output, output
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
-from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
@@ -13,6 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
 from sandbox_project import settings as sandbox_settings
+from tests.vendor import vendor_json
 from webhooks.checks import check_webhook_endpoints, check_webhook_signed_content
 from webhooks.exceptions import UnknownEndpoint, WebhookConfigurationError
 from webhooks.providers import get_provider
@@ -273,9 +272,8 @@ def test_standard_secrets_of_24_bytes_or_more_are_fine(settings, secret):
 
 
 def test_every_standard_secret_the_project_ships_passes():
-    vectors = Path(__file__).parent / "providers/vendor/standardwebhooks/vectors.json"
     shipped = {
-        "vendor vectors": json.loads(vectors.read_text())["sign_vector"]["secret"],
+        "vendor vectors": vendor_json("standardwebhooks/vectors.json")["sign_vector"]["secret"],
         "sandbox settings": sandbox_settings.WEBHOOKS["ENDPOINTS"]["acme"]["SECRETS"][0],
         "test settings": django_settings.WEBHOOKS["ENDPOINTS"]["acme"]["SECRETS"][0],
         "make_secret (webhooks.testing's bad_signature)": StandardWebhooksProvider.make_secret(),

@@ -16,6 +16,7 @@ from django.core.management.base import CommandError
 from django.test import override_settings
 from django.utils import timezone
 
+from tests import postgres
 from tests.celery_worker import purge_broker, queue_length
 from tests.servers import ROOT, subprocess_env
 from tests.webhooks.factories import WebhookEventFactory
@@ -288,6 +289,7 @@ def test_requeue_stuck_bad_input(args, message):
         run("requeue_stuck_webhooks", *args)
 
 
+@postgres.SUBPROCESS
 @pytest.mark.django_db(transaction=True)
 def test_requeue_stuck_with_the_broker_down_exits_3():
     """The real command in another process, its broker a closed port."""

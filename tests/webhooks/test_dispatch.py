@@ -8,7 +8,6 @@ the crash tests a real gunicorn.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -24,7 +23,9 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
+from tests import postgres
 from tests.celery_worker import purge_broker, queued_messages, wait_until
+from tests.forking import in_a_child
 from tests.servers import GunicornServer
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import conf, dispatch, on, processing, queueing, services
@@ -108,10 +109,14 @@ def test_eager_celery_bypasses_the_dispatcher(handlers):
     assert dispatch.dispatcher.pending == 0
 
 
+@override_settings(WEBHOOKS={"DISPATCH_INTERVAL": 30})
 def test_the_process_dispatcher_publishes_with_queueing_s_publisher():
-    """``WebhooksConfig.ready()`` hands it ``publish_process_batch``; the dispatcher module
-    itself imports nothing of queueing or processing."""
-    assert dispatch.dispatcher._publish is queueing.publish_process_batch
+    """``WebhooksConfig.ready()`` hands it ``publish_process_batch`` (``webhooks.process_events``
+    tasks); the dispatcher module itself imports nothing of queueing or processing."""
+    purge_broker()
+    dispatch.dispatcher.submit(987_654)
+    assert dispatch.flush()
+    assert queued_messages() == [("webhooks.process_events", [[987_654]])]
 
 
 def test_a_dispatcher_without_a_publisher_logs_and_drops_what_it_takes(caplog):
@@ -195,40 +200,50 @@ def test_broker_down_the_keys_are_dropped_and_logged_and_the_rows_stay_received(
 def test_a_forked_child_starts_with_an_idle_dispatcher_of_its_own(tmp_path):
     published: list[list[int]] = []
     parent = dispatch.dispatcher
-    saved = parent._publish
-    parent._publish = published.append
+    parent.publish_with(published.append)
     try:
         parent.submit(101)
         parent.submit(102)
-        assert parent.pending == 2 and parent._thread.is_alive()
-        report = tmp_path / "child.json"
-        pid = os.fork()
-        if pid == 0:  # the child: it must not see (nor publish) the parent's keys
-            try:
-                state = {"pending": parent.pending, "thread": parent._thread is not None}
-                parent.submit(201)  # its own thread, started lazily
-                state["flushed"] = parent.flush(timeout=5)
-                state["published"] = published
-                report.write_text(json.dumps(state))
-            finally:
-                os._exit(0)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        child = json.loads(report.read_text())
-        assert child == {"pending": 0, "thread": False, "flushed": True, "published": [[201]]}
+        assert parent.pending == 2
+
+        def child():  # it must not see (nor publish) the parent's keys
+            state = {"pending": parent.pending}  # before any call that checks the pid
+            parent.submit(201)  # its own thread, started lazily
+            state["flushed"] = parent.flush(timeout=5)
+            state["published"] = published
+            return state
+
+        assert in_a_child(child) == {"pending": 0, "flushed": True, "published": [[201]]}
         assert parent.pending == 2  # the parent's keys are still the parent's to publish
         assert parent.flush()
         assert published == [[101, 102]]
     finally:
-        parent._publish = saved
+        parent.publish_with(queueing.publish_process_batch)
 
 
+@override_settings(WEBHOOKS={"DISPATCH_INTERVAL": 30})
 def test_a_dispatcher_used_in_another_process_resets_itself():
-    """The pid check, for forks that bypass os.fork's hooks (the keys belong to the parent)."""
-    local = Dispatcher(publish=lambda batch: None)
-    local._pending, local._submitted, local._pid = [7], 1, -1  # as if inherited
-    assert local.flush() is True
-    assert local.pending == 0 and local._pid == os.getpid()
+    """The pid check, for a dispatcher no fork hook resets (the keys belong to the parent)."""
+    published: list[list[int]] = []
+    local = Dispatcher(publish=published.append)  # not registered with tether.fork
+    local.submit(7)
+
+    def child():
+        state = {"flushed": local.flush(timeout=5), "pending": local.pending}
+        local.submit(8)
+        state["flushed_own"] = local.flush(timeout=5)
+        state["published"] = published
+        return state
+
+    assert in_a_child(child) == {
+        "flushed": True,  # nothing of its own to wait for: the parent's key is not its
+        "pending": 0,
+        "flushed_own": True,
+        "published": [[8]],
+    }
+    assert local.pending == 1
+    assert local.flush()
+    assert published == [[7]]
 
 
 # -- settings -------------------------------------------------------------------------------------
@@ -327,6 +342,7 @@ def test_the_batch_task_gives_each_event_its_own_attempt_and_outcome(handlers):
     assert finished.attempts == 0  # a finished event is skipped, not counted
 
 
+@postgres.DURABILITY
 @pytest.mark.django_db(transaction=True)
 def test_the_claim_relaxes_only_its_own_commit(handlers):
     on("stripe", "test.ok")(lambda event: None)
@@ -448,6 +464,7 @@ def _statements(captured) -> list[str]:
     return [" ".join(q["sql"].split()[:2]) for q in captured.captured_queries]
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_a_successful_attempt_is_three_statements_besides_begin_and_commit(handlers):
     """The hot path: the one-statement claim, the row lock, the outcome (no savepoint); a failing

@@ -16,6 +16,7 @@ from django.apps import apps
 from django.db import DataError, connection
 from django.urls import reverse
 
+from tests import postgres
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import on, processing, services
 from webhooks.models import WebhookEvent
@@ -93,6 +94,7 @@ def store_raw_occurred_at(event: WebhookEvent, value: str) -> None:
         )
 
 
+@postgres.SQL
 def test_migration_0003_empties_unreadable_occurred_at(admin_client):
     migration = importlib.import_module("webhooks.migrations.0003_clear_unreadable_occurred_at")
     kept = {

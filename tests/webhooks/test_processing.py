@@ -17,6 +17,7 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
+from tests import postgres
 from tests.celery_worker import purge_broker, queue_length
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import Ignore, PermanentFailure, conf, dispatch, on, processing, queueing, services
@@ -271,6 +272,7 @@ def test_concurrent_attempts_on_one_event_run_the_handlers_once(handlers, runs):
     assert event.attempts >= 1
 
 
+@postgres.ROW_LOCKS
 @pytest.mark.django_db(transaction=True)
 def test_an_event_locked_by_a_running_attempt_is_skipped(handlers):
     calls = []
@@ -619,6 +621,7 @@ def test_good_processing_settings_pass_the_check():
     assert conf.processing_config_problems() == []
 
 
+@postgres.DURABILITY
 @pytest.mark.django_db
 def test_the_claim_never_relaxes_the_durability_of_a_callers_transaction(handlers):
     on("stripe", "test.ok")(lambda event: None)

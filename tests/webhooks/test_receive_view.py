@@ -17,10 +17,12 @@ import pytest
 from django.db import connection, transaction
 from django.test import RequestFactory
 
-from tests.celery_worker import wait_until
+from tests import postgres
+from tests.celery_worker import purge_broker, queued_messages, wait_until
 from tests.servers import GunicornServer, free_port
 from tests.webhooks.providers.gunicorn_server import chunked, http_request, raw_request
 from tests.webhooks.providers.signal_log import signals  # noqa: F401  (fixture)
+from webhooks import dispatch
 from webhooks.exceptions import (
     DeliveryRefused,
     InvalidSignature,
@@ -32,7 +34,7 @@ from webhooks.exceptions import (
 )
 from webhooks.models import WebhookEvent
 from webhooks.providers import get_provider
-from webhooks.signals import webhook_duplicate, webhook_rejected
+from webhooks.signals import webhook_duplicate, webhook_received, webhook_rejected
 from webhooks.storage import insert_once, insert_once_with_savepoint, insert_or_compare
 from webhooks.testing import build_request, post_webhook, send_request, sign_request
 from webhooks.views import receive
@@ -124,6 +126,7 @@ def test_verified_but_unusable_body_is_malformed(client, body):
     assert not WebhookEvent.objects.exists()
 
 
+@postgres.DATA_ERRORS
 def test_payload_that_postgresql_cannot_store_is_malformed(client):
     # Valid JSON, but PostgreSQL's jsonb refuses \u0000: a DataError, answered 400, not 500.
     body = b'{"id": "evt_nul", "type": "a.b", "note": "x\\u0000y"}'
@@ -312,14 +315,23 @@ def test_csrf_is_not_required():
     assert post_webhook(csrf_client, "stripe").status_code == 200
 
 
-def test_stored_event_is_ready_for_processing(client, django_capture_on_commit_callbacks):
-    with django_capture_on_commit_callbacks() as callbacks:
+def test_stored_event_is_ready_for_processing(
+    client,
+    signals,  # noqa: F811
+    django_capture_on_commit_callbacks,
+):
+    purge_broker()
+    with django_capture_on_commit_callbacks(execute=True):
         response = post_webhook(client, "acme")
-    assert response.status_code == 200
-    names = sorted(cb.func.__name__ for cb in callbacks)
-    assert names == ["_send_received", "submit"]  # to this process's dispatcher (webhooks.dispatch)
+        assert response.status_code == 200
+        # Nothing before the insert commits.
+        assert not signals.of(webhook_received)
+        assert dispatch.dispatcher.pending == 0
+    assert len(signals.of(webhook_received)) == 1
+    assert dispatch.flush()
     event = WebhookEvent.objects.get()
-    assert callbacks[[cb.func.__name__ for cb in callbacks].index("submit")].args == (event.pk,)
+    # Through this process's dispatcher (webhooks.dispatch), which publishes batches of keys.
+    assert queued_messages() == [("webhooks.process_events", [[event.pk]])]
 
 
 # -- the insert itself ---------------------------------------------------------------------
@@ -360,6 +372,7 @@ def test_portable_savepoint_insert_decides_replays_by_the_digest_constraint():
     assert list(WebhookEvent.objects.values_list("event_id", flat=True)) == ["evt_sp1"]
 
 
+@postgres.DATA_ERRORS
 def test_malformed_payload_maps_from_data_error():
     from webhooks.providers.base import ParsedEvent
     from webhooks.receiving import store_event
@@ -542,6 +555,7 @@ def test_client_gone_mid_body_is_answered_without_a_500():
     assert json.loads(response.content) == {"error": "malformed_payload"}
 
 
+@postgres.STATEMENTS
 def test_insert_or_compare_reports_duplicates_and_their_bodies(transactional_db):
     assert insert_or_compare(_event("evt_c", b"one"), "default") == (True, None)
     assert insert_or_compare(_event("evt_c", b"one"), "default") == (False, True)
@@ -549,6 +563,7 @@ def test_insert_or_compare_reports_duplicates_and_their_bodies(transactional_db)
     assert bytes(WebhookEvent.objects.get(event_id="evt_c").body) == b"one"
 
 
+@postgres.STATEMENTS
 def test_one_statement_per_delivery(transactional_db, client):
     """The receive path's database cost: one statement for a new event, one for a duplicate."""
     from django.test.utils import CaptureQueriesContext
@@ -561,3 +576,28 @@ def test_one_statement_per_delivery(transactional_db, client):
     # On PostgreSQL the insert and, for a duplicate, the body comparison are one statement.
     assert [q["sql"].split()[0] for q in new.captured_queries] == ["WITH"]
     assert [q["sql"].split()[0] for q in duplicate.captured_queries] == ["WITH"]
+
+
+def test_meta_headers_read_as_request_headers_do():
+    """The receive view's header view (read from META when asked) answers as Django's
+    ``request.headers`` does: case-insensitive, ``_`` for ``-``, the two unprefixed headers,
+    and the same mapping when iterated or compared."""
+    from django.http.request import HttpHeaders
+
+    from webhooks.receiving import MetaHeaders
+
+    meta = {
+        "HTTP_STRIPE_SIGNATURE": "t=1,v1=ab",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": "12",
+        "HTTP_X_GITHUB_EVENT": "push",
+        "wsgi.input": object(),
+        "REMOTE_ADDR": "127.0.0.1",
+    }
+    headers = MetaHeaders(meta)
+    assert headers["stripe-signature"] == headers["Stripe_Signature"] == "t=1,v1=ab"
+    assert headers.get("Content-Type") == "application/json"
+    assert headers.get("content-length") == "12"
+    assert headers.get("Remote-Addr") is None and "wsgi.input" not in headers
+    assert headers == HttpHeaders(meta)
+    assert dict(headers) == dict(HttpHeaders(meta)) and len(headers) == 4

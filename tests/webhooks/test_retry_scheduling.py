@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import datetime
 
@@ -13,6 +14,7 @@ from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
+from tests import postgres
 from tests.celery_worker import purge_broker
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import on, processing, queueing, services
@@ -44,6 +46,7 @@ def failing(handlers):
     return WebhookEventFactory(event_type="test.retry-boom")
 
 
+@postgres.STATEMENTS
 def test_a_failed_attempt_publishes_its_retry_with_the_countdown_it_wrote(broker, failing):
     with CaptureQueriesContext(connection) as queries:
         assert processing.process_event(failing.pk, retry=True) == Status.PROCESSING
@@ -133,3 +136,20 @@ def test_mark_ignored_many_counts_changed_and_skipped_in_chunks():
     # Nothing left to change: all skipped.
     assert services.mark_ignored_many(WebhookEvent.objects.all()) == (0, 5)
     assert services.mark_ignored_many(WebhookEvent.objects.none()) == (0, 0)
+
+
+def test_a_batch_message_shows_its_keys_as_celery_would(broker, settings):
+    """The dispatcher's messages carry the batch in ``argsrepr`` (what monitoring shows), as
+    Celery's own repr would, cut at Celery's limit of 1,024 characters."""
+    from webhooks.queueing import ARGS_REPR_MAX, publish_process_batch
+
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "DISPATCH_BATCH_SIZE": 1000}
+    assert publish_process_batch([3, 1, 2])
+    assert publish_process_batch(list(range(100_000, 100_500)))
+    short, long = reversed(_messages(broker))
+    assert short["headers"]["argsrepr"] == "([3, 1, 2],)"
+    assert short["headers"]["kwargsrepr"] == "{}"
+    shown = long["headers"]["argsrepr"]
+    assert len(shown) == ARGS_REPR_MAX and shown.startswith("([100000, 100001,")
+    assert shown.endswith("...")
+    assert json.loads(base64.b64decode(long["body"]))[0] == [list(range(100_000, 100_500))]

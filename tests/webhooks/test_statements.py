@@ -25,6 +25,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
+from tests import postgres
+from tests.webhooks.eager import configured_celery_app, eager_setting_set_quietly
 from webhooks import conf, queueing, storage
 from webhooks.models import WebhookEvent
 from webhooks.testing import build_request, send_request
@@ -70,6 +72,7 @@ def deliver(client, request) -> str:
 # -- the statement is prepared once per connection --------------------------------------------
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_deliveries_prepare_the_receive_statement_once_per_connection(client):
     fresh_session()
@@ -86,6 +89,7 @@ def test_deliveries_prepare_the_receive_statement_once_per_connection(client):
     assert WebhookEvent.objects.count() == 3
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_a_new_session_prepares_the_statement_again(client):
     fresh_session()
@@ -97,6 +101,7 @@ def test_a_new_session_prepares_the_statement_again(client):
     assert [executions for _, executions in receive_statements()] == [1]
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_nothing_is_prepared_when_prepared_statements_is_false(client):
     fresh_session()
@@ -109,6 +114,7 @@ def test_nothing_is_prepared_when_prepared_statements_is_false(client):
     assert WebhookEvent.objects.count() == 2
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_captured_queries_are_not_prepared_and_show_the_statement_text(client):
     fresh_session()
@@ -126,6 +132,7 @@ def test_captured_queries_are_not_prepared_and_show_the_statement_text(client):
     assert len(receive_statements()) == 1
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_deliveries_work_after_psycopg_drops_its_prepared_statements(client):
     """psycopg deallocates every prepared statement of a connection on a rollback (a savepoint's
@@ -150,6 +157,7 @@ def test_deliveries_work_after_psycopg_drops_its_prepared_statements(client):
     assert WebhookEvent.objects.count() == 2
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_events_with_and_without_a_timestamp_share_the_statement(client):
     fresh_session()
@@ -162,6 +170,7 @@ def test_events_with_and_without_a_timestamp_share_the_statement(client):
     assert [executions for _, executions in receive_statements()] == [3]
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_events_with_and_without_a_content_digest_share_the_statement(client):
     """A NULL digest (Stripe, Standard Webhooks, hmac with a signed id) is bound as ``bytea``,
@@ -181,6 +190,7 @@ def test_events_with_and_without_a_content_digest_share_the_statement(client):
 # -- results are the same with and without preparing ------------------------------------------
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "unprepared"])
 def test_new_and_duplicate_results_are_unchanged(client, caplog, prepared):
@@ -266,6 +276,7 @@ def generic_plan_of_a_duplicate() -> list[dict[str, Any]]:
     return list(plan_nodes(explained[0]["Plan"]))
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db
 def test_the_generic_plan_looks_a_duplicate_up_through_the_unique_index():
     assert not WebhookEvent.objects.exists()  # planned on the empty, freshly migrated table
@@ -292,6 +303,7 @@ def test_the_generic_plan_looks_a_duplicate_up_through_the_unique_index():
         assert cursor.fetchone() == ("auto",)
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db
 def test_with_the_dropped_index_back_the_generic_plan_filters_on_event_id():
     """The control of the test above (and the reason for migration 0002): the same probe on the
@@ -305,6 +317,7 @@ def test_with_the_dropped_index_back_the_generic_plan_filters_on_event_id():
     assert "event_id" in lookup["Filter"]
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db
 def test_the_endpoint_status_index_is_gone():
     with connection.cursor() as cursor:
@@ -314,6 +327,7 @@ def test_the_endpoint_status_index_is_gone():
     assert {UNIQUE_INDEX, DIGEST_INDEX, "webhooks_ev_status_recv_idx"} <= indexes
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db
 def test_the_digest_index_is_unique_and_partial():
     """Events without a digest, the hot path's, add no entry to it."""
@@ -328,6 +342,7 @@ def test_the_digest_index_is_unique_and_partial():
 # -- psycopg's prepare_threshold ----------------------------------------------------------------
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_a_connection_without_a_threshold_gets_one_no_query_reaches(client):
     raw = fresh_session()
@@ -338,6 +353,7 @@ def test_a_connection_without_a_threshold_gets_one_no_query_reaches(client):
     assert len(receive_statements()) == 1
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_a_users_threshold_is_left_as_is(client):
     raw = fresh_session()
@@ -350,6 +366,7 @@ def test_a_users_threshold_is_left_as_is(client):
     assert [executions for _, executions in receive_statements()] == [2]
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
 def test_no_threshold_is_set_when_prepared_statements_is_false(client):
     raw = fresh_session()
@@ -373,6 +390,7 @@ def another_database(alias: str, **features: Any) -> Any:
     return other
 
 
+@postgres.STATEMENTS
 def test_each_database_gets_statements_for_its_own_features():
     """Statements are kept per alias: two databases of one vendor whose features differ get
     each their own text (they were kept per vendor, and the first one built served both)."""
@@ -387,26 +405,18 @@ def test_each_database_gets_statements_for_its_own_features():
 
 @pytest.fixture
 def celery_app():
-    """The processing tasks' Celery app, without a run-time ``task_always_eager`` (another test
-    may have left one in ``conf.changes``); whatever was there is put back afterwards."""
-    from webhooks.tasks import process_event
-
-    app = process_event.app
-    missing = object()
-    saved = app.conf.changes.pop("task_always_eager", missing)
-    queueing._configured_eager.cache_clear()
-    yield app
-    app.conf.changes.pop("task_always_eager", None)
-    if saved is not missing:
-        app.conf.changes["task_always_eager"] = saved
-    queueing._configured_eager.cache_clear()
+    """The processing tasks' Celery app, its configured ``task_always_eager`` deciding."""
+    with configured_celery_app() as app:
+        yield app
 
 
 def test_celery_is_eager_follows_the_configuration(celery_app):
     assert not hasattr(settings, "CELERY_TASK_ALWAYS_EAGER")  # the test settings leave it out
     assert celery_app.conf.task_always_eager is False
     assert queueing.celery_is_eager() is False
-    assert queueing._configured_eager.cache_info().currsize == 1  # read once, kept
+    with eager_setting_set_quietly(True):  # no setting_changed: nothing reads it again
+        assert celery_app.conf.task_always_eager is True
+        assert queueing.celery_is_eager() is False  # read once, kept
 
 
 def test_celery_is_eager_sees_a_run_time_change_at_once(celery_app):
@@ -437,10 +447,9 @@ def test_celery_is_eager_follows_override_settings(celery_app):
 def test_an_unrelated_setting_change_keeps_the_cached_value(celery_app):
     with override_settings(CELERY_TASK_ALWAYS_EAGER=True):
         assert queueing.celery_is_eager() is True
-        read = queueing._configured_eager.cache_info().misses
-        with override_settings(TIME_ZONE="Europe/Paris"):
-            assert queueing.celery_is_eager() is True
-            assert queueing._configured_eager.cache_info().misses == read  # not read again
+        with eager_setting_set_quietly(False), override_settings(TIME_ZONE="Europe/Paris"):
+            assert celery_app.conf.task_always_eager is False
+            assert queueing.celery_is_eager() is True  # not read again
     assert queueing.celery_is_eager() is False
 
 
@@ -471,14 +480,6 @@ def test_a_bool_prepared_statements_passes_the_check(value):
 # -- a prepared statement that vanishes (a pooler in transaction mode) ------------------------
 
 
-@pytest.fixture
-def unprepared_aliases() -> Iterator[set[str]]:
-    """``webhooks.storage``'s process-wide record of aliases that stopped preparing, reset
-    after."""
-    yield storage._unprepared_aliases
-    storage._unprepared_aliases.clear()
-
-
 def drop_prepared_behind_psycopgs_back(raw: Any) -> None:
     """What a pooler in transaction mode does: the next server connection lacks the statement
     psycopg believes is prepared (psycopg is not told: the command goes to libpq directly)."""
@@ -486,10 +487,9 @@ def drop_prepared_behind_psycopgs_back(raw: Any) -> None:
     assert result.status == 1  # COMMAND_OK
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
-def test_a_vanished_statement_is_run_again_unprepared_and_preparing_stops(
-    client, caplog, unprepared_aliases
-):
+def test_a_vanished_statement_is_run_again_unprepared_and_preparing_stops(client, caplog):
     raw = fresh_session()
     first = build_request("stripe")
     assert deliver(client, first) == "accepted"
@@ -505,16 +505,14 @@ def test_a_vanished_statement_is_run_again_unprepared_and_preparing_stops(
     assert statuses == ["accepted", "duplicate", "accepted"]
     assert WebhookEvent.objects.count() == 3
     assert receive_statements() == []
-    assert unprepared_aliases == {"default"}
     errors = [r for r in caplog.records if r.name == "webhooks.storage"]
     assert len(errors) == 1  # said once, not per delivery
     assert 'WEBHOOKS["PREPARED_STATEMENTS"] = False' in errors[0].getMessage()
 
 
+@postgres.STATEMENTS
 @pytest.mark.django_db(transaction=True)
-def test_a_vanished_statement_inside_a_transaction_raises_and_the_next_one_works(
-    client, unprepared_aliases
-):
+def test_a_vanished_statement_inside_a_transaction_raises_and_the_next_one_works(client):
     from django.db import ProgrammingError
 
     raw = fresh_session()
@@ -529,7 +527,28 @@ def test_a_vanished_statement_inside_a_transaction_raises_and_the_next_one_works
     with pytest.raises(ProgrammingError), transaction.atomic():
         storage.insert_or_compare(event("evt_in_tx"), "default")
     assert not WebhookEvent.objects.filter(event_id="evt_in_tx").exists()
-    assert unprepared_aliases == {"default"}
     with transaction.atomic():
         assert storage.insert_or_compare(event("evt_in_tx"), "default") == (True, None)
     assert WebhookEvent.objects.filter(event_id="evt_in_tx").exists()
+    # The process stopped preparing on that database (psycopg would prepare it again otherwise).
+    assert deliver(client, build_request("stripe")) == "accepted"
+    assert receive_statements() == []
+
+
+@postgres.STATEMENTS
+@pytest.mark.django_db(transaction=True)
+def test_preparing_resumes_after_prepare_again_which_the_pytest_plugin_calls(client):
+    from tether.pytest_plugin import local_state_resets
+
+    raw = fresh_session()
+    assert deliver(client, build_request("stripe")) == "accepted"
+    drop_prepared_behind_psycopgs_back(raw)
+    assert deliver(client, build_request("stripe")) == "accepted"  # met the missing statement
+    assert deliver(client, build_request("stripe")) == "accepted"
+    assert receive_statements() == []  # preparing stopped
+
+    assert storage.prepare_again in local_state_resets()  # so each test starts preparing
+    storage.prepare_again()
+    fresh_session()  # a session that has the statements it believes it has
+    assert deliver(client, build_request("stripe")) == "accepted"
+    assert len(receive_statements()) == 1

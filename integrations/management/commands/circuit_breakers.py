@@ -6,7 +6,7 @@ and counts and, on the line below it, its fleet policies (rate limit used / limi
 retry budget, bulkhead in use; ``integrations.fleet_status``).
 
 Exit codes: 0 done; 2 bad usage (missing NAME or --reason); 3 no breaker with that name;
-4 bad --until (not ISO 8601, or not in the future).
+4 bad --until (not ISO 8601, not in the future, or more than 366 days ahead).
 """
 
 from __future__ import annotations

@@ -15,12 +15,14 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
+from integrations.breaker import MAX_HOLD
 from integrations.management.commands.circuit_breakers import (
     EXIT_BAD_DATE,
     EXIT_UNKNOWN_BREAKER,
     EXIT_USAGE,
 )
 from integrations.models import BreakerTransition, CircuitBreaker
+from tests import postgres
 from tests.integrations.factories import CircuitBreakerFactory
 
 pytestmark = pytest.mark.django_db
@@ -204,11 +206,20 @@ def test_until_in_the_past():
     assert CircuitBreaker.objects.get().state == "closed"
 
 
+def test_until_further_than_the_longest_hold():
+    CircuitBreakerFactory(name="exchange-rates")
+    far = (timezone.now() + MAX_HOLD + timedelta(days=1)).date().isoformat()
+    message = expect_error(EXIT_BAD_DATE, "open", "exchange-rates", "--reason", "x", "--until", far)
+    assert "more than 366 days away" in message
+    assert CircuitBreaker.objects.get().state == "closed"
+
+
 def test_unknown_action():
     with pytest.raises(CommandError, match="invalid choice"):
         run("explode", "exchange-rates")
 
 
+@postgres.SUBPROCESS
 @pytest.mark.django_db(transaction=True)
 def test_exit_codes_from_a_real_shell():
     """As an operator runs it: ``manage.py circuit_breakers`` in its own process."""

@@ -10,6 +10,7 @@ import pytest
 from django.utils import timezone
 
 from integrations.breaker import (
+    MAX_HOLD,
     disable_breaker,
     force_open_breaker,
     get_breaker,
@@ -110,8 +111,12 @@ def test_a_configured_service_gets_its_row_without_create(settings):
 
 @pytest.mark.parametrize(
     "until",
-    [timezone.now() - timedelta(seconds=1), datetime(2099, 1, 1)],  # past; naive
-    ids=["past", "naive"],
+    [
+        timezone.now() - timedelta(seconds=1),  # past
+        datetime(2099, 1, 1),  # naive
+        timezone.now() + MAX_HOLD + timedelta(minutes=1),  # absurdly far
+    ],
+    ids=["past", "naive", "too-far"],
 )
 def test_invalid_expiry_changes_nothing(until):
     CircuitBreakerFactory(name="rates")

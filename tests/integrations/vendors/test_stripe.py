@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import logging
-import os
 import time
 import uuid
 import warnings
@@ -35,6 +34,7 @@ from integrations.models import CircuitBreaker
 from integrations.testing import Reply, unused_port_url
 from integrations.testing.stripe import FakeStripe, form_params
 from integrations.vendors.stripe import Customer, PaymentIntent, Refund, StripeService
+from tests.forking import in_a_child
 
 from .conftest import API_KEY, stripe_settings
 
@@ -650,20 +650,17 @@ def test_settings_are_read_at_each_call(fake_stripe):
 
 
 def test_a_forked_child_opens_its_own_connections(service, fake_stripe):
+    """A child (gunicorn, Celery prefork) must not send on its parent's pooled sockets."""
     service.create_customer("parent@example.com")
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: no database, no breaker; only the client's state matters here
-        os.close(read_end)
-        os.write(write_end, b"fresh" if service._client is None else b"shared")
-        os._exit(0)
-    os.close(write_end)
-    answer = os.read(read_end, 16)
-    os.close(read_end)
-    os.waitpid(pid, 0)
 
-    assert answer == b"fresh"
-    assert service._client is not None  # the parent keeps its pool
+    assert in_a_child(lambda: service.create_customer("child@example.com").email) == (
+        "child@example.com"
+    )
+    service.create_customer("parent-again@example.com")
+
+    parent, child, parent_again = (r.client_port for r in fake_stripe.requests)
+    assert child != parent
+    assert parent_again == parent  # the parent keeps its pool
 
 
 def test_the_readme_example():

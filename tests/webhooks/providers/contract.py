@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 
 import pytest
 
+from tests.celery_worker import purge_broker, queued_messages
+from webhooks import dispatch
 from webhooks.exceptions import MalformedPayload
 from webhooks.models import WebhookEvent
 from webhooks.providers import get_provider
@@ -76,12 +78,10 @@ class ProviderContract:
     ):
         request = build_request(self.endpoint)
         headers = {**request.headers, "Authorization": "Bearer do-not-store", "Cookie": "a=b"}
-        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        with django_capture_on_commit_callbacks(execute=True):
             response = self.post(client, request.body, headers)
-        assert not signals.of(webhook_received)  # sent when the insert commits
-        for callback in callbacks:
-            if getattr(callback, "func", None).__name__ == "_send_received":
-                callback()
+            assert not signals.of(webhook_received)  # sent when the insert commits
+        assert len(signals.of(webhook_received)) == 1
 
         assert response.status_code == 200, response.content
         assert response.json() == {"status": "accepted", "event_id": request.event_id}
@@ -251,18 +251,19 @@ class ProviderContract:
 
     def test_duplicate_delivery(self, client, signals, django_capture_on_commit_callbacks):
         request = build_request(self.endpoint)
-        with django_capture_on_commit_callbacks() as callbacks:
+        purge_broker()
+        with django_capture_on_commit_callbacks(execute=True):
             first = self.post(client, request.body, request.headers)
             second = send_request(client, request)
-        assert len(callbacks) == 2  # webhook_received and the enqueue, for the first only
-        for callback in callbacks:
-            if callback.func.__name__ == "_send_received":
-                callback()
+        assert dispatch.flush()
         assert first.json()["status"] == "accepted"
         assert second.status_code == 200
         assert second.json() == {"status": "duplicate", "event_id": request.event_id}
-        assert WebhookEvent.objects.count() == 1
+        event = WebhookEvent.objects.get()
+        # Received once, and its processing published once: for the first delivery only.
         assert len(signals.of(webhook_received)) == 1
+        assert len(signals.of(webhook_duplicate)) == 1
+        assert queued_messages() == [("webhooks.process_events", [[event.pk]])]
 
     def test_signed_content_under_another_id_is_never_a_second_event(self, client, signals, caplog):
         request = build_request(self.endpoint)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from pathlib import Path
 
 import pytest
 
+from tests.vendor import vendor_bytes, vendor_json
 from webhooks.exceptions import InvalidSignature, MalformedPayload
 from webhooks.models import WebhookEvent
 from webhooks.providers import get_provider
@@ -18,11 +18,10 @@ from webhooks.testing import build_request, send_request, sign_request
 
 from .contract import ProviderContract
 
-VENDOR = Path(__file__).parent / "vendor"  # copies of vendor-payloads, see vendor/SOURCES.md
 SECRET = "test-github-secret"
 
 # GitHub's documented test values: docs.github.com, "Validating webhook deliveries", section
-# "Testing the webhook payload validation" (as recorded in vendor-payloads/SOURCES.md).
+# "Testing the webhook payload validation" (as recorded in tests/vendor_payloads/SOURCES.md).
 DOC_SECRET = "It's a Secret to Everybody"
 DOC_PAYLOAD = b"Hello, World!"
 DOC_SIGNATURE = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
@@ -49,7 +48,7 @@ class TestGitHubContract(ProviderContract):
     def test_a_stored_delivery_relabelled_and_resent_is_a_duplicate(self, client, signals, caplog):
         """What a staff user who can read a stored body and its X-Hub-Signature-256 could do:
         send them again under a new delivery id, as another event."""
-        body = (VENDOR / "github" / "pull_request.opened.payload.json").read_bytes()
+        body = vendor_bytes("github/pull_request.opened.payload.json")
         request = build_request(self.endpoint, body, event_type="pull_request")
         assert send_request(client, request).json()["status"] == "accepted"
         forged = str(uuid.uuid4())
@@ -70,7 +69,7 @@ class TestGitHubContract(ProviderContract):
     def test_the_same_payload_signed_in_another_body_is_a_new_event(self, client):
         """Only identical signed bytes are a replay: the same JSON with other whitespace is
         what another delivery of GitHub would look like, and is accepted."""
-        payload = json.loads((VENDOR / "github" / "push.payload.json").read_bytes())
+        payload = vendor_json("github/push.payload.json")
         first = build_request(self.endpoint, json.dumps(payload).encode(), event_type="push")
         second = build_request(
             self.endpoint, json.dumps(payload, indent=2).encode(), event_type="push"
@@ -109,8 +108,8 @@ class TestGitHubContract(ProviderContract):
         ],
     )
     def test_octokit_payload_examples(self, client, name, event, expected_type):
-        # octokit/webhooks payload examples, signed at run time (vendor-payloads/SOURCES.md).
-        body = (VENDOR / "github" / name).read_bytes()
+        # octokit/webhooks payload examples, signed at run time (tests/vendor_payloads/SOURCES.md).
+        body = vendor_bytes(f"github/{name}")
         delivery = str(uuid.uuid4())
         headers = sign_request(self.endpoint, body, event_type=event, event_id=delivery)
         response = self.post(client, body, headers)
@@ -121,7 +120,7 @@ class TestGitHubContract(ProviderContract):
         assert stored.occurred_at is None
 
     def test_form_encoded_body(self, client):
-        body = form_encode((VENDOR / "github" / "pull_request.opened.payload.json").read_bytes())
+        body = form_encode(vendor_bytes("github/pull_request.opened.payload.json"))
         headers = sign_request(
             self.endpoint,
             body,

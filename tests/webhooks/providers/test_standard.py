@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import base64
-import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 import standardwebhooks
 
+from tests.vendor import vendor_json
 from webhooks.exceptions import InvalidSignature
 from webhooks.providers import get_provider
 from webhooks.testing import sign_request
@@ -18,8 +17,8 @@ from .contract import ProviderContract
 
 # standard-webhooks/standard-webhooks, libraries/python/tests/test_webhooks.py
 # (test_sign_function, test_invalid_signature_raises_error) and spec/standard-webhooks.md
-# "Signature scheme", as collected in vendor-payloads/standardwebhooks/vectors.json (SOURCES.md).
-VECTORS = json.loads((Path(__file__).parent / "vendor/standardwebhooks/vectors.json").read_text())
+# "Signature scheme", as collected in tests/vendor_payloads/standardwebhooks/vectors.json.
+VECTORS = vendor_json("standardwebhooks/vectors.json")
 SECRET = VECTORS["sign_vector"]["secret"]
 
 

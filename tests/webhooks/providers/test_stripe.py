@@ -6,11 +6,11 @@ import hashlib
 import hmac
 import json
 import time
-from pathlib import Path
 
 import pytest
 import stripe
 
+from tests.vendor import vendor_json
 from webhooks.exceptions import InvalidSignature, MalformedPayload
 from webhooks.providers import get_provider
 from webhooks.providers.stripe import StripeProvider
@@ -18,7 +18,6 @@ from webhooks.testing import sign_request
 
 from .contract import ProviderContract
 
-VENDOR = Path(__file__).parent / "vendor"  # copies of vendor-payloads, see vendor/SOURCES.md
 SECRET = "whsec_test_stripe_secret"
 
 
@@ -72,8 +71,8 @@ class TestStripeContract(ProviderContract):
 
 def _event_body(event_id: str = "evt_1Pgc76B7WZ01zgkWwyRHS12y") -> bytes:
     # Stripe's own example event (stripe/openapi fixtures3.json resources.event, see
-    # vendor-payloads/SOURCES.md), with a fresh id and a current "created".
-    event = json.loads((VENDOR / "stripe" / "event.json").read_bytes())
+    # tests/vendor_payloads/SOURCES.md), with a fresh id and a current "created".
+    event = vendor_json("stripe/event.json")
     event["id"] = event_id
     event["created"] = int(time.time())
     return json.dumps(event, indent=2).encode()
@@ -81,7 +80,7 @@ def _event_body(event_id: str = "evt_1Pgc76B7WZ01zgkWwyRHS12y") -> bytes:
 
 @pytest.mark.django_db
 class TestStripeScheme:
-    """Stripe publishes no fixed signature vector (vendor-payloads/SOURCES.md lists none), so the
+    """Stripe publishes no fixed signature vector (vendor_payloads/SOURCES.md has none), so the
     reference is Stripe's own code: the stripe SDK's ``generate_signature_header`` (what
     stripe-python's tests sign with), checked against the scheme Stripe documents in "Verify
     webhook signatures manually" (HMAC-SHA256 of "<t>.<body>" keyed by the whole secret)."""
