@@ -13,11 +13,20 @@ machine's load affects all of them alike:
 (b) ``ServiceClient.get_json`` with its breaker closed (database-backed breaker, retries),
 (c) the same call with the breaker held open: it fails fast with ``CircuitOpenError``,
 (d) the bare call through ``pybreaker`` with its Redis storage (``CircuitRedisStorage``),
-(e) the bare call wrapped by tenacity alone.
+(e) the bare call wrapped by tenacity alone,
+(f) (b) with the shared rate limit on (a GCRA in Redis, one ``EVALSHA`` per call; a limit so
+    high that no call waits) and the shared cool-down checked in the same round trip,
+(g) (f) with every policy of the fleet set (rate limit, cool-down, retry budget, both
+    bulkheads, slow-call counting: three Redis round trips, the fleet bulkhead taking and
+    giving back its lease),
+(h) the bare call behind the ``limits`` library's Redis limiter (its sliding-window counter, one
+    Lua script per call), the peer of (f).
 
 Prints median, p99 and mean per call, the ratios to (a), the database queries per call of (b)
 (counted with ``connection.execute_wrapper`` over the measured calls) and, last, one JSON line
-with ``b_over_a``, ``open_fail_fast_us``, ``queries_per_call`` and ``pybreaker_redis_over_a``.
+with ``b_over_a``, ``open_fail_fast_us``, ``queries_per_call``, ``pybreaker_redis_over_a``,
+``rate_limited_over_a``, ``all_policies_over_a``, ``limits_peer_over_a`` and
+``rate_limit_added_us`` (the median of (f) minus (b); target: one Redis round trip, 200 µs).
 Exit status: 0 when every case ran, 1 when one failed, 3 when a piece of the app is missing.
 """
 
@@ -53,14 +62,30 @@ from bench.processes import (  # noqa: E402
 PATH = "/v1/rates/usd"
 SERVICE = "bench-vendor"
 OPEN_SERVICE = "bench-vendor-open"
+LIMITED_SERVICE = "bench-vendor-limited"
+ALL_POLICIES_SERVICE = "bench-vendor-all"
+#: So high that no measured call ever waits: (f) and (g) measure the limiter's cost only.
+BENCH_RATE = "1000000/s"
+LIMITS_NAMESPACE = "tether-bench-limits"
 PYBREAKER_NAMESPACE = "tether-bench"
-TARGETS = {"b_over_a": 1.10, "open_fail_fast_us": 50.0, "queries_per_call": 0.05}
+TARGETS = {
+    "b_over_a": 1.10,
+    "open_fail_fast_us": 50.0,
+    "queries_per_call": 0.05,
+    "rate_limit_added_us": 200.0,
+    "all_policies_over_a": 1.15,
+}
+#: Reported next to the targets, without one of their own.
+EXTRA_KEYS = ["pybreaker_redis_over_a", "rate_limited_over_a", "limits_peer_over_a"]
 CASES = {
     "a": "(a) bare httpx.Client",
     "b": "(b) ServiceClient, breaker closed",
     "c": "(c) ServiceClient, breaker open",
     "d": "(d) pybreaker + Redis storage",
     "e": "(e) tenacity alone",
+    "f": "(f) (b) + shared rate limit",
+    "g": "(g) (b) + all shared policies",
+    "h": "(h) limits (Redis) + bare",
 }
 
 
@@ -84,13 +109,29 @@ def missing_pieces() -> list[str]:
         pybreaker.CircuitRedisStorage  # noqa: B018
     except (ImportError, AttributeError) as exc:
         missing.append(f"pybreaker with CircuitRedisStorage (pip install pybreaker redis): {exc}")
+    try:
+        from integrations.fleet import FleetGuard  # noqa: F401
+    except ImportError as exc:
+        missing.append(f"integrations.fleet.FleetGuard ({exc})")
+    try:
+        import limits.strategies
+
+        limits.strategies.SlidingWindowCounterRateLimiter  # noqa: B018
+    except (ImportError, AttributeError) as exc:
+        missing.append(f"limits with SlidingWindowCounterRateLimiter (pip install limits): {exc}")
     return missing
 
 
 def clear_pybreaker_keys(redis_client) -> None:
-    keys = list(redis_client.scan_iter(f"{PYBREAKER_NAMESPACE}:pybreaker:*"))
-    if keys:
-        redis_client.delete(*keys)
+    for pattern in (
+        f"{PYBREAKER_NAMESPACE}:pybreaker:*",
+        f"{LIMITS_NAMESPACE}*",
+        f"tether:integrations:{LIMITED_SERVICE}:*",
+        f"tether:integrations:{ALL_POLICIES_SERVICE}:*",
+    ):
+        keys = list(redis_client.scan_iter(pattern))
+        if keys:
+            redis_client.delete(*keys)
 
 
 def build_cases(base_url: str) -> dict[str, Callable[[], object]]:
@@ -145,6 +186,58 @@ def build_cases(base_url: str) -> dict[str, Callable[[], object]]:
 
     ten_bare = bare_with(httpx.Client(base_url=base_url, timeout=timeout))
 
+    # (f), (g): the shared policies, on the settings as an application would set them.
+    from django.test import override_settings
+
+    from tether.conf import deep_merge
+
+    override_settings(
+        INTEGRATIONS=deep_merge(
+            getattr(settings, "INTEGRATIONS", {}),
+            {
+                "REDIS_URL": settings.REDIS_URL,
+                "SERVICES": {
+                    LIMITED_SERVICE: {"RATE_LIMIT": BENCH_RATE},
+                    ALL_POLICIES_SERVICE: {
+                        "RATE_LIMIT": {"RATE": BENCH_RATE, "BURST": 100},
+                        "SHARED_COOLDOWN": True,
+                        "RETRY_BUDGET": {"RATIO": 0.2},
+                        "MAX_CONCURRENCY": 64,
+                        "CLUSTER_MAX_CONCURRENCY": 64,
+                        "BREAKER": {"SLOW_CALL_THRESHOLD": 5.0},
+                    },
+                },
+            },
+        )
+    ).enable()  # for the rest of the run
+    limited = type(
+        "BenchVendorLimited", (ServiceClient,), {"service": LIMITED_SERVICE, "base_url": base_url}
+    )()
+    all_policies = type(
+        "BenchVendorAll", (ServiceClient,), {"service": ALL_POLICIES_SERVICE, "base_url": base_url}
+    )()
+
+    def service_limited() -> object:
+        return limited.get_json(PATH, operation="rate")
+
+    def service_all_policies() -> object:
+        return all_policies.get_json(PATH, operation="rate")
+
+    # (h): the limits library, the same limit, in front of the bare call.
+    import limits
+    import limits.storage
+    import limits.strategies
+
+    limits_storage = limits.storage.RedisStorage(settings.REDIS_URL)
+    limiter = limits.strategies.SlidingWindowCounterRateLimiter(limits_storage)
+    limit_item = limits.parse("1000000/second")  # BENCH_RATE, in its syntax
+    limits_bare = bare_with(httpx.Client(base_url=base_url, timeout=timeout))
+
+    def with_limits() -> object:
+        if not limiter.hit(limit_item, LIMITS_NAMESPACE):
+            raise BenchError("the limits library refused a call under a limit never reached")
+        return limits_bare()
+
     @tenacity.retry(
         stop=tenacity.stop_after_attempt(3),
         wait=tenacity.wait_random_exponential(multiplier=0.5, max=8.0),
@@ -160,6 +253,9 @@ def build_cases(base_url: str) -> dict[str, Callable[[], object]]:
         "c": service_open,
         "d": with_pybreaker,
         "e": with_tenacity,
+        "f": service_limited,
+        "g": service_all_policies,
+        "h": with_limits,
     }
 
 
@@ -221,14 +317,23 @@ def report(samples: dict[str, list[float]], queries: dict[str, int]) -> dict:
         "open_fail_fast_us": round(stats["c"]["median_us"], 1),
         "queries_per_call": round(stats["b"]["queries_per_call"], 4),
         "pybreaker_redis_over_a": round(stats["d"]["median_us"] / a, 3),
+        "rate_limited_over_a": round(stats["f"]["median_us"] / a, 3),
+        "all_policies_over_a": round(stats["g"]["median_us"] / a, 3),
+        "limits_peer_over_a": round(stats["h"]["median_us"] / a, 3),
+        "rate_limit_added_us": round(stats["f"]["median_us"] - stats["b"]["median_us"], 1),
     }
     checks = []
+    at_most = ("b_over_a", "rate_limit_added_us", "all_policies_over_a")
     for key, target in TARGETS.items():
-        sign = "<=" if key == "b_over_a" else "<"
-        met = summary[key] <= target if key == "b_over_a" else summary[key] < target
+        sign = "<=" if key in at_most else "<"
+        met = summary[key] <= target if key in at_most else summary[key] < target
         checks.append(f"{key} = {summary[key]} (target {sign} {target}: "
                       f"{'met' if met else 'NOT met'})")  # fmt: skip
     print(f"tenacity alone: {stats['e']['median_us'] / a:.2f}x (a) on the median")
+    print(
+        f"shared rate limit: ours adds {stats['f']['median_us'] - stats['b']['median_us']:.1f} µs "
+        f"to (b); the limits library adds {stats['h']['median_us'] - a:.1f} µs to (a)"
+    )
     print("ratios: " + "; ".join(checks))
     return summary
 
@@ -238,7 +343,7 @@ def clean_up(keep_db: bool) -> None:
     import redis
     from django.conf import settings
 
-    steps = [("delete pybreaker's keys",
+    steps = [("delete pybreaker's, limits' and the shared policies' keys",
               lambda: clear_pybreaker_keys(redis.Redis.from_url(settings.REDIS_URL)))]  # fmt: skip
     if not keep_db:
         steps.insert(0, ("drop the database", drop_database))
@@ -270,13 +375,11 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/outbound.py cannot run: these parts of the app are missing:")
         for item in missing:
             print(f"  - {item}")
-        print(
-            json.dumps({**dict.fromkeys([*TARGETS, "pybreaker_redis_over_a"]), "missing": missing})
-        )
+        print(json.dumps({**dict.fromkeys([*TARGETS, *EXTRA_KEYS]), "missing": missing}))
         return 3
     import tempfile
 
-    summary = dict.fromkeys([*TARGETS, "pybreaker_redis_over_a"])
+    summary = dict.fromkeys([*TARGETS, *EXTRA_KEYS])
     status = 0
     with (
         tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp,

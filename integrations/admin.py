@@ -46,6 +46,7 @@ from .breaker import (
     set_breaker_overrides,
 )
 from .exceptions import BreakerNotFound, InvalidExpiry
+from .fleet_status import fleet_status
 from .models import BreakerState, BreakerTransition, CircuitBreaker
 from .storage import LAST_ERROR_MAX, snapshot_of
 
@@ -209,6 +210,7 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
         "last_failure_at",
         "last_error",
         "forced_until",
+        "fleet_policies",
     )
     list_filter = ("state",)
     search_fields = ("name",)
@@ -223,6 +225,8 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
         "next_probe",
         "policy_in_force",
         "all_transitions",
+        "fleet_policies",
+        "fleet_details",
         "version",
         "consecutive_failures",
         "total_successes",
@@ -282,6 +286,10 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
                     "previous_window_failures",
                 ),
             },
+        ),
+        (
+            _("Fleet policies (shared by every process, state in Redis)"),
+            {"fields": ("fleet_policies", "fleet_details")},
         ),
         (
             _("Policy overrides of this breaker (empty = the settings' value, shown above)"),
@@ -527,6 +535,24 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
             set_breaker_overrides(
                 obj.name, {field: getattr(obj, field) for field in form.changed_data}
             )
+
+    @admin.display(description=_("fleet policies"))
+    def fleet_policies(self, obj: CircuitBreaker) -> str:
+        """The service's rate limit (used / limit), cool-down, retry budget and bulkhead now
+        (``integrations.fleet_status``); "-" when it has none."""
+        return fleet_status(obj.name).summary()
+
+    @admin.display(description=_("fleet policy details"))
+    def fleet_details(self, obj: CircuitBreaker) -> str:
+        status = fleet_status(obj.name)
+        if not status.active:
+            return "-"
+        rows = [
+            (k, v) for k, v in status.as_dict().items() if k != "service" and v not in (None, "")
+        ]
+        return format_html_join(
+            "", "<div><code>{}</code>: {}</div>", ((name, value) for name, value in rows)
+        )
 
     @admin.display(description=_("state"), ordering="state")
     def state_badge(self, obj: CircuitBreaker) -> str:

@@ -20,8 +20,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .conf import service_settings
-from .policies import BreakerPolicy, RetryPolicy, Timeout, probe_lease_for
+from .conf import integrations_settings, service_settings
+from .fleet import FleetGuard
+from .policies import (
+    BreakerPolicy,
+    RateLimit,
+    RetryBudget,
+    RetryPolicy,
+    Timeout,
+    probe_lease_for,
+)
 from .resilience import AttemptInfo, call_with_resilience
 from .transport import AttemptBounds
 
@@ -71,6 +79,9 @@ class CallPolicy:
     retry: RetryPolicy
     breaker: BreakerPolicy
     max_response_bytes: int
+    #: The policies shared by every process (rate limit, cool-down, bulkheads, retry budget),
+    #: from the settings only.
+    fleet: FleetGuard | None = None
 
     @classmethod
     def resolve(cls, service: str, *sources: PolicySource) -> CallPolicy:
@@ -89,7 +100,9 @@ class CallPolicy:
                 breaker = breaker.merged(source.breaker)
             if source.max_response_bytes:
                 max_response_bytes = source.max_response_bytes
-        return cls(service, timeout, retry, breaker, int(max_response_bytes))
+        return cls(
+            service, timeout, retry, breaker, int(max_response_bytes), fleet_guard_for(service)
+        )
 
     @property
     def probe_lease(self) -> float:
@@ -118,7 +131,39 @@ class CallPolicy:
             operation=operation,
             retry=self.retry,
             breaker=self.get_breaker(),
+            guard=self.fleet,
+            slow_call_threshold=self.breaker.slow_call_threshold,
         )
+
+
+#: service -> its ``FleetGuard`` (None when no shared policy is on), emptied when settings reload.
+_guards: dict[str, FleetGuard | None] = {}
+integrations_settings.register_cache(_guards.clear)
+
+
+def fleet_guard_for(service: str) -> FleetGuard | None:
+    """The shared policies of ``service`` from its settings; None when none is on."""
+    try:
+        return _guards[service]
+    except KeyError:
+        pass
+    merged = integrations_settings.merged
+    own = service_settings(service)
+    where = f'INTEGRATIONS["SERVICES"][{service!r}]["RATE_LIMIT"]'
+    guard: FleetGuard | None = FleetGuard(
+        service,
+        RateLimit.parse(own["RATE_LIMIT"], where),
+        bool(own["SHARED_COOLDOWN"]),
+        own["MAX_CONCURRENCY"],
+        own["CLUSTER_MAX_CONCURRENCY"],
+        RetryBudget.parse(
+            own["RETRY_BUDGET"], f'INTEGRATIONS["SERVICES"][{service!r}]["RETRY_BUDGET"]'
+        ),
+    )
+    if guard is not None and not guard.active:
+        guard = None
+    integrations_settings.remember(_guards, service, guard, source=merged)
+    return guard
 
 
 _get_breaker: Callable[..., Breaker] | None = None

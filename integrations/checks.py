@@ -13,6 +13,16 @@
   (``scheme://host[:port]``, nothing after it).
 - ``MAX_RESPONSE_BYTES`` (global or per service) that is not an integer is ``E005``, one below 1
   is ``E006``.
+- ``integrations.E010``: ``REDIS_URL`` is not a ``redis://``, ``rediss://`` or ``unix://`` URL
+  (the message never shows the URL: it may hold a password), or ``REDIS_TIMEOUT`` is not a
+  number of seconds greater than 0.
+- ``integrations.E011``: a ``RATE_LIMIT`` (global or per service) that does not parse
+  (``"100/s"``, or ``{"RATE": "100/s", "BURST": 10}``), a ``SHARED_COOLDOWN`` that is not
+  True or False, a ``MAX_CONCURRENCY`` / ``CLUSTER_MAX_CONCURRENCY`` that is not None or an
+  integer from 1 to 100000, or a ``RETRY_BUDGET`` that is not None or a dict of ``RATIO``
+  (0..10), ``MIN_RETRIES_PER_SECOND`` (0 or more), ``WINDOW`` (0.1..3600 s).
+- ``integrations.E012``: a shared policy (``RATE_LIMIT``, ``SHARED_COOLDOWN``,
+  ``CLUSTER_MAX_CONCURRENCY``, ``RETRY_BUDGET``) is on and ``REDIS_URL`` is not set.
 - ``integrations.W001``: ``RETRY`` has ``MAX_DELAY`` below ``BASE_DELAY`` (the cap wins).
 """
 
@@ -68,6 +78,9 @@ RULES: dict[str, dict[str, _Rule]] = {
         "FAILURE_RATE": _Rule("rate", lambda v: 0 < v <= 1, "None or a number in (0, 1]"),
         "MINIMUM_CALLS": _AT_LEAST_ONE,
         "WINDOW": _POSITIVE,
+        "SLOW_CALL_THRESHOLD": _Rule(
+            "optional_number", lambda v: v > 0, "None or a number of seconds greater than 0"
+        ),
     },
 }
 
@@ -76,7 +89,112 @@ _TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "int": _integer,
     "bool": lambda v: isinstance(v, bool),
     "rate": lambda v: v is None or _number(v),
+    "optional_number": lambda v: v is None or _number(v),
 }
+
+#: Keys of a service (or of ``INTEGRATIONS``) whose value is a shared policy.
+SHARED_POLICY_KEYS = ("RATE_LIMIT", "SHARED_COOLDOWN")
+
+
+def _check_shared_policies(entry: Mapping[str, Any], where: str) -> list[CheckMessage]:
+    """``RATE_LIMIT`` and ``SHARED_COOLDOWN`` of ``INTEGRATIONS`` or of one service."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from .policies import RateLimit, RetryBudget
+
+    errors: list[CheckMessage] = []
+    if "RATE_LIMIT" in entry:
+        try:
+            RateLimit.parse(entry["RATE_LIMIT"], f'{where}["RATE_LIMIT"]')
+        except ImproperlyConfigured as exc:
+            errors.append(
+                Error(
+                    str(exc),
+                    hint='For example "100/s", "6000/m", or {"RATE": "80/s", "BURST": 10}.',
+                    id="integrations.E011",
+                )
+            )
+    if "RETRY_BUDGET" in entry:
+        try:
+            RetryBudget.parse(entry["RETRY_BUDGET"], f'{where}["RETRY_BUDGET"]')
+        except ImproperlyConfigured as exc:
+            errors.append(
+                Error(
+                    str(exc),
+                    hint='For example {"RATIO": 0.2, "MIN_RETRIES_PER_SECOND": 1, "WINDOW": 10}.',
+                    id="integrations.E011",
+                )
+            )
+    for name in ("MAX_CONCURRENCY", "CLUSTER_MAX_CONCURRENCY"):
+        value = entry.get(name)
+        if value is not None and not (_integer(value) and 1 <= value <= 100_000):
+            errors.append(
+                Error(
+                    f'{where}["{name}"] must be None or an integer from 1 to 100000.',
+                    hint="The most calls of the service in flight at once.",
+                    id="integrations.E011",
+                )
+            )
+    if "SHARED_COOLDOWN" in entry and not isinstance(entry["SHARED_COOLDOWN"], bool):
+        errors.append(
+            Error(
+                f'{where}["SHARED_COOLDOWN"] must be True or False.',
+                hint="True: a 429 from the vendor holds every process's calls (cool-down).",
+                id="integrations.E011",
+            )
+        )
+    return errors
+
+
+def _uses_shared_policies(entry: Mapping[str, Any]) -> bool:
+    return (
+        entry.get("RATE_LIMIT") is not None
+        or entry.get("SHARED_COOLDOWN") is True
+        or entry.get("CLUSTER_MAX_CONCURRENCY") is not None
+        or entry.get("RETRY_BUDGET") is not None
+    )
+
+
+def _check_redis(user: Mapping[str, Any]) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    url = user.get("REDIS_URL")
+    if url is not None:
+        scheme = urlsplit(url).scheme if isinstance(url, str) else None
+        if scheme not in ("redis", "rediss", "unix"):
+            errors.append(
+                Error(
+                    'INTEGRATIONS["REDIS_URL"] must be a redis://, rediss:// or unix:// URL.',
+                    hint='For example "redis://redis.internal:6379/2" (the URL is not shown: it '
+                    "may hold a password).",
+                    id="integrations.E010",
+                )
+            )
+    timeout = user.get("REDIS_TIMEOUT", DEFAULTS["REDIS_TIMEOUT"])
+    if not _number(timeout) or not 0 < timeout <= 60:
+        errors.append(
+            Error(
+                'INTEGRATIONS["REDIS_TIMEOUT"] must be a number of seconds in (0, 60].',
+                hint=f"The default is {DEFAULTS['REDIS_TIMEOUT']!r}.",
+                id="integrations.E010",
+            )
+        )
+    if not url:
+        services = user.get("SERVICES", {})
+        entries = (
+            [user, *(e for e in services.values() if isinstance(e, Mapping))]
+            if isinstance(services, Mapping)
+            else [user]
+        )
+        if any(_uses_shared_policies(entry) for entry in entries):
+            errors.append(
+                Error(
+                    "A shared policy (RATE_LIMIT, SHARED_COOLDOWN, CLUSTER_MAX_CONCURRENCY, "
+                    'RETRY_BUDGET) is on but INTEGRATIONS["REDIS_URL"] is not set.',
+                    hint="Set REDIS_URL to the Redis every process of the fleet shares.",
+                    id="integrations.E012",
+                )
+            )
+    return errors
 
 
 def _suggest(name: str, known: Any) -> str:
@@ -204,6 +322,7 @@ def _check_service(name: str, entry: Any) -> list[CheckMessage]:
         errors += _check_max_response_bytes(
             entry["MAX_RESPONSE_BYTES"], f'{where}["MAX_RESPONSE_BYTES"]'
         )
+    errors += _check_shared_policies(entry, where)
     if "ALLOWED_ORIGINS" in entry:
         errors += _check_allowed_origins(entry["ALLOWED_ORIGINS"], f'{where}["ALLOWED_ORIGINS"]')
     base_url = entry.get("BASE_URL")
@@ -250,6 +369,8 @@ def check_integrations_settings(app_configs: Any = None, **kwargs: Any) -> list[
         errors += _check_max_response_bytes(
             user["MAX_RESPONSE_BYTES"], 'INTEGRATIONS["MAX_RESPONSE_BYTES"]'
         )
+    errors += _check_shared_policies(user, "INTEGRATIONS")
+    errors += _check_redis(user)
     services = user.get("SERVICES", {})
     if not isinstance(services, Mapping):
         errors.append(

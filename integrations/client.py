@@ -589,7 +589,12 @@ class ServiceClient:
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
             )
         if status >= 500:
-            raise IntegrationUnavailable(self.service, operation, message, status_code=status)
+            retry_after = (
+                parse_retry_after(response.headers.get("Retry-After")) if status == 503 else None
+            )
+            raise IntegrationUnavailable(
+                self.service, operation, message, status_code=status, retry_after=retry_after
+            )
         error = ClientRequestError(self.service, operation, message, status_code=status)
         error.response = response
         raise error

@@ -39,9 +39,33 @@ DEFAULTS: dict[str, Any] = {
         "FAILURE_RATE": None,
         "MINIMUM_CALLS": 20,
         "WINDOW": 60.0,
+        # A call slower than this many seconds counts as a failure even when it succeeds
+        # (Resilience4j's slow-call rate). None = off.
+        "SLOW_CALL_THRESHOLD": None,
     },
     # The largest answer (bytes, after decompression) a call reads; larger ones are refused.
     "MAX_RESPONSE_BYTES": 10 * 1024 * 1024,
+    # Policies shared by every process, kept in Redis at REDIS_URL (all off unless set; see
+    # docs/integrations/policies.md). RATE_LIMIT: "100/s" (also /m, /h) or
+    # {"RATE": "100/s", "BURST": 10}: calls over it wait for their slot within the deadline,
+    # else raise RateLimited. SHARED_COOLDOWN: a 429 (or 503 with Retry-After) stops every
+    # process calling the service until the time it gives (at most MAX_RETRY_AFTER).
+    "REDIS_URL": None,
+    # Seconds a Redis command may take (connect, send, answer) before the shared policies fail
+    # open for this call (and for the next REDIS_RETRY_INTERVAL seconds of this process).
+    "REDIS_TIMEOUT": 0.25,
+    "RATE_LIMIT": None,
+    "SHARED_COOLDOWN": False,
+    # Bulkhead: at most this many calls of a service in flight in each process
+    # (MAX_CONCURRENCY), and across the fleet (CLUSTER_MAX_CONCURRENCY, Redis, with leases that
+    # expire so a killed process gives its places back). Excess calls wait within their
+    # deadline, else raise BulkheadFull. None = no limit.
+    "MAX_CONCURRENCY": None,
+    "CLUSTER_MAX_CONCURRENCY": None,
+    # Retry budget across the fleet: {"RATIO": 0.2, "MIN_RETRIES_PER_SECOND": 1.0,
+    # "WINDOW": 10.0} lets retries reach 20 % of first attempts (+1/s) over the last 10 s;
+    # beyond it a failure is raised without retrying. None = off.
+    "RETRY_BUDGET": None,
     "SERVICES": {},
     # Operator API (integrations.api): DRF permission and throttle classes, dotted paths or
     # classes. Model permissions (view/change on CircuitBreaker) are always checked on top.
@@ -52,7 +76,17 @@ DEFAULTS: dict[str, Any] = {
 integrations_settings = AppSettings("INTEGRATIONS", DEFAULTS)
 
 #: The global keys a service's own entry in ``SERVICES`` may override.
-SERVICE_KEYS = ("TIMEOUT", "RETRY", "BREAKER", "MAX_RESPONSE_BYTES")
+SERVICE_KEYS = (
+    "TIMEOUT",
+    "RETRY",
+    "BREAKER",
+    "MAX_RESPONSE_BYTES",
+    "RATE_LIMIT",
+    "SHARED_COOLDOWN",
+    "MAX_CONCURRENCY",
+    "CLUSTER_MAX_CONCURRENCY",
+    "RETRY_BUDGET",
+)
 
 
 #: service -> its merged settings, for the current ``integrations_settings`` (emptied by its

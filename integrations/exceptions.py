@@ -5,6 +5,10 @@ service, the operation and how many attempts were made; the underlying exception
 ``__cause__``. Messages never contain credentials: they are built from the service, operation,
 status and a short reason, never from request headers or URLs with query strings.
 
+Calls our own shared policies refuse before anything is sent are ``RateLimited`` (a
+``RateLimitedError``: the shared rate limit or a cool-down) and ``BulkheadFull``; neither counts
+against the breaker.
+
 An operator's breaker action refused for what it asks is ``BreakerNotFound`` (a
 ``LookupError``) or ``InvalidExpiry`` (a ``ValueError``).
 """
@@ -43,6 +47,8 @@ class IntegrationError(Exception):
     retryable: bool = False
     #: Whether this failure counts against the service's circuit breaker.
     breaker_failure: bool = True
+    #: Set on the error of a call whose retry the service's retry budget refused.
+    retry_budget_spent: bool = False
 
     def __init__(
         self,
@@ -95,8 +101,12 @@ class IntegrationUnavailable(IntegrationError):
         status_code: int | None = None,
         cause: BaseException | None = None,
         attempts: int = 0,
+        retry_after: float | None = None,
     ) -> None:
         self.status_code = status_code
+        #: Seconds a 503's ``Retry-After`` asked us to wait (None when absent or for another
+        #: status), at most ``MAX_RETRY_AFTER``: the service's shared cool-down, when on.
+        self.retry_after = bounded_retry_after(retry_after)
         super().__init__(service, operation, message, cause=cause, attempts=attempts)
 
 
@@ -117,11 +127,16 @@ class CircuitOpenError(IntegrationUnavailable):
         cause: BaseException | None = None,
         attempts: int = 0,
     ) -> None:
-        #: Seconds until the breaker lets a probe through (None when a person holds it open
-        #: with no end), at most ``MAX_RETRY_AFTER``.
-        self.retry_after = bounded_retry_after(retry_after)
+        # ``retry_after``: seconds until the breaker lets a probe through (None when a person
+        # holds it open with no end), at most ``MAX_RETRY_AFTER``.
         super().__init__(
-            service, operation, message, status_code=status_code, cause=cause, attempts=attempts
+            service,
+            operation,
+            message,
+            status_code=status_code,
+            cause=cause,
+            attempts=attempts,
+            retry_after=retry_after,
         )
 
 
@@ -144,6 +159,33 @@ class RateLimitedError(IntegrationError):
         #: most ``MAX_RETRY_AFTER``.
         self.retry_after = bounded_retry_after(retry_after)
         super().__init__(service, operation, message, cause=cause, attempts=attempts)
+
+
+class RateLimited(RateLimitedError):
+    """Not sent: the service's shared rate limit, or a cool-down after its vendor's 429, has no
+    room for this call before its deadline.
+
+    Retryable (later): ``retry_after`` says when the call would have gone out. The vendor was
+    not called, so it never counts against the breaker."""
+
+    breaker_failure = False
+
+
+class BulkheadFull(IntegrationError):
+    """Not sent: the service's bulkhead (``MAX_CONCURRENCY`` in this process, or
+    ``CLUSTER_MAX_CONCURRENCY`` across the fleet) had no free place before the call's deadline.
+
+    The vendor was not called: not a breaker failure; not retried within the call (it already
+    waited for as long as its deadline allowed)."""
+
+    breaker_failure = False
+
+
+class SlowCall(IntegrationError):
+    """The call succeeded, but slower than the service's ``SLOW_CALL_THRESHOLD``.
+
+    Never raised: it is the failure the breaker counts for such a call (its text is what the
+    breaker's ``last_error`` shows)."""
 
 
 class ClientRequestError(IntegrationError):

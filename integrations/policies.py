@@ -1,5 +1,5 @@
-"""Policy objects: timeouts, retries and the circuit breaker, built from settings; and the
-half-open probe's lease that follows from the retry deadline.
+"""Policy objects: timeouts, retries, the circuit breaker and the shared rate limit, built from
+settings; and the half-open probe's lease that follows from the retry deadline.
 
 Precedence, lowest first: ``INTEGRATIONS`` global dicts, the service's entry in
 ``INTEGRATIONS["SERVICES"]``, a ``ServiceClient`` subclass's class attribute, then what its
@@ -9,6 +9,7 @@ or a dict of some fields (``{"READ": 2.0}``, keys in either case), merged over w
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar, Self, TypeVar, cast
@@ -142,6 +143,10 @@ class BreakerPolicy(_Policy):
     failure_rate: float | None = None
     minimum_calls: int = 20
     window: float = 60.0
+    #: A call whose attempt took longer than this many seconds counts as a failure even when
+    #: it succeeded (Resilience4j's slow-call rate), in the failure count and the failure-rate
+    #: window alike. None = off.
+    slow_call_threshold: float | None = None
 
 
 #: Seconds a half-open probe's lease outlasts the call deadline that bounds the probe's attempt
@@ -155,3 +160,115 @@ def probe_lease_for(deadline: float) -> float:
     """The probe lease for calls bounded by ``deadline`` seconds: no new probe is granted while
     an earlier one can still be running."""
     return deadline + PROBE_LEASE_MARGIN
+
+
+_PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+            "h": 3600.0, "hour": 3600.0}  # fmt: skip
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$")
+
+#: The largest ``BURST`` a rate limit accepts (calls let through at once after a quiet spell).
+MAX_BURST = 100_000
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``calls`` calls per ``period`` seconds for the whole fleet, with up to ``burst``
+    calls at once after a quiet spell (a GCRA: calls are spaced ``interval`` apart on average).
+
+    Built from ``RATE_LIMIT``: ``"100/s"`` (also ``/m``, ``/h``, ``/10s``) or
+    ``{"RATE": "100/s", "BURST": 10}``; ``BURST`` defaults to 1 (calls evenly spaced)."""
+
+    calls: int
+    period: float
+    burst: int = 1
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two calls at the steady rate."""
+        return self.period / self.calls
+
+    def __str__(self) -> str:
+        return f"{self.calls}/{self.period:g}s (burst {self.burst})"
+
+    @classmethod
+    def parse(cls, value: object, where: str = 'INTEGRATIONS["RATE_LIMIT"]') -> RateLimit | None:
+        """The rate limit ``value`` describes (None for None); ``ImproperlyConfigured``, naming
+        ``where``, for anything else."""
+        if value is None:
+            return None
+        burst: object = 1
+        rate = value
+        if isinstance(value, Mapping):
+            unknown = sorted(set(map(str, value)) - {"RATE", "BURST"})
+            if unknown:
+                raise ImproperlyConfigured(
+                    f"{where} has unknown key(s) {', '.join(unknown)}; known: BURST, RATE."
+                )
+            rate, burst = value.get("RATE"), value.get("BURST", 1)
+        match = _RATE.match(rate) if isinstance(rate, str) else None
+        if match is None or match.group(3) not in _PERIODS:
+            raise ImproperlyConfigured(
+                f'{where} must be like "100/s" (or /m, /h, /10s) or {{"RATE": "100/s", '
+                f'"BURST": 10}}, not {rate!r}.'
+            )
+        calls = int(match.group(1))
+        period = int(match.group(2) or 1) * _PERIODS[match.group(3)]
+        if calls < 1 or period <= 0:
+            raise ImproperlyConfigured(f"{where}: {rate!r} must allow at least 1 call per period.")
+        if not isinstance(burst, int) or isinstance(burst, bool) or not 1 <= burst <= MAX_BURST:
+            raise ImproperlyConfigured(
+                f"{where}: BURST must be an integer from 1 to {MAX_BURST}, not {burst!r}."
+            )
+        return cls(calls, period, burst)
+
+
+@dataclass(frozen=True)
+class RetryBudget:
+    """Retries of a service across the fleet stay under ``ratio`` of its first attempts over
+    the last ``window`` seconds, plus ``min_retries_per_second`` (so a quiet service can still
+    retry), the way Finagle and gRPC bound retries. Beyond it a failure is raised without
+    retrying.
+
+    Built from ``RETRY_BUDGET``: ``{"RATIO": 0.2, "MIN_RETRIES_PER_SECOND": 1.0,
+    "WINDOW": 10.0}`` (these are the defaults of keys left out)."""
+
+    ratio: float = 0.2
+    min_retries_per_second: float = 1.0
+    window: float = 10.0
+
+    @property
+    def min_retries(self) -> float:
+        """Retries always allowed per window."""
+        return self.min_retries_per_second * self.window
+
+    @classmethod
+    def parse(
+        cls, value: object, where: str = 'INTEGRATIONS["RETRY_BUDGET"]'
+    ) -> RetryBudget | None:
+        """The budget ``value`` describes (None for None); ``ImproperlyConfigured``, naming
+        ``where``, for anything else."""
+        if value is None:
+            return None
+        known = {"RATIO": "ratio", "MIN_RETRIES_PER_SECOND": "min_retries_per_second",
+                 "WINDOW": "window"}  # fmt: skip
+        if not isinstance(value, Mapping):
+            raise ImproperlyConfigured(
+                f'{where} must be None or a dict like {{"RATIO": 0.2}}, not {type(value).__name__}.'
+            )
+        unknown = sorted(set(map(str, value)) - set(known))
+        if unknown:
+            raise ImproperlyConfigured(
+                f"{where} has unknown key(s) {', '.join(unknown)}; known: "
+                f"{', '.join(sorted(known))}."
+            )
+        for name, number in value.items():
+            if not isinstance(number, int | float) or isinstance(number, bool):
+                raise ImproperlyConfigured(f"{where}[{name!r}] must be a number.")
+        budget = cls(**{known[str(k)]: float(v) for k, v in value.items()})
+        if not 0 <= budget.ratio <= 10:
+            raise ImproperlyConfigured(f"{where}['RATIO'] must be in [0, 10].")
+        if not 0 <= budget.min_retries_per_second <= 1_000_000:
+            raise ImproperlyConfigured(f"{where}['MIN_RETRIES_PER_SECOND'] must be 0 or more.")
+        if not 0.1 <= budget.window <= 3600:
+            raise ImproperlyConfigured(f"{where}['WINDOW'] must be in [0.1, 3600] seconds.")
+        return budget

@@ -43,8 +43,14 @@ from tenacity import (
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from .exceptions import CircuitOpenError, IntegrationError, RateLimitedError, safe_error_text
-from .signals import call_finished, call_retried
+from .exceptions import (
+    CircuitOpenError,
+    IntegrationError,
+    RateLimitedError,
+    SlowCall,
+    safe_error_text,
+)
+from .signals import call_finished, call_retried, retry_budget_spent
 
 if TYPE_CHECKING:
     from .policies import RetryPolicy
@@ -53,6 +59,7 @@ __all__ = [
     "AttemptInfo",
     "BackoffClock",
     "BreakerLike",
+    "GuardLike",
     "call_with_resilience",
     "get_backoff_clock",
     "use_backoff_clock",
@@ -89,6 +96,26 @@ class BreakerLike(Protocol):
     def record_success(self, permit: Any) -> None: ...
 
     def record_failure(self, permit: Any, error: BaseException) -> None: ...
+
+
+class GuardLike(Protocol):
+    """The part of ``integrations.fleet.FleetGuard`` the runner uses: ``enter`` before an
+    attempt (may wait, or raise) returns a ticket; ``leave`` takes it back after the attempt,
+    with its error (None on success, or when the attempt was not made)."""
+
+    @property
+    def active(self) -> bool: ...
+
+    def enter(self, operation: str, remaining: float, clock: BackoffClock, number: int) -> Any: ...
+
+    def allow_retry(self, operation: str) -> bool: ...
+
+    def leave(self, operation: str, ticket: Any, error: BaseException | None) -> None: ...
+
+
+class RetryBudgetSpent(Exception):
+    """Raised by the runner's ``before_sleep`` when the service's retry budget refuses the next
+    attempt; the runner turns it back into the last attempt's error (never seen by callers)."""
 
 
 class BackoffClock:
@@ -195,21 +222,54 @@ def call_with_resilience(
     retry: RetryPolicy,
     breaker: BreakerLike | None,
     clock: BackoffClock | None = None,
+    guard: GuardLike | None = None,
+    slow_call_threshold: float | None = None,
 ) -> T:
     """Run ``attempt`` under ``retry`` and ``breaker``; return its result or raise the last
-    ``IntegrationError`` (with ``attempts`` set). ``breaker=None`` runs without a breaker."""
+    ``IntegrationError`` (with ``attempts`` set). ``breaker=None`` runs without a breaker.
+
+    ``guard`` (the service's shared policies, ``integrations.fleet``) is entered before each
+    attempt, before the breaker is asked, and left after it. An attempt that succeeds after
+    more than ``slow_call_threshold`` seconds counts as a failure for the breaker
+    (``SlowCall``); its result is still returned."""
     clock = clock or _installed_clock
     started = time.perf_counter()
     deadline_at = clock.monotonic() + retry.deadline
     sent = 0  # attempts that went past the breaker
+    if guard is not None and not guard.active:
+        guard = None
 
     def one_attempt(number: int) -> T:
+        if guard is None:
+            return breaker_attempt(number)
+        ticket = guard.enter(operation, max(0.0, deadline_at - clock.monotonic()), clock, number)
+        left = False
+
+        def leave(error: BaseException | None) -> None:
+            # As soon as the attempt ends, before its outcome is written: the places it held
+            # are free for the next caller.
+            nonlocal left
+            left = True
+            guard.leave(operation, ticket, error)
+
+        try:
+            return breaker_attempt(number, leave)
+        finally:
+            if not left:  # the breaker refused it, or recording its outcome failed
+                guard.leave(operation, ticket, None)
+
+    def breaker_attempt(
+        number: int, ended: Callable[[BaseException | None], None] | None = None
+    ) -> T:
         nonlocal sent
         permit = breaker.acquire(operation) if breaker is not None else None
         sent += 1
+        attempt_started = time.perf_counter()
         try:
             result = attempt(AttemptInfo(number, max(0.0, deadline_at - clock.monotonic())))
         except BaseException as error:
+            if ended is not None:
+                ended(error)
             if breaker is not None:
                 # The one place that decides whether a failure counts against the breaker: an
                 # error whose ``breaker_failure`` is False (a 4xx) is a success for it.
@@ -219,8 +279,22 @@ def call_with_resilience(
                 else:
                     breaker.record_success(permit)
             raise
+        if ended is not None:
+            ended(None)
         if breaker is not None:
-            breaker.record_success(permit)
+            took = time.perf_counter() - attempt_started
+            if slow_call_threshold is not None and took > slow_call_threshold:
+                breaker.record_failure(
+                    permit,
+                    SlowCall(
+                        service,
+                        operation,
+                        f"succeeded in {took:.3f}s, over the slow-call threshold "
+                        f"({slow_call_threshold:g}s)",
+                    ),
+                )
+            else:
+                breaker.record_success(permit)
         return result
 
     # The first attempt is made before any retry machinery is built: a healthy call (and a
@@ -239,6 +313,9 @@ def call_with_resilience(
         return result
 
     def before_sleep(state: RetryCallState) -> None:
+        # The retry budget decides before the wait: a retry it refuses is not waited for.
+        if guard is not None and not guard.allow_retry(operation):
+            raise RetryBudgetSpent
         error = state.outcome.exception() if state.outcome else None
         delay = state.upcoming_sleep
         if logger.isEnabledFor(logging.INFO):
@@ -291,6 +368,14 @@ def call_with_resilience(
                 except BaseException as error:
                     previous_error = _chain(error, previous_error)
                     raise
+    except RetryBudgetSpent:
+        last = previous_error
+        if isinstance(last, IntegrationError):
+            last.retry_budget_spent = True
+        retry_budget_spent.send(sender=service, service=service, operation=operation)
+        _fail(service, operation, breaker, started, sent, last)
+        last.__suppress_context__ = True  # raised for the vendor's failure, not the budget's
+        raise last  # noqa: B904 - the last attempt's error, as if no retry had been allowed
     except BaseException as error:
         _fail(service, operation, breaker, started, sent, error)
         raise
@@ -341,15 +426,17 @@ def _finish(
     )
     if logger.isEnabledFor(level):
         breaker_state = _breaker_state(breaker)
+        budget_spent = bool(getattr(error, "retry_budget_spent", False))
         logger.log(
             level,
-            "%s.%s %s after %d attempt(s) in %.3fs (breaker %s)%s",
+            "%s.%s %s after %d attempt(s) in %.3fs (breaker %s)%s%s",
             service,
             operation,
             outcome if error is None else f"failed ({outcome})",
             attempts,
             duration,
             breaker_state,
+            " (retry budget spent: not retried)" if budget_spent else "",
             "" if error is None else f": {safe_error_text(error)}",
             extra={
                 "service": service,
@@ -359,6 +446,7 @@ def _finish(
                 "attempts": attempts,
                 "duration": duration,
                 "breaker_state": breaker_state,
+                "retry_budget_spent": budget_spent,
             },
         )
     call_finished.send(

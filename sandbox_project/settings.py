@@ -149,6 +149,8 @@ WEBHOOKS = {
 }
 
 INTEGRATIONS = {
+    # The fleet policies' Redis (demo_vendor_outage --cooldown / --budget); none by default.
+    "REDIS_URL": os.environ.get("INTEGRATIONS_REDIS_URL") or None,
     "SERVICES": {
         "stripe": {
             "API_KEY": os.environ.get("STRIPE_API_KEY", ""),

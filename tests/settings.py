@@ -36,6 +36,9 @@ CACHES = {
     }
 }
 
+# The fleet policies' Redis: this run's database too (tests that use it set their policies).
+INTEGRATIONS = {**INTEGRATIONS, "REDIS_URL": REDIS_URL}  # noqa: F405
+
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DEBUG = False
 

@@ -192,6 +192,112 @@ def test_outbound_calls_retries_and_breakers_show_on_metrics(
 
 
 @pytest.mark.django_db
+def test_cooldowns_refusals_and_redis_errors_show_on_metrics(client, settings):
+    from integrations.exceptions import RateLimited, RateLimitedError
+    from integrations.testing import unused_port_url
+
+    with FakeVendor() as vendor:
+        vendor.route("GET", "/v1/rate", Reply.rate_limited(30), Reply.json({"rate": 1}))
+        service = {
+            "BASE_URL": vendor.url,
+            "RETRY": {"MAX_ATTEMPTS": 1, "DEADLINE": 2.0},
+            "SHARED_COOLDOWN": True,
+        }
+        settings.INTEGRATIONS = {
+            "REDIS_URL": settings.REDIS_URL,
+            "SERVICES": {"metrics-rates": service},
+        }
+        before = scrape(client)
+        with pytest.raises(RateLimitedError):
+            Rates().rate()  # the vendor's 429: a cool-down of 30 s for every process
+        with pytest.raises(RateLimited):
+            Rates().rate()  # refused by the cool-down, longer than the deadline
+        settings.INTEGRATIONS = {
+            "REDIS_URL": unused_port_url().replace("http", "redis"),
+            "SERVICES": {"metrics-rates": service},
+        }
+        assert Rates().rate() == {"rate": 1}  # Redis down: fails open
+        after = scrape(client)
+
+    def delta(name, **labels):
+        return after.value(name, **labels) - before.value(name, **labels)
+
+    call = {"service": "metrics-rates", "operation": "rate"}
+    assert delta("tether_integration_cooldowns_total", service="metrics-rates", status="429") == 1
+    assert delta("tether_integration_calls_total", **call, outcome="rate_limited") == 1
+    assert delta("tether_integration_calls_total", **call, outcome="rate_limited_error") == 1
+    assert delta("tether_integration_shared_state_errors_total", service="metrics-rates") == 1
+
+
+@pytest.mark.django_db
+def test_fleet_policy_state_is_a_gauge_read_at_scrape_time(client, settings):
+    from integrations import shared_state
+
+    with FakeVendor() as vendor:
+        vendor.route("GET", "/v1/rate", Reply.json({"rate": 1}))
+        settings.INTEGRATIONS = {
+            "REDIS_URL": settings.REDIS_URL,
+            "SERVICES": {
+                "metrics-rates": {
+                    "BASE_URL": vendor.url,
+                    "RATE_LIMIT": {"RATE": "50/s", "BURST": 5},
+                    "SHARED_COOLDOWN": True,
+                    "RETRY_BUDGET": {"RATIO": 0.5, "MIN_RETRIES_PER_SECOND": 0, "WINDOW": 10},
+                    "CLUSTER_MAX_CONCURRENCY": 3,
+                }
+            },
+        }
+        shared_state.take_lease("metrics-rates", limit=3, lease=30, token="held")
+        shared_state.start_cooldown("metrics-rates", 30, "429 from metrics-rates.rate")
+        seconds, _ = shared_state.get_redis().time()
+        while shared_state.get_redis().time()[0] == seconds:  # start of a second
+            pass
+        shared_state.get_redis().delete(shared_state.key("metrics-rates", "cooldown"))
+        for _ in range(4):
+            Rates().rate()
+        shared_state.start_cooldown("metrics-rates", 30, "429 from metrics-rates.rate")
+        while shared_state.get_redis().time()[0] == seconds + 1:  # that second is over
+            pass
+        after = scrape(client)
+    service = {"service": "metrics-rates"}
+    assert after.value("tether_integration_rate_limit_per_second", **service) == 50
+    assert after.value("tether_integration_rate_limit_used", **service) == 4
+    assert 27 < after.value("tether_integration_cooldown_seconds", **service) <= 30
+    assert after.value("tether_integration_retry_budget_allowed", **service) == 2  # 0.5 x 4
+    assert after.value("tether_integration_retry_budget_retries", **service) == 0
+    assert after.value("tether_integration_bulkhead_in_flight", **service) == 1
+    assert after.value("tether_integration_bulkhead_limit", **service) == 3
+
+
+@pytest.mark.django_db
+def test_a_spent_retry_budget_shows_on_metrics(client, settings):
+    with FakeVendor() as vendor, instant_backoff():
+        vendor.route("GET", "/v1/rate", Reply.server_error(503))
+        settings.INTEGRATIONS = {
+            "REDIS_URL": settings.REDIS_URL,
+            "SERVICES": {
+                "metrics-rates": {
+                    "BASE_URL": vendor.url,
+                    "RETRY": {"MAX_ATTEMPTS": 2},
+                    "BREAKER": {"FAILURE_THRESHOLD": 100},
+                    "RETRY_BUDGET": {"RATIO": 0.0, "MIN_RETRIES_PER_SECOND": 0.1, "WINDOW": 10},
+                }
+            },
+        }
+        before = scrape(client)
+        for _ in range(3):  # one retry allowed (0.1/s x 10 s), then none
+            with pytest.raises(IntegrationUnavailable):
+                Rates().rate()
+        after = scrape(client)
+    call = {"service": "metrics-rates", "operation": "rate"}
+    spent = "tether_integration_retry_budget_spent_total"
+    assert after.value(spent, **call) - before.value(spent, **call) == 2
+    retried = "tether_integration_retries_total"
+    assert after.value(retried, **call) - before.value(retried, **call) == 1
+    assert vendor.count() == 4
+
+
+@pytest.mark.django_db
 def test_breaker_state_gauge_reads_the_shared_state(client):
     CircuitBreakerFactory(name="github", state="forced_open")
     metrics = scrape(client)

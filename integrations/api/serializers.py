@@ -9,6 +9,7 @@ from rest_framework import serializers
 
 from tether.api.fields import DateOrDateTimeField
 
+from ..fleet_status import fleet_status
 from ..models import BreakerTransition, CircuitBreaker
 
 #: Transitions shown with a breaker's detail, newest first.
@@ -22,7 +23,35 @@ class BreakerTransitionSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class FleetStatusSerializer(serializers.Serializer):
+    """The service's fleet policies and their state in Redis (``integrations.fleet_status``);
+    a policy that is off, and its state, are null."""
+
+    rate_limit = serializers.CharField(allow_null=True, help_text='e.g. "80/1s (burst 10)".')
+    rate_per_second = serializers.FloatField(allow_null=True)
+    rate_used_last_second = serializers.IntegerField(
+        allow_null=True, help_text="Calls let out in the last whole second, fleet-wide."
+    )
+    shared_cooldown = serializers.BooleanField()
+    cooldown_left = serializers.FloatField(
+        allow_null=True, help_text="Seconds left of the cool-down in force (0: none)."
+    )
+    cooldown_reason = serializers.CharField(allow_blank=True)
+    retry_budget = serializers.CharField(allow_null=True)
+    budget_first_attempts = serializers.FloatField(allow_null=True)
+    budget_retries = serializers.FloatField(allow_null=True)
+    budget_retries_allowed = serializers.FloatField(allow_null=True)
+    max_concurrency = serializers.IntegerField(allow_null=True)
+    cluster_max_concurrency = serializers.IntegerField(allow_null=True)
+    cluster_in_flight = serializers.IntegerField(allow_null=True)
+    error = serializers.CharField(
+        allow_null=True, help_text="Why Redis could not be read (its state is then null)."
+    )
+
+
 class CircuitBreakerSerializer(serializers.ModelSerializer):
+    fleet = serializers.SerializerMethodField()
+
     class Meta:
         model = CircuitBreaker
         fields: tuple[str, ...] = (
@@ -40,8 +69,15 @@ class CircuitBreakerSerializer(serializers.ModelSerializer):
             "reset_timeout",
             "half_open_max_calls",
             "updated_at",
+            "fleet",
         )
         read_only_fields = fields
+
+    @extend_schema_field(FleetStatusSerializer)
+    def get_fleet(self, breaker: CircuitBreaker) -> dict[str, Any]:
+        status = fleet_status(breaker.name).as_dict()
+        status.pop("service")
+        return status
 
 
 class CircuitBreakerDetailSerializer(CircuitBreakerSerializer):

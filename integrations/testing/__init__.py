@@ -76,13 +76,18 @@ def instant_backoff() -> Iterator[InstantBackoff]:
 
 def reset_local_state() -> None:
     """Forget what this process keeps between calls: breaker snapshots and successes not yet
-    written (which would outlive a test's rolled-back database) and pooled connections.
+    written (which would outlive a test's rolled-back database), pooled connections, and the
+    shared policies' Redis client and its "Redis is down" memory.
     ``tether.pytest_plugin`` calls it around each test of any suite."""
+    from .. import shared_state
     from ..breaker import clear_local_cache
     from ..client import close_pools
+    from ..fleet import forget_unavailable
 
     clear_local_cache()
     close_pools()
+    forget_unavailable()
+    shared_state.close()
 
 
 #: How many failures ``force_breaker(name, "open")`` records at most before giving up.

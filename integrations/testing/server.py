@@ -10,9 +10,9 @@ Use it where your code would call a vendor: point the service's base URL at ``ve
 
 A route answers its replies in order, then repeats the last one. A reply may also be a callable
 taking the ``RecordedRequest`` and returning a ``Reply``. Unrouted paths answer 404. Every request
-is recorded (method, path, query, headers, body) before it is answered, including those the
-server then leaves hanging or drops; so is what each answer sent (``answers``: bytes of body
-written, whether it was sent whole), and how many requests were being answered at once
+is recorded (method, path, query, headers, body, arrival time) before it is answered, including
+those the server then leaves hanging or drops; so is what each answer sent (``answers``: bytes of
+body written, whether it was sent whole), and how many requests were being answered at once
 (``in_flight``, ``max_in_flight``).
 
 Besides healthy and failing answers, a reply can misbehave on the wire: ``Reply.trickle``
@@ -27,6 +27,7 @@ import email.utils
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -48,6 +49,9 @@ class RecordedRequest:
     body: bytes
     #: The client's source port: requests on one keep-alive connection share it.
     client_port: int = 0
+    #: ``time.monotonic()`` in the vendor's process when the request had been read (rate
+    #: limits and cool-downs are checked on these).
+    received_at: float = 0.0
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (case-insensitive)."""
@@ -274,6 +278,10 @@ class Answer:
     body_bytes_sent: int = 0
     #: The whole answer was written.
     completed: bool = False
+    #: ``time.monotonic()`` just before the first byte of the answer was written (None: not
+    #: answered). The client cannot have had its answer before then: ``[request.received_at,
+    #: replied_at]`` lies within the time its caller held the call open.
+    replied_at: float | None = None
 
 
 class _Server(ThreadingHTTPServer):
@@ -340,6 +348,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers=tuple(self.headers.items()),
             body=self._read_body(),
             client_port=self.client_address[1],
+            received_at=time.monotonic(),
         )
         reply, answer = vendor._dispatch_and_count(request)
         try:
@@ -359,6 +368,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         try:
+            answer.replied_at = time.monotonic()
             self.send_response(reply.status)
             for name, value in reply.headers:
                 self.send_header(name, value)

@@ -292,6 +292,8 @@ def _map(exc: stripe.StripeError, *, operation: str, api_key: str | None) -> Int
         return InvalidResponseError(SERVICE, operation, reason, **kwargs)
     if status is not None and status < 500:
         return ClientRequestError(SERVICE, operation, reason, status_code=status, **kwargs)
+    if status == 503:
+        kwargs["retry_after"] = _retry_after(exc.headers)
     return IntegrationUnavailable(SERVICE, operation, reason, status_code=status, **kwargs)
 
 

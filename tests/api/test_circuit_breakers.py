@@ -183,3 +183,46 @@ def test_breakers_cannot_be_edited_or_deleted(api, method):
     CircuitBreakerFactory(name="stripe")
     assert getattr(api, method)(url("stripe"), {"state": "open"}, format="json").status_code == 405
     assert CircuitBreaker.objects.get(name="stripe").state == "closed"
+
+
+def test_each_breaker_shows_its_service_fleet_policies(api, settings):
+    from integrations import shared_state
+
+    settings.INTEGRATIONS = {
+        "REDIS_URL": settings.REDIS_URL,
+        "SERVICES": {
+            "geocoder": {
+                "RATE_LIMIT": {"RATE": "80/s", "BURST": 10},
+                "SHARED_COOLDOWN": True,
+                "MAX_CONCURRENCY": 4,
+                "CLUSTER_MAX_CONCURRENCY": 3,
+            },
+        },
+    }
+    CircuitBreakerFactory(name="geocoder")
+    CircuitBreakerFactory(name="stripe")
+    shared_state.start_cooldown("geocoder", 30, "429 from geocoder.lookup")
+    shared_state.take_lease("geocoder", limit=3, lease=30, token="a-call")
+    rows = {r["name"]: r for r in api.get(LIST).json()}
+    fleet = rows["geocoder"]["fleet"]
+    assert fleet["rate_limit"] == "80/1s (burst 10)"
+    assert (fleet["rate_per_second"], fleet["rate_used_last_second"]) == (80.0, 0)
+    assert 29 < fleet["cooldown_left"] <= 30
+    assert fleet["cooldown_reason"] == "429 from geocoder.lookup"
+    assert (fleet["max_concurrency"], fleet["cluster_max_concurrency"]) == (4, 3)
+    assert fleet["cluster_in_flight"] == 1
+    assert fleet["retry_budget"] is None and fleet["error"] is None
+    assert rows["stripe"]["fleet"]["rate_limit"] is None  # no fleet policy: nothing read
+    detail = api.get(url("geocoder")).json()
+    assert detail["fleet"]["cluster_in_flight"] == 1
+
+
+def test_fleet_policies_with_redis_down_say_why(api, settings):
+    settings.INTEGRATIONS = {
+        "REDIS_URL": "redis://:pw@127.0.0.1:1/0",
+        "SERVICES": {"geocoder": {"RATE_LIMIT": "80/s"}},
+    }
+    CircuitBreakerFactory(name="geocoder")
+    fleet = api.get(url("geocoder")).json()["fleet"]
+    assert fleet["error"] == "ConnectionError"
+    assert fleet["rate_limit"] == "80/1s (burst 1)" and fleet["rate_used_last_second"] is None

@@ -87,3 +87,30 @@ def test_a_breaker_held_open_by_an_operator_says_so():
 def test_calls_must_be_positive():
     with pytest.raises(CommandError, match="--calls must be at least 1"):
         run("--calls", "0")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_cooldown_demo_holds_the_next_caller():
+    output = run("--cooldown")
+    assert "call 1: RateLimitedError" in output
+    assert "fleet: no cool-down" not in output
+    assert re.search(r"fleet: cool-down \d\.\ds \(429 from demo-fleet\.rate\)", output)
+    waited = float(re.search(r"after waiting (\d+\.\d)s", output).group(1))
+    assert 1.5 <= waited <= 2.5
+    gap = float(re.search(r"(\d+\.\d)s apart", output).group(1))
+    assert gap >= 1.8
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_budget_demo_stops_most_retries():
+    output = run("--budget", "--calls", "10")
+    assert output.count("(retry budget spent: not retried)") >= 7
+    seen = int(re.search(r"The vendor saw (\d+) request\(s\) for 10 call", output).group(1))
+    assert 10 < seen <= 13  # 10 first attempts + 0.1 x 10 + 2 retries, where 30 without it
+    assert "budget 3/3 retries" in output
+
+
+def test_the_fleet_demos_need_a_redis(settings):
+    settings.INTEGRATIONS = {**settings.INTEGRATIONS, "REDIS_URL": None}
+    with pytest.raises(CommandError, match="INTEGRATIONS_REDIS_URL"):
+        run("--budget")

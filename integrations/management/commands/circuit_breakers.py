@@ -1,5 +1,10 @@
 """``circuit_breakers list|reset NAME|open NAME|disable NAME``: the admin's actions, from a shell.
 
+``list`` is the per-service status view: every breaker, and every service configured in
+``INTEGRATIONS["SERVICES"]`` (with no breaker yet: no call so far), each with its breaker state
+and counts and, on the line below it, its fleet policies (rate limit used / limit, cool-down,
+retry budget, bulkhead in use; ``integrations.fleet_status``).
+
 Exit codes: 0 done; 2 bad usage (missing NAME or --reason); 3 no breaker with that name;
 4 bad --until (not ISO 8601, not in the future, or more than 366 days ahead).
 """
@@ -19,6 +24,7 @@ from integrations.breaker import (
     reset_breaker,
 )
 from integrations.exceptions import BreakerNotFound, InvalidExpiry
+from integrations.fleet_status import configured_services, fleet_status
 from integrations.models import CircuitBreaker
 from tether.dates import parse_when
 
@@ -38,7 +44,8 @@ def cli_actor() -> str:
 
 class Command(BaseCommand):
     help = (
-        "List circuit breakers, or reset, force open or disable one. Each change is recorded "
+        "List every service's circuit breaker and fleet policies (rate limit, cool-down, retry "
+        "budget, bulkhead), or reset, force open or disable one. Each change is recorded "
         "as a transition with actor 'cli:<OS user>'. Exit codes: 0 done, 2 bad usage, "
         "3 unknown breaker, 4 bad --until."
     )
@@ -47,8 +54,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "action",
             choices=("list", "reset", "open", "disable"),
-            help="list all breakers; reset NAME (close it); open NAME (force open); "
-            "disable NAME (let every call through).",
+            help="list every service's breaker and fleet policies; reset NAME (close it); "
+            "open NAME (force open); disable NAME (let every call through).",
         )
         parser.add_argument("name", nargs="?", help="The breaker (service) name.")
         parser.add_argument(
@@ -103,20 +110,27 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(f"{breaker.name}: {breaker.state}{expiry}"))
 
     def _list(self) -> None:
-        rows = CircuitBreaker.objects.order_by("name")
+        rows = {row.name: row for row in CircuitBreaker.objects.order_by("name")}
+        names = sorted(set(rows) | set(configured_services()))
         header = (
             f"{'NAME':<30} {'STATE':<12} {'CONSEC':>6} {'FAILURES':>9} {'SUCCESSES':>10}  "
             "OPENED AT / UNTIL  LAST ERROR"
         )
         self.stdout.write(header)
-        count = 0
-        for row in rows.iterator():
-            count += 1
-            when = row.forced_until or row.opened_at
-            self.stdout.write(
-                f"{row.name:<30} {row.state:<12} {row.consecutive_failures:>6} "
-                f"{row.total_failures:>9} {row.total_successes:>10}  "
-                f"{when.isoformat(timespec='seconds') if when else '-'}  {row.last_error or '-'}"
-            )
-        if not count:
+        if not names:
             self.stdout.write("(no circuit breakers yet: one is created on a service's first call)")
+        for name in names:
+            row = rows.get(name)
+            if row is None:
+                self.stdout.write(f"{name:<30} {'(no call yet)':<12}")
+            else:
+                when = row.forced_until or row.opened_at
+                self.stdout.write(
+                    f"{row.name:<30} {row.state:<12} {row.consecutive_failures:>6} "
+                    f"{row.total_failures:>9} {row.total_successes:>10}  "
+                    f"{when.isoformat(timespec='seconds') if when else '-'}  "
+                    f"{row.last_error or '-'}"
+                )
+            status = fleet_status(name)
+            if status.active:
+                self.stdout.write(f"{'':<4}fleet: {status.summary()}")

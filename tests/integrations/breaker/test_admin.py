@@ -436,3 +436,28 @@ def test_transition_admin_is_read_only(admin_client):
     )
     assert delete.status_code == 403
     assert BreakerTransition.objects.filter(pk=record.pk).exists()
+
+
+def test_list_and_detail_show_the_fleet_policies(admin_client, settings):
+    from integrations import shared_state
+
+    settings.INTEGRATIONS = {
+        "REDIS_URL": settings.REDIS_URL,
+        "SERVICES": {
+            "geocoder": {
+                "RATE_LIMIT": "80/s",
+                "SHARED_COOLDOWN": True,
+                "RETRY_BUDGET": {"RATIO": 0.2},
+                "CLUSTER_MAX_CONCURRENCY": 3,
+            }
+        },
+    }
+    breaker = CircuitBreakerFactory(name="geocoder")
+    shared_state.start_cooldown("geocoder", 30, "429 from geocoder.lookup")
+    html = admin_client.get(reverse(CHANGELIST)).content.decode()
+    assert "rate 0/80 per s; cool-down" in html
+    assert "(429 from geocoder.lookup); budget 0/10 retries; in flight 0/3" in html
+    url = reverse("admin:integrations_circuitbreaker_change", args=[breaker.pk])
+    html = admin_client.get(url).content.decode()
+    assert "Fleet policies (shared by every process, state in Redis)" in html
+    assert "<code>cluster_max_concurrency</code>: 3" in html

@@ -47,8 +47,44 @@ def test_list_shows_every_breaker():
     assert lines[2].split()[:5] == ["geocoder", "closed", "0", "0", "42"]
 
 
-def test_list_when_there_are_none():
+def test_list_when_there_are_none(settings):
+    settings.INTEGRATIONS = {}
     assert "no circuit breakers yet" in run("list")
+
+
+def test_list_is_a_per_service_status_view_with_the_fleet_policies(settings):
+    """Configured services show before their first call; each service with fleet policies gets
+    a line of their state in Redis: rate used / limit, cool-down, retry budget, bulkhead."""
+    from integrations import shared_state
+
+    settings.INTEGRATIONS = {
+        "REDIS_URL": settings.REDIS_URL,
+        "SERVICES": {
+            "geocoder": {
+                "RATE_LIMIT": "80/s",
+                "SHARED_COOLDOWN": True,
+                "RETRY_BUDGET": {"RATIO": 0.2, "MIN_RETRIES_PER_SECOND": 1, "WINDOW": 10},
+                "CLUSTER_MAX_CONCURRENCY": 3,
+            },
+            "quiet": {},
+        },
+    }
+    CircuitBreakerFactory(name="exchange-rates", tripped=True)
+    shared_state.start_cooldown("geocoder", 30, "429 from geocoder.lookup")
+    shared_state.take_lease("geocoder", limit=3, lease=30, token="a-call")
+    lines = run("list").splitlines()
+    assert [line.split()[0] for line in lines[1:] if not line.startswith(" ")] == [
+        "exchange-rates",
+        "geocoder",
+        "quiet",
+    ]
+    assert "(no call yet)" in lines[2]
+    fleet = lines[3]
+    assert fleet.startswith("    fleet: rate 0/80 per s; cool-down ")
+    assert "(429 from geocoder.lookup)" in fleet
+    assert "budget 0/10 retries" in fleet
+    assert "in flight 1/3" in fleet
+    assert len(lines) == 5  # exchange-rates and quiet have no fleet policies: no second line
 
 
 def test_reset():

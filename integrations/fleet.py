@@ -1,0 +1,381 @@
+"""Policies that hold for the whole fleet of processes calling a service: the shared rate limit,
+the shared cool-down after a 429, and the bulkhead.
+
+``CallPolicy`` builds one ``FleetGuard`` per call from the service's settings; the runner
+(``integrations.resilience``) calls ``enter`` before each attempt, before the circuit breaker is
+asked (a call refused here never takes a half-open probe's place), and ``leave`` after it. The
+state lives in Redis (``integrations.shared_state``, one round trip per attempt); the decisions,
+the waits and the errors are here.
+
+- **Rate limit** (``RATE_LIMIT``): a GCRA across every process. A call over the limit is given
+  the next free slot and waits for it (the computed time, no polling) when the slot comes before
+  its deadline; else it raises ``RateLimited`` (retryable, ``retry_after`` = when the slot is),
+  and nothing is reserved for it.
+- **Cool-down** (``SHARED_COOLDOWN``): when the vendor answers 429, or 503 with
+  ``Retry-After``, every process stops calling the service until the time it gives (1 s for a
+  429 without one; at most ``MAX_RETRY_AFTER``). A call meeting a cool-down waits for its end
+  when that fits its deadline, else raises ``RateLimited``. Checked in the rate limit's round
+  trip.
+- **Bulkhead** (``MAX_CONCURRENCY`` per process, ``CLUSTER_MAX_CONCURRENCY`` across the
+  fleet): at most that many calls of the service in flight. A call waits for a place within its
+  deadline, else raises ``BulkheadFull``. The process's places are a semaphore; the fleet's are
+  leases in a Redis sorted set, each ending ``BULKHEAD_LEASE_MARGIN`` seconds after the attempt's
+  deadline (which bounds the attempt), so that a killed process's places come back by then. A
+  call waiting for a fleet place asks again every ``BULKHEAD_POLL`` seconds at most (or when the
+  first lease ends, if sooner). Places are taken before the rate-limit slot (a slot is never
+  wasted waiting for a place) and given back as soon as the attempt ends.
+- **Redis unreachable**: the shared policies fail open. The call goes out as if they were off,
+  a warning is logged at most once a minute per process and service, the
+  ``shared_state_unavailable`` signal counts it (``tether_integration_shared_state_errors_total``)
+  and this process does not ask Redis again for ``REDIS_RETRY_INTERVAL`` seconds, so that a Redis
+  that answers nothing costs one call ``REDIS_TIMEOUT`` at most, not every call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tether.fork import after_fork
+
+from . import shared_state
+from .exceptions import (
+    BulkheadFull,
+    CircuitOpenError,
+    IntegrationUnavailable,
+    RateLimited,
+    RateLimitedError,
+)
+from .signals import cooldown_started, shared_state_unavailable
+
+if TYPE_CHECKING:
+    from .policies import RateLimit, RetryBudget
+    from .resilience import BackoffClock
+
+__all__ = [
+    "BULKHEAD_LEASE_MARGIN",
+    "BULKHEAD_POLL",
+    "DEFAULT_COOLDOWN",
+    "REDIS_RETRY_INTERVAL",
+    "WARNING_INTERVAL",
+    "FleetGuard",
+    "Ticket",
+    "forget_unavailable",
+    "in_flight",
+]
+
+logger = logging.getLogger("integrations.fleet")
+
+#: Seconds of cool-down after a 429 that gives no ``Retry-After``.
+DEFAULT_COOLDOWN = 1.0
+#: Seconds this process leaves Redis alone after it could not be asked.
+REDIS_RETRY_INTERVAL = 1.0
+#: Seconds between two warnings, per process and service, that Redis cannot be asked.
+WARNING_INTERVAL = 60.0
+#: Seconds a fleet bulkhead lease outlasts the deadline of the attempt that holds it.
+BULKHEAD_LEASE_MARGIN = 2.0
+#: The longest a call waiting for a fleet bulkhead place sleeps before asking again (seconds).
+BULKHEAD_POLL = 0.02
+
+#: (service, size) -> this process's bulkhead semaphore.
+_semaphores: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+
+_state_lock = threading.Lock()
+#: ``time.monotonic()`` until which this process does not ask Redis (after an error).
+_redis_down_until = 0.0
+#: service -> ``time.monotonic()`` of this process's last warning about Redis.
+_last_warning: dict[str, float] = {}
+
+
+def _forget_after_fork() -> None:
+    global _state_lock
+    _semaphores.clear()  # a child's threads hold none of its parent's places
+    _state_lock = threading.Lock()
+
+
+after_fork(_forget_after_fork)
+
+
+def _semaphore(service: str, size: int) -> threading.BoundedSemaphore:
+    semaphore = _semaphores.get((service, size))
+    if semaphore is None:
+        with _state_lock:
+            semaphore = _semaphores.setdefault((service, size), threading.BoundedSemaphore(size))
+    return semaphore
+
+
+def in_flight(service: str, size: int) -> int:
+    """How many of this process's ``size`` bulkhead places for ``service`` are taken."""
+    semaphore = _semaphores.get((service, size))
+    return 0 if semaphore is None else size - semaphore._value
+
+
+def forget_unavailable() -> None:
+    """Ask Redis again on the next call, and warn again (tests, and after Redis came back)."""
+    global _redis_down_until
+    with _state_lock:
+        _redis_down_until = 0.0
+        _last_warning.clear()
+
+
+def _redis_skipped() -> bool:
+    return time.monotonic() < _redis_down_until
+
+
+def _unavailable(service: str, operation: str, error: shared_state.SharedStateUnavailable) -> None:
+    """Redis could not be asked: fail open, and say so (once a minute in the log)."""
+    global _redis_down_until
+    now = time.monotonic()
+    with _state_lock:
+        _redis_down_until = now + REDIS_RETRY_INTERVAL
+        last = _last_warning.get(service)
+        warn = last is None or now - last >= WARNING_INTERVAL
+        if warn:
+            _last_warning[service] = now
+    if warn:
+        logger.warning(
+            "%s: the shared policies' Redis cannot be asked (%s); calls go out without the "
+            "shared rate limit, cool-down and fleet bulkhead (failing open) until it answers again",
+            service,
+            error,
+            extra={"service": service, "operation": operation, "error_class": str(error)},
+        )
+    shared_state_unavailable.send(sender=service, service=service, error_class=str(error))
+
+
+class Ticket:
+    """The places one attempt holds in its service's bulkheads, handed back to ``leave``."""
+
+    __slots__ = ("process", "token")
+
+    def __init__(self) -> None:
+        self.process: threading.BoundedSemaphore | None = None
+        self.token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FleetGuard:
+    """The shared policies of one service, as resolved for one call."""
+
+    service: str
+    rate_limit: RateLimit | None
+    shared_cooldown: bool
+    max_concurrency: int | None = None
+    cluster_max_concurrency: int | None = None
+    retry_budget: RetryBudget | None = None
+
+    @property
+    def active(self) -> bool:
+        return (
+            self.rate_limit is not None
+            or self.shared_cooldown
+            or self.max_concurrency is not None
+            or self.cluster_max_concurrency is not None
+            or self.retry_budget is not None
+        )
+
+    def enter(
+        self, operation: str, remaining: float, clock: BackoffClock, number: int = 1
+    ) -> Ticket:
+        """Before attempt ``number`` with ``remaining`` seconds to its deadline: take its
+        bulkhead places, then wait for its rate-limit slot (and any cool-down), all within them,
+        counting a first attempt in the retry budget; or raise ``BulkheadFull`` /
+        ``RateLimited`` (holding nothing)."""
+        deadline_at = clock.monotonic() + remaining
+        ticket = Ticket()
+        try:
+            if self.max_concurrency is not None:
+                self._take_process_place(ticket, operation, remaining)
+            if self.cluster_max_concurrency is not None:
+                self._take_fleet_place(ticket, operation, deadline_at, clock)
+            if self.rate_limit is not None or self.shared_cooldown or self.retry_budget:
+                self._wait_for_slot(operation, deadline_at, clock, first=number == 1)
+        except BaseException:
+            self._give_back(ticket, operation)
+            raise
+        return ticket
+
+    def _take_process_place(self, ticket: Ticket, operation: str, remaining: float) -> None:
+        size = self.max_concurrency
+        assert size is not None
+        semaphore = _semaphore(self.service, size)
+        # Waiting is real time, whatever the clock: another thread gives the place back.
+        if not semaphore.acquire(timeout=max(0.0, remaining)):
+            raise BulkheadFull(
+                self.service,
+                operation,
+                f"{size} call(s) already in flight in this process (MAX_CONCURRENCY) until the "
+                "call's deadline",
+            )
+        ticket.process = semaphore
+
+    def _take_fleet_place(
+        self, ticket: Ticket, operation: str, deadline_at: float, clock: BackoffClock
+    ) -> None:
+        size = self.cluster_max_concurrency
+        assert size is not None
+        if _redis_skipped():
+            return
+        token = f"{os.getpid()}-{uuid.uuid4().hex}"
+        while True:
+            left = deadline_at - clock.monotonic()
+            try:
+                taken, wait = shared_state.take_lease(
+                    self.service,
+                    limit=size,
+                    lease=max(0.0, left) + BULKHEAD_LEASE_MARGIN,
+                    token=token,
+                )
+            except shared_state.SharedStateUnavailable as error:
+                _unavailable(self.service, operation, error)
+                return
+            if taken:
+                ticket.token = token
+                return
+            if left <= 0:
+                raise BulkheadFull(
+                    self.service,
+                    operation,
+                    f"{size} call(s) already in flight across the fleet "
+                    "(CLUSTER_MAX_CONCURRENCY) until the call's deadline",
+                )
+            clock.sleep(max(0.001, min(wait, BULKHEAD_POLL, left)))
+
+    def _give_back(self, ticket: Ticket, operation: str) -> None:
+        if ticket.process is not None:
+            ticket.process.release()
+            ticket.process = None
+        token, ticket.token = ticket.token, None
+        if token is not None:
+            try:
+                shared_state.give_back_lease(self.service, token)
+            except shared_state.SharedStateUnavailable as error:  # its lease ends by itself
+                _unavailable(self.service, operation, error)
+
+    def _wait_for_slot(
+        self, operation: str, deadline_at: float, clock: BackoffClock, *, first: bool
+    ) -> None:
+        if _redis_skipped():
+            return
+        limit = self.rate_limit
+        budget = self._budget_args()
+        for _ in range(3):  # a cool-down waited for, then the slot; a new cool-down meanwhile
+            left = deadline_at - clock.monotonic()
+            try:
+                admission = shared_state.admit(
+                    self.service,
+                    interval=limit.interval if limit else None,
+                    burst=limit.burst if limit else 1,
+                    max_wait=max(0.0, left),
+                    cooldown=self.shared_cooldown,
+                    # A retry was counted when the budget allowed it (``allow_retry``).
+                    attempt=shared_state.FIRST_ATTEMPT if first else shared_state.NOT_COUNTED,
+                    budget=budget,
+                )
+            except shared_state.SharedStateUnavailable as error:
+                _unavailable(self.service, operation, error)
+                return
+            wait = admission.wait
+            if admission.code == shared_state.ADMITTED:
+                clock.sleep(wait)
+                return
+            if admission.code == shared_state.COOLING_DOWN and wait < left:
+                clock.sleep(wait)
+                continue
+            raise self._refused(operation, admission)
+        raise RateLimited(
+            self.service, operation, "the vendor's cool-down keeps being renewed", retry_after=1.0
+        )
+
+    def _budget_args(self) -> tuple[float, float, float] | None:
+        budget = self.retry_budget
+        if budget is None:
+            return None
+        return (budget.window, budget.ratio, budget.min_retries)
+
+    def allow_retry(self, operation: str) -> bool:
+        """Whether the service's retry budget allows one more retry now (counting it when it
+        does). True without a budget, or when Redis cannot be asked (failing open)."""
+        budget = self._budget_args()
+        if budget is None or _redis_skipped():
+            return True
+        try:
+            admission = shared_state.admit(
+                self.service,
+                interval=None,
+                burst=1,
+                max_wait=0.0,
+                cooldown=False,
+                attempt=shared_state.RETRY,
+                budget=budget,
+            )
+        except shared_state.SharedStateUnavailable as error:
+            _unavailable(self.service, operation, error)
+            return True
+        if admission.code == shared_state.BUDGET_SPENT:
+            logger.info(
+                "%s.%s: the retry budget (%s) is spent; the failure is raised without retrying",
+                self.service,
+                operation,
+                self.retry_budget,
+                extra={"service": self.service, "operation": operation},
+            )
+            return False
+        return True
+
+    def _refused(self, operation: str, admission: shared_state.Admission) -> RateLimited:
+        if admission.code == shared_state.COOLING_DOWN:
+            reason = f"the vendor asked every caller to wait {admission.wait:.2f}s more (cool-down)"
+        else:
+            reason = (
+                f"the shared rate limit ({self.rate_limit}) has no slot for "
+                f"{admission.wait:.2f}s, past the call's deadline"
+            )
+        return RateLimited(self.service, operation, reason, retry_after=admission.wait)
+
+    def leave(self, operation: str, ticket: Ticket, error: BaseException | None) -> None:
+        """After an attempt (or when it was not made): give its places back; a 429, or a 503
+        with ``Retry-After``, starts the fleet's cool-down."""
+        self._give_back(ticket, operation)
+        if (
+            error is None
+            or not self.shared_cooldown
+            or isinstance(error, RateLimited | CircuitOpenError)
+        ):
+            return
+        seconds: float | None = None
+        if isinstance(error, RateLimitedError):
+            seconds = error.retry_after if error.retry_after is not None else DEFAULT_COOLDOWN
+            reason = "429"
+        elif isinstance(error, IntegrationUnavailable) and error.retry_after is not None:
+            seconds = error.retry_after
+            reason = str(error.status_code or 503)
+        if not seconds or _redis_skipped():
+            return
+        try:
+            started = shared_state.start_cooldown(
+                self.service, seconds, f"{reason} from {self.service}.{operation}"
+            )
+        except shared_state.SharedStateUnavailable as exc:
+            _unavailable(self.service, operation, exc)
+            return
+        if started:
+            cooldown_started.send(
+                sender=self.service,
+                service=self.service,
+                operation=operation,
+                seconds=seconds,
+                status=reason,
+            )
+            logger.warning(
+                "%s: the vendor answered %s; every process holds its calls for %.2fs (cool-down)",
+                self.service,
+                reason,
+                seconds,
+                extra={"service": self.service, "operation": operation, "cooldown": seconds},
+            )

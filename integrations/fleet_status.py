@@ -1,0 +1,141 @@
+"""What operators see of a service's fleet policies: one read of their Redis state.
+
+The admin, the operator API, the ``circuit_breakers list`` command and the Prometheus collector
+all read it through ``fleet_status(service)``, so they agree. Reading never changes anything;
+it costs a few Redis round trips per service, and none for a service without fleet policies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import shared_state
+from .calls import fleet_guard_for
+from .conf import integrations_settings
+
+__all__ = ["FleetStatus", "configured_services", "fleet_status"]
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    """One service's fleet policies and their state now. A policy that is off is None (and
+    its state None too); ``error`` names why Redis could not be read (its state is then None)."""
+
+    service: str
+    #: e.g. ``"80/1s (burst 10)"``.
+    rate_limit: str | None = None
+    #: Calls let out in the last whole second (Redis's clock).
+    rate_used_last_second: int | None = None
+    #: The calls per second the limit allows.
+    rate_per_second: float | None = None
+    shared_cooldown: bool = False
+    #: Seconds left of a cool-down in force (0: none), and what started it.
+    cooldown_left: float | None = None
+    cooldown_reason: str = ""
+    #: e.g. ``"RetryBudget(ratio=0.2, ...)"``, and its counts over its window.
+    retry_budget: str | None = None
+    budget_first_attempts: float | None = None
+    budget_retries: float | None = None
+    #: Retries the budget allows over its window now.
+    budget_retries_allowed: float | None = None
+    max_concurrency: int | None = None
+    cluster_max_concurrency: int | None = None
+    #: Fleet bulkhead places taken now.
+    cluster_in_flight: int | None = None
+    error: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(
+            self.rate_limit
+            or self.shared_cooldown
+            or self.retry_budget
+            or self.max_concurrency
+            or self.cluster_max_concurrency
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line for a list: ``rate 12/80 per s; cool-down 1.2s (429 ...); ...``."""
+        if not self.active:
+            return "-"
+        parts = []
+        if self.error:
+            parts.append(f"Redis unreadable ({self.error})")
+        if self.rate_limit:
+            used = "?" if self.rate_used_last_second is None else self.rate_used_last_second
+            parts.append(f"rate {used}/{self.rate_per_second:g} per s")
+        if self.shared_cooldown or self.cooldown_left:
+            if self.cooldown_left:
+                parts.append(f"cool-down {self.cooldown_left:.1f}s ({self.cooldown_reason})")
+            else:
+                parts.append("no cool-down")
+        if self.retry_budget and self.budget_retries is not None:
+            parts.append(
+                f"budget {self.budget_retries:.0f}/{self.budget_retries_allowed:.0f} retries"
+            )
+        if self.cluster_max_concurrency:
+            used = "?" if self.cluster_in_flight is None else self.cluster_in_flight
+            parts.append(f"in flight {used}/{self.cluster_max_concurrency}")
+        if self.max_concurrency:
+            parts.append(f"per process max {self.max_concurrency}")
+        return "; ".join(parts)
+
+
+def configured_services() -> list[str]:
+    """The services named in ``INTEGRATIONS["SERVICES"]``, sorted."""
+    return sorted(integrations_settings["SERVICES"])
+
+
+def fleet_status(service: str) -> FleetStatus:
+    """The fleet policies of ``service`` and their state in Redis now."""
+    guard = fleet_guard_for(service)
+    if guard is None:
+        return FleetStatus(service)
+    limit, budget = guard.rate_limit, guard.retry_budget
+    fields: dict[str, Any] = {
+        "rate_limit": str(limit) if limit else None,
+        "rate_per_second": limit.calls / limit.period if limit else None,
+        "shared_cooldown": guard.shared_cooldown,
+        "retry_budget": str(budget) if budget else None,
+        "max_concurrency": guard.max_concurrency,
+        "cluster_max_concurrency": guard.cluster_max_concurrency,
+    }
+    needs_redis = (
+        limit is not None
+        or guard.shared_cooldown
+        or budget is not None
+        or guard.cluster_max_concurrency is not None
+    )
+    if not needs_redis:
+        return FleetStatus(service, **fields)
+    try:
+        if limit is not None:
+            fields["rate_used_last_second"] = shared_state.rate_used_last_second(service)
+        left, reason = shared_state.cooldown_left(service)
+        fields["cooldown_left"], fields["cooldown_reason"] = round(left, 3), reason
+        if budget is not None:
+            firsts, retries = shared_state.budget_counts(service, budget.window)
+            fields["budget_first_attempts"] = round(firsts, 1)
+            fields["budget_retries"] = round(retries, 1)
+            fields["budget_retries_allowed"] = round(firsts * budget.ratio + budget.min_retries, 1)
+        if guard.cluster_max_concurrency is not None:
+            fields["cluster_in_flight"] = shared_state.leases_in_force(service)
+    except shared_state.SharedStateUnavailable as exc:
+        return FleetStatus(
+            service, **{k: v for k, v in fields.items() if k in _CONFIG}, error=str(exc)
+        )
+    return FleetStatus(service, **fields)
+
+
+_CONFIG = (
+    "rate_limit",
+    "rate_per_second",
+    "shared_cooldown",
+    "retry_budget",
+    "max_concurrency",
+    "cluster_max_concurrency",
+)
