@@ -25,9 +25,9 @@ from integrations.management.commands.circuit_breakers import (
     EXIT_USAGE,
 )
 from integrations.models import BreakerTransition, CircuitBreaker
-from tether.audit import SYSTEM_USERNAME
 from tests import postgres
 from tests.integrations.factories import CircuitBreakerFactory
+from tether.audit import SYSTEM_USERNAME
 
 pytestmark = pytest.mark.django_db
 
