@@ -28,7 +28,7 @@ def test_one_entry_per_object_in_one_insert(django_user_model, django_assert_num
     ContentType.objects.get_for_model(Group)  # cached for the process, as after the first use
     with django_assert_num_queries(1):
         log_actions(groups, user=user, message="Renamed via code: tidy")
-    rows = LogEntry.objects.order_by("object_id").values_list(
+    rows = LogEntry.objects.order_by("pk").values_list(
         "user__username", "action_flag", "object_id", "object_repr", "change_message"
     )
     assert list(rows) == [
