@@ -218,6 +218,8 @@ def test_exit_codes_from_a_real_shell():
         EXIT_BAD_DATE
     )
     assert shell("bogus").returncode == 2  # argparse's own usage error
+    nobody = shell("reset", "exchange-rates", "--user", "nobody")
+    assert nobody.returncode == EXIT_USAGE and "no user named 'nobody'" in nobody.stderr
     listing = shell("list")
     assert listing.returncode == 0 and "forced_open" in listing.stdout
 
