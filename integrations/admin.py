@@ -4,7 +4,8 @@ and the operator actions.
 Reset, Force open and Disable are buttons on a breaker's page (Django's object-tools). Each asks
 for a reason (required) and, for the holds, an optional ``until``, shows a confirmation page,
 then calls the operator action of ``integrations.breaker`` (the one path that writes
-transitions) with the acting username as actor, and writes a ``LogEntry`` (the History tab).
+transitions) with the acting username as actor, and writes a ``LogEntry`` (the History tab) in
+the same transaction (``integrations.breaker.act_and_log``, as the command and the API do).
 They need the change permission. The changelist has no bulk actions: an action on many
 breakers at once is the ``circuit_breakers`` command's or the operator API's, one call each.
 No breaker is deleted here: a configured service's breaker is recreated on its next call
@@ -21,7 +22,6 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import ImproperlyConfigured, PermissionDenied
-from django.db import transaction
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -39,6 +39,7 @@ from .breaker import (
     MAX_HOLD,
     OPEN,
     Breaker,
+    act_and_log,
     check_until,
     disable_breaker,
     force_open_breaker,
@@ -371,14 +372,17 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
             return self._render_action(request, obj, chosen, form, confirming=True)
         reason: str = form.cleaned_data["reason"]
         until: datetime | None = form.cleaned_data.get("until")
-        kwargs: dict[str, Any] = {"actor": request.user.get_username(), "reason": reason}
-        if chosen.takes_until:
-            kwargs["until"] = until
-        from_state = obj.state
+        kwargs: dict[str, Any] = {"until": until} if chosen.takes_until else {}
         try:
-            with transaction.atomic():
-                row = chosen.run(obj.name, **kwargs)
-                self.log_change(request, row, self._log_message(chosen, from_state, row, reason))
+            row = act_and_log(
+                chosen.run,
+                obj.name,
+                user=request.user,
+                via="admin",
+                actor=request.user.get_username(),
+                reason=reason,
+                **kwargs,
+            )
         except BreakerNotFound:
             self.message_user(request, _("%s no longer exists.") % obj.name, messages.WARNING)
             return HttpResponseRedirect(
@@ -396,15 +400,6 @@ class CircuitBreakerAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(
             reverse(f"{self.admin_site.name}:integrations_circuitbreaker_change", args=[row.pk])
         )
-
-    @staticmethod
-    def _log_message(
-        action: BreakerAction, from_state: str, row: CircuitBreaker, reason: str
-    ) -> str:
-        until = ""
-        if row.forced_until is not None:
-            until = f" until {row.forced_until.astimezone(UTC).isoformat(timespec='seconds')}"
-        return f"{action.label}: {from_state} -> {row.state}{until}. Reason: {reason}"
 
     def _render_action(
         self,

@@ -43,12 +43,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
+from tether.audit import log_actions
 from tether.fork import after_fork
 
 from .conf import integrations_settings
@@ -68,12 +69,14 @@ __all__ = [
     "ManualClock",
     "OperatorAction",
     "Permit",
+    "act_and_log",
     "check_until",
     "clear_local_cache",
     "disable_breaker",
     "flush_successes",
     "force_open_breaker",
     "get_breaker",
+    "operator_log_message",
     "probe_lease_for",
     "reset_breaker",
     "set_breaker_overrides",
@@ -753,6 +756,52 @@ def disable_breaker(
     """Let every call through whatever fails (outcomes are still counted) until a person
     resets it or ``until`` passes; then the breaker is closed again."""
     return _set_state(name, DISABLED, actor=actor, reason=reason, until=until, create=create)
+
+
+#: How the History (``LogEntry``) names each operator action, by the state it leads to.
+ACTION_NAMES = {CLOSED: "Reset", FORCED_OPEN: "Force opened", DISABLED: "Disabled"}
+
+
+def operator_log_message(
+    row: CircuitBreaker, *, from_state: str, via: str, reason: str = ""
+) -> str:
+    """The History's change message of an operator action that left ``row`` as it is, on every
+    surface: ``"<Reset|Force opened|Disabled> via <via>[: <reason>] (<from> -> <to>[, until
+    <UTC ISO 8601>])"``, e.g. ``"Force opened via command circuit_breakers: vendor maintenance
+    (closed -> forced_open, until 2026-12-05T06:00:00+00:00)"``."""
+    until = ""
+    if row.forced_until is not None:
+        until = f", until {row.forced_until.astimezone(UTC).isoformat(timespec='seconds')}"
+    head = f"{ACTION_NAMES.get(row.state, row.state)} via {via}"
+    if reason:
+        head += f": {reason}"
+    return f"{head} ({from_state} -> {row.state}{until})"
+
+
+def act_and_log(
+    action: OperatorAction,
+    name: str,
+    /,
+    *,
+    user: Any,
+    via: str,
+    actor: str,
+    reason: str,
+    **kwargs: Any,
+) -> CircuitBreaker:
+    """Run one operator action (``reset_breaker``, ``force_open_breaker``,
+    ``disable_breaker``; ``kwargs`` such as ``until`` passed on) and write its ``LogEntry`` on
+    the breaker's row by ``user`` (the system user if None; ``tether.audit.log_actions``), in
+    the transaction of its transition: both are written, or neither (``BreakerNotFound``,
+    ``InvalidExpiry``). ``via`` names the surface (``"admin"``, ``"command circuit_breakers"``,
+    ``"operator API"``); ``actor`` is the transition's. Returns the row as it is now."""
+    with transaction.atomic():
+        row = action(name, actor=actor, reason=reason, **kwargs)
+        # The transition just written (the row stays locked until this transaction ends).
+        from_state = row.transitions.order_by("-id").values_list("from_state", flat=True)[0]
+        message = operator_log_message(row, from_state=from_state, via=via, reason=reason)
+        log_actions([row], user=user, message=message)
+    return row
 
 
 def set_breaker_overrides(name: str, overrides: Mapping[str, int | float | None]) -> None:

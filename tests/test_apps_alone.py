@@ -114,3 +114,13 @@ def test_integrations_alone(project):
         "circuit_breakers", "disable", "rates", "--reason", "flapping", "--until", until
     )
     assert "disabled" in integrations.manage("circuit_breakers", "list")
+    history = integrations.manage(
+        "shell",
+        "-c",
+        "from django.contrib.admin.models import LogEntry; "
+        "print([(e.user.username, e.change_message) for e in LogEntry.objects.all()])",
+    )
+    assert (
+        "('tether-system', 'Disabled via command circuit_breakers: flapping "
+        "(closed -> disabled, until "
+    ) in history

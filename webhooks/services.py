@@ -16,12 +16,12 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from django.apps import apps
-from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import DateTimeField, F, Q, QuerySet, Value, Window
 from django.db.models.functions import Coalesce, Greatest, RowNumber
 from django.utils import timezone
+
+from tether.audit import SYSTEM_USERNAME, log_actions, system_user
 
 from .conf import processing_setting
 from .exceptions import BrokerUnavailable
@@ -60,36 +60,15 @@ CHUNK_SIZE = 500
 ATTEMPTS_KEPT_PER_EVENT = 50
 #: The longest reason an operator may give for an action, in characters.
 REASON_MAX_CHARS = 1000
-#: The user an operator action is recorded under when no user is given (a command run without
-#: ``--user``, code calling these functions): an inactive user with an unusable password,
-#: created on first use.
-SYSTEM_USERNAME = "tether-system"
-
-
-def system_user() -> Any:
-    """The ``SYSTEM_USERNAME`` user, created (inactive, unusable password) if missing."""
-    user_model = get_user_model()
-    user, created = user_model._default_manager.get_or_create(
-        **{user_model.USERNAME_FIELD: SYSTEM_USERNAME}, defaults={"is_active": False}
-    )
-    if created:
-        user.set_unusable_password()
-        user.save(update_fields=["password"])
-    return user
+# SYSTEM_USERNAME and system_user (tether.audit) are importable from here, as they always were.
 
 
 def _log_action(events: Sequence[WebhookEvent], *, actor: Any, action: str, via: str,
                 reason: str) -> None:  # fmt: skip
-    """One ``LogEntry`` (the admin's History) per event, in one INSERT, in the caller's
-    transaction: ``"<action> via <via>: <reason>"`` by ``actor`` (``system_user()`` if None).
-    Nothing when ``django.contrib.admin`` is not installed (there is no LogEntry table)."""
-    if not events or not apps.is_installed("django.contrib.admin"):
-        return
-    from django.contrib.admin.models import CHANGE, LogEntry
-
+    """The events' History entries (``tether.audit.log_actions``): ``"<action> via <via>:
+    <reason>"`` by ``actor`` (the system user if None), in the caller's transaction."""
     message = f"{action} via {via}" + (f": {reason}" if reason else "")
-    user = actor if actor is not None else system_user()
-    LogEntry.objects.log_actions(user.pk, list(events), CHANGE, change_message=message)
+    log_actions(events, user=actor, message=message)
 
 
 def _bounded_reason(reason: str) -> str:

@@ -98,7 +98,13 @@ class CircuitBreakerDetailSerializer(CircuitBreakerSerializer):
 class BreakerActionSerializer(serializers.Serializer):
     """Body of reset, open and disable: why, and (open, disable) until when."""
 
-    reason = serializers.CharField(max_length=500, allow_blank=True, required=False, default="")
+    reason = serializers.CharField(
+        max_length=500,
+        allow_blank=True,
+        required=False,
+        default="",
+        help_text="Why; recorded in the transition and the breaker's History (LogEntry).",
+    )
 
     def validate_reason(self, value: str) -> str:
         return value.strip()
@@ -106,7 +112,9 @@ class BreakerActionSerializer(serializers.Serializer):
 
 class BreakerHoldSerializer(BreakerActionSerializer):
     reason = serializers.CharField(
-        max_length=500, help_text="Why; recorded in the transition (required)."
+        max_length=500,
+        help_text="Why; recorded in the transition and the breaker's History (LogEntry) "
+        "(required).",
     )
     until = DateOrDateTimeField(
         required=False,

@@ -1,7 +1,8 @@
 """Circuit breakers API: list, detail with recent transitions, reset, open, disable.
 
 Thin views over the operator actions of ``integrations.breaker``; each action is recorded as a
-``BreakerTransition`` with the actor ``api:<username>`` and the reason given.
+``BreakerTransition`` with the actor ``api:<username>`` and the reason given, and, in the same
+transaction, as a ``LogEntry`` on the breaker (the admin's History) by the request's user.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from rest_framework.response import Response
 
 from tether.api.base import OperatorAPIMixin
 
-from ..breaker import OperatorAction, disable_breaker, force_open_breaker, reset_breaker
+from ..breaker import (
+    OperatorAction,
+    act_and_log,
+    disable_breaker,
+    force_open_breaker,
+    reset_breaker,
+)
 from ..conf import integrations_settings
 from ..exceptions import BreakerNotFound, InvalidExpiry
 from ..models import CircuitBreaker
@@ -29,6 +36,8 @@ from .serializers import (
 
 VIEW = "integrations.view_circuitbreaker"
 CHANGE = "integrations.change_circuitbreaker"
+#: How the History (LogEntry) names this way of acting.
+VIA = "operator API"
 
 
 def api_actor(request: Request) -> str:
@@ -75,8 +84,11 @@ class CircuitBreakerViewSet(OperatorAPIMixin, viewsets.ReadOnlyModelViewSet):
         body = serializer_class(data=self.request.data)
         body.is_valid(raise_exception=True)
         try:
-            breaker = operator_action(
+            breaker = act_and_log(
+                operator_action,
                 name,
+                user=self.request.user,
+                via=VIA,
                 actor=api_actor(self.request),
                 **body.validated_data,
             )

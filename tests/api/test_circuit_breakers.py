@@ -1,19 +1,22 @@
 """The circuit breakers API: list, detail with recent transitions, reset, open, disable.
 
 Every action goes through the operator actions of ``integrations.breaker`` and is recorded as a
-transition with the actor ``api:<username>``; the effect on real calls is checked through
-``get_breaker``."""
+transition with the actor ``api:<username>`` and as a ``LogEntry`` (the admin's History) by the
+request's user; the effect on real calls is checked through ``get_breaker``."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import pytest
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.contenttypes.models import ContentType
 from django.utils import timezone
 
 from integrations.breaker import MAX_HOLD, clear_local_cache, get_breaker
 from integrations.exceptions import CircuitOpenError
 from integrations.models import BreakerState, BreakerTransition, CircuitBreaker
+from tests.api.conftest import client_for, make_user
 from tests.integrations.factories import BreakerTransitionFactory, CircuitBreakerFactory
 
 pytestmark = pytest.mark.django_db
@@ -70,6 +73,7 @@ def test_unknown_breaker_is_404_for_reads_and_actions(api):
         response = api.post(url("nope", action), {"reason": "x"}, format="json")
         assert response.status_code == 404, action
     assert not CircuitBreaker.objects.exists()
+    assert not LogEntry.objects.exists()
 
 
 def test_open_holds_the_breaker_open_for_real_calls(api, superuser):
@@ -147,6 +151,7 @@ def test_bad_action_bodies_are_400_and_change_nothing(api, action, body, field):
     assert field in response.json()
     assert CircuitBreaker.objects.get(name="stripe").state == "closed"
     assert not BreakerTransition.objects.exists()
+    assert not LogEntry.objects.exists()
 
 
 def test_open_until_the_furthest_allowed_instant_is_stored_and_read_back(api):
@@ -226,3 +231,80 @@ def test_fleet_policies_with_redis_down_say_why(api, settings):
     fleet = api.get(url("geocoder")).json()["fleet"]
     assert fleet["error"] == "ConnectionError"
     assert fleet["rate_limit"] == "80/1s (burst 1)" and fleet["rate_used_last_second"] is None
+
+
+# -- the History (LogEntry) of each action ----------------------------------------------------
+
+
+def history(breaker: CircuitBreaker) -> list[tuple[str, int, str]]:
+    entries = LogEntry.objects.filter(
+        content_type=ContentType.objects.get_for_model(CircuitBreaker), object_id=str(breaker.pk)
+    )
+    return list(
+        entries.order_by("pk").values_list("user__username", "action_flag", "change_message")
+    )
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        ("reset", "Reset via operator API: INC-7 (open -> closed)"),
+        ("open", "Force opened via operator API: INC-7 (open -> forced_open)"),
+        ("disable", "Disabled via operator API: INC-7 (open -> disabled)"),
+    ],
+)
+def test_each_action_writes_a_log_entry_by_the_request_user(action, message):
+    operator = make_user(
+        "oncall",
+        staff=True,
+        perms=("integrations.view_circuitbreaker", "integrations.change_circuitbreaker"),
+    )
+    breaker = CircuitBreakerFactory(name="stripe", tripped=True)
+    response = client_for(operator).post(url("stripe", action), {"reason": "INC-7"}, format="json")
+    assert response.status_code == 200
+    assert history(breaker) == [("oncall", CHANGE, message)]
+
+
+def test_the_log_entry_names_the_until_in_utc(api, superuser):
+    breaker = CircuitBreakerFactory(name="stripe")
+    until = (timezone.now() + dt.timedelta(hours=1)).replace(microsecond=0)
+    body = {"reason": "maintenance", "until": until.isoformat()}
+    assert api.post(url("stripe", "disable"), body, format="json").status_code == 200
+    assert history(breaker) == [
+        (
+            superuser.username,
+            CHANGE,
+            "Disabled via operator API: maintenance (closed -> disabled, "
+            f"until {until.astimezone(dt.UTC).isoformat()})",
+        )
+    ]
+
+
+def test_a_reset_without_reason_is_logged_without_one(api, superuser):
+    breaker = CircuitBreakerFactory(name="stripe", tripped=True)
+    assert api.post(url("stripe", "reset")).status_code == 200
+    assert history(breaker) == [
+        (superuser.username, CHANGE, "Reset via operator API (open -> closed)")
+    ]
+
+
+def test_a_configured_service_opened_before_its_first_call_is_logged(api, settings, superuser):
+    settings.INTEGRATIONS = {"SERVICES": {"geocoder": {}}}
+    response = api.post(url("geocoder", "open"), {"reason": "not yet"}, format="json")
+    assert response.status_code == 200
+    breaker = CircuitBreaker.objects.get(name="geocoder")
+    assert history(breaker) == [
+        (
+            superuser.username,
+            CHANGE,
+            "Force opened via operator API: not yet (closed -> forced_open)",
+        )
+    ]
+
+
+def test_a_user_without_the_change_permission_writes_nothing():
+    viewer = make_user("viewer", staff=True, perms=("integrations.view_circuitbreaker",))
+    CircuitBreakerFactory(name="stripe", tripped=True)
+    response = client_for(viewer).post(url("stripe", "reset"), {"reason": "x"}, format="json")
+    assert response.status_code == 403
+    assert not BreakerTransition.objects.exists() and not LogEntry.objects.exists()

@@ -8,13 +8,14 @@ import datetime as dt
 import math
 from typing import Any
 
+from tether.audit import EXIT_USAGE, add_user_argument, command_user
 from tether.dates import parse_when
 
 from ..providers.base import MAX_ID_LENGTH
 
 # Exit codes of the webhooks commands.
 EXIT_OK = 0
-EXIT_USAGE = 2  # bad input, as argparse itself uses
+# EXIT_USAGE (2, tether.audit): bad input, as argparse itself uses.
 EXIT_BROKER_UNAVAILABLE = 3
 EXIT_NOT_ALL_PROCESSED = 4
 
@@ -92,16 +93,9 @@ def reason_text(value: str) -> str:
 
 
 def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--user`` and ``--reason``: whom the action's History entries (``LogEntry``) name, and
-    why."""
-    from ..services import SYSTEM_USERNAME
-
-    parser.add_argument(
-        "--user",
-        metavar="USERNAME",
-        help="The existing user the History records as having done this (default: the "
-        f"inactive system user {SYSTEM_USERNAME!r}, created on first use).",
-    )
+    """``--user`` (``tether.audit.add_user_argument``) and ``--reason``: whom the action's
+    History entries (``LogEntry``) name, and why."""
+    add_user_argument(parser)
     parser.add_argument(
         "--reason",
         type=reason_text,
@@ -112,18 +106,8 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
 
 def audit_actor(options: dict[str, Any]) -> Any:
     """The user ``--user`` names (None: the services use the system user); a ``CommandError``
-    if there is none by that name."""
-    from django.contrib.auth import get_user_model
-    from django.core.management.base import CommandError
-
-    username = options.get("user")
-    if not username:
-        return None
-    user_model = get_user_model()
-    try:
-        return user_model._default_manager.get_by_natural_key(username)
-    except user_model.DoesNotExist:
-        raise CommandError(f"--user: no user named {username!r}", returncode=EXIT_USAGE) from None
+    with ``EXIT_USAGE`` if there is none by that name."""
+    return command_user(options, returncode=EXIT_USAGE)
 
 
 def add_event_filter_arguments(parser: argparse.ArgumentParser, *, verb: str) -> None:

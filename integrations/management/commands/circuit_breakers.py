@@ -5,12 +5,18 @@
 and counts and, on the line below it, its fleet policies (rate limit used / limit, cool-down,
 retry budget, bulkhead in use; ``integrations.fleet_status``).
 
-Exit codes: 0 done; 2 bad usage (missing NAME or --reason); 3 no breaker with that name;
-4 bad --until (not ISO 8601, not in the future, or more than 366 days ahead).
+Each action is recorded as a transition (actor ``cli:<OS user>``) and, in the same transaction,
+as a ``LogEntry`` on the breaker (the admin's History) naming the ``--user`` given, or the
+system user ``tether-system``.
+
+Exit codes: 0 done; 2 bad usage (missing NAME or --reason, a --reason over 500 characters, an
+unknown --user); 3 no breaker with that name; 4 bad --until (not ISO 8601, not in the future,
+or more than 366 days ahead).
 """
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import os
 from typing import Any
@@ -19,6 +25,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from integrations.breaker import (
     OperatorAction,
+    act_and_log,
     disable_breaker,
     force_open_breaker,
     reset_breaker,
@@ -26,11 +33,22 @@ from integrations.breaker import (
 from integrations.exceptions import BreakerNotFound, InvalidExpiry
 from integrations.fleet_status import configured_services, fleet_status
 from integrations.models import CircuitBreaker
+from integrations.storage import LAST_ERROR_MAX
+from tether.audit import EXIT_USAGE, add_user_argument, command_user
 from tether.dates import parse_when
 
-EXIT_USAGE = 2
 EXIT_UNKNOWN_BREAKER = 3
 EXIT_BAD_DATE = 4
+#: How the History names this way of acting.
+VIA = "command circuit_breakers"
+#: The longest --reason: the transition's ``reason`` column, as the admin and the API allow.
+REASON_MAX = LAST_ERROR_MAX
+
+
+def reason_text(value: str) -> str:
+    if len(value) > REASON_MAX:
+        raise argparse.ArgumentTypeError(f"the reason is longer than {REASON_MAX} characters")
+    return value
 
 
 def cli_actor() -> str:
@@ -46,7 +64,8 @@ class Command(BaseCommand):
     help = (
         "List every service's circuit breaker and fleet policies (rate limit, cool-down, retry "
         "budget, bulkhead), or reset, force open or disable one. Each change is recorded "
-        "as a transition with actor 'cli:<OS user>'. Exit codes: 0 done, 2 bad usage, "
+        "as a transition with actor 'cli:<OS user>' and in the breaker's History (LogEntry) "
+        "by --user. Exit codes: 0 done, 2 bad usage (an unknown --user too), "
         "3 unknown breaker, 4 bad --until."
     )
 
@@ -60,10 +79,12 @@ class Command(BaseCommand):
         parser.add_argument("name", nargs="?", help="The breaker (service) name.")
         parser.add_argument(
             "--reason",
+            type=reason_text,
             default="",
-            help="Why: recorded in the transition. Required for open and disable; "
-            "default for reset: 'reset'.",
+            help="Why: recorded in the transition and the History (at most 500 characters). "
+            "Required for open and disable; default for reset: 'reset'.",
         )
+        add_user_argument(parser)
         parser.add_argument(
             "--until",
             default=None,
@@ -83,6 +104,7 @@ class Command(BaseCommand):
             raise CommandError("--until applies to open and disable only", returncode=EXIT_USAGE)
         if action in ("open", "disable") and not reason:
             raise CommandError(f"{action} needs --reason TEXT", returncode=EXIT_USAGE)
+        user = command_user(options, returncode=EXIT_USAGE)
         try:
             until = parse_when(until_text) if until_text else None
         except ValueError as exc:
@@ -92,12 +114,17 @@ class Command(BaseCommand):
             "open": force_open_breaker,
             "disable": disable_breaker,
         }
-        act = actions[action]
-        kwargs: dict[str, Any] = {"actor": cli_actor(), "reason": reason}
-        if action != "reset":
-            kwargs["until"] = until
+        kwargs: dict[str, Any] = {} if action == "reset" else {"until": until}
         try:
-            breaker = act(name, **kwargs)
+            breaker = act_and_log(
+                actions[action],
+                name,
+                user=user,
+                via=VIA,
+                actor=cli_actor(),
+                reason=reason,
+                **kwargs,
+            )
         except BreakerNotFound as exc:
             known = ", ".join(CircuitBreaker.objects.values_list("name", flat=True)[:20])
             raise CommandError(

@@ -263,7 +263,10 @@ def test_until_within_bounds_is_confirmed_then_kept_and_logged(admin_client):
     breaker.refresh_from_db()
     assert breaker.state == "disabled" and breaker.forced_until == until
     [entry] = _log_entries(breaker)
-    assert f"until {until.astimezone(UTC).isoformat()}" in entry.get_change_message()
+    assert entry.get_change_message() == (
+        "Disabled via admin: vendor flaky, calls must go (closed -> disabled, "
+        f"until {until.astimezone(UTC).isoformat()})"
+    )
 
 
 def test_an_until_that_passed_while_confirming_is_refused(admin_client):

@@ -1,4 +1,5 @@
-"""``circuit_breakers list|reset|open|disable``: every mode, bad input, exit codes."""
+"""``circuit_breakers list|reset|open|disable``: every mode, bad input, exit codes, and the
+History (``LogEntry``) each action writes by ``--user`` or the system user."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import getpass
 import os
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, timedelta
 from io import StringIO
 from pathlib import Path
 
 import pytest
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.contenttypes.models import ContentType
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
@@ -24,6 +27,7 @@ from integrations.management.commands.circuit_breakers import (
 from integrations.models import BreakerTransition, CircuitBreaker
 from tests import postgres
 from tests.integrations.factories import CircuitBreakerFactory
+from tether.audit import SYSTEM_USERNAME
 
 pytestmark = pytest.mark.django_db
 
@@ -250,5 +254,95 @@ def test_exit_codes_from_a_real_shell():
         EXIT_BAD_DATE
     )
     assert shell("bogus").returncode == 2  # argparse's own usage error
+    nobody = shell("reset", "exchange-rates", "--user", "nobody")
+    assert nobody.returncode == EXIT_USAGE and "no user named 'nobody'" in nobody.stderr
     listing = shell("list")
     assert listing.returncode == 0 and "forced_open" in listing.stdout
+
+
+# -- the History (LogEntry) of each action ----------------------------------------------------
+
+
+def history(breaker: CircuitBreaker) -> list[tuple[str, int, str]]:
+    entries = LogEntry.objects.filter(
+        content_type=ContentType.objects.get_for_model(CircuitBreaker), object_id=str(breaker.pk)
+    )
+    return list(
+        entries.order_by("pk").values_list("user__username", "action_flag", "change_message")
+    )
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        ("reset", "Reset via command circuit_breakers: INC-7 (open -> closed)"),
+        ("open", "Force opened via command circuit_breakers: INC-7 (open -> forced_open)"),
+        ("disable", "Disabled via command circuit_breakers: INC-7 (open -> disabled)"),
+    ],
+)
+def test_each_action_writes_a_log_entry_by_the_user_given(django_user_model, action, message):
+    django_user_model.objects.create_user("alice")
+    breaker = CircuitBreakerFactory(name="exchange-rates", tripped=True)
+    run(action, "exchange-rates", "--reason", "INC-7", "--user", "alice")
+    assert history(breaker) == [("alice", CHANGE, message)]
+    assert BreakerTransition.objects.get().actor == ACTOR  # the transition keeps the OS user
+
+
+def test_the_log_entry_names_the_until_in_utc():
+    breaker = CircuitBreakerFactory(name="exchange-rates")
+    until = (timezone.now() + timedelta(hours=2)).replace(microsecond=0)
+    run("open", "exchange-rates", "--reason", "maintenance", "--until", until.isoformat())
+    [(_, _, message)] = history(breaker)
+    assert message == (
+        "Force opened via command circuit_breakers: maintenance (closed -> forced_open, "
+        f"until {until.astimezone(UTC).isoformat()})"
+    )
+
+
+def test_without_user_the_log_entry_names_the_inactive_system_user(django_user_model):
+    breaker = CircuitBreakerFactory(name="exchange-rates", tripped=True)
+    run("reset", "exchange-rates")
+    assert history(breaker) == [
+        (SYSTEM_USERNAME, CHANGE, "Reset via command circuit_breakers (open -> closed)")
+    ]
+    system = django_user_model.objects.get(username=SYSTEM_USERNAME)
+    assert not system.is_active and not system.has_usable_password()
+
+
+def test_an_unknown_user_is_a_usage_error_and_changes_nothing():
+    breaker = CircuitBreakerFactory(name="exchange-rates", tripped=True)
+    message = expect_error(EXIT_USAGE, "reset", "exchange-rates", "--user", "mallory")
+    assert message == "--user: no user named 'mallory'"
+    assert CircuitBreaker.objects.get().state == "open"
+    assert not BreakerTransition.objects.exists() and not history(breaker)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("open", "exchange-rates", "--reason", "x", "--until", "2001-01-01"),
+        ("open", "exchange-rates", "--reason", "x", "--until", "soon"),
+        ("disable", "exchange-rates", "--reason", "x", "--until", "9999-12-31T23:59:59-23:59"),
+    ],
+)
+def test_a_refused_until_writes_no_log_entry(args):
+    breaker = CircuitBreakerFactory(name="exchange-rates")
+    expect_error(EXIT_BAD_DATE, *args)
+    assert not history(breaker) and not LogEntry.objects.exists()
+
+
+@pytest.mark.parametrize("action", ["reset", "open", "disable"])
+def test_an_unknown_breaker_writes_no_log_entry(action):
+    CircuitBreakerFactory(name="exchange-rates")
+    expect_error(EXIT_UNKNOWN_BREAKER, action, "nope", "--reason", "x")
+    assert not LogEntry.objects.exists()
+
+
+def test_the_reason_is_bounded_like_the_admins_and_the_apis():
+    breaker = CircuitBreakerFactory(name="exchange-rates", tripped=True)
+    run("reset", "exchange-rates", "--reason", "r" * 500)
+    assert BreakerTransition.objects.get().reason == "r" * 500
+    with pytest.raises(CommandError, match="longer than 500 characters"):
+        run("open", "exchange-rates", "--reason", "r" * 501)
+    assert CircuitBreaker.objects.get().state == "closed"
+    assert len(history(breaker)) == 1
