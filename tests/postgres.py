@@ -25,3 +25,8 @@ SQL = pytest.mark.postgres("SQL written for PostgreSQL in the test (::timestampt
 SUBPROCESS = pytest.mark.postgres(
     "a subprocess on tests.worker_settings, which connects to the PostgreSQL test database"
 )
+#: The admin's search by a payload value, which only PostgreSQL offers (elsewhere the search box
+#: finds event ids only).
+PAYLOAD_SEARCH = pytest.mark.postgres("search by a payload value, offered on PostgreSQL only")
+#: A trigger written in PL/pgSQL by the test, to make the database fail on cue.
+TRIGGERS = pytest.mark.postgres("a PL/pgSQL trigger the test creates to make a statement fail")

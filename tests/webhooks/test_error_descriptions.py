@@ -9,6 +9,7 @@ import logging
 import pytest
 from django.db import connection
 
+from tests import postgres
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import on, processing, tasks
 from webhooks.models import WebhookEvent
@@ -112,6 +113,7 @@ def test_an_error_outside_the_handlers_is_described_by_its_first_line_only():
     assert processing.describe_outside_error(KeyError()) == "KeyError"
 
 
+@postgres.TRIGGERS
 @pytest.mark.django_db
 def test_a_database_error_outside_the_handlers_logs_its_message_not_its_detail(caplog):
     """A real PostgreSQL error in the claim (a trigger refuses the UPDATE, with a DETAIL line
