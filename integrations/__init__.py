@@ -5,10 +5,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["BreakerPolicy", "RetryPolicy", "ServiceClient", "Timeout", "with_fallback"]
+__all__ = [
+    "BreakerPolicy",
+    "BulkheadFull",
+    "RateLimited",
+    "RetryPolicy",
+    "ServiceClient",
+    "Timeout",
+    "with_fallback",
+]
 
 if TYPE_CHECKING:
     from .client import ServiceClient
+    from .exceptions import BulkheadFull, RateLimited
     from .fallback import with_fallback
     from .policies import BreakerPolicy, RetryPolicy, Timeout
 
@@ -18,6 +27,8 @@ _LOCATIONS = {
     "BreakerPolicy": "policies",
     "RetryPolicy": "policies",
     "Timeout": "policies",
+    "RateLimited": "exceptions",
+    "BulkheadFull": "exceptions",
 }
 
 

@@ -17,7 +17,7 @@ that strangers cannot grow the label set):
 - ``tether_webhooks_processed_total{endpoint}``, ``..._failed_total``, ``..._ignored_total``.
 - ``tether_webhook_processing_seconds{endpoint}``: histogram, last attempt start to processed.
 - ``tether_webhook_end_to_end_seconds{endpoint}``: histogram, received to processed.
-- ``tether_webhooks_stuck{endpoint}``: gauge at scrape time, events the sweeper would requeue.
+- ``tether_webhooks_stuck{endpoint}``: gauge at scrape time, events stuck past ``STUCK_AFTER``.
 
 With several processes per host, see ``tether.metrics`` (``PROMETHEUS_MULTIPROC_DIR``).
 """
@@ -121,7 +121,7 @@ class StuckEventsCollector:
     """``tether_webhooks_stuck{endpoint}``, counted in the database at scrape time."""
 
     name = "tether_webhooks_stuck"
-    documentation = "Events the sweeper would requeue now (older than WEBHOOKS['STUCK_AFTER'])."
+    documentation = "Events stuck past WEBHOOKS['STUCK_AFTER'] (requeued or not yet)."
 
     def describe(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily

@@ -108,3 +108,12 @@ def test_the_default_message_without_docstrings_is_the_class_name():
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "svc.op: RateLimitedError"
+
+
+def test_the_fleet_policies_errors_are_importable_from_the_package():
+    import integrations
+    from integrations.exceptions import BulkheadFull, IntegrationError, RateLimited
+
+    assert integrations.RateLimited is RateLimited
+    assert integrations.BulkheadFull is BulkheadFull
+    assert issubclass(RateLimited, IntegrationError) and issubclass(BulkheadFull, IntegrationError)
