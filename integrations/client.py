@@ -234,6 +234,24 @@ def _base(base_url: str) -> tuple[str, Origin, str]:
     return base_url.rstrip("/"), _origin(url), prefix.rstrip("/")
 
 
+#: The longest URL text whose parse is remembered by ``_parsed``.
+_PARSED_MAX_CHARS = 2048
+
+
+@functools.lru_cache(maxsize=512)
+def _parsed_cached(text: str) -> httpx.URL:
+    return httpx.URL(text)
+
+
+def _parsed(text: str) -> httpx.URL:
+    """``httpx.URL(text)``, remembered for the 512 latest short URLs: a service calls the same
+    few URLs over and over, and parsing one is most of what a call refused by an open breaker
+    costs. ``httpx.URL`` is immutable, so one parse can serve every call."""
+    if len(text) > _PARSED_MAX_CHARS:
+        return httpx.URL(text)
+    return _parsed_cached(text)
+
+
 @functools.lru_cache(maxsize=128)
 def _origins(urls: tuple[str, ...]) -> frozenset[Origin]:
     return frozenset(_origin(httpx.URL(url)) for url in urls)
@@ -501,9 +519,9 @@ class ServiceClient:
         absolute = _ABSOLUTE.match(path) is not None
         try:
             if absolute:
-                url = httpx.URL(f"{origin[0]}:{path}" if path.startswith("//") else path)
+                url = _parsed(f"{origin[0]}:{path}" if path.startswith("//") else path)
             else:  # after the "/" we put, nothing in ``path`` can change the base's authority
-                url = httpx.URL(joined + "/" + path.lstrip("/"))
+                url = _parsed(joined + "/" + path.lstrip("/"))
         except httpx.InvalidURL as exc:
             raise DisallowedURLError(
                 self.service, operation, f"{method} refused: not a valid URL", cause=exc
