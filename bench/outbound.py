@@ -76,7 +76,12 @@ TARGETS = {
     "all_policies_over_a": 1.15,
 }
 #: Reported next to the targets, without one of their own.
-EXTRA_KEYS = ["pybreaker_redis_over_a", "rate_limited_over_a", "limits_peer_over_a"]
+EXTRA_KEYS = [
+    "pybreaker_redis_over_a",
+    "rate_limited_over_a",
+    "limits_peer_over_a",
+    "redis_round_trip_us",
+]
 CASES = {
     "a": "(a) bare httpx.Client",
     "b": "(b) ServiceClient, breaker closed",
@@ -86,6 +91,7 @@ CASES = {
     "f": "(f) (b) + shared rate limit",
     "g": "(g) (b) + all shared policies",
     "h": "(h) limits (Redis) + bare",
+    "i": "(i) one Redis PING + bare",
 }
 
 
@@ -238,6 +244,15 @@ def build_cases(base_url: str) -> dict[str, Callable[[], object]]:
             raise BenchError("the limits library refused a call under a limit never reached")
         return limits_bare()
 
+    # (i): the physical floor of "one Redis round trip": a PING on the same server, then the bare
+    # call. What (f) adds to (b) beyond what (i) adds to (a) is the script's own work.
+    ping_client = redis.Redis.from_url(settings.REDIS_URL)
+    ping_bare = bare_with(httpx.Client(base_url=base_url, timeout=timeout))
+
+    def with_ping() -> object:
+        ping_client.ping()
+        return ping_bare()
+
     @tenacity.retry(
         stop=tenacity.stop_after_attempt(3),
         wait=tenacity.wait_random_exponential(multiplier=0.5, max=8.0),
@@ -256,6 +271,7 @@ def build_cases(base_url: str) -> dict[str, Callable[[], object]]:
         "f": service_limited,
         "g": service_all_policies,
         "h": with_limits,
+        "i": with_ping,
     }
 
 
@@ -321,6 +337,7 @@ def report(samples: dict[str, list[float]], queries: dict[str, int]) -> dict:
         "all_policies_over_a": round(stats["g"]["median_us"] / a, 3),
         "limits_peer_over_a": round(stats["h"]["median_us"] / a, 3),
         "rate_limit_added_us": round(stats["f"]["median_us"] - stats["b"]["median_us"], 1),
+        "redis_round_trip_us": round(stats["i"]["median_us"] - a, 1),
     }
     checks = []
     at_most = ("b_over_a", "rate_limit_added_us", "all_policies_over_a")
@@ -332,7 +349,8 @@ def report(samples: dict[str, list[float]], queries: dict[str, int]) -> dict:
     print(f"tenacity alone: {stats['e']['median_us'] / a:.2f}x (a) on the median")
     print(
         f"shared rate limit: ours adds {stats['f']['median_us'] - stats['b']['median_us']:.1f} µs "
-        f"to (b); the limits library adds {stats['h']['median_us'] - a:.1f} µs to (a)"
+        f"to (b); the limits library adds {stats['h']['median_us'] - a:.1f} µs to (a); "
+        f"one Redis PING adds {stats['i']['median_us'] - a:.1f} µs to (a)"
     )
     print("ratios: " + "; ".join(checks))
     return summary
@@ -347,6 +365,11 @@ def clean_up(keep_db: bool) -> None:
               lambda: clear_pybreaker_keys(redis.Redis.from_url(settings.REDIS_URL)))]  # fmt: skip
     if not keep_db:
         steps.insert(0, ("drop the database", drop_database))
+    # The breakers' batched successes are written before the database goes, not at exit into a
+    # database that no longer exists.
+    from integrations.breaker import flush_successes
+
+    steps.insert(0, ("write the breakers' batched successes", flush_successes))
     for what, step in steps:
         try:
             step()
