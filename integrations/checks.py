@@ -103,28 +103,19 @@ def _check_shared_policies(entry: Mapping[str, Any], where: str) -> list[CheckMe
     from .policies import RateLimit, RetryBudget
 
     errors: list[CheckMessage] = []
-    if "RATE_LIMIT" in entry:
+    parsed = (
+        ("RATE_LIMIT", RateLimit.parse,
+         'For example "100/s", "6000/m", or {"RATE": "80/s", "BURST": 10}.'),
+        ("RETRY_BUDGET", RetryBudget.parse,
+         'For example {"RATIO": 0.2, "MIN_RETRIES_PER_SECOND": 1, "WINDOW": 10}.'),
+    )  # fmt: skip
+    for key, parse, hint in parsed:
+        if key not in entry:
+            continue
         try:
-            RateLimit.parse(entry["RATE_LIMIT"], f'{where}["RATE_LIMIT"]')
+            parse(entry[key], f'{where}["{key}"]')
         except ImproperlyConfigured as exc:
-            errors.append(
-                Error(
-                    str(exc),
-                    hint='For example "100/s", "6000/m", or {"RATE": "80/s", "BURST": 10}.',
-                    id="integrations.E011",
-                )
-            )
-    if "RETRY_BUDGET" in entry:
-        try:
-            RetryBudget.parse(entry["RETRY_BUDGET"], f'{where}["RETRY_BUDGET"]')
-        except ImproperlyConfigured as exc:
-            errors.append(
-                Error(
-                    str(exc),
-                    hint='For example {"RATIO": 0.2, "MIN_RETRIES_PER_SECOND": 1, "WINDOW": 10}.',
-                    id="integrations.E011",
-                )
-            )
+            errors.append(Error(str(exc), hint=hint, id="integrations.E011"))
     for name in ("MAX_CONCURRENCY", "CLUSTER_MAX_CONCURRENCY"):
         value = entry.get(name)
         if value is not None and not (_integer(value) and 1 <= value <= 100_000):

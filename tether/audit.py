@@ -11,7 +11,7 @@ when nobody is named. The webhooks services and the circuit breakers' surfaces c
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.apps import apps
@@ -74,6 +74,18 @@ def add_user_argument(parser: argparse.ArgumentParser) -> None:
         help="The existing user the History records as having done this (default: the "
         f"inactive system user {SYSTEM_USERNAME!r}, created on first use).",
     )
+
+
+def reason_argument(limit: int) -> Callable[[str], str]:
+    """An argparse ``type`` for a command's ``--reason``: the text, refused (a usage error naming
+    the bound) when longer than ``limit`` characters."""
+
+    def reason_text(value: str) -> str:
+        if len(value) > limit:
+            raise argparse.ArgumentTypeError(f"the reason is longer than {limit} characters")
+        return value
+
+    return reason_text
 
 
 def command_user(options: dict[str, Any], *, returncode: int = EXIT_USAGE) -> Any:

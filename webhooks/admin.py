@@ -493,7 +493,7 @@ class WebhookEventAdmin(admin.ModelAdmin):
             "index": request.POST.get("index", "0"),
         }
         if name == "mark_ignored":
-            bulk["eligible"] = queryset.filter(status__in=services.IGNORABLE_STATUSES).count()
+            bulk["eligible"] = services.count_ignorable(queryset)
         shown = list(queryset.defer("body", "payload", "headers").order_by("-received_at", "-id")
                      [:CONFIRMATION_LISTED])  # fmt: skip
         changelist = reverse("admin:webhooks_webhookevent_changelist",

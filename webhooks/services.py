@@ -193,6 +193,13 @@ def mark_ignored(
     return bool(changed)
 
 
+def count_ignorable(queryset: QuerySet[WebhookEvent]) -> int:
+    """How many of the queryset's events ``mark_ignored_many`` would change (a dry run)."""
+    return WebhookEvent.objects.filter(
+        pk__in=queryset.values("pk"), status__in=IGNORABLE_STATUSES
+    ).count()
+
+
 def mark_ignored_many(
     queryset: QuerySet[WebhookEvent],
     *,

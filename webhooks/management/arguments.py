@@ -8,7 +8,7 @@ import datetime as dt
 import math
 from typing import Any
 
-from tether.audit import EXIT_USAGE, add_user_argument, command_user
+from tether.audit import EXIT_USAGE, add_user_argument, command_user, reason_argument
 from tether.dates import parse_when
 
 from ..providers.base import MAX_ID_LENGTH
@@ -84,21 +84,15 @@ def event_identifier(value: str) -> str:
     return value
 
 
-def reason_text(value: str) -> str:
-    from ..services import REASON_MAX_CHARS
-
-    if len(value) > REASON_MAX_CHARS:
-        raise argparse.ArgumentTypeError(f"the reason is longer than {REASON_MAX_CHARS} characters")
-    return value
-
-
 def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     """``--user`` (``tether.audit.add_user_argument``) and ``--reason``: whom the action's
     History entries (``LogEntry``) name, and why."""
+    from ..services import REASON_MAX_CHARS
+
     add_user_argument(parser)
     parser.add_argument(
         "--reason",
-        type=reason_text,
+        type=reason_argument(REASON_MAX_CHARS),
         default="",
         help="Why, recorded in each event's History (at most 1,000 characters).",
     )
@@ -108,6 +102,18 @@ def audit_actor(options: dict[str, Any]) -> Any:
     """The user ``--user`` names (None: the services use the system user); a ``CommandError``
     with ``EXIT_USAGE`` if there is none by that name."""
     return command_user(options, returncode=EXIT_USAGE)
+
+
+def add_chunk_size_argument(parser: argparse.ArgumentParser) -> None:
+    """``--chunk-size``: rows read per database round trip by an action on many events."""
+    from ..services import CHUNK_SIZE
+
+    parser.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        default=CHUNK_SIZE,
+        help=f"Rows read per database round trip (default: {CHUNK_SIZE}).",
+    )
 
 
 def add_event_filter_arguments(parser: argparse.ArgumentParser, *, verb: str) -> None:

@@ -16,7 +16,6 @@ or more than 366 days ahead).
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import os
 from typing import Any
@@ -34,7 +33,7 @@ from integrations.exceptions import BreakerNotFound, InvalidExpiry
 from integrations.fleet_status import configured_services, fleet_status
 from integrations.models import CircuitBreaker
 from integrations.storage import LAST_ERROR_MAX
-from tether.audit import EXIT_USAGE, add_user_argument, command_user
+from tether.audit import EXIT_USAGE, add_user_argument, command_user, reason_argument
 from tether.dates import parse_when
 
 EXIT_UNKNOWN_BREAKER = 3
@@ -43,12 +42,6 @@ EXIT_BAD_DATE = 4
 VIA = "command circuit_breakers"
 #: The longest --reason: the transition's ``reason`` column, as the admin and the API allow.
 REASON_MAX = LAST_ERROR_MAX
-
-
-def reason_text(value: str) -> str:
-    if len(value) > REASON_MAX:
-        raise argparse.ArgumentTypeError(f"the reason is longer than {REASON_MAX} characters")
-    return value
 
 
 def cli_actor() -> str:
@@ -79,7 +72,7 @@ class Command(BaseCommand):
         parser.add_argument("name", nargs="?", help="The breaker (service) name.")
         parser.add_argument(
             "--reason",
-            type=reason_text,
+            type=reason_argument(REASON_MAX),
             default="",
             help="Why: recorded in the transition and the History (at most 500 characters). "
             "Required for open and disable; default for reset: 'reset'.",

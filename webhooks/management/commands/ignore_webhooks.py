@@ -9,12 +9,11 @@ from django.core.management.base import BaseCommand, CommandParser
 from webhooks import services
 from webhooks.management.arguments import (
     add_audit_arguments,
+    add_chunk_size_argument,
     add_event_filter_arguments,
     audit_actor,
     filtered_events,
-    positive_int,
 )
-from webhooks.models import WebhookEvent
 
 
 class Command(BaseCommand):
@@ -28,12 +27,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         add_event_filter_arguments(parser, verb="Mark")
-        parser.add_argument(
-            "--chunk-size",
-            type=positive_int,
-            default=services.CHUNK_SIZE,
-            help=f"Rows read per database round trip (default: {services.CHUNK_SIZE}).",
-        )
+        add_chunk_size_argument(parser)
         parser.add_argument(
             "--dry-run", action="store_true",
             help="Count what would be marked ignored; change nothing.",
@@ -44,9 +38,7 @@ class Command(BaseCommand):
         queryset = filtered_events(options)
         actor = audit_actor(options)
         if options["dry_run"]:
-            count = WebhookEvent.objects.filter(
-                pk__in=queryset.values("pk"), status__in=services.IGNORABLE_STATUSES
-            ).count()
+            count = services.count_ignorable(queryset)
             self.stdout.write(f"Would mark {count} event(s) ignored (dry run: nothing changed).")
             return
         changed, skipped = services.mark_ignored_many(

@@ -11,10 +11,10 @@ from webhooks import services
 from webhooks.management.arguments import (
     EXIT_NOT_ALL_PROCESSED,
     add_audit_arguments,
+    add_chunk_size_argument,
     add_event_filter_arguments,
     audit_actor,
     filtered_events,
-    positive_int,
 )
 
 
@@ -28,12 +28,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         add_event_filter_arguments(parser, verb="Replay")
-        parser.add_argument(
-            "--chunk-size",
-            type=positive_int,
-            default=services.CHUNK_SIZE,
-            help=f"Rows read per database round trip (default: {services.CHUNK_SIZE}).",
-        )
+        add_chunk_size_argument(parser)
         parser.add_argument(
             "--dry-run", action="store_true", help="Count what would be replayed; change nothing."
         )
