@@ -10,13 +10,13 @@ import datetime as dt
 
 import pytest
 from django.contrib.admin.models import CHANGE, LogEntry
-from django.contrib.contenttypes.models import ContentType
 from django.utils import timezone
 
 from integrations.breaker import MAX_HOLD, clear_local_cache, get_breaker
 from integrations.exceptions import CircuitOpenError
 from integrations.models import BreakerState, BreakerTransition, CircuitBreaker
 from tests.api.conftest import client_for, make_user
+from tests.history import history
 from tests.integrations.factories import BreakerTransitionFactory, CircuitBreakerFactory
 
 pytestmark = pytest.mark.django_db
@@ -234,15 +234,6 @@ def test_fleet_policies_with_redis_down_say_why(api, settings):
 
 
 # -- the History (LogEntry) of each action ----------------------------------------------------
-
-
-def history(breaker: CircuitBreaker) -> list[tuple[str, int, str]]:
-    entries = LogEntry.objects.filter(
-        content_type=ContentType.objects.get_for_model(CircuitBreaker), object_id=str(breaker.pk)
-    )
-    return list(
-        entries.order_by("pk").values_list("user__username", "action_flag", "change_message")
-    )
 
 
 @pytest.mark.parametrize(

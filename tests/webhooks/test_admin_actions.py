@@ -8,13 +8,14 @@ from __future__ import annotations
 from io import StringIO
 
 import pytest
-from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.admin.models import CHANGE
 from django.contrib.auth.models import Permission
 from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
+from tests.history import history
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import services
 from webhooks.models import WebhookEvent
@@ -29,13 +30,6 @@ def change_url(event):
 
 def button_url(event, name):
     return reverse(f"admin:webhooks_webhookevent_{name}", args=[event.pk])
-
-
-def history(event):
-    return list(
-        LogEntry.objects.filter(object_id=str(event.pk)).order_by("pk").values_list(
-            "user__username", "action_flag", "change_message")
-    )  # fmt: skip
 
 
 @pytest.fixture

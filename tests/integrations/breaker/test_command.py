@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from django.contrib.admin.models import CHANGE, LogEntry
-from django.contrib.contenttypes.models import ContentType
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
@@ -26,6 +25,7 @@ from integrations.management.commands.circuit_breakers import (
 )
 from integrations.models import BreakerTransition, CircuitBreaker
 from tests import postgres
+from tests.history import history
 from tests.integrations.factories import CircuitBreakerFactory
 from tether.audit import SYSTEM_USERNAME
 
@@ -261,15 +261,6 @@ def test_exit_codes_from_a_real_shell():
 
 
 # -- the History (LogEntry) of each action ----------------------------------------------------
-
-
-def history(breaker: CircuitBreaker) -> list[tuple[str, int, str]]:
-    entries = LogEntry.objects.filter(
-        content_type=ContentType.objects.get_for_model(CircuitBreaker), object_id=str(breaker.pk)
-    )
-    return list(
-        entries.order_by("pk").values_list("user__username", "action_flag", "change_message")
-    )
 
 
 @pytest.mark.parametrize(
