@@ -36,11 +36,12 @@ Nothing here logs a secret, a signature or a body.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 from django.db import DataError, InterfaceError, OperationalError, router, transaction
 from django.http.request import HttpHeaders
@@ -88,7 +89,16 @@ class MetaHeaders(HttpHeaders):
         return HttpHeaders(self._meta)._store
 
     def __getitem__(self, key: str) -> str:
-        return self._meta[HttpHeaders.to_wsgi_name(key)]
+        return self._meta[_wsgi_name(key)]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        # The receive path's lookups come here: one dict lookup, no KeyError raised on a miss.
+        return self._meta.get(_wsgi_name(key), default)
+
+
+#: ``HttpHeaders.to_wsgi_name``, remembered: the receive path asks for the same few names
+#: (its provider's) on every request; bounded, whatever names a caller asks for.
+_wsgi_name = functools.lru_cache(maxsize=128)(HttpHeaders.to_wsgi_name)
 
 
 @dataclass(frozen=True)
