@@ -388,7 +388,9 @@ def load_json_object(data: bytes | str) -> dict[str, Any]:
     the same on every database. The hooks cost only numbers with a fraction or exponent; the
     document is walked for its depth only when it holds more brackets than the limit."""
     try:
-        payload = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+        if not isinstance(data, str):  # as json.loads does: UTF-8, -16 or -32, BOM or not
+            data = data.decode(json.detect_encoding(data), "surrogatepass")
+        payload = _DECODER.decode(data)
     except (ValueError, RecursionError) as exc:
         raise MalformedPayload("body is not JSON") from exc
     if not isinstance(payload, dict):
@@ -433,6 +435,10 @@ def _finite_float(text: str) -> float:
     if math.isinf(value):
         raise MalformedPayload(_NON_FINITE)
     return value
+
+
+#: ``json.loads`` with these hooks would build a decoder (and its scanner) on every call.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def require_identifier(value: Any, what: str) -> str:
