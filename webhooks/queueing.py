@@ -193,7 +193,15 @@ def enqueue_on_commit(event: WebhookEvent) -> None:
     event stays ``received`` and ``requeue_stuck`` enqueues it later.
     """
     using = event._state.db or router.db_for_write(WebhookEvent)
+    transaction.on_commit(partial(enqueue_committed, event.pk), using=using)
+
+
+def enqueue_committed(event_pk: int) -> None:
+    """Have a committed event processed: hand its key to this process's dispatcher, or, with
+    ``DISPATCH_INTERVAL = None`` or eager Celery, publish ``webhooks.process_event`` now. What
+    ``enqueue_on_commit`` runs once the transaction commits; the receive path runs it from its
+    own on-commit callback (``webhooks.receiving``)."""
     if dispatches_inline():
-        transaction.on_commit(partial(publish_process_task, event.pk), using=using)
+        publish_process_task(event_pk)
     else:
-        transaction.on_commit(partial(dispatcher.submit, event.pk), using=using)
+        dispatcher.submit(event_pk)
