@@ -9,7 +9,10 @@ project's middleware, URL resolution, the view, the response) on the bench datab
 in interleaved rounds (order rotated each round); per request it measures this thread's CPU
 and the process's (which adds the webhooks dispatcher's thread, publishing to the broker), and
 the wall time. Prints the means and the ratios of the CPU per request, e/b and f/c (the rate the
-CPU alone would allow, relative to the floor); the last line is one JSON object.
+CPU alone would allow, relative to the floor); the last line is one JSON object. ``--calls``
+also counts the Python function calls per request of each case (this thread's, under
+cProfile): a count, not a time, so it compares two versions of the code even on a machine too
+busy for their CPU times to.
 """
 
 from __future__ import annotations
@@ -37,7 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=400, help="per case and round")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--profile", type=Path, help="write a CPU profile (pstats) of (b) there")
+    parser.add_argument(
+        "--calls",
+        action="store_true",
+        help="count the Python function calls per request of each case (cProfile; "
+        "deterministic, so it compares code on a busy machine; the CPU figures are then profiled)",
+    )
     args = parser.parse_args(argv)
+    if args.calls and args.profile:
+        parser.error("--calls and --profile each profile the requests: give one")
     setup_django()
     from django.core.handlers.wsgi import WSGIHandler
 
@@ -74,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     import cProfile
 
     profile = cProfile.Profile(time.thread_time)
+    counters = {case: cProfile.Profile() for case in CASES} if args.calls else {}
     recreate_database()
     times: dict[str, list[tuple[float, float, float]]] = {case: [] for case in CASES}
     stored: dict[str, list[tuple[bytes, dict]]] = {"b": [], "e": []}
@@ -97,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
                     wall, cpu, proc = time.perf_counter(), time.thread_time(), time.process_time()
                     if args.profile and case == "b" and round_:
                         profile.enable()
+                    elif counters and round_:
+                        counters[case].enable()
                     request(env, b"accepted" if new else b"duplicate")
                     profile.disable()
+                    if counters:
+                        counters[case].disable()
                     took = (time.perf_counter() - wall, time.thread_time() - cpu,
                             time.process_time() - proc)  # fmt: skip
                     if round_:
@@ -109,23 +125,41 @@ def main(argv: list[str] | None = None) -> int:
         drop_database()
     if args.profile:
         profile.dump_stats(args.profile)
+    calls = {}
+    if counters:
+        for case, counter in counters.items():
+            counter.create_stats()
+            total = sum(stat[1] for stat in counter.stats.values())  # type: ignore[attr-defined]
+            calls[case] = round(total / len(times[case]), 2)
+        print("\nPython function calls per request:", calls)
 
-    print(f"\n{args.requests} requests x {args.rounds} rounds per case; per request, ms (mean)")
-    print(f"{'case':<6}{'thread CPU':>12}{'process CPU':>13}{'wall':>9}")
+    print(f"\n{args.requests} requests x {args.rounds} rounds per case; per request, ms (mean;")
+    print("the thread CPU's median and 10th percentile too: other processes only add to a")
+    print("request's CPU time (caches, preemption), so on a busy machine these move least)")
+    print(f"{'case':<6}{'thread CPU':>12}{'median':>9}{'p10':>9}{'process CPU':>13}{'wall':>9}")
     means = {}
     for case in CASES:
-        cpu = statistics.fmean(1000 * c for _, c, _ in times[case])
+        cpus = sorted(1000 * c for _, c, _ in times[case])
+        cpu = statistics.fmean(cpus)
+        median, p10 = statistics.median(cpus), cpus[len(cpus) // 10]
         proc = statistics.fmean(1000 * p for _, _, p in times[case])
         wall = statistics.fmean(1000 * w for w, _, _ in times[case])
-        means[case] = {"thread_cpu_ms": round(cpu, 4), "process_cpu_ms": round(proc, 4),
+        means[case] = {"thread_cpu_ms": round(cpu, 4), "thread_cpu_median_ms": round(median, 4),
+                       "thread_cpu_p10_ms": round(p10, 4), "process_cpu_ms": round(proc, 4),
                        "wall_ms": round(wall, 4)}  # fmt: skip
-        print(f"({case})  {cpu:>12.4f}{proc:>13.4f}{wall:>9.3f}")
+        print(f"({case})  {cpu:>12.4f}{median:>9.4f}{p10:>9.4f}{proc:>13.4f}{wall:>9.3f}")
     ratios = {
         "e_over_b_thread_cpu": round(means["e"]["thread_cpu_ms"] / means["b"]["thread_cpu_ms"], 3),
         "f_over_c_thread_cpu": round(means["f"]["thread_cpu_ms"] / means["c"]["thread_cpu_ms"], 3),
+        "e_over_b_thread_cpu_median": round(
+            means["e"]["thread_cpu_median_ms"] / means["b"]["thread_cpu_median_ms"], 3
+        ),
+        "b_minus_e_thread_cpu_median_ms": round(
+            means["b"]["thread_cpu_median_ms"] - means["e"]["thread_cpu_median_ms"], 4
+        ),
     }
     print("CPU ratios (the rate the CPU alone allows, relative to the floor):", ratios)
-    print(json.dumps({"cases": means, **ratios}))
+    print(json.dumps({"cases": means, **ratios, **({"calls_per_request": calls} if calls else {})}))
     return 0
 
 

@@ -76,6 +76,14 @@ def instruments() -> SimpleNamespace:
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _labelled(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, remembered per metric and label values (prometheus_client's
+    own advice: ``labels()`` takes a lock and checks the values at every call). Bounded: the
+    endpoint label is a configured endpoint or ``_unknown``, the reason a refusal's code."""
+    return metric.labels(*labels)
+
+
 def endpoint_label(endpoint: str | None) -> str:
     if endpoint is not None and endpoint in webhooks_settings["ENDPOINTS"]:
         return endpoint
@@ -89,32 +97,32 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 
 
 def on_received(sender: Any, event: Any, **kwargs: Any) -> None:
-    instruments().received.labels(endpoint_label(event.endpoint)).inc()
+    _labelled(instruments().received, endpoint_label(event.endpoint)).inc()
 
 
 def on_rejected(sender: Any, endpoint: str | None = None, reason: str = "", **kwargs: Any) -> None:
-    instruments().rejected.labels(endpoint_label(endpoint), reason or "unknown").inc()
+    _labelled(instruments().rejected, endpoint_label(endpoint), str(reason or "unknown")).inc()
 
 
 def on_duplicate(sender: Any, endpoint: str | None = None, **kwargs: Any) -> None:
-    instruments().duplicates.labels(endpoint_label(endpoint)).inc()
+    _labelled(instruments().duplicates, endpoint_label(endpoint)).inc()
 
 
 def on_processed(sender: Any, event: Any, **kwargs: Any) -> None:
     metrics, label = instruments(), endpoint_label(event.endpoint)
-    metrics.processed.labels(label).inc()
+    _labelled(metrics.processed, label).inc()
     if (seconds := _seconds(event.last_attempt_at, event.processed_at)) is not None:
-        metrics.processing_seconds.labels(label).observe(seconds)
+        _labelled(metrics.processing_seconds, label).observe(seconds)
     if (seconds := _seconds(event.received_at, event.processed_at)) is not None:
-        metrics.end_to_end_seconds.labels(label).observe(seconds)
+        _labelled(metrics.end_to_end_seconds, label).observe(seconds)
 
 
 def on_failed(sender: Any, event: Any, **kwargs: Any) -> None:
-    instruments().failed.labels(endpoint_label(event.endpoint)).inc()
+    _labelled(instruments().failed, endpoint_label(event.endpoint)).inc()
 
 
 def on_ignored(sender: Any, event: Any, **kwargs: Any) -> None:
-    instruments().ignored.labels(endpoint_label(event.endpoint)).inc()
+    _labelled(instruments().ignored, endpoint_label(event.endpoint)).inc()
 
 
 class StuckEventsCollector:

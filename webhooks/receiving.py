@@ -27,20 +27,22 @@
 Each refusal is a ``DeliveryRefused`` whose class carries its answer (``status_code``, and
 ``default_code``: the response's ``error`` and ``webhook_rejected``'s reason).
 
-A new event sends ``webhook_received`` and is enqueued with ``enqueue_on_commit`` (both after the
-insert commits); a known one sends ``webhook_duplicate`` (with ``replay_of``, the stored event's
-id, for a replay under another id) and is not touched, even when its body differs (logged as a
-warning, as is every replay); every refusal sends ``webhook_rejected(endpoint, reason)``.
+A new event sends ``webhook_received`` and is enqueued (``queueing.enqueue_committed``, what
+``enqueue_on_commit`` does), both from one callback after the insert commits; a known one sends
+``webhook_duplicate`` (with ``replay_of``, the stored event's id, for a replay under another id)
+and is not touched, even when its body differs (logged as a warning, as is every replay); every
+refusal sends ``webhook_rejected(endpoint, reason)``.
 Nothing here logs a secret, a signature or a body.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 from django.db import DataError, InterfaceError, OperationalError, router, transaction
 from django.http.request import HttpHeaders
@@ -60,7 +62,7 @@ from .exceptions import (
 from .models import WebhookEvent
 from .providers import get_provider
 from .providers.base import ParsedEvent, Provider
-from .queueing import enqueue_on_commit
+from .queueing import enqueue_committed
 from .signals import send_logged, webhook_duplicate, webhook_received, webhook_rejected
 from .storage import insert_or_compare, stored_conflict
 
@@ -88,7 +90,16 @@ class MetaHeaders(HttpHeaders):
         return HttpHeaders(self._meta)._store
 
     def __getitem__(self, key: str) -> str:
-        return self._meta[HttpHeaders.to_wsgi_name(key)]
+        return self._meta[_wsgi_name(key)]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        # The receive path's lookups come here: one dict lookup, no KeyError raised on a miss.
+        return self._meta.get(_wsgi_name(key), default)
+
+
+#: ``HttpHeaders.to_wsgi_name``, remembered: the receive path asks for the same few names
+#: (its provider's) on every request; bounded, whatever names a caller asks for.
+_wsgi_name = functools.lru_cache(maxsize=128)(HttpHeaders.to_wsgi_name)
 
 
 @dataclass(frozen=True)
@@ -202,9 +213,8 @@ def store_event(
     logger.debug(
         "webhooks: accepted %s event %s (%s)", event.endpoint, event.event_id, event.event_type
     )
-    if webhook_received.has_listeners(WebhookEvent):
-        transaction.on_commit(partial(_send_received, event), using=alias)
-    enqueue_on_commit(event)
+    # One callback for both (each transaction.on_commit costs more than the hand-off itself).
+    transaction.on_commit(partial(_committed, event), using=alias)
     return Receipt("accepted", event.event_id, event)
 
 
@@ -239,8 +249,11 @@ def _note_duplicate(
     return replay_of
 
 
-def _send_received(event: WebhookEvent) -> None:
+def _committed(event: WebhookEvent) -> None:
+    """Once the insert has committed: ``webhook_received``, then the hand-off to processing
+    (``enqueue_on_commit``'s, without a second on-commit callback)."""
     send_logged(webhook_received, WebhookEvent, event=event)
+    enqueue_committed(event.pk)
 
 
 def _log_rejection(endpoint: str, error: DeliveryRefused) -> None:

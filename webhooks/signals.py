@@ -14,6 +14,9 @@ Operational (used by metrics; sender is ``None``):
   for a replay, the same signed content as a stored event under another id (schemes whose id is
   not signed: GitHub, ``hmac`` with an id from a header), it is the stored event's id.
 - ``webhook_ignored(event)`` (sender ``WebhookEvent``): an event ended ``ignored``.
+
+``webhook_received`` (sent once per new event, on the receive path) keeps its receivers per
+sender (Django's ``use_caching``, as its model signals do): its sender is always a class.
 """
 
 import logging
@@ -22,7 +25,7 @@ from django.dispatch import Signal
 
 logger = logging.getLogger("webhooks")
 
-webhook_received = Signal()
+webhook_received = Signal(use_caching=True)
 webhook_processed = Signal()
 webhook_failed = Signal()
 webhook_ignored = Signal()

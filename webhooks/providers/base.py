@@ -24,6 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, ClassVar
 
 from django.utils.datastructures import CaseInsensitiveMapping
@@ -233,6 +234,12 @@ class Provider:
         names = [self.signature_header, self.timestamp_header, *self.extra_stored_headers()]
         return tuple(n for n in dict.fromkeys([*names, *COMMON_STORED_HEADERS]) if n)
 
+    @cached_property
+    def _stored_names(self) -> tuple[str, ...]:
+        # Asked once per instance: an instance's settings never change (get_provider builds
+        # a new one when they do).
+        return self.stored_header_names()
+
     def extra_stored_headers(self) -> tuple[str, ...]:
         """The scheme's id and type headers (besides signature and timestamp)."""
         return ()
@@ -241,7 +248,7 @@ class Provider:
         """The allow-listed headers present in the request, NUL characters replaced."""
         headers = as_headers(headers)
         kept = {}
-        for name in self.stored_header_names():
+        for name in self._stored_names:
             value = headers.get(name)
             if value is not None:
                 kept[name] = str(value).replace("\x00", "\ufffd")
@@ -381,7 +388,9 @@ def load_json_object(data: bytes | str) -> dict[str, Any]:
     the same on every database. The hooks cost only numbers with a fraction or exponent; the
     document is walked for its depth only when it holds more brackets than the limit."""
     try:
-        payload = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+        if not isinstance(data, str):  # as json.loads does: UTF-8, -16 or -32, BOM or not
+            data = data.decode(json.detect_encoding(data), "surrogatepass")
+        payload = _DECODER.decode(data)
     except (ValueError, RecursionError) as exc:
         raise MalformedPayload("body is not JSON") from exc
     if not isinstance(payload, dict):
@@ -426,6 +435,10 @@ def _finite_float(text: str) -> float:
     if math.isinf(value):
         raise MalformedPayload(_NON_FINITE)
     return value
+
+
+#: ``json.loads`` with these hooks would build a decoder (and its scanner) on every call.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def require_identifier(value: Any, what: str) -> str:

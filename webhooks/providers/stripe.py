@@ -43,11 +43,7 @@ class StripeProvider(Provider):
     has_timestamp = True
 
     def read_timestamp(self, headers: Mapping[str, str]) -> int:
-        value = as_headers(headers).get(self.signature_header) or ""
-        stamps = [item[2:] for item in value.split(",") if item.strip().startswith("t=")]
-        if len(stamps) != 1:
-            raise InvalidSignature("Stripe-Signature has no single t= timestamp")
-        return parse_unix_timestamp(stamps[0], "Stripe-Signature t=")
+        return _timestamp(as_headers(headers).get(self.signature_header) or "")
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float | None = None) -> None:
         header = as_headers(headers).get(self.signature_header) or ""
@@ -66,7 +62,7 @@ class StripeProvider(Provider):
 
         if not any_secret(self.secrets, matches):
             raise InvalidSignature("no Stripe-Signature v1 entry matches an endpoint secret")
-        self.check_timestamp(self.read_timestamp(headers), now=now)
+        self.check_timestamp(_timestamp(header), now=now)  # the header read above, not again
 
     def parse(self, body: bytes, headers: Mapping[str, str]) -> ParsedEvent:
         payload = load_json_object(body)
@@ -112,3 +108,12 @@ class StripeProvider(Provider):
     @classmethod
     def make_secret(cls) -> str:
         return f"whsec_{_secrets.token_hex(16)}"
+
+
+def _timestamp(header: str) -> int:
+    """The single ``t=`` of a ``Stripe-Signature`` value, in Unix seconds; ``InvalidSignature``
+    if there is none, several, or a malformed one."""
+    stamps = [item[2:] for item in header.split(",") if item.strip().startswith("t=")]
+    if len(stamps) != 1:
+        raise InvalidSignature("Stripe-Signature has no single t= timestamp")
+    return parse_unix_timestamp(stamps[0], "Stripe-Signature t=")

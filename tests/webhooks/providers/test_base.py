@@ -79,6 +79,19 @@ def test_finite_numbers_are_kept_as_parsed():
     assert load_json_object('{"name": "NaN", "n": "Infinity"}') == {"name": "NaN", "n": "Infinity"}
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-be", "utf-32"])
+def test_bodies_are_decoded_as_json_loads_decodes_them(encoding):
+    # The encodings the JSON standard allows, a byte order mark or not, as json.loads reads them.
+    text = '{"id": "evt_\u00e9", "n": [1.5, 2]}'
+    assert load_json_object(text.encode(encoding)) == {"id": "evt_\u00e9", "n": [1.5, 2]}
+
+
+@pytest.mark.parametrize("body", [b"\xff\xfe{", b'{"a": "\xc3"}', "\ufeff{}", b"", "[1]"])
+def test_undecodable_or_not_an_object_is_malformed(body):
+    with pytest.raises(MalformedPayload):
+        load_json_object(body)
+
+
 def test_any_providers_occurred_time_is_bounded():
     # A user's provider may build the time itself: ParsedEvent applies the same rule.
     far = datetime(9999, 12, 31, 23, 59, 59, tzinfo=offset(-23, -59))
