@@ -571,8 +571,7 @@ class FakeStripe(FakeVendor):
                 return _invalid_integer("limit", single["limit"])
             if not 1 <= limit_value <= 100:
                 return _invalid(
-                    "This value must be greater than or equal to 1 and less than or equal to "
-                    "100.",
+                    "This value must be greater than or equal to 1 and less than or equal to 100.",
                     "limit",
                 )
             limit = limit_value
@@ -599,9 +598,8 @@ class FakeStripe(FakeVendor):
             events = [e for e in events if e["type"] in types]
         ids = [e["id"] for e in events]
         for cursor in ("starting_after", "ending_before"):
-            if cursor in single:
-                if single[cursor] not in self.events:
-                    return _missing("event", single[cursor], 400, param=cursor)
+            if cursor in single and single[cursor] not in self.events:
+                return _missing("event", single[cursor], 400, param=cursor)
         if "starting_after" in single:
             after = single["starting_after"]
             events = events[ids.index(after) + 1 :] if after in ids else []
