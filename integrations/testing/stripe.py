@@ -459,6 +459,13 @@ class FakeStripe(FakeVendor):
             self.delivered[event_id] = True
             self.events[event_id]["pending_webhooks"] = 0
 
+    def answer_events(self, request: RecordedRequest) -> Reply:
+        """The fake's own answer to a ``GET /v1/events`` request: for a route scripted with
+        ``route()`` that passes some requests through (``route("GET", "/v1/events",
+        fake.answer_events, Reply.server_error())``: the first page answers, the next fail)."""
+        with self._state:
+            return _reply(*self._list_events(query_params(request)))
+
     def _object_for(self, event_type: str) -> dict[str, Any]:
         resource = event_type.split(".", 1)[0]
         if resource == "payment_intent":
@@ -492,8 +499,7 @@ class FakeStripe(FakeVendor):
         if denied is not None:
             return denied
         if request.method == "GET" and request.path == "/v1/events":
-            with self._state:
-                return _reply(*self._list_events(query_params(request)))
+            return self.answer_events(request)
         method, path, params = request.method, request.path, form_params(request)
         key = request.header("Idempotency-Key") if method == "POST" else None
         with self._state:

@@ -178,18 +178,21 @@ def _refund(data: Mapping[str, Any]) -> Refund:
 
 
 def _event_page(data: Mapping[str, Any], *, limit: int) -> EventPage:
-    """The page from Stripe's list object: ``data`` a list of at most ``limit`` JSON objects,
-    each with a string ``id`` (what pagination goes on from), and ``has_more`` a boolean. A
-    page larger than asked for is refused whole (a hostile or broken answer), not cut."""
+    """The page from Stripe's list object: ``data`` a list of at most ``limit`` items and
+    ``has_more`` a boolean; when more follow, the last item must be an object with a string
+    ``id`` (where the next page starts). A page larger than asked for is refused whole (a
+    hostile or broken answer), not cut. The items are not checked further here: the caller
+    refuses a malformed one on its own, and the others are kept."""
     events = _field(data, "data", list)
     has_more = data.get("has_more")
     if not isinstance(has_more, bool):  # (_field takes no bool: it is an int to Python)
         raise _BadField("field 'has_more' of Stripe's answer is missing or not a boolean")
     if len(events) > limit:
         raise _BadField(f"Stripe answered {len(events)} events for a page of {limit}")
-    for event in events:
-        if not isinstance(event, Mapping) or not isinstance(event.get("id"), str):
-            raise _BadField("an event of Stripe's answer is not an object with a string id")
+    if has_more:
+        last = events[-1] if events else None
+        if not isinstance(last, Mapping) or not isinstance(last.get("id"), str):
+            raise _BadField("Stripe answered has_more without an event id to go on from")
     return EventPage(events=tuple(events), has_more=has_more)
 
 
@@ -559,6 +562,10 @@ class StripeService:
         def attempt(info: AttemptInfo) -> T:
             try:
                 obj = request(client, options.copy())
+                if not isinstance(obj, stripe.StripeObject):  # e.g. a JSON array
+                    raise InvalidResponseError(
+                        SERVICE, operation, "Stripe: the answer is not a JSON object"
+                    )
                 data = obj.to_dict()
             except stripe.StripeError as exc:
                 error = map_stripe_error(exc, operation=operation, api_key=api_key)
@@ -660,11 +667,11 @@ def list_undelivered_events(
             yield from page.events
             if not page.has_more:
                 return
-            last = page.events[-1]["id"] if page.events else None
-            if last is None or last in seen:
+            last = page.events[-1]["id"]  # a string: _event_page checked it
+            if last in seen:
                 raise ListingFailed(
-                    "Stripe: invalid answer to list_events: has_more without a new page "
-                    "(an empty page or an id already listed)",
+                    "Stripe: invalid answer to list_events: has_more, but the page ends on an "
+                    "event already listed",
                     retryable=False,
                 )
             seen.add(last)
