@@ -8,6 +8,8 @@ Nothing is patched: the lister is the one ``integrations`` registers in ``tether
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from io import StringIO
@@ -22,6 +24,7 @@ from django.utils import timezone
 from integrations.testing import InstantBackoff, Reply, force_breaker, instant_backoff
 from integrations.testing.stripe import FakeStripe, query_params
 from tests.integrations.vendors.conftest import API_KEY, stripe_settings
+from tests.servers import ROOT, subprocess_env
 from tether.vendor_events import (
     ListingFailed,
     event_lister,
@@ -428,7 +431,7 @@ def test_a_hostile_page_is_refused_whole(fake, configure, handled, answer, expec
 
 def test_a_page_repeating_itself_does_not_loop(fake, configure, handled):
     fake.route("GET", "/v1/events", page([listed_event("evt_same")], has_more=True))
-    error, out, _ = fails("stripe")
+    error, _, _ = fails("stripe")
     assert error.returncode == 5
     assert "ends on an event already listed" in str(error)
     assert len(events_requests(fake)) == 2
@@ -515,3 +518,26 @@ def test_the_task_logs_a_vendor_failure(fake, configure, handled, caplog):
 def test_listing_failed_carries_whether_to_retry():
     assert ListingFailed("x").retryable is True
     assert ListingFailed("x", retryable=False).retryable is False
+
+
+# -- from the shell ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["stripe", "--since", "yesterday"], 2, "argument --since"),
+        (["stripe", "--since", "2020-01-01"], 2, "older than stripe keeps"),
+        (["nope"], 2, "unknown endpoint 'nope'"),
+        (["github"], 6, "cannot be reconciled"),
+    ],
+)
+def test_exit_codes_from_the_shell(args, code, message):
+    result = subprocess.run(
+        [sys.executable, "manage.py", "reconcile_webhooks", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=subprocess_env(extra={"DJANGO_SETTINGS_MODULE": "tests.settings"}),
+    )  # fmt: skip
+    assert result.returncode == code, result.stderr[-2000:]
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
