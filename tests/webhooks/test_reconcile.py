@@ -541,3 +541,23 @@ def test_exit_codes_from_the_shell(args, code, message):
     assert result.returncode == code, result.stderr[-2000:]
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- where operators see it ------------------------------------------------------------------------
+
+
+def test_operators_see_and_filter_by_source(fake, configure, handled, client, admin_client):
+    listed = fake.add_event(HANDLED)
+    delivered = fake.add_event(HANDLED, delivered=True)
+    post_webhook(client, "stripe", delivered)
+    run("stripe")
+    reconciled = WebhookEvent.objects.get(event_id=listed["id"])
+
+    page = admin_client.get("/admin/webhooks/webhookevent/", {"source__exact": "reconcile"})
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert listed["id"] in html and delivered["id"] not in html
+    detail = admin_client.get(f"/admin/webhooks/webhookevent/{reconciled.pk}/change/")
+    assert "fetched from the vendor&#x27;s API (reconcile)" in detail.content.decode()
+    answer = admin_client.get(f"/api/webhook-events/{reconciled.pk}/")
+    assert answer.json()["source"] == "reconcile"
