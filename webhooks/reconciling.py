@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from tether.vendor_events import EventLister, ListingFailed, event_lister
@@ -175,7 +176,7 @@ def reconcile(
     except ListingFailed as exc:
         report.error = f"listing {vendor}'s undelivered events failed: {exc}"
     except StorageUnavailable as exc:
-        report.error = f"the database could not store an event ({exc}); run again later"
+        report.error = f"the database failed ({exc})"
     level = logging.INFO if report.complete else logging.WARNING
     logger.log(
         level,
@@ -207,9 +208,12 @@ def _reconcile_one(provider: Provider, listed: Any, report: ReconcileReport) -> 
         report.unhandled += 1
         return
     if report.dry_run:
-        known = WebhookEvent.objects.filter(
-            endpoint=provider.endpoint, event_id=parsed.event_id
-        ).exists()
+        try:
+            known = WebhookEvent.objects.filter(
+                endpoint=provider.endpoint, event_id=parsed.event_id
+            ).exists()
+        except (OperationalError, InterfaceError) as exc:
+            raise StorageUnavailable(type(exc).__name__) from exc
         if known:
             report.already_stored += 1
         else:

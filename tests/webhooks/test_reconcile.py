@@ -15,14 +15,17 @@ from datetime import UTC, datetime, timedelta
 from io import StringIO
 from typing import Any
 
+import psycopg
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
 from integrations.testing import InstantBackoff, Reply, force_breaker, instant_backoff
 from integrations.testing.stripe import FakeStripe, query_params
+from tests import postgres
 from tests.integrations.vendors.conftest import API_KEY, stripe_settings
 from tests.servers import ROOT, subprocess_env
 from tether.vendor_events import (
@@ -460,7 +463,6 @@ def test_malformed_and_oversized_events_are_refused_one_by_one(fake, configure, 
             [
                 listed_event("evt_big", data={"object": {"blob": "x" * 2_000_000}}),
                 listed_event("evt_deep", data={"object": deep}),
-                listed_event("evt_nul", data={"object": {"note": "a\u0000b"}}),
                 listed_event("evt_notype", type=None),
                 listed_event("e" * 300),
                 {"object": "event", "type": HANDLED},
@@ -483,15 +485,57 @@ def test_malformed_and_oversized_events_are_refused_one_by_one(fake, configure, 
         error, out, err = fails("stripe")
 
     assert error.returncode == 5
-    assert "7 listed event(s) refused" in str(error)
-    assert "listed 8 undelivered event(s); stored and enqueued 1" in out
+    assert "6 listed event(s) refused" in str(error)
+    assert "listed 7 undelivered event(s); stored and enqueued 1" in out
     assert [e.event_id for e in stored()] == ["evt_good"]
     assert "refused event 'evt_big': payload_too_large" in err
     assert "refused event 'evt_deep': malformed_payload" in err
-    assert "refused event 'evt_nul': malformed_payload" in err
     assert "refused event 'evt_notype': malformed_payload" in err
     assert "refused event '?': malformed_payload" in err
     assert "x" * 100 not in err  # a refused event's content is never echoed
+
+
+@postgres.DATA_ERRORS
+def test_an_event_the_database_refuses_is_refused_alone(fake, configure, handled):
+    """PostgreSQL's jsonb takes no NUL character: a DataError on the insert, that event only."""
+    fake.route(
+        "GET",
+        "/v1/events",
+        page(
+            [
+                listed_event("evt_nul", data={"object": {"note": "a\u0000b"}}),
+                listed_event("evt_fine"),
+            ]
+        ),
+    )
+    error, out, err = fails("stripe")
+    assert error.returncode == 5
+    assert "stored and enqueued 1, already stored 0, not handled 0, refused 1" in out
+    assert "refused event 'evt_nul': malformed_payload (the event cannot be stored" in err
+    assert [e.event_id for e in stored()] == ["evt_fine"]
+
+
+@postgres.SQL
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_the_database_failing_stops_the_run(fake, configure, handled, dry_run):
+    """A real PostgreSQL failure of the connection class: another session holds the events
+    table locked, and this one gives up waiting (``lock_timeout``: ``LockNotAvailable``, an
+    ``OperationalError``) on the insert, or on the dry run's lookup."""
+    fake.add_event(HANDLED)
+    fake.add_event(HANDLED)
+    holder = psycopg.connect(**connection.get_connection_params(), autocommit=False)
+    try:
+        holder.execute("SET lock_timeout = '5s'")
+        holder.execute("LOCK TABLE webhooks_webhookevent IN ACCESS EXCLUSIVE MODE")
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '200ms'")
+        error, out, _ = fails("stripe", *(["--dry-run"] if dry_run else []))
+    finally:
+        holder.rollback()
+        holder.close()
+    assert error.returncode == 5
+    assert "stopped part way: the database failed (OperationalError)" in str(error)
+    assert "listed 1 undelivered event(s)" in out  # it stopped at the first
 
 
 # -- the Celery task ------------------------------------------------------------------------------
