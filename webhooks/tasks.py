@@ -23,7 +23,7 @@ from celery import Task, shared_task
 from django.db import close_old_connections
 
 from . import processing, reconciling, services
-from .exceptions import WebhookError
+from .exceptions import UnknownEndpoint, WebhookError
 from .queueing import PROCESS_EVENT, PROCESS_EVENTS
 
 logger = logging.getLogger(__name__)
@@ -111,6 +111,9 @@ def reconcile(self: Task[Any, Any], endpoint: str) -> dict[str, Any]:
     with database_connection(self):
         try:
             report = reconciling.reconcile(endpoint)
+        except UnknownEndpoint:
+            logger.error("webhooks: reconcile %r cannot run: no such endpoint", endpoint)
+            return {"endpoint": endpoint, "error": "unknown endpoint"}
         except WebhookError as exc:
             logger.error("webhooks: reconcile %r cannot run: %s", endpoint, exc)
             return {"endpoint": endpoint, "error": str(exc)}

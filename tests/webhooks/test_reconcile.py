@@ -554,6 +554,13 @@ def test_the_task_reports_what_stops_it(fake, configure, handled, no_lister, cap
     assert "cannot run" in caplog.text
 
 
+def test_the_task_refuses_an_unknown_endpoint(fake, configure, caplog):
+    result = reconcile_task.apply(args=["nope"]).get()
+    assert result == {"endpoint": "nope", "error": "unknown endpoint"}
+    assert "reconcile 'nope' cannot run: no such endpoint" in caplog.text
+    assert fake.requests == []
+
+
 def test_the_task_logs_a_vendor_failure(fake, configure, handled, caplog):
     fake.fail("server_error", times=None, path="/v1/events")
     result = reconcile_task.apply(args=["stripe"]).get()
