@@ -128,6 +128,14 @@ CELERY_BEAT_SCHEDULE = {
     # was lost (broker down, web process killed) is enqueued within about 90 s.
     "requeue-stuck-webhooks": {"task": "webhooks.requeue_stuck", "schedule": 30.0},
 }
+if os.environ.get("STRIPE_API_KEY"):
+    # Hourly: store the events Stripe failed to deliver (docs/webhooks/reconcile.md). Only with
+    # a key: without one every run would log that Stripe cannot be listed.
+    CELERY_BEAT_SCHEDULE["reconcile-stripe-webhooks"] = {
+        "task": "webhooks.reconcile",
+        "args": ["stripe"],
+        "schedule": 3600.0,
+    }
 
 WEBHOOKS = {
     "ENDPOINTS": {

@@ -87,6 +87,14 @@ def test_webhooks_alone(project):
     assert "Would requeue 0" in webhooks.manage("requeue_stuck_webhooks", "--dry-run")
     assert "Would delete 0" in webhooks.manage("prune_webhooks", "--dry-run")
     assert "--bad-signature" in webhooks.manage("send_test_webhook", "--help")
+    # Without integrations nothing lists Stripe's undelivered events: reconcile says what it
+    # needs, with its own exit code, and receiving (above) is unaffected.
+    reconcile = webhooks.run("manage.py", "reconcile_webhooks", "stripe")
+    assert reconcile.returncode == 6, reconcile.stderr[-3000:]
+    assert "needs a lister of stripe's events: add 'integrations' to INSTALLED_APPS" in (
+        reconcile.stderr
+    )
+    assert "Traceback" not in reconcile.stderr
 
 
 def test_integrations_alone(project):

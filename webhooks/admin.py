@@ -287,7 +287,7 @@ class WebhookEventAdmin(admin.ModelAdmin):
     confirmation_template = "admin/webhooks/webhookevent/confirm_action.html"
     list_display = ("endpoint", "event_id", "event_type", "status_badge", "attempts",
                     "received_at_s", "last_error_short")  # fmt: skip
-    list_filter = ("endpoint", "status", "event_type")
+    list_filter = ("endpoint", "status", "event_type", "source")
     search_fields = ("=event_id",)  # shows the search box; get_search_results does the search
     search_help_text = _(
         "Exact vendor event id (evt_..., a GitHub delivery id) or, on PostgreSQL, a string "
@@ -299,7 +299,7 @@ class WebhookEventAdmin(admin.ModelAdmin):
     show_full_result_count = False
     actions = ("replay", "mark_ignored")
     fieldsets = (
-        (None, {"fields": ("endpoint", "event_id", "event_type", "status_badge",
+        (None, {"fields": ("endpoint", "event_id", "event_type", "source", "status_badge",
                            "last_error_pretty")}),
         (
             _("Processing"),

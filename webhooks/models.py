@@ -17,6 +17,10 @@ class WebhookEvent(models.Model):
         IGNORED = "ignored", _("ignored")
         FAILED = "failed", _("failed")
 
+    class Source(models.TextChoices):
+        DELIVERY = "delivery", _("delivered by the vendor")
+        RECONCILE = "reconcile", _("fetched from the vendor's API (reconcile)")
+
     endpoint = models.CharField(_("endpoint"), max_length=100)
     event_id = models.CharField(_("event id"), max_length=255, help_text=_("The vendor's id."))
     event_type = models.CharField(_("event type"), max_length=255, blank=True, default="")
@@ -35,6 +39,17 @@ class WebhookEvent(models.Model):
         help_text=_(
             "SHA-256 of what the signature covers, for schemes whose event id is outside it "
             "(GitHub): the same signed content under another id is a replay."
+        ),
+    )
+    source = models.CharField(
+        _("source"),
+        max_length=20,
+        choices=Source.choices,
+        default=Source.DELIVERY,
+        db_default=Source.DELIVERY,
+        help_text=_(
+            "How it arrived: a signed delivery, or listed from the vendor's API by "
+            "reconcile_webhooks (an authenticated call: no signature to check)."
         ),
     )
     status = models.CharField(

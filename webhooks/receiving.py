@@ -173,9 +173,13 @@ def store_event(
     headers: dict[str, str],
     *,
     content_digest: bytes | None = None,
+    source: str = WebhookEvent.Source.DELIVERY,
 ) -> Receipt:
     """Insert the event unless ``(endpoint, event_id)`` exists or, when ``content_digest`` is
-    given, ``(endpoint, content_digest)`` does (a replay); send signals and enqueue."""
+    given, ``(endpoint, content_digest)`` does (a replay); send signals and enqueue.
+
+    ``source`` says how it arrived: a signed delivery, or listed from the vendor's API by
+    ``webhooks.reconciling`` (the same path from here on)."""
     event = WebhookEvent(
         endpoint=provider.endpoint,
         event_id=parsed.event_id,
@@ -187,6 +191,7 @@ def store_event(
         received_at=timezone.now(),
         occurred_at=parsed.occurred_at,
         content_digest=content_digest,
+        source=source,
     )
     alias = router.db_for_write(WebhookEvent)
     replay_of = None

@@ -265,6 +265,7 @@ INSERT_FIELDS = (
     "received_at",
     "occurred_at",
     "content_digest",
+    "source",
 )
 #: Columns of an attempt's row, in ``save_outcome``'s parameter order.
 ATTEMPT_FIELDS = ("event", "number", "started_at", "finished_at", "outcome", "error")

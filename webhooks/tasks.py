@@ -22,7 +22,8 @@ from typing import Any
 from celery import Task, shared_task
 from django.db import close_old_connections
 
-from . import processing, services
+from . import processing, reconciling, services
+from .exceptions import UnknownEndpoint, WebhookError
 from .queueing import PROCESS_EVENT, PROCESS_EVENTS
 
 logger = logging.getLogger(__name__)
@@ -98,3 +99,28 @@ def process_events(self: Task[Any, Any], event_pks: list[int]) -> list[str | Non
 def requeue_stuck(self: Task[Any, Any], older_than: float | None = None) -> int:
     with database_connection(self):
         return services.requeue_stuck(older_than=older_than)
+
+
+@shared_task(bind=True, name="webhooks.reconcile", ignore_result=True)
+def reconcile(self: Task[Any, Any], endpoint: str) -> dict[str, Any]:
+    """``reconcile_webhooks ENDPOINT`` for Celery beat: as far back as the vendor keeps
+    undelivered events (running it daily re-lists what an earlier run stored: those are
+    duplicates, never stored twice). Returns the report's ``as_dict()``; a run that cannot
+    start (``ReconcileUnavailable``, an unknown endpoint) or stops part way is logged as an
+    error."""
+    with database_connection(self):
+        try:
+            report = reconciling.reconcile(endpoint)
+        except UnknownEndpoint:
+            logger.error("webhooks: reconcile %r cannot run: no such endpoint", endpoint)
+            return {"endpoint": endpoint, "error": "unknown endpoint"}
+        except WebhookError as exc:
+            logger.error("webhooks: reconcile %r cannot run: %s", endpoint, exc)
+            return {"endpoint": endpoint, "error": str(exc)}
+    if not report.complete:
+        logger.error(
+            "webhooks: reconcile %r did not complete: %s",
+            endpoint,
+            report.error or f"{report.refused} event(s) refused",
+        )
+    return report.as_dict()

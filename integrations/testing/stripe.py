@@ -9,6 +9,9 @@ idempotency (the same ``Idempotency-Key`` with the same parameters replays the f
 - ``POST /v1/customers`` (``email``, ``name``), ``GET /v1/customers/{id}``
 - ``POST /v1/payment_intents`` (``amount``, ``currency``, ``customer``)
 - ``POST /v1/refunds`` (``payment_intent``, ``amount``)
+- ``GET /v1/events`` (``delivery_success``, ``created[gte|gt|lte|lt]``, ``type`` with ``*``,
+  ``types[]``, ``starting_after``, ``ending_before``, ``limit`` 1-100; newest first, with
+  ``has_more``): the events seeded with ``add_event()``
 
 It is a ``FakeVendor`` (``integrations.testing.server``): every request is recorded
 (``requests``, ``count()``, ``idempotency_keys()``), a route scripted with ``route()`` answers
@@ -21,7 +24,8 @@ before the Stripe behaviour (to serve what Stripe would not), and failures are s
 seconds), ``garbage`` (200 with a non-JSON body), ``drop`` (closes the connection without
 answering). A refused connection is a stopped fake (``stop()``) or
 ``integrations.testing.unused_port_url()``. ``add_customer()``, ``add_payment_intent()``,
-``confirm_payment_intent()`` and ``delete_customer()`` seed objects as Stripe's dashboard would.
+``confirm_payment_intent()`` and ``delete_customer()`` seed objects as Stripe's dashboard would;
+``add_event()`` seeds an event, delivered to its webhook endpoint or not (``delivered``).
 
 Usage::
 
@@ -35,6 +39,7 @@ Usage::
 from __future__ import annotations
 
 import copy
+import re
 import secrets
 import string
 import threading
@@ -46,7 +51,7 @@ from urllib.parse import parse_qsl
 
 from .server import NOT_FOUND, FakeVendor, RecordedRequest, Reply
 
-__all__ = ["BEHAVIOURS", "FAILURES", "FakeStripe", "form_params"]
+__all__ = ["BEHAVIOURS", "FAILURES", "FakeStripe", "form_params", "query_params"]
 
 # --- object shapes, from stripe/openapi fixtures3.json (resources.customer, .payment_intent,
 # .refund); values that describe an older object (a discount, a cancellation, a pending action)
@@ -260,6 +265,15 @@ def form_params(request: RecordedRequest) -> dict[str, str]:
     return dict(parse_qsl(raw, keep_blank_values=True))
 
 
+def query_params(request: RecordedRequest) -> list[tuple[str, str]]:
+    """The query of a recorded GET as (name, value) pairs, repeated names kept in order."""
+    return parse_qsl(request.query, keep_blank_values=True)
+
+
+#: The API version the fake's events say they were rendered with.
+API_VERSION = "2024-06-20"
+
+
 @dataclass
 class _Script:
     kind: str
@@ -290,6 +304,10 @@ class FakeStripe(FakeVendor):
         self.customers: dict[str, dict[str, Any]] = {}
         self.payment_intents: dict[str, dict[str, Any]] = {}
         self.refunds: dict[str, dict[str, Any]] = {}
+        #: Seeded events, in creation order (the list answers them newest first).
+        self.events: dict[str, dict[str, Any]] = {}
+        #: Event id -> whether its webhook delivery succeeded.
+        self.delivered: dict[str, bool] = {}
         self._scripts: list[_Script] = []
         self._idempotent: dict[str, tuple[str, str, dict[str, str], int, dict[str, Any]]] = {}
         self._state = threading.RLock()
@@ -363,6 +381,8 @@ class FakeStripe(FakeVendor):
             self.customers.clear()
             self.payment_intents.clear()
             self.refunds.clear()
+            self.events.clear()
+            self.delivered.clear()
 
     def idempotency_keys(
         self, method: str | None = None, path: str | None = None
@@ -401,6 +421,63 @@ class FakeStripe(FakeVendor):
         with self._state:
             self._succeed(self.payment_intents[payment_intent_id])
 
+    def add_event(
+        self,
+        event_type: str = "payment_intent.succeeded",
+        *,
+        data_object: Mapping[str, Any] | None = None,
+        created: int | None = None,
+        delivered: bool = False,
+        event_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Seed an event as Stripe would make it (``object: "event"``, ``data.object``), its
+        webhook delivery ``delivered`` or not (listed with ``delivery_success=false`` until
+        ``mark_delivered``). ``data_object`` defaults to a fresh object of the type's resource
+        (a payment intent, a customer, a refund, else a bare object)."""
+        with self._state:
+            if data_object is None:
+                data_object = self._object_for(event_type)
+            event: dict[str, Any] = {
+                "id": event_id or _new_id("evt_"),
+                "object": "event",
+                "api_version": API_VERSION,
+                "created": int(time.time()) if created is None else created,
+                "data": {"object": copy.deepcopy(dict(data_object))},
+                "livemode": False,
+                "pending_webhooks": 0 if delivered else 1,
+                "request": {"id": _new_id("req_", 14), "idempotency_key": None},
+                "type": event_type,
+            }
+            self.events[event["id"]] = event
+            self.delivered[event["id"]] = delivered
+            return copy.deepcopy(event)
+
+    def mark_delivered(self, event_id: str) -> None:
+        """Record that ``event_id``'s webhook delivery succeeded (it leaves the
+        ``delivery_success=false`` list)."""
+        with self._state:
+            self.delivered[event_id] = True
+            self.events[event_id]["pending_webhooks"] = 0
+
+    def answer_events(self, request: RecordedRequest) -> Reply:
+        """The fake's own answer to a ``GET /v1/events`` request: for a route scripted with
+        ``route()`` that passes some requests through (``route("GET", "/v1/events",
+        fake.answer_events, Reply.server_error())``: the first page answers, the next fail)."""
+        with self._state:
+            return _reply(*self._list_events(query_params(request)))
+
+    def _object_for(self, event_type: str) -> dict[str, Any]:
+        resource = event_type.split(".", 1)[0]
+        if resource == "payment_intent":
+            return copy.deepcopy(self._new_payment_intent(1099, "usd", None))
+        if resource == "customer" and event_type.count(".") == 1:
+            return copy.deepcopy(self._create_customer({}))
+        if resource == "refund":
+            refund = copy.deepcopy(_REFUND)
+            refund.update(id=_new_id("re_"), created=int(time.time()))
+            return refund
+        return {"id": _new_id("obj_", 14), "object": resource}
+
     # --- request handling ----------------------------------------------------------------
 
     def _dispatch(self, request: RecordedRequest) -> Reply:
@@ -421,6 +498,8 @@ class FakeStripe(FakeVendor):
         denied = self._check_key(request.header("Authorization"))
         if denied is not None:
             return denied
+        if request.method == "GET" and request.path == "/v1/events":
+            return self.answer_events(request)
         method, path, params = request.method, request.path, form_params(request)
         key = request.header("Idempotency-Key") if method == "POST" else None
         with self._state:
@@ -484,6 +563,62 @@ class FakeStripe(FakeVendor):
             "https://stripe.com/docs or we can help at https://support.stripe.com/.",
             type="invalid_request_error",
         )
+
+    def _list_events(self, query: list[tuple[str, str]]) -> tuple[int, dict[str, Any]]:
+        """``GET /v1/events`` as Stripe answers it: filters, newest first, a cursor, a page."""
+        single = {name: value for name, value in query if not _is_array(name, "types")}
+        types = [value for name, value in query if _is_array(name, "types")]
+        if "type" in single and types:
+            return _invalid("You may only specify one of these parameters: type, types.", "type")
+        limit = 10
+        if "limit" in single:
+            limit_value = _integer(single["limit"])
+            if limit_value is None:
+                return _invalid_integer("limit", single["limit"])
+            if not 1 <= limit_value <= 100:
+                return _invalid(
+                    "This value must be greater than or equal to 1 and less than or equal to 100.",
+                    "limit",
+                )
+            limit = limit_value
+        events = sorted(self.events.values(), key=lambda e: e["created"], reverse=True)
+        success = single.get("delivery_success")
+        if success is not None:
+            if success not in ("true", "false"):
+                return _invalid(f"Invalid boolean: {success}", "delivery_success")
+            events = [e for e in events if self.delivered[e["id"]] == (success == "true")]
+        for bound, keep in _CREATED_BOUNDS.items():
+            if f"created[{bound}]" in single:
+                value = _integer(single[f"created[{bound}]"])
+                if value is None:
+                    return _invalid_integer(f"created[{bound}]", single[f"created[{bound}]"])
+                events = [e for e in events if keep(e["created"], value)]
+        if "type" in single:
+            pattern = re.compile(
+                "^" + ".*".join(re.escape(part) for part in single["type"].split("*")) + "$"
+            )
+            events = [e for e in events if pattern.match(e["type"])]
+        if types:
+            if len(types) > 20:
+                return _invalid("types may hold at most 20 event types.", "types")
+            events = [e for e in events if e["type"] in types]
+        ids = [e["id"] for e in events]
+        for cursor in ("starting_after", "ending_before"):
+            if cursor in single and single[cursor] not in self.events:
+                return _missing("event", single[cursor], 400, param=cursor)
+        if "starting_after" in single:
+            after = single["starting_after"]
+            events = events[ids.index(after) + 1 :] if after in ids else []
+        elif "ending_before" in single:
+            before = single["ending_before"]
+            events = events[: ids.index(before)][-limit:] if before in ids else []
+        page = events[:limit]
+        return 200, {
+            "object": "list",
+            "data": copy.deepcopy(page),
+            "has_more": len(events) > limit,
+            "url": "/v1/events",
+        }
 
     def _create_customer(self, params: Mapping[str, str]) -> dict[str, Any]:
         customer = copy.deepcopy(_CUSTOMER)
@@ -599,6 +734,27 @@ class FakeStripe(FakeVendor):
         )
         self.refunds[refund["id"]] = refund
         return 200, copy.deepcopy(refund)
+
+
+#: ``created[...]`` filters: bound -> whether an event created at ``created`` is kept.
+_CREATED_BOUNDS: dict[str, Any] = {
+    "gte": lambda created, value: created >= value,
+    "gt": lambda created, value: created > value,
+    "lte": lambda created, value: created <= value,
+    "lt": lambda created, value: created < value,
+}
+
+
+def _is_array(name: str, field: str) -> bool:
+    """Whether ``name`` is an item of array ``field``: ``types[]`` or ``types[0]`` (how
+    stripe-python encodes a list)."""
+    return name == f"{field}[]" or (
+        name.startswith(f"{field}[") and name.endswith("]") and name[len(field) + 1 : -1].isdigit()
+    )
+
+
+def _invalid(message: str, param: str) -> tuple[int, dict[str, Any]]:
+    return _error(400, message=message, param=param, type="invalid_request_error")
 
 
 def _integer(value: str) -> int | None:

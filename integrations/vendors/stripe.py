@@ -30,8 +30,9 @@ import ssl
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import httpx
@@ -41,6 +42,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from tether.conf import SECRET_VARIABLES, SecretStr
 from tether.fork import after_fork
+from tether.vendor_events import ListingFailed
 
 from ..calls import CallPolicy, PolicyOverrides
 from ..client import parse_retry_after
@@ -61,11 +63,14 @@ if TYPE_CHECKING:  # the SDK's request types (its run-time module layout varies 
     from stripe.params import CustomerCreateParams, PaymentIntentCreateParams, RefundCreateParams
 
 __all__ = [
+    "EVENTS_PAGE_SIZE",
     "SERVICE",
     "Customer",
+    "EventPage",
     "PaymentIntent",
     "Refund",
     "StripeService",
+    "list_undelivered_events",
     "map_stripe_error",
 ]
 
@@ -113,6 +118,21 @@ class Refund:
     payment_intent: str | None
 
 
+@dataclass(frozen=True)
+class EventPage:
+    """One page of ``GET /v1/events``: the events as Stripe sent them (JSON objects, newest
+    first), and whether more follow (``has_more``)."""
+
+    events: tuple[Mapping[str, Any], ...]
+    has_more: bool
+
+
+#: Events asked for per page: Stripe's largest ``limit``.
+EVENTS_PAGE_SIZE = 100
+#: Stripe keeps events listable for 30 days; at 100 a page this bounds a listing at a million.
+MAX_EVENT_PAGES = 10_000
+
+
 class _BadField(Exception):
     """A field of Stripe's answer is missing or of the wrong type (becomes InvalidResponseError)."""
 
@@ -155,6 +175,25 @@ def _refund(data: Mapping[str, Any]) -> Refund:
         status=_field(data, "status", str),
         payment_intent=_field(data, "payment_intent", str, nullable=True),
     )
+
+
+def _event_page(data: Mapping[str, Any], *, limit: int) -> EventPage:
+    """The page from Stripe's list object: ``data`` a list of at most ``limit`` items and
+    ``has_more`` a boolean; when more follow, the last item must be an object with a string
+    ``id`` (where the next page starts). A page larger than asked for is refused whole (a
+    hostile or broken answer), not cut. The items are not checked further here: the caller
+    refuses a malformed one on its own, and the others are kept."""
+    events = _field(data, "data", list)
+    has_more = data.get("has_more")
+    if not isinstance(has_more, bool):  # (_field takes no bool: it is an int to Python)
+        raise _BadField("field 'has_more' of Stripe's answer is missing or not a boolean")
+    if len(events) > limit:
+        raise _BadField(f"Stripe answered {len(events)} events for a page of {limit}")
+    if has_more:
+        last = events[-1] if events else None
+        if not isinstance(last, Mapping) or not isinstance(last.get("id"), str):
+            raise _BadField("Stripe answered has_more without an event id to go on from")
+    return EventPage(events=tuple(events), has_more=has_more)
 
 
 # --- error mapping ------------------------------------------------------------------------------
@@ -454,6 +493,42 @@ class StripeService:
             idempotency_key=_key(idempotency_key),
         )
 
+    def list_events(
+        self,
+        *,
+        created_gte: int | None = None,
+        delivery_success: bool | None = None,
+        types: Sequence[str] | None = None,
+        starting_after: str | None = None,
+        limit: int = EVENTS_PAGE_SIZE,
+    ) -> EventPage:
+        """One page of ``GET /v1/events`` (newest first): events created at or after
+        ``created_gte`` (Unix seconds), ``delivery_success`` false for those whose webhook
+        delivery has not yet succeeded, ``types`` (up to 20 exact names), after the event id
+        ``starting_after``, at most ``limit`` (1 to 100) events. A page that is not a list of
+        events with ids, or holds more than ``limit`` of them, is an ``InvalidResponseError``."""
+        if not 1 <= limit <= EVENTS_PAGE_SIZE:
+            raise ValueError(f"limit must be 1 to {EVENTS_PAGE_SIZE}")
+        params: dict[str, Any] = {"limit": limit}
+        if created_gte is not None:
+            params["created"] = {"gte": int(created_gte)}
+        if delivery_success is not None:
+            params["delivery_success"] = delivery_success
+        if types:
+            if len(types) > 20:
+                raise ValueError("Stripe takes at most 20 event types")
+            params["types"] = list(types)
+        if starting_after is not None:
+            params["starting_after"] = starting_after
+        return self._call(
+            "list_events",
+            lambda client, options: client.v1.events.list(
+                params=params,  # type: ignore[arg-type]
+                options=options,
+            ),
+            lambda data: _event_page(data, limit=limit),
+        )
+
     def close(self) -> None:
         """Close the SDK client's connection pool (a later call opens a new one)."""
         with self._lock:
@@ -487,11 +562,20 @@ class StripeService:
         def attempt(info: AttemptInfo) -> T:
             try:
                 obj = request(client, options.copy())
+                if not isinstance(obj, stripe.StripeObject):  # e.g. a JSON array
+                    raise InvalidResponseError(
+                        SERVICE, operation, "Stripe: the answer is not a JSON object"
+                    )
+                data = obj.to_dict()
             except stripe.StripeError as exc:
                 error = map_stripe_error(exc, operation=operation, api_key=api_key)
                 raise error from _without_frames(exc)
+            except RecursionError as exc:  # an answer nested too deep to convert
+                raise InvalidResponseError(
+                    SERVICE, operation, "Stripe's answer is nested too deep"
+                ) from exc
             try:
-                return build(obj.to_dict())
+                return build(data)
             except _Deleted as exc:
                 raise ClientRequestError(
                     SERVICE, operation, "the customer is deleted", status_code=404
@@ -546,6 +630,59 @@ after_fork(_forget_clients_after_fork)
 
 class _Deleted(Exception):
     pass
+
+
+# --- undelivered events, for webhooks' reconcile (through tether.vendor_events) ---------------
+
+
+def list_undelivered_events(
+    *, since: datetime, service: StripeService | None = None
+) -> Iterator[Mapping[str, Any]]:
+    """The events created at or after ``since`` whose webhook delivery has not succeeded
+    (``GET /v1/events?delivery_success=false``), page after page, newest first: one
+    ``list_events`` call per page, each under the service's breaker, timeouts and retries.
+
+    Registered by ``IntegrationsConfig.ready()`` as the ``"stripe"`` lister of
+    ``tether.vendor_events``: every error is raised as ``ListingFailed`` (the events already
+    yielded stay yielded). Bounded: at most ``MAX_EVENT_PAGES`` pages, and a page that says
+    ``has_more`` must move the cursor on (an empty page, or one ending on an id already seen,
+    is an invalid answer rather than a loop).
+    """
+    owned = service is None
+    service = service or StripeService()
+    seen: set[str] = set()
+    cursor: str | None = None
+    try:
+        for _page in range(MAX_EVENT_PAGES):
+            try:
+                page = service.list_events(
+                    created_gte=int(since.timestamp()),
+                    delivery_success=False,
+                    starting_after=cursor,
+                )
+            except IntegrationError as exc:
+                raise ListingFailed(str(exc), retryable=exc.retryable) from exc
+            except ImproperlyConfigured as exc:
+                raise ListingFailed(str(exc), retryable=False) from exc
+            yield from page.events
+            if not page.has_more:
+                return
+            last = page.events[-1]["id"]  # a string: _event_page checked it
+            if last in seen:
+                raise ListingFailed(
+                    "Stripe: invalid answer to list_events: has_more, but the page ends on an "
+                    "event already listed",
+                    retryable=False,
+                )
+            seen.add(last)
+            cursor = last
+        raise ListingFailed(
+            f"Stripe: more than {MAX_EVENT_PAGES} pages of undelivered events; stopped there",
+            retryable=False,
+        )
+    finally:
+        if owned:
+            service.close()
 
 
 def _key(idempotency_key: str | None) -> str:

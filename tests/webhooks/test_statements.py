@@ -244,7 +244,7 @@ def generic_plan_of_a_duplicate() -> list[dict[str, Any]]:
     """EXPLAIN EXECUTE of the receive statement, prepared by SQL, under force_generic_plan."""
     sql, names = numbered(storage.statements(connection).insert)
     assert "%(" not in sql
-    assert len(names) == 12  # the inserted fields; body, endpoint and event_id reused
+    assert len(names) == 13  # the inserted fields; body, endpoint and event_id reused
     values = {
         "endpoint": "stripe",
         "event_id": "evt_generic",
@@ -258,6 +258,7 @@ def generic_plan_of_a_duplicate() -> list[dict[str, Any]]:
         "received_at": timezone.now(),
         "occurred_at": None,
         "content_digest": None,  # a Stripe event: the id is signed
+        "source": "delivery",
     }
     placeholders = ", ".join(["%s"] * len(names))
     with connection.cursor() as cursor:

@@ -21,11 +21,14 @@ from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
 
+from integrations.testing import instant_backoff
+from integrations.testing.stripe import FakeStripe
 from sandbox_project.celery import app as celery_app
 from tests.celery_worker import wait_until
+from tests.integrations.vendors.conftest import API_KEY, stripe_settings
 from tests.webhooks.conftest import FAST_RETRIES
 from tests.webhooks.factories import WebhookEventFactory
-from webhooks import queueing
+from webhooks import on, queueing
 from webhooks.models import ProcessingAttempt, WebhookEvent
 from webhooks.testing import post_webhook
 
@@ -222,3 +225,21 @@ def test_task_queue_setting_routes_first_attempts_and_retries(worker_factory, ru
     worker_factory(queues="webhooks-h2", webhooks={**FAST_RETRIES, "TASK_QUEUE": "webhooks-h2"})
     event = enqueue(event_type="test.flaky", payload={"fail_times": 1})
     assert reaches(event, Status.PROCESSED).attempts == 2
+
+
+def test_reconciled_events_are_processed_by_the_worker(celery_worker, runs, handlers):
+    """``reconcile_webhooks`` against a fake Stripe stores the undelivered events; the worker
+    processes them as it does deliveries (its ``test.record`` handler records each run)."""
+    on("stripe", "test.record")(lambda event: None)  # what this process's registry must know
+    with FakeStripe(api_key=API_KEY) as fake, instant_backoff():
+        listed = [fake.add_event("test.record", data_object={"id": f"obj_{n}"}) for n in range(3)]
+        fake.add_event("test.record", delivered=True)
+        with override_settings(INTEGRATIONS=stripe_settings(fake.base_url)):
+            out = StringIO()
+            call_command("reconcile_webhooks", "stripe", stdout=out)
+    assert "listed 3 undelivered event(s); stored and enqueued 3" in out.getvalue()
+    for item in listed:
+        event = WebhookEvent.objects.get(endpoint="stripe", event_id=item["id"])
+        assert event.source == WebhookEvent.Source.RECONCILE
+        assert reaches(event, Status.PROCESSED).attempts == 1
+        assert attempts_run(runs, event) == [1]

@@ -31,6 +31,7 @@ class WebhookEventSerializer(serializers.ModelSerializer):
             "endpoint",
             "event_id",
             "event_type",
+            "source",
             "status",
             "attempts",
             "last_error",

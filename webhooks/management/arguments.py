@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from tether.audit import EXIT_USAGE, add_user_argument, command_user, reason_argument
 from tether.dates import parse_when
 
+from ..conf import webhooks_settings
 from ..providers.base import MAX_ID_LENGTH
 
 # Exit codes of the webhooks commands.
@@ -18,6 +20,10 @@ EXIT_OK = 0
 # EXIT_USAGE (2, tether.audit): bad input, as argparse itself uses.
 EXIT_BROKER_UNAVAILABLE = 3
 EXIT_NOT_ALL_PROCESSED = 4
+#: reconcile_webhooks: the listing or the storing stopped part way, or listed events were refused.
+EXIT_RECONCILE_INCOMPLETE = 5
+#: reconcile_webhooks: the endpoint cannot be reconciled here (no vendor API, no lister).
+EXIT_RECONCILE_UNAVAILABLE = 6
 
 
 def iso_datetime(value: str) -> dt.datetime:
@@ -187,3 +193,12 @@ def filtered_events(options: dict[str, Any]) -> Any:
     if options["limit"]:
         queryset = queryset.order_by("received_at", "id")[: options["limit"]]
     return queryset
+
+
+def known_endpoints() -> str:
+    """The configured endpoint names, for an error about an unknown one."""
+    endpoints = webhooks_settings["ENDPOINTS"]
+    names = sorted(map(str, endpoints)) if isinstance(endpoints, Mapping) else []
+    if not names:
+        return "no endpoint is configured"
+    return f"known endpoints: {', '.join(names)}"

@@ -23,7 +23,7 @@ import secrets as _secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -35,7 +35,7 @@ from tether.dates import utc_datetime
 
 from ..conf import ConfigProblem as ConfigProblem  # its home before webhooks.conf: still here
 from ..conf import is_number, webhooks_settings
-from ..exceptions import InvalidSignature, MalformedPayload
+from ..exceptions import InvalidSignature, MalformedPayload, PayloadTooLarge
 
 #: Headers every provider keeps besides its own scheme's.
 COMMON_STORED_HEADERS: tuple[str, ...] = ("Content-Type", "User-Agent")
@@ -125,6 +125,13 @@ class Provider:
     name: ClassVar[str] = ""
     #: Options the provider reads besides SECRETS, TOLERANCE and MAX_BODY_BYTES.
     options: ClassVar[tuple[str, ...]] = ()
+
+    #: Reconcile (optional): the vendor whose API lists the events it failed to deliver, by
+    #: the name its lister is registered under in ``tether.vendor_events`` (None: the scheme
+    #: cannot reconcile), and how far back the vendor keeps them listable. A provider that
+    #: sets ``reconcile_vendor`` implements ``event_from_api``.
+    reconcile_vendor: ClassVar[str | None] = None
+    reconcile_window: ClassVar[timedelta] = timedelta(0)
 
     # The scheme's header names: a class attribute of the same name in a subclass
     # (``signature_header = "Stripe-Signature"``) replaces each; ``hmac`` reads them from settings.
@@ -308,6 +315,15 @@ class Provider:
         """
         return None
 
+    # -- reconcile: events listed from the vendor's API ------------------------------------------
+
+    def event_from_api(self, event: Mapping[str, Any]) -> tuple[bytes, ParsedEvent]:
+        """The body to store and the parsed event for one event the vendor's API listed
+        (``webhooks.reconciling``), with the receive path's bounds: ``PayloadTooLarge`` over
+        ``max_body_bytes``, ``MalformedPayload`` where ``parse`` would refuse it. There is no
+        signature to verify: the listing call was authenticated."""
+        raise NotImplementedError
+
     # -- the vendor's side, for tests and send_test_webhook -------------------------------------
 
     def sign(
@@ -398,6 +414,20 @@ def load_json_object(data: bytes | str) -> dict[str, Any]:
     if _count_brackets(data) > MAX_JSON_DEPTH and _deeper_than(payload, MAX_JSON_DEPTH):
         raise MalformedPayload(f"body nests deeper than {MAX_JSON_DEPTH} levels")
     return payload
+
+
+def api_event_body(event: Mapping[str, Any], limit: int) -> bytes:
+    """An event listed from a vendor's API as the bytes stored for it: compact JSON, UTF-8.
+    ``PayloadTooLarge`` over ``limit`` bytes; ``MalformedPayload`` if it cannot be written as
+    JSON (what it holds is checked again by ``load_json_object`` when parsed: ``NaN`` is
+    written here and refused there)."""
+    try:
+        body = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as exc:
+        raise MalformedPayload("the listed event cannot be written as JSON") from exc
+    if len(body) > limit:
+        raise PayloadTooLarge(f"listed event over {limit} bytes")
+    return body
 
 
 def _count_brackets(data: bytes | str) -> int:

@@ -9,6 +9,10 @@ before the body is read (the base's ``check_headers``, as ``has_timestamp``) and
 ``verify``, which takes ``now=`` so a stored event can be re-verified later.
 
 Extracted: id ``id``, type ``type`` (both required), occurred ``created`` (Unix seconds).
+
+Reconcile: Stripe lists the events whose delivery has not succeeded for 30 days
+(``GET /v1/events?delivery_success=false``); ``event_from_api`` stores each as a delivery's body
+would be (see ``webhooks.reconciling``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import json
 import secrets as _secrets
 import time
 from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
 
 from stripe import SignatureVerificationError, WebhookSignature
 
@@ -27,6 +33,7 @@ from .base import (
     Provider,
     Sample,
     any_secret,
+    api_event_body,
     as_headers,
     datetime_from_unix,
     decode_utf8,
@@ -41,6 +48,10 @@ class StripeProvider(Provider):
     signature_header = "Stripe-Signature"
     #: The time is the signature header's ``t=`` (read below), checked by ``check_headers``.
     has_timestamp = True
+    #: ``GET /v1/events?delivery_success=false``, through the lister registered as "stripe"
+    #: (``integrations`` registers one); Stripe keeps events listable for 30 days.
+    reconcile_vendor = "stripe"
+    reconcile_window = timedelta(days=30)
 
     def read_timestamp(self, headers: Mapping[str, str]) -> int:
         return _timestamp(as_headers(headers).get(self.signature_header) or "")
@@ -72,6 +83,12 @@ class StripeProvider(Provider):
             occurred_at=datetime_from_unix(payload.get("created")),
             payload=payload,
         )
+
+    def event_from_api(self, event: Mapping[str, Any]) -> tuple[bytes, ParsedEvent]:
+        """The event as ``GET /v1/events`` lists it is what a webhook delivers (the same
+        object): stored as compact JSON, parsed as a delivery is."""
+        body = api_event_body(event, self.max_body_bytes)
+        return body, self.parse(body, {})
 
     def sign(
         self,

@@ -242,3 +242,93 @@ def test_reset_and_stop(fake, http):
 def test_unknown_failures_are_refused(fake):
     with pytest.raises(ValueError, match="unknown failure"):
         fake.fail("meteor_strike")
+
+
+# --- GET /v1/events -----------------------------------------------------------------------------
+
+
+def test_events_are_listed_newest_first_with_stripes_shape(fake, http):
+    old = fake.add_event("payment_intent.succeeded", created=1_000)
+    new = fake.add_event("customer.created", created=2_000)
+
+    answer = http.get("/v1/events")
+
+    assert answer.status_code == 200
+    body = answer.json()
+    assert (body["object"], body["url"], body["has_more"]) == ("list", "/v1/events", False)
+    assert [e["id"] for e in body["data"]] == [new["id"], old["id"]]
+    event = body["data"][1]
+    assert event["object"] == "event" and event["id"].startswith("evt_")
+    assert event["data"]["object"]["object"] == "payment_intent"
+    assert event["pending_webhooks"] == 1
+    assert body["data"][0]["data"]["object"]["object"] == "customer"
+
+
+def test_events_filters(fake, http):
+    delivered = fake.add_event("invoice.paid", created=1_000, delivered=True)
+    failed = fake.add_event("invoice.payment_failed", created=2_000)
+    customer = fake.add_event("customer.updated", created=3_000)
+
+    def ids(**params):
+        answer = http.get("/v1/events", params=params)
+        assert answer.status_code == 200, answer.text
+        return [e["id"] for e in answer.json()["data"]]
+
+    assert ids(delivery_success="false") == [customer["id"], failed["id"]]
+    assert ids(delivery_success="true") == [delivered["id"]]
+    assert ids(**{"created[gte]": 2_000}) == [customer["id"], failed["id"]]
+    assert ids(**{"created[gt]": 2_000}) == [customer["id"]]
+    assert ids(**{"created[lte]": 2_000}) == [failed["id"], delivered["id"]]
+    assert ids(**{"created[lt]": 2_000}) == [delivered["id"]]
+    assert ids(type="invoice.*") == [failed["id"], delivered["id"]]
+    assert ids(**{"types[]": ["invoice.paid", "customer.updated"]}) == [
+        customer["id"],
+        delivered["id"],
+    ]
+    assert ids(**{"types[0]": "invoice.paid"}) == [delivered["id"]]  # stripe-python's encoding
+    fake.mark_delivered(failed["id"])
+    assert ids(delivery_success="false") == [customer["id"]]
+
+
+def test_events_pages(fake, http):
+    ids = [fake.add_event(created=n)["id"] for n in range(5)][::-1]  # newest first
+
+    first = http.get("/v1/events", params={"limit": 2}).json()
+    second = http.get("/v1/events", params={"limit": 2, "starting_after": ids[1]}).json()
+    last = http.get("/v1/events", params={"limit": 2, "starting_after": ids[3]}).json()
+    before = http.get("/v1/events", params={"limit": 2, "ending_before": ids[4]}).json()
+
+    assert ([e["id"] for e in first["data"]], first["has_more"]) == (ids[:2], True)
+    assert ([e["id"] for e in second["data"]], second["has_more"]) == (ids[2:4], True)
+    assert ([e["id"] for e in last["data"]], last["has_more"]) == (ids[4:], False)
+    assert [e["id"] for e in before["data"]] == ids[2:4]
+    assert len(http.get("/v1/events").json()["data"]) == 5  # Stripe's default limit is 10
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 101}, "limit"),
+        ({"limit": "many"}, "limit"),
+        ({"delivery_success": "maybe"}, "delivery_success"),
+        ({"created[gte]": "soon"}, "created[gte]"),
+        ({"starting_after": "evt_missing"}, "starting_after"),
+        ({"type": "a", "types[]": "b"}, "type"),
+        ({"types[]": [f"t{n}" for n in range(21)]}, "types"),
+    ],
+)
+def test_events_bad_parameters_are_stripe_shaped(http, params, param):
+    answer = http.get("/v1/events", params=params)
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
+
+
+def test_events_need_the_key_and_obey_scripts(fake, http):
+    assert httpx.get(f"{fake.base_url}/v1/events").status_code == 401
+    fake.fail("server_error", path="/v1/events")
+    assert http.get("/v1/events").status_code == 500
+    assert http.get("/v1/events").status_code == 200
+    fake.reset()
+    assert fake.events == {} and fake.delivered == {}

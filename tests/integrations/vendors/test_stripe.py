@@ -32,9 +32,17 @@ from integrations.exceptions import (
 )
 from integrations.models import CircuitBreaker
 from integrations.testing import Reply, unused_port_url
-from integrations.testing.stripe import FakeStripe, form_params
-from integrations.vendors.stripe import Customer, PaymentIntent, Refund, StripeService
+from integrations.testing.stripe import FakeStripe, form_params, query_params
+from integrations.vendors.stripe import (
+    Customer,
+    EventPage,
+    PaymentIntent,
+    Refund,
+    StripeService,
+    list_undelivered_events,
+)
 from tests.forking import in_a_child
+from tether.vendor_events import ListingFailed, event_lister
 
 from .conftest import API_KEY, stripe_settings
 
@@ -699,3 +707,67 @@ def test_an_empty_customer_id_is_refused_before_any_request(service, fake_stripe
         service.retrieve_customer("")
 
     assert fake_stripe.count() == 0
+
+
+# --- listing events (reconcile) ---------------------------------------------------------------
+
+
+def test_list_events_sends_the_filters_and_returns_the_page(service, fake_stripe):
+    for n in range(3):
+        fake_stripe.add_event("invoice.paid", created=1_000 + n)
+    fake_stripe.add_event("invoice.paid", created=5_000, delivered=True)
+
+    page = service.list_events(
+        created_gte=1_001, delivery_success=False, types=["invoice.paid"], limit=1
+    )
+
+    assert isinstance(page, EventPage)
+    assert page.has_more is True
+    [event] = page.events
+    assert (event["type"], event["created"]) == ("invoice.paid", 1_002)
+    [request] = fake_stripe.requests
+    assert (request.method, request.path) == ("GET", "/v1/events")
+    assert dict(query_params(request)) == {
+        "limit": "1",
+        "created[gte]": "1001",
+        "delivery_success": "false",
+        "types[0]": "invoice.paid",
+    }
+    assert request.header("Idempotency-Key") is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"limit": 0}, "limit"), ({"limit": 101}, "limit"), ({"types": ["t"] * 21}, "20")],
+)
+def test_list_events_refuses_what_stripe_would(service, fake_stripe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        service.list_events(**kwargs)
+    assert fake_stripe.requests == []
+
+
+def test_undelivered_events_follow_every_page(service, fake_stripe):
+    ids = {fake_stripe.add_event(created=2_000 + n)["id"] for n in range(205)}
+    fake_stripe.add_event(created=1_000)  # before since
+
+    listed = list(
+        list_undelivered_events(since=datetime.fromtimestamp(2_000, UTC), service=service)
+    )
+
+    assert {e["id"] for e in listed} == ids
+    assert fake_stripe.count("GET", "/v1/events") == 3
+
+
+def test_undelivered_events_raise_listing_failed(service, fake_stripe):
+    fake_stripe.add_event()
+    fake_stripe.fail("permission", times=None, path="/v1/events")
+    with pytest.raises(ListingFailed) as caught:
+        list(list_undelivered_events(since=datetime.fromtimestamp(0, UTC), service=service))
+    assert caught.value.retryable is False
+    assert "HTTP 403" in str(caught.value)
+    assert API_KEY not in str(caught.value)
+    assert isinstance(caught.value.__cause__, ClientRequestError)
+
+
+def test_integrations_registers_the_stripe_lister():
+    assert event_lister("stripe") is list_undelivered_events

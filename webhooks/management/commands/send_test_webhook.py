@@ -9,16 +9,14 @@ not, 2 for a usage or configuration error, 3 when the server cannot be reached.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from webhooks.conf import webhooks_settings
 from webhooks.exceptions import MalformedPayload, UnknownEndpoint, WebhookConfigurationError
-from webhooks.management.arguments import EXIT_USAGE, event_identifier
+from webhooks.management.arguments import EXIT_USAGE, event_identifier, known_endpoints
 from webhooks.providers import get_provider
 from webhooks.providers.base import load_json_object
 from webhooks.testing import WebhookRequest, build_request, send_request
@@ -145,15 +143,6 @@ class Command(BaseCommand):
         if second and _json(response).get("status") != "duplicate":
             return "expected the second delivery to be answered 'duplicate'"
         return None
-
-
-def known_endpoints() -> str:
-    """The configured endpoint names, for an error about an unknown one."""
-    endpoints = webhooks_settings["ENDPOINTS"]
-    names = sorted(map(str, endpoints)) if isinstance(endpoints, Mapping) else []
-    if not names:
-        return "no endpoint is configured"
-    return f"known endpoints: {', '.join(names)}"
 
 
 def read_payload(value: str, limit: int) -> bytes:
