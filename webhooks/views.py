@@ -39,6 +39,7 @@ than ``MAX_BODY_BYTES + 1`` bytes of a webhook's body (docs/webhooks/asgi.md).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -51,7 +52,7 @@ from django.urls.resolvers import ResolverMatch
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from .conf import processing_setting
+from .conf import processing_setting, webhooks_settings
 from .exceptions import DeliveryRefused
 from .receiving import BodyStream, MetaHeaders, areceive_webhook, receive_webhook
 
@@ -98,30 +99,32 @@ async def receive_async(request: HttpRequest, endpoint: str) -> JsonResponse:
     return JsonResponse({"status": receipt.status, "event_id": receipt.event_id})
 
 
-#: Whether this process already warned that its ASGI application reads bodies unbounded.
-_warned_unbounded = False
-
-
 def _body_in_memory(request: HttpRequest) -> bool:
     """Whether Django holds the whole body in memory (under ASGI, behind ``WebhookBodyLimit``,
     when it let through no more than ``FILE_UPLOAD_MAX_MEMORY_SIZE``): then it is read on the
     event loop; otherwise (a spooled file on disk, a WSGI stream) in a thread."""
-    global _warned_unbounded
     scope = getattr(request, "scope", None)
     if scope is None:  # not an ASGI request (the async view forced under WSGI)
         return False
     held = scope.get(BODY_BYTES_KEY)
     if held is None:
-        if not _warned_unbounded:
-            _warned_unbounded = True
-            logger.warning(
-                "webhooks: this ASGI application is not wrapped in "
-                "webhooks.asgi.WebhookBodyLimit: Django reads each webhook's whole body before "
-                "the view can refuse it (MAX_BODY_BYTES is still enforced, but only after). "
-                "See docs/webhooks/asgi.md."
-            )
+        _warn_unbounded()
         return False
     return bool(held <= settings.FILE_UPLOAD_MAX_MEMORY_SIZE)
+
+
+@functools.cache
+def _warn_unbounded() -> None:
+    """Once per process (and again after the settings change): the ASGI application lacks
+    ``WebhookBodyLimit``."""
+    logger.warning(
+        "webhooks: this ASGI application is not wrapped in webhooks.asgi.WebhookBodyLimit: "
+        "Django reads each webhook's whole body before the view can refuse it (MAX_BODY_BYTES "
+        "is still enforced, but only after). See docs/webhooks/asgi.md."
+    )
+
+
+webhooks_settings.register_cache(_warn_unbounded.cache_clear)
 
 
 #: ``WEBHOOKS["RECEIVE_VIEW"]``'s choices.

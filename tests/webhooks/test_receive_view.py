@@ -1,8 +1,12 @@
 """``POST /webhooks/<endpoint>/``: every row of DESIGN.md's response table, the order of the
 checks, body size limits (declared, lying, chunked), the database and the broker down.
 
-In-process tests use Django's test client on PostgreSQL; those that need a real server (a raw
-socket, a database or broker that is really unreachable) run the sandbox under gunicorn.
+Every test of the contract runs against both views (the ``view`` fixture): the sync one through
+Django's test ``Client`` (WSGI), the async one through ``tests.asgi.AsgiClient`` (Django's ASGI
+handler, where ``WEBHOOKS["RECEIVE_VIEW"] = "auto"`` picks it), and, for tests that call the view
+directly, ``receive`` or ``receive_async`` on a ``RequestFactory`` request. In-process tests run
+on PostgreSQL; those that need a real server (a raw socket, a database or broker that is really
+unreachable) run the sandbox under gunicorn (sync) and under uvicorn (async).
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ import time
 
 import httpx
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import connection, transaction
-from django.test import RequestFactory
+from django.test import Client, RequestFactory
 
 from tests import postgres
 from tests.celery_worker import purge_broker, queued_messages, wait_until
-from tests.servers import GunicornServer, free_port
+from tests.asgi import AsgiClient
+from tests.servers import GunicornServer, UvicornServer, free_port
 from tests.webhooks.providers.gunicorn_server import chunked, http_request, raw_request
 from tests.webhooks.providers.signal_log import signals  # noqa: F401  (fixture)
 from webhooks import dispatch
@@ -37,7 +43,7 @@ from webhooks.providers import get_provider
 from webhooks.signals import webhook_duplicate, webhook_received, webhook_rejected
 from webhooks.storage import insert_once, insert_once_with_savepoint, insert_or_compare
 from webhooks.testing import build_request, post_webhook, send_request, sign_request
-from webhooks.views import receive
+from webhooks.views import receive, receive_async
 
 pytestmark = pytest.mark.django_db
 
@@ -46,6 +52,35 @@ SECRETS = ("whsec_test_stripe_secret", "test-github-secret", "test-partner-secre
 
 def post(client, request, **extra):
     return send_request(client, request) if not extra else client.post(request.path, **extra)
+
+
+@pytest.fixture(params=["sync", "async"])
+def view(request):
+    """Which receive view the test runs against."""
+    return request.param
+
+
+@pytest.fixture
+def make_client(view):
+    """A test client whose requests reach the ``view`` under test."""
+    return Client if view == "sync" else AsgiClient
+
+
+@pytest.fixture
+def client(make_client):
+    return make_client()
+
+
+@pytest.fixture
+def call_view(view):
+    """Call the view under test directly: ``call_view(request, endpoint)``."""
+    if view == "sync":
+        return receive
+    return async_to_sync(receive_async)
+
+
+#: The real servers: the sync view under gunicorn, the async one under uvicorn.
+SERVERS = {"sync": GunicornServer, "async": UvicornServer}
 
 
 # -- the response table, row by row -----------------------------------------------------------
@@ -210,7 +245,7 @@ def test_default_limit_is_one_mebibyte(client):
     assert send_request(client, build_request("partner", fits)).status_code == 200
 
 
-def test_declared_size_is_checked_before_the_body_is_read():
+def test_declared_size_is_checked_before_the_body_is_read(call_view):
     class Unreadable(io.RawIOBase):
         def read(self, size=-1):
             raise AssertionError("the body was read")
@@ -221,11 +256,11 @@ def test_declared_size_is_checked_before_the_body_is_read():
     request.META["CONTENT_LENGTH"] = str(10 * 1024 * 1024)
     request.META["wsgi.input"] = Unreadable()
     request._stream = Unreadable()
-    response = receive(request, "stripe")
+    response = call_view(request, "stripe")
     assert response.status_code == 413
 
 
-def test_unsigned_request_is_refused_before_its_body_is_read():
+def test_unsigned_request_is_refused_before_its_body_is_read(call_view):
     class Unreadable(io.RawIOBase):
         def read(self, size=-1):
             raise AssertionError("the body was read")
@@ -234,10 +269,10 @@ def test_unsigned_request_is_refused_before_its_body_is_read():
         "POST", "/webhooks/stripe/", b"{}", content_type="application/json"
     )
     request._stream = Unreadable()
-    assert json.loads(receive(request, "stripe").content) == {"error": "invalid_signature"}
+    assert json.loads(call_view(request, "stripe").content) == {"error": "invalid_signature"}
 
 
-def test_body_without_declared_length_is_cut_off_at_the_limit(settings):
+def test_body_without_declared_length_is_cut_off_at_the_limit(settings, call_view):
     settings.WEBHOOKS = {**settings.WEBHOOKS, "MAX_BODY_BYTES": 4096}
     reads = []
 
@@ -253,7 +288,7 @@ def test_body_without_declared_length_is_cut_off_at_the_limit(settings):
     request.META["wsgi.input_terminated"] = True
     request.META["wsgi.input"] = Endless()
     request.META["HTTP_X_PARTNER_SIGNATURE"] = "00"
-    response = receive(request, "partner")
+    response = call_view(request, "partner")
     assert response.status_code == 413
     assert sum(reads) == 4097  # never more than limit + 1 bytes
 
@@ -308,10 +343,8 @@ def test_no_secret_in_responses_or_logs(client, caplog):
         assert secret not in text
 
 
-def test_csrf_is_not_required():
-    from django.test import Client
-
-    csrf_client = Client(enforce_csrf_checks=True)
+def test_csrf_is_not_required(make_client):
+    csrf_client = make_client(enforce_csrf_checks=True)
     assert post_webhook(csrf_client, "stripe").status_code == 200
 
 
@@ -386,15 +419,21 @@ def test_malformed_payload_maps_from_data_error():
 
 
 @pytest.fixture
-def live_gunicorn(transactional_db):
-    with GunicornServer(webhooks={"MAX_BODY_BYTES": 65536}) as server:
+def live_server_of(view):
+    """The real server of the view under test: gunicorn (sync) or uvicorn (async)."""
+    return SERVERS[view]
+
+
+@pytest.fixture
+def live_server(transactional_db, live_server_of):
+    with live_server_of(webhooks={"MAX_BODY_BYTES": 65536}) as server:
         yield server
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_raw_socket_size_limits(live_gunicorn):
-    port = live_gunicorn.port
+def test_raw_socket_size_limits(live_server):
+    port = live_server.port
     request = build_request("partner")
 
     # Declared over the limit: 413 at once; the body is never sent (the server did not wait).
@@ -412,7 +451,7 @@ def test_raw_socket_size_limits(live_gunicorn):
         content_length=len(request.body),
     )
     status, body = raw_request(port, data)
-    assert status == 200, live_gunicorn.log()
+    assert status == 200, live_server.log()
     assert json.loads(body) == {"status": "accepted", "event_id": request.event_id}
     assert bytes(WebhookEvent.objects.get(event_id=request.event_id).body) == request.body
 
@@ -422,7 +461,7 @@ def test_raw_socket_size_limits(live_gunicorn):
     status, body = raw_request(
         port, http_request("POST", big.path, headers, chunked(big.body), content_length=None)
     )
-    assert (status, body) == (413, b'{"error": "payload_too_large"}'), live_gunicorn.log()
+    assert (status, body) == (413, b'{"error": "payload_too_large"}'), live_server.log()
 
     # Chunked and within the limit: read to its end and accepted.
     small = build_request("partner", {"id": "evt_chunked_ok", "type": "a", "pad": "z" * 30_000})
@@ -431,17 +470,17 @@ def test_raw_socket_size_limits(live_gunicorn):
         port,
         http_request("POST", small.path, headers, chunked(small.body, 1000), content_length=None),
     )
-    assert status == 200, live_gunicorn.log()
+    assert status == 200, live_server.log()
     assert bytes(WebhookEvent.objects.get(event_id="evt_chunked_ok").body) == small.body
     assert not WebhookEvent.objects.filter(event_id="evt_chunked_big").exists()
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_database_unreachable_is_503(transactional_db):
+def test_database_unreachable_is_503(transactional_db, live_server_of):
     closed = free_port()
     env = {"TETHER_PG_URL": f"postgres://postgres@127.0.0.1:{closed}/test"}
-    with GunicornServer(env=env) as server, httpx.Client(base_url=server.url) as http:
+    with live_server_of(env=env) as server, httpx.Client(base_url=server.url) as http:
         response = send_request(http, build_request("stripe"))
         assert response.status_code == 503, server.log()
         assert response.content == b'{"error": "unavailable"}'
@@ -455,10 +494,12 @@ def test_database_unreachable_is_503(transactional_db):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_broker_down_still_answers_200_and_the_event_stays_received(transactional_db):
+def test_broker_down_still_answers_200_and_the_event_stays_received(
+    transactional_db, live_server_of
+):
     closed = free_port()
     env = {"TETHER_WORKER_BROKER_URL": f"redis://127.0.0.1:{closed}/0"}
-    with GunicornServer(env=env) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+    with live_server_of(env=env) as server, httpx.Client(base_url=server.url, timeout=30) as http:
         request = build_request("stripe")
         started = time.monotonic()
         response = send_request(http, request)
@@ -535,7 +576,7 @@ def test_a_failing_webhook_received_receiver_keeps_the_event(
     assert WebhookEvent.objects.count() == 1
 
 
-def test_client_gone_mid_body_is_answered_without_a_500():
+def test_client_gone_mid_body_is_answered_without_a_500(call_view):
     from django.http import UnreadablePostError
 
     class Broken(io.RawIOBase):
@@ -550,7 +591,7 @@ def test_client_gone_mid_body_is_answered_without_a_500():
         headers={"X-Partner-Signature": "00"},
     )
     request._stream = Broken()
-    response = receive(request, "partner")
+    response = call_view(request, "partner")
     assert response.status_code == 400
     assert json.loads(response.content) == {"error": "malformed_payload"}
 
@@ -601,3 +642,56 @@ def test_meta_headers_read_as_request_headers_do():
     assert headers.get("Remote-Addr") is None and "wsgi.input" not in headers
     assert headers == HttpHeaders(meta)
     assert dict(headers) == dict(HttpHeaders(meta)) and len(headers) == 4
+
+
+# -- which view serves the URL; the ASGI body limit ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "under_wsgi", "under_asgi"),
+    [
+        ("auto", receive, receive_async),
+        ("sync", receive, receive),
+        ("async", receive_async, receive_async),
+    ],
+)
+def test_receive_view_setting_picks_the_view_at_dispatch_time(
+    settings, mode, under_wsgi, under_asgi
+):
+    import asyncio
+
+    from django.urls import resolve, reverse
+
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "RECEIVE_VIEW": mode}
+
+    async def resolved_on_a_loop():
+        return resolve("/webhooks/stripe/")
+
+    assert resolve("/webhooks/stripe/").func is under_wsgi
+    match = asyncio.run(resolved_on_a_loop())
+    assert match.func is under_asgi
+    assert (match.kwargs, match.url_name, match.namespace) == ({"endpoint": "stripe"}, "receive",
+                                                                "webhooks")  # fmt: skip
+    assert reverse("webhooks:receive", args=["stripe"]) == "/webhooks/stripe/"
+
+
+@pytest.mark.parametrize("mode", ["auto", "sync"])
+def test_asgi_requests_reach_the_async_view_unless_sync_is_forced(settings, caplog, mode):
+    """Seen from outside: only the async view warns that the ASGI application lacks
+    ``WebhookBodyLimit`` (once per process and settings)."""
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "RECEIVE_VIEW": mode}
+    unguarded = AsgiClient(guarded=False)
+    with caplog.at_level(logging.WARNING, logger="webhooks"):
+        assert post_webhook(unguarded, "stripe").status_code == 200
+        assert post_webhook(unguarded, "stripe").status_code == 200
+    warnings = [r.getMessage() for r in caplog.records if "WebhookBodyLimit" in r.getMessage()]
+    assert len(warnings) == (1 if mode == "auto" else 0)
+
+
+@pytest.mark.parametrize("value", ["ASGI", "", None, True, 1])
+def test_receive_view_setting_is_validated(settings, value):
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "RECEIVE_VIEW": value}
+    from django.urls import resolve
+
+    with pytest.raises(WebhookConfigurationError, match=r'WEBHOOKS\["RECEIVE_VIEW"\]'):
+        resolve("/webhooks/stripe/")
