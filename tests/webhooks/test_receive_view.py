@@ -23,10 +23,11 @@ from django.db import connection, transaction
 from django.test import Client, RequestFactory
 
 from tests import postgres
-from tests.celery_worker import purge_broker, queued_messages, wait_until
 from tests.asgi import AsgiClient
+from tests.celery_worker import purge_broker, queued_messages, wait_until
 from tests.servers import GunicornServer, UvicornServer, free_port
-from tests.webhooks.providers.gunicorn_server import chunked, http_request, raw_request
+from tests.webhooks.providers.gunicorn_server import chunked, http_request
+from tests.webhooks.providers.gunicorn_server import raw_request as send_raw
 from tests.webhooks.providers.signal_log import signals  # noqa: F401  (fixture)
 from webhooks import dispatch
 from webhooks.exceptions import (
@@ -425,15 +426,19 @@ def live_server_of(view):
 
 
 @pytest.fixture
-def live_server(transactional_db, live_server_of):
+def running_server(transactional_db, live_server_of):
     with live_server_of(webhooks={"MAX_BODY_BYTES": 65536}) as server:
         yield server
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_raw_socket_size_limits(live_server):
-    port = live_server.port
+def test_raw_socket_size_limits(running_server, view):
+    port = running_server.port
+
+    def raw_request(port, data):
+        return send_raw(port, data, half_close=view == "sync")
+
     request = build_request("partner")
 
     # Declared over the limit: 413 at once; the body is never sent (the server did not wait).
@@ -451,9 +456,17 @@ def test_raw_socket_size_limits(live_server):
         content_length=len(request.body),
     )
     status, body = raw_request(port, data)
-    assert status == 200, live_server.log()
-    assert json.loads(body) == {"status": "accepted", "event_id": request.event_id}
-    assert bytes(WebhookEvent.objects.get(event_id=request.event_id).body) == request.body
+    if view == "sync":
+        assert status == 200, running_server.log()
+        assert json.loads(body) == {"status": "accepted", "event_id": request.event_id}
+        assert bytes(WebhookEvent.objects.get(event_id=request.event_id).body) == request.body
+    else:
+        # uvicorn parses what follows the declared body as the next request on the connection
+        # and answers it 400 (closing the connection, whether or not the first answer was
+        # sent): the application never sees a byte past the declared length either way.
+        assert status in (200, 400), running_server.log()
+        stored = WebhookEvent.objects.filter(event_id=request.event_id)
+        assert [bytes(e.body) for e in stored] in ([], [request.body])
 
     # No declared length (chunked) and over the limit: 413 while reading.
     big = build_request("partner", {"id": "evt_chunked_big", "type": "a", "pad": "y" * 70_000})
@@ -461,7 +474,7 @@ def test_raw_socket_size_limits(live_server):
     status, body = raw_request(
         port, http_request("POST", big.path, headers, chunked(big.body), content_length=None)
     )
-    assert (status, body) == (413, b'{"error": "payload_too_large"}'), live_server.log()
+    assert (status, body) == (413, b'{"error": "payload_too_large"}'), running_server.log()
 
     # Chunked and within the limit: read to its end and accepted.
     small = build_request("partner", {"id": "evt_chunked_ok", "type": "a", "pad": "z" * 30_000})
@@ -470,7 +483,7 @@ def test_raw_socket_size_limits(live_server):
         port,
         http_request("POST", small.path, headers, chunked(small.body, 1000), content_length=None),
     )
-    assert status == 200, live_server.log()
+    assert status == 200, running_server.log()
     assert bytes(WebhookEvent.objects.get(event_id="evt_chunked_ok").body) == small.body
     assert not WebhookEvent.objects.filter(event_id="evt_chunked_big").exists()
 
@@ -695,3 +708,127 @@ def test_receive_view_setting_is_validated(settings, value):
 
     with pytest.raises(WebhookConfigurationError, match=r'WEBHOOKS\["RECEIVE_VIEW"\]'):
         resolve("/webhooks/stripe/")
+
+
+def _through_body_limit(path, messages, headers=()):
+    """Run ``WebhookBodyLimit`` around a small ASGI app that reads the body as Django's handler
+    does (until ``more_body`` is false): (the body it read, the scope it got, receive calls)."""
+    import asyncio
+
+    from webhooks.asgi import WebhookBodyLimit
+
+    seen = {}
+    calls = []
+
+    async def receive():
+        calls.append(1)
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def app(scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        seen.update(body=body, scope=scope)
+
+    async def send(message):
+        pass
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": list(headers)}
+    asyncio.run(WebhookBodyLimit(app)(scope, receive, send))
+    return seen["body"], seen["scope"], len(calls)
+
+
+def _chunks(size, count):
+    return [{"type": "http.request", "body": b"x" * size, "more_body": True}] * count + [
+        {"type": "http.request", "body": b"", "more_body": False}
+    ]
+
+
+def test_asgi_body_limit_cuts_a_body_at_the_limit_plus_one(settings):
+    from webhooks.views import BODY_BYTES_KEY
+
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "MAX_BODY_BYTES": 1000}
+    body, scope, calls = _through_body_limit("/webhooks/partner/", _chunks(300, 100))
+    assert len(body) == 1001 and scope[BODY_BYTES_KEY] == 1001
+    assert calls == 4  # 1,200 bytes asked for, of the 30,000 the client would send
+
+
+def test_asgi_body_limit_passes_a_body_within_the_limit_whole(settings):
+    from webhooks.views import BODY_BYTES_KEY
+
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "MAX_BODY_BYTES": 1000}
+    body, scope, _ = _through_body_limit("/webhooks/partner/", _chunks(250, 4))
+    assert len(body) == 1000 and scope[BODY_BYTES_KEY] == 1000
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/webhooks/partner/", [(b"content-length", b"1001")]),  # declared over the limit
+        ("/webhooks/nope/", []),  # unknown endpoint: the view answers 404 without reading
+    ],
+)
+def test_asgi_body_limit_reads_nothing_when_the_view_will_not(settings, path, headers):
+    from webhooks.views import BODY_BYTES_KEY
+
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "MAX_BODY_BYTES": 1000}
+    body, scope, calls = _through_body_limit(path, _chunks(300, 10), headers)
+    assert (body, scope[BODY_BYTES_KEY], calls) == (b"", 0, 0)
+
+
+def test_asgi_body_limit_leaves_other_requests_alone(settings):
+    from webhooks.views import BODY_BYTES_KEY
+
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "MAX_BODY_BYTES": 1000}
+    body, scope, calls = _through_body_limit("/health/", _chunks(300, 10))
+    assert len(body) == 3000 and BODY_BYTES_KEY not in scope and calls == 11
+
+
+def test_asgi_store_runs_off_the_event_loop(signals):  # noqa: F811
+    """Storing (and what it sends) runs in a thread with no event loop, never on the loop."""
+    import asyncio
+    import threading
+
+    seen = []
+
+    def receiver(sender, **kwargs):
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            seen.append(threading.current_thread().name)
+        else:
+            seen.append("on the event loop")
+
+    webhook_duplicate.connect(receiver)
+    try:
+        request = build_request("stripe")
+        client = AsgiClient()
+        assert send_request(client, request).json()["status"] == "accepted"
+        assert send_request(client, request).json()["status"] == "duplicate"
+    finally:
+        webhook_duplicate.disconnect(receiver)
+    assert len(seen) == 1 and seen[0] != "on the event loop"
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_uvicorn_without_the_body_limit_waits_for_the_body_and_warns(transactional_db):
+    """What ``WebhookBodyLimit`` changes: without it Django's ASGI handler waits for (and would
+    buffer) a body declared over the limit before the view can refuse it."""
+    import socket
+
+    request = build_request("partner")
+    data = http_request("POST", request.path, request.headers, content_length=10 * 1024 * 1024)
+    with UvicornServer(app="django_application") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=2) as sock:
+            sock.sendall(data)
+            with pytest.raises(TimeoutError):
+                sock.recv(100)  # no answer: the handler is still reading the body
+        with httpx.Client(base_url=server.url) as http:
+            assert send_request(http, build_request("stripe")).status_code == 200
+        log = wait_until(lambda: "WebhookBodyLimit" in server.log() and server.log(),
+                         timeout=10, message="the warning")  # fmt: skip
+    assert log.count("WebhookBodyLimit") == 1
