@@ -12,6 +12,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sandbox_project.settings")
 #: Django's own ASGI application, unwrapped (tests show what the wrapper changes).
 django_application = get_asgi_application()
 
-from webhooks.asgi import WebhookBodyLimit  # noqa: E402  (after Django is set up)
+from django.conf import settings  # noqa: E402  (after Django is set up)
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-application = WebhookBodyLimit(django_application)
+from webhooks.asgi import WebhookBodyLimit  # noqa: E402
+
+# Static files (the admin's) as runserver serves them, in the sandbox's DEBUG mode only.
+_served = ASGIStaticFilesHandler(django_application) if settings.DEBUG else django_application
+application = WebhookBodyLimit(_served)
