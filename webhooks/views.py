@@ -164,8 +164,9 @@ class ReceivePattern(URLPattern):
             match.kwargs,
             match.url_name,
             route=match.route,
-            captured_kwargs=match.captured_kwargs,
-            extra_kwargs=match.extra_kwargs,
+            # Django 4.1+ attributes that django-stubs does not declare.
+            captured_kwargs=match.captured_kwargs,  # type: ignore[attr-defined]
+            extra_kwargs=match.extra_kwargs,  # type: ignore[attr-defined]
         )
 
 
