@@ -127,10 +127,6 @@ def _warn_unbounded() -> None:
 webhooks_settings.register_cache(_warn_unbounded.cache_clear)
 
 
-#: ``WEBHOOKS["RECEIVE_VIEW"]``'s choices.
-RECEIVE_VIEWS = ("auto", "sync", "async")
-
-
 def chosen_receive_view() -> Callable[..., Any]:
     """The view ``WEBHOOKS["RECEIVE_VIEW"]`` picks for a request resolved in this thread now:
     ``"auto"`` is ``receive_async`` when an event loop runs here (Django's ASGI handler resolves

@@ -779,11 +779,25 @@ def test_asgi_body_limit_reads_nothing_when_the_view_will_not(settings, path, he
     assert (body, scope[BODY_BYTES_KEY], calls) == (b"", 0, 0)
 
 
-def test_asgi_body_limit_leaves_other_requests_alone(settings):
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/health/",  # not the receive view
+        "/webhooks/broken/",  # misconfigured: the view raises, Django reports it
+    ],
+)
+def test_asgi_body_limit_leaves_other_requests_alone(settings, path):
     from webhooks.views import BODY_BYTES_KEY
 
-    settings.WEBHOOKS = {**settings.WEBHOOKS, "MAX_BODY_BYTES": 1000}
-    body, scope, calls = _through_body_limit("/health/", _chunks(300, 10))
+    settings.WEBHOOKS = {
+        **settings.WEBHOOKS,
+        "MAX_BODY_BYTES": 1000,
+        "ENDPOINTS": {
+            **settings.WEBHOOKS["ENDPOINTS"],
+            "broken": {"PROVIDER": "stripe", "SECRETS": []},
+        },
+    }
+    body, scope, calls = _through_body_limit(path, _chunks(300, 10))
     assert len(body) == 3000 and BODY_BYTES_KEY not in scope and calls == 11
 
 
