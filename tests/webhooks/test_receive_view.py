@@ -444,6 +444,12 @@ def test_raw_socket_size_limits(running_server, view):
     # Declared over the limit: 413 at once; the body is never sent (the server did not wait).
     data = http_request("POST", request.path, request.headers, content_length=10 * 1024 * 1024)
     assert raw_request(port, data) == (413, b'{"error": "payload_too_large"}')
+    if view == "async":
+        # Under uvicorn a client waiting on "Expect: 100-continue" is answered 413 at once,
+        # never "100 Continue" (WebhookBodyLimit asks for no byte of the body).
+        expecting = {**request.headers, "Expect": "100-continue"}
+        data = http_request("POST", request.path, expecting, content_length=10 * 1024 * 1024)
+        assert raw_request(port, data) == (413, b'{"error": "payload_too_large"}')
 
     # A body larger than declared: only the declared bytes are read. The declared part is a
     # complete signed event; what follows is never seen by the application.
@@ -756,6 +762,18 @@ def test_asgi_body_limit_cuts_a_body_at_the_limit_plus_one(settings):
     assert calls == 4  # 1,200 bytes asked for, of the 30,000 the client would send
 
 
+@pytest.mark.parametrize("declared", [b"abc", b"-5", b"10", b""])
+def test_asgi_body_limit_bounds_a_body_whose_declared_length_is_wrong(settings, declared):
+    """A malformed, negative or lying ``Content-Length`` changes nothing: at most the limit
+    plus one byte gets through."""
+    from webhooks.views import BODY_BYTES_KEY
+
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "MAX_BODY_BYTES": 1000}
+    headers = [(b"content-length", declared)]
+    body, scope, _ = _through_body_limit("/webhooks/partner/", _chunks(300, 10), headers)
+    assert len(body) == 1001 and scope[BODY_BYTES_KEY] == 1001
+
+
 def test_asgi_body_limit_passes_a_body_within_the_limit_whole(settings):
     from webhooks.views import BODY_BYTES_KEY
 
@@ -768,6 +786,7 @@ def test_asgi_body_limit_passes_a_body_within_the_limit_whole(settings):
     ("path", "headers"),
     [
         ("/webhooks/partner/", [(b"content-length", b"1001")]),  # declared over the limit
+        ("/webhooks/partner/", [(b"Content-Length", b"99999999999999999999")]),
         ("/webhooks/nope/", []),  # unknown endpoint: the view answers 404 without reading
     ],
 )
