@@ -32,6 +32,11 @@ insert commits); a known one sends ``webhook_duplicate`` (with ``replay_of``, th
 id, for a replay under another id) and is not touched, even when its body differs (logged as a
 warning, as is every replay); every refusal sends ``webhook_rejected(endpoint, reason)``.
 Nothing here logs a secret, a signature or a body.
+
+The steps are four functions (``admit``: 1-3, ``read_body``: 4, ``verify_delivery``: 5-6,
+``store_delivery``: 7) that both drivers call: ``receive_webhook`` for the sync view, and
+``areceive_webhook`` for the async one, which runs each where it does not block the event loop
+(docs/webhooks/asgi.md).
 """
 
 from __future__ import annotations
