@@ -36,7 +36,7 @@ install-test: $(VENV)/.installed-test
 install-docs: $(VENV)/.installed-docs
 
 run: $(VENV)/.installed-sandbox
-	VENV=$(VENV) ./sandbox_project/run.sh
+	VENV=$(VENV) SANDBOX_ASGI=$(ASGI) ./sandbox_project/run.sh
 
 test: $(VENV)/.installed-test
 	./tests/ensure_services.sh

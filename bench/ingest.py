@@ -3,6 +3,7 @@
     python bench/ingest.py                               # full run (about 4 minutes)
     python bench/ingest.py --smoke                       # tiny run that checks the harness (CI)
     python bench/ingest.py --cases a,e,b --workers 3     # a subset, another set-up
+    python bench/ingest.py --asgi                        # also (a), (b), (c), (e) under uvicorn
 
 Starts gunicorn (2 sync workers, the issue's reference set-up for 2 cores; ``--workers`` tries
 others) on a free port of 127.0.0.1 with ``bench.settings`` (the sandbox's settings on
@@ -28,6 +29,13 @@ per request, the ratios b/a, c/a and d/celery, then e/a, f/a, b/e and c/f, and, 
 line with ``b_over_a``, ``c_over_a``, ``b_p99_ms``, ``d_over_celery``, ``e_over_a``,
 ``f_over_a``, ``b_over_e``, ``c_over_f`` and ``generator``. Every run also writes its settings
 and raw figures to ``bench/results/`` (``bench/run_record.py``).
+With ``--asgi``, once the gunicorn cases are done, uvicorn (``--workers`` workers) serves the
+same project as ASGI (``sandbox_project.asgi``: the async receive view, ``WebhookBodyLimit``;
+Django's connection pool, ``TETHER_BENCH_DB_POOL``), and (a), (b), (c) and (e) run again in
+rounds of their own against it, (a) and (e) being async views (``bench.views.bare_async``,
+``floor_async``); the report puts their ratios beside the sync ones, and the JSON line gains
+``asgi_b_over_a``, ``asgi_c_over_a``, ``asgi_b_over_e``, ``asgi_e_over_a`` and
+``asgi_b_p99_ms``.
 Exit status: 0 when every case ran without errors (targets are reported, not enforced), 1 when
 a case failed, 3 when a piece of the app is missing.
 """
@@ -75,6 +83,13 @@ from bench.processes import (  # noqa: E402
 ENDPOINT_PATH = "/webhooks/bench/"
 BARE_PATH = "/bench/bare/"
 FLOOR_PATH = "/bench/floor/"
+#: The async views of (a) and (e) under ASGI (``--asgi``).
+BARE_ASYNC_PATH = "/bench/bare-async/"
+FLOOR_ASYNC_PATH = "/bench/floor-async/"
+#: The cases ``--asgi`` runs under uvicorn, and its target (the sync view's floor ratio, b/e).
+ASGI_CASES = "abce"
+ASGI_TARGETS = {"asgi_b_over_e": 0.85}
+ASGI_KEYS = ("asgi_b_over_a", "asgi_c_over_a", "asgi_b_over_e", "asgi_e_over_a", "asgi_b_p99_ms")
 #: Connections of the load generators: wrk's default (``--connections``), and (d)'s.
 CONNECTIONS = 16
 HTTP_CASES = "abcef"
@@ -111,9 +126,15 @@ PAYMENT_INTENT = {
 # What the benchmark needs from the app
 
 
-def missing_pieces(cases: str) -> list[str]:
+def missing_pieces(cases: str, *, asgi: bool = False) -> list[str]:
     """What the chosen cases need of the app and is not there yet."""
     missing = []
+    if asgi:
+        import importlib.util
+
+        for module, what in (("uvicorn", "uvicorn"), ("psycopg_pool", "psycopg-pool")):
+            if importlib.util.find_spec(module) is None:
+                missing.append(f"--asgi needs {what} (the test extra)")
     if not set(cases) & set("bcd"):
         return missing
     from django.urls import Resolver404, resolve
@@ -206,7 +227,8 @@ class Bench:
         self.args = args
         self.workdir = workdir
         self.started = started
-        self.gunicorn: Child | None = None
+        self.server: Child | None = None  # gunicorn, then uvicorn with --asgi
+        self.bare_path, self.floor_path = BARE_PATH, FLOOR_PATH
         self.port = 0
         self.run_id = f"b{uuid.uuid4().hex[:8]}"
         self.sign, self.signer_name = make_signer()
@@ -235,7 +257,7 @@ class Bench:
         if self.args.profile:
             argv += ["--config", "python:bench.gunicorn_profile"]
         argv += shlex.split(self.args.gunicorn_args)
-        self.gunicorn = self.start(
+        self.server = self.start(
             "gunicorn",
             argv,
             BENCH_PROFILE_DIR=str(self.workdir),
@@ -244,8 +266,8 @@ class Bench:
         import httpx
 
         def ready() -> bool:
-            if not self.gunicorn.alive():
-                raise BenchError(f"gunicorn exited:\n{self.gunicorn.log_tail()}")
+            if not self.server.alive():
+                raise BenchError(f"gunicorn exited:\n{self.server.log_tail()}")
             try:
                 return httpx.post(f"http://127.0.0.1:{self.port}{BARE_PATH}", timeout=2).is_success
             except httpx.HTTPError:
@@ -254,9 +276,39 @@ class Bench:
         wait_until(ready, timeout=60, what="gunicorn to answer")
         # Wait for every worker (each answers once it has booted).
         wait_until(
-            lambda: len(self.gunicorn.children()) >= self.args.workers,
+            lambda: len(self.server.children()) >= self.args.workers,
             timeout=30,
             what="gunicorn workers",
+        )
+
+    def start_uvicorn(self) -> None:
+        """uvicorn with ``--workers`` workers, serving the project as ASGI, for ``--asgi``;
+        (a) and (e) then go to the async bare and floor views."""
+        self.port = free_port()
+        argv = [
+            PYTHON, "-m", "uvicorn", "sandbox_project.asgi:application",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--workers", str(self.args.workers),
+            "--backlog", "2048", "--log-level", "warning", "--no-access-log",
+        ]  # fmt: skip
+        self.server = self.start("uvicorn", argv, TETHER_BENCH_DB_POOL="1")
+        self.bare_path, self.floor_path = BARE_ASYNC_PATH, FLOOR_ASYNC_PATH
+        import httpx
+
+        def ready() -> bool:
+            if not self.server.alive():
+                raise BenchError(f"uvicorn exited:\n{self.server.log_tail()}")
+            try:
+                url = f"http://127.0.0.1:{self.port}{self.bare_path}"
+                return httpx.post(url, timeout=2).is_success
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout=60, what="uvicorn to answer")
+        wait_until(
+            lambda: len(self.server.children()) >= self.args.workers,
+            timeout=30,
+            what="uvicorn workers",
         )
 
     def loadgen(self, port: int, requests: Path, *, count: int, duration: float,
@@ -303,7 +355,7 @@ class Bench:
               cycle: bool = False) -> dict:  # fmt: skip
         """One measured case against gunicorn, with the server's and the database's CPU and the
         machine's over the time wrk was sending."""
-        workers = self.gunicorn.children()
+        workers = self.server.children()
         backends = backend_pids()
 
         def snapshot() -> tuple:
@@ -325,7 +377,7 @@ class Bench:
     # -- cases ---------------------------------------------------------------------------
     def case_bare(self, seconds: int, *, warmup: int = 0) -> dict:
         bodies = [event_body(self.run_id + "a", i) for i in range(64)]
-        requests = [raw_post(self.port, BARE_PATH, b, self.sign(b)) for b in bodies]
+        requests = [raw_post(self.port, self.bare_path, b, self.sign(b)) for b in bodies]
         if warmup:
             self.drive("bare", requests, seconds=warmup, cycle=True, expect='"ok"')
         return self.drive("bare", requests, seconds=seconds, cycle=True, expect='"ok"')
@@ -382,11 +434,11 @@ class Bench:
 
     def case_floor_new(self, seconds: int, *, warmup: int = 0) -> dict:
         """(e): new events to the floor view (``bench.views.floor``), as (b) posts them."""
-        return self.case_new(seconds, warmup=warmup, case="e", path=FLOOR_PATH)
+        return self.case_new(seconds, warmup=warmup, case="e", path=self.floor_path)
 
     def case_floor_duplicates(self, seconds: int, *, warmup: int = 0) -> dict:
         """(f): events stored by (e), delivered to the floor view again."""
-        return self.case_duplicates(seconds, warmup=warmup, of="e", path=FLOOR_PATH)
+        return self.case_duplicates(seconds, warmup=warmup, of="e", path=self.floor_path)
 
     # -- end to end ----------------------------------------------------------------------
     def start_worker(self) -> Child:
@@ -591,17 +643,40 @@ def combine(rounds: list[dict]) -> dict:
 # Report
 
 
+def run_asgi_rounds(bench: Bench) -> dict[str, dict]:
+    """``--asgi``: gunicorn stopped, uvicorn started, (a), (b), (c), (e) (those of ``--cases``)
+    in rounds of their own; the results keyed ``asgi_a`` ..."""
+    cases = "".join(key for key in ASGI_CASES if key in bench.args.cases)
+    if not cases:
+        return {}
+    bench.server.stop()
+    print("--asgi: starting uvicorn ...", flush=True)
+    bench.start_uvicorn()
+    # Events of their own (the sync cases' are stored already), duplicates of their own.
+    bench.run_id += "x"
+    bench.stored, bench.rounds_of_new = {"b": [], "e": []}, {"b": 0, "e": 0}
+    return {f"asgi_{key}": value for key, value in run_rounds(bench, cases).items()}
+
+
 def ratio(x: float | None, y: float | None) -> float | None:
     return round(x / y, 3) if x and y else None
 
 
-def summarize(results: dict) -> dict:
-    """The last line's figures."""
+def summarize(results: dict, *, asgi: bool = False) -> dict:
+    """The last line's figures (with ``asgi``, the ASGI ones after them)."""
 
     def rate(key: str) -> float | None:
         return results[key]["throughput"] if results.get(key) else None
 
     b = results.get("b")
+    asgi_b = results.get("asgi_b")
+    asgi_figures = {
+        "asgi_b_over_a": ratio(rate("asgi_b"), rate("asgi_a")),
+        "asgi_c_over_a": ratio(rate("asgi_c"), rate("asgi_a")),
+        "asgi_b_over_e": ratio(rate("asgi_b"), rate("asgi_e")),
+        "asgi_e_over_a": ratio(rate("asgi_e"), rate("asgi_a")),
+        "asgi_b_p99_ms": round(asgi_b["p99_ms"], 2) if asgi_b else None,
+    }
     return {
         "b_over_a": ratio(rate("b"), rate("a")),
         "c_over_a": ratio(rate("c"), rate("a")),
@@ -612,6 +687,7 @@ def summarize(results: dict) -> dict:
         "b_over_e": ratio(rate("b"), rate("e")),
         "c_over_f": ratio(rate("c"), rate("f")),
         "generator": GENERATOR,
+        **(asgi_figures if asgi else {}),
     }
 
 
@@ -619,7 +695,7 @@ def print_report(bench: Bench, results: dict) -> dict:
     a, b = results.get("a"), results.get("b")
     d, celery = results.get("d"), results.get("celery")
     args = bench.args
-    summary = summarize(results)
+    summary = summarize(results, asgi=args.asgi)
     if not any(results.get(key) for key in "abcdef"):
         return summary
     print()
@@ -643,6 +719,10 @@ def print_report(bench: Bench, results: dict) -> dict:
         ("(c) duplicates", results.get("c")),
         ("(e) floor: bare view + the insert, new", results.get("e")),
         ("(f) floor: duplicates", results.get("f")),
+        ("ASGI (a) async bare view (baseline)", results.get("asgi_a")),
+        ("ASGI (b) new events, async view", results.get("asgi_b")),
+        ("ASGI (c) duplicates, async view", results.get("asgi_c")),
+        ("ASGI (e) floor: async bare + insert", results.get("asgi_e")),
     ]
     for label, r in rows:
         if not r:
@@ -669,7 +749,8 @@ def print_report(bench: Bench, results: dict) -> dict:
             f"processing alone (queue filled first, then drained by the same worker): "
             f"{drained['throughput']:.0f} events/s, no-op tasks {noop_drained['throughput']:.0f}/s"
         )
-    measured = {label[:3]: r for label, r in rows if r}
+    measured = {label.split(" ", 2)[0] if label[0] == "(" else " ".join(label.split()[:2]): r
+                for label, r in rows if r}  # fmt: skip
     if measured:
         print("req/s per round: " + ", ".join(f"{k} {r['per_round']}" for k, r in measured.items()))
         print(
@@ -702,6 +783,25 @@ def print_report(bench: Bench, results: dict) -> dict:
             floor.append(f"{key[0]} reaches {summary[key]} of the floor ({key[0]}/{key[-1]})")
     if floor:
         print("floor: " + "; ".join(floor))
+    if args.asgi and any(results.get(f"asgi_{key}") for key in ASGI_CASES):
+        beside = [
+            ("b/a", "asgi_b_over_a", "b_over_a"),
+            ("c/a", "asgi_c_over_a", "c_over_a"),
+            ("b/e", "asgi_b_over_e", "b_over_e"),
+            ("e/a", "asgi_e_over_a", "e_over_a"),
+            ("b p99 ms", "asgi_b_p99_ms", "b_p99_ms"),
+        ]
+        print(
+            f"ASGI (uvicorn, {args.workers} workers) beside sync (gunicorn): "
+            + "; ".join(
+                f"{name} {summary[key]} (sync {summary[sync]})" for name, key, sync in beside
+            )
+        )
+        for key, target in ASGI_TARGETS.items():
+            value = summary[key]
+            if value is not None:
+                met = "met" if value >= target else "NOT met"
+                print(f"ratios: {key} = {value} (target >= {target}: {met})")
     return summary
 
 
@@ -722,7 +822,7 @@ def clean_up(keep_db: bool) -> None:
             print(f"bench/ingest.py: could not {what}: {exc}", file=sys.stderr)
 
 
-def run_rounds(bench: Bench) -> dict[str, dict]:
+def run_rounds(bench: Bench, cases: str | None = None) -> dict[str, dict]:
     """(a), (b), (c), (e) and (f) in interleaved rounds (order rotated each round), so that a
     change in the machine's load while the benchmark runs affects each case alike."""
     args = bench.args
@@ -733,7 +833,7 @@ def run_rounds(bench: Bench) -> dict[str, dict]:
         "e": bench.case_floor_new,
         "f": bench.case_floor_duplicates,
     }
-    chosen = [key for key in runners if key in args.cases]
+    chosen = [key for key in runners if key in (args.cases if cases is None else cases)]
     for duplicates, new in (("c", "b"), ("f", "e")):  # duplicates need stored events
         if duplicates in chosen and new not in chosen:
             chosen.insert(chosen.index(duplicates), new)
@@ -801,6 +901,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="with --profile, also write the workers' merged profile there (pstats format)",
     )
+    parser.add_argument(
+        "--asgi",
+        action="store_true",
+        help="also run (a), (b), (c), (e) under uvicorn (--workers workers) against async views",
+    )
     parser.add_argument("--keep-db", action="store_true", help="leave the database behind")
     parser.add_argument(
         "--results-dir",
@@ -833,12 +938,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started_at, machine = time.time(), run_record.machine_state()
     setup_django()
-    missing = missing_pieces(args.cases)
+    missing = missing_pieces(args.cases, asgi=args.asgi)
     if missing:
         print("bench/ingest.py cannot run: these parts of the app are missing:")
         for item in missing:
             print(f"  - {item}")
-        print(json.dumps({**summarize({}), "missing": missing}))
+        print(json.dumps({**summarize({}, asgi=args.asgi), "missing": missing}))
         return 3
     results: dict[str, dict] = {}
     status = 0
@@ -870,6 +975,8 @@ def main(argv: list[str] | None = None) -> int:
             if "d" in args.cases:
                 print(f"(d) end to end, {args.e2e_events} events ...", flush=True)
                 results.update(bench.case_end_to_end())
+            if args.asgi and not args.profile:
+                results.update(run_asgi_rounds(bench))
         except BenchError as exc:
             print(f"bench/ingest.py failed: {exc}", file=sys.stderr)
             status = 1

@@ -24,6 +24,12 @@ _pg["NAME"] = os.environ.get("TETHER_BENCH_DB", "bench_tether")
 # Persistent connections, as a production deployment would have them.
 _pg["CONN_MAX_AGE"] = 600
 _pg["CONN_HEALTH_CHECKS"] = False
+if os.environ.get("TETHER_BENCH_DB_POOL"):
+    # Under ASGI (bench/ingest.py --asgi): Django's connection pool (psycopg_pool), since each
+    # request's thread-sensitive work runs on a thread of its own, where a persistent
+    # connection would not be reused (docs/webhooks/asgi.md).
+    _pg["CONN_MAX_AGE"] = 0
+    _pg.setdefault("OPTIONS", {})["pool"] = {"min_size": 4, "max_size": 16}
 DATABASES = {"default": _pg}
 
 REDIS_DB = int(os.environ.get("TETHER_REDIS_DB", "15"))

@@ -10,6 +10,8 @@
 #   SANDBOX_STATE_DIR  where the SQLite file, the broker's files, the beat schedule and the
 #                      admin password live (default .sandbox)
 #   VENV               the virtualenv to run from (default .venv)
+#   SANDBOX_ASGI       1 (`make run ASGI=1`): serve the project as ASGI under uvicorn
+#                      (sandbox_project/asgi.py: the async receive view) instead of runserver
 #
 # The port is checked first: if it is taken (another `make run`?), the script stops before
 # migrating or starting anything. If the web server or the worker exits while starting, the
@@ -102,14 +104,23 @@ rm -f "$worker_ready" "$web_ready"
 web_server_output() {
   while IFS= read -r line; do
     printf '%s\n' "$line"
-    if [[ $line == "Starting development server at "* ]]; then : > "$web_ready"; fi
+    if [[ $line == "Starting development server at "* || $line == *"Uvicorn running on "* ]]; then
+      : > "$web_ready"
+    fi
   done
 }
 SANDBOX_WORKER_READY_FILE="$worker_ready" "$VENV/bin/celery" -A sandbox_project worker --beat \
   --loglevel=INFO --concurrency=2 --schedule "$STATE_DIR/celerybeat-schedule" &
 worker=$!
 pids+=("$worker")
-PYTHONUNBUFFERED=1 "$PY" manage.py runserver --noreload "$HOST:$PORT" > >(web_server_output) &
+if [ "${SANDBOX_ASGI:-}" = 1 ]; then
+  # ASGI: uvicorn serves sandbox_project.asgi (the async receive view; static files as
+  # runserver serves them). Its "Uvicorn running on" line comes once it has bound the port.
+  PYTHONUNBUFFERED=1 "$PY" -m uvicorn sandbox_project.asgi:application --lifespan off \
+    --host "$(printf '%s' "$HOST" | tr -d '[]')" --port "$PORT" > >(web_server_output) 2>&1 &
+else
+  PYTHONUNBUFFERED=1 "$PY" manage.py runserver --noreload "$HOST:$PORT" > >(web_server_output) &
+fi
 web=$!
 pids+=("$web")
 

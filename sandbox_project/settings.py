@@ -62,9 +62,13 @@ TEMPLATES = [
     }
 ]
 
+# Under ASGI (`make run ASGI=1`) each request's database work runs on a thread of its own, so a
+# persistent connection would never be reused, only left open: connections close after each
+# request there (or use Django's pool on PostgreSQL: docs/webhooks/asgi.md).
+_CONN_MAX_AGE = 0 if os.environ.get("SANDBOX_ASGI") == "1" else 60
 DATABASES = {
     "default": dj_database_url.config(
-        default=f"sqlite:///{STATE_DIR / 'sandbox.sqlite3'}", conn_max_age=60
+        default=f"sqlite:///{STATE_DIR / 'sandbox.sqlite3'}", conn_max_age=_CONN_MAX_AGE
     )
 }
 # The web server, the worker's pool processes and beat all write to one file. SQLite set up for

@@ -1,5 +1,5 @@
 """Real server subprocesses for tests: a free port, the environment a subprocess of the test
-run gets, a database of a test's own, and the sandbox under gunicorn.
+run gets, a database of a test's own, and the sandbox under gunicorn (WSGI) or uvicorn (ASGI).
 
 A subprocess runs ``tests.worker_settings`` (the test settings) on the test database
 (``TETHER_DB_NAME``) and this run's Redis database (``TETHER_REDIS_DB``). Settings it should use
@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from django.conf import settings
 from django.db import connection
@@ -120,15 +120,20 @@ class GunicornServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60) -> GunicornServer:
-        command = [
+    #: The server's name, in errors.
+    name = "gunicorn"
+
+    def command(self) -> list[str]:
+        return [
             sys.executable, "-m", "gunicorn", "sandbox_project.wsgi:application",
             "--bind", f"127.0.0.1:{self.port}",
             "--workers", str(self.workers), "--threads", str(self.threads),
             "--timeout", "30",
         ]  # fmt: skip
+
+    def start(self, timeout: float = 60) -> Self:
         self.process = subprocess.Popen(
-            command,
+            self.command(),
             cwd=ROOT,
             env=subprocess_env(
                 webhooks=self.webhooks, broker_url=self.broker_url, extra=self.extra_env
@@ -142,7 +147,7 @@ class GunicornServer:
             if time.monotonic() > deadline:
                 log = self.log()
                 self.stop()
-                raise AssertionError(f"gunicorn did not start:\n{log}")
+                raise AssertionError(f"{self.name} did not start:\n{log}")
             time.sleep(0.1)
         return self
 
@@ -151,7 +156,7 @@ class GunicornServer:
         No request is made, so the server's log holds only what the test causes."""
         assert self.process is not None
         if self.process.poll() is not None:
-            raise AssertionError(f"gunicorn exited early:\n{self.log()}")
+            raise AssertionError(f"{self.name} exited early:\n{self.log()}")
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                 return True
@@ -182,8 +187,27 @@ class GunicornServer:
         self.log_file.flush()
         return Path(self.log_file.name).read_text(errors="replace")
 
-    def __enter__(self) -> GunicornServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class UvicornServer(GunicornServer):
+    """The sandbox's ASGI app (``sandbox_project.asgi``) under uvicorn, as ``GunicornServer``
+    runs the WSGI one. ``app`` names another application of that module (``django_application``:
+    without ``WebhookBodyLimit``)."""
+
+    name = "uvicorn"
+
+    def __init__(self, *, app: str = "application", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "uvicorn", f"sandbox_project.asgi:{self.app}",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--workers", str(self.workers), "--log-level", "warning", "--no-access-log",
+        ]  # fmt: skip

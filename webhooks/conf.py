@@ -43,6 +43,9 @@ DEFAULTS: dict[str, Any] = {
     # PostgreSQL with psycopg 3 (webhooks.storage). False behind a pooler that cannot keep prepared
     # statements (PgBouncer before 1.21 in transaction mode).
     "PREPARED_STATEMENTS": True,
+    # Which receive view serves webhooks.urls: "auto" (the async one when the request comes
+    # through Django's ASGI handler, the sync one under WSGI), "sync" or "async" (webhooks.views).
+    "RECEIVE_VIEW": "auto",
     # The sweeper enqueues `received` events older than this (seconds): those whose wake-up call
     # was lost (a broker outage, a web process killed before its dispatcher published).
     "REQUEUE_RECEIVED_AFTER": 60,
@@ -163,6 +166,9 @@ PROCESSING_SETTINGS: dict[str, tuple[Rule, str, str]] = {
                    "None sends processing tasks to Celery's default queue."),
     "PREPARED_STATEMENTS": (lambda value: isinstance(value, bool), "True or False",
                             "False behind a pooler that drops them."),
+    "RECEIVE_VIEW": (lambda value: value in ("auto", "sync", "async"),
+                     '"auto", "sync" or "async"',
+                     '"auto" serves the async view under ASGI and the sync one under WSGI.'),
 }  # fmt: skip
 
 

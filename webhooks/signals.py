@@ -20,6 +20,7 @@ sender (Django's ``use_caching``, as its model signals do): its sender is always
 """
 
 import logging
+from typing import Any
 
 from django.dispatch import Signal
 
@@ -40,7 +41,19 @@ def send_logged(signal: Signal, sender: object, **kwargs: object) -> None:
     that check even then)."""
     if not signal.has_listeners(sender):
         return
-    for receiver, result in signal.send_robust(sender=sender, **kwargs):
+    _log_failures(signal.send_robust(sender=sender, **kwargs))
+
+
+async def asend_logged(signal: Signal, sender: object, **kwargs: object) -> None:
+    """``send_logged`` from async code (the async receive view): Django's ``asend_robust``
+    awaits async receivers and runs sync ones in a thread, never on the event loop."""
+    if not signal.has_listeners(sender):
+        return
+    _log_failures(await signal.asend_robust(sender=sender, **kwargs))
+
+
+def _log_failures(results: list[tuple[Any, Any]]) -> None:
+    for receiver, result in results:
         if isinstance(result, Exception):
             logger.error(
                 "webhooks: signal receiver %r raised %s",

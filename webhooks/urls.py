@@ -1,13 +1,13 @@
 """Include under any prefix: ``path("webhooks/", include("webhooks.urls"))``.
 
-``reverse("webhooks:receive", args=[endpoint])`` gives an endpoint's URL.
+``reverse("webhooks:receive", args=[endpoint])`` gives an endpoint's URL. The view behind
+it is the sync or the async one, as ``WEBHOOKS["RECEIVE_VIEW"]`` says (``"auto"``: the async
+one under ASGI; ``webhooks.views``).
 """
-
-from django.urls import path
 
 from . import views
 
 app_name = "webhooks"
 urlpatterns = [
-    path("<str:endpoint>/", views.receive, name="receive"),
+    views.receive_path("<str:endpoint>/", name="receive"),
 ]

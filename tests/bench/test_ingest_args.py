@@ -18,3 +18,32 @@ def test_a_case_the_profile_cannot_cover_is_refused(cases, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--profile", "--cases", cases])
     assert "--profile covers one of the cases a, b, e" in capsys.readouterr().err
+
+
+def _result(throughput, p99_ms=1.0):
+    return {"throughput": throughput, "p99_ms": p99_ms}
+
+
+def test_asgi_figures_are_in_the_last_line_only_with_asgi():
+    from bench.ingest import ASGI_KEYS, summarize
+
+    results = {
+        "a": _result(1000), "b": _result(800), "e": _result(900),
+        "asgi_a": _result(500), "asgi_b": _result(400, 12.345), "asgi_c": _result(450),
+        "asgi_e": _result(440),
+    }  # fmt: skip
+    assert not set(ASGI_KEYS) & set(summarize(results))
+    summary = summarize(results, asgi=True)
+    assert {key: summary[key] for key in ASGI_KEYS} == {
+        "asgi_b_over_a": 0.8,
+        "asgi_c_over_a": 0.9,
+        "asgi_b_over_e": 0.909,
+        "asgi_e_over_a": 0.88,
+        "asgi_b_p99_ms": 12.35,
+    }
+    assert summary["b_over_a"] == 0.8  # the sync figures beside them
+
+
+def test_asgi_flag():
+    assert parse_args(["--asgi"]).asgi is True
+    assert parse_args([]).asgi is False

@@ -132,3 +132,34 @@ def test_the_banner_lists_what_the_sandbox_serves_and_ctrl_c_stops_it(tmp_path):
         assert len(run.processes(settle=0)) >= 3  # the script, the web server, the worker
     assert run.process.returncode == 0, run.log()
     assert not run.processes(), "a process was left behind after Ctrl-C"
+
+
+def test_the_asgi_mode_serves_webhooks_under_uvicorn(tmp_path):
+    """``make run ASGI=1``: uvicorn serves the project (the async receive view), the admin's
+    static files are served, and a signed test event is accepted."""
+    import subprocess
+    import sys
+
+    from tests.servers import ROOT
+
+    run = SandboxRun(tmp_path / "state", env={"SANDBOX_ASGI": "1"})
+    with run:
+        assert "Uvicorn running on" in run.log()
+        assert "Starting development server" not in run.log()
+        status, css = get(f"{run.url}/static/admin/css/base.css")
+        assert status == 200 and css
+        sent = subprocess.run(
+            [sys.executable, "manage.py", "send_test_webhook", "github", "--type", "push",
+             "--url", run.url],
+            cwd=ROOT,
+            env={**run.env, "DJANGO_SETTINGS_MODULE": "sandbox_project.settings"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert '"status": "accepted"' in sent.stdout, sent.stdout
+        # The web process under ASGI never warns about an unbounded body: asgi.py wraps it.
+        assert "WebhookBodyLimit" not in run.log()
+    assert run.process.returncode == 0, run.log()
+    assert not run.processes(), "a process was left behind after Ctrl-C"

@@ -20,7 +20,7 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from tests.servers import GunicornServer
+from tests.servers import GunicornServer, UvicornServer
 from webhooks.models import WebhookEvent
 from webhooks.signals import webhook_duplicate, webhook_received
 from webhooks.testing import build_request, send_request
@@ -131,10 +131,20 @@ def test_threads_delivering_one_signed_content_under_many_ids_at_once(
     assert len(duplicates) == 3 * (DELIVERIES - 1)
 
 
+def _gunicorn() -> GunicornServer:
+    return GunicornServer(workers=4, threads=6)
+
+
+def _uvicorn() -> UvicornServer:
+    return UvicornServer(workers=4)
+
+
 @pytest.mark.multiprocess
-def test_processes_delivering_one_event_at_once():
-    """Four gunicorn worker processes with threads, 24 simultaneous connections per event."""
-    with GunicornServer(workers=4, threads=6) as server:
+@pytest.mark.parametrize("start_server", [_gunicorn, _uvicorn], ids=["sync", "async"])
+def test_processes_delivering_one_event_at_once(start_server):
+    """Four worker processes, 24 simultaneous connections per event: gunicorn's with threads
+    (the sync view), uvicorn's with their event loops (the async view)."""
+    with start_server() as server:
         limits = httpx.Limits(max_connections=DELIVERIES)
         with httpx.Client(base_url=server.url, limits=limits, timeout=30) as http:
             for _round in range(3):

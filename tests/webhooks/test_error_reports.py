@@ -14,6 +14,7 @@ import pytest
 from django.test import Client
 from django.views.debug import ExceptionReporter, SafeExceptionReporterFilter
 
+from tests.asgi import AsgiClient
 from tether.conf import SecretStr
 from webhooks.conf import webhooks_settings
 
@@ -40,9 +41,15 @@ def misconfigured(request, settings):
     return request.param
 
 
-def post_to_the_misconfigured_endpoint():
-    """An unauthenticated POST, as anyone on the internet can send; its 500 response."""
-    client = Client(raise_request_exception=False)
+@pytest.fixture(params=["sync", "async"])
+def post_to_the_misconfigured_endpoint(request):
+    """An unauthenticated POST, as anyone on the internet can send, to the sync receive view
+    (WSGI) or the async one (ASGI); its 500 response."""
+    kind = Client if request.param == "sync" else AsgiClient
+    return lambda: _post(kind(raise_request_exception=False))
+
+
+def _post(client):
     response = client.post(
         "/webhooks/shop/",
         data=b'{"id": "evt_1"}',
@@ -55,11 +62,13 @@ def post_to_the_misconfigured_endpoint():
 
 def reports(response) -> tuple[str, str]:
     """The HTML and plain-text reports Django renders for the request's exception."""
-    reporter = ExceptionReporter(response.wsgi_request, *response.exc_info)
+    reporter = ExceptionReporter(_request(response), *response.exc_info)
     return reporter.get_traceback_html(), reporter.get_traceback_text()
 
 
-def test_the_debug_500_page_shows_no_secret(settings, misconfigured):
+def test_the_debug_500_page_shows_no_secret(
+    settings, misconfigured, post_to_the_misconfigured_endpoint
+):
     settings.DEBUG = True
     response = post_to_the_misconfigured_endpoint()
     page = response.content.decode()
@@ -75,13 +84,19 @@ def test_the_debug_500_page_shows_no_secret(settings, misconfigured):
     assert "&lt;secret&gt;" in page
 
 
+def _request(response):
+    return getattr(response, "wsgi_request", None) or response.asgi_request
+
+
 def frames(traceback):
     while traceback is not None:
         yield traceback.tb_frame
         traceback = traceback.tb_next
 
 
-def test_the_report_with_debug_off_shows_no_secret(settings, misconfigured):
+def test_the_report_with_debug_off_shows_no_secret(
+    settings, misconfigured, post_to_the_misconfigured_endpoint
+):
     settings.DEBUG = False
     response = post_to_the_misconfigured_endpoint()
     assert REAL not in response.content.decode()
@@ -92,7 +107,7 @@ def test_the_report_with_debug_off_shows_no_secret(settings, misconfigured):
         assert OTHER not in report
     # What the filter gives reporters for each frame: the variables named by
     # sensitive_variables are hidden in the frames of get_provider and below.
-    request, (_, _, traceback) = response.wsgi_request, response.exc_info
+    request, (_, _, traceback) = _request(response), response.exc_info
     reporter_filter = SafeExceptionReporterFilter()
     shown = {
         frame.f_code.co_name: dict(reporter_filter.get_traceback_frame_variables(request, frame))

@@ -1,8 +1,12 @@
 """``POST /webhooks/<endpoint>/``: every row of DESIGN.md's response table, the order of the
 checks, body size limits (declared, lying, chunked), the database and the broker down.
 
-In-process tests use Django's test client on PostgreSQL; those that need a real server (a raw
-socket, a database or broker that is really unreachable) run the sandbox under gunicorn.
+Every test of the contract runs against both views (the ``view`` fixture): the sync one through
+Django's test ``Client`` (WSGI), the async one through ``tests.asgi.AsgiClient`` (Django's ASGI
+handler, where ``WEBHOOKS["RECEIVE_VIEW"] = "auto"`` picks it), and, for tests that call the view
+directly, ``receive`` or ``receive_async`` on a ``RequestFactory`` request. In-process tests run
+on PostgreSQL; those that need a real server (a raw socket, a database or broker that is really
+unreachable) run the sandbox under gunicorn (sync) and under uvicorn (async).
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ import time
 
 import httpx
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import connection, transaction
-from django.test import RequestFactory
+from django.test import Client, RequestFactory
 
 from tests import postgres
+from tests.asgi import AsgiClient
 from tests.celery_worker import purge_broker, queued_messages, wait_until
-from tests.servers import GunicornServer, free_port
-from tests.webhooks.providers.gunicorn_server import chunked, http_request, raw_request
+from tests.servers import GunicornServer, UvicornServer, free_port
+from tests.webhooks.providers.gunicorn_server import chunked, http_request
+from tests.webhooks.providers.gunicorn_server import raw_request as send_raw
 from tests.webhooks.providers.signal_log import signals  # noqa: F401  (fixture)
 from webhooks import dispatch
 from webhooks.exceptions import (
@@ -37,7 +44,7 @@ from webhooks.providers import get_provider
 from webhooks.signals import webhook_duplicate, webhook_received, webhook_rejected
 from webhooks.storage import insert_once, insert_once_with_savepoint, insert_or_compare
 from webhooks.testing import build_request, post_webhook, send_request, sign_request
-from webhooks.views import receive
+from webhooks.views import receive, receive_async
 
 pytestmark = pytest.mark.django_db
 
@@ -46,6 +53,35 @@ SECRETS = ("whsec_test_stripe_secret", "test-github-secret", "test-partner-secre
 
 def post(client, request, **extra):
     return send_request(client, request) if not extra else client.post(request.path, **extra)
+
+
+@pytest.fixture(params=["sync", "async"])
+def view(request):
+    """Which receive view the test runs against."""
+    return request.param
+
+
+@pytest.fixture
+def make_client(view):
+    """A test client whose requests reach the ``view`` under test."""
+    return Client if view == "sync" else AsgiClient
+
+
+@pytest.fixture
+def client(make_client):
+    return make_client()
+
+
+@pytest.fixture
+def call_view(view):
+    """Call the view under test directly: ``call_view(request, endpoint)``."""
+    if view == "sync":
+        return receive
+    return async_to_sync(receive_async)
+
+
+#: The real servers: the sync view under gunicorn, the async one under uvicorn.
+SERVERS = {"sync": GunicornServer, "async": UvicornServer}
 
 
 # -- the response table, row by row -----------------------------------------------------------
@@ -210,7 +246,7 @@ def test_default_limit_is_one_mebibyte(client):
     assert send_request(client, build_request("partner", fits)).status_code == 200
 
 
-def test_declared_size_is_checked_before_the_body_is_read():
+def test_declared_size_is_checked_before_the_body_is_read(call_view):
     class Unreadable(io.RawIOBase):
         def read(self, size=-1):
             raise AssertionError("the body was read")
@@ -221,11 +257,11 @@ def test_declared_size_is_checked_before_the_body_is_read():
     request.META["CONTENT_LENGTH"] = str(10 * 1024 * 1024)
     request.META["wsgi.input"] = Unreadable()
     request._stream = Unreadable()
-    response = receive(request, "stripe")
+    response = call_view(request, "stripe")
     assert response.status_code == 413
 
 
-def test_unsigned_request_is_refused_before_its_body_is_read():
+def test_unsigned_request_is_refused_before_its_body_is_read(call_view):
     class Unreadable(io.RawIOBase):
         def read(self, size=-1):
             raise AssertionError("the body was read")
@@ -234,10 +270,10 @@ def test_unsigned_request_is_refused_before_its_body_is_read():
         "POST", "/webhooks/stripe/", b"{}", content_type="application/json"
     )
     request._stream = Unreadable()
-    assert json.loads(receive(request, "stripe").content) == {"error": "invalid_signature"}
+    assert json.loads(call_view(request, "stripe").content) == {"error": "invalid_signature"}
 
 
-def test_body_without_declared_length_is_cut_off_at_the_limit(settings):
+def test_body_without_declared_length_is_cut_off_at_the_limit(settings, call_view):
     settings.WEBHOOKS = {**settings.WEBHOOKS, "MAX_BODY_BYTES": 4096}
     reads = []
 
@@ -253,7 +289,7 @@ def test_body_without_declared_length_is_cut_off_at_the_limit(settings):
     request.META["wsgi.input_terminated"] = True
     request.META["wsgi.input"] = Endless()
     request.META["HTTP_X_PARTNER_SIGNATURE"] = "00"
-    response = receive(request, "partner")
+    response = call_view(request, "partner")
     assert response.status_code == 413
     assert sum(reads) == 4097  # never more than limit + 1 bytes
 
@@ -308,10 +344,8 @@ def test_no_secret_in_responses_or_logs(client, caplog):
         assert secret not in text
 
 
-def test_csrf_is_not_required():
-    from django.test import Client
-
-    csrf_client = Client(enforce_csrf_checks=True)
+def test_csrf_is_not_required(make_client):
+    csrf_client = make_client(enforce_csrf_checks=True)
     assert post_webhook(csrf_client, "stripe").status_code == 200
 
 
@@ -386,20 +420,36 @@ def test_malformed_payload_maps_from_data_error():
 
 
 @pytest.fixture
-def live_gunicorn(transactional_db):
-    with GunicornServer(webhooks={"MAX_BODY_BYTES": 65536}) as server:
+def live_server_of(view):
+    """The real server of the view under test: gunicorn (sync) or uvicorn (async)."""
+    return SERVERS[view]
+
+
+@pytest.fixture
+def running_server(transactional_db, live_server_of):
+    with live_server_of(webhooks={"MAX_BODY_BYTES": 65536}) as server:
         yield server
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_raw_socket_size_limits(live_gunicorn):
-    port = live_gunicorn.port
+def test_raw_socket_size_limits(running_server, view):
+    port = running_server.port
+
+    def raw_request(port, data):
+        return send_raw(port, data, half_close=view == "sync")
+
     request = build_request("partner")
 
     # Declared over the limit: 413 at once; the body is never sent (the server did not wait).
     data = http_request("POST", request.path, request.headers, content_length=10 * 1024 * 1024)
     assert raw_request(port, data) == (413, b'{"error": "payload_too_large"}')
+    if view == "async":
+        # Under uvicorn a client waiting on "Expect: 100-continue" is answered 413 at once,
+        # never "100 Continue" (WebhookBodyLimit asks for no byte of the body).
+        expecting = {**request.headers, "Expect": "100-continue"}
+        data = http_request("POST", request.path, expecting, content_length=10 * 1024 * 1024)
+        assert raw_request(port, data) == (413, b'{"error": "payload_too_large"}')
 
     # A body larger than declared: only the declared bytes are read. The declared part is a
     # complete signed event; what follows is never seen by the application.
@@ -412,9 +462,17 @@ def test_raw_socket_size_limits(live_gunicorn):
         content_length=len(request.body),
     )
     status, body = raw_request(port, data)
-    assert status == 200, live_gunicorn.log()
-    assert json.loads(body) == {"status": "accepted", "event_id": request.event_id}
-    assert bytes(WebhookEvent.objects.get(event_id=request.event_id).body) == request.body
+    if view == "sync":
+        assert status == 200, running_server.log()
+        assert json.loads(body) == {"status": "accepted", "event_id": request.event_id}
+        assert bytes(WebhookEvent.objects.get(event_id=request.event_id).body) == request.body
+    else:
+        # uvicorn parses what follows the declared body as the next request on the connection
+        # and answers it 400 (closing the connection, whether or not the first answer was
+        # sent): the application never sees a byte past the declared length either way.
+        assert status in (200, 400), running_server.log()
+        stored = WebhookEvent.objects.filter(event_id=request.event_id)
+        assert [bytes(e.body) for e in stored] in ([], [request.body])
 
     # No declared length (chunked) and over the limit: 413 while reading.
     big = build_request("partner", {"id": "evt_chunked_big", "type": "a", "pad": "y" * 70_000})
@@ -422,7 +480,7 @@ def test_raw_socket_size_limits(live_gunicorn):
     status, body = raw_request(
         port, http_request("POST", big.path, headers, chunked(big.body), content_length=None)
     )
-    assert (status, body) == (413, b'{"error": "payload_too_large"}'), live_gunicorn.log()
+    assert (status, body) == (413, b'{"error": "payload_too_large"}'), running_server.log()
 
     # Chunked and within the limit: read to its end and accepted.
     small = build_request("partner", {"id": "evt_chunked_ok", "type": "a", "pad": "z" * 30_000})
@@ -431,17 +489,17 @@ def test_raw_socket_size_limits(live_gunicorn):
         port,
         http_request("POST", small.path, headers, chunked(small.body, 1000), content_length=None),
     )
-    assert status == 200, live_gunicorn.log()
+    assert status == 200, running_server.log()
     assert bytes(WebhookEvent.objects.get(event_id="evt_chunked_ok").body) == small.body
     assert not WebhookEvent.objects.filter(event_id="evt_chunked_big").exists()
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_database_unreachable_is_503(transactional_db):
+def test_database_unreachable_is_503(transactional_db, live_server_of):
     closed = free_port()
     env = {"TETHER_PG_URL": f"postgres://postgres@127.0.0.1:{closed}/test"}
-    with GunicornServer(env=env) as server, httpx.Client(base_url=server.url) as http:
+    with live_server_of(env=env) as server, httpx.Client(base_url=server.url) as http:
         response = send_request(http, build_request("stripe"))
         assert response.status_code == 503, server.log()
         assert response.content == b'{"error": "unavailable"}'
@@ -455,10 +513,12 @@ def test_database_unreachable_is_503(transactional_db):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_broker_down_still_answers_200_and_the_event_stays_received(transactional_db):
+def test_broker_down_still_answers_200_and_the_event_stays_received(
+    transactional_db, live_server_of
+):
     closed = free_port()
     env = {"TETHER_WORKER_BROKER_URL": f"redis://127.0.0.1:{closed}/0"}
-    with GunicornServer(env=env) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+    with live_server_of(env=env) as server, httpx.Client(base_url=server.url, timeout=30) as http:
         request = build_request("stripe")
         started = time.monotonic()
         response = send_request(http, request)
@@ -535,7 +595,7 @@ def test_a_failing_webhook_received_receiver_keeps_the_event(
     assert WebhookEvent.objects.count() == 1
 
 
-def test_client_gone_mid_body_is_answered_without_a_500():
+def test_client_gone_mid_body_is_answered_without_a_500(call_view):
     from django.http import UnreadablePostError
 
     class Broken(io.RawIOBase):
@@ -550,7 +610,7 @@ def test_client_gone_mid_body_is_answered_without_a_500():
         headers={"X-Partner-Signature": "00"},
     )
     request._stream = Broken()
-    response = receive(request, "partner")
+    response = call_view(request, "partner")
     assert response.status_code == 400
     assert json.loads(response.content) == {"error": "malformed_payload"}
 
@@ -601,3 +661,207 @@ def test_meta_headers_read_as_request_headers_do():
     assert headers.get("Remote-Addr") is None and "wsgi.input" not in headers
     assert headers == HttpHeaders(meta)
     assert dict(headers) == dict(HttpHeaders(meta)) and len(headers) == 4
+
+
+# -- which view serves the URL; the ASGI body limit ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "under_wsgi", "under_asgi"),
+    [
+        ("auto", receive, receive_async),
+        ("sync", receive, receive),
+        ("async", receive_async, receive_async),
+    ],
+)
+def test_receive_view_setting_picks_the_view_at_dispatch_time(
+    settings, mode, under_wsgi, under_asgi
+):
+    import asyncio
+
+    from django.urls import resolve, reverse
+
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "RECEIVE_VIEW": mode}
+
+    async def resolved_on_a_loop():
+        return resolve("/webhooks/stripe/")
+
+    assert resolve("/webhooks/stripe/").func is under_wsgi
+    match = asyncio.run(resolved_on_a_loop())
+    assert match.func is under_asgi
+    assert (match.kwargs, match.url_name, match.namespace) == ({"endpoint": "stripe"}, "receive",
+                                                                "webhooks")  # fmt: skip
+    assert reverse("webhooks:receive", args=["stripe"]) == "/webhooks/stripe/"
+
+
+@pytest.mark.parametrize("mode", ["auto", "sync"])
+def test_asgi_requests_reach_the_async_view_unless_sync_is_forced(settings, caplog, mode):
+    """Seen from outside: only the async view warns that the ASGI application lacks
+    ``WebhookBodyLimit`` (once per process and settings)."""
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "RECEIVE_VIEW": mode}
+    unguarded = AsgiClient(guarded=False)
+    with caplog.at_level(logging.WARNING, logger="webhooks"):
+        assert post_webhook(unguarded, "stripe").status_code == 200
+        assert post_webhook(unguarded, "stripe").status_code == 200
+    warnings = [r.getMessage() for r in caplog.records if "WebhookBodyLimit" in r.getMessage()]
+    assert len(warnings) == (1 if mode == "auto" else 0)
+
+
+@pytest.mark.parametrize("value", ["ASGI", "", None, True, 1])
+def test_receive_view_setting_is_validated(settings, value):
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "RECEIVE_VIEW": value}
+    from django.urls import resolve
+
+    with pytest.raises(WebhookConfigurationError, match=r'WEBHOOKS\["RECEIVE_VIEW"\]'):
+        resolve("/webhooks/stripe/")
+
+
+def _through_body_limit(path, messages, headers=()):
+    """Run ``WebhookBodyLimit`` around a small ASGI app that reads the body as Django's handler
+    does (until ``more_body`` is false): (the body it read, the scope it got, receive calls)."""
+    import asyncio
+
+    from webhooks.asgi import WebhookBodyLimit
+
+    seen = {}
+    calls = []
+
+    async def receive():
+        calls.append(1)
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def app(scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        seen.update(body=body, scope=scope)
+
+    async def send(message):
+        pass
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": list(headers)}
+    asyncio.run(WebhookBodyLimit(app)(scope, receive, send))
+    return seen["body"], seen["scope"], len(calls)
+
+
+def _chunks(size, count):
+    return [{"type": "http.request", "body": b"x" * size, "more_body": True}] * count + [
+        {"type": "http.request", "body": b"", "more_body": False}
+    ]
+
+
+def test_asgi_body_limit_cuts_a_body_at_the_limit_plus_one(settings):
+    from webhooks.views import BODY_BYTES_KEY
+
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "MAX_BODY_BYTES": 1000}
+    body, scope, calls = _through_body_limit("/webhooks/partner/", _chunks(300, 100))
+    assert len(body) == 1001 and scope[BODY_BYTES_KEY] == 1001
+    assert calls == 4  # 1,200 bytes asked for, of the 30,000 the client would send
+
+
+@pytest.mark.parametrize("declared", [b"abc", b"-5", b"10", b""])
+def test_asgi_body_limit_bounds_a_body_whose_declared_length_is_wrong(settings, declared):
+    """A malformed, negative or lying ``Content-Length`` changes nothing: at most the limit
+    plus one byte gets through."""
+    from webhooks.views import BODY_BYTES_KEY
+
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "MAX_BODY_BYTES": 1000}
+    headers = [(b"content-length", declared)]
+    body, scope, _ = _through_body_limit("/webhooks/partner/", _chunks(300, 10), headers)
+    assert len(body) == 1001 and scope[BODY_BYTES_KEY] == 1001
+
+
+def test_asgi_body_limit_passes_a_body_within_the_limit_whole(settings):
+    from webhooks.views import BODY_BYTES_KEY
+
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "MAX_BODY_BYTES": 1000}
+    body, scope, _ = _through_body_limit("/webhooks/partner/", _chunks(250, 4))
+    assert len(body) == 1000 and scope[BODY_BYTES_KEY] == 1000
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/webhooks/partner/", [(b"content-length", b"1001")]),  # declared over the limit
+        ("/webhooks/partner/", [(b"Content-Length", b"99999999999999999999")]),
+        ("/webhooks/nope/", []),  # unknown endpoint: the view answers 404 without reading
+    ],
+)
+def test_asgi_body_limit_reads_nothing_when_the_view_will_not(settings, path, headers):
+    from webhooks.views import BODY_BYTES_KEY
+
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "MAX_BODY_BYTES": 1000}
+    body, scope, calls = _through_body_limit(path, _chunks(300, 10), headers)
+    assert (body, scope[BODY_BYTES_KEY], calls) == (b"", 0, 0)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/health/",  # not the receive view
+        "/webhooks/broken/",  # misconfigured: the view raises, Django reports it
+    ],
+)
+def test_asgi_body_limit_leaves_other_requests_alone(settings, path):
+    from webhooks.views import BODY_BYTES_KEY
+
+    settings.WEBHOOKS = {
+        **settings.WEBHOOKS,
+        "MAX_BODY_BYTES": 1000,
+        "ENDPOINTS": {
+            **settings.WEBHOOKS["ENDPOINTS"],
+            "broken": {"PROVIDER": "stripe", "SECRETS": []},
+        },
+    }
+    body, scope, calls = _through_body_limit(path, _chunks(300, 10))
+    assert len(body) == 3000 and BODY_BYTES_KEY not in scope and calls == 11
+
+
+def test_asgi_store_runs_off_the_event_loop(signals):  # noqa: F811
+    """Storing (and what it sends) runs in a thread with no event loop, never on the loop."""
+    import asyncio
+    import threading
+
+    seen = []
+
+    def receiver(sender, **kwargs):
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            seen.append(threading.current_thread().name)
+        else:
+            seen.append("on the event loop")
+
+    webhook_duplicate.connect(receiver)
+    try:
+        request = build_request("stripe")
+        client = AsgiClient()
+        assert send_request(client, request).json()["status"] == "accepted"
+        assert send_request(client, request).json()["status"] == "duplicate"
+    finally:
+        webhook_duplicate.disconnect(receiver)
+    assert len(seen) == 1 and seen[0] != "on the event loop"
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_uvicorn_without_the_body_limit_waits_for_the_body_and_warns(transactional_db):
+    """What ``WebhookBodyLimit`` changes: without it Django's ASGI handler waits for (and would
+    buffer) a body declared over the limit before the view can refuse it."""
+    import socket
+
+    request = build_request("partner")
+    data = http_request("POST", request.path, request.headers, content_length=10 * 1024 * 1024)
+    with UvicornServer(app="django_application") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=2) as sock:
+            sock.sendall(data)
+            with pytest.raises(TimeoutError):
+                sock.recv(100)  # no answer: the handler is still reading the body
+        with httpx.Client(base_url=server.url) as http:
+            assert send_request(http, build_request("stripe")).status_code == 200
+        log = wait_until(lambda: "WebhookBodyLimit" in server.log() and server.log(),
+                         timeout=10, message="the warning")  # fmt: skip
+    assert log.count("WebhookBodyLimit") == 1

@@ -6,11 +6,16 @@ from __future__ import annotations
 import socket
 
 
-def raw_request(port: int, data: bytes, *, timeout: float = 15) -> tuple[int, bytes]:
-    """Send raw bytes over one connection, read until the server closes; (status, body)."""
+def raw_request(
+    port: int, data: bytes, *, timeout: float = 15, half_close: bool = True
+) -> tuple[int, bytes]:
+    """Send raw bytes over one connection, read until the server closes; (status, body).
+    ``half_close``: shut the sending side once sent (uvicorn takes that for a disconnect and
+    drops the request: pass False for it, the request says ``Connection: close``)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
         chunks = []
         while True:
             try:
