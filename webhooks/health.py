@@ -3,8 +3,9 @@
 ``WebhooksConfig.ready()`` registers two checks with ``tether.health`` (which holds the view and
 its JSON and status rules): ``broker``, critical (the view answers 503 when the Celery broker
 cannot be reached; not probed with ``TASK_BACKEND = "django"``), and ``webhooks``, the backlog
-of events stuck past ``STUCK_AFTER`` (reported, never failing). ``path("health/", include("webhooks.health"))`` mounts the view
-(``tether.health``'s ``urlpatterns``, re-exported here), as does ``include("tether.health")``.
+of events stuck past ``STUCK_AFTER`` (reported, never failing).
+``path("health/", include("webhooks.health"))`` mounts the view (``tether.health``'s
+``urlpatterns``, re-exported here), as does ``include("tether.health")``.
 
 Cost per request: one indexed ``COUNT`` of stuck events, and a broker connection at most once
 every ``WEBHOOKS["HEALTH_CACHE_TTL"]`` seconds (its result is reused in between, per process),
