@@ -3,8 +3,8 @@
 Zero setup by default (SQLite and kombu's filesystem broker). Set ``DATABASE_URL`` and
 ``CELERY_BROKER_URL`` to run it on PostgreSQL and Redis or RabbitMQ; ``SANDBOX_TASK_BACKEND``
 ``django`` processes with Django's Tasks on the database instead of Celery. Webhook secrets come
-from the environment; the sandbox falls back to fixed demo secrets so that ``make run`` works with no
-set-up (never do that in a real project).
+from the environment; the sandbox falls back to fixed demo secrets so that ``make run`` works
+with no set-up (never do that in a real project).
 """
 
 import os

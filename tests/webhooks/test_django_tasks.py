@@ -83,8 +83,8 @@ def test_task_queue_and_a_countdown_become_queue_name_and_run_after():
         assert queueing.publish_process_task(event.pk, countdown=30)
     (task,) = DBTaskResult.objects.all()
     assert task.queue_name == "webhooks"
-    assert before + timedelta(seconds=30) <= task.run_after <= timezone.now() + timedelta(
-        seconds=30
+    assert (
+        before + timedelta(seconds=30) <= task.run_after <= timezone.now() + timedelta(seconds=30)
     )
 
 
