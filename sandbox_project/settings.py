@@ -141,7 +141,7 @@ TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
 WEBHOOKS = {
     # `make run TASKS=django` sets SANDBOX_TASK_BACKEND=django (sandbox_project/run.sh): Django
     # Tasks on the database and db_worker instead of Celery (docs/webhooks/django-tasks.md).
-    "TASK_BACKEND": os.environ.get("SANDBOX_TASK_BACKEND", "celery"),
+    "TASK_BACKEND": os.environ.get("SANDBOX_TASK_BACKEND") or "celery",
     "ENDPOINTS": {
         "stripe": {
             "PROVIDER": "stripe",
