@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
 from tether.tasks_api import task
 
@@ -44,7 +44,8 @@ def process_event(event_pk: int) -> str | None:
             event_pk,
             processing.describe_outside_error(exc),
         )
-        close_old_connections()  # drop a broken connection before the worker's next task
+        if not connection.in_atomic_block:  # run by a worker, not inside a caller's transaction
+            close_old_connections()  # drop a broken connection before the worker's next task
         return None
 
 

@@ -128,7 +128,9 @@ def publish_process_batch(event_pks: Sequence[int]) -> bool:
     """Publish ``webhooks.process_events`` for these events now, ``DISPATCH_BATCH_SIZE`` per
     message, all through one connection checkout; ``False`` if the broker refused. With
     ``TASK_BACKEND = "django"``, one ``DJANGO_PROCESS_EVENT`` task per event (a Django Task
-    carries only its event's key), stopping at the first the backend refuses.
+    carries only its event's key), all in one transaction of the default database (one commit
+    for a database backend's inserts); the batch stops at the first the backend refuses, and
+    the warning names all of it (the sweeper's requeue of one that was sent is harmless).
 
     The dispatcher's publisher (``WebhooksConfig.ready()`` hands it to ``webhooks.dispatch``).
     Like ``publish_process_task`` it never raises for a broker failure: the events stay
@@ -138,13 +140,14 @@ def publish_process_batch(event_pks: Sequence[int]) -> bool:
     if not event_pks:
         return True
     if task_backend() == "django":
-        enqueued = 0
         try:
-            for pk in event_pks:
-                enqueue_django_task(pk)
-                enqueued += 1
+            # One transaction for the batch: a database backend's inserts commit once (one WAL
+            # flush per batch, not per event); if one is refused, none of them counts as sent.
+            with transaction.atomic():
+                for pk in event_pks:
+                    enqueue_django_task(pk)
         except Exception as exc:
-            _warn_unsent(event_pks[enqueued:], exc)
+            _warn_unsent(event_pks, exc)
             return False
         return True
     size = processing_setting("DISPATCH_BATCH_SIZE")

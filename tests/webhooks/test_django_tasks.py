@@ -20,6 +20,7 @@ from django.test import override_settings
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
+from tests import postgres
 from tests.db_worker import django_tasks_backend
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import on, queueing, services
@@ -305,3 +306,62 @@ def test_without_django_tasks_the_check_says_what_to_install(project):
         'pip install "django-tether[tasks]"'
     ) in output, output
     assert "W003" not in output  # no Celery to wire
+
+
+# -- real database errors (PL/pgSQL triggers) -----------------------------------------------------
+
+
+def refuse(table: str, condition: str = "true") -> None:
+    """A trigger that makes PostgreSQL refuse the INSERT or UPDATE of ``table``'s rows matching
+    ``condition``, with a DETAIL line standing for a statement's echoed parameters."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            CREATE FUNCTION tether_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF {condition} THEN
+                RAISE EXCEPTION 'tether test: refused'
+                  USING DETAIL = 'parameter token=hunter2-detail';
+              END IF;
+              RETURN NEW;
+            END $$;
+            CREATE TRIGGER tether_test_refuse BEFORE INSERT OR UPDATE ON {table}
+              FOR EACH ROW EXECUTE FUNCTION tether_test_refuse();
+            """
+        )
+
+
+@postgres.TRIGGERS
+@pytest.mark.django_db
+def test_a_batch_is_enqueued_all_or_nothing(caplog):
+    """The dispatcher's batch is one transaction: the backend refusing its third task leaves
+    none of the batch enqueued, and the warning names every event of it."""
+    pks = [WebhookEventFactory().pk for _ in range(4)]
+    refuse(DBTaskResult._meta.db_table, f"(NEW.args_kwargs -> 'args' ->> 0)::int = {pks[2]}")
+    with django_tasks_backend(), caplog.at_level(logging.WARNING, logger="webhooks.queueing"):
+        assert not queueing.publish_process_batch(pks)
+        assert queueing.publish_process_batch(pks[3:])  # the next batch is not affected
+    assert f"could not enqueue 4 event(s) (pk={','.join(map(str, pks))}) (ProgrammingError)" in (
+        caplog.text
+    )
+    assert "hunter2" not in caplog.text
+    assert [task.args_kwargs["args"] for task in DBTaskResult.objects.all()] == [[pks[3]]]
+
+
+@postgres.TRIGGERS
+@pytest.mark.django_db
+def test_an_error_outside_the_handlers_logs_its_first_line_and_stores_no_traceback(caplog):
+    """The task ends with no status and the event keeps its state for the sweeper; the log has
+    the error's class and first line, never its DETAIL (a statement's parameters)."""
+    from webhooks.djtasks import process_event
+
+    event = WebhookEventFactory()
+    refuse("webhooks_webhookevent")
+    with django_tasks_backend(), caplog.at_level(logging.ERROR, logger="webhooks.djtasks"):
+        assert process_event.call(event.pk) is None
+    [record] = [r for r in caplog.records if "outside its handlers" in r.getMessage()]
+    assert f"pk={event.pk}" in record.getMessage()
+    assert "tether test: refused" in record.getMessage()
+    assert "hunter2" not in caplog.text
