@@ -8,8 +8,9 @@ the database backend, ``django-tasks-db``).
 
 What is re-exported is what django-tether uses: ``task`` (the decorator), ``task_backends`` (the
 configured backends, by alias), ``DEFAULT_TASK_BACKEND_ALIAS``, ``ImmediateBackend`` (the backend
-that runs a task as it is enqueued, as eager Celery does), and ``SOURCE``, the module the API was
-taken from.
+that runs a task as it is enqueued, as eager Celery does), ``InvalidTaskBackend`` (a ``TASKS``
+backend that cannot be loaded; ``InvalidTaskBackendError`` in the backport), and ``SOURCE``, the
+module the API was taken from.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "DEFAULT_TASK_BACKEND_ALIAS",
     "SOURCE",
     "ImmediateBackend",
+    "InvalidTaskBackend",
     "task",
     "task_backends",
 ]
@@ -33,6 +35,7 @@ INSTALL_HINT = (
 if find_spec("django.tasks") is not None:  # Django 6
     from django.tasks import DEFAULT_TASK_BACKEND_ALIAS, task, task_backends
     from django.tasks.backends.immediate import ImmediateBackend
+    from django.tasks.exceptions import InvalidTaskBackend
 
     #: The module the API comes from.
     SOURCE = "django.tasks"
@@ -45,6 +48,9 @@ else:  # Django 5.2: the backport
         )
         from django_tasks.backends.immediate import (  # type: ignore[assignment,no-redef,unused-ignore]
             ImmediateBackend,
+        )
+        from django_tasks.exceptions import (  # type: ignore[assignment,no-redef,unused-ignore]
+            InvalidTaskBackendError as InvalidTaskBackend,
         )
     except ImportError as exc:
         raise ImportError(INSTALL_HINT) from exc

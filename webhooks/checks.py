@@ -268,13 +268,19 @@ def check_django_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
     try:
         backend = tasks_api.task_backends[alias]
     except Exception as exc:
+        # The API's own error names the backend's dotted path and the import error; another
+        # (raised by a backend's constructor) may quote its OPTIONS, a URL with a password: its
+        # type only.
+        why = type(exc).__name__
+        if isinstance(exc, tasks_api.InvalidTaskBackend):
+            why += f": {str(exc)[:200]}"
         return [
             _as_error(
                 ConfigProblem(
                     "E009",
                     key,
                     f'is "django", and the TASKS setting\'s {alias!r} backend cannot be loaded '
-                    f"({type(exc).__name__}: {str(exc)[:200]}).",
+                    f"({why}).",
                     'e.g. TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}} '
                     'with "django_tasks_db" in INSTALLED_APPS; see docs/webhooks/django-tasks.md.',
                 )

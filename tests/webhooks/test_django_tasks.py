@@ -365,3 +365,26 @@ def test_an_error_outside_the_handlers_logs_its_first_line_and_stores_no_traceba
     assert f"pk={event.pk}" in record.getMessage()
     assert "tether test: refused" in record.getMessage()
     assert "hunter2" not in caplog.text
+
+
+class RefusingBackend:
+    """A ``TASKS`` backend whose constructor fails quoting its options (a URL with a password),
+    as a real one may."""
+
+    def __init__(self, alias, params):
+        raise ValueError(f"cannot connect to {params['OPTIONS']['URL']}")
+
+
+def test_a_backend_failing_to_start_is_e009_without_its_message():
+    backend = {
+        "BACKEND": f"{__name__}.RefusingBackend",
+        "OPTIONS": {"URL": "redis://:hunter2@127.0.0.1:1/0"},
+    }
+    with override_settings(TASKS={"default": backend}), django_tasks_backend():
+        problems = check_django_tasks()
+    assert ids(problems) == ["webhooks.E009"]
+    assert problems[0].msg == (
+        'WEBHOOKS["TASK_BACKEND"]: is "django", and the TASKS setting\'s \'default\' backend '
+        "cannot be loaded (ValueError)."
+    )
+    assert "hunter2" not in problems[0].msg + (problems[0].hint or "")
