@@ -23,6 +23,7 @@ from django_tasks_db.models import DBTaskResult
 from tests import postgres
 from tests.db_worker import django_tasks_backend
 from tests.webhooks.factories import WebhookEventFactory
+from tether import tasks_api
 from webhooks import on, queueing, services
 from webhooks.checks import check_celery_wiring, check_django_tasks, check_webhook_endpoints
 from webhooks.models import WebhookEvent
@@ -30,7 +31,8 @@ from webhooks.testing import post_webhook
 
 Status = WebhookEvent.Status
 DATABASE_BACKEND = "django_tasks_db.DatabaseBackend"
-IMMEDIATE_BACKEND = "django_tasks.backends.immediate.ImmediateBackend"  # the backport's (5.2)
+#: Django's (6) or the backport's (5.2), whichever ``tether.tasks_api`` took the API from.
+IMMEDIATE_BACKEND = f"{tasks_api.SOURCE}.backends.immediate.ImmediateBackend"
 
 
 def tasks(**backend) -> override_settings:
