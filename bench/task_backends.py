@@ -44,7 +44,13 @@ from bench.database import (  # noqa: E402
     require_redis,
     setup_django,
 )
-from bench.processes import BenchError, Child, cpu_of, wait_until  # noqa: E402
+from bench.processes import (  # noqa: E402
+    BenchError,
+    Child,
+    children_stopped_on_exit,
+    cpu_of,
+    wait_until,
+)
 
 PYTHON = sys.executable
 CARRIERS = ("celery", "django")
@@ -99,7 +105,9 @@ def start_worker(carrier: str, log_dir: Path) -> Child:
                  stdout_to_log=True)  # fmt: skip
 
 
-def drain(carrier: str, pks: list[int], log_dir: Path, timeout: float) -> dict:
+def drain(
+    carrier: str, pks: list[int], log_dir: Path, timeout: float, started: list[Child]
+) -> dict:
     from webhooks.models import WebhookEvent
 
     def processed() -> int:
@@ -107,9 +115,10 @@ def drain(carrier: str, pks: list[int], log_dir: Path, timeout: float) -> dict:
 
     db_before = {pid: cpu_of([pid]) for pid in backend_pids()}
     worker = start_worker(carrier, log_dir)
+    started.append(worker)  # stopped on SIGTERM too (children_stopped_on_exit)
     try:
         # Timed from the first event processed, so that the worker's start-up is not counted.
-        wait_until(lambda: processed() > 0 or not worker.alive(), timeout=120,
+        wait_until(lambda: processed() > 0 or not worker.alive(), timeout=min(timeout, 120),
                    what=f"the {carrier} worker to start", interval=0.01)  # fmt: skip
         if not worker.alive():
             raise BenchError(f"the {carrier} worker exited:\n{worker.log_tail()}")
@@ -153,11 +162,15 @@ def main(argv: list[str] | None = None) -> int:
 
         redis.Redis.from_url(settings.CELERY_BROKER_URL).delete("celery")
         results: dict[str, dict] = {}
-        with tempfile.TemporaryDirectory(prefix="tether-bench-tasks-") as tmp:
+        timeout = 60 if args.smoke else 600
+        with (
+            tempfile.TemporaryDirectory(prefix="tether-bench-tasks-") as tmp,
+            children_stopped_on_exit() as started,
+        ):
             for carrier in CARRIERS:
                 pks = make_events(args.events, carrier)
                 results[carrier] = enqueue(carrier, pks)
-                results[carrier].update(drain(carrier, pks, Path(tmp), timeout=600))
+                results[carrier].update(drain(carrier, pks, Path(tmp), timeout, started))
     except BenchError as exc:
         print(f"bench/task_backends.py: {exc}")
         return 1

@@ -27,12 +27,20 @@ def test_the_smoke_run_processes_every_event_with_both_carriers():
     env = dict(os.environ)
     env.pop("DJANGO_SETTINGS_MODULE", None)
     env["TETHER_BENCH_DB"] = f"{os.environ.get('TETHER_TEST_DB', 'test_tether')}_tasks_bench"
-    result = subprocess.run(
+    # Its waits are bounded (60 s each in a smoke run); a run past 240 s is stopped with
+    # SIGTERM, on which it stops its workers (never SIGKILL: they would be left running).
+    bench = subprocess.Popen(
         [sys.executable, "bench/task_backends.py", "--smoke"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    try:
+        output, _ = bench.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        bench.terminate()
+        output, _ = bench.communicate(timeout=40)
+        raise AssertionError(f"the smoke run took more than 240 s:\n{output}") from None
+    assert bench.returncode == 0, output
+    figures = json.loads(output.strip().splitlines()[-1])
     assert set(figures) >= RATIOS
     assert all(figures[name] > 0 for name in RATIOS)
     assert figures["events"] == 100
