@@ -84,7 +84,8 @@ def test_the_tasks_extra_brings_the_database_backend_and_the_backport_on_any_dja
     backport; never django-tasks-db's own ``compat`` extra, which requires Django < 6."""
     metadata, _ = built
     assert requirements_of(metadata, "tasks") == {"django-tasks-db", "django-tasks"}
-    assert {"django-tasks-db", "django-tasks"} <= requirements_of(metadata, "sandbox")
+    for extra in ("sandbox", "test"):  # `make run TASKS=django`, and the suite
+        assert {"django-tasks-db", "django-tasks"} <= requirements_of(metadata, extra)
     for line in metadata.get_all("Requires-Dist") or []:
         requirement = Requirement(line)
         if requirement.name in {"django-tasks-db", "django-tasks"}:
