@@ -1,4 +1,4 @@
-# django-tether: `make run` starts the sandbox, `make test` runs the suite (`make test-sqlite`: its
+# django-tether: `make run` starts the sandbox (`make run TASKS=django`: on Django's Tasks), `make test` runs the suite (`make test-sqlite`: its
 # database-agnostic part on SQLite), `make bench` measures,
 # `make lint` checks style and types, `make docs` serves the documentation site, `make docs-check`
 # builds it with warnings as errors, `make chaos` soaks it under faults, `make quickstart-check`
@@ -35,8 +35,12 @@ install: $(VENV)/.installed-sandbox
 install-test: $(VENV)/.installed-test
 install-docs: $(VENV)/.installed-docs
 
+# `make run TASKS=django`: the sandbox processes with Django's Tasks on its database
+# (django-tasks-db's db_worker) instead of Celery (docs/webhooks/django-tasks.md).
+TASKS ?= celery
+
 run: $(VENV)/.installed-sandbox
-	VENV=$(VENV) SANDBOX_ASGI=$(ASGI) ./sandbox_project/run.sh
+	VENV=$(VENV) SANDBOX_ASGI=$(ASGI) SANDBOX_TASK_BACKEND=$(TASKS) ./sandbox_project/run.sh
 
 test: $(VENV)/.installed-test
 	./tests/ensure_services.sh

@@ -52,6 +52,8 @@ ROOT_URLCONF = "bench.urls"
 # One endpoint for the benchmark, verified with Stripe's scheme; bench/webhooks.py registers a
 # no-op handler for it (the sandbox's demo handlers listen on other endpoints).
 WEBHOOKS = {
+    # bench/task_backends.py starts each carrier's worker with its own.
+    "TASK_BACKEND": os.environ.get("TETHER_BENCH_TASK_BACKEND", "celery"),
     "ENDPOINTS": {
         BENCH_ENDPOINT: {"PROVIDER": "stripe", "SECRETS": [BENCH_SECRET]},
     },

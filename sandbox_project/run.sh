@@ -2,6 +2,8 @@
 # `make run`: migrate, create the sandbox admin, start the web server and a Celery worker (with
 # beat, for the sweeper). Zero setup by default (SQLite + kombu's filesystem broker); set
 # DATABASE_URL and CELERY_BROKER_URL to use PostgreSQL and Redis or RabbitMQ instead.
+# `make run TASKS=django`: Django's Tasks instead of Celery, on the same database: django-tasks-db's
+# worker (manage.py db_worker) and the sweeper as a process (requeue_stuck_webhooks --every 30).
 #
 # Environment (see docs/sandbox.md):
 #   SANDBOX_HOST       address the web server listens on (default 127.0.0.1; an IPv6 one in
@@ -12,6 +14,8 @@
 #   VENV               the virtualenv to run from (default .venv)
 #   SANDBOX_ASGI       1 (`make run ASGI=1`): serve the project as ASGI under uvicorn
 #                      (sandbox_project/asgi.py: the async receive view) instead of runserver
+#   SANDBOX_TASK_BACKEND  celery (default) or django: what processes the events (`make run
+#                      TASKS=django` sets it; WEBHOOKS["TASK_BACKEND"] in the sandbox's settings)
 #
 # The port is checked first: if it is taken (another `make run`?), the script stops before
 # migrating or starting anything. If the web server or the worker exits while starting, the
@@ -25,7 +29,16 @@ HOST=${SANDBOX_HOST:-127.0.0.1}
 PORT=${SANDBOX_PORT:-8000}
 STATE_DIR=${SANDBOX_STATE_DIR:-.sandbox}
 STARTUP_TIMEOUT=120  # seconds for the web server to answer and the worker to be ready
+TASK_BACKEND=${SANDBOX_TASK_BACKEND:-celery}
 export DJANGO_SETTINGS_MODULE=sandbox_project.settings
+case "$TASK_BACKEND" in
+  celery | django) export SANDBOX_TASK_BACKEND="$TASK_BACKEND" ;;
+  *)
+    echo "make run: TASKS=${TASK_BACKEND@Q} is not a task backend: use TASKS=celery (the" \
+      "default) or TASKS=django." >&2
+    exit 1
+    ;;
+esac
 case "$HOST" in *:*) [[ $HOST == \[*\] ]] || HOST="[$HOST]" ;; esac  # runserver's IPv6 form
 
 # Can the web server listen there? Bound as runserver binds (SO_REUSEADDR), then released.
@@ -94,8 +107,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'cleanup; exit 0' INT TERM  # asked to stop: both are stopped, nothing failed
 
-# Each says when it is ready through a file: the worker once it consumes (worker_ready, in
-# sandbox_project/celery.py), the web server once it has bound the port (runserver prints its
+# Each says when it is ready through a file: the worker once it consumes (Celery's worker_ready,
+# in sandbox_project/celery.py; db_worker's "Starting worker" line), the web server once it has bound the port (runserver prints its
 # "Starting development server at" line after binding). That another program answers on the
 # port does not count: if it took the port first, runserver fails to bind and exits.
 worker_ready="$STATE_DIR/worker-ready"
@@ -109,10 +122,29 @@ web_server_output() {
     fi
   done
 }
-SANDBOX_WORKER_READY_FILE="$worker_ready" "$VENV/bin/celery" -A sandbox_project worker --beat \
-  --loglevel=INFO --concurrency=2 --schedule "$STATE_DIR/celerybeat-schedule" &
-worker=$!
-pids+=("$worker")
+if [ "$TASK_BACKEND" = django ]; then
+  # Django's Tasks on the database: django-tasks-db's worker, ready once it polls (its
+  # "Starting worker" line), and the sweeper, which Django's Tasks have no beat to run.
+  worker_name="the Django Tasks worker"
+  worker_output() {
+    while IFS= read -r line; do
+      printf '%s\n' "$line"
+      if [[ $line == "Starting worker "* ]]; then : > "$worker_ready"; fi
+    done
+  }
+  PYTHONUNBUFFERED=1 "$PY" manage.py db_worker --no-reload --interval 0.5 > >(worker_output) 2>&1 &
+  worker=$!
+  pids+=("$worker")
+  "$PY" manage.py requeue_stuck_webhooks --every 30 &
+  sweeper=$!
+  pids+=("$sweeper")
+else
+  worker_name="the Celery worker"
+  SANDBOX_WORKER_READY_FILE="$worker_ready" "$VENV/bin/celery" -A sandbox_project worker --beat \
+    --loglevel=INFO --concurrency=2 --schedule "$STATE_DIR/celerybeat-schedule" &
+  worker=$!
+  pids+=("$worker")
+fi
 if [ "${SANDBOX_ASGI:-}" = 1 ]; then
   # ASGI: uvicorn serves sandbox_project.asgi (the async receive view; static files as
   # runserver serves them). Its "Uvicorn running on" line comes once it has bound the port.
@@ -127,12 +159,13 @@ pids+=("$web")
 # Wait for both, or for either to die: then stop the other and exit non-zero, with no banner.
 deadline=$((SECONDS + STARTUP_TIMEOUT))
 until [ -e "$web_ready" ] && [ -e "$worker_ready" ]; do
-  for pid in "$web" "$worker"; do
+  for pid in "${pids[@]}"; do
     if ! kill -0 "$pid" 2>/dev/null; then
       status=0
       wait "$pid" || status=$?
       what="the web server"
-      [ "$pid" = "$worker" ] && what="the Celery worker"
+      [ "$pid" = "$worker" ] && what="$worker_name"
+      [ "$pid" = "${sweeper:-}" ] && what="the sweeper"
       echo "make run: $what exited while starting (status $status; its output is above):" \
         "stopping the sandbox." >&2
       exit 1
@@ -147,9 +180,14 @@ until [ -e "$web_ready" ] && [ -e "$worker_ready" ]; do
 done
 
 base="http://$HOST:$PORT"
+processing="Celery (TASKS=celery), its beat runs the sweeper every 30 s"
+if [ "$TASK_BACKEND" = django ]; then
+  processing="Django's Tasks on the database (TASKS=django): db_worker, and the sweeper every 30 s"
+fi
 cat <<MSG
 
   django-tether sandbox is running (Ctrl-C stops the web server and the worker).
+  Processing: $processing
 
   Admin:     $base/admin/   user: admin   password: $(cat "$password_file")
   Webhooks:  $base/webhooks/stripe/   $base/webhooks/github/   $base/webhooks/acme/
@@ -168,6 +206,6 @@ MSG
 
 # Either one stopping stops the sandbox (the EXIT trap stops the other).
 status=0
-wait -n "$web" "$worker" || status=$?
+wait -n "${pids[@]}" || status=$?
 echo "make run: the web server or the worker stopped (status $status): stopping the sandbox." >&2
 exit $((status == 0 ? 1 : status))

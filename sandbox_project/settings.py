@@ -1,9 +1,10 @@
 """Settings of the sandbox: a demo project that uses django-tether as a user would.
 
 Zero setup by default (SQLite and kombu's filesystem broker). Set ``DATABASE_URL`` and
-``CELERY_BROKER_URL`` to run it on PostgreSQL and Redis or RabbitMQ. Webhook secrets come from
-the environment; the sandbox falls back to fixed demo secrets so that ``make run`` works with no
-set-up (never do that in a real project).
+``CELERY_BROKER_URL`` to run it on PostgreSQL and Redis or RabbitMQ; ``SANDBOX_TASK_BACKEND``
+``django`` processes with Django's Tasks on the database instead of Celery. Webhook secrets come
+from the environment; the sandbox falls back to fixed demo secrets so that ``make run`` works
+with no set-up (never do that in a real project).
 """
 
 import os
@@ -32,6 +33,9 @@ INSTALLED_APPS = [
     "webhooks",
     "integrations",
     "sandbox_project.demo",
+    # Django Tasks' database backend (its table and db_worker command), for
+    # `make run TASKS=django` (SANDBOX_TASK_BACKEND below); migrated in both modes.
+    "django_tasks_db",
 ]
 
 MIDDLEWARE = [
@@ -141,7 +145,15 @@ if os.environ.get("STRIPE_API_KEY"):
         "schedule": 3600.0,
     }
 
+# Django's Tasks (Django 6's django.tasks, or the django-tasks backport on 5.2): the database
+# backend, whose queue is a table of the sandbox's database and whose worker is
+# `manage.py db_worker`. Used for processing when WEBHOOKS["TASK_BACKEND"] is "django".
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+
 WEBHOOKS = {
+    # `make run TASKS=django` sets SANDBOX_TASK_BACKEND=django (sandbox_project/run.sh): Django
+    # Tasks on the database and db_worker instead of Celery (docs/webhooks/django-tasks.md).
+    "TASK_BACKEND": os.environ.get("SANDBOX_TASK_BACKEND") or "celery",
     "ENDPOINTS": {
         "stripe": {
             "PROVIDER": "stripe",

@@ -11,8 +11,9 @@ from collections import Counter
 import pytest
 from django.core.cache import cache
 
-# The real-worker fixtures (celery_worker, worker_factory), for every test directory.
-pytest_plugins = ["tests.celery_worker"]
+# The real-worker fixtures (celery_worker, worker_factory; db_worker_factory, Django Tasks'
+# database worker), for every test directory.
+pytest_plugins = ["tests.celery_worker", "tests.db_worker"]
 
 #: Why the tests marked ``postgres`` were deselected in this run, with how many of each.
 _needs_postgresql: Counter[str] = Counter()

@@ -77,3 +77,16 @@ def test_the_sandbox_extra_brings_the_metrics_extra(built):
     assert requirements_of(metadata, "metrics") <= sandbox
     assert "prometheus-client" in sandbox  # so /metrics answers in `make run`
     assert {"gunicorn", "dj-database-url"} <= sandbox
+
+
+def test_the_tasks_extra_brings_the_database_backend_and_the_backport_on_any_django(built):
+    """``TASK_BACKEND = "django"``: django-tasks-db and, for Django 5.2, the django-tasks
+    backport; never django-tasks-db's own ``compat`` extra, which requires Django < 6."""
+    metadata, _ = built
+    assert requirements_of(metadata, "tasks") == {"django-tasks-db", "django-tasks"}
+    for extra in ("sandbox", "test"):  # `make run TASKS=django`, and the suite
+        assert {"django-tasks-db", "django-tasks"} <= requirements_of(metadata, extra)
+    for line in metadata.get_all("Requires-Dist") or []:
+        requirement = Requirement(line)
+        if requirement.name in {"django-tasks-db", "django-tasks"}:
+            assert not requirement.extras, line

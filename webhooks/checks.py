@@ -23,11 +23,20 @@
   refuses no replay). An id from a header with a signed timestamp is not warned about: within
   ``TOLERANCE`` a resend is a replay of the same signed content, after it the timestamp is stale.
   The rules live in ``Provider.config_warnings``.
-- ``webhooks.W003``: the processing tasks would not reach the project's broker: no Celery app
+- ``webhooks.W003``: with ``TASK_BACKEND`` ``"celery"`` (the default), the processing tasks
+  would not reach the project's broker: no Celery app
   is configured (the tasks would go through Celery's fallback app, which reads none of the
   ``CELERY_*`` settings), or the app reads no broker URL (Celery would publish to its built-in
   default, ``amqp://guest@localhost:5672//``). The hint names ``CELERY_BROKER_URL`` and
-  ``app.config_from_object("django.conf:settings", namespace="CELERY")``.
+  ``app.config_from_object("django.conf:settings", namespace="CELERY")``, and the other
+  carrier, ``WEBHOOKS["TASK_BACKEND"] = "django"``. Not checked with ``"django"``.
+- ``webhooks.E009``: ``TASK_BACKEND`` is ``"django"`` but Django's Tasks cannot be used:
+  neither Django 6's ``django.tasks`` nor the ``django-tasks`` backport is installed, the
+  ``TASKS`` setting's default backend cannot be loaded, or ``TASK_QUEUE`` is not one of that
+  backend's ``QUEUES``.
+- ``webhooks.W004``: ``TASK_BACKEND`` is ``"django"`` and the default ``TASKS`` backend cannot
+  run a task later (``supports_defer`` is False, e.g. the ``ImmediateBackend``): retries are
+  not scheduled, and wait for the sweeper.
 - ``webhooks.E008``: a processing setting out of range or of the wrong type (``MAX_ATTEMPTS``,
   ``RETRY_BASE_DELAY``, ``RETRY_MAX_DELAY``, ``STUCK_AFTER``, ``RETENTION_DAYS``, the
   ``DISPATCH_*`` and ``REQUEUE_RECEIVED_AFTER`` numbers, ``TASK_QUEUE``,
@@ -47,7 +56,7 @@ from typing import Any
 
 from django.core.checks import CheckMessage, Error, Warning, register
 
-from .conf import ConfigProblem, processing_config_problems, webhooks_settings
+from .conf import ConfigProblem, processing_config_problems, task_backend, webhooks_settings
 from .exceptions import WebhookConfigurationError
 from .providers import BUILTIN_PROVIDERS, provider_class
 from .providers.base import LIMIT_OPTIONS, endpoint_key, limit_problem
@@ -199,6 +208,9 @@ def check_celery_wiring(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
     import warnings
 
     from celery.app import app_or_default
+
+    if task_backend() == "django":
+        return []  # no Celery: the tasks go through the TASKS backend (check_django_tasks)
     from django.conf import settings
 
     app = app_or_default()  # the current app, which a shared_task is published through
@@ -209,7 +221,9 @@ def check_celery_wiring(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
         "Set CELERY_BROKER_URL and have your project's Celery app read it: in "
         '<project>/celery.py, app = Celery("<project>") and '
         'app.config_from_object("django.conf:settings", namespace="CELERY"); import that app '
-        'in <project>/__init__.py. See docs/getting-started.md, "5. Celery".'
+        'in <project>/__init__.py. See docs/getting-started.md, "5. Celery". Or use Django\'s '
+        'Tasks instead of Celery: WEBHOOKS["TASK_BACKEND"] = "django" '
+        "(docs/webhooks/django-tasks.md)."
     )
     fallback = (  # Celery's fallback app (celery-types does not declare these two attributes)
         app.main == "default"
@@ -237,3 +251,65 @@ def check_celery_wiring(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
     else:
         return []
     return [Warning(message, hint=hint, obj="celery", id="webhooks.W003")]
+
+
+@register()
+def check_django_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E009 and W004: ``TASK_BACKEND = "django"`` with Django's Tasks unusable, or unable to
+    defer a retry. Nothing to say with ``"celery"`` (or a value E008 reports)."""
+    if webhooks_settings["TASK_BACKEND"] != "django":
+        return []
+    key = 'WEBHOOKS["TASK_BACKEND"]'
+    try:
+        from tether import tasks_api
+    except ImportError as exc:
+        return [_as_error(ConfigProblem("E009", key, f'is "django": {exc}'))]
+    alias = tasks_api.DEFAULT_TASK_BACKEND_ALIAS
+    try:
+        backend = tasks_api.task_backends[alias]
+    except Exception as exc:
+        # The API's own error names the backend's dotted path and the import error; another
+        # (raised by a backend's constructor) may quote its OPTIONS, a URL with a password: its
+        # type only.
+        why = type(exc).__name__
+        if isinstance(exc, tasks_api.InvalidTaskBackend):
+            why += f": {str(exc)[:200]}"
+        return [
+            _as_error(
+                ConfigProblem(
+                    "E009",
+                    key,
+                    f'is "django", and the TASKS setting\'s {alias!r} backend cannot be loaded '
+                    f"({why}).",
+                    'e.g. TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}} '
+                    'with "django_tasks_db" in INSTALLED_APPS; see docs/webhooks/django-tasks.md.',
+                )
+            )
+        ]
+    queue = webhooks_settings["TASK_QUEUE"]
+    queues = getattr(backend, "queues", None)
+    if isinstance(queue, str) and queues and queue not in queues:
+        return [
+            _as_error(
+                ConfigProblem(
+                    "E009",
+                    'WEBHOOKS["TASK_QUEUE"]',
+                    f"{queue!r} is not one of the QUEUES of the TASKS setting's {alias!r} "
+                    f"backend ({', '.join(sorted(map(str, queues)))}).",
+                    f'Add it to TASKS["{alias}"]["QUEUES"], or leave TASK_QUEUE out.',
+                )
+            )
+        ]
+    if not getattr(backend, "supports_defer", False):
+        return [
+            Warning(
+                f'{key}: is "django" and the TASKS setting\'s {alias!r} backend '
+                f"({type(backend).__name__}) cannot run a task later: a failed attempt's retry "
+                "is not scheduled, and waits for the sweeper (requeue_stuck_webhooks).",
+                hint="Use a backend that supports run_after, e.g. "
+                "django_tasks_db.DatabaseBackend (fine as it is in tests).",
+                obj="settings.WEBHOOKS",
+                id="webhooks.W004",
+            )
+        ]
+    return []

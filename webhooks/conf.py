@@ -29,6 +29,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_ATTEMPTS": 8,
     "RETRY_BASE_DELAY": 10,
     "RETRY_MAX_DELAY": 3600,
+    # What carries processing tasks: "celery" (webhooks.tasks) or "django", Django's Tasks
+    # through the project's TASKS backend (webhooks.djtasks; docs/webhooks/django-tasks.md).
+    "TASK_BACKEND": "celery",
     "TASK_QUEUE": None,
     "STUCK_AFTER": 600,
     "RETENTION_DAYS": 30,
@@ -144,6 +147,9 @@ def _seconds(*, nullable: bool = False) -> tuple[Rule, str, str]:
             what + (", or None" if nullable else ""), _DEFAULT_HINT)  # fmt: skip
 
 
+#: The values of ``TASK_BACKEND``: what carries the processing tasks.
+TASK_BACKENDS = ("celery", "django")
+
 #: key -> (rule, what it must be, hint): the one table the E008 check and processing read.
 PROCESSING_SETTINGS: dict[str, tuple[Rule, str, str]] = {
     "MAX_ATTEMPTS": (_number(integer=True, at_least=1, at_most=1000),
@@ -161,9 +167,14 @@ PROCESSING_SETTINGS: dict[str, tuple[Rule, str, str]] = {
                             "a whole number of events from 1 to 10,000", _DEFAULT_HINT),
     "DISPATCH_SHUTDOWN_TIMEOUT": (_number(at_least=0, at_most=600),
                                   "a number of seconds from 0 to 600", _DEFAULT_HINT),
+    "TASK_BACKEND": (lambda value: isinstance(value, str) and value in TASK_BACKENDS,
+                     'one of "celery" or "django"',
+                     '"celery" (the default) publishes Celery tasks; "django" enqueues Django '
+                     "Tasks through the TASKS setting's backend."),
     "TASK_QUEUE": (lambda value: value is None or (isinstance(value, str) and bool(value.strip())),
-                   "a Celery queue name or None",
-                   "None sends processing tasks to Celery's default queue."),
+                   "a queue name or None",
+                   "None sends processing tasks to the default queue (Celery's, or Django "
+                   "Tasks' \"default\")."),
     "PREPARED_STATEMENTS": (lambda value: isinstance(value, bool), "True or False",
                             "False behind a pooler that drops them."),
     "RECEIVE_VIEW": (lambda value: value in ("auto", "sync", "async"),
@@ -183,6 +194,12 @@ def _setting_problem(key: str) -> ConfigProblem | None:
 def processing_config_problems() -> list[ConfigProblem]:
     """What is wrong with the processing settings (reported by the system check E008)."""
     return [problem for key in PROCESSING_SETTINGS if (problem := _setting_problem(key))]
+
+
+def task_backend() -> str:
+    """``TASK_BACKEND``, read without validation on the enqueue path (once per delivery): a
+    value other than ``"django"`` is taken as ``"celery"``, and reported by the check E008."""
+    return "django" if webhooks_settings["TASK_BACKEND"] == "django" else "celery"
 
 
 def processing_setting(key: str) -> Any:

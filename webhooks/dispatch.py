@@ -40,6 +40,8 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 
+from django.db import close_old_connections
+
 from tether.fork import after_fork
 
 from .conf import processing_setting
@@ -139,6 +141,11 @@ class Dispatcher:
             self._publish(batch)
         except Exception:  # never let the thread die: the rows are safe, the sweeper has them
             logger.exception("webhooks: the dispatcher failed to publish %s event(s)", len(batch))
+        finally:
+            # A publisher may use this thread's own database connection (Django Tasks' database
+            # backend inserts its tasks): each batch is treated like a request, so a broken or
+            # obsolete connection (CONN_MAX_AGE, CONN_HEALTH_CHECKS) is not kept.
+            close_old_connections()
 
 
 def _interval() -> float:

@@ -21,7 +21,9 @@ outcome (and, for a failure, when the retry is due).
    while the handlers run, so concurrent deliveries skip it.
 
 A retry is scheduled by ``webhooks.queueing.schedule_retry``; the Celery tasks
-(``webhooks.tasks``) and a synchronous replay (``webhooks.services``) call ``process_event``.
+(``webhooks.tasks``), the Django Tasks (``webhooks.djtasks``, ``TASK_BACKEND = "django"``) and
+a synchronous replay (``webhooks.services``) call ``process_event``: the one processing entry
+point, whatever carries the task.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def process_event(
     Skipped (None): the event does not exist, is locked by an attempt in progress, is finished,
     or its next retry is not yet due. Otherwise the result is ``processed``, ``ignored``,
     ``failed``, or ``processing`` when a retry is due at ``next_attempt_at``. With ``retry``
-    (the Celery tasks, a synchronous replay) that retry is also scheduled, by
+    (the Celery and Django tasks, a synchronous replay) that retry is also scheduled, by
     ``schedule_retry``, from the ``next_attempt_at`` the attempt wrote (no second read); with
     ``task`` (the running ``webhooks.process_event``) as that task's ``retry()``, which raises
     Celery's ``Retry``.

@@ -1,9 +1,9 @@
 """Operator actions on stored webhook events: replay, mark ignored, sweep, prune.
 
-What the admin's actions, the management commands, the operator API and the sweeper's Celery
-task call; they are thin shells over these functions. One processing attempt lives in
-``webhooks.processing`` (``process_event``, also importable from here as it always was), the
-publishing of tasks in ``webhooks.queueing``.
+What the admin's actions, the management commands, the operator API and the sweeper's tasks
+(Celery's and Django's) call; they are thin shells over these functions. One processing attempt
+lives in ``webhooks.processing`` (``process_event``, also importable from here as it always
+was), the publishing of tasks in ``webhooks.queueing``.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def replay_events(
     replayed: this is an operator's explicit request (the default filter of the command is
     ``failed``). A replay never waits on the event's age: timestamps are checked at receipt only.
     With ``sync``, ``on_result(pk, status)`` is called after each event's attempt; an attempt
-    that schedules a retry publishes it with Celery's countdown.
+    that schedules a retry publishes it deferred (Celery's countdown, or a Django Task's
+    ``run_after``).
 
     Each replayed event gets a ``LogEntry`` (``"Replayed via <via>: <reason>"`` by ``actor``,
     the system user if None) in its chunk's transaction. ``reason`` is at most
@@ -402,7 +403,8 @@ def requeue_stuck(
             if not publish_process_task(pk):
                 _forget_requeue(chosen[index:], previous, now)
                 raise BrokerUnavailable(
-                    f"the broker refused a publish after {count} event(s) were requeued"
+                    f"the broker (or task backend) refused a publish after {count} event(s) "
+                    "were requeued"
                 )
             count += 1
     if count:

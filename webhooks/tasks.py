@@ -1,5 +1,6 @@
 """Celery tasks of the webhooks app: thin shells over ``webhooks.processing`` and
-``webhooks.services``.
+``webhooks.services`` (``webhooks.djtasks`` holds their Django Tasks counterparts, for
+``WEBHOOKS["TASK_BACKEND"] = "django"``).
 
 They are published by name (``webhooks.queueing``), so nothing else imports this module but
 ``WebhooksConfig.ready()``, which registers them. ``webhooks.process_event`` is ``acks_late``

@@ -59,6 +59,18 @@ def non_negative_seconds(value: str) -> float:
     return number
 
 
+#: The longest ``requeue_stuck_webhooks --every`` interval: a day.
+MAX_SWEEP_INTERVAL = 86_400
+
+
+def sweep_interval(value: str) -> float:
+    """Seconds between two sweeps: 1 to ``MAX_SWEEP_INTERVAL``."""
+    number = _number(value, float, MAX_SWEEP_INTERVAL)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small; give at least 1")
+    return number
+
+
 def non_negative_days(value: str) -> int:
     number = int(_number(value, int, MAX_DAYS))
     if number < 0:
