@@ -33,13 +33,15 @@ the waits and the errors are here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
 import time
 import uuid
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from tether.fork import after_fork
 
@@ -158,6 +160,100 @@ class Ticket:
         self.token: str | None = None
 
 
+# -- the policies' I/O, as steps (one definition of each policy for both kinds of caller) -------
+
+T = TypeVar("T")
+
+#: What a step asks for: a place in this process's bulkhead (a semaphore, within a timeout), a
+#: fleet lease, a lease given back, an admission, a cool-down started, a wait.
+PLACE, LEASE, GIVE_BACK, ADMIT, COOLDOWN, SLEEP = range(6)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One piece of I/O a policy needs; the answer is sent back into the policy's generator
+    (an error raised doing it is thrown into it)."""
+
+    kind: int
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] | None = None
+
+
+#: A policy written as a generator of the ``Step``s it needs, returning its decision.
+Steps = Generator[Step, Any, T]
+
+
+def _perform(steps: Steps[T], clock: BackoffClock | None) -> T:
+    """Run a policy's steps with blocking I/O (redis-py, ``clock.sleep``)."""
+    answer: Any = None
+    failure: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(answer) if failure is None else steps.throw(failure)
+        except StopIteration as done:
+            return cast(T, done.value)
+        failure = None
+        try:
+            kind, args, kwargs = step.kind, step.args, step.kwargs or {}
+            if kind == ADMIT:
+                answer = shared_state.admit(*args, **kwargs)
+            elif kind == LEASE:
+                answer = shared_state.take_lease(*args, **kwargs)
+            elif kind == GIVE_BACK:
+                answer = shared_state.give_back_lease(*args)
+            elif kind == COOLDOWN:
+                answer = shared_state.start_cooldown(*args)
+            elif kind == SLEEP:
+                assert clock is not None
+                answer = clock.sleep(*args)
+            else:
+                semaphore, timeout = args
+                answer = semaphore.acquire(timeout=timeout)
+        except BaseException as exc:  # the policy's own ``except`` and cleanup decide
+            answer, failure = None, exc
+
+
+async def _perform_async(steps: Steps[T], clock: BackoffClock | None) -> T:
+    """Run a policy's steps on an event loop (redis.asyncio, ``clock.sleep_async``); a place in
+    this process's bulkhead (shared with threads) is polled every ``BULKHEAD_POLL`` seconds."""
+    answer: Any = None
+    failure: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(answer) if failure is None else steps.throw(failure)
+        except StopIteration as done:
+            return cast(T, done.value)
+        failure = None
+        try:
+            kind, args, kwargs = step.kind, step.args, step.kwargs or {}
+            if kind == ADMIT:
+                answer = await shared_state.admit_async(*args, **kwargs)
+            elif kind == LEASE:
+                answer = await shared_state.take_lease_async(*args, **kwargs)
+            elif kind == GIVE_BACK:
+                answer = await shared_state.give_back_lease_async(*args)
+            elif kind == COOLDOWN:
+                answer = await shared_state.start_cooldown_async(*args)
+            elif kind == SLEEP:
+                assert clock is not None
+                answer = await clock.sleep_async(*args)
+            else:
+                answer = await _acquire_polling(*args)
+        except BaseException as exc:
+            answer, failure = None, exc
+
+
+async def _acquire_polling(semaphore: threading.BoundedSemaphore, timeout: float) -> bool:
+    """A place in ``semaphore`` within ``timeout`` seconds, without blocking the loop."""
+    give_up = time.monotonic() + timeout
+    while not semaphore.acquire(blocking=False):
+        left = give_up - time.monotonic()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(BULKHEAD_POLL, left))
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class FleetGuard:
     """The shared policies of one service, as resolved for one call."""
@@ -179,6 +275,11 @@ class FleetGuard:
             or self.retry_budget is not None
         )
 
+    # Each policy below is written once, as a generator of ``Step``s (the I/O it needs: a Redis
+    # script, a wait, a place in this process's semaphore); ``enter``/``leave``/``allow_retry``
+    # perform the steps with redis-py and the clock's ``sleep``, their ``*_async`` twins with
+    # redis.asyncio and ``sleep_async`` (``AsyncServiceClient``).
+
     def enter(
         self, operation: str, remaining: float, clock: BackoffClock, number: int = 1
     ) -> Ticket:
@@ -186,26 +287,37 @@ class FleetGuard:
         bulkhead places, then wait for its rate-limit slot (and any cool-down), all within them,
         counting a first attempt in the retry budget; or raise ``BulkheadFull`` /
         ``RateLimited`` (holding nothing)."""
+        return _perform(self._enter(operation, remaining, clock, number), clock)
+
+    async def enter_async(
+        self, operation: str, remaining: float, clock: BackoffClock, number: int = 1
+    ) -> Ticket:
+        """``enter`` on an event loop."""
+        return await _perform_async(self._enter(operation, remaining, clock, number), clock)
+
+    def _enter(
+        self, operation: str, remaining: float, clock: BackoffClock, number: int
+    ) -> Steps[Ticket]:
         deadline_at = clock.monotonic() + remaining
         ticket = Ticket()
         try:
             if self.max_concurrency is not None:
-                self._take_process_place(ticket, operation, remaining)
+                yield from self._take_process_place(ticket, operation, remaining)
             if self.cluster_max_concurrency is not None:
-                self._take_fleet_place(ticket, operation, deadline_at, clock)
+                yield from self._take_fleet_place(ticket, operation, deadline_at, clock)
             if self.rate_limit is not None or self.shared_cooldown or self.retry_budget:
-                self._wait_for_slot(operation, deadline_at, clock, first=number == 1)
+                yield from self._wait_for_slot(operation, deadline_at, clock, first=number == 1)
         except BaseException:
-            self._give_back(ticket, operation)
+            yield from self._give_back(ticket, operation)
             raise
         return ticket
 
-    def _take_process_place(self, ticket: Ticket, operation: str, remaining: float) -> None:
+    def _take_process_place(self, ticket: Ticket, operation: str, remaining: float) -> Steps[None]:
         size = self.max_concurrency
         assert size is not None
         semaphore = _semaphore(self.service, size)
-        # Waiting is real time, whatever the clock: another thread gives the place back.
-        if not semaphore.acquire(timeout=max(0.0, remaining)):
+        # Waiting is real time, whatever the clock: another thread (or task) gives it back.
+        if not (yield Step(PLACE, (semaphore, max(0.0, remaining)))):
             raise BulkheadFull(
                 self.service,
                 operation,
@@ -216,7 +328,7 @@ class FleetGuard:
 
     def _take_fleet_place(
         self, ticket: Ticket, operation: str, deadline_at: float, clock: BackoffClock
-    ) -> None:
+    ) -> Steps[None]:
         size = self.cluster_max_concurrency
         assert size is not None
         if _redis_skipped():
@@ -225,11 +337,14 @@ class FleetGuard:
         while True:
             left = deadline_at - clock.monotonic()
             try:
-                taken, wait = shared_state.take_lease(
-                    self.service,
-                    limit=size,
-                    lease=max(0.0, left) + BULKHEAD_LEASE_MARGIN,
-                    token=token,
+                taken, wait = yield Step(
+                    LEASE,
+                    (self.service,),
+                    {
+                        "limit": size,
+                        "lease": max(0.0, left) + BULKHEAD_LEASE_MARGIN,
+                        "token": token,
+                    },
                 )
             except shared_state.SharedStateUnavailable as error:
                 _unavailable(self.service, operation, error)
@@ -244,22 +359,22 @@ class FleetGuard:
                     f"{size} call(s) already in flight across the fleet "
                     "(CLUSTER_MAX_CONCURRENCY) until the call's deadline",
                 )
-            clock.sleep(max(0.001, min(wait, BULKHEAD_POLL, left)))
+            yield Step(SLEEP, (max(0.001, min(wait, BULKHEAD_POLL, left)),))
 
-    def _give_back(self, ticket: Ticket, operation: str) -> None:
+    def _give_back(self, ticket: Ticket, operation: str) -> Steps[None]:
         if ticket.process is not None:
             ticket.process.release()
             ticket.process = None
         token, ticket.token = ticket.token, None
         if token is not None:
             try:
-                shared_state.give_back_lease(self.service, token)
+                yield Step(GIVE_BACK, (self.service, token))
             except shared_state.SharedStateUnavailable as error:  # its lease ends by itself
                 _unavailable(self.service, operation, error)
 
     def _wait_for_slot(
         self, operation: str, deadline_at: float, clock: BackoffClock, *, first: bool
-    ) -> None:
+    ) -> Steps[None]:
         if _redis_skipped():
             return
         limit = self.rate_limit
@@ -267,25 +382,30 @@ class FleetGuard:
         for _ in range(3):  # a cool-down waited for, then the slot; a new cool-down meanwhile
             left = deadline_at - clock.monotonic()
             try:
-                admission = shared_state.admit(
-                    self.service,
-                    interval=limit.interval if limit else None,
-                    burst=limit.burst if limit else 1,
-                    max_wait=max(0.0, left),
-                    cooldown=self.shared_cooldown,
-                    # A retry was counted when the budget allowed it (``allow_retry``).
-                    attempt=shared_state.FIRST_ATTEMPT if first else shared_state.NOT_COUNTED,
-                    budget=budget,
+                admission = yield Step(
+                    ADMIT,
+                    (self.service,),
+                    {
+                        "interval": limit.interval if limit else None,
+                        "burst": limit.burst if limit else 1,
+                        "max_wait": max(0.0, left),
+                        "cooldown": self.shared_cooldown,
+                        # A retry was counted when the budget allowed it (``allow_retry``).
+                        "attempt": shared_state.FIRST_ATTEMPT
+                        if first
+                        else shared_state.NOT_COUNTED,
+                        "budget": budget,
+                    },
                 )
             except shared_state.SharedStateUnavailable as error:
                 _unavailable(self.service, operation, error)
                 return
             wait = admission.wait
             if admission.code == shared_state.ADMITTED:
-                clock.sleep(wait)
+                yield Step(SLEEP, (wait,))
                 return
             if admission.code == shared_state.COOLING_DOWN and wait < left:
-                clock.sleep(wait)
+                yield Step(SLEEP, (wait,))
                 continue
             raise self._refused(operation, admission)
         raise RateLimited(
@@ -301,18 +421,28 @@ class FleetGuard:
     def allow_retry(self, operation: str) -> bool:
         """Whether the service's retry budget allows one more retry now (counting it when it
         does). True without a budget, or when Redis cannot be asked (failing open)."""
+        return _perform(self._allow_retry(operation), None)
+
+    async def allow_retry_async(self, operation: str) -> bool:
+        """``allow_retry`` on an event loop."""
+        return await _perform_async(self._allow_retry(operation), None)
+
+    def _allow_retry(self, operation: str) -> Steps[bool]:
         budget = self._budget_args()
         if budget is None or _redis_skipped():
             return True
         try:
-            admission = shared_state.admit(
-                self.service,
-                interval=None,
-                burst=1,
-                max_wait=0.0,
-                cooldown=False,
-                attempt=shared_state.RETRY,
-                budget=budget,
+            admission = yield Step(
+                ADMIT,
+                (self.service,),
+                {
+                    "interval": None,
+                    "burst": 1,
+                    "max_wait": 0.0,
+                    "cooldown": False,
+                    "attempt": shared_state.RETRY,
+                    "budget": budget,
+                },
             )
         except shared_state.SharedStateUnavailable as error:
             _unavailable(self.service, operation, error)
@@ -341,7 +471,16 @@ class FleetGuard:
     def leave(self, operation: str, ticket: Ticket, error: BaseException | None) -> None:
         """After an attempt (or when it was not made): give its places back; a 429, or a 503
         with ``Retry-After``, starts the fleet's cool-down."""
-        self._give_back(ticket, operation)
+        _perform(self._leave(operation, ticket, error), None)
+
+    async def leave_async(
+        self, operation: str, ticket: Ticket, error: BaseException | None
+    ) -> None:
+        """``leave`` on an event loop."""
+        await _perform_async(self._leave(operation, ticket, error), None)
+
+    def _leave(self, operation: str, ticket: Ticket, error: BaseException | None) -> Steps[None]:
+        yield from self._give_back(ticket, operation)
         if (
             error is None
             or not self.shared_cooldown
@@ -358,8 +497,8 @@ class FleetGuard:
         if not seconds or _redis_skipped():
             return
         try:
-            started = shared_state.start_cooldown(
-                self.service, seconds, f"{reason} from {self.service}.{operation}"
+            started = yield Step(
+                COOLDOWN, (self.service, seconds, f"{reason} from {self.service}.{operation}")
             )
         except shared_state.SharedStateUnavailable as exc:
             _unavailable(self.service, operation, exc)

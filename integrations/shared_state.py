@@ -19,7 +19,9 @@ URL is never logged nor put in an error message (it may hold a password).
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,16 +41,21 @@ __all__ = [
     "REFUSED",
     "Admission",
     "SharedStateUnavailable",
+    "aclose",
     "admit",
+    "admit_async",
     "budget_counts",
     "cooldown_left",
     "get_redis",
     "give_back_lease",
+    "give_back_lease_async",
     "key",
     "leases_in_force",
     "rate_used_last_second",
     "start_cooldown",
+    "start_cooldown_async",
     "take_lease",
+    "take_lease_async",
 ]
 
 #: ``Admission.code``: a rate-limit slot was reserved, ``wait`` seconds from now.
@@ -228,15 +235,19 @@ def _forget_after_fork() -> None:
 after_fork(_forget_after_fork)
 
 
-def _connect() -> _Connection:
-    global _connection
+def _source() -> tuple[str, float]:
     url = integrations_settings["REDIS_URL"]
     if not url:
         raise ImproperlyConfigured(
             'A shared policy (RATE_LIMIT, SHARED_COOLDOWN...) is set but INTEGRATIONS["REDIS_URL"] '
             "is not."
         )
-    source = (url, float(integrations_settings["REDIS_TIMEOUT"]))
+    return (url, float(integrations_settings["REDIS_TIMEOUT"]))
+
+
+def _connect() -> _Connection:
+    global _connection
+    source = _source()
     connection = _connection
     if connection is not None and connection.source == source:
         return connection
@@ -254,10 +265,12 @@ def get_redis() -> redis.Redis:
 
 
 def close() -> None:
-    """Close this process's Redis client (tests; it is made again on the next call)."""
+    """Close this process's Redis client (tests; it is made again on the next call), and forget
+    the event loops' clients (``aclose`` closes the running loop's)."""
     global _connection
     with _lock:
         old, _connection = _connection, None
+    _async_connections.clear()
     if old is not None:
         old.client.close()
 
@@ -272,6 +285,99 @@ def _run(script_name: str, keys: list[str], args: list[Any]) -> Any:
         except connection.no_script:  # a Redis that restarted, or another one: load it again
             script.sha = client.script_load(script.script)
             return client.evalsha(script.sha, len(keys), *keys, *args)
+    except connection.errors as exc:
+        raise SharedStateUnavailable(type(exc).__name__) from exc
+
+
+# -- the same scripts from an event loop (``AsyncServiceClient``) ---------------------------------
+
+
+class _AsyncConnection:
+    """One event loop's redis.asyncio client (its connections belong to that loop) and the
+    same registered scripts."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        import redis
+        import redis.asyncio
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self.source = (url, timeout)
+        self.client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self.admit = self.client.register_script(_ADMIT)
+        self.cooldown = self.client.register_script(_COOLDOWN)
+        self.lease = self.client.register_script(_LEASE)
+        self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self.no_script: type[BaseException] = redis.exceptions.NoScriptError
+
+
+#: event loop -> its client (a loop that is gone takes its client with it).
+_async_connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncConnection] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _connect_async() -> _AsyncConnection:
+    source = _source()
+    loop = asyncio.get_running_loop()
+    connection = _async_connections.get(loop)
+    if connection is None or connection.source != source:
+        connection = _async_connections[loop] = _AsyncConnection(*source)
+    return connection
+
+
+async def aclose() -> None:
+    """Close the running event loop's Redis client (it is made again on its next call)."""
+    connection = _async_connections.pop(asyncio.get_running_loop(), None)
+    if connection is not None:
+        await connection.client.aclose()
+
+
+async def _run_async(script_name: str, keys: list[str], args: list[Any]) -> Any:
+    """``_run`` on an event loop: EVALSHA, loading the script when Redis lacks it."""
+    connection = _connect_async()
+    script = getattr(connection, script_name)
+    client = connection.client
+    try:
+        try:
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except connection.no_script:
+            script.sha = await client.script_load(script.script)
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+    except connection.errors as exc:
+        raise SharedStateUnavailable(type(exc).__name__) from exc
+
+
+async def admit_async(service: str, **kwargs: Any) -> Admission:
+    """``admit`` on an event loop (the same script and arguments)."""
+    code, wait = await _run_async("admit", *_admit_call(service, **kwargs))
+    return Admission(int(code), int(wait) / 1_000_000)
+
+
+async def start_cooldown_async(service: str, seconds: float, reason: str) -> bool:
+    """``start_cooldown`` on an event loop."""
+    return bool(await _run_async("cooldown", *_cooldown_call(service, seconds, reason)))
+
+
+async def take_lease_async(
+    service: str, *, limit: int, lease: float, token: str
+) -> tuple[bool, float]:
+    """``take_lease`` on an event loop."""
+    taken, wait = await _run_async("lease", [key(service, "bulkhead")], [limit, _us(lease), token])
+    return bool(taken), int(wait) / 1_000_000
+
+
+async def give_back_lease_async(service: str, token: str) -> None:
+    """``give_back_lease`` on an event loop."""
+    connection = _connect_async()
+    try:
+        await connection.client.zrem(key(service, "bulkhead"), token)
     except connection.errors as exc:
         raise SharedStateUnavailable(type(exc).__name__) from exc
 
@@ -294,10 +400,35 @@ def admit(
     at once; None: no rate limit) no more than ``max_wait`` seconds away, first checking its
     cool-down when ``cooldown`` and, when ``budget`` is (window, ratio, minimum retries per
     window), counting a ``FIRST_ATTEMPT`` or allowing a ``RETRY`` within it. One round trip."""
-    step = _us(interval) if interval else 0
-    window, ratio, minimum = budget if budget is not None else (1.0, 0.0, 0.0)
     code, wait = _run(
         "admit",
+        *_admit_call(
+            service,
+            interval=interval,
+            burst=burst,
+            max_wait=max_wait,
+            cooldown=cooldown,
+            attempt=attempt,
+            budget=budget,
+        ),
+    )
+    return Admission(int(code), int(wait) / 1_000_000)
+
+
+def _admit_call(
+    service: str,
+    *,
+    interval: float | None,
+    burst: int,
+    max_wait: float,
+    cooldown: bool,
+    attempt: int = NOT_COUNTED,
+    budget: tuple[float, float, float] | None = None,
+) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of the admit script (``admit`` and ``admit_async``)."""
+    step = _us(interval) if interval else 0
+    window, ratio, minimum = budget if budget is not None else (1.0, 0.0, 0.0)
+    return (
         [
             key(service, "rate"),
             key(service, "cooldown"),
@@ -315,7 +446,6 @@ def admit(
             round(minimum * 1_000_000),
         ],
     )
-    return Admission(int(code), int(wait) / 1_000_000)
 
 
 def budget_counts(service: str, window: float) -> tuple[float, float]:
@@ -344,8 +474,11 @@ def budget_counts(service: str, window: float) -> tuple[float, float]:
 def start_cooldown(service: str, seconds: float, reason: str) -> bool:
     """Stop every process calling ``service`` for ``seconds`` (never shortening a cool-down in
     force); True when this one is now the cool-down. One round trip."""
-    ms = max(1, round(seconds * 1000))
-    return bool(_run("cooldown", [key(service, "cooldown")], [ms, reason[:200]]))
+    return bool(_run("cooldown", *_cooldown_call(service, seconds, reason)))
+
+
+def _cooldown_call(service: str, seconds: float, reason: str) -> tuple[list[str], list[Any]]:
+    return [key(service, "cooldown")], [max(1, round(seconds * 1000)), reason[:200]]
 
 
 def cooldown_left(service: str) -> tuple[float, str]:

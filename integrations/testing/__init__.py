@@ -56,6 +56,10 @@ class InstantBackoff(BackoffClock):
             self.sleeps.append(seconds)
             self._skipped += max(0.0, seconds)
 
+    async def sleep_async(self, seconds: float) -> None:
+        """The same for ``AsyncServiceClient``'s waits (no await: instant)."""
+        self.sleep(seconds)
+
     @property
     def total(self) -> float:
         """Seconds of waiting skipped so far."""
@@ -76,8 +80,9 @@ def instant_backoff() -> Iterator[InstantBackoff]:
 
 def reset_local_state() -> None:
     """Forget what this process keeps between calls: breaker snapshots and successes not yet
-    written (which would outlive a test's rolled-back database), pooled connections, and the
-    shared policies' Redis client and its "Redis is down" memory.
+    written (which would outlive a test's rolled-back database), pooled connections (the event
+    loops' are forgotten: close them with ``integrations.client.aclose_pools()`` on their loop),
+    and the shared policies' Redis clients and their "Redis is down" memory.
     ``tether.pytest_plugin`` calls it around each test of any suite."""
     from .. import shared_state
     from ..breaker import clear_local_cache
