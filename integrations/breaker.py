@@ -559,7 +559,7 @@ class Breaker:
         if write is not None:
             self._guarded(*write)
 
-    def success_write(self, permit: Permit) -> tuple[Callable[..., Any], ...] | None:
+    def success_write(self, permit: Permit) -> tuple[Any, ...] | None:
         """What recording ``permit``'s success must write, as (function, arguments...) for
         ``_guarded``; or None when it needs no write (it was counted in memory, here, without
         I/O). ``record_success`` runs the write at once, ``AsyncBreaker`` off the event loop."""

@@ -200,12 +200,14 @@ def _perform(steps: Steps[T], clock: BackoffClock | None) -> T:
             elif kind == LEASE:
                 answer = shared_state.take_lease(*args, **kwargs)
             elif kind == GIVE_BACK:
-                answer = shared_state.give_back_lease(*args)
+                shared_state.give_back_lease(*args)
+                answer = None
             elif kind == COOLDOWN:
                 answer = shared_state.start_cooldown(*args)
             elif kind == SLEEP:
                 assert clock is not None
-                answer = clock.sleep(*args)
+                clock.sleep(*args)
+                answer = None
             else:
                 semaphore, timeout = args
                 answer = semaphore.acquire(timeout=timeout)
@@ -231,12 +233,14 @@ async def _perform_async(steps: Steps[T], clock: BackoffClock | None) -> T:
             elif kind == LEASE:
                 answer = await shared_state.take_lease_async(*args, **kwargs)
             elif kind == GIVE_BACK:
-                answer = await shared_state.give_back_lease_async(*args)
+                await shared_state.give_back_lease_async(*args)
+                answer = None
             elif kind == COOLDOWN:
                 answer = await shared_state.start_cooldown_async(*args)
             elif kind == SLEEP:
                 assert clock is not None
-                answer = await clock.sleep_async(*args)
+                await clock.sleep_async(*args)
+                answer = None
             else:
                 answer = await _acquire_polling(*args)
         except BaseException as exc:

@@ -334,7 +334,7 @@ class BoundedTransport(httpx.HTTPTransport):
             raise plan
         if plan is not None:
             raw = cast(httpx.SyncByteStream, response.stream)
-            response.stream = _BoundedBody(raw, limit, plan or None)
+            response.stream = _BoundedBody(raw, limit, plan if isinstance(plan, _Inflate) else None)
         return response
 
 
@@ -353,7 +353,9 @@ class AsyncBoundedTransport(httpx.AsyncHTTPTransport):
             raise plan
         if plan is not None:
             raw = cast(httpx.AsyncByteStream, response.stream)
-            response.stream = _AsyncBoundedBody(raw, limit, plan or None)
+            response.stream = _AsyncBoundedBody(
+                raw, limit, plan if isinstance(plan, _Inflate) else None
+            )
         return response
 
 

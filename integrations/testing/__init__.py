@@ -2,9 +2,10 @@
 
 - ``FakeVendor`` / ``Reply``: a real, scriptable HTTP server on 127.0.0.1 (``server.py``).
 - ``instant_backoff()``: waits between retries return at once (and are recorded), while the
-  deadline still sees them as elapsed.
+  deadline still sees them as elapsed (``ServiceClient`` and ``AsyncServiceClient`` alike).
 - ``force_breaker(name, state)``: put a service's circuit breaker in a state, the way an
   operator (or a run of failures) would.
+- ``aclose_connections()``: close the running event loop's connections (``AsyncServiceClient``).
 - ``reset_local_state()``: forget this process's breaker snapshots and pooled connections
   (django-tether's pytest plugin, ``tether.pytest_plugin``, calls it around each test).
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FakeVendor",
+    "aclose_connections",
     "InstantBackoff",
     "RecordedRequest",
     "Reply",
@@ -93,6 +95,16 @@ def reset_local_state() -> None:
     close_pools()
     forget_unavailable()
     shared_state.close()
+
+
+async def aclose_connections() -> None:
+    """Close the running event loop's pooled connections and shared-policies Redis client
+    (``AsyncServiceClient``'s): at the end of a test's (or a script's) event loop."""
+    from .. import shared_state
+    from ..client import aclose_pools
+
+    await aclose_pools()
+    await shared_state.aclose()
 
 
 #: How many failures ``force_breaker(name, "open")`` records at most before giving up.
