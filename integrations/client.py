@@ -48,7 +48,13 @@ from .exceptions import (
 )
 from .policies import BreakerPolicy, RetryPolicy, Timeout
 from .resilience import AttemptInfo
-from .transport import ResponseRefused, bounded_async_client, bounded_client, httpx_timeout
+from .transport import (
+    AsyncBoundedTransport,
+    ResponseRefused,
+    bounded_async_client,
+    bounded_client,
+    httpx_timeout,
+)
 
 if TYPE_CHECKING:
     from .breaker import Breaker
@@ -58,6 +64,7 @@ __all__ = [
     "ServiceClientBase",
     "aclose_pools",
     "close_pools",
+    "open_async_connections",
     "parse_retry_after",
     "require_fields",
 ]
@@ -108,6 +115,16 @@ def _async_pool_for(service: str) -> httpx.AsyncClient:
     if client is None:  # one loop runs one task at a time: no lock needed
         client = pools[service] = bounded_async_client(**_POOL_OPTIONS)
     return client
+
+
+def open_async_connections(service: str) -> int:
+    """Connections the running event loop keeps open to ``service`` (idle or in use): a call
+    that ended, was cancelled or failed leaves none in use."""
+    client = _async_pools.get(asyncio.get_running_loop(), {}).get(service)
+    if client is None:
+        return 0
+    transport = client._transport
+    return transport.open_connections() if isinstance(transport, AsyncBoundedTransport) else 0
 
 
 def close_pools() -> None:

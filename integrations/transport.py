@@ -344,6 +344,11 @@ class AsyncBoundedTransport(httpx.AsyncHTTPTransport):
     here: ``CallPolicy.run_async`` cancels the whole attempt when it passes
     (``asyncio.timeout``), and a cancelled request's connection is closed."""
 
+    def open_connections(self) -> int:
+        """Connections of this transport's pool that are open (idle or in use)."""
+        pool: Any = self._pool
+        return sum(1 for connection in pool.connections if not connection.is_closed())
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         limit = _limit()
         response = await super().handle_async_request(request)

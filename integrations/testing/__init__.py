@@ -29,11 +29,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FakeVendor",
-    "aclose_connections",
     "InstantBackoff",
     "RecordedRequest",
     "Reply",
     "Route",
+    "aclose_connections",
     "force_breaker",
     "instant_backoff",
     "reset_local_state",
