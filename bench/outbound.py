@@ -20,13 +20,21 @@ machine's load affects all of them alike:
     bulkheads, slow-call counting: three Redis round trips, the fleet bulkhead taking and
     giving back its lease),
 (h) the bare call behind the ``limits`` library's Redis limiter (its sliding-window counter, one
-    Lua script per call), the peer of (f).
+    Lua script per call), the peer of (f),
+(j) a bare, reused ``httpx.AsyncClient`` on an event loop (the async baseline),
+(k) ``AsyncServiceClient.get_json`` with its breaker closed, on the same loop,
+(l) the same with the breaker held open: it fails fast with ``CircuitOpenError``.
+
+The async cases are timed call by call inside the loop (each ``await`` between two clock
+reads), in the same interleaved rounds as the others.
 
 Prints median, p99 and mean per call, the ratios to (a), the database queries per call of (b)
 (counted with ``connection.execute_wrapper`` over the measured calls) and, last, one JSON line
 with ``b_over_a``, ``open_fail_fast_us``, ``queries_per_call``, ``pybreaker_redis_over_a``,
 ``rate_limited_over_a``, ``all_policies_over_a``, ``limits_peer_over_a`` and
-``rate_limit_added_us`` (the median of (f) minus (b); target: one Redis round trip, 200 µs).
+``rate_limit_added_us`` (the median of (f) minus (b); target: one Redis round trip, 200 µs),
+``async_b_over_a`` ((k) over (j); target 1.10) and ``async_open_fail_fast_us`` ((l); target
+50 µs).
 Exit status: 0 when every case ran, 1 when one failed, 3 when a piece of the app is missing.
 """
 
@@ -74,6 +82,8 @@ TARGETS = {
     "queries_per_call": 0.05,
     "rate_limit_added_us": 200.0,
     "all_policies_over_a": 1.15,
+    "async_b_over_a": 1.10,
+    "async_open_fail_fast_us": 50.0,
 }
 #: Reported next to the targets, without one of their own.
 EXTRA_KEYS = [
@@ -92,7 +102,36 @@ CASES = {
     "g": "(g) (b) + all shared policies",
     "h": "(h) limits (Redis) + bare",
     "i": "(i) one Redis PING + bare",
+    "j": "(j) bare httpx.AsyncClient",
+    "k": "(k) AsyncServiceClient, closed",
+    "l": "(l) AsyncServiceClient, open",
 }
+
+
+class AsyncCase:
+    """A case whose call is a coroutine, run on ``loop``: called (warm-up) it runs one call;
+    ``timed(n)`` runs ``n`` calls on the loop and returns each one's duration (ns), read inside
+    the loop so that the loop's own scheduling of a fresh coroutine is not counted."""
+
+    def __init__(self, loop, make: Callable[[], object]) -> None:
+        self.loop = loop
+        self.make = make
+
+    def __call__(self) -> object:
+        return self.loop.run_until_complete(self.make())
+
+    def timed(self, calls: int) -> list[int]:
+        async def run() -> list[int]:
+            perf = time.perf_counter_ns
+            make = self.make
+            out = []
+            for _ in range(calls):
+                start = perf()
+                await make()
+                out.append(perf() - start)
+            return out
+
+        return self.loop.run_until_complete(run())
 
 
 def missing_pieces() -> list[str]:
@@ -262,7 +301,42 @@ def build_cases(base_url: str) -> dict[str, Callable[[], object]]:
     def with_tenacity() -> object:
         return ten_bare()
 
+    # (j), (k), (l): the async client and its bare peer, on one event loop.
+    import asyncio
+
+    from integrations.async_client import AsyncServiceClient
+
+    loop = asyncio.new_event_loop()
+    async_bare_client = httpx.AsyncClient(base_url=base_url, timeout=timeout)
+
+    async def async_bare() -> object:
+        response = await async_bare_client.get(PATH)
+        response.raise_for_status()
+        return response.json()
+
+    async_closed = type(
+        "AsyncBenchVendor", (AsyncServiceClient,), {"service": SERVICE, "base_url": base_url}
+    )()
+    async_opened = type(
+        "AsyncBenchVendorOpen",
+        (AsyncServiceClient,),
+        {"service": OPEN_SERVICE, "base_url": base_url},
+    )()
+
+    async def async_service_closed() -> object:
+        return await async_closed.get_json(PATH, operation="rate")
+
+    async def async_service_open() -> object:
+        try:
+            await async_opened.get_json(PATH, operation="rate")
+        except CircuitOpenError:
+            return None
+        raise BenchError("the open breaker let an async call through")
+
     return {
+        "j": AsyncCase(loop, async_bare),
+        "k": AsyncCase(loop, async_service_closed),
+        "l": AsyncCase(loop, async_service_open),
         "a": bare,
         "b": service_closed,
         "c": service_open,
@@ -300,6 +374,9 @@ def measure(cases: dict[str, Callable[[], object]], rounds: int, per_round: int)
             out = samples[key]
             gc.collect()
             with connection.execute_wrapper(queries[key]):
+                if isinstance(call, AsyncCase):
+                    out.extend(call.timed(per_round))
+                    continue
                 for _ in range(per_round):
                     start = perf()
                     call()
@@ -338,9 +415,11 @@ def report(samples: dict[str, list[float]], queries: dict[str, int]) -> dict:
         "limits_peer_over_a": round(stats["h"]["median_us"] / a, 3),
         "rate_limit_added_us": round(stats["f"]["median_us"] - stats["b"]["median_us"], 1),
         "redis_round_trip_us": round(stats["i"]["median_us"] - a, 1),
+        "async_b_over_a": round(stats["k"]["median_us"] / stats["j"]["median_us"], 3),
+        "async_open_fail_fast_us": round(stats["l"]["median_us"], 1),
     }
     checks = []
-    at_most = ("b_over_a", "rate_limit_added_us", "all_policies_over_a")
+    at_most = ("b_over_a", "rate_limit_added_us", "all_policies_over_a", "async_b_over_a")
     for key, target in TARGETS.items():
         sign = "<=" if key in at_most else "<"
         met = summary[key] <= target if key in at_most else summary[key] < target
