@@ -660,6 +660,8 @@ def test_a_forked_child_opens_its_own_connections(configure, backoff, fake_strip
     )
     service.create_customer("parent-again@example.com")
 
+    service.close()
+
     parent, child, parent_again = (r.client_port for r in fake_stripe.requests)
     assert child != parent
     assert parent_again == parent  # the parent keeps its pool
