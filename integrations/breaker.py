@@ -36,7 +36,9 @@ without a query.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
 import logging
 import math
 import threading
@@ -738,15 +740,19 @@ class AsyncBreaker:
     def cached_state(self) -> str:
         return self.breaker.cached_state
 
-    async def state(self) -> str:
-        """The current state (``Breaker.state``), read off the loop when the snapshot is stale."""
-        return await sync_to_async(lambda: self.breaker.state)()
-
     async def acquire(self, operation: str) -> Permit:
         permit = self.breaker.acquire_cached(operation)
-        if permit is None:
-            permit = await sync_to_async(self.breaker.acquire)(operation)
-        return permit
+        if permit is not None:
+            return permit
+        asking = asyncio.ensure_future(sync_to_async(self.breaker.acquire)(operation))
+        try:
+            return await asyncio.shield(asking)
+        except asyncio.CancelledError:
+            # Cancelled while the database decided: a permit it granted (a probe's slot) is
+            # given back rather than held until its lease ends.
+            with contextlib.suppress(Exception):
+                await self.release(await asking)
+            raise
 
     async def record_success(self, permit: Permit) -> None:
         write = self.breaker.success_write(permit)
