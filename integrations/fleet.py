@@ -39,9 +39,10 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from tether.fork import after_fork
 
@@ -169,14 +170,16 @@ T = TypeVar("T")
 PLACE, LEASE, GIVE_BACK, ADMIT, COOLDOWN, SLEEP = range(6)
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+_NO_KWARGS: Mapping[str, Any] = MappingProxyType({})
+
+
+class Step(NamedTuple):
     """One piece of I/O a policy needs; the answer is sent back into the policy's generator
-    (an error raised doing it is thrown into it)."""
+    (an error raised doing it is thrown into it). A tuple: made on every attempt."""
 
     kind: int
     args: tuple[Any, ...]
-    kwargs: dict[str, Any] | None = None
+    kwargs: Mapping[str, Any] = _NO_KWARGS
 
 
 #: A policy written as a generator of the ``Step``s it needs, returning its decision.
@@ -194,8 +197,12 @@ def _perform(steps: Steps[T], clock: BackoffClock | None) -> T:
             return cast(T, done.value)
         failure = None
         try:
-            kind, args, kwargs = step.kind, step.args, step.kwargs or {}
-            if kind == ADMIT:
+            kind, args, kwargs = step
+            if kind == SLEEP:
+                assert clock is not None
+                clock.sleep(*args)
+                answer = None
+            elif kind == ADMIT:
                 answer = shared_state.admit(*args, **kwargs)
             elif kind == LEASE:
                 answer = shared_state.take_lease(*args, **kwargs)
@@ -204,10 +211,6 @@ def _perform(steps: Steps[T], clock: BackoffClock | None) -> T:
                 answer = None
             elif kind == COOLDOWN:
                 answer = shared_state.start_cooldown(*args)
-            elif kind == SLEEP:
-                assert clock is not None
-                clock.sleep(*args)
-                answer = None
             else:
                 semaphore, timeout = args
                 answer = semaphore.acquire(timeout=timeout)
@@ -227,7 +230,7 @@ async def _perform_async(steps: Steps[T], clock: BackoffClock | None) -> T:
             return cast(T, done.value)
         failure = None
         try:
-            kind, args, kwargs = step.kind, step.args, step.kwargs or {}
+            kind, args, kwargs = step
             if kind == ADMIT:
                 answer = await shared_state.admit_async(*args, **kwargs)
             elif kind == LEASE:
