@@ -88,17 +88,17 @@ def test_concurrent_calls_on_one_loop_take_at_most_the_probe_limit(settings, ven
 
 #: The fake vendor's listen backlog is short: connections over it are answered after the
 #: kernel's first SYN retry (1 s), so the many-connection tests allow a longer connect.
-CONNECT = {"CONNECT": 5.0}
+CONNECT = {"CONNECT": 5.0, "READ": 10.0}
 
 
 def test_many_healthy_concurrent_calls_share_one_closed_breaker(settings, vendor):
     configure(settings, vendor.url, BREAKER={"FAILURE_THRESHOLD": 3}, TIMEOUT=CONNECT)
     vendor.route("GET", "/v1/rates/EUR", Reply.json({"rate": 1}))
 
-    outcomes = on_one_loop(lambda: gather(40, lambda: AsyncRates().rate("EUR")))
+    outcomes = on_one_loop(lambda: gather(25, lambda: AsyncRates().rate("EUR")))
 
-    assert outcomes == [1] * 40, [o for o in outcomes if o != 1][:1]
-    assert vendor.count() == 40
+    assert outcomes == [1] * 25, [o for o in outcomes if o != 1][:1]
+    assert vendor.count() == 25
     assert CircuitBreaker.objects.filter(name="rates").count() == 1
 
 
@@ -311,6 +311,34 @@ def test_redis_down_fails_open_on_the_loop(settings, vendor):
 
     assert outcomes == [1] * 3  # a 1/m limit would refuse two: not applied
     assert vendor.count() == 3
+
+
+def test_a_redis_that_never_answers_costs_one_call_its_timeout_on_the_loop(settings, vendor):
+    import socket
+
+    vendor.route("GET", "/v1/rates/EUR", Reply.json({"rate": 1}))
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        configure(settings, vendor.url, RATE_LIMIT="100/s")
+        settings.INTEGRATIONS = {
+            **settings.INTEGRATIONS,
+            "REDIS_URL": f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
+            "REDIS_TIMEOUT": 0.2,
+        }
+
+        async def scenario() -> tuple[float, float]:
+            started = time.monotonic()
+            await AsyncRates().rate("EUR")
+            first = time.monotonic() - started
+            await AsyncRates().rate("EUR")
+            return first, time.monotonic() - started
+
+        first, both = on_one_loop(scenario)
+
+    assert 0.2 <= first < 0.6  # the hung Redis cost this call its timeout, then it went out
+    assert both - first < 0.1  # the next call left Redis alone
+    assert vendor.count() == 2
 
 
 # --- the real fake vendor: slow, down, 429, garbage ----------------------------------------------
