@@ -51,6 +51,7 @@ __all__ = [
     "REFUSED",
     "Admission",
     "Admitter",
+    "ServiceState",
     "SharedStateUnavailable",
     "admit",
     "budget_counts",
@@ -63,6 +64,7 @@ __all__ = [
     "key",
     "leases_in_force",
     "rate_used_last_second",
+    "read_status",
     "start_cooldown",
     "take_lease",
 ]
@@ -204,6 +206,47 @@ return 0
 """
 
 
+# What operators see of one service, in one round trip (``read_status``). KEYS: rate usage key,
+# cool-down key, budget key, bulkhead key. ARGV: the budget's window (microseconds; 0: none).
+# Returns {calls let out in the last whole second, cool-down left (ms, 0: none), its reason,
+# first attempts x 1000, retries x 1000 (the budget's sliding estimates), leases in force}.
+_STATUS = """
+local t = redis.call('TIME')
+local sec = tonumber(t[1])
+local now = sec * 1000000 + tonumber(t[2])
+local u = redis.call('HMGET', KEYS[1], 's', 'n', 'ps', 'pn')
+local used = 0
+if tonumber(u[1] or '-1') == sec - 1 then
+  used = tonumber(u[2] or '0')
+elseif tonumber(u[3] or '-1') == sec - 1 then
+  used = tonumber(u[4] or '0')
+end
+local left = redis.call('PTTL', KEYS[2])
+local reason = ''
+if left > 0 then reason = redis.call('GET', KEYS[2]) or '' else left = 0 end
+local firsts, retries = 0, 0
+local window = tonumber(ARGV[1])
+if window > 0 then
+  local h = redis.call('HMGET', KEYS[3], 'b', 'f', 'r', 'pf', 'pr')
+  if h[1] then
+    local b = tonumber(h[1])
+    local f, r = tonumber(h[2] or '0'), tonumber(h[3] or '0')
+    local pf, pr = tonumber(h[4] or '0'), tonumber(h[5] or '0')
+    local bucket = math.floor(now / window)
+    local weight = 1 - (now - bucket * window) / window
+    if b == bucket then
+      firsts, retries = f + pf * weight, r + pr * weight
+    elseif b == bucket - 1 then
+      firsts, retries = f * weight, r * weight
+    end
+  end
+end
+local leases = redis.call('ZCOUNT', KEYS[4], '(' .. string.format('%d', now), '+inf')
+return {used, left, reason, math.floor(firsts * 1000 + 0.5), math.floor(retries * 1000 + 0.5),
+        leases}
+"""
+
+
 # A place in the fleet's bulkhead, leased. KEYS: the bulkhead's sorted set. ARGV: the limit, the
 # lease (microseconds), this call's token. Expired leases (a killed process's) are dropped first.
 # Returns {1, 0} when the place is taken, else {0, microseconds until the first lease ends}.
@@ -263,6 +306,7 @@ class _Connection:
         self.admit = self.client.register_script(_ADMIT)
         self.cooldown = self.client.register_script(_COOLDOWN)
         self.lease = self.client.register_script(_LEASE)
+        self.status = self.client.register_script(_STATUS)
         self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self.no_script: type[BaseException] = redis.exceptions.NoScriptError
         self.idle: list[Any] = []
@@ -495,17 +539,30 @@ def admit(
 #
 # A call gives its fleet bulkhead place back as soon as it ends, but not in a round trip of its
 # own: the token waits here, and goes to Redis with this process's next admission for the
-# service (in its script), or with the flusher's ``ZREM`` at most ``GIVE_BACK_AFTER`` seconds
-# later if no admission came first. A place is so held at most a few milliseconds past its call.
+# service (in its script), or with a background thread's ``ZREM`` if no admission came within
+# ``GIVE_BACK_AFTER`` seconds. A place is so held at most about twice that past its call.
+#
+# The thread is woken once when a busy spell starts (an ``Event``), then looks every
+# ``GIVE_BACK_AFTER`` seconds while places keep being given back, and sleeps again after
+# ``_FLUSHER_IDLE`` looks with nothing given back: waking a thread per call would cost more CPU
+# than the round trip it saves.
 
-#: Seconds the flusher leaves a given-back place for the next admission to carry.
+#: Seconds a given-back place waits for the next admission to carry it (then the flusher sends
+#: it, within one more such period).
 GIVE_BACK_AFTER = 0.002
+#: Looks with nothing given back after which the flusher waits to be woken again.
+_FLUSHER_IDLE = 50
 
-#: service -> tokens of places given back, not yet sent to Redis.
-_pending: dict[str, list[str]] = {}
+#: service -> [token, the flusher's look at which it was given back] of places given back, not
+#: yet sent to Redis.
+_pending: dict[str, list[tuple[str, int]]] = {}
 _pending_lock = threading.Lock()
 _flush_wakeup = threading.Event()
+#: Whether the flusher is looking (a give-back need not wake it).
 _flush_armed = False
+#: The flusher's looks so far, and the places given back so far (to tell an idle spell).
+_looks = 0
+_given_back = 0
 _flusher: threading.Thread | None = None
 
 after_fork(_forget_after_fork)
@@ -513,22 +570,23 @@ after_fork(_forget_after_fork)
 
 def _take_given_back(service: str, most: int) -> list[str]:
     with _pending_lock:
-        tokens = _pending.pop(service, None)
-        if not tokens:
+        entries = _pending.pop(service, None)
+        if not entries:
             return []
-        if len(tokens) > most:
-            _pending[service] = tokens[most:]
-            tokens = tokens[:most]
-    return tokens
+        if len(entries) > most:
+            _pending[service] = entries[most:]
+            entries = entries[:most]
+    return [token for token, _ in entries]
 
 
 def give_back_later(service: str, token: str) -> None:
     """Give back the place ``token`` holds in ``service``'s fleet bulkhead: with this process's
-    next admission for the service, or within ``GIVE_BACK_AFTER`` seconds (no round trip on the
-    caller's path)."""
-    global _flush_armed, _flusher
+    next admission for the service, or within about ``2 * GIVE_BACK_AFTER`` seconds (no round
+    trip on the caller's path)."""
+    global _flush_armed, _flusher, _given_back
     with _pending_lock:
-        _pending.setdefault(service, []).append(token)
+        _pending.setdefault(service, []).append((token, _looks))
+        _given_back += 1
         if _flush_armed:
             return
         _flush_armed = True
@@ -541,22 +599,46 @@ def give_back_later(service: str, token: str) -> None:
 
 
 def _flush_forever() -> None:
-    global _flush_armed
+    global _flush_armed, _looks
     while True:
         _flush_wakeup.wait()
         _flush_wakeup.clear()
-        time.sleep(GIVE_BACK_AFTER)
-        with _pending_lock:
-            _flush_armed = False
-        flush_given_back()
+        idle, seen = 0, -1
+        while True:
+            time.sleep(GIVE_BACK_AFTER)
+            with _pending_lock:
+                _looks += 1
+                if _given_back == seen and not _pending:
+                    idle += 1
+                    if idle >= _FLUSHER_IDLE:
+                        _flush_armed = False
+                        break
+                else:
+                    idle, seen = 0, _given_back
+            # Only places given back before the previous look: the newer ones may still go with
+            # an admission.
+            flush_given_back(before=_looks - 1)
 
 
-def flush_given_back() -> None:
-    """Send every place this process gave back and has not yet sent (``give_back_later``) to
-    Redis now. Errors are swallowed: such a place comes back when its lease ends."""
+def flush_given_back(before: int | None = None) -> None:
+    """Send the places this process gave back and has not yet sent (``give_back_later``) to
+    Redis now (``before``: only those given back before the flusher's look of that number).
+    Errors are swallowed: such a place comes back when its lease ends."""
+    batch: dict[str, list[str]] = {}
     with _pending_lock:
-        batch = dict(_pending)
-        _pending.clear()
+        for service in list(_pending):
+            entries = _pending[service]
+            if before is None:
+                ready, kept = entries, []
+            else:
+                ready = [entry for entry in entries if entry[1] < before]
+                kept = [entry for entry in entries if entry[1] >= before]
+            if ready:
+                batch[service] = [token for token, _ in ready]
+            if kept:
+                _pending[service] = kept
+            else:
+                del _pending[service]
     for service, tokens in batch.items():
         with contextlib.suppress(SharedStateUnavailable, ImproperlyConfigured):
             give_back_leases(service, tokens)
@@ -669,3 +751,42 @@ def rate_used_last_second(service: str) -> int:
     if ps == seconds - 1:
         return pn or 0
     return 0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceState:
+    """A service's fleet state now, as ``read_status`` reads it (for operators)."""
+
+    #: Calls the rate limit let out in the last whole second (Redis's clock).
+    rate_used_last_second: int
+    #: Seconds left of the cool-down (0: none) and what started it.
+    cooldown_left: float
+    cooldown_reason: str
+    #: The retry budget's first attempts and retries over its window (0 without a window).
+    budget_first_attempts: float
+    budget_retries: float
+    #: Places of the fleet bulkhead taken now.
+    leases_in_force: int
+
+
+def read_status(service: str, budget_window: float | None = None) -> ServiceState:
+    """Everything operators see of ``service``'s fleet state, in one round trip (this process's
+    places given back but not yet sent are sent first)."""
+    if service in _pending:
+        tokens = _take_given_back(service, len(_pending.get(service, ())) or 1)
+        with contextlib.suppress(SharedStateUnavailable):
+            give_back_leases(service, tokens)
+    used, left, reason, firsts, retries, leases = _run(
+        "status",
+        [key(service, "rate_usage"), key(service, "cooldown"), key(service, "budget"),
+         key(service, "bulkhead")],
+        [_us(budget_window) if budget_window else 0],
+    )  # fmt: skip
+    return ServiceState(
+        int(used),
+        int(left) / 1000,
+        (reason or b"").decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason),
+        int(firsts) / 1000,
+        int(retries) / 1000,
+        int(leases),
+    )
