@@ -76,10 +76,10 @@ def instant_backoff() -> Iterator[InstantBackoff]:
 
 def reset_local_state() -> None:
     """Forget what this process keeps between calls: breaker snapshots and successes not yet
-    written (which would outlive a test's rolled-back database), pooled connections, and the
-    shared policies' Redis client and its "Redis is down" memories (the calls' and the status
-reads').
-    ``tether.pytest_plugin`` calls it around each test of any suite."""
+        written (which would outlive a test's rolled-back database), pooled connections, and the
+        shared policies' Redis client and its "Redis is down" memories (the calls' and the status
+    reads').
+        ``tether.pytest_plugin`` calls it around each test of any suite."""
     from .. import shared_state
     from ..breaker import clear_local_cache
     from ..client import close_pools

@@ -109,13 +109,17 @@ def test_checks_of_the_shared_policies(settings):
 
 def test_calls_over_the_limit_wait_for_their_slot(settings, vendor):
     vendor.route("GET", PATH, Reply.json({}))
+    vendor.route("GET", "/warm", Reply.json({}))
     configure(settings, vendor, RATE_LIMIT="20/s")  # a slot every 50 ms
     client = Things()
+    # The first call of a test also creates the breaker's row and the connections, after its
+    # slot: on a busy machine that delays its arrival by tens of milliseconds. Not measured.
+    client.get_json("/warm", operation="warm")
     started = time.monotonic()
     for _ in range(6):
         client.get_json(PATH, operation="get")
     took = time.monotonic() - started
-    arrivals = [r.received_at for r in vendor.requests]
+    arrivals = [r.received_at for r in vendor.requests_to("GET", PATH)]
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert took >= 5 * 0.05 - 0.01
     assert arrivals[-1] - arrivals[0] >= 5 * 0.05 - 0.03
@@ -549,7 +553,7 @@ def test_a_place_given_back_is_free_within_milliseconds_without_another_call(set
     while shared_state.get_redis().zcard(bulkhead):  # read directly: nothing flushed by us
         assert time.monotonic() - ended < 0.1, "the place was not given back"
         time.sleep(0.001)
-    assert time.monotonic() - ended < 4 * shared_state.GIVE_BACK_AFTER + 0.05
+    assert time.monotonic() - ended < shared_state.GIVE_BACK_LOOK_MAX + 0.05
 
 
 def test_places_given_back_go_with_the_next_admission(settings, vendor):
