@@ -25,8 +25,8 @@ the waits and the errors are here.
   (or when the first lease ends, if sooner). The fleet place is taken in the same script as the
   rate-limit slot (a slot is never wasted waiting for a place, nor a place held during a
   cool-down), and given back as soon as the attempt ends, without a round trip of its own: with
-  this process's next admission for the service, or by a background thread within
-  ``shared_state.GIVE_BACK_AFTER`` (2 ms).
+  this process's next admission for the service, or by a background thread at most about
+  ``shared_state.GIVE_BACK_LOOK_MAX`` (20 ms) later.
 - **One round trip**: a healthy call with every policy on asks Redis once
   (``shared_state.Admitter``); a retry asks the budget once more.
 - **Redis unreachable**: the shared policies fail open. The call goes out as if they were off,
