@@ -348,11 +348,12 @@ _connection: _Connection | None = None
 
 
 def _forget_after_fork() -> None:
-    global _connection, _lock, _pending_lock, _flusher, _flush_armed
+    global _connection, _lock, _pending_lock, _flush_wakeup, _flusher, _flush_armed
     _connection = None
     _lock = threading.Lock()
     _pending.clear()  # the parent gives its own places back
     _pending_lock = threading.Lock()
+    _flush_wakeup = threading.Event()  # its lock may have been held by the parent's flusher
     _flusher = None
     _flush_armed = False
 

@@ -570,6 +570,31 @@ def test_places_given_back_go_with_the_next_admission(settings, vendor):
     assert shared_state.leases_in_force("things") == 0
 
 
+def test_a_forked_child_takes_and_gives_back_places_on_its_own(settings, vendor):
+    """A child forked while its parent has a place waiting to be given back (a gunicorn or
+    Celery prefork worker): the parent sends it, the child neither sends it again nor hangs on
+    the parent's flusher's locks, and gives its own back."""
+    from integrations.calls import fleet_guard_for
+    from integrations.resilience import BackoffClock
+    from tests.forking import in_a_child
+
+    configure(settings, vendor, CLUSTER_MAX_CONCURRENCY=1)
+    guard = fleet_guard_for("things")
+    ticket = guard.enter("get", 5.0, BackoffClock(), 1)
+    guard.leave("get", ticket, None)  # waiting in the parent, for its flusher
+
+    def child() -> int:
+        started = time.monotonic()
+        ticket = guard.enter("get", 5.0, BackoffClock(), 1)  # once the parent's is back
+        assert time.monotonic() - started < 1.0
+        guard.leave("get", ticket, None)
+        shared_state.flush_given_back()
+        return shared_state.get_redis().zcard(shared_state.key("things", "bulkhead"))
+
+    assert in_a_child(child) == 0
+    assert shared_state.leases_in_force("things") == 0
+
+
 # -- what operators see, when Redis cannot be read ------------------------------------------
 
 
