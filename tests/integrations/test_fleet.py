@@ -29,6 +29,7 @@ from integrations.testing.stripe import FakeStripe
 from integrations.vendors.stripe import StripeService
 from tests.integrations.rates import Awaited
 from tests.integrations.vendors.conftest import API_KEY, stripe_settings
+from tests.servers import RedisServer
 
 pytestmark = pytest.mark.django_db
 
@@ -122,13 +123,17 @@ def test_checks_of_the_shared_policies(settings):
 
 def test_calls_over_the_limit_wait_for_their_slot(make_things, settings, vendor):
     vendor.route("GET", PATH, Reply.json({}))
+    vendor.route("GET", "/warm", Reply.json({}))
     configure(settings, vendor, RATE_LIMIT="20/s")  # a slot every 50 ms
     client = make_things()
+    # The first call of a test also creates the breaker's row and the connections, after its
+    # slot: on a busy machine that delays its arrival by tens of milliseconds. Not measured.
+    client.get_json("/warm", operation="warm")
     started = time.monotonic()
     for _ in range(6):
         client.get_json(PATH, operation="get")
     took = time.monotonic() - started
-    arrivals = [r.received_at for r in vendor.requests]
+    arrivals = [r.received_at for r in vendor.requests_to("GET", PATH)]
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert took >= 5 * 0.05 - 0.01
     assert arrivals[-1] - arrivals[0] >= 5 * 0.05 - 0.03
@@ -475,50 +480,208 @@ def test_the_budget_fails_open_when_redis_is_down(make_things, settings, vendor)
     assert vendor.count() == 2
 
 
-def test_a_redis_that_lost_the_script_gets_it_again(make_things, settings, vendor, tmp_path):
-    """EVALSHA of a script Redis does not know (restarted, failed over) loads it and goes on.
-    On a redis-server of the test's own, whose script cache it can empty."""
-    import socket
-    import subprocess
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+@pytest.fixture
+def own_redis():
+    """A redis-server of the test's own: its script cache can be emptied, its commands
+    counted."""
+    server = RedisServer()
+    server.start()
     try:
-        url = f"redis://127.0.0.1:{port}/0"
-        vendor.route("GET", PATH, Reply.json({}))
-        configure(settings, vendor, RATE_LIMIT="1/m")
-        settings.INTEGRATIONS = {**settings.INTEGRATIONS, "REDIS_URL": url}
-        started = time.monotonic()
-        while True:  # until it accepts connections
-            try:
-                shared_state.get_redis().ping()
-                break
-            except Exception:
-                assert time.monotonic() - started < 10, "redis-server did not start"
-                time.sleep(0.05)
-        make_things().get_json(PATH, operation="get")
-        shared_state.get_redis().script_flush()
-        # The limit is applied (not failing open): the script was loaded again and ran.
-        with pytest.raises(RateLimited):
-            make_things().get_json(PATH, operation="get")
-        assert vendor.count() == 1
+        yield server
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        server.kill()
+
+
+def test_a_redis_that_lost_the_script_gets_it_again(make_things, settings, vendor, own_redis):
+    """EVALSHA of a script Redis does not know (restarted, failed over) loads it and goes on."""
+    vendor.route("GET", PATH, Reply.json({}))
+    configure(settings, vendor, RATE_LIMIT="1/m")
+    settings.INTEGRATIONS = {**settings.INTEGRATIONS, "REDIS_URL": own_redis.url}
+    make_things().get_json(PATH, operation="get")
+    shared_state.get_redis().script_flush()
+    # The limit is applied (not failing open): the script was loaded again and ran.
+    with pytest.raises(RateLimited):
+        make_things().get_json(PATH, operation="get")
+    assert vendor.count() == 1
+
+
+def commands_sent(url: str, run) -> list[str]:
+    """The commands clients sent the Redis at ``url`` while ``run()`` ran, as its MONITOR shows
+    them (a script's own commands, shown as the "lua" client's, left out)."""
+    import threading
+
+    import redis
+
+    sent: list[str] = []
+    watcher = redis.Redis.from_url(url)
+    with watcher.monitor() as monitor:
+        ready = threading.Event()
+
+        def listen() -> None:
+            for command in monitor.listen():
+                words = command["command"].split()
+                if words[:2] == ["ECHO", "monitor-ready"]:
+                    ready.set()
+                elif words[:2] == ["ECHO", "monitor-end"]:
+                    return
+                elif ready.is_set() and command["client_type"] != "lua":
+                    sent.append(words[0].lower())
+
+        listener = threading.Thread(target=listen)
+        listener.start()
+        watcher.echo("monitor-ready")
+        assert ready.wait(5)
+        run()
+        watcher.echo("monitor-end")
+        listener.join(5)
+    watcher.close()
+    return sent
+
+
+def test_a_healthy_call_with_every_policy_costs_one_round_trip(settings, vendor, own_redis):
+    """Rate limit, cool-down, retry budget, both bulkheads: one EVALSHA per healthy call, and
+    nothing else (no TIME, no separate lease taken or given back on the call's path)."""
+    vendor.route("GET", PATH, Reply.json({}))
+    configure(
+        settings,
+        vendor,
+        RATE_LIMIT={"RATE": "1000/s", "BURST": 100},
+        SHARED_COOLDOWN=True,
+        RETRY_BUDGET={"RATIO": 0.2},
+        MAX_CONCURRENCY=4,
+        CLUSTER_MAX_CONCURRENCY=4,
+    )
+    settings.INTEGRATIONS = {**settings.INTEGRATIONS, "REDIS_URL": own_redis.url}
+    client = Things()
+    client.get_json(PATH, operation="get")  # the script loaded
+    sent = commands_sent(
+        own_redis.url,
+        lambda: [client.get_json(PATH, operation="get") for _ in range(20)],
+    )
+    # The places given back went with the next call's script; one with no call after it soon
+    # enough goes with the flusher's ZREM (none, or a few on a busy machine).
+    assert sent.count("evalsha") == 20
+    assert set(sent) <= {"evalsha", "zrem"} and sent.count("zrem") <= 3, sent
+    assert shared_state.budget_counts("things", 10.0) == (21.0, 0.0)
+
+
+def test_a_place_given_back_is_free_within_milliseconds_without_another_call(settings, vendor):
+    """The place's ZREM is not on the call's path, but it is not left to the lease either: it
+    goes with the next admission or, when none comes, within a few milliseconds."""
+    vendor.route("GET", PATH, Reply.json({}))
+    configure(settings, vendor, CLUSTER_MAX_CONCURRENCY=1)
+    Things().get_json(PATH, operation="get")
+    ended = time.monotonic()
+    bulkhead = shared_state.key("things", "bulkhead")
+    while shared_state.get_redis().zcard(bulkhead):  # read directly: nothing flushed by us
+        assert time.monotonic() - ended < 0.1, "the place was not given back"
+        time.sleep(0.001)
+    assert time.monotonic() - ended < shared_state.GIVE_BACK_LOOK_MAX + 0.05
+
+
+def test_places_given_back_go_with_the_next_admission(settings, vendor):
+    """A bulkhead of 1, called back to back: each call is admitted at once, its predecessor's
+    place given back in its own admission."""
+    vendor.route("GET", PATH, Reply.json({}))
+    configure(settings, vendor, CLUSTER_MAX_CONCURRENCY=1, RETRY={"DEADLINE": 1.0})
+    client = Things()
+    started = time.monotonic()
+    for _ in range(30):
+        client.get_json(PATH, operation="get")
+    assert vendor.count() == 30
+    assert time.monotonic() - started < 2.0  # never waited for a lease to end
+    assert shared_state.leases_in_force("things") == 0
+
+
+def test_a_forked_child_takes_and_gives_back_places_on_its_own(settings, vendor):
+    """A child forked while its parent has a place waiting to be given back (a gunicorn or
+    Celery prefork worker): the parent sends it, the child neither sends it again nor hangs on
+    the parent's flusher's locks, and gives its own back."""
+    from integrations.calls import fleet_guard_for
+    from integrations.resilience import BackoffClock
+    from tests.forking import in_a_child
+
+    configure(settings, vendor, CLUSTER_MAX_CONCURRENCY=1)
+    guard = fleet_guard_for("things")
+    ticket = guard.enter("get", 5.0, BackoffClock(), 1)
+    guard.leave("get", ticket, None)  # waiting in the parent, for its flusher
+
+    def child() -> int:
+        started = time.monotonic()
+        ticket = guard.enter("get", 5.0, BackoffClock(), 1)  # once the parent's is back
+        assert time.monotonic() - started < 1.0
+        guard.leave("get", ticket, None)
+        shared_state.flush_given_back()
+        return shared_state.get_redis().zcard(shared_state.key("things", "bulkhead"))
+
+    assert in_a_child(child) == 0
+    assert shared_state.leases_in_force("things") == 0
+
+
+# -- what operators see, when Redis cannot be read ------------------------------------------
+
+
+def three_services(vendor, url: str, timeout: float = 0.25) -> dict:
+    policies = {"RATE_LIMIT": "80/s", "SHARED_COOLDOWN": True, "CLUSTER_MAX_CONCURRENCY": 3}
+    return {
+        "REDIS_URL": url,
+        "REDIS_TIMEOUT": timeout,
+        "SERVICES": {name: {"BASE_URL": vendor.url, **policies} for name in ("a", "b", "c")},
+    }
+
+
+def test_status_reads_skip_a_redis_that_just_failed(settings, vendor):
+    """A hung Redis (it accepts connections, never answers): the first status read waits
+    REDIS_TIMEOUT and says why; the next ones, for other services too, do not wait again for
+    UNREADABLE_FOR seconds, and still say why."""
+    import socket
+
+    from integrations.fleet_status import fleet_status
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        settings.INTEGRATIONS = three_services(vendor, f"redis://:pw@127.0.0.1:{port}/0", 0.3)
+        started = time.monotonic()
+        first = fleet_status("a")
+        waited = time.monotonic() - started
+        others = [fleet_status(name) for name in ("b", "c", "a")]
+        all_three = time.monotonic() - started
+    assert 0.3 <= waited < 0.8
+    assert all_three - waited < 0.05
+    assert [s.error for s in [first, *others]] == ["TimeoutError"] * 4
+    assert all(s.rate_limit == "80/1s (burst 1)" and s.cluster_in_flight is None for s in others)
+    assert "Redis unreadable (TimeoutError)" in others[0].summary()
+
+
+def test_status_reads_ask_again_after_a_while_and_when_the_url_changes(settings, vendor):
+    """Nothing listening on the port: refused. Remembered for UNREADABLE_FOR seconds; a new
+    REDIS_URL is asked at once."""
+    from integrations import fleet_status as status_module
+    from integrations.fleet_status import fleet_status
+
+    closed = unused_port_url().rsplit(":", 1)[1]
+    settings.INTEGRATIONS = three_services(vendor, f"redis://:s3cret@127.0.0.1:{closed}/0")
+    assert fleet_status("a").error == "ConnectionError"
+    assert "s3cret" not in str(fleet_status("b").as_dict())
+    settings.INTEGRATIONS = three_services(vendor, settings.REDIS_URL)
+    shared_state.start_cooldown("a", 30, "429 from a.get")
+    good = fleet_status("a")
+    assert good.error is None and 29 < good.cooldown_left <= 30
+    assert good.cooldown_reason == "429 from a.get" and good.cluster_in_flight == 0
+    assert good.rate_used_last_second == 0
+    assert status_module.UNREADABLE_FOR >= 1.0
+
+
+def test_status_reads_forget_a_failure_after_unreadable_for(settings, vendor, own_redis):
+    from integrations.fleet_status import UNREADABLE_FOR, fleet_status
+
+    settings.INTEGRATIONS = three_services(vendor, own_redis.url)
+    assert fleet_status("a").error is None
+    own_redis.kill()
+    assert fleet_status("a").error == "ConnectionError"
+    own_redis.start()  # the same port, answering again
+    assert fleet_status("b").error == "ConnectionError"  # remembered: not asked
+    time.sleep(UNREADABLE_FOR + 0.1)
+    assert fleet_status("b").error is None
