@@ -4,8 +4,9 @@ The storage half of ``integrations.fleet`` (which decides, waits and raises): ea
 is ONE round trip to Redis (a Lua script run with ``EVALSHA``, atomic on the server), takes and
 returns plain numbers, and raises ``SharedStateUnavailable`` for any Redis or socket error. Times
 are the Redis server's (``TIME``, read inside the scripts: never a round trip of its own), so
-processes whose clocks differ still share one timeline. An asynchronous runner would only need
-async twins of these few functions.
+processes whose clocks differ still share one timeline. An event loop uses the same scripts
+through its own redis.asyncio client (``Admitter.call_async``, ``admit_async``,
+``start_cooldown_async``).
 
 A healthy call costs ONE round trip, whatever policies are on: ``Admitter`` (the admission:
 the places given back since the last one, the cool-down, the fleet bulkhead's lease, the retry

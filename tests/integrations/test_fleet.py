@@ -565,6 +565,46 @@ def test_a_healthy_call_with_every_policy_costs_one_round_trip(settings, vendor,
     assert shared_state.budget_counts("things", 10.0) == (21.0, 0.0)
 
 
+def test_an_async_call_with_every_policy_costs_one_round_trip_too(settings, vendor, own_redis):
+    """``AsyncServiceClient`` sends the same admission script through redis.asyncio: one
+    EVALSHA per healthy call, its fleet place given back with the next admission or by the
+    flusher thread (no lease taken or given back on the call's path)."""
+    from asgiref.sync import async_to_sync
+
+    from integrations.testing import aclose_connections
+
+    vendor.route("GET", PATH, Reply.json({}))
+    configure(
+        settings,
+        vendor,
+        RATE_LIMIT={"RATE": "1000/s", "BURST": 100},
+        SHARED_COOLDOWN=True,
+        RETRY_BUDGET={"RATIO": 0.2},
+        MAX_CONCURRENCY=4,
+        CLUSTER_MAX_CONCURRENCY=4,
+    )
+    settings.INTEGRATIONS = {**settings.INTEGRATIONS, "REDIS_URL": own_redis.url}
+    client = AsyncThings()
+
+    async def calls(count: int) -> None:
+        try:
+            for _ in range(count):
+                assert await client.get_json(PATH, operation="get") == {}
+        finally:
+            await aclose_connections()
+
+    async_to_sync(calls)(1)  # the script loaded
+    sent = commands_sent(own_redis.url, lambda: async_to_sync(calls)(20))
+    assert sent.count("evalsha") == 20
+    # Besides, only the new connections' handshakes (the loop's client and the flusher's, once
+    # each: HELLO, CLIENT SETINFO) and the flusher's ZREM of a place no call carried soon enough.
+    handshakes = sent.count("hello") + sent.count("client")
+    assert set(sent) <= {"evalsha", "zrem", "hello", "client"}, sent
+    assert sent.count("zrem") <= 3 and handshakes <= 6, sent
+    assert shared_state.budget_counts("things", 10.0) == (21.0, 0.0)
+    assert shared_state.leases_in_force("things") == 0
+
+
 def test_a_place_given_back_is_free_within_milliseconds_without_another_call(settings, vendor):
     """The place's ZREM is not on the call's path, but it is not left to the lease either: it
     goes with the next admission or, when none comes, within a few milliseconds."""
