@@ -17,16 +17,28 @@ machine's load affects all of them alike:
 (f) (b) with the shared rate limit on (a GCRA in Redis, one ``EVALSHA`` per call; a limit so
     high that no call waits) and the shared cool-down checked in the same round trip,
 (g) (f) with every policy of the fleet set (rate limit, cool-down, retry budget, both
-    bulkheads, slow-call counting: three Redis round trips, the fleet bulkhead taking and
-    giving back its lease),
+    bulkheads, slow-call counting): still one Redis round trip, the admission script taking the
+    fleet bulkhead's lease and giving back the previous call's,
 (h) the bare call behind the ``limits`` library's Redis limiter (its sliding-window counter, one
-    Lua script per call), the peer of (f).
+    Lua script per call), the peer of (f),
+(j) a bare, reused ``httpx.AsyncClient`` on an event loop (the async baseline),
+(k) ``AsyncServiceClient.get_json`` with its breaker closed, on the same loop,
+(l) the same with the breaker held open: it fails fast with ``CircuitOpenError``.
 
-Prints median, p99 and mean per call, the ratios to (a), the database queries per call of (b)
-(counted with ``connection.execute_wrapper`` over the measured calls) and, last, one JSON line
-with ``b_over_a``, ``open_fail_fast_us``, ``queries_per_call``, ``pybreaker_redis_over_a``,
-``rate_limited_over_a``, ``all_policies_over_a``, ``limits_peer_over_a`` and
-``rate_limit_added_us`` (the median of (f) minus (b); target: one Redis round trip, 200 µs).
+The async cases are timed call by call inside the loop (each ``await`` between two clock
+reads), in the same interleaved rounds as the others.
+
+Prints median, p99 and mean per call, the CPU time per call (``time.process_time`` over each
+batch: on a busy machine the steadier figure, since waiting for the CPU does not count), the
+ratios to (a), the database queries per call of (b) (counted with ``connection.execute_wrapper``
+over the measured calls) and, last, one JSON line with ``b_over_a``, ``open_fail_fast_us``,
+``queries_per_call``, ``pybreaker_redis_over_a``, ``rate_limited_over_a``,
+``all_policies_over_a``, ``limits_peer_over_a``, ``rate_limit_added_us`` (the median of (f)
+minus (b); target: one Redis round trip, 200 µs), ``redis_round_trip_us`` ((i) minus (a)),
+``one_round_trip_over_a`` ((i) over (a): the least any policy kept in Redis can cost, the floor
+under ``all_policies_over_a``), ``all_policies_over_one_round_trip`` ((g) over (i)),
+``async_b_over_a`` ((k) over (j); target 1.10), ``async_open_fail_fast_us`` ((l); target
+50 µs) and ``cpu_us`` (CPU time per call of each case).
 Exit status: 0 when every case ran, 1 when one failed, 3 when a piece of the app is missing.
 """
 
@@ -74,6 +86,8 @@ TARGETS = {
     "queries_per_call": 0.05,
     "rate_limit_added_us": 200.0,
     "all_policies_over_a": 1.15,
+    "async_b_over_a": 1.10,
+    "async_open_fail_fast_us": 50.0,
 }
 #: Reported next to the targets, without one of their own.
 EXTRA_KEYS = [
@@ -81,6 +95,9 @@ EXTRA_KEYS = [
     "rate_limited_over_a",
     "limits_peer_over_a",
     "redis_round_trip_us",
+    "one_round_trip_over_a",
+    "all_policies_over_one_round_trip",
+    "cpu_us",
 ]
 CASES = {
     "a": "(a) bare httpx.Client",
@@ -92,7 +109,36 @@ CASES = {
     "g": "(g) (b) + all shared policies",
     "h": "(h) limits (Redis) + bare",
     "i": "(i) one Redis PING + bare",
+    "j": "(j) bare httpx.AsyncClient",
+    "k": "(k) AsyncServiceClient, closed",
+    "l": "(l) AsyncServiceClient, open",
 }
+
+
+class AsyncCase:
+    """A case whose call is a coroutine, run on ``loop``: called (warm-up) it runs one call;
+    ``timed(n)`` runs ``n`` calls on the loop and returns each one's duration (ns), read inside
+    the loop so that the loop's own scheduling of a fresh coroutine is not counted."""
+
+    def __init__(self, loop, make: Callable[[], object]) -> None:
+        self.loop = loop
+        self.make = make
+
+    def __call__(self) -> object:
+        return self.loop.run_until_complete(self.make())
+
+    def timed(self, calls: int) -> list[int]:
+        async def run() -> list[int]:
+            perf = time.perf_counter_ns
+            make = self.make
+            out = []
+            for _ in range(calls):
+                start = perf()
+                await make()
+                out.append(perf() - start)
+            return out
+
+        return self.loop.run_until_complete(run())
 
 
 def missing_pieces() -> list[str]:
@@ -262,7 +308,42 @@ def build_cases(base_url: str) -> dict[str, Callable[[], object]]:
     def with_tenacity() -> object:
         return ten_bare()
 
+    # (j), (k), (l): the async client and its bare peer, on one event loop.
+    import asyncio
+
+    from integrations.async_client import AsyncServiceClient
+
+    loop = asyncio.new_event_loop()
+    async_bare_client = httpx.AsyncClient(base_url=base_url, timeout=timeout)
+
+    async def async_bare() -> object:
+        response = await async_bare_client.get(PATH)
+        response.raise_for_status()
+        return response.json()
+
+    async_closed = type(
+        "AsyncBenchVendor", (AsyncServiceClient,), {"service": SERVICE, "base_url": base_url}
+    )()
+    async_opened = type(
+        "AsyncBenchVendorOpen",
+        (AsyncServiceClient,),
+        {"service": OPEN_SERVICE, "base_url": base_url},
+    )()
+
+    async def async_service_closed() -> object:
+        return await async_closed.get_json(PATH, operation="rate")
+
+    async def async_service_open() -> object:
+        try:
+            await async_opened.get_json(PATH, operation="rate")
+        except CircuitOpenError:
+            return None
+        raise BenchError("the open breaker let an async call through")
+
     return {
+        "j": AsyncCase(loop, async_bare),
+        "k": AsyncCase(loop, async_service_closed),
+        "l": AsyncCase(loop, async_service_open),
         "a": bare,
         "b": service_closed,
         "c": service_open,
@@ -290,6 +371,7 @@ def measure(cases: dict[str, Callable[[], object]], rounds: int, per_round: int)
     from django.db import connection
 
     samples: dict[str, list[float]] = {key: [] for key in cases}
+    cpu = dict.fromkeys(cases, 0.0)
     queries = {key: QueryCounter() for key in cases}
     keys = list(cases)
     perf = time.perf_counter_ns
@@ -300,14 +382,23 @@ def measure(cases: dict[str, Callable[[], object]], rounds: int, per_round: int)
             out = samples[key]
             gc.collect()
             with connection.execute_wrapper(queries[key]):
+                cpu_started = time.process_time()
+                if isinstance(call, AsyncCase):
+                    out.extend(call.timed(per_round))
+                    cpu[key] += time.process_time() - cpu_started
+                    continue
                 for _ in range(per_round):
                     start = perf()
                     call()
                     out.append(perf() - start)
-    return samples, {key: counter.count for key, counter in queries.items()}
+                cpu[key] += time.process_time() - cpu_started
+    counts = {key: counter.count for key, counter in queries.items()}
+    return samples, counts, {key: cpu[key] / len(samples[key]) * 1e6 for key in cases}
 
 
-def report(samples: dict[str, list[float]], queries: dict[str, int]) -> dict:
+def report(
+    samples: dict[str, list[float]], queries: dict[str, int], cpu_us: dict[str, float]
+) -> dict:
     stats = {}
     for key, values in samples.items():
         ordered = sorted(values)
@@ -317,16 +408,19 @@ def report(samples: dict[str, list[float]], queries: dict[str, int]) -> dict:
             "p99_us": percentile(ordered, 99) / 1000,
             "mean_us": statistics.fmean(ordered) / 1000,
             "queries_per_call": queries[key] / len(values),
+            "cpu_us": cpu_us[key],
         }
     a = stats["a"]["median_us"]
     print()
     print(f"{'case':<36}{'calls':>7}{'median µs':>11}{'p99 µs':>9}{'mean µs':>9}{'x (a)':>7}"
-          f"{'queries/call':>14}")  # fmt: skip
+          f"{'cpu µs':>8}{'x (a)':>7}{'queries/call':>14}")  # fmt: skip
+    a_cpu = stats["a"]["cpu_us"]
     for key, label in CASES.items():
         s = stats[key]
         print(
             f"{label:<36}{s['calls']:>7}{s['median_us']:>11.1f}{s['p99_us']:>9.1f}"
-            f"{s['mean_us']:>9.1f}{s['median_us'] / a:>7.2f}{s['queries_per_call']:>14.4f}"
+            f"{s['mean_us']:>9.1f}{s['median_us'] / a:>7.2f}{s['cpu_us']:>8.1f}"
+            f"{s['cpu_us'] / a_cpu:>7.2f}{s['queries_per_call']:>14.4f}"
         )
     summary = {
         "b_over_a": round(stats["b"]["median_us"] / a, 3),
@@ -338,9 +432,16 @@ def report(samples: dict[str, list[float]], queries: dict[str, int]) -> dict:
         "limits_peer_over_a": round(stats["h"]["median_us"] / a, 3),
         "rate_limit_added_us": round(stats["f"]["median_us"] - stats["b"]["median_us"], 1),
         "redis_round_trip_us": round(stats["i"]["median_us"] - a, 1),
+        "one_round_trip_over_a": round(stats["i"]["median_us"] / a, 3),
+        "all_policies_over_one_round_trip": round(
+            stats["g"]["median_us"] / stats["i"]["median_us"], 3
+        ),
+        "cpu_us": {key: round(s["cpu_us"], 1) for key, s in stats.items()},
+        "async_b_over_a": round(stats["k"]["median_us"] / stats["j"]["median_us"], 3),
+        "async_open_fail_fast_us": round(stats["l"]["median_us"], 1),
     }
     checks = []
-    at_most = ("b_over_a", "rate_limit_added_us", "all_policies_over_a")
+    at_most = ("b_over_a", "rate_limit_added_us", "all_policies_over_a", "async_b_over_a")
     for key, target in TARGETS.items():
         sign = "<=" if key in at_most else "<"
         met = summary[key] <= target if key in at_most else summary[key] < target
@@ -351,6 +452,11 @@ def report(samples: dict[str, list[float]], queries: dict[str, int]) -> dict:
         f"shared rate limit: ours adds {stats['f']['median_us'] - stats['b']['median_us']:.1f} µs "
         f"to (b); the limits library adds {stats['h']['median_us'] - a:.1f} µs to (a); "
         f"one Redis PING adds {stats['i']['median_us'] - a:.1f} µs to (a)"
+    )
+    print(
+        f"every fleet policy: {summary['all_policies_over_a']}x (a), against "
+        f"{summary['one_round_trip_over_a']}x (a) for one Redis PING (the floor of any policy "
+        f"kept in Redis): {summary['all_policies_over_one_round_trip']}x that floor"
     )
     print("ratios: " + "; ".join(checks))
     return summary
@@ -433,8 +539,8 @@ def main(argv: list[str] | None = None) -> int:
             for call in cases.values():
                 for _ in range(args.warmup):
                     call()
-            samples, queries = measure(cases, args.rounds, args.per_round)
-            summary = report(samples, queries)
+            samples, queries, cpu_us = measure(cases, args.rounds, args.per_round)
+            summary = report(samples, queries, cpu_us)
         except BenchError as exc:
             print(f"bench/outbound.py failed: {exc}", file=sys.stderr)
             status = 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
+    "AsyncServiceClient",
     "BreakerPolicy",
     "BulkheadFull",
     "RateLimited",
@@ -16,12 +17,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .async_client import AsyncServiceClient
     from .client import ServiceClient
     from .exceptions import BulkheadFull, RateLimited
     from .fallback import with_fallback
     from .policies import BreakerPolicy, RetryPolicy, Timeout
 
 _LOCATIONS = {
+    "AsyncServiceClient": "async_client",
     "ServiceClient": "client",
     "with_fallback": "fallback",
     "BreakerPolicy": "policies",

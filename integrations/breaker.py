@@ -36,7 +36,9 @@ without a query.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
 import logging
 import math
 import threading
@@ -46,6 +48,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from asgiref.sync import sync_to_async
 from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
@@ -62,6 +65,7 @@ logger = logging.getLogger("integrations.breaker")
 
 __all__ = [
     "PROBE_LEASE_MARGIN",
+    "AsyncBreaker",
     "Breaker",
     "BreakerSnapshot",
     "BreakerState",
@@ -434,7 +438,9 @@ class Breaker:
         if snapshot.state == CLOSED and not snapshot.degraded:
             return Permit(self.name, operation, CLOSED, snapshot.version)
         try:
-            return self._acquire_slow(snapshot, operation, now)
+            permit = self._acquire_slow(snapshot, operation, now)
+            assert permit is not None  # only an offline decision stops short
+            return permit
         except DatabaseError as exc:  # a transition could not be written: as if unreadable
             self._log_db_error("cannot change its state in the database", exc)
             _snapshots[self.name] = BreakerSnapshot(
@@ -446,7 +452,24 @@ class Breaker:
             )
             return self._acquire_degraded(operation)
 
-    def _acquire_slow(self, snapshot: BreakerSnapshot, operation: str, now: float) -> Permit:
+    def acquire_cached(self, operation: str) -> Permit | None:
+        """``acquire`` decided from this process's fresh snapshot alone, without any I/O: a
+        permit, ``CircuitOpenError``, or None when the decision needs the database (no snapshot
+        or an expired one, a probe to take, a hold that ended). ``AsyncBreaker`` calls it on the
+        event loop and goes to the database, off the loop, only on None."""
+        now = self.clock()
+        snapshot = _snapshots.get(self.name)
+        if snapshot is None or snapshot.expires_at <= now:
+            return None
+        if snapshot.state == CLOSED and not snapshot.degraded:
+            return Permit(self.name, operation, CLOSED, snapshot.version)
+        return self._acquire_slow(snapshot, operation, now, offline=True)
+
+    def _acquire_slow(
+        self, snapshot: BreakerSnapshot, operation: str, now: float, *, offline: bool = False
+    ) -> Permit | None:
+        """The state machine's answer to a call. ``offline``: stop (None) where the answer needs
+        a write, instead of writing."""
         for _attempt in range(3):  # another process may move the row between our read and our write
             if snapshot.degraded:
                 return self._acquire_degraded(operation)
@@ -455,6 +478,8 @@ class Breaker:
                 return Permit(self.name, operation, CLOSED, snapshot.version)
             if state in MANUAL_STATES:
                 if snapshot.forced_until is not None and now >= snapshot.forced_until:
+                    if offline:
+                        return None
                     snapshot = self._end_manual_state(snapshot, now)
                     continue
                 if state == DISABLED:
@@ -467,6 +492,8 @@ class Breaker:
                 wait = (snapshot.opened_at or now) + self._reset_timeout(snapshot) - now
                 if wait > 0:
                     raise self._open_error(operation, wait)
+                if offline:
+                    return None
                 moved = self.storage.transition(
                     snapshot,
                     HALF_OPEN,
@@ -480,6 +507,8 @@ class Breaker:
                 snapshot = self._refresh(now)
                 continue
             if state == HALF_OPEN:
+                if offline:
+                    return None
                 moved = self.storage.take_probe(
                     snapshot,
                     now=now,
@@ -528,11 +557,18 @@ class Breaker:
 
     def record_success(self, permit: Permit) -> None:
         """The attempt succeeded (or failed in a way that is not the vendor's fault)."""
+        write = self.success_write(permit)
+        if write is not None:
+            self._guarded(*write)
+
+    def success_write(self, permit: Permit) -> tuple[Any, ...] | None:
+        """What recording ``permit``'s success must write, as (function, arguments...) for
+        ``_guarded``; or None when it needs no write (it was counted in memory, here, without
+        I/O). ``record_success`` runs the write at once, ``AsyncBreaker`` off the event loop."""
         if permit.degraded:
-            return
+            return None
         if permit.state == HALF_OPEN:
-            self._guarded(self._close_after_probe, permit, self.clock())
-            return
+            return (self._close_after_probe, permit, self.clock())
         snapshot = _snapshots.get(self.name)
         if (
             snapshot is not None
@@ -541,11 +577,11 @@ class Breaker:
             and permit.state == CLOSED
             and permit.version == snapshot.version  # else a late success: no reset to write
         ):
-            self._guarded(self._reset_failures, permit, snapshot, self.clock())
-            return
+            return (self._reset_failures, permit, snapshot, self.clock())
         # The hot path: nothing written; the success joins this process's next batch, which
         # is written when it is due (``_flush_successes``), by the idle timer, or at exit.
         _add_pending(self.name, permit.version, self.policy.window)
+        return None
 
     def record_failure(self, permit: Permit, error: BaseException | None = None) -> None:
         """The attempt failed in a way that counts against the breaker. Which failures count
@@ -683,6 +719,55 @@ def get_breaker(
 ) -> Breaker:
     """The breaker of service ``name``. Its row is created on first use."""
     return Breaker(name, policy, clock=clock, probe_lease=probe_lease)
+
+
+class AsyncBreaker:
+    """``breaker`` for a call on an event loop (``AsyncServiceClient``): the same state machine,
+    the same decisions (``Breaker.acquire_cached``, ``Breaker.success_write``), and the
+    database reached only off the loop, through ``sync_to_async`` (Django's ORM has no async
+    form of the conditional writes the storage makes). The hot paths, a closed breaker with a
+    fresh snapshot and an open one failing fast, never leave the loop."""
+
+    __slots__ = ("breaker",)
+
+    def __init__(self, breaker: Breaker) -> None:
+        self.breaker = breaker
+
+    def __repr__(self) -> str:
+        return f"<AsyncBreaker {self.breaker.name}>"
+
+    @property
+    def cached_state(self) -> str:
+        return self.breaker.cached_state
+
+    async def acquire(self, operation: str) -> Permit:
+        permit = self.breaker.acquire_cached(operation)
+        if permit is not None:
+            return permit
+        asking = asyncio.ensure_future(sync_to_async(self.breaker.acquire)(operation))
+        try:
+            return await asyncio.shield(asking)
+        except asyncio.CancelledError:
+            # Cancelled while the database decided: a permit it granted (a probe's slot) is
+            # given back rather than held until its lease ends.
+            with contextlib.suppress(Exception):
+                await self.release(await asking)
+            raise
+
+    async def record_success(self, permit: Permit) -> None:
+        write = self.breaker.success_write(permit)
+        if write is not None:
+            await sync_to_async(self.breaker._guarded)(*write)
+
+    async def record_failure(self, permit: Permit, error: BaseException | None = None) -> None:
+        if not permit.degraded:
+            await sync_to_async(self.breaker.record_failure)(permit, error)
+
+    async def release(self, permit: Permit) -> None:
+        """Give back the permit of an attempt that did not end (its task was cancelled): a
+        half-open probe's slot is free at once."""
+        if permit.state == HALF_OPEN and not permit.degraded:
+            await sync_to_async(self.breaker.release)(permit)
 
 
 # -- operator actions ---------------------------------------------------------------------------

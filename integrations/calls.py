@@ -11,16 +11,19 @@ read up to ``max_response_bytes``) and runs the attempts through
 ``integrations.resilience.call_with_resilience``, under the retry policy and the service's circuit
 breaker, whose half-open probe lease outlasts the call's deadline. A policy added later is one
 more field resolved here and applied by ``run``, so that every client shares one definition of
-it; a runner for asynchronous clients takes the same resolved ``CallPolicy``.
+it; ``run_async`` runs the same resolved ``CallPolicy`` for asynchronous clients
+(``AsyncServiceClient``), through ``call_with_resilience_async``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .conf import integrations_settings, service_settings
+from .exceptions import IntegrationTimeout
 from .fleet import FleetGuard
 from .policies import (
     BreakerPolicy,
@@ -30,11 +33,11 @@ from .policies import (
     Timeout,
     probe_lease_for,
 )
-from .resilience import AttemptInfo, call_with_resilience
+from .resilience import AttemptInfo, call_with_resilience, call_with_resilience_async
 from .transport import AttemptBounds
 
 if TYPE_CHECKING:
-    from .breaker import Breaker
+    from .breaker import AsyncBreaker, Breaker
 
 __all__ = ["CallPolicy", "PolicyOverrides", "PolicySource"]
 
@@ -135,6 +138,38 @@ class CallPolicy:
             slow_call_threshold=self.breaker.slow_call_threshold,
         )
 
+    async def run_async(
+        self, attempt: Callable[[AttemptInfo], Awaitable[T]], *, operation: str
+    ) -> T:
+        """``run`` on an event loop (``AsyncServiceClient``): the same policies, through
+        ``call_with_resilience_async``. Each attempt is cancelled when the call's deadline
+        passes (``asyncio.timeout``; an ``IntegrationTimeout``), its connection closed."""
+        max_response_bytes = self.max_response_bytes
+        service = self.service
+
+        async def bounded(info: AttemptInfo) -> T:
+            with AttemptBounds(info.remaining, max_response_bytes):
+                try:
+                    async with asyncio.timeout(info.remaining):
+                        return await attempt(info)
+                except TimeoutError as exc:  # only asyncio.timeout raises it here
+                    raise IntegrationTimeout(
+                        service,
+                        operation,
+                        f"the attempt outlasted the call's deadline ({info.remaining:.3f}s left)",
+                        cause=exc,
+                    ) from exc
+
+        return await call_with_resilience_async(
+            bounded,
+            service=service,
+            operation=operation,
+            retry=self.retry,
+            breaker=_async_breaker()(self.get_breaker()),
+            guard=self.fleet,
+            slow_call_threshold=self.breaker.slow_call_threshold,
+        )
+
 
 #: service -> its ``FleetGuard`` (None when no shared policy is on), emptied when settings reload.
 _guards: dict[str, FleetGuard | None] = {}
@@ -180,3 +215,16 @@ def _breaker_factory() -> Callable[..., Breaker]:
 
         _get_breaker = get_breaker
     return _get_breaker
+
+
+_async_breaker_class: type[AsyncBreaker] | None = None
+
+
+def _async_breaker() -> type[AsyncBreaker]:
+    """``integrations.breaker.AsyncBreaker``, imported on first use (as ``_breaker_factory``)."""
+    global _async_breaker_class
+    if _async_breaker_class is None:
+        from .breaker import AsyncBreaker
+
+        _async_breaker_class = AsyncBreaker
+    return _async_breaker_class

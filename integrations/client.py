@@ -15,6 +15,7 @@ connections, where a request may go, idempotency keys, error mapping) and in the
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import functools
 import json as jsonlib
@@ -22,6 +23,7 @@ import re
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -46,12 +48,26 @@ from .exceptions import (
 )
 from .policies import BreakerPolicy, RetryPolicy, Timeout
 from .resilience import AttemptInfo
-from .transport import ResponseRefused, bounded_client, httpx_timeout
+from .transport import (
+    AsyncBoundedTransport,
+    ResponseRefused,
+    bounded_async_client,
+    bounded_client,
+    httpx_timeout,
+)
 
 if TYPE_CHECKING:
     from .breaker import Breaker
 
-__all__ = ["ServiceClient", "parse_retry_after", "require_fields"]
+__all__ = [
+    "ServiceClient",
+    "ServiceClientBase",
+    "aclose_pools",
+    "close_pools",
+    "open_async_connections",
+    "parse_retry_after",
+    "require_fields",
+]
 
 T = TypeVar("T")
 
@@ -64,35 +80,77 @@ _pools: dict[str, httpx.Client] = {}
 _pools_lock = threading.Lock()
 
 
+#: How every pooled client is made, sync and async alike.
+_POOL_OPTIONS: dict[str, Any] = {
+    "follow_redirects": False,
+    # Sent with every request unless the request sets its own.
+    "headers": {"User-Agent": "django-tether", "Accept": "application/json"},
+    # Per-request timeouts are always passed; this only guards direct use.
+    "timeout": httpx.Timeout(10.0, connect=3.05),
+}
+
+
 def _pool_for(service: str) -> httpx.Client:
     client = _pools.get(service)
     if client is None:
         with _pools_lock:
             client = _pools.get(service)
             if client is None:
-                client = _pools[service] = bounded_client(
-                    follow_redirects=False,
-                    # Sent with every request unless the request sets its own.
-                    headers={"User-Agent": "django-tether", "Accept": "application/json"},
-                    # Per-request timeouts are always passed; this only guards direct use.
-                    timeout=httpx.Timeout(10.0, connect=3.05),
-                )
+                client = _pools[service] = bounded_client(**_POOL_OPTIONS)
     return client
 
 
+#: event loop -> service -> its ``httpx.AsyncClient`` (an async client's connections belong to
+#: the loop that opened them; a loop that is gone takes its clients with it).
+_async_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, httpx.AsyncClient]]
+_async_pools = weakref.WeakKeyDictionary()
+
+
+def _async_pool_for(service: str) -> httpx.AsyncClient:
+    loop = asyncio.get_running_loop()
+    pools = _async_pools.get(loop)
+    if pools is None:
+        pools = _async_pools[loop] = {}
+    client = pools.get(service)
+    if client is None:  # one loop runs one task at a time: no lock needed
+        client = pools[service] = bounded_async_client(**_POOL_OPTIONS)
+    return client
+
+
+def open_async_connections(service: str) -> int:
+    """Connections the running event loop keeps open to ``service`` (idle or in use): a call
+    that ended, was cancelled or failed leaves none in use."""
+    client = _async_pools.get(asyncio.get_running_loop(), {}).get(service)
+    if client is None:
+        return 0
+    transport = client._transport
+    return transport.open_connections() if isinstance(transport, AsyncBoundedTransport) else 0
+
+
 def close_pools() -> None:
-    """Close every pooled connection of this process (tests, and after a fork)."""
+    """Close every pooled connection of this process (tests, and after a fork). The event
+    loops' clients are forgotten (``aclose_pools`` closes the running loop's)."""
     with _pools_lock:
         clients = list(_pools.values())
         _pools.clear()
+    _async_pools.clear()
     for client in clients:
         client.close()
+
+
+async def aclose_pools() -> None:
+    """Close the running event loop's pooled connections (at the end of an ``asyncio.run``, an
+    ASGI lifespan's shutdown, or a test)."""
+    pools = _async_pools.pop(asyncio.get_running_loop(), {})
+    for client in pools.values():
+        await client.aclose()
 
 
 def _forget_pools_after_fork() -> None:
     # A forked child (Celery prefork, gunicorn) must not share its parent's sockets.
     global _pools_lock
     _pools.clear()
+    _async_pools.clear()
     _pools_lock = threading.Lock()
 
 
@@ -260,8 +318,13 @@ def _origins(urls: tuple[str, ...]) -> frozenset[Origin]:
 # --- the client ----------------------------------------------------------------------------------
 
 
-class ServiceClient:
-    """Base class for one vendor's HTTP API. Subclasses set ``service`` and usually nothing else.
+class ServiceClientBase:
+    """What ``ServiceClient`` and ``AsyncServiceClient`` share: the service's name, settings and
+    policies, where a request may go, its headers and idempotency key, and how an answer or a
+    transport error becomes a result or an ``IntegrationError``. Only the call itself (blocking
+    or awaited) differs between them.
+
+    Base class for one vendor's HTTP API. Subclasses set ``service`` and usually nothing else.
 
     Class attributes (all optional except ``service``): ``base_url``; ``timeout``, ``retry`` and
     ``breaker``, each a policy object or a dict of some fields, overriding the settings;
@@ -352,7 +415,186 @@ class ServiceClient:
         """Headers sent with every request (override to add credentials, read at call time)."""
         return {}
 
-    # Public methods.
+    def require(self, data: Any, *fields: str, operation: str) -> Any:
+        """``data`` if every dotted path in ``fields`` is present, else ``InvalidResponseError``
+        (raised after the call, so it does not count against the breaker: prefer ``required=``)."""
+        return require_fields(data, fields, service=self.service, operation=operation)
+
+    # Internals.
+
+    def _headers(
+        self,
+        method: str,
+        headers: Mapping[str, str] | None,
+        idempotency_key: str | None,
+        *,
+        credentials: bool = True,
+    ) -> dict[str, str]:
+        """``default_headers()`` (only when ``credentials``), then the caller's ``headers``,
+        then the idempotency key."""
+        merged = dict(self.default_headers()) if credentials else {}
+        if headers:
+            merged.update(headers)
+        if idempotency_key is None and method in AUTO_IDEMPOTENT_METHODS:
+            # One key per call, generated before the first attempt: every retry resends it.
+            idempotency_key = str(uuid.uuid4())
+        wanted = self.idempotency_header.lower()
+        if idempotency_key is not None and not any(name.lower() == wanted for name in merged):
+            merged[self.idempotency_header] = idempotency_key
+        return merged
+
+    def _target(self, method: str, path: str, operation: str) -> tuple[httpx.URL, bool]:
+        """The URL ``path`` names, and whether it is the service's own origin (the only one
+        credentials go to); ``DisallowedURLError`` when it may not be sent at all.
+
+        A relative path is joined to the base URL; an absolute URL (``https://...``, or
+        ``//host/...`` with the base URL's scheme) is taken as is. Either must be on the base
+        URL's origin (scheme, host and port) and stay under its path once normalized (see
+        ``_normalized_path``), or be on an origin listed in ``get_allowed_origins()``. A URL
+        with ``user:password@`` is refused. The URL is parsed once, by httpx, which sends it.
+        """
+        joined, origin, prefix = _base(self.get_base_url())
+        absolute = _ABSOLUTE.match(path) is not None
+        try:
+            if absolute:
+                url = _parsed(f"{origin[0]}:{path}" if path.startswith("//") else path)
+            else:  # after the "/" we put, nothing in ``path`` can change the base's authority
+                url = _parsed(joined + "/" + path.lstrip("/"))
+        except httpx.InvalidURL as exc:
+            raise DisallowedURLError(
+                self.service, operation, f"{method} refused: not a valid URL", cause=exc
+            ) from exc
+        target = _origin(url) if absolute else origin
+        if absolute and url.userinfo:
+            reason = "a URL may not carry credentials (user:password@)"
+        elif target == origin:
+            if _within(url.raw_path.decode("ascii").split("?", 1)[0], prefix):
+                return url, True
+            reason = f"the path leaves the base URL's path ({prefix or '/'})"
+        elif target in _origins(self.get_allowed_origins()):
+            return url, False
+        else:
+            reason = (
+                f"{_show_origin(target)} is not the service's origin ({_show_origin(origin)}) "
+                "nor in its ALLOWED_ORIGINS"
+            )
+        raise DisallowedURLError(
+            self.service, operation, f"{_shown(method, url)} refused: {reason}"
+        )
+
+    # What both clients' calls share.
+
+    def _prepare_request(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        idempotency_key: str | None,
+        httpx_kwargs: dict[str, Any],
+    ) -> tuple[str, httpx.URL, dict[str, str], dict[str, Any]]:
+        """``request``'s method, URL, headers and httpx arguments."""
+        method = method.upper()
+        url, own = self._target(method, path, operation)
+        headers = self._headers(
+            method, httpx_kwargs.pop("headers", None), idempotency_key, credentials=own
+        )
+        if not own:
+            httpx_kwargs.pop("auth", None)  # credentials never leave the service's origin
+        return method, url, headers, httpx_kwargs
+
+    def _prepare_json(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        headers: Mapping[str, str] | None,
+        kwargs: dict[str, Any],
+        required: Iterable[str],
+        idempotency_key: str | None,
+    ) -> tuple[httpx.URL, dict[str, str], dict[str, Any], Callable[[httpx.Response], Any]]:
+        """A JSON call's URL, headers, httpx arguments and parser (``required`` checked)."""
+        required = tuple(required)
+        url, own = self._target(method, path, operation)
+        merged = self._headers(method, headers, idempotency_key, credentials=own)
+
+        def parse(response: httpx.Response) -> Any:
+            return self._parse_json(response, operation, required)
+
+        return url, merged, {k: v for k, v in kwargs.items() if v is not None}, parse
+
+    def _answered(
+        self,
+        response: httpx.Response,
+        operation: str,
+        method: str,
+        url: httpx.URL,
+        parse: Callable[[httpx.Response], T],
+    ) -> T:
+        """An attempt's result from the vendor's answer: ``parse``'s, or the error it maps to."""
+        if response.status_code >= 400:
+            self._raise_for_status(response, operation, _shown(method, url))
+        return parse(response)
+
+    def _map_transport_error(
+        self, exc: httpx.HTTPError, operation: str, shown: str
+    ) -> IntegrationError:
+        kind = type(exc).__name__
+        if isinstance(exc, ResponseRefused):  # its text is ours: too large, unasked coding
+            return InvalidResponseError(self.service, operation, f"{shown}: {exc}", cause=exc)
+        if isinstance(exc, httpx.TimeoutException):
+            return IntegrationTimeout(
+                self.service, operation, f"{shown} timed out ({kind})", cause=exc
+            )
+        if isinstance(exc, httpx.DecodingError):
+            return InvalidResponseError(
+                self.service, operation, f"{shown} answered an undecodable body", cause=exc
+            )
+        return IntegrationUnavailable(
+            self.service, operation, f"{shown} failed ({kind})", cause=exc
+        )
+
+    def _raise_for_status(self, response: httpx.Response, operation: str, shown: str) -> None:
+        status = response.status_code
+        message = f"{shown} answered {status}"
+        if status == 429:
+            raise RateLimitedError(
+                self.service,
+                operation,
+                message,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
+        if status >= 500:
+            retry_after = (
+                parse_retry_after(response.headers.get("Retry-After")) if status == 503 else None
+            )
+            raise IntegrationUnavailable(
+                self.service, operation, message, status_code=status, retry_after=retry_after
+            )
+        error = ClientRequestError(self.service, operation, message, status_code=status)
+        error.response = response
+        raise error
+
+    def _parse_json(
+        self, response: httpx.Response, operation: str, required: tuple[str, ...]
+    ) -> Any:
+        if not 200 <= response.status_code < 300:
+            raise InvalidResponseError(
+                self.service, operation, f"unexpected status {response.status_code}"
+            )
+        if response.status_code == 204 or (not response.content and not required):
+            return None
+        try:
+            data = jsonlib.loads(response.content)
+        except ValueError as exc:
+            raise InvalidResponseError(
+                self.service, operation, f"response is not JSON ({type(exc).__name__})", cause=exc
+            ) from exc
+        return require_fields(data, required, service=self.service, operation=operation)
+
+
+class ServiceClient(ServiceClientBase):
+    """A vendor's HTTP API, called from ordinary (blocking) code; see ``ServiceClientBase``.
+    On an event loop use ``integrations.AsyncServiceClient``, its twin."""
 
     def request(
         self,
@@ -368,13 +610,9 @@ class ServiceClient:
         POST and PATCH carry an idempotency key (``idempotency_key`` or a fresh one), the same on
         every retry of this call; other methods carry one only when given.
         """
-        method = method.upper()
-        url, own = self._target(method, path, operation)
-        headers = self._headers(
-            method, httpx_kwargs.pop("headers", None), idempotency_key, credentials=own
+        method, url, headers, httpx_kwargs = self._prepare_request(
+            method, path, operation, idempotency_key, httpx_kwargs
         )
-        if not own:
-            httpx_kwargs.pop("auth", None)  # credentials never leave the service's origin
         return self._call(method, url, operation, headers, httpx_kwargs, parse=_unparsed)
 
     def get_json(
@@ -456,13 +694,6 @@ class ServiceClient:
     ) -> httpx.Response:
         return self.request("DELETE", path, operation=operation, idempotency_key=idempotency_key)
 
-    def require(self, data: Any, *fields: str, operation: str) -> Any:
-        """``data`` if every dotted path in ``fields`` is present, else ``InvalidResponseError``
-        (raised after the call, so it does not count against the breaker: prefer ``required=``)."""
-        return require_fields(data, fields, service=self.service, operation=operation)
-
-    # Internals.
-
     def _json_call(
         self,
         method: str,
@@ -474,75 +705,10 @@ class ServiceClient:
         *,
         idempotency_key: str | None,
     ) -> Any:
-        required = tuple(required)
-        url, own = self._target(method, path, operation)
-        merged = self._headers(method, headers, idempotency_key, credentials=own)
-
-        def parse(response: httpx.Response) -> Any:
-            return self._parse_json(response, operation, required)
-
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        return self._call(method, url, operation, merged, kwargs, parse=parse)
-
-    def _headers(
-        self,
-        method: str,
-        headers: Mapping[str, str] | None,
-        idempotency_key: str | None,
-        *,
-        credentials: bool = True,
-    ) -> dict[str, str]:
-        """``default_headers()`` (only when ``credentials``), then the caller's ``headers``,
-        then the idempotency key."""
-        merged = dict(self.default_headers()) if credentials else {}
-        if headers:
-            merged.update(headers)
-        if idempotency_key is None and method in AUTO_IDEMPOTENT_METHODS:
-            # One key per call, generated before the first attempt: every retry resends it.
-            idempotency_key = str(uuid.uuid4())
-        wanted = self.idempotency_header.lower()
-        if idempotency_key is not None and not any(name.lower() == wanted for name in merged):
-            merged[self.idempotency_header] = idempotency_key
-        return merged
-
-    def _target(self, method: str, path: str, operation: str) -> tuple[httpx.URL, bool]:
-        """The URL ``path`` names, and whether it is the service's own origin (the only one
-        credentials go to); ``DisallowedURLError`` when it may not be sent at all.
-
-        A relative path is joined to the base URL; an absolute URL (``https://...``, or
-        ``//host/...`` with the base URL's scheme) is taken as is. Either must be on the base
-        URL's origin (scheme, host and port) and stay under its path once normalized (see
-        ``_normalized_path``), or be on an origin listed in ``get_allowed_origins()``. A URL
-        with ``user:password@`` is refused. The URL is parsed once, by httpx, which sends it.
-        """
-        joined, origin, prefix = _base(self.get_base_url())
-        absolute = _ABSOLUTE.match(path) is not None
-        try:
-            if absolute:
-                url = _parsed(f"{origin[0]}:{path}" if path.startswith("//") else path)
-            else:  # after the "/" we put, nothing in ``path`` can change the base's authority
-                url = _parsed(joined + "/" + path.lstrip("/"))
-        except httpx.InvalidURL as exc:
-            raise DisallowedURLError(
-                self.service, operation, f"{method} refused: not a valid URL", cause=exc
-            ) from exc
-        target = _origin(url) if absolute else origin
-        if absolute and url.userinfo:
-            reason = "a URL may not carry credentials (user:password@)"
-        elif target == origin:
-            if _within(url.raw_path.decode("ascii").split("?", 1)[0], prefix):
-                return url, True
-            reason = f"the path leaves the base URL's path ({prefix or '/'})"
-        elif target in _origins(self.get_allowed_origins()):
-            return url, False
-        else:
-            reason = (
-                f"{_show_origin(target)} is not the service's origin ({_show_origin(origin)}) "
-                "nor in its ALLOWED_ORIGINS"
-            )
-        raise DisallowedURLError(
-            self.service, operation, f"{_shown(method, url)} refused: {reason}"
+        url, merged, kwargs, parse = self._prepare_json(
+            method, path, operation, headers, kwargs, required, idempotency_key
         )
+        return self._call(method, url, operation, merged, kwargs, parse=parse)
 
     def _call(
         self,
@@ -572,64 +738,6 @@ class ServiceClient:
                 )
             except httpx.HTTPError as exc:
                 raise self._map_transport_error(exc, operation, _shown(method, url)) from exc
-            if response.status_code >= 400:
-                self._raise_for_status(response, operation, _shown(method, url))
-            return parse(response)
+            return self._answered(response, operation, method, url, parse)
 
         return policy.run(attempt, operation=operation)
-
-    def _map_transport_error(
-        self, exc: httpx.HTTPError, operation: str, shown: str
-    ) -> IntegrationError:
-        kind = type(exc).__name__
-        if isinstance(exc, ResponseRefused):  # its text is ours: too large, unasked coding
-            return InvalidResponseError(self.service, operation, f"{shown}: {exc}", cause=exc)
-        if isinstance(exc, httpx.TimeoutException):
-            return IntegrationTimeout(
-                self.service, operation, f"{shown} timed out ({kind})", cause=exc
-            )
-        if isinstance(exc, httpx.DecodingError):
-            return InvalidResponseError(
-                self.service, operation, f"{shown} answered an undecodable body", cause=exc
-            )
-        return IntegrationUnavailable(
-            self.service, operation, f"{shown} failed ({kind})", cause=exc
-        )
-
-    def _raise_for_status(self, response: httpx.Response, operation: str, shown: str) -> None:
-        status = response.status_code
-        message = f"{shown} answered {status}"
-        if status == 429:
-            raise RateLimitedError(
-                self.service,
-                operation,
-                message,
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
-            )
-        if status >= 500:
-            retry_after = (
-                parse_retry_after(response.headers.get("Retry-After")) if status == 503 else None
-            )
-            raise IntegrationUnavailable(
-                self.service, operation, message, status_code=status, retry_after=retry_after
-            )
-        error = ClientRequestError(self.service, operation, message, status_code=status)
-        error.response = response
-        raise error
-
-    def _parse_json(
-        self, response: httpx.Response, operation: str, required: tuple[str, ...]
-    ) -> Any:
-        if not 200 <= response.status_code < 300:
-            raise InvalidResponseError(
-                self.service, operation, f"unexpected status {response.status_code}"
-            )
-        if response.status_code == 204 or (not response.content and not required):
-            return None
-        try:
-            data = jsonlib.loads(response.content)
-        except ValueError as exc:
-            raise InvalidResponseError(
-                self.service, operation, f"response is not JSON ({type(exc).__name__})", cause=exc
-            ) from exc
-        return require_fields(data, required, service=self.service, operation=operation)

@@ -14,6 +14,9 @@ kept for ``stale_ttl`` seconds in all: when a call fails with an ``IntegrationEr
 5xx, open breaker, ...), a value stored less than ``stale_ttl`` ago is returned instead, with a
 WARNING saying it is stale and how old it is. With none, the error is raised. Other exceptions
 (bugs) are never hidden. Values go through the cache's serializer (pickle by default).
+
+An ``async def`` method (``AsyncServiceClient``) is decorated the same way: the same rules, the
+cache read and written through its async API (``aget``/``aset``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 from django.core.cache import caches
 
@@ -76,37 +79,65 @@ def with_fallback(
             bound.apply_defaults()
             return _cache_key(key.format(**bound.arguments))
 
+        def fresh(entry: tuple[float, R] | None, now: float) -> bool:
+            return entry is not None and ttl > 0 and now - entry[0] < ttl
+
+        def stale_or_raise(
+            error: IntegrationError, entry: tuple[float, R] | None, now: float, cache_key: str
+        ) -> R:
+            if entry is None or now - entry[0] >= stale_ttl:
+                raise error
+            age = max(0.0, now - entry[0])
+            logger.warning(
+                "%s.%s failed (%s): serving the stale value of %s, %.0f s old",
+                error.service,
+                error.operation,
+                type(error).__name__,
+                cache_key,
+                age,
+                extra={
+                    "service": error.service,
+                    "operation": error.operation,
+                    "fallback_key": cache_key,
+                    "stale": True,
+                    "age": age,
+                    "error": type(error).__name__,
+                },
+            )
+            return entry[1]
+
+        if inspect.iscoroutinefunction(func):
+            # The same rules for a coroutine (``AsyncServiceClient``): the cache through its
+            # async API (``aget``/``aset``), never a blocking call on the event loop.
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                cache_key = key_for(args, kwargs)
+                store = caches[cache]
+                entry = await store.aget(cache_key)
+                now = clock()
+                if fresh(entry, now):
+                    return entry[1]
+                try:
+                    value = await func(*args, **kwargs)
+                except IntegrationError as error:
+                    return stale_or_raise(error, entry, now, cache_key)
+                await store.aset(cache_key, (clock(), value), timeout=stale_ttl)
+                return value
+
+            return cast(Callable[P, R], async_wrapper)
+
         @functools.wraps(func)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             cache_key = key_for(args, kwargs)
             store = caches[cache]
             entry: tuple[float, R] | None = store.get(cache_key)  # (stored at, value)
             now = clock()
-            if entry is not None and ttl > 0 and now - entry[0] < ttl:
-                return entry[1]
+            if fresh(entry, now):
+                return entry[1]  # type: ignore[index]
             try:
                 value = func(*args, **kwargs)
             except IntegrationError as error:
-                if entry is None or now - entry[0] >= stale_ttl:
-                    raise
-                age = max(0.0, now - entry[0])
-                logger.warning(
-                    "%s.%s failed (%s): serving the stale value of %s, %.0f s old",
-                    error.service,
-                    error.operation,
-                    type(error).__name__,
-                    cache_key,
-                    age,
-                    extra={
-                        "service": error.service,
-                        "operation": error.operation,
-                        "fallback_key": cache_key,
-                        "stale": True,
-                        "age": age,
-                        "error": type(error).__name__,
-                    },
-                )
-                return entry[1]
+                return stale_or_raise(error, entry, now, cache_key)
             store.set(cache_key, (clock(), value), timeout=stale_ttl)
             return value
 

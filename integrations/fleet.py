@@ -18,12 +18,17 @@ the waits and the errors are here.
   trip.
 - **Bulkhead** (``MAX_CONCURRENCY`` per process, ``CLUSTER_MAX_CONCURRENCY`` across the
   fleet): at most that many calls of the service in flight. A call waits for a place within its
-  deadline, else raises ``BulkheadFull``. The process's places are a semaphore; the fleet's are
-  leases in a Redis sorted set, each ending ``BULKHEAD_LEASE_MARGIN`` seconds after the attempt's
-  deadline (which bounds the attempt), so that a killed process's places come back by then. A
-  call waiting for a fleet place asks again every ``BULKHEAD_POLL`` seconds at most (or when the
-  first lease ends, if sooner). Places are taken before the rate-limit slot (a slot is never
-  wasted waiting for a place) and given back as soon as the attempt ends.
+  deadline, else raises ``BulkheadFull``. The process's places are a semaphore (no Redis); the
+  fleet's are leases in a Redis sorted set, each ending ``BULKHEAD_LEASE_MARGIN`` seconds after
+  the attempt's deadline (which bounds the attempt), so that a killed process's places come back
+  by then. A call waiting for a fleet place asks again every ``BULKHEAD_POLL`` seconds at most
+  (or when the first lease ends, if sooner). The fleet place is taken in the same script as the
+  rate-limit slot (a slot is never wasted waiting for a place, nor a place held during a
+  cool-down), and given back as soon as the attempt ends, without a round trip of its own: with
+  this process's next admission for the service, or by a background thread at most about
+  ``shared_state.GIVE_BACK_LOOK_MAX`` (20 ms) later.
+- **One round trip**: a healthy call with every policy on asks Redis once
+  (``shared_state.Admitter``); a retry asks the budget once more.
 - **Redis unreachable**: the shared policies fail open. The call goes out as if they were off,
   a warning is logged at most once a minute per process and service, the
   ``shared_state_unavailable`` signal counts it (``tether_integration_shared_state_errors_total``)
@@ -33,13 +38,16 @@ the waits and the errors are here.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import os
 import threading
 import time
-import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from tether.fork import after_fork
 
@@ -158,6 +166,118 @@ class Ticket:
         self.token: str | None = None
 
 
+_token_prefix = f"{os.getpid()}-"
+_token_numbers = itertools.count()
+
+
+def _new_token() -> str:
+    """A bulkhead place's token, unique in the fleet: this process's id and a number."""
+    return f"{_token_prefix}{next(_token_numbers)}"
+
+
+def _new_tokens_after_fork() -> None:
+    global _token_prefix
+    _token_prefix = f"{os.getpid()}-"
+
+
+after_fork(_new_tokens_after_fork)
+
+
+# -- the policies' I/O, as steps (one definition of each policy for both kinds of caller) -------
+
+T = TypeVar("T")
+
+#: What a step asks for: a place in this process's bulkhead (a semaphore, within a timeout), an
+#: admission (``shared_state.Admitter``: the fleet place, the cool-down, the budget and the rate
+#: limit in one round trip), a cool-down started, a wait. A fleet place is given back without a
+#: step (``shared_state.give_back_later``: with the next admission, or by the flusher thread,
+#: whichever kind of caller gave it back).
+PLACE, ADMIT, COOLDOWN, SLEEP = range(4)
+
+
+_NO_KWARGS: Mapping[str, Any] = MappingProxyType({})
+
+
+class Step(NamedTuple):
+    """One piece of I/O a policy needs; the answer is sent back into the policy's generator
+    (an error raised doing it is thrown into it). A tuple: made on every attempt."""
+
+    kind: int
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any] = _NO_KWARGS
+
+
+#: A policy written as a generator of the ``Step``s it needs, returning its decision.
+Steps = Generator[Step, Any, T]
+
+
+def _perform(steps: Steps[T], clock: BackoffClock | None) -> T:
+    """Run a policy's steps with blocking I/O (redis-py, ``clock.sleep``)."""
+    answer: Any = None
+    failure: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(answer) if failure is None else steps.throw(failure)
+        except StopIteration as done:
+            return cast(T, done.value)
+        failure = None
+        try:
+            kind, args, kwargs = step
+            if kind == SLEEP:
+                assert clock is not None
+                clock.sleep(*args)
+                answer = None
+            elif kind == ADMIT:
+                (admitter,) = args
+                answer = admitter(**kwargs)
+            elif kind == COOLDOWN:
+                answer = shared_state.start_cooldown(*args)
+            else:
+                semaphore, timeout = args
+                answer = semaphore.acquire(timeout=timeout)
+        except BaseException as exc:  # the policy's own ``except`` and cleanup decide
+            answer, failure = None, exc
+
+
+async def _perform_async(steps: Steps[T], clock: BackoffClock | None) -> T:
+    """Run a policy's steps on an event loop (redis.asyncio, ``clock.sleep_async``); a place in
+    this process's bulkhead (shared with threads) is polled every ``BULKHEAD_POLL`` seconds."""
+    answer: Any = None
+    failure: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(answer) if failure is None else steps.throw(failure)
+        except StopIteration as done:
+            return cast(T, done.value)
+        failure = None
+        try:
+            kind, args, kwargs = step
+            if kind == ADMIT:
+                (admitter,) = args
+                answer = await admitter.call_async(**kwargs)
+            elif kind == COOLDOWN:
+                answer = await shared_state.start_cooldown_async(*args)
+            elif kind == SLEEP:
+                assert clock is not None
+                await clock.sleep_async(*args)
+                answer = None
+            else:
+                answer = await _acquire_polling(*args)
+        except BaseException as exc:
+            answer, failure = None, exc
+
+
+async def _acquire_polling(semaphore: threading.BoundedSemaphore, timeout: float) -> bool:
+    """A place in ``semaphore`` within ``timeout`` seconds, without blocking the loop."""
+    give_up = time.monotonic() + timeout
+    while not semaphore.acquire(blocking=False):
+        left = give_up - time.monotonic()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(BULKHEAD_POLL, left))
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class FleetGuard:
     """The shared policies of one service, as resolved for one call."""
@@ -168,44 +288,79 @@ class FleetGuard:
     max_concurrency: int | None = None
     cluster_max_concurrency: int | None = None
     retry_budget: RetryBudget | None = None
+    #: The service's admission, encoded once (None: no policy kept in Redis).
+    admitter: shared_state.Admitter | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        limit = self.rate_limit
+        if (
+            limit is not None
+            or self.shared_cooldown
+            or self.retry_budget is not None
+            or self.cluster_max_concurrency is not None
+        ):
+            object.__setattr__(
+                self,
+                "admitter",
+                shared_state.Admitter(
+                    self.service,
+                    interval=limit.interval if limit else None,
+                    burst=limit.burst if limit else 1,
+                    cooldown=self.shared_cooldown,
+                    budget=self._budget_args(),
+                    bulkhead=self.cluster_max_concurrency,
+                ),
+            )
 
     @property
     def active(self) -> bool:
-        return (
-            self.rate_limit is not None
-            or self.shared_cooldown
-            or self.max_concurrency is not None
-            or self.cluster_max_concurrency is not None
-            or self.retry_budget is not None
-        )
+        return self.admitter is not None or self.max_concurrency is not None
+
+    # Each policy below is written once, as a generator of ``Step``s (the I/O it needs: a Redis
+    # script, a wait, a place in this process's semaphore); ``enter``/``leave``/``allow_retry``
+    # perform the steps with redis-py and the clock's ``sleep``, their ``*_async`` twins with
+    # redis.asyncio and ``sleep_async`` (``AsyncServiceClient``).
 
     def enter(
         self, operation: str, remaining: float, clock: BackoffClock, number: int = 1
     ) -> Ticket:
         """Before attempt ``number`` with ``remaining`` seconds to its deadline: take its
-        bulkhead places, then wait for its rate-limit slot (and any cool-down), all within them,
-        counting a first attempt in the retry budget; or raise ``BulkheadFull`` /
-        ``RateLimited`` (holding nothing)."""
-        deadline_at = clock.monotonic() + remaining
+        process bulkhead place, then, in one round trip to Redis, its fleet bulkhead place and
+        its rate-limit slot (after any cool-down), counting a first attempt in the retry budget;
+        wait for the slot within the deadline; or raise ``BulkheadFull`` / ``RateLimited``
+        (holding nothing)."""
+        return _perform(self._enter(operation, remaining, clock, number), clock)
+
+    async def enter_async(
+        self, operation: str, remaining: float, clock: BackoffClock, number: int = 1
+    ) -> Ticket:
+        """``enter`` on an event loop."""
+        return await _perform_async(self._enter(operation, remaining, clock, number), clock)
+
+    def _enter(
+        self, operation: str, remaining: float, clock: BackoffClock, number: int
+    ) -> Steps[Ticket]:
         ticket = Ticket()
         try:
             if self.max_concurrency is not None:
-                self._take_process_place(ticket, operation, remaining)
-            if self.cluster_max_concurrency is not None:
-                self._take_fleet_place(ticket, operation, deadline_at, clock)
-            if self.rate_limit is not None or self.shared_cooldown or self.retry_budget:
-                self._wait_for_slot(operation, deadline_at, clock, first=number == 1)
+                yield from self._take_process_place(ticket, operation, remaining)
+            if self.admitter is not None and not _redis_skipped():
+                yield from self._admit(
+                    ticket, operation, clock.monotonic() + remaining, clock, number == 1
+                )
         except BaseException:
-            self._give_back(ticket, operation)
+            self._give_back(ticket)
             raise
         return ticket
 
-    def _take_process_place(self, ticket: Ticket, operation: str, remaining: float) -> None:
+    def _take_process_place(self, ticket: Ticket, operation: str, remaining: float) -> Steps[None]:
         size = self.max_concurrency
         assert size is not None
         semaphore = _semaphore(self.service, size)
-        # Waiting is real time, whatever the clock: another thread gives the place back.
-        if not semaphore.acquire(timeout=max(0.0, remaining)):
+        # Waiting is real time, whatever the clock: another thread (or task) gives it back.
+        if not (yield Step(PLACE, (semaphore, max(0.0, remaining)))):
             raise BulkheadFull(
                 self.service,
                 operation,
@@ -214,83 +369,69 @@ class FleetGuard:
             )
         ticket.process = semaphore
 
-    def _take_fleet_place(
-        self, ticket: Ticket, operation: str, deadline_at: float, clock: BackoffClock
-    ) -> None:
-        size = self.cluster_max_concurrency
-        assert size is not None
-        if _redis_skipped():
-            return
-        token = f"{os.getpid()}-{uuid.uuid4().hex}"
+    def _admit(
+        self, ticket: Ticket, operation: str, deadline_at: float, clock: BackoffClock, first: bool
+    ) -> Steps[None]:
+        admitter = self.admitter
+        assert admitter is not None
+        # A retry was counted when the budget allowed it (``allow_retry``).
+        attempt = shared_state.FIRST_ATTEMPT if first and self.retry_budget else 0
+        token = _new_token() if self.cluster_max_concurrency is not None else ""
+        cooldowns = 0
         while True:
             left = deadline_at - clock.monotonic()
             try:
-                taken, wait = shared_state.take_lease(
-                    self.service,
-                    limit=size,
-                    lease=max(0.0, left) + BULKHEAD_LEASE_MARGIN,
-                    token=token,
+                code, wait = yield Step(
+                    ADMIT,
+                    (admitter,),
+                    {
+                        "max_wait": left,
+                        "attempt": attempt,
+                        "lease": (left if left > 0 else 0.0) + BULKHEAD_LEASE_MARGIN,
+                        "token": token,
+                    },
                 )
             except shared_state.SharedStateUnavailable as error:
                 _unavailable(self.service, operation, error)
                 return
-            if taken:
-                ticket.token = token
+            if code == shared_state.ADMITTED:
+                if token:
+                    ticket.token = token
+                yield Step(SLEEP, (wait,))
                 return
-            if left <= 0:
-                raise BulkheadFull(
+            if code == shared_state.BULKHEAD_FULL:
+                if left <= 0:
+                    raise BulkheadFull(
+                        self.service,
+                        operation,
+                        f"{self.cluster_max_concurrency} call(s) already in flight across the "
+                        "fleet (CLUSTER_MAX_CONCURRENCY) until the call's deadline",
+                    )
+                # A place is freed by an event no one can predict: ask again soon.
+                yield Step(SLEEP, (max(0.001, min(wait, BULKHEAD_POLL, left)),))
+                continue
+            # A cool-down waited for, then the slot; a new cool-down meanwhile.
+            if code == shared_state.COOLING_DOWN and wait < left and cooldowns < 2:
+                cooldowns += 1
+                yield Step(SLEEP, (wait,))
+                continue
+            if code == shared_state.COOLING_DOWN and wait < left:
+                raise RateLimited(
                     self.service,
                     operation,
-                    f"{size} call(s) already in flight across the fleet "
-                    "(CLUSTER_MAX_CONCURRENCY) until the call's deadline",
+                    "the vendor's cool-down keeps being renewed",
+                    retry_after=1.0,
                 )
-            clock.sleep(max(0.001, min(wait, BULKHEAD_POLL, left)))
+            raise self._refused(operation, shared_state.Admission(code, wait))
 
-    def _give_back(self, ticket: Ticket, operation: str) -> None:
+    def _give_back(self, ticket: Ticket) -> None:
+        """Give the attempt's places back; no I/O (so no step), for either kind of caller."""
         if ticket.process is not None:
             ticket.process.release()
             ticket.process = None
         token, ticket.token = ticket.token, None
-        if token is not None:
-            try:
-                shared_state.give_back_lease(self.service, token)
-            except shared_state.SharedStateUnavailable as error:  # its lease ends by itself
-                _unavailable(self.service, operation, error)
-
-    def _wait_for_slot(
-        self, operation: str, deadline_at: float, clock: BackoffClock, *, first: bool
-    ) -> None:
-        if _redis_skipped():
-            return
-        limit = self.rate_limit
-        budget = self._budget_args()
-        for _ in range(3):  # a cool-down waited for, then the slot; a new cool-down meanwhile
-            left = deadline_at - clock.monotonic()
-            try:
-                admission = shared_state.admit(
-                    self.service,
-                    interval=limit.interval if limit else None,
-                    burst=limit.burst if limit else 1,
-                    max_wait=max(0.0, left),
-                    cooldown=self.shared_cooldown,
-                    # A retry was counted when the budget allowed it (``allow_retry``).
-                    attempt=shared_state.FIRST_ATTEMPT if first else shared_state.NOT_COUNTED,
-                    budget=budget,
-                )
-            except shared_state.SharedStateUnavailable as error:
-                _unavailable(self.service, operation, error)
-                return
-            wait = admission.wait
-            if admission.code == shared_state.ADMITTED:
-                clock.sleep(wait)
-                return
-            if admission.code == shared_state.COOLING_DOWN and wait < left:
-                clock.sleep(wait)
-                continue
-            raise self._refused(operation, admission)
-        raise RateLimited(
-            self.service, operation, "the vendor's cool-down keeps being renewed", retry_after=1.0
-        )
+        if token is not None:  # sent with the next admission, or within milliseconds
+            shared_state.give_back_later(self.service, token)
 
     def _budget_args(self) -> tuple[float, float, float] | None:
         budget = self.retry_budget
@@ -301,23 +442,35 @@ class FleetGuard:
     def allow_retry(self, operation: str) -> bool:
         """Whether the service's retry budget allows one more retry now (counting it when it
         does). True without a budget, or when Redis cannot be asked (failing open)."""
+        return _perform(self._allow_retry(operation), None)
+
+    async def allow_retry_async(self, operation: str) -> bool:
+        """``allow_retry`` on an event loop."""
+        return await _perform_async(self._allow_retry(operation), None)
+
+    def _allow_retry(self, operation: str) -> Steps[bool]:
         budget = self._budget_args()
         if budget is None or _redis_skipped():
             return True
         try:
-            admission = shared_state.admit(
-                self.service,
-                interval=None,
-                burst=1,
-                max_wait=0.0,
-                cooldown=False,
-                attempt=shared_state.RETRY,
-                budget=budget,
+            code, _ = yield Step(
+                ADMIT,
+                (
+                    shared_state.Admitter(
+                        self.service,
+                        interval=None,
+                        burst=1,
+                        cooldown=False,
+                        budget=budget,
+                        bulkhead=None,
+                    ),
+                ),
+                {"max_wait": 0.0, "attempt": shared_state.RETRY},
             )
         except shared_state.SharedStateUnavailable as error:
             _unavailable(self.service, operation, error)
             return True
-        if admission.code == shared_state.BUDGET_SPENT:
+        if code == shared_state.BUDGET_SPENT:
             logger.info(
                 "%s.%s: the retry budget (%s) is spent; the failure is raised without retrying",
                 self.service,
@@ -341,7 +494,16 @@ class FleetGuard:
     def leave(self, operation: str, ticket: Ticket, error: BaseException | None) -> None:
         """After an attempt (or when it was not made): give its places back; a 429, or a 503
         with ``Retry-After``, starts the fleet's cool-down."""
-        self._give_back(ticket, operation)
+        _perform(self._leave(operation, ticket, error), None)
+
+    async def leave_async(
+        self, operation: str, ticket: Ticket, error: BaseException | None
+    ) -> None:
+        """``leave`` on an event loop."""
+        await _perform_async(self._leave(operation, ticket, error), None)
+
+    def _leave(self, operation: str, ticket: Ticket, error: BaseException | None) -> Steps[None]:
+        self._give_back(ticket)
         if (
             error is None
             or not self.shared_cooldown
@@ -358,8 +520,8 @@ class FleetGuard:
         if not seconds or _redis_skipped():
             return
         try:
-            started = shared_state.start_cooldown(
-                self.service, seconds, f"{reason} from {self.service}.{operation}"
+            started = yield Step(
+                COOLDOWN, (self.service, seconds, f"{reason} from {self.service}.{operation}")
             )
         except shared_state.SharedStateUnavailable as exc:
             _unavailable(self.service, operation, exc)

@@ -2,11 +2,15 @@
 
 The admin, the operator API, the ``circuit_breakers list`` command and the Prometheus collector
 all read it through ``fleet_status(service)``, so they agree. Reading never changes anything;
-it costs a few Redis round trips per service, and none for a service without fleet policies.
+it costs one Redis round trip per service (``shared_state.read_status``), and none for a service
+without fleet policies. When Redis cannot be read, the process does not ask it again for
+``UNREADABLE_FOR`` seconds (the statuses say why, with the error remembered): a page listing
+twenty services then waits one ``REDIS_TIMEOUT`` at most, not twenty.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,7 +18,13 @@ from . import shared_state
 from .calls import fleet_guard_for
 from .conf import integrations_settings
 
-__all__ = ["FleetStatus", "configured_services", "fleet_status"]
+__all__ = [
+    "UNREADABLE_FOR",
+    "FleetStatus",
+    "configured_services",
+    "fleet_status",
+    "forget_unreadable",
+]
 
 
 @dataclass(frozen=True)
@@ -112,30 +122,60 @@ def fleet_status(service: str) -> FleetStatus:
     )
     if not needs_redis:
         return FleetStatus(service, **fields)
+    remembered = _unreadable_now()
+    if remembered is not None:
+        return FleetStatus(service, **fields, error=remembered)
     try:
-        if limit is not None:
-            fields["rate_used_last_second"] = shared_state.rate_used_last_second(service)
-        left, reason = shared_state.cooldown_left(service)
-        fields["cooldown_left"], fields["cooldown_reason"] = round(left, 3), reason
-        if budget is not None:
-            firsts, retries = shared_state.budget_counts(service, budget.window)
-            fields["budget_first_attempts"] = round(firsts, 1)
-            fields["budget_retries"] = round(retries, 1)
-            fields["budget_retries_allowed"] = round(firsts * budget.ratio + budget.min_retries, 1)
-        if guard.cluster_max_concurrency is not None:
-            fields["cluster_in_flight"] = shared_state.leases_in_force(service)
+        state = shared_state.read_status(service, budget.window if budget is not None else None)
     except shared_state.SharedStateUnavailable as exc:
-        return FleetStatus(
-            service, **{k: v for k, v in fields.items() if k in _CONFIG}, error=str(exc)
-        )
+        _remember_unreadable(str(exc))
+        return FleetStatus(service, **fields, error=str(exc))
+    if limit is not None:
+        fields["rate_used_last_second"] = state.rate_used_last_second
+    fields["cooldown_left"] = round(state.cooldown_left, 3)
+    fields["cooldown_reason"] = state.cooldown_reason
+    if budget is not None:
+        firsts, retries = state.budget_first_attempts, state.budget_retries
+        fields["budget_first_attempts"] = round(firsts, 1)
+        fields["budget_retries"] = round(retries, 1)
+        fields["budget_retries_allowed"] = round(firsts * budget.ratio + budget.min_retries, 1)
+    if guard.cluster_max_concurrency is not None:
+        fields["cluster_in_flight"] = state.leases_in_force
     return FleetStatus(service, **fields)
 
 
-_CONFIG = (
-    "rate_limit",
-    "rate_per_second",
-    "shared_cooldown",
-    "retry_budget",
-    "max_concurrency",
-    "cluster_max_concurrency",
-)
+#: Seconds a status read leaves Redis alone after it could not be read: a page listing many
+#: services, or a scrape, then costs one ``REDIS_TIMEOUT`` at most, not one per service.
+UNREADABLE_FOR = 5.0
+
+#: (Redis URL and timeout, ``time.monotonic()`` until which it is not asked, the error's class)
+_unreadable: tuple[tuple[str, float], float, str] | None = None
+
+
+def _source() -> tuple[str, float]:
+    return (
+        str(integrations_settings["REDIS_URL"]),
+        float(integrations_settings["REDIS_TIMEOUT"]),
+    )
+
+
+def _unreadable_now() -> str | None:
+    remembered = _unreadable
+    if remembered is None:
+        return None
+    source, until, error = remembered
+    if time.monotonic() >= until or source != _source():
+        return None
+    return error
+
+
+def _remember_unreadable(error: str) -> None:
+    global _unreadable
+    _unreadable = (_source(), time.monotonic() + UNREADABLE_FOR, error)
+
+
+def forget_unreadable() -> None:
+    """Read Redis again on the next status read, even within ``UNREADABLE_FOR`` of a failure
+    (tests, and after Redis came back)."""
+    global _unreadable
+    _unreadable = None

@@ -23,17 +23,19 @@ installs one whose waits return at once (and are recorded) while its clock still
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 from tenacity import (
+    AsyncRetrying,
     RetryCallState,
     Retrying,
     retry_if_exception,
@@ -56,11 +58,14 @@ if TYPE_CHECKING:
     from .policies import RetryPolicy
 
 __all__ = [
+    "AsyncBreakerLike",
+    "AsyncGuardLike",
     "AttemptInfo",
     "BackoffClock",
     "BreakerLike",
     "GuardLike",
     "call_with_resilience",
+    "call_with_resilience_async",
     "get_backoff_clock",
     "use_backoff_clock",
 ]
@@ -113,6 +118,40 @@ class GuardLike(Protocol):
     def leave(self, operation: str, ticket: Any, error: BaseException | None) -> None: ...
 
 
+class AsyncBreakerLike(Protocol):
+    """``BreakerLike`` for the async runner (``integrations.breaker.AsyncBreaker``): the same
+    decisions, its database work off the event loop. ``release`` gives back a permit whose
+    attempt was cancelled."""
+
+    @property
+    def cached_state(self) -> str: ...
+
+    async def acquire(self, operation: str) -> Any: ...
+
+    async def record_success(self, permit: Any) -> None: ...
+
+    async def record_failure(self, permit: Any, error: BaseException) -> None: ...
+
+    async def release(self, permit: Any) -> None: ...
+
+
+class AsyncGuardLike(Protocol):
+    """``GuardLike`` for the async runner (``FleetGuard``'s ``*_async`` methods)."""
+
+    @property
+    def active(self) -> bool: ...
+
+    async def enter_async(
+        self, operation: str, remaining: float, clock: BackoffClock, number: int
+    ) -> Any: ...
+
+    async def allow_retry_async(self, operation: str) -> bool: ...
+
+    async def leave_async(
+        self, operation: str, ticket: Any, error: BaseException | None
+    ) -> None: ...
+
+
 class RetryBudgetSpent(Exception):
     """Raised by the runner's ``before_sleep`` when the service's retry budget refuses the next
     attempt; the runner turns it back into the last attempt's error (never seen by callers)."""
@@ -127,6 +166,11 @@ class BackoffClock:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             time.sleep(seconds)
+
+    async def sleep_async(self, seconds: float) -> None:
+        """``sleep`` for a call on an event loop (``AsyncServiceClient``): other tasks run."""
+        if seconds > 0:
+            await asyncio.sleep(seconds)
 
 
 _default_clock = BackoffClock()
@@ -211,6 +255,101 @@ class stop_before_deadline(stop_base):
         return self.clock.monotonic() + retry_state.upcoming_sleep >= self.deadline_at
 
 
+# --- the decisions both runners share ------------------------------------------------------------
+#
+# ``call_with_resilience`` (threads) and ``call_with_resilience_async`` (an event loop) are the
+# same loop, written once for each kind of I/O: every decision they make (what counts against the
+# breaker, what is slow, when to stop, how long to wait, what a spent budget raises, what is
+# logged) is one of the functions below.
+
+
+def _counts_against_breaker(error: BaseException) -> bool:
+    """The one place that decides whether a failure counts against the breaker: an error whose
+    ``breaker_failure`` is False (a 4xx) is a success for it."""
+    return not isinstance(error, IntegrationError) or error.breaker_failure
+
+
+def _slow_call(
+    service: str, operation: str, took: float, threshold: float | None
+) -> SlowCall | None:
+    """The failure a successful attempt that took ``took`` seconds counts as, if any."""
+    if threshold is None or took <= threshold:
+        return None
+    return SlowCall(
+        service,
+        operation,
+        f"succeeded in {took:.3f}s, over the slow-call threshold ({threshold:g}s)",
+    )
+
+
+def _retry_controls(retry: RetryPolicy, clock: BackoffClock, deadline_at: float) -> dict[str, Any]:
+    """tenacity's stop, wait and retry objects for ``retry`` (``Retrying`` and ``AsyncRetrying``
+    alike): attempts and the deadline, full-jitter backoff or ``Retry-After``, retryable errors."""
+    return {
+        "stop": stop_after_attempt(max(1, retry.max_attempts))
+        | stop_before_deadline(clock, deadline_at),
+        "wait": wait_retry_after(
+            wait_random_exponential(multiplier=retry.base_delay, max=retry.max_delay)
+        ),
+        "retry": _RETRY_IF_RETRYABLE,
+        "reraise": True,
+    }
+
+
+def _announce_retry(service: str, operation: str, state: RetryCallState) -> None:
+    """The log line and the ``call_retried`` signal of a retry about to be waited for."""
+    error = state.outcome.exception() if state.outcome else None
+    delay = state.upcoming_sleep
+    if logger.isEnabledFor(logging.INFO):
+        logger.info(
+            "%s.%s attempt %d failed (%s), retrying in %.2fs",
+            service,
+            operation,
+            state.attempt_number,
+            _outcome(error),
+            delay,
+            extra={
+                "service": service,
+                "operation": operation,
+                "status": _outcome(error),
+                "status_code": getattr(error, "status_code", None),
+                "attempt": state.attempt_number,
+                "delay": delay,
+            },
+        )
+    call_retried.send(
+        sender=service,
+        service=service,
+        operation=operation,
+        attempt=state.attempt_number,
+        delay=delay,
+        error=error,
+    )
+
+
+def _no_retry_first(error: BaseException, retry: RetryPolicy) -> bool:
+    """Whether the first attempt's ``error`` ends the call (no retry machinery is built)."""
+    return not _is_retryable(error) or retry.max_attempts <= 1
+
+
+def _budget_spent(
+    service: str,
+    operation: str,
+    breaker: BreakerLike | AsyncBreakerLike | None,
+    started: float,
+    attempts: int,
+    last: BaseException,
+) -> BaseException:
+    """The retry budget refused a retry: the last attempt's error, marked, logged and sent, to
+    be raised as if no retry had been allowed."""
+    if isinstance(last, IntegrationError):
+        last.retry_budget_spent = True
+    retry_budget_spent.send(sender=service, service=service, operation=operation)
+    _fail(service, operation, breaker, started, attempts, last)
+    last.__suppress_context__ = True  # raised for the vendor's failure, not the budget's
+    return last
+
+
 # --- the runner ---------------------------------------------------------------------------------
 
 
@@ -271,10 +410,7 @@ def call_with_resilience(
             if ended is not None:
                 ended(error)
             if breaker is not None:
-                # The one place that decides whether a failure counts against the breaker: an
-                # error whose ``breaker_failure`` is False (a 4xx) is a success for it.
-                counts = not isinstance(error, IntegrationError) or error.breaker_failure
-                if counts:
+                if _counts_against_breaker(error):
                     breaker.record_failure(permit, error)
                 else:
                     breaker.record_success(permit)
@@ -282,17 +418,11 @@ def call_with_resilience(
         if ended is not None:
             ended(None)
         if breaker is not None:
-            took = time.perf_counter() - attempt_started
-            if slow_call_threshold is not None and took > slow_call_threshold:
-                breaker.record_failure(
-                    permit,
-                    SlowCall(
-                        service,
-                        operation,
-                        f"succeeded in {took:.3f}s, over the slow-call threshold "
-                        f"({slow_call_threshold:g}s)",
-                    ),
-                )
+            slow = _slow_call(
+                service, operation, time.perf_counter() - attempt_started, slow_call_threshold
+            )
+            if slow is not None:
+                breaker.record_failure(permit, slow)
             else:
                 breaker.record_success(permit)
         return result
@@ -305,7 +435,7 @@ def call_with_resilience(
         result = one_attempt(1)
     except BaseException as error:
         first_error = error
-        if not _is_retryable(error) or retry.max_attempts <= 1:
+        if _no_retry_first(error, retry):
             _fail(service, operation, breaker, started, sent, error)
             raise
     else:
@@ -316,44 +446,10 @@ def call_with_resilience(
         # The retry budget decides before the wait: a retry it refuses is not waited for.
         if guard is not None and not guard.allow_retry(operation):
             raise RetryBudgetSpent
-        error = state.outcome.exception() if state.outcome else None
-        delay = state.upcoming_sleep
-        if logger.isEnabledFor(logging.INFO):
-            logger.info(
-                "%s.%s attempt %d failed (%s), retrying in %.2fs",
-                service,
-                operation,
-                state.attempt_number,
-                _outcome(error),
-                delay,
-                extra={
-                    "service": service,
-                    "operation": operation,
-                    "status": _outcome(error),
-                    "status_code": getattr(error, "status_code", None),
-                    "attempt": state.attempt_number,
-                    "delay": delay,
-                },
-            )
-        call_retried.send(
-            sender=service,
-            service=service,
-            operation=operation,
-            attempt=state.attempt_number,
-            delay=delay,
-            error=error,
-        )
+        _announce_retry(service, operation, state)
 
     retrying = Retrying(
-        stop=stop_after_attempt(max(1, retry.max_attempts))
-        | stop_before_deadline(clock, deadline_at),
-        wait=wait_retry_after(
-            wait_random_exponential(multiplier=retry.base_delay, max=retry.max_delay)
-        ),
-        retry=_RETRY_IF_RETRYABLE,
-        sleep=clock.sleep,
-        before_sleep=before_sleep,
-        reraise=True,
+        sleep=clock.sleep, before_sleep=before_sleep, **_retry_controls(retry, clock, deadline_at)
     )
 
     previous_error: BaseException = first_error
@@ -369,13 +465,132 @@ def call_with_resilience(
                     previous_error = _chain(error, previous_error)
                     raise
     except RetryBudgetSpent:
-        last = previous_error
-        if isinstance(last, IntegrationError):
-            last.retry_budget_spent = True
-        retry_budget_spent.send(sender=service, service=service, operation=operation)
-        _fail(service, operation, breaker, started, sent, last)
-        last.__suppress_context__ = True  # raised for the vendor's failure, not the budget's
-        raise last  # noqa: B904 - the last attempt's error, as if no retry had been allowed
+        raise _budget_spent(service, operation, breaker, started, sent, previous_error)  # noqa: B904
+    except BaseException as error:
+        _fail(service, operation, breaker, started, sent, error)
+        raise
+    _finish(service, operation, breaker, started, sent, None)
+    return result
+
+
+async def call_with_resilience_async(
+    attempt: Callable[[AttemptInfo], Awaitable[T]],
+    *,
+    service: str,
+    operation: str,
+    retry: RetryPolicy,
+    breaker: AsyncBreakerLike | None,
+    clock: BackoffClock | None = None,
+    guard: AsyncGuardLike | None = None,
+    slow_call_threshold: float | None = None,
+) -> T:
+    """``call_with_resilience`` on an event loop: the same loop and the same decisions (the
+    functions above), with the breaker's and the shared policies' I/O awaited and the waits
+    through ``clock.sleep_async``.
+
+    A task cancelled during an attempt (``asyncio.CancelledError``) gives the attempt's places
+    and its breaker permit back (a half-open probe's slot is freed at once, not counted as a
+    failure) and is not retried; the cancellation propagates."""
+    clock = clock or _installed_clock
+    started = time.perf_counter()
+    deadline_at = clock.monotonic() + retry.deadline
+    sent = 0
+    if guard is not None and not guard.active:
+        guard = None
+
+    async def one_attempt(number: int) -> T:
+        if guard is None:
+            return await breaker_attempt(number)
+        ticket = await guard.enter_async(
+            operation, max(0.0, deadline_at - clock.monotonic()), clock, number
+        )
+        left = False
+
+        async def leave(error: BaseException | None) -> None:
+            nonlocal left
+            left = True
+            await guard.leave_async(operation, ticket, error)
+
+        try:
+            return await breaker_attempt(number, leave)
+        finally:
+            if not left:
+                await asyncio.shield(guard.leave_async(operation, ticket, None))
+
+    async def breaker_attempt(
+        number: int, ended: Callable[[BaseException | None], Awaitable[None]] | None = None
+    ) -> T:
+        nonlocal sent
+        permit = await breaker.acquire(operation) if breaker is not None else None
+        sent += 1
+        attempt_started = time.perf_counter()
+        try:
+            result = await attempt(AttemptInfo(number, max(0.0, deadline_at - clock.monotonic())))
+        except asyncio.CancelledError:
+            # Not the vendor's failure: nothing to count, only the permit to give back. Shielded,
+            # so that a second cancellation cannot leave a probe's slot taken until its lease ends.
+            if ended is not None:
+                await asyncio.shield(ended(None))
+            if breaker is not None:
+                await asyncio.shield(breaker.release(permit))
+            raise
+        except BaseException as error:
+            if ended is not None:
+                await ended(error)
+            if breaker is not None:
+                if _counts_against_breaker(error):
+                    await breaker.record_failure(permit, error)
+                else:
+                    await breaker.record_success(permit)
+            raise
+        if ended is not None:
+            await ended(None)
+        if breaker is not None:
+            slow = _slow_call(
+                service, operation, time.perf_counter() - attempt_started, slow_call_threshold
+            )
+            if slow is not None:
+                await breaker.record_failure(permit, slow)
+            else:
+                await breaker.record_success(permit)
+        return result
+
+    try:
+        result = await one_attempt(1)
+    except BaseException as error:
+        first_error = error
+        if isinstance(error, asyncio.CancelledError) or _no_retry_first(error, retry):
+            _fail(service, operation, breaker, started, sent, error)
+            raise
+    else:
+        _finish(service, operation, breaker, started, sent, None)
+        return result
+
+    async def before_sleep(state: RetryCallState) -> None:
+        if guard is not None and not await guard.allow_retry_async(operation):
+            raise RetryBudgetSpent
+        _announce_retry(service, operation, state)
+
+    retrying = AsyncRetrying(
+        sleep=clock.sleep_async,
+        before_sleep=before_sleep,
+        **_retry_controls(retry, clock, deadline_at),
+    )
+
+    previous_error: BaseException = first_error
+    try:
+        async for tenacity_attempt in retrying:
+            with tenacity_attempt:
+                number = tenacity_attempt.retry_state.attempt_number
+                if number == 1:
+                    raise first_error
+                try:
+                    result = await one_attempt(number)
+                except BaseException as error:
+                    previous_error = _chain(error, previous_error)
+                    raise
+    except RetryBudgetSpent:
+        raise _budget_spent(service, operation, breaker, started, sent, previous_error)  # noqa: B904
     except BaseException as error:
         _fail(service, operation, breaker, started, sent, error)
         raise
@@ -386,7 +601,7 @@ def call_with_resilience(
 def _fail(
     service: str,
     operation: str,
-    breaker: BreakerLike | None,
+    breaker: BreakerLike | AsyncBreakerLike | None,
     started: float,
     attempts: int,
     error: BaseException,
@@ -412,7 +627,7 @@ def _outcome(error: BaseException | None) -> str:
 def _finish(
     service: str,
     operation: str,
-    breaker: BreakerLike | None,
+    breaker: BreakerLike | AsyncBreakerLike | None,
     started: float,
     attempts: int,
     error: BaseException | None,
@@ -459,7 +674,7 @@ def _finish(
     )
 
 
-def _breaker_state(breaker: BreakerLike | None) -> str:
+def _breaker_state(breaker: BreakerLike | AsyncBreakerLike | None) -> str:
     if breaker is None:
         return "none"
     try:

@@ -31,7 +31,7 @@ import contextvars
 import functools
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
 import httpcore
@@ -43,10 +43,12 @@ from .policies import Timeout
 
 __all__ = [
     "ACCEPT_ENCODING",
+    "AsyncBoundedTransport",
     "AttemptBounds",
     "BoundedTransport",
     "ResponseRefused",
     "ResponseTooLarge",
+    "bounded_async_client",
     "bounded_client",
     "current_bounds",
     "httpx_timeout",
@@ -231,37 +233,81 @@ class _Inflate:
             raise httpx.DecodingError(f"the compressed answer is corrupt ({exc})") from exc
 
 
+class _Counter:
+    """The answer's bytes as they arrive, decoded and counted against ``limit`` (the bodies of
+    both transports, sync and async, read through one)."""
+
+    __slots__ = ("inflate", "limit", "received")
+
+    def __init__(self, limit: int, inflate: _Inflate | None) -> None:
+        self.limit = limit
+        self.inflate = inflate
+        self.received = 0
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        inflate = self.inflate
+        pieces = (chunk,) if inflate is None else inflate.decode(chunk, self.limit - self.received)
+        for piece in pieces:
+            self.received += len(piece)
+            if self.received > self.limit:
+                raise ResponseTooLarge(self.limit)
+            yield piece
+
+    def end(self) -> bytes:
+        if self.inflate is None:
+            return b""
+        tail = self.inflate.flush()
+        if self.received + len(tail) > self.limit:
+            raise ResponseTooLarge(self.limit)
+        return tail
+
+
 class _BoundedBody(httpx.SyncByteStream):
     """The answer's body, counted (after decoding) as it arrives; over ``limit`` it closes the
     connection and raises ``ResponseTooLarge``."""
 
     def __init__(self, raw: httpx.SyncByteStream, limit: int, inflate: _Inflate | None) -> None:
         self._raw = raw
-        self._limit = limit
-        self._inflate = inflate
+        self._counter = _Counter(limit, inflate)
 
     def __iter__(self) -> Iterator[bytes]:
-        limit, inflate, received = self._limit, self._inflate, 0
+        counter = self._counter
         try:
             for chunk in self._raw:
-                pieces = (chunk,) if inflate is None else inflate.decode(chunk, limit - received)
-                for piece in pieces:
-                    received += len(piece)
-                    if received > limit:
-                        raise ResponseTooLarge(limit)
-                    yield piece
-            if inflate is not None:
-                tail = inflate.flush()
-                if received + len(tail) > limit:
-                    raise ResponseTooLarge(limit)
-                if tail:
-                    yield tail
+                yield from counter.feed(chunk)
+            tail = counter.end()
+            if tail:
+                yield tail
         except BaseException:
             self.close()  # a half-read connection is closed, never pooled
             raise
 
     def close(self) -> None:
         self._raw.close()
+
+
+class _AsyncBoundedBody(httpx.AsyncByteStream):
+    """``_BoundedBody`` for ``AsyncBoundedTransport``."""
+
+    def __init__(self, raw: httpx.AsyncByteStream, limit: int, inflate: _Inflate | None) -> None:
+        self._raw = raw
+        self._counter = _Counter(limit, inflate)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        counter = self._counter
+        try:
+            async for chunk in self._raw:
+                for piece in counter.feed(chunk):
+                    yield piece
+            tail = counter.end()
+            if tail:
+                yield tail
+        except BaseException:
+            await self.aclose()  # a half-read (or cancelled) connection is closed, never pooled
+            raise
+
+    async def aclose(self) -> None:
+        await self._raw.aclose()
 
 
 def _default_limit() -> int:
@@ -280,45 +326,89 @@ class BoundedTransport(httpx.HTTPTransport):
         pool._network_backend = _DeadlineBackend(pool._network_backend)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        bounds = _current.get()
-        limit = bounds.max_response_bytes if bounds is not None else _default_limit()
+        limit = _limit()
         response = super().handle_request(request)
-        if request.method == "HEAD" or response.status_code in (204, 304):
-            return response  # no body, whatever the headers declare
-        headers = response.headers
-        length = coding = None
-        chunked = False
-        for name, value in headers.raw:  # one pass: this runs on every answer
-            name = name.lower()
-            if name == b"content-length":
-                length = value
-            elif name == b"content-encoding":
-                coding = value.decode("latin-1")
-            elif name == b"transfer-encoding":
-                chunked = True
-        if length is not None and length.isdigit():
-            if int(length) > limit:
-                response.close()
-                raise ResponseTooLarge(limit, declared=int(length))
-            if coding is None and not chunked:
-                return response  # the HTTP parser never reads past a declared length
-        inflate = None
-        if coding is not None:
-            codings = [c.strip().lower() for c in coding.split(",")]
-            codings = [c for c in codings if c and c != "identity"]
-            if codings:
-                if len(codings) > 1 or codings[0] not in ("gzip", "x-gzip", "deflate"):
-                    response.close()
-                    raise ResponseRefused(
-                        f"the answer is in a content coding we did not ask for "
-                        f"(we accept {ACCEPT_ENCODING})"
-                    )
-                inflate = _Inflate(codings[0])
-            # The body handed on is the decoded one: httpx must not decode it again.
-            del headers["content-encoding"]
-            headers.pop("content-length", None)
-        response.stream = _BoundedBody(cast(httpx.SyncByteStream, response.stream), limit, inflate)
+        plan = _plan(request, response, limit)
+        if isinstance(plan, ResponseRefused):
+            response.close()
+            raise plan
+        if plan is not None:
+            raw = cast(httpx.SyncByteStream, response.stream)
+            response.stream = _BoundedBody(raw, limit, plan if isinstance(plan, _Inflate) else None)
         return response
+
+
+class AsyncBoundedTransport(httpx.AsyncHTTPTransport):
+    """``BoundedTransport`` for ``httpx.AsyncClient`` (``AsyncServiceClient``): the same size
+    limit and content codings. The attempt's deadline is not needed per socket operation
+    here: ``CallPolicy.run_async`` cancels the whole attempt when it passes
+    (``asyncio.timeout``), and a cancelled request's connection is closed."""
+
+    def open_connections(self) -> int:
+        """Connections of this transport's pool that are open (idle or in use)."""
+        pool: Any = self._pool
+        return sum(1 for connection in pool.connections if not connection.is_closed())
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        limit = _limit()
+        response = await super().handle_async_request(request)
+        plan = _plan(request, response, limit)
+        if isinstance(plan, ResponseRefused):
+            await response.aclose()
+            raise plan
+        if plan is not None:
+            raw = cast(httpx.AsyncByteStream, response.stream)
+            response.stream = _AsyncBoundedBody(
+                raw, limit, plan if isinstance(plan, _Inflate) else None
+            )
+        return response
+
+
+def _limit() -> int:
+    bounds = _current.get()
+    return bounds.max_response_bytes if bounds is not None else _default_limit()
+
+
+def _plan(
+    request: httpx.Request, response: httpx.Response, limit: int
+) -> ResponseRefused | _Inflate | bool | None:
+    """What the transport does with ``response``'s body: None, hand it on as it is; a
+    ``ResponseRefused``, refuse it (the caller closes the connection); otherwise count it, and
+    decode it with the ``_Inflate`` given (False: not encoded). Removes the headers of an
+    encoding decoded here."""
+    if request.method == "HEAD" or response.status_code in (204, 304):
+        return None  # no body, whatever the headers declare
+    headers = response.headers
+    length = coding = None
+    chunked = False
+    for name, value in headers.raw:  # one pass: this runs on every answer
+        name = name.lower()
+        if name == b"content-length":
+            length = value
+        elif name == b"content-encoding":
+            coding = value.decode("latin-1")
+        elif name == b"transfer-encoding":
+            chunked = True
+    if length is not None and length.isdigit():
+        if int(length) > limit:
+            return ResponseTooLarge(limit, declared=int(length))
+        if coding is None and not chunked:
+            return None  # the HTTP parser never reads past a declared length
+    inflate: _Inflate | bool = False
+    if coding is not None:
+        codings = [c.strip().lower() for c in coding.split(",")]
+        codings = [c for c in codings if c and c != "identity"]
+        if codings:
+            if len(codings) > 1 or codings[0] not in ("gzip", "x-gzip", "deflate"):
+                return ResponseRefused(
+                    f"the answer is in a content coding we did not ask for "
+                    f"(we accept {ACCEPT_ENCODING})"
+                )
+            inflate = _Inflate(codings[0])
+        # The body handed on is the decoded one: httpx must not decode it again.
+        del headers["content-encoding"]
+        headers.pop("content-length", None)
+    return inflate
 
 
 def bounded_client(
@@ -333,6 +423,23 @@ def bounded_client(
     }
     return httpx.Client(
         transport=BoundedTransport(verify=verify),
+        mounts=mounts,
+        headers={"Accept-Encoding": ACCEPT_ENCODING, **(headers or {})},
+        **kwargs,
+    )
+
+
+def bounded_async_client(
+    *, verify: Any = True, headers: dict[str, str] | None = None, **kwargs: Any
+) -> httpx.AsyncClient:
+    """``bounded_client`` for an event loop: an ``httpx.AsyncClient`` sending through
+    ``AsyncBoundedTransport``, with the same proxies and codings."""
+    mounts = {
+        pattern: None if proxy is None else AsyncBoundedTransport(verify=verify, proxy=proxy)
+        for pattern, proxy in get_environment_proxies().items()
+    }
+    return httpx.AsyncClient(
+        transport=AsyncBoundedTransport(verify=verify),
         mounts=mounts,
         headers={"Accept-Encoding": ACCEPT_ENCODING, **(headers or {})},
         **kwargs,

@@ -10,8 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import socket
-import subprocess
 import time
 import urllib.request
 
@@ -22,7 +20,7 @@ from django.utils import timezone
 
 from tests.celery_worker import wait_until
 from tests.integrations.factories import CircuitBreakerFactory
-from tests.servers import GunicornServer, free_port
+from tests.servers import GunicornServer, RedisServer, free_port
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks.conf import webhooks_settings
 from webhooks.health import broker_probe
@@ -135,48 +133,6 @@ def test_broker_down_is_503_and_names_no_url(client, settings):
 
 
 # --- real server subprocesses -----------------------------------------------------------
-
-
-class RedisServer:
-    """A Redis of the test's own, on a free port, with no persistence."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(self._pong, timeout=10, message="redis-server to start")
-
-    def _pong(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
 
 
 @pytest.mark.slow

@@ -2,9 +2,10 @@
 
 - ``FakeVendor`` / ``Reply``: a real, scriptable HTTP server on 127.0.0.1 (``server.py``).
 - ``instant_backoff()``: waits between retries return at once (and are recorded), while the
-  deadline still sees them as elapsed.
+  deadline still sees them as elapsed (``ServiceClient`` and ``AsyncServiceClient`` alike).
 - ``force_breaker(name, state)``: put a service's circuit breaker in a state, the way an
   operator (or a run of failures) would.
+- ``aclose_connections()``: close the running event loop's connections (``AsyncServiceClient``).
 - ``reset_local_state()``: forget this process's breaker snapshots and pooled connections
   (django-tether's pytest plugin, ``tether.pytest_plugin``, calls it around each test).
 
@@ -32,6 +33,7 @@ __all__ = [
     "RecordedRequest",
     "Reply",
     "Route",
+    "aclose_connections",
     "force_breaker",
     "instant_backoff",
     "reset_local_state",
@@ -56,6 +58,10 @@ class InstantBackoff(BackoffClock):
             self.sleeps.append(seconds)
             self._skipped += max(0.0, seconds)
 
+    async def sleep_async(self, seconds: float) -> None:
+        """The same for ``AsyncServiceClient``'s waits (no await: instant)."""
+        self.sleep(seconds)
+
     @property
     def total(self) -> float:
         """Seconds of waiting skipped so far."""
@@ -76,18 +82,31 @@ def instant_backoff() -> Iterator[InstantBackoff]:
 
 def reset_local_state() -> None:
     """Forget what this process keeps between calls: breaker snapshots and successes not yet
-    written (which would outlive a test's rolled-back database), pooled connections, and the
-    shared policies' Redis client and its "Redis is down" memory.
-    ``tether.pytest_plugin`` calls it around each test of any suite."""
+    written (which would outlive a test's rolled-back database), pooled connections (the event
+    loops' are forgotten: close them with ``integrations.client.aclose_pools()`` on their loop),
+    and the shared policies' Redis clients and their "Redis is down" memories (the calls' and
+    the status reads'). ``tether.pytest_plugin`` calls it around each test of any suite."""
     from .. import shared_state
     from ..breaker import clear_local_cache
     from ..client import close_pools
     from ..fleet import forget_unavailable
+    from ..fleet_status import forget_unreadable
 
     clear_local_cache()
     close_pools()
     forget_unavailable()
+    forget_unreadable()
     shared_state.close()
+
+
+async def aclose_connections() -> None:
+    """Close the running event loop's pooled connections and shared-policies Redis client
+    (``AsyncServiceClient``'s): at the end of a test's (or a script's) event loop."""
+    from .. import shared_state
+    from ..client import aclose_pools
+
+    await aclose_pools()
+    await shared_state.aclose()
 
 
 #: How many failures ``force_breaker(name, "open")`` records at most before giving up.

@@ -25,15 +25,16 @@ Settings (read at call time)::
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import httpx
 import stripe
@@ -57,7 +58,13 @@ from ..exceptions import (
 )
 from ..policies import BreakerPolicy, RetryPolicy, Timeout
 from ..resilience import AttemptInfo
-from ..transport import ResponseRefused, bounded_client, current_bounds, httpx_timeout
+from ..transport import (
+    ResponseRefused,
+    bounded_async_client,
+    bounded_client,
+    current_bounds,
+    httpx_timeout,
+)
 
 if TYPE_CHECKING:  # the SDK's request types (its run-time module layout varies by version)
     from stripe.params import CustomerCreateParams, PaymentIntentCreateParams, RefundCreateParams
@@ -362,6 +369,9 @@ class _HTTPXClient(stripe.HTTPXClient):
     - each request's httpx timeouts are capped by what the call's deadline leaves;
     - the form body goes as ``content=`` (httpx deprecates ``data=<str>``; stripe-python
       passes a string there).
+
+    The same for the SDK's async methods, through ``bounded_async_client()`` (its deadline is
+    ``CallPolicy.run_async``'s ``asyncio.timeout``).
     """
 
     def __init__(self, policy: Timeout) -> None:
@@ -371,6 +381,9 @@ class _HTTPXClient(stripe.HTTPXClient):
         if self._verify_ssl_certs:
             verify = ssl.create_default_context(cafile=stripe.ca_bundle_path)
         self._client = bounded_client(verify=verify)
+        # The SDK's async methods (``StripeService``'s ``*_async``) send through the async twin;
+        # an instance used on an event loop serves that loop only (``_sdk_client_async``).
+        self._client_async = bounded_async_client(verify=verify)
         self.policy = policy
 
     def _get_request_args_kwargs(
@@ -424,37 +437,34 @@ class StripeService:
         self._client: stripe.StripeClient | None = None
         self._http_client: stripe.HTTPXClient | None = None
         self._client_config: tuple[str, str | None, Timeout] | None = None
+        #: event loop -> (its config, its SDK client), for the ``*_async`` methods.
+        self._async_clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop,
+            tuple[tuple[str, str | None, Timeout], stripe.StripeClient, stripe.HTTPXClient],
+        ] = weakref.WeakKeyDictionary()
         _services.add(self)
 
-    # --- public API --------------------------------------------------------------------------
+    # --- public API ---------------------------------------------------------------------------
+    #
+    # Each call is described once (``_Request``: its operation, the SDK's sync and async methods,
+    # how the answer is read, its idempotency key) and made by ``_call`` or, awaited, by
+    # ``_call_async``: ``create_customer`` and ``create_customer_async`` are the same call.
 
     def create_customer(
         self, email: str, *, name: str | None = None, idempotency_key: str | None = None
     ) -> Customer:
-        params: CustomerCreateParams = {"email": email}
-        if name is not None:
-            params["name"] = name
-        return self._call(
-            "create_customer",
-            lambda client, options: client.v1.customers.create(params=params, options=options),
-            _customer,
-            idempotency_key=_key(idempotency_key),
-        )
+        return self._call(self._create_customer(email, name, idempotency_key))
+
+    async def create_customer_async(
+        self, email: str, *, name: str | None = None, idempotency_key: str | None = None
+    ) -> Customer:
+        return await self._call_async(self._create_customer(email, name, idempotency_key))
 
     def retrieve_customer(self, customer_id: str) -> Customer:
-        if not customer_id:
-            raise ValueError("customer_id is required")
+        return self._call(self._retrieve_customer(customer_id))
 
-        def build(data: Mapping[str, Any]) -> Customer:
-            if data.get("deleted") is True:
-                raise _Deleted(customer_id)
-            return _customer(data)
-
-        return self._call(
-            "retrieve_customer",
-            lambda client, options: client.v1.customers.retrieve(customer_id, options=options),
-            build,
-        )
+    async def retrieve_customer_async(self, customer_id: str) -> Customer:
+        return await self._call_async(self._retrieve_customer(customer_id))
 
     def create_payment_intent(
         self,
@@ -464,16 +474,18 @@ class StripeService:
         customer: str | None = None,
         idempotency_key: str | None = None,
     ) -> PaymentIntent:
-        params: PaymentIntentCreateParams = {"amount": amount, "currency": currency}
-        if customer is not None:
-            params["customer"] = customer
-        return self._call(
-            "create_payment_intent",
-            lambda client, options: client.v1.payment_intents.create(
-                params=params, options=options
-            ),
-            _payment_intent,
-            idempotency_key=_key(idempotency_key),
+        return self._call(self._create_payment_intent(amount, currency, customer, idempotency_key))
+
+    async def create_payment_intent_async(
+        self,
+        amount: int,
+        currency: str,
+        *,
+        customer: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> PaymentIntent:
+        return await self._call_async(
+            self._create_payment_intent(amount, currency, customer, idempotency_key)
         )
 
     def refund(
@@ -483,14 +495,87 @@ class StripeService:
         amount: int | None = None,
         idempotency_key: str | None = None,
     ) -> Refund:
+        return self._call(self._refund(payment_intent, amount, idempotency_key))
+
+    async def refund_async(
+        self,
+        payment_intent: str,
+        *,
+        amount: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Refund:
+        return await self._call_async(self._refund(payment_intent, amount, idempotency_key))
+
+    # --- the calls, described once -----------------------------------------------------------
+
+    @staticmethod
+    def _create_customer(
+        email: str, name: str | None, idempotency_key: str | None
+    ) -> _Request[Customer]:
+        params: CustomerCreateParams = {"email": email}
+        if name is not None:
+            params["name"] = name
+        return _Request(
+            "create_customer",
+            lambda client, options: client.v1.customers.create(params=params, options=options),
+            lambda client, options: client.v1.customers.create_async(
+                params=params, options=options
+            ),
+            _customer,
+            _key(idempotency_key),
+        )
+
+    @staticmethod
+    def _retrieve_customer(customer_id: str) -> _Request[Customer]:
+        if not customer_id:
+            raise ValueError("customer_id is required")
+
+        def build(data: Mapping[str, Any]) -> Customer:
+            if data.get("deleted") is True:
+                raise _Deleted(customer_id)
+            return _customer(data)
+
+        return _Request(
+            "retrieve_customer",
+            lambda client, options: client.v1.customers.retrieve(customer_id, options=options),
+            lambda client, options: client.v1.customers.retrieve_async(
+                customer_id, options=options
+            ),
+            build,
+        )
+
+    @staticmethod
+    def _create_payment_intent(
+        amount: int, currency: str, customer: str | None, idempotency_key: str | None
+    ) -> _Request[PaymentIntent]:
+        params: PaymentIntentCreateParams = {"amount": amount, "currency": currency}
+        if customer is not None:
+            params["customer"] = customer
+        return _Request(
+            "create_payment_intent",
+            lambda client, options: client.v1.payment_intents.create(
+                params=params, options=options
+            ),
+            lambda client, options: client.v1.payment_intents.create_async(
+                params=params, options=options
+            ),
+            _payment_intent,
+            _key(idempotency_key),
+        )
+
+    @staticmethod
+    def _refund(
+        payment_intent: str, amount: int | None, idempotency_key: str | None
+    ) -> _Request[Refund]:
         params: RefundCreateParams = {"payment_intent": payment_intent}
         if amount is not None:
             params["amount"] = amount
-        return self._call(
+        return _Request(
             "refund",
             lambda client, options: client.v1.refunds.create(params=params, options=options),
+            lambda client, options: client.v1.refunds.create_async(params=params, options=options),
             _refund,
-            idempotency_key=_key(idempotency_key),
+            _key(idempotency_key),
         )
 
     def list_events(
@@ -521,12 +606,18 @@ class StripeService:
         if starting_after is not None:
             params["starting_after"] = starting_after
         return self._call(
-            "list_events",
-            lambda client, options: client.v1.events.list(
-                params=params,  # type: ignore[arg-type]
-                options=options,
-            ),
-            lambda data: _event_page(data, limit=limit),
+            _Request(
+                "list_events",
+                lambda client, options: client.v1.events.list(
+                    params=params,  # type: ignore[arg-type]
+                    options=options,
+                ),
+                lambda client, options: client.v1.events.list_async(
+                    params=params,  # type: ignore[arg-type]
+                    options=options,
+                ),
+                lambda data: _event_page(data, limit=limit),
+            )
         )
 
     def close(self) -> None:
@@ -545,45 +636,37 @@ class StripeService:
     # --- machinery ---------------------------------------------------------------------------
 
     @sensitive_variables(*SECRET_VARIABLES)
-    def _call(
-        self,
-        operation: str,
-        request: Callable[[stripe.StripeClient, stripe.RequestOptions], stripe.StripeObject],
-        build: Callable[[Mapping[str, Any]], T],
-        *,
-        idempotency_key: str | None = None,
-    ) -> T:
+    def _call(self, request: _Request[T]) -> T:
         policy = self.call_policy()
         client, api_key = self._sdk_client(service_settings(SERVICE), policy.timeout)
-        options: stripe.RequestOptions = {"max_network_retries": 0}
-        if idempotency_key is not None:
-            options["idempotency_key"] = idempotency_key
+        options = request.options()
 
         def attempt(info: AttemptInfo) -> T:
             try:
-                obj = request(client, options.copy())
-                if not isinstance(obj, stripe.StripeObject):  # e.g. a JSON array
-                    raise InvalidResponseError(
-                        SERVICE, operation, "Stripe: the answer is not a JSON object"
-                    )
-                data = obj.to_dict()
+                obj = request.send(client, options.copy())
             except stripe.StripeError as exc:
-                error = map_stripe_error(exc, operation=operation, api_key=api_key)
+                error = map_stripe_error(exc, operation=request.operation, api_key=api_key)
                 raise error from _without_frames(exc)
-            except RecursionError as exc:  # an answer nested too deep to convert
-                raise InvalidResponseError(
-                    SERVICE, operation, "Stripe's answer is nested too deep"
-                ) from exc
-            try:
-                return build(data)
-            except _Deleted as exc:
-                raise ClientRequestError(
-                    SERVICE, operation, "the customer is deleted", status_code=404
-                ) from exc
-            except _BadField as exc:
-                raise InvalidResponseError(SERVICE, operation, str(exc)) from exc
+            return request.read(obj)
 
-        return policy.run(attempt, operation=operation)
+        return policy.run(attempt, operation=request.operation)
+
+    @sensitive_variables(*SECRET_VARIABLES)
+    async def _call_async(self, request: _Request[T]) -> T:
+        """``_call`` on an event loop: the SDK's async method, under ``CallPolicy.run_async``."""
+        policy = self.call_policy()
+        client, api_key = self._sdk_client_async(service_settings(SERVICE), policy.timeout)
+        options = request.options()
+
+        async def attempt(info: AttemptInfo) -> T:
+            try:
+                obj = await request.send_async(client, options.copy())
+            except stripe.StripeError as exc:
+                error = map_stripe_error(exc, operation=request.operation, api_key=api_key)
+                raise error from _without_frames(exc)
+            return request.read(obj)
+
+        return await policy.run_async(attempt, operation=request.operation)
 
     @sensitive_variables(*SECRET_VARIABLES)
     def _sdk_client(
@@ -602,16 +685,37 @@ class StripeService:
                 if self._http_client is not None:
                     self._http_client.close()
                 self._http_client = _HTTPXClient(timeout)
-                self._client = stripe.StripeClient(
-                    api_key,
-                    base_addresses={"api": base_url.rstrip("/")} if base_url else None,
-                    http_client=self._http_client,
-                    # Our runner retries (breaker-checked, deadline-bounded, with idempotency
-                    # keys stable across retries); the SDK's retries would stack on ours.
-                    max_network_retries=0,
-                )
+                self._client = _stripe_client(api_key, base_url, self._http_client)
                 self._client_config = config
             return self._client, api_key
+
+    @sensitive_variables(*SECRET_VARIABLES)
+    def _sdk_client_async(
+        self, settings: Mapping[str, Any], timeout: Timeout
+    ) -> tuple[stripe.StripeClient, str]:
+        """The running event loop's SDK client (an async httpx client's connections belong to
+        the loop that opened them): one per loop, made again when the settings change."""
+        api_key = self._api_key or settings.get("API_KEY")
+        if not api_key:
+            raise ImproperlyConfigured(
+                "Stripe has no API key: set INTEGRATIONS['SERVICES']['stripe']['API_KEY'] "
+                "or pass StripeService(api_key=...)."
+            )
+        base_url = self._base_url or settings.get("BASE_URL") or None
+        config = (api_key, base_url, timeout)
+        loop = asyncio.get_running_loop()
+        kept = self._async_clients.get(loop)
+        if kept is None or kept[0] != config:
+            http_client = _HTTPXClient(timeout)
+            client = _stripe_client(api_key, base_url, http_client)
+            kept = self._async_clients[loop] = (config, client, http_client)
+        return kept[1], api_key
+
+    async def aclose(self) -> None:
+        """Close the running event loop's SDK connection pool (``*_async`` calls)."""
+        kept = self._async_clients.pop(asyncio.get_running_loop(), None)
+        if kept is not None:
+            await kept[2].close_async()
 
 
 #: Every live service, so that a forked child (Celery prefork, gunicorn) drops its parent's
@@ -623,6 +727,7 @@ def _forget_clients_after_fork() -> None:
     for service in list(_services):
         service._lock = threading.Lock()
         service._client = service._http_client = service._client_config = None
+        service._async_clients = weakref.WeakKeyDictionary()
 
 
 after_fork(_forget_clients_after_fork)
@@ -683,6 +788,59 @@ def list_undelivered_events(
     finally:
         if owned:
             service.close()
+
+
+@sensitive_variables(*SECRET_VARIABLES)
+def _stripe_client(
+    api_key: str, base_url: str | None, http_client: stripe.HTTPXClient
+) -> stripe.StripeClient:
+    return stripe.StripeClient(
+        api_key,
+        base_addresses={"api": base_url.rstrip("/")} if base_url else None,
+        http_client=http_client,
+        # Our runner retries (breaker-checked, deadline-bounded, with idempotency keys stable
+        # across retries); the SDK's retries would stack on ours.
+        max_network_retries=0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Request(Generic[T]):
+    """One Stripe call, described once for ``_call`` and ``_call_async``: its operation, the
+    SDK's sync and async methods, how its answer is read, its idempotency key."""
+
+    operation: str
+    send: Callable[[stripe.StripeClient, stripe.RequestOptions], stripe.StripeObject]
+    send_async: Callable[[stripe.StripeClient, stripe.RequestOptions], Awaitable[Any]]
+    build: Callable[[Mapping[str, Any]], T]
+    idempotency_key: str | None = None
+
+    def options(self) -> stripe.RequestOptions:
+        options: stripe.RequestOptions = {"max_network_retries": 0}
+        if self.idempotency_key is not None:
+            options["idempotency_key"] = self.idempotency_key
+        return options
+
+    def read(self, obj: stripe.StripeObject) -> T:
+        """The call's result from the SDK's answer, or the error it maps to."""
+        if not isinstance(obj, stripe.StripeObject):  # e.g. a JSON array
+            raise InvalidResponseError(
+                SERVICE, self.operation, "Stripe: the answer is not a JSON object"
+            )
+        try:
+            data = obj.to_dict()
+        except RecursionError as exc:  # an answer nested too deep to convert
+            raise InvalidResponseError(
+                SERVICE, self.operation, "Stripe's answer is nested too deep"
+            ) from exc
+        try:
+            return self.build(data)
+        except _Deleted as exc:
+            raise ClientRequestError(
+                SERVICE, self.operation, "the customer is deleted", status_code=404
+            ) from exc
+        except _BadField as exc:
+            raise InvalidResponseError(SERVICE, self.operation, str(exc)) from exc
 
 
 def _key(idempotency_key: str | None) -> str:

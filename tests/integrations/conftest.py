@@ -4,12 +4,13 @@ django-tether's pytest plugin (``tether.pytest_plugin``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from integrations.testing import FakeVendor, InstantBackoff, instant_backoff
-from tests.integrations.rates import Rates, configure
+from tests.integrations.rates import client_factory, configure
 
 
 @pytest.fixture
@@ -24,8 +25,24 @@ def backoff() -> Iterator[InstantBackoff]:
         yield clock
 
 
+@pytest.fixture(params=["sync", "async"])
+def make_rates(request) -> Callable[..., Any]:
+    """Makes the "rates" client, once as ``ServiceClient`` and once as ``AsyncServiceClient``
+    (driven through ``tests.integrations.rates.Awaited``): the contract tests that take it run
+    against both clients."""
+    return client_factory(request.param)
+
+
 @pytest.fixture
-def rates(vendor, settings, backoff) -> Rates:
-    """The "rates" client (tests/integrations/rates.py) on the fake vendor, quick policies."""
+def rates(make_rates, vendor, settings, backoff) -> Any:
+    """The "rates" client (tests/integrations/rates.py) on the fake vendor, quick policies;
+    sync and async (``make_rates``)."""
     configure(settings, vendor.url)
-    return Rates()
+    return make_rates()
+
+
+@pytest.fixture
+def sync_rates(vendor, settings, backoff) -> Any:
+    """The "rates" ``ServiceClient`` only (tests of the sync client's own pool)."""
+    configure(settings, vendor.url)
+    return client_factory("sync")()

@@ -15,7 +15,7 @@ from integrations.exceptions import (
 )
 from integrations.models import CircuitBreaker
 from integrations.testing import Reply, force_breaker
-from tests.integrations.rates import Rates, configure
+from tests.integrations.rates import configure
 
 pytestmark = pytest.mark.django_db
 
@@ -37,47 +37,49 @@ def test_open_breaker_fails_fast_without_touching_the_network(rates, vendor):
     assert caught.value.service == "rates"
 
 
-def test_client_errors_do_not_trip_the_breaker(vendor, settings):
+def test_client_errors_do_not_trip_the_breaker(make_rates, vendor, settings):
     configure(settings, vendor.url, BREAKER={"FAILURE_THRESHOLD": 2})
     vendor.route("GET", "/v1/rates/EUR", Reply.error(404))
 
     for _ in range(5):
         with pytest.raises(ClientRequestError):
-            Rates().rate("EUR")
+            make_rates().rate("EUR")
 
     assert vendor.count() == 5
     assert CircuitBreaker.objects.get(name="rates").state == "closed"
 
 
-def test_consecutive_5xx_trip_the_breaker(vendor, settings, backoff):
+def test_consecutive_5xx_trip_the_breaker(make_rates, vendor, settings, backoff):
     configure(settings, vendor.url, BREAKER={"FAILURE_THRESHOLD": 3}, RETRY={"MAX_ATTEMPTS": 1})
     vendor.route("GET", "/v1/rates/EUR", Reply.server_error())
 
     for _ in range(3):
         with pytest.raises(IntegrationUnavailable) as caught:
-            Rates().rate("EUR")
+            make_rates().rate("EUR")
         assert type(caught.value) is IntegrationUnavailable
 
     assert CircuitBreaker.objects.get(name="rates").state == "open"
     with pytest.raises(CircuitOpenError) as caught:
-        Rates().rate("EUR")
+        make_rates().rate("EUR")
     assert caught.value.retry_after is not None and caught.value.retry_after > 0
     assert vendor.count() == 3  # the fourth call never reached the vendor
 
 
-def test_each_attempt_counts_and_an_open_breaker_stops_the_retries(vendor, settings, backoff):
+def test_each_attempt_counts_and_an_open_breaker_stops_the_retries(
+    make_rates, vendor, settings, backoff
+):
     configure(settings, vendor.url, BREAKER={"FAILURE_THRESHOLD": 2}, RETRY={"MAX_ATTEMPTS": 5})
     vendor.route("GET", "/v1/rates/EUR", Reply.server_error())
 
     with pytest.raises(CircuitOpenError) as caught:
-        Rates().rate("EUR")
+        make_rates().rate("EUR")
 
     assert vendor.count() == 2  # attempts 1 and 2 failed and opened it; attempt 3 was refused
     assert caught.value.attempts == 2
     assert isinstance(caught.value.__cause__, IntegrationUnavailable)
 
 
-def test_a_success_resets_the_consecutive_count(vendor, settings, backoff):
+def test_a_success_resets_the_consecutive_count(make_rates, vendor, settings, backoff):
     configure(settings, vendor.url, BREAKER={"FAILURE_THRESHOLD": 3}, RETRY={"MAX_ATTEMPTS": 1})
     vendor.route(
         "GET",
@@ -93,7 +95,7 @@ def test_a_success_resets_the_consecutive_count(vendor, settings, backoff):
     outcomes = []
     for _ in range(6):
         try:
-            outcomes.append(Rates().rate("EUR"))
+            outcomes.append(make_rates().rate("EUR"))
         except IntegrationUnavailable:
             outcomes.append("down")
 
@@ -101,7 +103,7 @@ def test_a_success_resets_the_consecutive_count(vendor, settings, backoff):
     assert CircuitBreaker.objects.get(name="rates").state == "closed"
 
 
-def test_full_cycle_through_the_client(vendor, settings):
+def test_full_cycle_through_the_client(make_rates, vendor, settings):
     configure(
         settings,
         vendor.url,
@@ -114,12 +116,12 @@ def test_full_cycle_through_the_client(vendor, settings):
 
     for _ in range(2):
         with pytest.raises(IntegrationUnavailable):
-            Rates().rate("EUR")
+            make_rates().rate("EUR")
     with pytest.raises(CircuitOpenError) as caught:
-        Rates().rate("EUR")
+        make_rates().rate("EUR")
     assert 0 < caught.value.retry_after <= 0.3
     time.sleep(0.35)
-    assert Rates().rate("EUR") == 4  # the half-open probe succeeds and closes the breaker
+    assert make_rates().rate("EUR") == 4  # the half-open probe succeeds and closes the breaker
 
     assert vendor.count() == 3
     row = CircuitBreaker.objects.get(name="rates")
@@ -128,13 +130,13 @@ def test_full_cycle_through_the_client(vendor, settings):
     assert steps == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
 
 
-def test_invalid_responses_count_against_the_breaker(vendor, settings):
+def test_invalid_responses_count_against_the_breaker(make_rates, vendor, settings):
     configure(settings, vendor.url, BREAKER={"FAILURE_THRESHOLD": 2})
     vendor.route("GET", "/v1/rates/EUR", Reply.garbage())
 
     for _ in range(2):
         with pytest.raises(InvalidResponseError):
-            Rates().rate("EUR")
+            make_rates().rate("EUR")
 
     assert CircuitBreaker.objects.get(name="rates").state == "open"
 

@@ -77,8 +77,10 @@ def test_connections_are_pooled_and_reused_across_instances(rates, vendor):
     assert len(ports) == 1  # one keep-alive connection from the shared pool
 
 
-def test_a_forked_child_opens_connections_of_its_own(rates, vendor):
-    """A child (gunicorn, Celery prefork) must not send on its parent's pooled sockets."""
+def test_a_forked_child_opens_connections_of_its_own(sync_rates, vendor):
+    """A child (gunicorn, Celery prefork) must not send on its parent's pooled sockets (the
+    sync pool: an event loop's connections die with the loop, which a child does not run)."""
+    rates = sync_rates
     vendor.route("GET", "/v1/rates/EUR", Reply.json({"rate": 1}))
     rates.rate("EUR")  # the parent's pooled keep-alive connection
 

@@ -14,7 +14,7 @@ from integrations.exceptions import (
     InvalidResponseError,
 )
 from integrations.testing import Reply
-from tests.integrations.rates import API_KEY, Rates, configure
+from tests.integrations.rates import API_KEY, configure
 
 pytestmark = pytest.mark.django_db
 
@@ -140,12 +140,12 @@ def test_errors_and_logs_contain_no_credentials(rates, vendor, caplog, reply):
         assert API_KEY not in str(record.__dict__)
 
 
-def test_timeout_error_contains_no_credentials(vendor, settings, caplog):
+def test_timeout_error_contains_no_credentials(make_rates, vendor, settings, caplog):
     configure(settings, vendor.url, TIMEOUT={"READ": 0.1}, RETRY={"MAX_ATTEMPTS": 1})
     vendor.route("GET", "/v1/rates/EUR", Reply.hang())
 
     with caplog.at_level(logging.DEBUG), pytest.raises(IntegrationTimeout) as caught:
-        Rates().get_json("/v1/rates/EUR", operation="rate", params={"token": API_KEY})
+        make_rates().get_json("/v1/rates/EUR", operation="rate", params={"token": API_KEY})
 
     assert API_KEY not in str(caught.value)
     assert API_KEY not in caplog.text

@@ -20,7 +20,7 @@ from integrations.exceptions import (
 )
 from integrations.models import CircuitBreaker
 from integrations.testing import Reply, force_breaker, unused_port_url
-from tests.integrations.rates import Rates, configure
+from tests.integrations.rates import configure
 
 pytestmark = pytest.mark.django_db
 
@@ -52,7 +52,7 @@ def test_5xx_every_time_exhausts_the_attempts(rates, vendor, backoff):
     assert len(backoff.sleeps) == 2
 
 
-def test_backoff_is_exponential_with_full_jitter_capped(vendor, settings, backoff):
+def test_backoff_is_exponential_with_full_jitter_capped(make_rates, vendor, settings, backoff):
     configure(
         settings,
         vendor.url,
@@ -61,7 +61,7 @@ def test_backoff_is_exponential_with_full_jitter_capped(vendor, settings, backof
     vendor.route("GET", "/v1/rates/EUR", Reply.server_error())
 
     with pytest.raises(IntegrationUnavailable):
-        Rates().rate("EUR")
+        make_rates().rate("EUR")
 
     assert vendor.count() == 7
     caps = [1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
@@ -80,11 +80,11 @@ def test_408_is_retried(rates, vendor, backoff):
     assert vendor.count() == 3
 
 
-def test_connection_refused_is_retried_then_unavailable(settings, backoff):
+def test_connection_refused_is_retried_then_unavailable(make_rates, settings, backoff):
     configure(settings, unused_port_url())
 
     with pytest.raises(IntegrationUnavailable) as caught:
-        Rates().rate("EUR")
+        make_rates().rate("EUR")
 
     assert caught.value.attempts == 3
     assert isinstance(caught.value.__cause__, httpx.ConnectError)

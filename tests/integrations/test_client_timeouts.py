@@ -13,7 +13,7 @@ from integrations.exceptions import (
     RateLimitedError,
 )
 from integrations.testing import Reply
-from tests.integrations.rates import Rates, configure
+from tests.integrations.rates import configure
 
 pytestmark = pytest.mark.django_db
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db
 # --- deadline and timeouts --------------------------------------------------------------------
 
 
-def test_deadline_bounds_attempts_plus_waits(vendor, settings, backoff):
+def test_deadline_bounds_attempts_plus_waits(make_rates, vendor, settings, backoff):
     configure(
         settings,
         vendor.url,
@@ -30,7 +30,7 @@ def test_deadline_bounds_attempts_plus_waits(vendor, settings, backoff):
     vendor.route("GET", "/v1/rates/EUR", Reply.rate_limited(3))
 
     with pytest.raises(RateLimitedError) as caught:
-        Rates().rate("EUR")
+        make_rates().rate("EUR")
 
     # Attempts at t=0, 3, 6, 9; a fourth wait would end at 12 > 10: stop there.
     assert backoff.sleeps == [3.0, 3.0, 3.0]
@@ -38,7 +38,7 @@ def test_deadline_bounds_attempts_plus_waits(vendor, settings, backoff):
     assert caught.value.attempts == 4
 
 
-def test_hang_times_out_with_bounded_wall_time(vendor, settings):
+def test_hang_times_out_with_bounded_wall_time(make_rates, vendor, settings):
     configure(
         settings,
         vendor.url,
@@ -49,7 +49,7 @@ def test_hang_times_out_with_bounded_wall_time(vendor, settings):
 
     started = time.monotonic()
     with pytest.raises(IntegrationTimeout) as caught:
-        Rates().rate("EUR")
+        make_rates().rate("EUR")
     elapsed = time.monotonic() - started
 
     assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
@@ -58,7 +58,7 @@ def test_hang_times_out_with_bounded_wall_time(vendor, settings):
     assert 0.6 <= elapsed < 2.0
 
 
-def test_deadline_shortens_the_read_timeout(vendor, settings):
+def test_deadline_shortens_the_read_timeout(make_rates, vendor, settings):
     configure(
         settings,
         vendor.url,
@@ -69,7 +69,7 @@ def test_deadline_shortens_the_read_timeout(vendor, settings):
 
     started = time.monotonic()
     with pytest.raises(IntegrationTimeout) as caught:
-        Rates().rate("EUR")
+        make_rates().rate("EUR")
     elapsed = time.monotonic() - started
 
     assert elapsed < 1.5  # not 30 s: the attempt got what the deadline left
@@ -82,10 +82,10 @@ def test_slow_answer_within_the_read_timeout_succeeds(rates, vendor):
     assert rates.rate("EUR") == 9
 
 
-def test_slow_answer_beyond_the_read_timeout_is_a_timeout(vendor, settings, backoff):
+def test_slow_answer_beyond_the_read_timeout_is_a_timeout(make_rates, vendor, settings, backoff):
     configure(settings, vendor.url, TIMEOUT={"READ": 0.1}, RETRY={"MAX_ATTEMPTS": 1})
     vendor.route("GET", "/v1/rates/EUR", Reply.slow(0.5, Reply.json({"rate": 9})))
 
     with pytest.raises(IntegrationTimeout):
-        Rates().rate("EUR")
+        make_rates().rate("EUR")
     assert vendor.count() == 1

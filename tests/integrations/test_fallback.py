@@ -8,10 +8,11 @@ from decimal import Decimal
 import pytest
 from django.core.cache import cache
 
-from integrations import ServiceClient, with_fallback
+from integrations import AsyncServiceClient, ServiceClient, with_fallback
 from integrations.exceptions import CircuitOpenError, IntegrationUnavailable
 from integrations.fallback import KEY_PREFIX
 from integrations.testing import Reply, force_breaker
+from tests.integrations.rates import Awaited
 
 pytestmark = pytest.mark.django_db
 
@@ -45,8 +46,28 @@ class Rates(ServiceClient):
         raise ValueError("a bug in our code")
 
 
-@pytest.fixture
-def rates(vendor, settings, backoff):
+class AsyncRates(AsyncServiceClient):
+    """``Rates`` on an event loop: the same decorator on coroutines."""
+
+    service = "rates"
+
+    @with_fallback("rates:{currency}", ttl=60, stale_ttl=3600, clock=clock)
+    async def rate(self, currency: str) -> Decimal:
+        data = await self.get_json(f"/v1/rates/{currency}", operation="rate", required=["rate"])
+        return Decimal(str(data["rate"]))
+
+    @with_fallback(lambda self, *ids: "many:" + ",".join(ids), ttl=0, stale_ttl=60, clock=clock)
+    async def many(self, *ids: str) -> list:
+        return await self.get_json("/v1/many", operation="many", params={"ids": ",".join(ids)})
+
+    @with_fallback("broken:{self.service}", ttl=0, stale_ttl=60, clock=clock)
+    async def broken(self) -> int:
+        await self.get_json("/v1/broken", operation="broken")
+        raise ValueError("a bug in our code")
+
+
+@pytest.fixture(params=["sync", "async"])
+def rates(request, vendor, settings, backoff):
     settings.INTEGRATIONS = {
         "SERVICES": {
             "rates": {
@@ -57,7 +78,7 @@ def rates(vendor, settings, backoff):
         }
     }
     clock.now = 1_800_000_000.0
-    return Rates()
+    return Rates() if request.param == "sync" else Awaited(AsyncRates())
 
 
 def test_fresh_value_is_served_from_the_cache_without_a_call(rates, vendor):

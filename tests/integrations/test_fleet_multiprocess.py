@@ -202,8 +202,13 @@ def test_a_killed_process_gives_its_places_back_when_their_leases_end(vendor, se
         client = type("After", (ServiceClient,), {"service": service})()
         assert client.get_json("/after", operation="after") == {"ok": True}
         waited = time.monotonic() - taken
+        # The holder's three leases end as far apart as its threads started (tens of ms on a
+        # busy machine), and this call's place goes back within milliseconds: all are back
+        # before the latest the first one may end.
+        lease = 1.5 + BULKHEAD_LEASE_MARGIN
+        while shared_state.leases_in_force(service) and time.monotonic() - taken < lease + 1.0:
+            time.sleep(0.01)
         assert shared_state.leases_in_force(service) == 0
-    lease = 1.5 + BULKHEAD_LEASE_MARGIN
     assert lease - 0.3 <= waited < lease + 1.0
 
 

@@ -110,15 +110,18 @@ def test_a_configured_service_gets_its_row_without_create(settings):
 
 
 @pytest.mark.parametrize(
-    "until",
+    "make_until",
     [
-        timezone.now() - timedelta(seconds=1),  # past
-        datetime(2099, 1, 1),  # naive
-        timezone.now() + MAX_HOLD + timedelta(minutes=1),  # absurdly far
+        lambda: timezone.now() - timedelta(seconds=1),  # past
+        lambda: datetime(2099, 1, 1),  # naive
+        lambda: timezone.now() + MAX_HOLD + timedelta(minutes=1),  # absurdly far
     ],
     ids=["past", "naive", "too-far"],
 )
-def test_invalid_expiry_changes_nothing(until):
+def test_invalid_expiry_changes_nothing(make_until):
+    # Computed when the test runs, not at collection (a long suite would bring "too-far" within
+    # MAX_HOLD).
+    until = make_until()
     CircuitBreakerFactory(name="rates")
     with pytest.raises(InvalidExpiry):
         force_open_breaker("rates", actor="alice", reason="x", until=until)

@@ -6,9 +6,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.test import override_settings
 
-from integrations.testing import InstantBackoff
+from integrations.testing import InstantBackoff, aclose_connections
 from integrations.testing.stripe import FakeStripe
 from integrations.vendors.stripe import StripeService
 
@@ -56,8 +57,36 @@ def configure(fake_stripe: FakeStripe) -> Iterator[Any]:
         active.pop().disable()
 
 
-@pytest.fixture
-def service(configure: Any, backoff: InstantBackoff) -> Iterator[StripeService]:
+class AwaitedStripe:
+    """A ``StripeService`` whose calls go through its ``*_async`` methods, driven from a sync
+    test: each runs to its end on an event loop (asgiref's ``async_to_sync``: the breaker's
+    database work runs in the test's thread), whose connections are then closed."""
+
+    def __init__(self, service: StripeService) -> None:
+        self.service = service
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.service, f"{name}_async", None)
+        if method is None:
+            return getattr(self.service, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            async def run() -> Any:
+                try:
+                    return await method(*args, **kwargs)
+                finally:
+                    await self.service.aclose()
+                    await aclose_connections()
+
+            return async_to_sync(run)()
+
+        return call
+
+
+@pytest.fixture(params=["sync", "async"])
+def service(request, configure: Any, backoff: InstantBackoff) -> Iterator[Any]:
+    """``StripeService``, once called through its sync methods and once through its
+    ``*_async`` ones: the tests that take it hold for both."""
     svc = StripeService()
-    yield svc
+    yield svc if request.param == "sync" else AwaitedStripe(svc)
     svc.close()

@@ -657,14 +657,18 @@ def test_settings_are_read_at_each_call(fake_stripe):
     assert (fake_stripe.count(), other.count()) == (1, 1)
 
 
-def test_a_forked_child_opens_its_own_connections(service, fake_stripe):
-    """A child (gunicorn, Celery prefork) must not send on its parent's pooled sockets."""
+def test_a_forked_child_opens_its_own_connections(configure, backoff, fake_stripe):
+    """A child (gunicorn, Celery prefork) must not send on its parent's pooled sockets (the
+    sync pool: an event loop's connections die with the loop)."""
+    service = StripeService()
     service.create_customer("parent@example.com")
 
     assert in_a_child(lambda: service.create_customer("child@example.com").email) == (
         "child@example.com"
     )
     service.create_customer("parent-again@example.com")
+
+    service.close()
 
     parent, child, parent_again = (r.client_port for r in fake_stripe.requests)
     assert child != parent
