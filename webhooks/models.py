@@ -8,6 +8,8 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from .registry import HANDLER_NAME_MAX_CHARS
+
 
 class WebhookEvent(models.Model):
     class Status(models.TextChoices):
@@ -149,5 +151,74 @@ class ProcessingAttempt(models.Model):
     @property
     def duration(self) -> timedelta | None:
         if self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+
+class HandlerRun(models.Model):
+    """One handler's run for one event: where that (event, handler) pair stands.
+
+    Written by ``webhooks.processing`` in the handler's own transaction, with the handler's
+    writes, so a ``processed`` run is one whose effects committed. A run that fails is retried
+    alone (the event's backoff and attempt limit); a run that ended ``processed``, ``ignored`` or
+    ``skipped`` is not run again unless an operator replays it. Events stored before runs
+    existed (migration 0007) have none: they are processed as before, every matching handler at
+    once, and get runs from their next attempt on.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("pending")
+        PROCESSING = "processing", _("processing (retry due)")
+        PROCESSED = "processed", _("processed")
+        IGNORED = "ignored", _("ignored")
+        SKIPPED = "skipped", _("skipped")
+        FAILED = "failed", _("failed")
+
+    event = models.ForeignKey(
+        WebhookEvent,
+        on_delete=models.CASCADE,
+        related_name="handler_runs",
+        verbose_name=_("event"),
+        db_index=False,  # the unique (event, handler) index leads with it
+    )
+    handler = models.CharField(
+        _("handler"),
+        max_length=HANDLER_NAME_MAX_CHARS,
+        help_text=_("The handler's dotted name (module.qualname)."),
+    )
+    status = models.CharField(
+        _("status"), max_length=20, choices=Status.choices, default=Status.PENDING
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    last_error = models.TextField(_("last error"), blank=True, default="")
+    next_attempt_at = models.DateTimeField(_("next attempt at"), null=True, blank=True)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("handler run")
+        verbose_name_plural = _("handler runs")
+        ordering = ("event", "id")
+        constraints = [
+            models.UniqueConstraint(
+                fields=("event", "handler"), name="webhooks_run_event_handler_uniq"
+            ),
+        ]
+        indexes = [
+            # The changelist's "failed runs of a handler" filter.
+            models.Index(
+                fields=("handler", "event"),
+                condition=models.Q(status="failed"),
+                name="webhooks_run_failed_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.handler} for event {self.event_id} ({self.status})"
+
+    @property
+    def duration(self) -> timedelta | None:
+        """How long the latest run of the handler took, its transaction's commit aside."""
+        if self.finished_at is None or self.started_at is None:
             return None
         return self.finished_at - self.started_at

@@ -147,6 +147,40 @@ def handlers_for(endpoint: str, event_type: str) -> list[Handler]:
     return registry.handlers_for(endpoint, event_type)
 
 
+#: The longest dotted handler name accepted from an operator (``HandlerRun.handler``'s bound).
+HANDLER_NAME_MAX_CHARS = 255
+#: A dotted name as ``handler_name`` gives it: Python identifiers (a ``<locals>`` part allowed).
+_DOTTED_NAME = re.compile(r"^[A-Za-z_<][A-Za-z0-9_<>]*(\.[A-Za-z_<][A-Za-z0-9_<>]*)+$")
+
+
+class UnknownHandler(ValueError):
+    """A dotted handler name that is malformed, too long, or not registered."""
+
+
+def registrations_named(name: str) -> list[Registration]:
+    """The registrations of the handler whose dotted name is ``name`` (one per ``@on``), after
+    checking the name: ``UnknownHandler`` (with a message fit for an operator) when it is not a
+    string, is longer than ``HANDLER_NAME_MAX_CHARS``, is not a dotted name, or names no
+    registered handler."""
+    if not isinstance(name, str) or not name.strip():
+        raise UnknownHandler("a handler is named by its dotted path (module.function)")
+    name = name.strip()
+    if len(name) > HANDLER_NAME_MAX_CHARS:
+        raise UnknownHandler(f"a handler's dotted path is at most {HANDLER_NAME_MAX_CHARS} "
+                             "characters")  # fmt: skip
+    if not _DOTTED_NAME.match(name):
+        raise UnknownHandler("not a dotted path (module.function): " + repr(name[:100]))
+    found = [r for r in registry if handler_name(r.handler) == name]
+    if not found:
+        raise UnknownHandler(f"no handler is registered under {name!r}")
+    return found
+
+
+def handler_names_for(endpoint: str, event_type: str) -> list[str]:
+    """The dotted names of ``handlers_for(endpoint, event_type)``, in order."""
+    return [handler_name(handler) for handler in handlers_for(endpoint, event_type)]
+
+
 def handlers_of_unknown_endpoints(endpoints: Iterable[str]) -> list[Registration]:
     """Registrations whose endpoint is not among ``endpoints`` (they can never run): reported
     by the system check ``webhooks.W001``."""
