@@ -170,15 +170,41 @@ def registrations_named(name: str) -> list[Registration]:
                              "characters")  # fmt: skip
     if not _DOTTED_NAME.match(name):
         raise UnknownHandler("not a dotted path (module.function): " + repr(name[:100]))
-    found = [r for r in registry if handler_name(r.handler) == name]
+    found = [r for r in registry if run_name(r.handler) == name]
     if not found:
         raise UnknownHandler(f"no handler is registered under {name!r}")
     return found
 
 
+def run_name(handler: Handler) -> str:
+    """The name a handler's runs are kept under (``HandlerRun.handler``): its dotted name, cut at
+    ``HANDLER_NAME_MAX_CHARS``."""
+    return handler_name(handler)[:HANDLER_NAME_MAX_CHARS]
+
+
+def named_handlers(handlers: Iterable[Handler]) -> list[tuple[str, Handler]]:
+    """``(run name, handler)`` for each handler, once each: a handler registered under two
+    patterns that both match runs once; a different callable under a name already taken (two
+    lambdas of one module) gets ``#2``, ``#3``... in registration order."""
+    named: list[tuple[str, Handler]] = []
+    taken: dict[str, Handler] = {}
+    for handler in handlers:
+        name = base = run_name(handler)
+        if taken.get(name) is handler:
+            continue
+        number = 1
+        while name in taken:
+            number += 1
+            suffix = f"#{number}"
+            name = base[: HANDLER_NAME_MAX_CHARS - len(suffix)] + suffix
+        taken[name] = handler
+        named.append((name, handler))
+    return named
+
+
 def handler_names_for(endpoint: str, event_type: str) -> list[str]:
-    """The dotted names of ``handlers_for(endpoint, event_type)``, in order."""
-    return [handler_name(handler) for handler in handlers_for(endpoint, event_type)]
+    """The run names of ``handlers_for(endpoint, event_type)``, in order (``named_handlers``)."""
+    return [name for name, _ in named_handlers(handlers_for(endpoint, event_type))]
 
 
 def handlers_of_unknown_endpoints(endpoints: Iterable[str]) -> list[Registration]:
