@@ -162,7 +162,7 @@ def registrations_named(name: str) -> list[Registration]:
     checking the name: ``UnknownHandler`` (with a message fit for an operator) when it is not a
     string, is longer than ``HANDLER_NAME_MAX_CHARS``, is not a dotted name, or names no
     registered handler."""
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(name, str) or not name.strip():  # type: ignore[redundant-expr]
         raise UnknownHandler("a handler is named by its dotted path (module.function)")
     name = name.strip()
     if len(name) > HANDLER_NAME_MAX_CHARS:

@@ -206,7 +206,7 @@ def replay_events(
         queryset = WebhookEvent.objects.filter(pk__in=[e.pk for e in queryset])
     if handlers is not None:
         if queryset.query.is_sliced:
-            queryset = WebhookEvent.objects.filter(pk__in=queryset.values("pk"))
+            queryset = WebhookEvent.objects.filter(pk__in=queryset.values_list("pk", flat=True))
         queryset = handled_by(queryset, handlers)
     if not queryset.query.is_sliced:
         queryset = queryset.order_by()
