@@ -56,6 +56,8 @@ class HandlersField(serializers.ListField):
 
     def to_internal_value(self, data: Any) -> list[str]:
         names: list[str] = super().to_internal_value(data)
+        if len(names) > REPLAY_HANDLERS_MAX:  # checked here: the validators see the list deduped
+            raise serializers.ValidationError(f"Name at most {REPLAY_HANDLERS_MAX} handlers.")
         try:
             return checked_handlers(names)
         except UnknownHandler as exc:
