@@ -11,7 +11,7 @@ from pathlib import Path
 
 from django.core.cache import cache
 
-from tests.handler_runs import record_run
+from tests.handler_runs import record_run, record_run_as
 from webhooks import PermanentFailure, on
 
 
@@ -67,3 +67,24 @@ def crash(event):
     """Kills its own worker process mid-handler, every time (a poison event)."""
     record_run(event)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+# Two handlers of one type, each counting its runs under its own label (``record_run_as``).
+@on("stripe", "test.pair")
+def pair_steady(event):
+    record_run_as(event, "steady")
+
+
+@on("stripe", "test.pair")
+def pair_flaky(event):
+    """Fails its first ``payload["fail_times"]`` attempts, then succeeds."""
+    record_run_as(event, "flaky")
+    if event.attempts <= event.payload.get("fail_times", 1):
+        raise RuntimeError(f"flaky failure on attempt {event.attempts}")
+
+
+@on("stripe", "test.pair")
+def pair_added_later(event):
+    """Stands for a handler deployed after the events were processed: it runs only when an
+    operator backfills it (``replay_webhooks --handler``), or when the event's runs say so."""
+    record_run_as(event, "later")
