@@ -107,8 +107,9 @@ class ProcessingAttempt(models.Model):
     ``attempts`` still counts it, and the admin shows the missing numbers as "no outcome
     recorded". When that lost attempt was the last allowed, the claim that ends the event
     ``failed`` writes a ``lost`` row for it. Rows go with their event (prune); a replay keeps
-    the latest ``ATTEMPTS_KEPT_PER_EVENT`` of an event's rows (``webhooks.services``). A later
-    per-handler breakdown would add a nullable ``handler`` column (NULL: the whole attempt).
+    the latest ``ATTEMPTS_KEPT_PER_EVENT`` of an event's rows (``webhooks.services``). It has no
+    ``handler`` column: an attempt may run several handlers, each of which records its outcome
+    in its ``HandlerRun``; the attempt's ``error`` names the handler that failed.
     """
 
     class Outcome(models.TextChoices):

@@ -1,7 +1,8 @@
-"""One processing attempt of a stored webhook event: claim it, run its handlers, record the
-outcome (and, for a failure, when the retry is due).
+"""One processing attempt of a stored webhook event: claim it, run each due handler in its own
+transaction with its run's outcome, record the event's outcome (and, for a failure, when the
+retry is due).
 
-``process_event`` runs in two short steps, through ``webhooks.storage``:
+``process_event`` runs in two steps, through ``webhooks.storage``:
 
 1. **Claim** (its own transaction, committed at once; ``storage.claim``): lock the row, skipping
    it if locked; leave it alone unless it is due (``received`` or ``processing``, and
@@ -10,15 +11,16 @@ outcome (and, for a failure, when the retry is due).
    handler runs, an attempt whose worker dies mid-handler is still counted: when a claim finds
    every attempt already used (the last one never finished), the event ends ``failed`` without
    running its handlers again, so a poison event that kills its worker cannot loop forever.
-2. **Run** (a second transaction): lock the row again, with ``skip_locked``, and check that the
-   claim is still ours (``storage.lock_claimed``: same ``attempts`` and ``last_attempt_at``; a
-   newer claim means another worker took over). Then run the handlers and write the outcome in
-   the same transaction: handler writes and the ``processed`` mark commit together. When a
-   handler raises, that transaction is rolled back (its writes with it) and the outcome
-   (``ignored``, retry or ``failed``) is written by a third, short one, if the claim still
-   holds: a delivery that claimed the event in the moment between owns it and its handlers run
-   once more (as any delivery racing between a claim and a run may). The row stays locked
-   while the handlers run, so concurrent deliveries skip it.
+2. **Run**, one transaction per due handler (``run_handler``; which handlers are due:
+   ``_due_runs``, from the event's ``HandlerRun`` rows): lock the row again, with
+   ``skip_locked``, and check that the claim is still ours (``storage.lock_claimed``: same
+   ``attempts`` and ``last_attempt_at``; a newer claim means another worker took over and runs
+   what is left). Then run the handler and write its run's outcome in the same transaction: the
+   handler's writes and its run commit together. The attempt's last handler's transaction also
+   writes the event's outcome, derived from all its runs (``event_status``). When a handler
+   raises, its transaction is rolled back (its writes with it) and its run's outcome
+   (``ignored``, retry or ``failed``) is written by a short one, if the claim still holds. The
+   row stays locked while a handler runs, so concurrent deliveries skip it.
 
 A retry is scheduled by ``webhooks.queueing.schedule_retry``; the Celery tasks
 (``webhooks.tasks``) and a synchronous replay (``webhooks.services``) call ``process_event``.

@@ -130,9 +130,10 @@ registry = HandlerRegistry()
 def on(endpoint: str, pattern: str) -> Callable[[H], H]:
     """Register the decorated function as a handler of ``endpoint``'s events matching ``pattern``.
 
-    The handler receives the ``WebhookEvent``. It runs inside the transaction that marks the
-    event processed; raise ``webhooks.Ignore`` to end the event ``ignored``,
-    ``webhooks.PermanentFailure`` to end it ``failed`` at once, anything else to have it retried.
+    The handler receives the ``WebhookEvent``. It runs in its own transaction, together with
+    its run's outcome (``HandlerRun``); raise ``webhooks.Ignore`` to end its run ``ignored``,
+    ``webhooks.PermanentFailure`` to end it ``failed`` at once, anything else to have it retried
+    (alone: the other handlers' runs stand).
     """
 
     def decorator(handler: H) -> H:
