@@ -304,6 +304,8 @@ def run_handler(state: AttemptState, name: str, handler: Handler, *, last: bool)
             event = storage.lock_claimed(state.event_pk, state.attempt, state.started_at)
             if event is None or event.status != Status.PROCESSING:
                 return None
+            # A per-handler decision taken with the row locked (per-object ordering: a stale
+            # event) goes here; a run not called ends ``skipped`` through ``_record_run``.
             try:
                 handler(event)
             except Exception as exc:
