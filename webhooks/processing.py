@@ -219,6 +219,8 @@ class AttemptState:
     error_text: str | None = None
     #: The description of the latest ``Ignore`` of this attempt.
     ignored_text: str | None = None
+    #: Runs to write ``pending`` in the first handler's transaction (whichever way it ends).
+    unwritten: list[str] = field(default_factory=list)
     #: The event's outcome and ``next_attempt_at``, once written; and the last run written with it.
     final: tuple[str | None, datetime | None] = (None, None)
     final_run: storage.SavedRun | None = None
@@ -267,10 +269,7 @@ def _due_runs(
     named = named_handlers(handlers_for(claim.endpoint, claim.event_type))
     if not claim.runs:
         if len(named) > 1:
-            HandlerRun.objects.bulk_create(
-                [HandlerRun(event_id=event_pk, handler=name) for name, _ in named],
-                ignore_conflicts=True,
-            )
+            state.unwritten = [name for name, _ in named]  # written by the first transaction
         return named
     statuses = dict(HandlerRun.objects.filter(event_id=event_pk).values_list("handler", "status"))
     due = [(name, handler) for name, handler in named if statuses.get(name) in _DUE]
@@ -304,26 +303,44 @@ def run_handler(state: AttemptState, name: str, handler: Handler, *, last: bool)
             event = storage.lock_claimed(state.event_pk, state.attempt, state.started_at)
             if event is None or event.status != Status.PROCESSING:
                 return None
+            _write_pending(state)
             # A per-handler decision taken with the row locked (per-object ordering: a stale
             # event) goes here; a run not called ends ``skipped`` through ``_record_run``.
             try:
                 handler(event)
             except Exception as exc:
                 raise _HandlerRaised(exc, name) from exc
-            return _record_run(state, event, name, RunStatus.PROCESSED, started, last=last)
+            status = _record_run(state, event, name, RunStatus.PROCESSED, started, last=last)
+        state.unwritten = []
+        return status
     except _HandlerRaised as raised:
         error = raised.error
         with transaction.atomic():
             event = storage.lock_claimed(state.event_pk, state.attempt, state.started_at)
             if event is None or event.status != Status.PROCESSING:
                 return None
+            _write_pending(state)
             if isinstance(error, Ignore):
                 status = RunStatus.IGNORED
             elif isinstance(error, PermanentFailure) or state.attempt >= state.max_attempts:
                 status = RunStatus.FAILED
             else:
                 status = RunStatus.PROCESSING
-            return _record_run(state, event, name, status, started, last=last, error=error)
+            status = _record_run(state, event, name, status, started, last=last, error=error)
+        state.unwritten = []
+        return status
+
+
+def _write_pending(state: AttemptState) -> None:
+    """The first transaction of an attempt of an event without runs and with several handlers
+    writes all their runs ``pending`` (then each handler's outcome updates its own), so that a
+    worker lost between two handlers leaves the rest due. In that transaction rather than one of
+    its own: one commit less per event."""
+    if state.unwritten:
+        HandlerRun.objects.bulk_create(
+            [HandlerRun(event_id=state.event_pk, handler=name) for name in state.unwritten],
+            ignore_conflicts=True,
+        )
 
 
 class _HandlerRaised(Exception):
