@@ -37,12 +37,12 @@ from celery import Task
 from django.db import transaction
 from django.utils import timezone
 
-from . import storage
+from . import ordering, storage
 from .conf import processing_setting
 from .exceptions import Ignore, PermanentFailure
 from .models import ProcessingAttempt, WebhookEvent
 from .queueing import schedule_retry
-from .registry import handler_name, handlers_for
+from .registry import handler_name, registrations_for
 from .signals import send_logged, webhook_failed, webhook_ignored, webhook_processed
 
 logger = logging.getLogger(__name__)
@@ -197,15 +197,27 @@ def _attempt(event_pk: int) -> tuple[str | None, datetime | None]:
             event = storage.lock_claimed(event_pk, attempt, started_at)
             if event is None or event.status != Status.PROCESSING:
                 return None, None  # another worker claimed it after us: it runs the handlers
-            handlers = handlers_for(event.endpoint, event.event_type)
+            registrations = registrations_for(event.endpoint, event.event_type)
             index = 0
+            skipped: list[str] = []
             try:
-                for index, handler in enumerate(handlers):  # noqa: B007 (read after a raise)
-                    handler(event)
+                for index, registration in enumerate(registrations):  # noqa: B007 (read after a raise)
+                    # An ordered handler: lock its key's row, and skip a stale event.
+                    decision = ordering.decide(registration, event)
+                    if decision is not None and decision.action == ordering.SKIP:
+                        skipped.append(f"Skipped {decision.handler}: {decision.reason}")
+                        continue
+                    event.ordering = decision
+                    try:
+                        registration.handler(event)
+                    finally:
+                        event.ordering = None
             except Exception as exc:
-                raise _HandlerRaised(exc, handler_name(handlers[index])) from exc
-            if handlers:
-                return _record_outcome(event, Status.PROCESSED, attempt, max_attempts)
+                raise _HandlerRaised(exc, handler_name(registrations[index].handler)) from exc
+            if registrations:
+                return _record_outcome(
+                    event, Status.PROCESSED, attempt, max_attempts, note="\n".join(skipped)
+                )
             event.last_error = ""
             return _record_outcome(event, Status.IGNORED, attempt, max_attempts)
     except _HandlerRaised as raised:
@@ -247,10 +259,12 @@ def _record_outcome(
     *,
     error: BaseException | None = None,
     handler: str | None = None,
+    note: str = "",
 ) -> tuple[str, datetime | None]:
     """Write the attempt's outcome (inside the caller's transaction) and send its signal on
     commit. Returns the outcome and ``next_attempt_at``: ``processing`` means a retry is due
-    then."""
+    then. ``note``: what a processed attempt's row keeps in ``error`` (the ordered handlers it
+    skipped, and why)."""
     now = timezone.now()
     event.status = outcome
     event.next_attempt_at = None
@@ -283,7 +297,9 @@ def _record_outcome(
         started_at=event.last_attempt_at or now,
         finished_at=now,
         outcome=_ATTEMPT_OUTCOMES[outcome],
-        error=event.last_error if outcome != Status.PROCESSED else "",
+        error=event.last_error
+        if outcome != Status.PROCESSED
+        else bound_text(note, LAST_ERROR_MAX_CHARS),
     )
     if outcome == Status.PROCESSED:
         transaction.on_commit(partial(send_logged, webhook_processed, WebhookEvent, event=event))
