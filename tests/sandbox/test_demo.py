@@ -19,7 +19,7 @@ from tests.celery_worker import wait_until
 from tests.vendor import vendor_bytes, vendor_json
 from webhooks import processing, services
 from webhooks.models import ProcessingAttempt, WebhookEvent
-from webhooks.testing import post_webhook
+from webhooks.testing import post_webhook, sample_event
 
 Status = WebhookEvent.Status
 
@@ -255,3 +255,16 @@ def test_a_subscription_event_without_its_id_fails_naming_the_path(client):
     event = deliver(client, "stripe", payload)
     assert event.status == Status.FAILED
     assert "ordering_key 'data.object.id' is missing from the payload" in event.last_error
+
+
+@pytest.mark.django_db
+def test_the_sample_subscription_event_is_kept_by_the_demo(client):
+    """What ``send_test_webhook stripe --type customer.subscription.updated`` sends."""
+    sample = sample_event("stripe", "customer.subscription.updated")
+    event = deliver(client, "stripe", sample.body)
+    assert event.status == Status.PROCESSED
+    subscription = Subscription.objects.get(event_id=sample.event_id)
+    assert (subscription.stripe_id, subscription.status) == (
+        "sub_1PgcDsB7WZ01zgkWnEyMwiTb",
+        "active",
+    )
