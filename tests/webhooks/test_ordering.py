@@ -28,13 +28,15 @@ T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 def subscription_event(sub_id: str, version: int | None = None, **fields) -> WebhookEvent:
-    """A stored ``customer.subscription.updated`` for ``sub_id``; ``version`` sets both its
+    """A stored ``test.subscription.updated`` (a type no other app's handler matches: the
+    SQLite settings install the sandbox's demo, which handles ``customer.subscription.*``) for
+    ``sub_id``; ``version`` sets both its
     occurred time (T0 + version seconds) and ``data.object.seq``."""
     obj = {"id": sub_id, "object": "subscription"}
     if version is not None:
         obj["seq"] = version
         fields.setdefault("occurred_at", T0 + timedelta(seconds=version))
-    fields.setdefault("event_type", "customer.subscription.updated")
+    fields.setdefault("event_type", "test.subscription.updated")
     event = WebhookEventFactory(**fields)
     event.payload["data"]["object"].update(obj)
     event.save(update_fields=["payload"])
@@ -48,7 +50,7 @@ def unsaved(payload=None, **fields) -> WebhookEvent:
 def registration(handler=None, **options) -> Registration:
     options.setdefault("key", "data.object.id")
     spec = OrderingSpec.build(options.pop("key"), options.pop("version", None), **options)
-    return Registration("stripe", "customer.subscription.*", handler or apply_handler, spec)
+    return Registration("stripe", "test.subscription.*", handler or apply_handler, spec)
 
 
 def apply_handler(event):  # a module-level function: a stable dotted path
@@ -63,11 +65,11 @@ def other_handler(event):
 
 
 def test_on_registers_the_ordering(handlers):
-    @on("stripe", "customer.subscription.*", ordering_key="data.object.id", stale="deliver")
+    @on("stripe", "test.subscription.*", ordering_key="data.object.id", stale="deliver")
     def sync(event):
         pass
 
-    (found,) = [r for r in registrations_for("stripe", "customer.subscription.updated")]
+    (found,) = [r for r in registrations_for("stripe", "test.subscription.updated")]
     assert found.handler is sync
     assert found.ordering is not None
     assert found.ordering.key == ("data", "object", "id")
@@ -102,7 +104,7 @@ def test_an_unordered_handler_has_no_ordering(handlers):
 def test_a_wrong_ordering_is_refused_at_registration(handlers, options, error, message):
     before = len(handlers)
     with pytest.raises(error, match=message):
-        on("stripe", "customer.subscription.*", **options)(apply_handler)
+        on("stripe", "test.subscription.*", **options)(apply_handler)
     assert len(handlers) == before
 
 
@@ -370,11 +372,11 @@ def test_processing_skips_a_stale_event_records_why_and_runs_the_other_handlers(
 ):
     seen = []
 
-    @on("stripe", "customer.subscription.*", ordering_key="data.object.id")
+    @on("stripe", "test.subscription.*", ordering_key="data.object.id")
     def sync_subscription(event):
         seen.append(("ordered", event.event_id, event.ordering.stale))
 
-    @on("stripe", "customer.subscription.*")
+    @on("stripe", "test.subscription.*")
     def audit(event):
         seen.append(("unordered", event.event_id, event.ordering))
 
@@ -404,7 +406,7 @@ def test_processing_skips_a_stale_event_records_why_and_runs_the_other_handlers(
 def test_processing_delivers_a_stale_event_when_asked(handlers, on_commit):
     seen = []
 
-    @on("stripe", "customer.subscription.*", ordering_key="data.object.id", stale="deliver")
+    @on("stripe", "test.subscription.*", ordering_key="data.object.id", stale="deliver")
     def sync_subscription(event):
         seen.append((event.event_id, event.ordering.stale, str(event.ordering.newest_version)))
 
@@ -420,7 +422,7 @@ def test_processing_delivers_a_stale_event_when_asked(handlers, on_commit):
 
 @pytest.mark.django_db
 def test_a_failing_ordered_handler_leaves_the_state_as_it_was(handlers, on_commit):
-    @on("stripe", "customer.subscription.*", ordering_key="data.object.id")
+    @on("stripe", "test.subscription.*", ordering_key="data.object.id")
     def sync_subscription(event):
         if event.attempts == 1:
             raise RuntimeError("database hiccup")
@@ -437,7 +439,7 @@ def test_a_failing_ordered_handler_leaves_the_state_as_it_was(handlers, on_commi
 
 @pytest.mark.django_db
 def test_an_unreadable_key_fails_the_event_at_once(handlers, on_commit):
-    @on("stripe", "customer.subscription.*", ordering_key="data.object.customer")
+    @on("stripe", "test.subscription.*", ordering_key="data.object.customer")
     def sync_subscription(event):
         raise AssertionError("not called")
 
