@@ -454,3 +454,23 @@ def test_an_unreadable_key_fails_the_event_at_once(handlers, on_commit):
         f"{handler_name(sync_subscription)}: ordering_key 'data.object.customer' is missing "
         "from the payload"
     )
+
+
+@pytest.mark.django_db
+def test_a_raising_key_callable_is_the_handler_raising(handlers, on_commit):
+    def key_of(event):
+        raise RuntimeError("lookup failed")
+
+    @on("stripe", "test.subscription.*", ordering_key=key_of)
+    def sync_subscription(event):
+        raise AssertionError("not called")
+
+    event = subscription_event("sub_1", 2)
+    with on_commit(execute=True):
+        assert processing.process_event(event.pk) == Status.PROCESSING  # a retry is due
+    event.refresh_from_db()
+    assert event.last_error.splitlines()[:2] == [
+        "RuntimeError: lookup failed",
+        f"Handler: {handler_name(sync_subscription)}",
+    ]
+    assert not OrderingState.objects.exists()
