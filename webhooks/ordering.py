@@ -164,7 +164,7 @@ def decide(
         state.event_id = event.event_id[:255]
         state.applied_at = now or timezone.now()
         state.save(update_fields=["version", "version_kind", "event_id", "applied_at"])
-    else:
+    elif logger.isEnabledFor(logging.INFO):  # the reason is built only to be logged
         logger.info(
             "webhooks: handler %s %s %s:%s: %s",
             name,
