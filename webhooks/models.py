@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from .registry import HANDLER_NAME_MAX_CHARS
+
+if TYPE_CHECKING:
+    from .ordering import OrderingDecision
 
 
 class WebhookEvent(models.Model):
@@ -68,6 +72,11 @@ class WebhookEvent(models.Model):
             "again, since that message may still be queued."
         ),
     )
+
+    #: Set while an ordered handler runs: its ``webhooks.ordering.OrderingDecision`` for this
+    #: event (``event.ordering.stale`` is true for a stale event delivered with
+    #: ``stale="deliver"``); None for an unordered handler. Not a database field.
+    ordering: OrderingDecision | None = None
 
     class Meta:
         verbose_name = _("webhook event")
@@ -223,3 +232,54 @@ class HandlerRun(models.Model):
         if self.finished_at is None or self.started_at is None:
             return None
         return self.finished_at - self.started_at
+
+
+class OrderingState(models.Model):
+    """The newest version applied by an ordered handler for one key (``webhooks.ordering``).
+
+    One row per (handler, key), created by the first event of the key; its row lock serialises
+    the runs of that key across all workers, in the handler's transaction. ``version`` holds a
+    number, or a time as Unix seconds (``version_kind`` says which), so one column compares both.
+    """
+
+    class VersionKind(models.TextChoices):
+        NUMBER = "number", _("number")
+        TIME = "time", _("time")
+
+    handler = models.CharField(
+        _("handler"),
+        max_length=HANDLER_NAME_MAX_CHARS,
+        help_text=_("The handler's dotted path, as its runs name it."),
+    )
+    key = models.CharField(_("ordering key"), max_length=255)
+    version = models.DecimalField(
+        _("newest version applied"),
+        max_digits=32,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text=_("Empty until an event of the key is applied."),
+    )
+    version_kind = models.CharField(
+        _("version kind"), max_length=10, choices=VersionKind.choices, blank=True, default=""
+    )
+    event_id = models.CharField(
+        _("applied by event"),
+        max_length=255,
+        blank=True,
+        default="",
+        help_text=_("The vendor's id of the event that applied the newest version."),
+    )
+    applied_at = models.DateTimeField(_("applied at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("ordering state")
+        verbose_name_plural = _("ordering states")
+        constraints = [
+            models.UniqueConstraint(
+                fields=("handler", "key"), name="webhooks_ordering_handler_key_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.handler} [{self.key}] at {self.version} ({self.event_id})"

@@ -15,7 +15,10 @@ retry is due).
    ``_due_runs``, from the event's ``HandlerRun`` rows): lock the row again, with
    ``skip_locked``, and check that the claim is still ours (``storage.lock_claimed``: same
    ``attempts`` and ``last_attempt_at``; a newer claim means another worker took over and runs
-   what is left). Then run the handler and write its run's outcome in the same transaction: the
+   what is left). An ordered handler's decision comes next, in the same transaction
+   (``webhooks.ordering.decide``: it locks the handler's key row until the transaction ends; a
+   stale event's run ends ``skipped``, the handler not called, the reason in its ``last_error``).
+   Then run the handler and write its run's outcome in the same transaction: the
    handler's writes and its run commit together. The attempt's last handler's transaction also
    writes the event's outcome, derived from all its runs (``event_status``). When a handler
    raises, its transaction is rolled back (its writes with it) and its run's outcome
@@ -41,12 +44,12 @@ from celery import Task
 from django.db import transaction
 from django.utils import timezone
 
-from . import storage
+from . import ordering, storage
 from .conf import processing_setting
 from .exceptions import Ignore, PermanentFailure
 from .models import HandlerRun, ProcessingAttempt, WebhookEvent
 from .queueing import schedule_retry
-from .registry import Handler, handlers_for, named_handlers
+from .registry import Registration, named_registrations, registrations_for
 from .signals import (
     send_logged,
     webhook_failed,
@@ -249,15 +252,15 @@ def _attempt(event_pk: int) -> tuple[str | None, datetime | None]:
             if event is None or event.status != Status.PROCESSING:
                 return None, None
             return _record_outcome(event, state)
-    for index, (name, handler) in enumerate(due):
-        if run_handler(state, name, handler, last=index == len(due) - 1) is None:
+    for index, (name, registration) in enumerate(due):
+        if run_handler(state, name, registration, last=index == len(due) - 1) is None:
             return None, None  # another worker claimed the event after us: it runs the rest
     return state.final
 
 
 def _due_runs(
     event_pk: int, claim: storage.Claim, state: AttemptState
-) -> list[tuple[str, Handler]]:
+) -> list[tuple[str, Registration]]:
     """The handlers this attempt runs, in registration order, filling ``state.earlier``.
 
     An event without runs (new, or stored before runs existed) runs every matching handler;
@@ -266,13 +269,13 @@ def _due_runs(
     ``processing`` (a retry, a replay); a handler registered since gets a run by a replay
     (``--handler``, ``--all-handlers``). A due run whose handler no longer matches ends
     ``failed`` (nothing can run it)."""
-    named = named_handlers(handlers_for(claim.endpoint, claim.event_type))
+    named = named_registrations(registrations_for(claim.endpoint, claim.event_type))
     if not claim.runs:
         if len(named) > 1:
             state.unwritten = [name for name, _ in named]  # written by the first transaction
         return named
     statuses = dict(HandlerRun.objects.filter(event_id=event_pk).values_list("handler", "status"))
-    due = [(name, handler) for name, handler in named if statuses.get(name) in _DUE]
+    due = [(name, registration) for name, registration in named if statuses.get(name) in _DUE]
     chosen = {name for name, _ in due}
     orphans = [name for name, status in statuses.items() if status in _DUE and name not in chosen]
     if orphans:
@@ -286,14 +289,23 @@ def _due_runs(
     return due
 
 
-def run_handler(state: AttemptState, name: str, handler: Handler, *, last: bool) -> str | None:
-    """Run one handler in its own transaction together with its run's outcome: the handler's
-    writes and its run's row commit together, or neither does. The attempt's ``last`` handler's
-    transaction also writes the event's outcome (``_record_outcome``).
+def run_handler(
+    state: AttemptState, name: str, registration: Registration, *, last: bool
+) -> str | None:
+    """Run one handler (``registration``'s, kept under ``name``) in its own transaction together
+    with its run's outcome: the handler's writes and its run's row commit together, or neither
+    does. The attempt's ``last`` handler's transaction also writes the event's outcome
+    (``_record_outcome``).
 
     The event row is locked again first, and only if the claim still holds
     (``storage.lock_claimed``); it stays locked while the handler runs, so no other attempt of
-    the event runs meanwhile. A handler that raises rolls its transaction back; its run's outcome
+    the event runs meanwhile. An ordered handler's decision is taken next, in the same
+    transaction (``webhooks.ordering.decide``, which locks the key's row until it ends): a stale
+    event (``stale="skip"``) is not passed to the handler, and its run ends ``skipped`` with the
+    decision's reason as its ``last_error``; otherwise the handler runs with ``event.ordering``
+    set to the decision (None again after). ``decide`` raising counts as the handler raising
+    (``InvalidOrderingValue`` is a ``PermanentFailure``). A handler that raises rolls its
+    transaction back (an ``apply`` decision's version with it); its run's outcome
     (``ignored`` for ``Ignore``, ``failed`` for ``PermanentFailure`` or the last attempt, else
     ``processing`` with a retry due) is written by a second, short one. Returns the run's status,
     or None when the claim was lost (a newer one owns the event and runs what is left)."""
@@ -304,13 +316,24 @@ def run_handler(state: AttemptState, name: str, handler: Handler, *, last: bool)
             if event is None or event.status != Status.PROCESSING:
                 return None
             _write_pending(state)
-            # A per-handler decision taken with the row locked (per-object ordering: a stale
-            # event) goes here; a run not called ends ``skipped`` through ``_record_run``.
             try:
-                handler(event)
+                decision = ordering.decide(registration, event, handler=name)
+                skip = decision is not None and decision.action == ordering.SKIP
+                if not skip:
+                    event.ordering = decision
+                    try:
+                        registration.handler(event)
+                    finally:
+                        event.ordering = None
             except Exception as exc:
                 raise _HandlerRaised(exc, name) from exc
-            status = _record_run(state, event, name, RunStatus.PROCESSED, started, last=last)
+            if skip:
+                reason = decision.reason if decision is not None else ""
+                status = _record_run(
+                    state, event, name, RunStatus.SKIPPED, started, last=last, reason=reason
+                )
+            else:
+                status = _record_run(state, event, name, RunStatus.PROCESSED, started, last=last)
         state.unwritten = []
         return status
     except _HandlerRaised as raised:
@@ -362,11 +385,13 @@ def _record_run(
     *,
     last: bool,
     error: Exception | None = None,
+    reason: str = "",
 ) -> str:
     """Write a run's outcome (inside the handler's transaction; with the event's outcome when
-    ``last``) and send ``webhook_run_finished`` on commit."""
+    ``last``) and send ``webhook_run_finished`` on commit. ``reason``: why a ``skipped`` run was
+    not called (its ``last_error``)."""
     now = timezone.now()
-    text = ""
+    text = bound_text(reason, LAST_ERROR_MAX_CHARS)
     if isinstance(error, Ignore):
         # A handler's decision, not a failure: its message without a traceback.
         text = describe_error(error, with_traceback=False) if str(error) else ""
