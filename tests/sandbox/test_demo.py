@@ -18,7 +18,7 @@ from sandbox_project.demo.models import GitHubPush, Order, Subscription
 from tests.celery_worker import wait_until
 from tests.vendor import vendor_bytes, vendor_json
 from webhooks import processing, services
-from webhooks.models import ProcessingAttempt, WebhookEvent
+from webhooks.models import HandlerRun, ProcessingAttempt, WebhookEvent
 from webhooks.testing import post_webhook, sample_event
 
 Status = WebhookEvent.Status
@@ -226,11 +226,14 @@ def test_subscription_events_arriving_out_of_order_leave_the_newest_state(client
     assert subscription.customer == "cus_QXg1o8vcGmoR32"
     assert subscription.current_period_end.timestamp() == 1767225600
     assert late.status == Status.PROCESSED
-    (attempt,) = ProcessingAttempt.objects.filter(event=late)
-    assert attempt.error.startswith(
-        "Skipped sandbox_project.demo.webhooks.sync_subscription: stale"
+    run = HandlerRun.objects.get(
+        event=late, handler="sandbox_project.demo.webhooks.sync_subscription"
     )
-    assert f"applied by event '{canceled['id']}'" in attempt.error
+    assert run.status == HandlerRun.Status.SKIPPED
+    assert run.last_error.startswith("stale: version ")
+    assert f"applied by event '{canceled['id']}'" in run.last_error
+    (attempt,) = ProcessingAttempt.objects.filter(event=late)
+    assert (attempt.outcome, attempt.error) == ("processed", "")
 
 
 @pytest.mark.django_db

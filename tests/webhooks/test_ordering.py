@@ -20,10 +20,11 @@ from tests import postgres
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import on, ordering, processing
 from webhooks.exceptions import InvalidOrderingValue, PermanentFailure
-from webhooks.models import OrderingState, ProcessingAttempt, WebhookEvent
+from webhooks.models import HandlerRun, OrderingState, ProcessingAttempt, WebhookEvent
 from webhooks.registry import OrderingSpec, Registration, handler_name, registrations_for
 
 Status = WebhookEvent.Status
+RunStatus = HandlerRun.Status
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
@@ -367,7 +368,7 @@ def test_the_first_two_events_of_a_key_create_one_row_and_the_second_waits_for_t
 
 
 @pytest.mark.django_db
-def test_processing_skips_a_stale_event_records_why_and_runs_the_other_handlers(
+def test_processing_skips_a_stale_event_its_run_ends_skipped_with_why_and_the_others_run(
     handlers, on_commit, caplog
 ):
     seen = []
@@ -384,22 +385,89 @@ def test_processing_skips_a_stale_event_records_why_and_runs_the_other_handlers(
     caplog.set_level(logging.INFO, logger="webhooks.ordering")
     with on_commit(execute=True):
         assert processing.process_event(newer.pk) == Status.PROCESSED
-        assert processing.process_event(older.pk) == Status.PROCESSED
+        assert processing.process_event(older.pk) == Status.PROCESSED  # skipped counts as done
     assert seen == [
         ("ordered", newer.event_id, False),
         ("unordered", newer.event_id, None),
         ("unordered", older.event_id, None),
     ]
+    assert runs_of(older) == {
+        handler_name(sync_subscription): (
+            RunStatus.SKIPPED,
+            1,
+            "stale: version 2026-12-01T12:00:03+00:00 of key 'sub_1' is older than version "
+            f"2026-12-01T12:00:08+00:00 applied by event '{newer.event_id}'",
+        ),
+        handler_name(audit): (RunStatus.PROCESSED, 1, ""),
+    }
+    assert {status for status, _, _ in runs_of(newer).values()} == {RunStatus.PROCESSED}
     (attempt,) = ProcessingAttempt.objects.filter(event=older)
-    assert attempt.outcome == "processed"
-    assert attempt.error == (
-        f"Skipped {handler_name(sync_subscription)}: stale: version 2026-12-01T12:00:03+00:00 "
-        "of key 'sub_1' is older than version 2026-12-01T12:00:08+00:00 applied by event "
-        f"'{newer.event_id}'"
-    )
-    assert ProcessingAttempt.objects.get(event=newer).error == ""
+    assert (attempt.outcome, attempt.error) == ("processed", "")
     assert f"skipped stripe:{older.event_id}: stale" in caplog.text
-    assert older.__class__.objects.get(pk=older.pk).last_error == ""
+    assert WebhookEvent.objects.get(pk=older.pk).last_error == ""
+
+
+def runs_of(event) -> dict[str, tuple[str, int, str]]:
+    """The event's runs: ``{handler: (status, attempts, last_error)}``."""
+    rows = HandlerRun.objects.filter(event=event)
+    return {
+        handler: (status, attempts, error)
+        for handler, status, attempts, error in rows.values_list(
+            "handler", "status", "attempts", "last_error"
+        )
+    }
+
+
+@pytest.mark.django_db
+def test_a_retry_of_a_stale_event_runs_the_failed_run_alone_and_leaves_the_skipped_one(
+    handlers, on_commit
+):
+    calls = []
+
+    @on("stripe", "test.subscription.*", ordering_key="data.object.id")
+    def sync_subscription(event):
+        calls.append(event.event_id)
+
+    @on("stripe", "test.subscription.*")
+    def notify(event):
+        if event.payload.get("notify_fails") and event.attempts == 1:
+            raise RuntimeError("mail server down")
+
+    newer, older = subscription_event("sub_1", 8), subscription_event("sub_1", 3)
+    with on_commit(execute=True):
+        assert processing.process_event(newer.pk) == Status.PROCESSED
+    # A stale event whose other handler fails: the failed run older is retried; the skipped run
+    # is not run again.
+    older.payload["notify_fails"] = True
+    older.save(update_fields=["payload"])
+    with on_commit(execute=True):
+        assert processing.process_event(older.pk) == Status.PROCESSING
+    assert runs_of(older)[handler_name(sync_subscription)][:2] == (RunStatus.SKIPPED, 1)
+    assert runs_of(older)[handler_name(notify)][:2] == (RunStatus.PROCESSING, 1)
+    WebhookEvent.objects.filter(pk=older.pk).update(next_attempt_at=None)
+    with on_commit(execute=True):
+        assert processing.process_event(older.pk) == Status.PROCESSED
+    assert runs_of(older)[handler_name(sync_subscription)][:2] == (RunStatus.SKIPPED, 1)
+    assert runs_of(older)[handler_name(notify)][:2] == (RunStatus.PROCESSED, 2)
+    assert calls == [newer.event_id]
+
+
+@pytest.mark.django_db
+def test_two_ordered_callables_of_one_dotted_name_keep_their_own_state(handlers, on_commit):
+    seen = []
+    on("stripe", "test.subscription.*", ordering_key="data.object.id")(
+        lambda event: seen.append(("a", event.event_id))
+    )
+    on("stripe", "test.subscription.updated", ordering_key="data.object.id")(
+        lambda event: seen.append(("b", event.event_id))
+    )
+    first = subscription_event("sub_1", 8)
+    with on_commit(execute=True):
+        assert processing.process_event(first.pk) == Status.PROCESSED
+    names = sorted(runs_of(first))
+    assert len(names) == 2 and names[1] == names[0] + "#2"
+    assert sorted(OrderingState.objects.values_list("handler", flat=True)) == names
+    assert seen == [("a", first.event_id), ("b", first.event_id)]
 
 
 @pytest.mark.django_db
@@ -454,6 +522,7 @@ def test_an_unreadable_key_fails_the_event_at_once(handlers, on_commit):
         f"{handler_name(sync_subscription)}: ordering_key 'data.object.customer' is missing "
         "from the payload"
     )
+    assert runs_of(event)[handler_name(sync_subscription)][:2] == (RunStatus.FAILED, 1)
 
 
 @pytest.mark.django_db
@@ -474,3 +543,4 @@ def test_a_raising_key_callable_is_the_handler_raising(handlers, on_commit):
         f"Handler: {handler_name(sync_subscription)}",
     ]
     assert not OrderingState.objects.exists()
+    assert runs_of(event)[handler_name(sync_subscription)][:2] == (RunStatus.PROCESSING, 1)
