@@ -17,7 +17,8 @@ For one (handler, key), events apply in version order. ``decide(registration, ev
      transaction: they commit exactly when the handler's writes do, and a handler that fails
      (rolled back) leaves the state as it was;
    - ``skip`` (``stale="skip"``, the default): the version is older than the newest applied; the
-     handler must not be called. ``reason`` names the newer event;
+     handler must not be called (``webhooks.processing`` ends its run ``skipped``, with
+     ``reason`` as the run's ``last_error``). ``reason`` names the newer event;
    - ``deliver_stale`` (``stale="deliver"``): older, but the handler asked to see it; it is called
      with ``event.ordering.stale`` true, and the state keeps the newer version.
 
