@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from tests import ordered_objects, postgres
 from tests.celery_worker import wait_until
 from webhooks import queueing
-from webhooks.models import OrderingState, WebhookEvent
+from webhooks.models import HandlerRun, OrderingState, WebhookEvent
 from webhooks.testing import post_webhook
 
 pytestmark = [
@@ -36,6 +36,7 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
 ]
 Status = WebhookEvent.Status
+RunStatus = HandlerRun.Status
 EXAMPLES = 8
 HANDLER = "tests.worker_app.webhooks.ordered"
 
@@ -140,3 +141,20 @@ def test_out_of_order_events_leave_the_newest_state_and_runs_of_a_key_never_over
     assert set(failed) <= {event_id[pair] for pair in failing}
     committed = [span.event_id for span in spans if not span.failed]
     assert len(committed) == len(set(committed))
+
+    # Each event's run of the handler ended processed (exactly the events whose handler call
+    # committed) or skipped, the reason naming a newer event of the same object.
+    runs = HandlerRun.objects.filter(event__event_id__in=ids, handler=HANDLER)
+    outcome = {e: (status, error) for e, status, error in runs.values_list(
+        "event__event_id", "status", "last_error")}  # fmt: skip
+    assert set(outcome) == set(ids)
+    assert {e for e, (status, _) in outcome.items() if status == RunStatus.PROCESSED} == set(
+        committed
+    )
+    for (obj, version), evt in event_id.items():
+        status, error = outcome[evt]
+        if status != RunStatus.PROCESSED:
+            assert status == RunStatus.SKIPPED, (evt, status, error)
+            assert version < newest[obj]
+            assert error.startswith("stale: version ")
+            assert f"applied by event 'evt_{run}_{obj}_" in error
