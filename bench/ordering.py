@@ -3,12 +3,12 @@
 In a scratch database (``TETHER_BENCH_DB``, default ``bench_ordering``: created, migrated,
 dropped at the end unless ``--keep``), each case processes ``--objects`` x ``--versions``
 stored events, shuffled, one ``webhooks.processing.process_event`` after another (the claim's
-transaction, then the run's), with no-op handlers, so that it measures the machinery:
+transaction, then one per handler run), with no-op handlers, so that it measures the machinery:
 
 - ``1 handler``: one unordered handler (the baseline);
 - ``1 ordered``: one handler ordered by ``data.object.id`` (version: the event's occurred time):
   each run also locks (and for a key's first event creates) its key's row and, when the event is
-  newer, updates it; a stale event's handler is skipped;
+  newer, updates it; a stale event's run ends ``skipped``;
 - ``3 handlers`` and ``3 ordered``: the same with three handlers per event.
 
 The cases alternate in ``--rounds`` rounds, so that the load of a shared machine falls on all
