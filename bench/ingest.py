@@ -17,6 +17,8 @@ processed, by ``bench/loadgen.py``:
 (c) duplicates of events stored in (b),
 (d) end to end: N events posted until all are ``processed`` by a real Celery worker with a
     no-op handler, against N no-op Celery tasks sent directly and drained by the same worker,
+(g) the same as (d) with three no-op handlers per event (``bench.three`` events: each handler
+    runs in its own transaction with its run), in the same rounds as (d) and its baseline,
 (e) the floor, new events: ``POST /bench/floor/``, a view that only reads the body, parses it
     and runs the app's receive statement (``bench/views.py``; a diagnostic, not the product),
 (f) the floor, duplicates of events stored in (e).
@@ -135,7 +137,7 @@ def missing_pieces(cases: str, *, asgi: bool = False) -> list[str]:
         for module, what in (("uvicorn", "uvicorn"), ("psycopg_pool", "psycopg-pool")):
             if importlib.util.find_spec(module) is None:
                 missing.append(f"--asgi needs {what} (the test extra)")
-    if not set(cases) & set("bcd"):
+    if not set(cases) & set("bcdg"):
         return missing
     from django.urls import Resolver404, resolve
 
@@ -160,7 +162,7 @@ def missing_pieces(cases: str, *, asgi: bool = False) -> list[str]:
     from sandbox_project.celery import app
 
     app.loader.import_default_modules()
-    if "d" in cases and "webhooks.process_event" not in app.tasks:
+    if set(cases) & set("dg") and "webhooks.process_event" not in app.tasks:
         missing.append("Celery task 'webhooks.process_event' is not registered (webhooks/tasks.py)")
     return missing
 
@@ -180,7 +182,7 @@ def make_signer():
 # Requests, built and signed before any timing
 
 
-def event_body(run_id: str, index: int) -> bytes:
+def event_body(run_id: str, index: int, event_type: str = "payment_intent.succeeded") -> bytes:
     intent = {**PAYMENT_INTENT, "id": f"pi_{run_id}_{index:07d}"}
     intent["metadata"] = {"order_id": str(index)}
     event = {
@@ -192,7 +194,7 @@ def event_body(run_id: str, index: int) -> bytes:
         "livemode": False,
         "pending_webhooks": 1,
         "request": {"id": f"req_{run_id}_{index:07d}", "idempotency_key": None},
-        "type": "payment_intent.succeeded",
+        "type": event_type,
     }
     return json.dumps(event, separators=(",", ":")).encode()
 
@@ -383,11 +385,11 @@ class Bench:
         return self.drive("bare", requests, seconds=seconds, cycle=True, expect='"ok"')
 
     def new_event_requests(
-        self, prefix: str, count: int, path: str = ENDPOINT_PATH
+        self, prefix: str, count: int, path: str = ENDPOINT_PATH, **event: str
     ) -> tuple[list[bytes], list[bytes]]:
         """(requests, bodies): ``count`` new events posted to ``path``, signed (the floor view
         ignores the signature, but its requests are then the same bytes as the webhook view's)."""
-        bodies = [event_body(self.run_id + prefix, i) for i in range(count)]
+        bodies = [event_body(self.run_id + prefix, i, **event) for i in range(count)]
         return [raw_post(self.port, path, b, self.sign(b)) for b in bodies], bodies
 
     def stored_bodies(self, prefix: str, bodies: list[bytes]) -> list[bytes]:
@@ -466,13 +468,15 @@ class Bench:
         )
         return start, time.time()
 
-    def post_until_processed(self, prefix: str, count: int, timeout: float) -> tuple[dict, float]:
+    def post_until_processed(
+        self, prefix: str, count: int, timeout: float, **event: str
+    ) -> tuple[dict, float]:
         """Post ``count`` new events and wait until all are processed: (loadgen result, end)."""
         from django.db.models import Count
 
         from webhooks.models import WebhookEvent
 
-        requests, _ = self.new_event_requests(prefix, count)
+        requests, _ = self.new_event_requests(prefix, count, **event)
         path = write_loadgen_requests(self.workdir, f"new-{prefix}", requests)
         child = self.loadgen(self.port, path, count=count, duration=timeout, expect='"accepted"')
         events = WebhookEvent.objects.filter(event_id__startswith=f"evt_{self.run_id}{prefix}_")
@@ -507,34 +511,45 @@ class Bench:
         except BenchError as exc:
             raise BenchError(f"{exc}: is the Celery worker running?\n{worker.log_tail()}") from exc
         self.post_until_processed("w", 8, timeout=60)  # warm the processing path too
+        from bench.webhooks import THREE_HANDLERS_TYPE
 
-        # (d) and its baseline alternate in rounds (N split between them, order swapped each
-        # round), so that a change in the machine's load hits both alike.
+        three = {"event_type": THREE_HANDLERS_TYPE}
+        if "g" in self.args.cases:
+            self.post_until_processed("wg", 8, timeout=60, **three)
+
+        # (d), (g) and their baseline alternate in rounds (N split between them, order rotated
+        # each round), so that a change in the machine's load hits them alike.
         rounds = max(1, min(self.args.e2e_rounds, n))
         celery = {"n": 0, "wall_s": 0.0}
-        e2e = {"n": 0, "wall_s": 0.0, "post_ok": 0, "post_wall_s": 0.0, "post_p99_ms": 0.0,
-               "errors": {}}  # fmt: skip
+        measured = [key for key in "dg" if key in self.args.cases]
+        e2e = {key: {"n": 0, "wall_s": 0.0, "post_ok": 0, "post_wall_s": 0.0,
+                     "post_p99_ms": 0.0, "errors": {}} for key in measured}  # fmt: skip
         for number in range(rounds):
             size = n // rounds + (1 if number < n % rounds else 0)
-            order = ("celery", "d") if number % 2 == 0 else ("d", "celery")
-            for which in order:
+            order = ["celery", *measured]
+            shift = number % len(order)
+            for which in order[shift:] + order[:shift]:
                 if which == "celery":
                     start, end = self.drain_noop_tasks(size, timeout)
                     celery["n"] += size
                     celery["wall_s"] += end - start
-                else:
-                    posted, end = self.post_until_processed(f"d{number}", size, timeout)
-                    e2e["n"] += size
-                    e2e["wall_s"] += end - posted["started_at"]
-                    e2e["post_ok"] += posted["ok"]
-                    e2e["post_wall_s"] += posted["wall_s"]
-                    e2e["post_p99_ms"] = max(e2e["post_p99_ms"], posted["p99_ms"])
-                    for kind, count in posted["errors"].items():
-                        e2e["errors"][kind] = e2e["errors"].get(kind, 0) + count
+                    continue
+                posted, end = self.post_until_processed(
+                    f"{which}{number}", size, timeout, **(three if which == "g" else {})
+                )
+                case = e2e[which]
+                case["n"] += size
+                case["wall_s"] += end - posted["started_at"]
+                case["post_ok"] += posted["ok"]
+                case["post_wall_s"] += posted["wall_s"]
+                case["post_p99_ms"] = max(case["post_p99_ms"], posted["p99_ms"])
+                for kind, count in posted["errors"].items():
+                    case["errors"][kind] = case["errors"].get(kind, 0) + count
         celery["throughput"] = celery["n"] / celery["wall_s"]
-        e2e["throughput"] = e2e["n"] / e2e["wall_s"]
-        e2e["post_throughput"] = e2e["post_ok"] / e2e["post_wall_s"]
-        results = {"d": e2e, "celery": celery}
+        for case in e2e.values():
+            case["throughput"] = case["n"] / case["wall_s"]
+            case["post_throughput"] = case["post_ok"] / case["post_wall_s"]
+        results = {**e2e, "celery": celery}
         # Diagnosis, not part of the ratio: the worker's drain rate alone, with the queue filled
         # first (consumer paused), for webhooks and for no-op tasks alike.
         try:
@@ -682,6 +697,8 @@ def summarize(results: dict, *, asgi: bool = False) -> dict:
         "c_over_a": ratio(rate("c"), rate("a")),
         "b_p99_ms": round(b["p99_ms"], 2) if b else None,
         "d_over_celery": ratio(rate("d"), rate("celery")),
+        "g_over_celery": ratio(rate("g"), rate("celery")),
+        "g_over_d": ratio(rate("g"), rate("d")),
         "e_over_a": ratio(rate("e"), rate("a")),
         "f_over_a": ratio(rate("f"), rate("a")),
         "b_over_e": ratio(rate("b"), rate("e")),
@@ -696,7 +713,7 @@ def print_report(bench: Bench, results: dict) -> dict:
     d, celery = results.get("d"), results.get("celery")
     args = bench.args
     summary = summarize(results, asgi=args.asgi)
-    if not any(results.get(key) for key in "abcdef"):
+    if not any(results.get(key) for key in "abcdefg"):
         return summary
     print()
     print(
@@ -741,6 +758,11 @@ def print_report(bench: Bench, results: dict) -> dict:
             f"   (posting alone {d['post_throughput']:.0f} req/s, worst round's p99 "
             f"{d['post_p99_ms']:.1f} ms)"
         )
+        if g := results.get("g"):
+            print(
+                f"{'(g) the same, 3 handlers per event':<{LABEL_WIDTH}}{g['n']:>8}"
+                f"{g['throughput']:>9.0f}   (posting alone {g['post_throughput']:.0f} req/s)"
+            )
         label = "    bare Celery no-op tasks"
         print(f"{label:<{LABEL_WIDTH}}{celery['n']:>8}{celery['throughput']:>9.0f}")
     drained, noop_drained = results.get("d_drain"), results.get("celery_drain")
@@ -886,7 +908,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk's threads (-t)")
     parser.add_argument("--max-rate", type=float, default=4000.0, help="new events signed per s")
     parser.add_argument(
-        "--cases", default="abcdef", help="the cases to run, e.g. ab or a,e,b (default all)"
+        "--cases", default="abcdefg", help="the cases to run, e.g. ab or a,e,b (default all)"
     )
     parser.add_argument(
         "--profile",
@@ -915,8 +937,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.cases = args.cases.replace(",", "").replace(" ", "")
-    if not args.cases or set(args.cases) - set("abcdef"):
-        parser.error(f"--cases: letters among a, b, c, d, e, f, not {args.cases!r}")
+    if not args.cases or set(args.cases) - set("abcdefg"):
+        parser.error(f"--cases: letters among a, b, c, d, e, f, g, not {args.cases!r}")
     if args.profile:
         # The profile covers one HTTP case, after each worker's first requests: (b) unless
         # --cases names a or e (the floor, to compare with it). Not c or f: their duplicates
@@ -972,8 +994,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 print("(profiling slows the workers: the figures above are not the benchmark's)")
                 print_profile(workdir, save=args.profile_save)
-            if "d" in args.cases:
-                print(f"(d) end to end, {args.e2e_events} events ...", flush=True)
+            if set(args.cases) & set("dg"):
+                print(f"end to end ({args.cases}), {args.e2e_events} events each ...", flush=True)
                 results.update(bench.case_end_to_end())
             if args.asgi and not args.profile:
                 results.update(run_asgi_rounds(bench))

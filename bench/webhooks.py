@@ -1,4 +1,6 @@
-"""A no-op handler for the benchmark's endpoint, found by the webhooks app's autodiscovery."""
+"""No-op handlers for the benchmark's endpoint, found by the webhooks app's autodiscovery: one
+for every event (case (d)), and two more for ``bench.three`` events (case (g): three handlers
+per event, each in its own transaction with its run)."""
 
 from webhooks import on
 
@@ -6,3 +8,17 @@ from webhooks import on
 @on("bench", "*")  # bench.settings.BENCH_ENDPOINT
 def noop(event) -> None:
     """Does nothing: the benchmark measures the machinery around handlers."""
+
+
+#: The event type of case (g), whose events have three handlers: ``noop`` and these two.
+THREE_HANDLERS_TYPE = "bench.three"
+
+
+@on("bench", THREE_HANDLERS_TYPE)
+def noop_second(event) -> None:
+    """Case (g)'s second handler."""
+
+
+@on("bench", THREE_HANDLERS_TYPE)
+def noop_third(event) -> None:
+    """Case (g)'s third handler."""

@@ -45,3 +45,18 @@ def runs(event_id: str | None = None) -> list[tuple[str, int, int]]:
                 [event_id],
             )
         return list(cursor.fetchall())
+
+
+def record_run_as(event, label: str) -> None:
+    """``record_run`` under ``<event id>/<label>``: to count the runs of one of several handlers
+    of an event (``runs_as``)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {TABLE} (event_id, attempt, pid) VALUES (%s, %s, %s)",
+            [f"{event.event_id}/{label}", event.attempts, os.getpid()],
+        )
+
+
+def runs_as(event_id: str, label: str) -> list[int]:
+    """The attempts in which the handler recording as ``label`` ran for the event, in order."""
+    return [attempt for _, attempt, _ in runs(f"{event_id}/{label}")]

@@ -110,6 +110,17 @@ def test_webhook_traffic_shows_on_metrics(client, handlers, django_capture_on_co
     assert delta("tether_webhook_processing_seconds_count", endpoint="stripe") == 1
     assert delta("tether_webhook_end_to_end_seconds_count", endpoint="stripe") == 1
     assert delta("tether_webhook_end_to_end_seconds_sum", endpoint="stripe") > 0
+    # Runs by handler and outcome: the ok lambda processed, ``bad`` failed; no run for the
+    # event no handler matched.
+    ok_name = "tests.test_metrics.test_webhook_traffic_shows_on_metrics.<locals>.<lambda>"
+    bad_name = "tests.test_metrics.test_webhook_traffic_shows_on_metrics.<locals>.bad"
+    runs = "tether_webhook_handler_runs_total"
+    assert delta(runs, endpoint="stripe", handler=ok_name, outcome="processed") == 1
+    assert delta(runs, endpoint="stripe", handler=bad_name, outcome="failed") == 1
+    assert delta(runs, endpoint="stripe", handler=bad_name, outcome="processed") == 0
+    seconds = "tether_webhook_handler_run_seconds_count"
+    assert delta(seconds, endpoint="stripe", handler=ok_name) == 1
+    assert delta(seconds, endpoint="stripe", handler=bad_name) == 1
 
 
 @pytest.mark.django_db

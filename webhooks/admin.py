@@ -13,18 +13,20 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.db.models.functions import Substr
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import selectors, services
-from .models import ProcessingAttempt, WebhookEvent
+from .models import HandlerRun, ProcessingAttempt, WebhookEvent
+from .registry import HANDLER_NAME_MAX_CHARS
 
 if TYPE_CHECKING:
     from django.contrib.admin.options import _FieldsetSpec
@@ -123,7 +125,8 @@ def _summarise_deep(value: Any, levels: int) -> tuple[Any, bool]:
 
 
 class OperatorActionForm(forms.Form):
-    """The reason an operator gives on a confirmation page (optional, kept in the History)."""
+    """The reason an operator gives on a confirmation page (optional, kept in the History), and,
+    for a run's Replay, the handler (hidden)."""
 
     reason = forms.CharField(
         label=_("Reason"),
@@ -132,14 +135,57 @@ class OperatorActionForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
         help_text=_("Optional; recorded in each event's History with your name."),
     )
+    handler = forms.CharField(
+        required=False, max_length=HANDLER_NAME_MAX_CHARS, widget=forms.HiddenInput
+    )
+
+    def clean_handler(self) -> str:
+        name: str = self.cleaned_data["handler"]
+        if name:
+            try:
+                services.checked_handlers([name])
+            except services.UnknownHandler as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return name
+
+
+class FailedRunsOfHandlerFilter(admin.SimpleListFilter):
+    """The events with a failed run of one handler (the handlers come from the failed runs, so
+    the choices never list more than the handlers that failed)."""
+
+    title = _("failed runs of handler")
+    parameter_name = "failed_handler"
+    #: The most handlers the filter lists.
+    LISTED = 50
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        names = (
+            HandlerRun.objects.filter(status=HandlerRun.Status.FAILED)
+            .order_by("handler")
+            .values_list("handler", flat=True)
+            .distinct()[: self.LISTED]
+        )
+        return [(name, name) for name in names]
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[WebhookEvent]
+    ) -> QuerySet[WebhookEvent]:
+        name = self.value()
+        if not name:
+            return queryset
+        return queryset.filter(
+            Exists(HandlerRun.objects.filter(event=OuterRef("pk"), handler=name[
+                :HANDLER_NAME_MAX_CHARS], status=HandlerRun.Status.FAILED))
+        )  # fmt: skip
 
 
 #: The operator actions: name -> (title, what it does, button label).
 _ACTIONS: dict[str, tuple[StrOrPromise, StrOrPromise, StrOrPromise]] = {
     "replay": (
         _("Replay"),
-        _("Each event goes back to “received” with 0 attempts and is enqueued: its handlers run "
-          "again. Its last error is kept until the next outcome."),
+        _("Each event goes back to “received” with 0 attempts and is enqueued: its failed "
+          "handler runs run again (all its handlers, for an event stored before runs were "
+          "recorded). Its last error is kept until the next outcome."),
         _("Yes, replay"),
     ),
     "mark_ignored": (
@@ -266,6 +312,49 @@ def _attempt_table(event: WebhookEvent) -> str:
     )  # fmt: skip
 
 
+_RUN_COLOURS: dict[str, str] = {
+    HandlerRun.Status.PENDING: "#1565c0",
+    HandlerRun.Status.PROCESSING: "#ef6c00",
+    HandlerRun.Status.PROCESSED: "#2e7d32",
+    HandlerRun.Status.IGNORED: "#616161",
+    HandlerRun.Status.SKIPPED: "#616161",
+    HandlerRun.Status.FAILED: "#c62828",
+}
+
+
+def _run_table(event: WebhookEvent, replay_url: str | None) -> str:
+    """The event's handler runs: handler, status, attempts, duration, error, and (for users who
+    may change events, ``replay_url``) a Replay link per run."""
+    runs = list(HandlerRun.objects.filter(event=event).order_by("id"))
+    if not runs:
+        return format_html("<p>{}</p>", _(
+            "No handler runs: no handler matched, or the event was stored before runs were "
+            "recorded (its handlers ran together)."))  # fmt: skip
+    rows = []
+    for run in runs:
+        duration = run.duration
+        link = ""
+        if replay_url is not None:
+            link = format_html('<a href="{}?{}" class="webhooks-replay-run">{}</a>', replay_url,
+                               urlencode({"handler": run.handler}), _("Replay"))  # fmt: skip
+        rows.append((
+            format_html("<code>{}</code>", run.handler),
+            _badge(_RUN_COLOURS.get(run.status, "#616161"), run.get_status_display()),
+            run.attempts,
+            "" if duration is None else f"{duration.total_seconds():.3f} s",
+            _error_cell(run.last_error),
+            link,
+        ))  # fmt: skip
+    body = format_html_join(
+        "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows
+    )
+    return format_html(
+        '<table class="webhooks-runs"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th>'
+        "<th>{}</th><th></th></tr></thead><tbody>{}</tbody></table>",
+        _("handler"), _("status"), _("attempts"), _("duration"), _("error"), body,
+    )  # fmt: skip
+
+
 def _error_cell(error: str) -> str:
     """The error's first line; the whole (bounded) text folded under it."""
     if not error:
@@ -287,7 +376,7 @@ class WebhookEventAdmin(admin.ModelAdmin):
     confirmation_template = "admin/webhooks/webhookevent/confirm_action.html"
     list_display = ("endpoint", "event_id", "event_type", "status_badge", "attempts",
                     "received_at_s", "last_error_short")  # fmt: skip
-    list_filter = ("endpoint", "status", "event_type", "source")
+    list_filter = ("endpoint", "status", "event_type", "source", FailedRunsOfHandlerFilter)
     search_fields = ("=event_id",)  # shows the search box; get_search_results does the search
     search_help_text = _(
         "Exact vendor event id (evt_..., a GitHub delivery id) or, on PostgreSQL, a string "
@@ -306,6 +395,7 @@ class WebhookEventAdmin(admin.ModelAdmin):
             {"fields": ("attempts", "received_at_s", "occurred_at_s", "last_attempt_at_s",
                         "next_attempt_at_s", "processed_at_s")},
         ),
+        (_("Handler runs"), {"fields": ("handler_runs",)}),
         (_("Attempts"), {"fields": ("attempt_history",)}),
         (_("Request"), {"fields": ("payload_pretty", "headers_pretty", "body_size")}),
     )  # fmt: skip
@@ -321,14 +411,16 @@ class WebhookEventAdmin(admin.ModelAdmin):
         return names
 
     def get_fieldsets(self, request: HttpRequest, obj: WebhookEvent | None = None) -> _FieldsetSpec:
-        """Users who may only view events see the headers without the signature one."""
+        """Users who may only view events see the headers without the signature one, and the runs
+        without their Replay links."""
         fieldsets = self.fieldsets or ()
         if self.has_change_permission(request, obj):
             return fieldsets
+        view_only: dict[Any, Any] = {"headers_pretty": "headers_without_signature",
+                                     "handler_runs": "handler_runs_readonly"}  # fmt: skip
         return tuple(
             (name, {**options, "fields": tuple(
-                "headers_without_signature" if field == "headers_pretty" else field
-                for field in options["fields"])})
+                view_only.get(field, field) for field in options["fields"])})
             for name, options in fieldsets
         )  # fmt: skip
 
@@ -400,13 +492,31 @@ class WebhookEventAdmin(admin.ModelAdmin):
             raise PermissionDenied
         change_url = reverse("admin:webhooks_webhookevent_change", args=[event.pk],
                              current_app=self.admin_site.name)  # fmt: skip
-        form = OperatorActionForm(request.POST if request.method == "POST" else None)
+        handler = ""
+        if name == "replay":
+            handler = request.POST.get("handler", request.GET.get("handler", ""))
+        form = OperatorActionForm(
+            request.POST if request.method == "POST" else None, initial={"handler": handler}
+        )
+        queryset = WebhookEvent.objects.filter(pk=event.pk)
+        if handler:
+            # A run's Replay: the handler must be registered and handle this event.
+            check = OperatorActionForm({"handler": handler})
+            problem: StrOrPromise | None = None
+            if not check.is_valid():
+                problem = "; ".join(str(e) for e in check.errors.get("handler", []))
+            elif not services.handled_by(queryset, [handler]).exists():
+                problem = _("this handler does not handle this event")
+            if problem is not None:
+                self.message_user(request, _("Cannot replay this run: %(problem)s") %
+                                  {"problem": problem}, messages.ERROR)  # fmt: skip
+                return HttpResponseRedirect(change_url)
         if request.method == "POST" and form.is_valid():
-            queryset = WebhookEvent.objects.filter(pk=event.pk)
-            self._perform(request, name, queryset, form.cleaned_data["reason"], via="admin")
+            self._perform(request, name, queryset, form.cleaned_data["reason"], via="admin",
+                          handlers=[handler] if handler else None)  # fmt: skip
             return HttpResponseRedirect(change_url)
         return self._confirmation(request, name, form, events=[event], count=1,
-                                  cancel_url=change_url)  # fmt: skip
+                                  cancel_url=change_url, handler=handler)  # fmt: skip
 
     def _confirmation(
         self,
@@ -418,6 +528,7 @@ class WebhookEventAdmin(admin.ModelAdmin):
         count: int,
         cancel_url: str,
         bulk: dict[str, Any] | None = None,
+        handler: str = "",
     ) -> TemplateResponse:
         """The confirmation page of an action on ``count`` events (the first ``events`` listed)."""
         title, explanation, button = _ACTIONS[name]
@@ -430,7 +541,15 @@ class WebhookEventAdmin(admin.ModelAdmin):
             "opts": self.opts,
             "action_name": name,
             "action_title": title,
-            "explanation": explanation,
+            "explanation": (
+                _(
+                    "The run of %(handler)s goes back to “pending” and the event to “received”: "
+                    "only this handler runs."
+                )
+                % {"handler": handler}
+                if handler
+                else explanation
+            ),
             "button": button,
             "form": form,
             "events": events,
@@ -444,10 +563,11 @@ class WebhookEventAdmin(admin.ModelAdmin):
         return TemplateResponse(request, self.confirmation_template, context)
 
     def _perform(self, request: HttpRequest, name: str, queryset: QuerySet[WebhookEvent],
-                 reason: str, *, via: str) -> None:  # fmt: skip
+                 reason: str, *, via: str, handlers: list[str] | None = None) -> None:  # fmt: skip
         """Run the action through ``webhooks.services`` and say what it did."""
         if name == "replay":
-            count = services.replay_events(queryset, actor=request.user, via=via, reason=reason)
+            count = services.replay_events(queryset, actor=request.user, via=via, reason=reason,
+                                           handlers=handlers)  # fmt: skip
             self.message_user(
                 request,
                 ngettext("%(count)d event queued for replay.",
@@ -530,6 +650,17 @@ class WebhookEventAdmin(admin.ModelAdmin):
     @admin.display(description=_("history"))
     def attempt_history(self, obj: WebhookEvent) -> str:
         return _attempt_table(obj)
+
+    @admin.display(description=_("runs"))
+    def handler_runs(self, obj: WebhookEvent) -> str:
+        """The runs with a Replay link each (for users who may change events)."""
+        replay_url = reverse("admin:webhooks_webhookevent_replay", args=[obj.pk],
+                             current_app=self.admin_site.name)  # fmt: skip
+        return _run_table(obj, replay_url)
+
+    @admin.display(description=_("runs"))
+    def handler_runs_readonly(self, obj: WebhookEvent) -> str:
+        return _run_table(obj, None)
 
     @admin.display(description=_("payload"))
     def payload_pretty(self, obj: WebhookEvent) -> str:

@@ -73,3 +73,9 @@ class Ignore(WebhookError):
 
 class PermanentFailure(WebhookError):
     """Raised by a handler: end the event ``failed`` now, without retries."""
+
+
+class InvalidOrderingValue(PermanentFailure):
+    """An ordered handler's key or version could not be read from the event (the path is
+    missing, or the value has the wrong type or size): the run fails at once, since a retry reads
+    the same payload. The message names the handler's path or callable, never the payload."""

@@ -18,6 +18,10 @@ that strangers cannot grow the label set):
 - ``tether_webhook_processing_seconds{endpoint}``: histogram, last attempt start to processed.
 - ``tether_webhook_end_to_end_seconds{endpoint}``: histogram, received to processed.
 - ``tether_webhooks_stuck{endpoint}``: gauge at scrape time, events stuck past ``STUCK_AFTER``.
+- ``tether_webhook_handler_runs_total{endpoint,handler,outcome}``: handler runs that recorded
+  an outcome (``processed``, ``ignored``, ``skipped``, ``failed``, ``retry``). ``handler`` is
+  the dotted name of a registered handler (code, not input: the label set is bounded).
+- ``tether_webhook_handler_run_seconds{endpoint,handler}``: histogram, a run's duration.
 
 With several processes per host, see ``tether.metrics`` (``PROMETHEUS_MULTIPROC_DIR``).
 """
@@ -66,6 +70,16 @@ def instruments() -> SimpleNamespace:
             "tether_webhook_processing_seconds",
             "Time from the start of the successful attempt to processed.",
             by_endpoint,
+        ),
+        runs=Counter(
+            "tether_webhook_handler_runs",
+            "Handler runs that recorded an outcome, by handler and outcome.",
+            ["endpoint", "handler", "outcome"],
+        ),
+        run_seconds=Histogram(
+            "tether_webhook_handler_run_seconds",
+            "Duration of a handler's run (its handler's call and outcome).",
+            ["endpoint", "handler"],
         ),
         end_to_end_seconds=Histogram(
             "tether_webhook_end_to_end_seconds",
@@ -125,6 +139,17 @@ def on_ignored(sender: Any, event: Any, **kwargs: Any) -> None:
     _labelled(instruments().ignored, endpoint_label(event.endpoint)).inc()
 
 
+#: The outcome label of each run status (``processing``: failed, retry due).
+RUN_OUTCOMES = {"processing": "retry"}
+
+
+def on_run_finished(sender: Any, run: Any, event: Any, **kwargs: Any) -> None:
+    metrics, label = instruments(), endpoint_label(event.endpoint)
+    metrics.runs.labels(label, run.handler, RUN_OUTCOMES.get(run.status, run.status)).inc()
+    if (seconds := _seconds(run.started_at, run.finished_at)) is not None:
+        metrics.run_seconds.labels(label, run.handler).observe(seconds)
+
+
 class StuckEventsCollector:
     """``tether_webhooks_stuck{endpoint}``, counted in the database at scrape time."""
 
@@ -160,6 +185,7 @@ _RECEIVERS = (
     (signals.webhook_processed, on_processed),
     (signals.webhook_failed, on_failed),
     (signals.webhook_ignored, on_ignored),
+    (signals.webhook_run_finished, on_run_finished),
 )
 
 

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+
+from .registry import HANDLER_NAME_MAX_CHARS
+
+if TYPE_CHECKING:
+    from .ordering import OrderingDecision
 
 
 class WebhookEvent(models.Model):
@@ -82,6 +88,11 @@ class WebhookEvent(models.Model):
         ),
     )
 
+    #: Set while an ordered handler runs: its ``webhooks.ordering.OrderingDecision`` for this
+    #: event (``event.ordering.stale`` is true for a stale event delivered with
+    #: ``stale="deliver"``); None for an unordered handler. Not a database field.
+    ordering: OrderingDecision | None = None
+
     class Meta:
         verbose_name = _("webhook event")
         verbose_name_plural = _("webhook events")
@@ -120,8 +131,9 @@ class ProcessingAttempt(models.Model):
     ``attempts`` still counts it, and the admin shows the missing numbers as "no outcome
     recorded". When that lost attempt was the last allowed, the claim that ends the event
     ``failed`` writes a ``lost`` row for it. Rows go with their event (prune); a replay keeps
-    the latest ``ATTEMPTS_KEPT_PER_EVENT`` of an event's rows (``webhooks.services``). A later
-    per-handler breakdown would add a nullable ``handler`` column (NULL: the whole attempt).
+    the latest ``ATTEMPTS_KEPT_PER_EVENT`` of an event's rows (``webhooks.services``). It has no
+    ``handler`` column: an attempt may run several handlers, each of which records its outcome
+    in its ``HandlerRun``; the attempt's ``error`` names the handler that failed.
     """
 
     class Outcome(models.TextChoices):
@@ -166,3 +178,123 @@ class ProcessingAttempt(models.Model):
         if self.finished_at is None:
             return None
         return self.finished_at - self.started_at
+
+
+class HandlerRun(models.Model):
+    """One handler's run for one event: where that (event, handler) pair stands.
+
+    Written by ``webhooks.processing`` in the handler's own transaction, with the handler's
+    writes, so a ``processed`` run is one whose effects committed. A run that fails is retried
+    alone (the event's backoff and attempt limit); a run that ended ``processed``, ``ignored`` or
+    ``skipped`` is not run again unless an operator replays it. Events stored before runs
+    existed (migration 0007) have none: they are processed as before, every matching handler at
+    once, and get runs from their next attempt on.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("pending")
+        PROCESSING = "processing", _("processing (retry due)")
+        PROCESSED = "processed", _("processed")
+        IGNORED = "ignored", _("ignored")
+        SKIPPED = "skipped", _("skipped")
+        FAILED = "failed", _("failed")
+
+    event = models.ForeignKey(
+        WebhookEvent,
+        on_delete=models.CASCADE,
+        related_name="handler_runs",
+        verbose_name=_("event"),
+        db_index=False,  # the unique (event, handler) index leads with it
+    )
+    handler = models.CharField(
+        _("handler"),
+        max_length=HANDLER_NAME_MAX_CHARS,
+        help_text=_("The handler's dotted name (module.qualname)."),
+    )
+    status = models.CharField(
+        _("status"), max_length=20, choices=Status.choices, default=Status.PENDING
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    last_error = models.TextField(_("last error"), blank=True, default="")
+    next_attempt_at = models.DateTimeField(_("next attempt at"), null=True, blank=True)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("handler run")
+        verbose_name_plural = _("handler runs")
+        ordering = ("event", "id")
+        constraints = [
+            models.UniqueConstraint(
+                fields=("event", "handler"), name="webhooks_run_event_handler_uniq"
+            ),
+        ]
+        indexes = [
+            # The changelist's "failed runs of a handler" filter.
+            models.Index(
+                fields=("handler", "event"),
+                condition=models.Q(status="failed"),
+                name="webhooks_run_failed_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.handler} for event {self.event_id} ({self.status})"
+
+    @property
+    def duration(self) -> timedelta | None:
+        """How long the latest run of the handler took, its transaction's commit aside."""
+        if self.finished_at is None or self.started_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+
+class OrderingState(models.Model):
+    """The newest version applied by an ordered handler for one key (``webhooks.ordering``).
+
+    One row per (handler, key), created by the first event of the key; its row lock serialises
+    the runs of that key across all workers, in the handler's transaction. ``version`` holds a
+    number, or a time as Unix seconds (``version_kind`` says which), so one column compares both.
+    """
+
+    class VersionKind(models.TextChoices):
+        NUMBER = "number", _("number")
+        TIME = "time", _("time")
+
+    handler = models.CharField(
+        _("handler"),
+        max_length=HANDLER_NAME_MAX_CHARS,
+        help_text=_("The handler's dotted path, as its runs name it."),
+    )
+    key = models.CharField(_("ordering key"), max_length=255)
+    version = models.DecimalField(
+        _("newest version applied"),
+        max_digits=32,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text=_("Empty until an event of the key is applied."),
+    )
+    version_kind = models.CharField(
+        _("version kind"), max_length=10, choices=VersionKind.choices, blank=True, default=""
+    )
+    event_id = models.CharField(
+        _("applied by event"),
+        max_length=255,
+        blank=True,
+        default="",
+        help_text=_("The vendor's id of the event that applied the newest version."),
+    )
+    applied_at = models.DateTimeField(_("applied at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("ordering state")
+        verbose_name_plural = _("ordering states")
+        constraints = [
+            models.UniqueConstraint(
+                fields=("handler", "key"), name="webhooks_ordering_handler_key_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.handler} [{self.key}] at {self.version} ({self.event_id})"

@@ -16,13 +16,22 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 if TYPE_CHECKING:
     from .models import WebhookEvent
 
 Handler = Callable[["WebhookEvent"], Any]
 H = TypeVar("H", bound=Callable[..., Any])
+#: Where an ordered handler reads a value: a dotted path into the payload, or a callable of the
+#: event.
+ValueSource = str | Callable[["WebhookEvent"], Any]
+Stale = Literal["skip", "deliver"]
+STALE_CHOICES: tuple[str, ...] = ("skip", "deliver")
+#: The longest dotted path accepted by ``ordering_key``/``ordering_version``, in characters, and
+#: its most segments.
+PATH_MAX_CHARS = 200
+PATH_MAX_SEGMENTS = 16
 
 GLOB_CHARS = frozenset("*?")
 
@@ -60,10 +69,70 @@ def pattern_matches(pattern: str, event_type: str) -> bool:
 
 
 @dataclass(frozen=True)
+class OrderingSpec:
+    """What an ordered handler orders by (``@on(..., ordering_key=..., ...)``), validated when it
+    is registered; ``webhooks.ordering`` reads the values and decides.
+
+    ``key`` and ``version`` are a path (a tuple of the dotted path's segments) or a callable of
+    the event; ``version`` None means the event's ``occurred_at``.
+    """
+
+    key: tuple[str, ...] | Callable[[WebhookEvent], Any]
+    version: tuple[str, ...] | Callable[[WebhookEvent], Any] | None
+    stale: Stale
+    #: How the key and version were given, for messages: the dotted path or the callable's name.
+    key_label: str
+    version_label: str
+
+    @classmethod
+    def build(
+        cls, key: ValueSource, version: ValueSource | None = None, stale: str = "skip"
+    ) -> OrderingSpec:
+        if stale not in STALE_CHOICES:
+            raise ValueError(f'stale must be "skip" or "deliver", not {stale!r}')
+        key_source, key_label = _value_source("ordering_key", key)
+        if version is None:
+            version_source, version_label = None, "occurred_at"
+        else:
+            version_source, version_label = _value_source("ordering_version", version)
+        return cls(
+            key_source,
+            version_source,
+            "deliver" if stale == "deliver" else "skip",
+            key_label,
+            version_label,
+        )
+
+
+def _value_source(name: str, source: Any) -> tuple[tuple[str, ...] | Callable[..., Any], str]:
+    """A dotted path split into its segments, or a callable as it is; a clear error otherwise."""
+    if callable(source):
+        return source, handler_name(source)
+    if not isinstance(source, str):
+        raise TypeError(
+            f"{name} must be a dotted path into the payload or a callable of the event, "
+            f"not {type(source).__name__}"
+        )
+    if len(source) > PATH_MAX_CHARS:
+        raise ValueError(f"{name} is longer than {PATH_MAX_CHARS} characters")
+    segments = tuple(source.split("."))
+    if not source or any(not segment or segment != segment.strip() for segment in segments):
+        raise ValueError(
+            f"{name} {source!r} is not a dotted path (non-empty names separated by dots, "
+            'such as "data.object.id")'
+        )
+    if len(segments) > PATH_MAX_SEGMENTS:
+        raise ValueError(f"{name} has more than {PATH_MAX_SEGMENTS} segments")
+    return segments, source
+
+
+@dataclass(frozen=True)
 class Registration:
     endpoint: str
     pattern: str
     handler: Handler
+    #: What the handler orders by; None for an unordered handler (the default).
+    ordering: OrderingSpec | None = None
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -89,14 +158,16 @@ class HandlerRegistry:
         self._registrations: list[Registration] = []
         self._lock = threading.Lock()
 
-    def register(self, endpoint: str, pattern: str, handler: Handler) -> None:
+    def register(
+        self, endpoint: str, pattern: str, handler: Handler, ordering: OrderingSpec | None = None
+    ) -> None:
         if not endpoint or not isinstance(endpoint, str):
             raise ValueError("a webhook handler needs an endpoint name")
         if not pattern or not isinstance(pattern, str):
             raise ValueError("a webhook handler needs an event type pattern")
         if not callable(handler):
             raise TypeError(f"webhook handler {handler!r} is not callable")
-        registration = Registration(endpoint, pattern, handler)
+        registration = Registration(endpoint, pattern, handler, ordering)
         with self._lock:
             # A module imported twice (under two names, or reloaded) replaces its own entry
             # instead of running the handler twice.
@@ -104,8 +175,11 @@ class HandlerRegistry:
             self._registrations.append(registration)
 
     def handlers_for(self, endpoint: str, event_type: str) -> list[Handler]:
+        return [r.handler for r in self.registrations_for(endpoint, event_type)]
+
+    def registrations_for(self, endpoint: str, event_type: str) -> list[Registration]:
         return [
-            r.handler
+            r
             for r in self._registrations
             if r.endpoint == endpoint and pattern_matches(r.pattern, event_type)
         ]
@@ -127,16 +201,37 @@ class HandlerRegistry:
 registry = HandlerRegistry()
 
 
-def on(endpoint: str, pattern: str) -> Callable[[H], H]:
+def on(
+    endpoint: str,
+    pattern: str,
+    *,
+    ordering_key: ValueSource | None = None,
+    ordering_version: ValueSource | None = None,
+    stale: Stale = "skip",
+) -> Callable[[H], H]:
     """Register the decorated function as a handler of ``endpoint``'s events matching ``pattern``.
 
-    The handler receives the ``WebhookEvent``. It runs inside the transaction that marks the
-    event processed; raise ``webhooks.Ignore`` to end the event ``ignored``,
-    ``webhooks.PermanentFailure`` to end it ``failed`` at once, anything else to have it retried.
+    The handler receives the ``WebhookEvent``. It runs in its own transaction, together with
+    its run's outcome (``HandlerRun``); raise ``webhooks.Ignore`` to end its run ``ignored``,
+    ``webhooks.PermanentFailure`` to end it ``failed`` at once, anything else to have it retried
+    (alone: the other handlers' runs stand).
+
+    With ``ordering_key`` (a dotted path into the payload, such as ``"data.object.id"``, or a
+    callable of the event returning a string) the handler is **ordered** per key: an event older
+    than the newest version already applied for its key (``ordering_version``: a dotted path or
+    a callable; by default the event's ``occurred_at``) is not passed to it (``stale="skip"``:
+    its run ends ``skipped``, the reason naming the newer event), or is passed with
+    ``event.ordering.stale`` true (``stale="deliver"``); runs of one key never overlap. See
+    ``webhooks.ordering`` and docs/webhooks/ordering.md.
     """
+    ordering = None
+    if ordering_key is not None:
+        ordering = OrderingSpec.build(ordering_key, ordering_version, stale)
+    elif ordering_version is not None or stale != "skip":
+        raise ValueError("ordering_version and stale need an ordering_key")
 
     def decorator(handler: H) -> H:
-        registry.register(endpoint, pattern, handler)
+        registry.register(endpoint, pattern, handler, ordering)
         return handler
 
     return decorator
@@ -145,6 +240,75 @@ def on(endpoint: str, pattern: str) -> Callable[[H], H]:
 def handlers_for(endpoint: str, event_type: str) -> list[Handler]:
     """The handlers to run for an event of ``endpoint`` with ``event_type``, in order."""
     return registry.handlers_for(endpoint, event_type)
+
+
+def registrations_for(endpoint: str, event_type: str) -> list[Registration]:
+    """The registrations (handler and ordering) matching an event, in order."""
+    return registry.registrations_for(endpoint, event_type)
+
+
+#: The longest dotted handler name accepted from an operator (``HandlerRun.handler``'s bound).
+HANDLER_NAME_MAX_CHARS = 255
+#: A dotted name as ``handler_name`` gives it: Python identifiers (a ``<locals>`` part allowed).
+_DOTTED_NAME = re.compile(r"^[A-Za-z_<][A-Za-z0-9_<>]*(\.[A-Za-z_<][A-Za-z0-9_<>]*)+$")
+
+
+class UnknownHandler(ValueError):
+    """A dotted handler name that is malformed, too long, or not registered."""
+
+
+def registrations_named(name: str) -> list[Registration]:
+    """The registrations of the handler whose dotted name is ``name`` (one per ``@on``), after
+    checking the name: ``UnknownHandler`` (with a message fit for an operator) when it is not a
+    string, is longer than ``HANDLER_NAME_MAX_CHARS``, is not a dotted name, or names no
+    registered handler."""
+    if not isinstance(name, str) or not name.strip():  # type: ignore[redundant-expr]
+        raise UnknownHandler("a handler is named by its dotted path (module.function)")
+    name = name.strip()
+    if len(name) > HANDLER_NAME_MAX_CHARS:
+        raise UnknownHandler(f"a handler's dotted path is at most {HANDLER_NAME_MAX_CHARS} "
+                             "characters")  # fmt: skip
+    if not _DOTTED_NAME.match(name):
+        raise UnknownHandler("not a dotted path (module.function): " + repr(name[:100]))
+    found = [r for r in registry if run_name(r.handler) == name]
+    if not found:
+        raise UnknownHandler(f"no handler is registered under {name!r}")
+    return found
+
+
+def run_name(handler: Handler) -> str:
+    """The name a handler's runs are kept under (``HandlerRun.handler``): its dotted name, cut at
+    ``HANDLER_NAME_MAX_CHARS``."""
+    return handler_name(handler)[:HANDLER_NAME_MAX_CHARS]
+
+
+def named_registrations(registrations: Iterable[Registration]) -> list[tuple[str, Registration]]:
+    """``(run name, registration)`` for each handler, once each: a handler registered under two
+    patterns that both match runs once, under its first matching registration (whose ordering,
+    if any, applies); a different callable under a name already taken (two lambdas of one
+    module) gets ``#2``, ``#3``... in registration order."""
+    named: list[tuple[str, Registration]] = []
+    seen: list[Handler] = []  # by identity: a handler need not be hashable
+    taken: set[str] = set()
+    for registration in registrations:
+        handler = registration.handler
+        if any(handler is other for other in seen):
+            continue
+        name = base = run_name(handler)
+        number = 1
+        while name in taken:
+            number += 1
+            suffix = f"#{number}"
+            name = base[: HANDLER_NAME_MAX_CHARS - len(suffix)] + suffix
+        seen.append(handler)
+        taken.add(name)
+        named.append((name, registration))
+    return named
+
+
+def handler_names_for(endpoint: str, event_type: str) -> list[str]:
+    """The run names of the handlers matching an event, in order (``named_registrations``)."""
+    return [name for name, _ in named_registrations(registrations_for(endpoint, event_type))]
 
 
 def handlers_of_unknown_endpoints(endpoints: Iterable[str]) -> list[Registration]:

@@ -25,9 +25,11 @@ from tether.audit import SYSTEM_USERNAME, log_actions, system_user
 
 from .conf import processing_setting
 from .exceptions import BrokerUnavailable
-from .models import ProcessingAttempt, WebhookEvent
+from .models import HandlerRun, ProcessingAttempt, WebhookEvent
 from .processing import process_event
 from .queueing import publish_process_task
+from .registry import UnknownHandler, handler_names_for, registrations_named
+from .selectors import type_pattern_q
 from .signals import send_logged, webhook_ignored
 
 __all__ = [
@@ -35,6 +37,9 @@ __all__ = [
     "CHUNK_SIZE",
     "REASON_MAX_CHARS",
     "SYSTEM_USERNAME",
+    "UnknownHandler",
+    "checked_handlers",
+    "handled_by",
     "mark_ignored",
     "mark_ignored_many",
     "process_event",
@@ -52,6 +57,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Status = WebhookEvent.Status
+RunStatus = HandlerRun.Status
 
 #: Rows read (or deleted) per database round trip by the actions on many events.
 CHUNK_SIZE = 500
@@ -97,11 +103,62 @@ def replay_event(
     actor: Any = None,
     via: str = "code",
     reason: str = "",
+    handlers: Sequence[str] | None = None,
+    all_handlers: bool = False,
 ) -> None:
-    """Set one event back to ``received`` with ``attempts`` 0 and process it again."""
+    """Set one event back to ``received`` with ``attempts`` 0 and process it again: its failed
+    runs, or the runs ``handlers`` / ``all_handlers`` choose (see ``replay_events``)."""
     replay_events(WebhookEvent.objects.filter(pk=event.pk), sync=sync, actor=actor, via=via,
-                  reason=reason)  # fmt: skip
+                  reason=reason, handlers=handlers, all_handlers=all_handlers)  # fmt: skip
     event.refresh_from_db()
+
+
+def checked_handlers(names: Iterable[str]) -> list[str]:
+    """The dotted handler names, each checked against the registry (``UnknownHandler`` with a
+    message fit for an operator: malformed, too long, or not registered), without duplicates."""
+    checked: list[str] = []
+    for name in names:
+        registrations_named(name)
+        if name.strip() not in checked:
+            checked.append(name.strip())
+    return checked
+
+
+def handled_by(queryset: QuerySet[WebhookEvent], names: Sequence[str]) -> QuerySet[WebhookEvent]:
+    """The queryset's events that any of the named handlers handles (its ``@on`` endpoint and
+    pattern match): what a replay of those handlers runs them over."""
+    condition = Q(pk__in=[])
+    for name in names:
+        for registration in registrations_named(name):
+            condition |= Q(endpoint=registration.endpoint) & type_pattern_q(registration.pattern)
+    return queryset.filter(condition)
+
+
+def _mark_runs_due(pks: list[int], handlers: Sequence[str] | None, all_handlers: bool) -> None:
+    """Make the chosen runs of these events ``pending`` (``attempts`` 0; the last error kept until
+    the next outcome): their failed (or retrying) runs by default; with ``all_handlers`` a run of
+    every handler matching each event; with ``handlers`` a run of each named handler that
+    matches it (a backfill gives an event a run it never had)."""
+    if handlers is None and not all_handlers:
+        HandlerRun.objects.filter(
+            event_id__in=pks, status__in=(RunStatus.FAILED, RunStatus.PROCESSING)
+        ).update(status=RunStatus.PENDING, attempts=0, next_attempt_at=None)
+        return
+    wanted = None if handlers is None else set(handlers)
+    runs = [
+        HandlerRun(event_id=pk, handler=name, status=RunStatus.PENDING, attempts=0)
+        for pk, endpoint, event_type in WebhookEvent.objects.filter(pk__in=pks)
+        .order_by()
+        .values_list("pk", "endpoint", "event_type")
+        for name in handler_names_for(endpoint, event_type)
+        if wanted is None or name in wanted
+    ]
+    HandlerRun.objects.bulk_create(
+        runs,
+        update_conflicts=True,
+        unique_fields=["event", "handler"],
+        update_fields=["status", "attempts", "next_attempt_at"],
+    )
 
 
 def replay_events(
@@ -114,9 +171,19 @@ def replay_events(
     actor: Any = None,
     via: str = "code",
     reason: str = "",
+    handlers: Sequence[str] | None = None,
+    all_handlers: bool = False,
 ) -> int:
     """Replay the events: back to ``received``, ``attempts`` 0, then enqueue (or, with ``sync``,
     process each in this process). Returns how many were replayed (would be, with ``dry_run``).
+
+    Which handlers run (``HandlerRun``): by default each event's failed runs only (an event with
+    runs but none failed ends as its runs say, running nothing; an event without runs, stored
+    before they existed, runs every matching handler as it always did). ``all_handlers`` runs
+    every handler matching each event again. ``handlers`` (dotted names, checked against the
+    registry: ``UnknownHandler``) narrows the events to those the named handlers handle and runs
+    just those handlers, including a handler registered after the events were processed (a
+    backfill). ``handlers`` and ``all_handlers`` exclude each other (``ValueError``).
 
     Rows are streamed in chunks, so memory does not grow with the count. Any status may be
     replayed: this is an operator's explicit request (the default filter of the command is
@@ -130,8 +197,18 @@ def replay_events(
     ``REASON_MAX_CHARS`` (``ValueError``).
     """
     reason = _bounded_reason(reason)
+    if handlers is not None and all_handlers:
+        raise ValueError("choose the handlers or all handlers, not both")
+    if handlers is not None:
+        handlers = checked_handlers(handlers)
+        if not handlers:
+            raise ValueError("name at least one handler")
     if not isinstance(queryset, QuerySet):
         queryset = WebhookEvent.objects.filter(pk__in=[e.pk for e in queryset])
+    if handlers is not None:
+        if queryset.query.is_sliced:
+            queryset = WebhookEvent.objects.filter(pk__in=queryset.values_list("pk", flat=True))
+        queryset = handled_by(queryset, handlers)
     if not queryset.query.is_sliced:
         queryset = queryset.order_by()
     count = 0
@@ -147,6 +224,7 @@ def replay_events(
                 processed_at=None,
             )
             _forget_old_attempts(pks)
+            _mark_runs_due(pks, handlers, all_handlers)
             replayed = WebhookEvent.objects.filter(pk__in=pks).only("id", "endpoint", "event_id",
                                                                    "status")  # fmt: skip
             _log_action(list(replayed), actor=actor, action="Replayed", via=via, reason=reason)

@@ -15,6 +15,13 @@ Operational (used by metrics; sender is ``None``):
   not signed: GitHub, ``hmac`` with an id from a header), it is the stored event's id.
 - ``webhook_ignored(event)`` (sender ``WebhookEvent``): an event ended ``ignored``.
 
+Per handler run (sender is ``HandlerRun``), sent when the run's transaction commits:
+- ``webhook_run_finished(run, event, error)``: a handler's run recorded an outcome.
+  ``run.status`` is ``processed``, ``ignored`` (the handler raised ``Ignore``), ``skipped``,
+  ``failed`` (for good), or ``processing`` (it failed and a retry is due at
+  ``run.next_attempt_at``); ``error`` is the handler's exception, or None. ``run.duration`` is
+  how long the handler took. The event's own signal follows when the event reaches an end.
+
 ``webhook_received`` (sent once per new event, on the receive path) keeps its receivers per
 sender (Django's ``use_caching``, as its model signals do): its sender is always a class.
 """
@@ -32,6 +39,7 @@ webhook_failed = Signal()
 webhook_ignored = Signal()
 webhook_rejected = Signal()
 webhook_duplicate = Signal()
+webhook_run_finished = Signal()
 
 
 def send_logged(signal: Signal, sender: object, **kwargs: object) -> None:

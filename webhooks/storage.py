@@ -11,7 +11,9 @@ touch no cursor themselves.
   attempt is used up) and commit at once.
 - ``lock_claimed(event_pk, attempt, started_at)``: the event, locked, if that claim still holds.
 - ``save_outcome(event_pk, ...)``: an attempt's outcome columns and its ``ProcessingAttempt``
-  row (on PostgreSQL one statement: the INSERT is a data-modifying CTE of the UPDATE).
+  row, and, given a ``RunOutcome``, the handler's ``HandlerRun`` (on PostgreSQL one statement:
+  the INSERT and the run's upsert are data-modifying CTEs of the UPDATE).
+- ``save_run(run)``: a handler's run alone (an attempt's handlers before its last).
 
 The operator actions (``webhooks.services``) and the reads (``webhooks.selectors``) use the ORM:
 they are not on a hot path.
@@ -53,7 +55,7 @@ from django.db import IntegrityError, ProgrammingError, connections, transaction
 from django.db.models import Q
 
 from .conf import webhooks_settings
-from .models import ProcessingAttempt, WebhookEvent
+from .models import HandlerRun, ProcessingAttempt, WebhookEvent
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -267,6 +269,9 @@ INSERT_FIELDS = (
     "content_digest",
     "source",
 )
+#: Columns of a run's upsert, in ``RunOutcome``'s order (``attempts`` is 1 or one more).
+RUN_COLUMNS = ("event_id", "handler", "status", "attempts", "last_error", "next_attempt_at",
+               "started_at", "finished_at")  # fmt: skip
 #: Columns of an attempt's row, in ``save_outcome``'s parameter order.
 ATTEMPT_FIELDS = ("event", "number", "started_at", "finished_at", "outcome", "error")
 JSON_FIELDS = ("payload", "headers")
@@ -292,7 +297,8 @@ WHERE id = (
     AND (next_attempt_at IS NULL OR next_attempt_at <= %(now)s)
   FOR UPDATE SKIP LOCKED
 ){also}
-RETURNING attempts, status, last_error
+RETURNING attempts, status, last_error, endpoint, event_type,
+  (SELECT COUNT(*) FROM {runs} WHERE {runs}.event_id = {table}.id)
 """
 
 #: The claim's relaxed commit: in autocommit the claim is its own transaction, and this CTE lets
@@ -318,6 +324,10 @@ class Statements:
     save_outcome: str
     #: The attempt's INSERT on its own, for databases where ``save_outcome`` does not include it.
     record_attempt: str | None
+    #: ``save_outcome`` with the run's upsert (PostgreSQL only; elsewhere the ORM writes runs).
+    save_outcome_with_run: str | None
+    #: The run's upsert on its own (PostgreSQL only).
+    save_run: str | None
     #: The event's concrete fields' attribute names, in the lock's column order.
     attnames: list[str]
     #: (column index, Col, converters) of the event's fields that have any, for the lock's row.
@@ -366,6 +376,19 @@ def _build_statements(connection: BaseDatabaseWrapper) -> Statements:
     )
     if connection.features.has_select_for_update_skip_locked:
         lock += " " + connection.ops.for_update_sql(skip_locked=True)
+    runs_table = quote(HandlerRun._meta.db_table)
+    run_columns = ", ".join(quote(name) for name in RUN_COLUMNS)
+    # The run's first outcome inserts it; a later one (a retry, a replay) updates it and counts
+    # one more attempt. A processed run keeps the error of its earlier failure, as the event does.
+    upsert_run = (
+        f"INSERT INTO {runs_table} AS run ({run_columns}) "  # noqa: S608
+        f"VALUES (%s, %s, %s, 1, %s, %s, %s, %s) "
+        f"ON CONFLICT (event_id, handler) DO UPDATE SET status = EXCLUDED.status, "
+        f"attempts = run.attempts + 1, last_error = CASE WHEN EXCLUDED.status = "
+        f"'{HandlerRun.Status.PROCESSED.value}' THEN run.last_error ELSE EXCLUDED.last_error END, "
+        f"next_attempt_at = EXCLUDED.next_attempt_at, started_at = EXCLUDED.started_at, "
+        f"finished_at = EXCLUDED.finished_at RETURNING id, attempts"
+    )
     converters: Converters = []
     for index, field in enumerate(fields):
         col = field.get_col(meta.db_table)
@@ -381,9 +404,9 @@ def _build_statements(connection: BaseDatabaseWrapper) -> Statements:
             f"WHERE {n['endpoint']} = %s AND {n['content_digest']} = %s "
             "ORDER BY 1 LIMIT 1"
         ),
-        claim=CLAIM_SQL.format(table=table, also="") if postgresql else None,
+        claim=CLAIM_SQL.format(table=table, runs=runs_table, also="") if postgresql else None,
         claim_relaxed=(
-            RELAX_COMMIT + CLAIM_SQL.format(table=table, also=RELAX_CONDITION)
+            RELAX_COMMIT + CLAIM_SQL.format(table=table, runs=runs_table, also=RELAX_CONDITION)
             if postgresql
             else None
         ),
@@ -392,6 +415,13 @@ def _build_statements(connection: BaseDatabaseWrapper) -> Statements:
             f"WITH attempt AS ({record_attempt}) {save_outcome}" if postgresql else save_outcome
         ),
         record_attempt=None if postgresql else record_attempt,
+        save_outcome_with_run=(
+            f"WITH attempt AS ({record_attempt}), run AS ({upsert_run}) {save_outcome} "  # noqa: S608
+            "RETURNING (SELECT id FROM run), (SELECT attempts FROM run)"
+            if postgresql
+            else None
+        ),
+        save_run=upsert_run if postgresql else None,
         attnames=[field.attname for field in fields],
         converters=converters,
     )
@@ -557,11 +587,16 @@ def stored_conflict(event: WebhookEvent, alias: str) -> StoredConflict | None:
 
 class Claim(NamedTuple):
     """What a claim wrote: the attempt's number and ``processing``, or, when every attempt was
-    already used, ``failed`` with the ``WorkerLost`` error first in ``last_error``."""
+    already used, ``failed`` with the ``WorkerLost`` error first in ``last_error``; and what the
+    attempt needs to know before it locks the row again: the event's endpoint and type (which
+    handlers match) and how many ``HandlerRun`` rows it has (none: no need to read them)."""
 
     attempts: int
     status: str
     last_error: str
+    endpoint: str
+    event_type: str
+    runs: int
 
 
 def claim(event_pk: int, *, max_attempts: int, now: datetime, max_error_chars: int) -> Claim | None:
@@ -590,13 +625,18 @@ def claim(event_pk: int, *, max_attempts: int, now: datetime, max_error_chars: i
     return None if row is None else Claim(*row)
 
 
+#: What the ORM's claim reads.
+CLAIM_FIELDS = ("id", "status", "attempts", "next_attempt_at", "last_error", "endpoint",
+                "event_type")  # fmt: skip
+
+
 def _claim_with_orm(event_pk: int, *, max_attempts: int, now: datetime) -> Claim | None:
     """``claim`` in the ORM's words, for databases other than PostgreSQL."""
     with transaction.atomic():
         due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
         event = (
             WebhookEvent.objects.select_for_update(skip_locked=True)
-            .only("id", "status", "attempts", "next_attempt_at", "last_error")
+            .only(*CLAIM_FIELDS)
             .filter(due, pk=event_pk, status__in=(Status.RECEIVED, Status.PROCESSING))
             .first()
         )
@@ -615,7 +655,9 @@ def _claim_with_orm(event_pk: int, *, max_attempts: int, now: datetime) -> Claim
             event.last_attempt_at = now
             event.status = Status.PROCESSING
             event.save(update_fields=["attempts", "last_attempt_at", "status", "next_attempt_at"])
-        return Claim(event.attempts, event.status, event.last_error)
+        runs = HandlerRun.objects.filter(event_id=event_pk).count()
+        return Claim(event.attempts, event.status, event.last_error, event.endpoint,
+                     event.event_type, runs)  # fmt: skip
 
 
 def lock_claimed(event_pk: int, attempt: int, started_at: datetime) -> WebhookEvent | None:
@@ -634,6 +676,65 @@ def lock_claimed(event_pk: int, attempt: int, started_at: datetime) -> WebhookEv
     return WebhookEvent.from_db(connection.alias, found.attnames, values)
 
 
+class RunOutcome(NamedTuple):
+    """A handler run's outcome, as ``save_outcome`` and ``save_run`` write it (``attempts`` is
+    counted by the write: 1 for a new run, one more for an existing one)."""
+
+    event_id: int
+    handler: str
+    status: str
+    last_error: str
+    next_attempt_at: datetime | None
+    started_at: datetime
+    finished_at: datetime
+
+
+class SavedRun(NamedTuple):
+    """The written run's primary key and attempt count."""
+
+    pk: int
+    attempts: int
+
+
+def _run_params(connection: BaseDatabaseWrapper, run: RunOutcome) -> list[Any]:
+    return [run.event_id, run.handler, run.status, run.last_error,
+            timestamp_param(connection, run.next_attempt_at),
+            timestamp_param(connection, run.started_at),
+            timestamp_param(connection, run.finished_at)]  # fmt: skip
+
+
+def _save_run_with_orm(run: RunOutcome) -> SavedRun:
+    """``save_run`` in the ORM's words (databases other than PostgreSQL): lock, then update or
+    insert, inside the caller's transaction (the event row's lock serialises writers)."""
+    found = (
+        HandlerRun.objects.select_for_update()
+        .filter(event_id=run.event_id, handler=run.handler)
+        .first()
+    )
+    if found is None:
+        found = HandlerRun(event_id=run.event_id, handler=run.handler, attempts=0)
+    found.status = run.status
+    found.attempts += 1
+    if run.status != HandlerRun.Status.PROCESSED:
+        found.last_error = run.last_error
+    found.next_attempt_at = run.next_attempt_at
+    found.started_at = run.started_at
+    found.finished_at = run.finished_at
+    found.save()
+    return SavedRun(found.pk, found.attempts)
+
+
+def save_run(run: RunOutcome) -> SavedRun:
+    """A handler run's outcome alone, inside the caller's transaction (the handler's)."""
+    connection = transaction.get_connection()
+    found = statements(connection)
+    if found.save_run is None:
+        return _save_run_with_orm(run)
+    row = fetch_one(connection, found.save_run, _run_params(connection, run))
+    assert row is not None  # an upsert with RETURNING returns its row
+    return SavedRun(row[0], row[1])
+
+
 def save_outcome(
     event_pk: int,
     *,
@@ -646,9 +747,11 @@ def save_outcome(
     finished_at: datetime,
     outcome: str,
     error: str,
-) -> None:
-    """An attempt's outcome columns and its ``ProcessingAttempt`` row (inside the caller's
-    transaction): one statement on PostgreSQL, two elsewhere."""
+    run: RunOutcome | None = None,
+) -> SavedRun | None:
+    """An attempt's outcome columns, its ``ProcessingAttempt`` row and, given ``run``, that
+    handler's run (inside the caller's transaction): one statement on PostgreSQL, two or three
+    elsewhere. Returns the saved run, if any."""
     connection = transaction.get_connection()
     found = statements(connection)
     attempt_params = [event_pk, attempt, timestamp_param(connection, started_at),
@@ -656,7 +759,15 @@ def save_outcome(
     params = [status, timestamp_param(connection, next_attempt_at),
               timestamp_param(connection, processed_at), last_error, event_pk]  # fmt: skip
     if found.record_attempt is not None:
+        saved = None if run is None else _save_run_with_orm(run)
         fetch_one(connection, found.record_attempt, attempt_params)
         fetch_one(connection, found.save_outcome, params)
-    else:
+        return saved
+    if run is None:
         fetch_one(connection, found.save_outcome, attempt_params + params)
+        return None
+    assert found.save_outcome_with_run is not None  # PostgreSQL builds both
+    row = fetch_one(connection, found.save_outcome_with_run,
+                    attempt_params + _run_params(connection, run) + params)  # fmt: skip
+    assert row is not None  # the event row is locked by the caller: the UPDATE finds it
+    return SavedRun(row[0], row[1])

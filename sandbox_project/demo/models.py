@@ -52,3 +52,37 @@ class GitHubPush(models.Model):
 
     def __str__(self) -> str:
         return f"{self.repository} {self.ref} -> {self.after[:7]}"
+
+
+class Subscription(models.Model):
+    """A Stripe subscription as the newest ``customer.subscription.*`` event says it is: kept by
+    an ordered handler (``sync_subscription``), so an older event arriving late cannot roll it
+    back."""
+
+    class Status(models.TextChoices):
+        INCOMPLETE = "incomplete", _("incomplete")
+        INCOMPLETE_EXPIRED = "incomplete_expired", _("incomplete, expired")
+        TRIALING = "trialing", _("trialing")
+        ACTIVE = "active", _("active")
+        PAST_DUE = "past_due", _("past due")
+        CANCELED = "canceled", _("canceled")
+        UNPAID = "unpaid", _("unpaid")
+        PAUSED = "paused", _("paused")
+
+    stripe_id = models.CharField(_("Stripe subscription"), max_length=255, unique=True)
+    customer = models.CharField(_("Stripe customer"), max_length=255, blank=True, default="")
+    status = models.CharField(_("status"), max_length=20, choices=Status.choices)
+    cancel_at_period_end = models.BooleanField(_("cancels at period end"), default=False)
+    current_period_end = models.DateTimeField(_("current period ends"), null=True, blank=True)
+    event_id = models.CharField(
+        _("from event"), max_length=255, help_text=_("The Stripe event this state comes from.")
+    )
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("subscription")
+        verbose_name_plural = _("subscriptions")
+        ordering = ("-updated_at",)
+
+    def __str__(self) -> str:
+        return f"{self.stripe_id} ({self.status})"

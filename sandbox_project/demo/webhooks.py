@@ -5,11 +5,13 @@ processed: if it raises, its writes are rolled back and the event is retried lat
 must be idempotent (an operator may replay an event), so they check before they change.
 """
 
+from datetime import UTC, datetime
+
 from django.utils import timezone
 
 from webhooks import Ignore, PermanentFailure, on
 
-from .models import GitHubPush, Order
+from .models import GitHubPush, Order, Subscription
 
 
 def _order_for(payment_intent: dict) -> Order | None:
@@ -52,6 +54,38 @@ def mark_payment_failed(event):
     if order.status == Order.Status.PENDING:
         order.status = Order.Status.PAYMENT_FAILED
         order.save(update_fields=["status"])
+
+
+@on("stripe", "customer.subscription.*", ordering_key="data.object.id")
+def sync_subscription(event):
+    """Keep our copy of a subscription as its newest event says.
+
+    Ordered by the subscription's id (``ordering_key``), by the event's time (Stripe's
+    ``created``, the default ``ordering_version``): an older ``customer.subscription.updated``
+    that arrives after a newer one is not passed here (its run is skipped, naming the newer
+    event), and two events of one subscription never run at once, on any worker. So this handler
+    can simply write what the event says.
+    """
+    subscription = event.payload["data"]["object"]
+    status = subscription.get("status")
+    if status not in Subscription.Status.values:
+        raise PermanentFailure("unknown subscription status")  # a person should look
+    period_end = subscription.get("current_period_end")  # Unix seconds
+    if type(period_end) is not int or not 0 < period_end < 2**33:
+        period_end = None
+    customer = subscription.get("customer")
+    if not isinstance(customer, str) or len(customer) > 255:
+        customer = ""
+    Subscription.objects.update_or_create(
+        stripe_id=event.ordering.key,  # the ordering key, already read and bounded
+        defaults={
+            "customer": customer,
+            "status": status,
+            "cancel_at_period_end": subscription.get("cancel_at_period_end") is True,
+            "current_period_end": period_end and datetime.fromtimestamp(period_end, tz=UTC),
+            "event_id": event.event_id,
+        },
+    )
 
 
 @on("github", "push")

@@ -14,12 +14,12 @@ import uuid
 
 import pytest
 
-from sandbox_project.demo.models import GitHubPush, Order
+from sandbox_project.demo.models import GitHubPush, Order, Subscription
 from tests.celery_worker import wait_until
 from tests.vendor import vendor_bytes, vendor_json
 from webhooks import processing, services
-from webhooks.models import WebhookEvent
-from webhooks.testing import post_webhook
+from webhooks.models import HandlerRun, ProcessingAttempt, WebhookEvent
+from webhooks.testing import post_webhook, sample_event
 
 Status = WebhookEvent.Status
 
@@ -166,7 +166,14 @@ def test_demo_admin_pages_render(admin_client):
     push = GitHubPush.objects.create(
         delivery_id=str(uuid.uuid4()), repository="octo/repo", ref="refs/heads/main", after="a" * 40
     )
-    for name, obj, text in (("order", order, "ord-3001"), ("githubpush", push, "octo/repo")):
+    subscription = Subscription.objects.create(
+        stripe_id="sub_admin", status="active", event_id="evt_admin"
+    )
+    for name, obj, text in (
+        ("order", order, "ord-3001"),
+        ("githubpush", push, "octo/repo"),
+        ("subscription", subscription, "sub_admin"),
+    ):
         changelist = reverse(f"admin:demo_{name}_changelist")
         response = admin_client.get(changelist)
         assert response.status_code == 200
@@ -178,5 +185,89 @@ def test_demo_admin_pages_render(admin_client):
         admin_client.get(reverse("admin:demo_order_changelist"), {"q": "ord-3001"}).status_code
         == 200
     )
-    # Pushes are a record: not added by hand.
+    # Pushes and subscriptions are a record: not added by hand.
     assert admin_client.get(reverse("admin:demo_githubpush_add")).status_code == 403
+    assert admin_client.get(reverse("admin:demo_subscription_add")).status_code == 403
+
+
+def subscription_event(event_type, created, **subscription_fields) -> dict:
+    """A ``customer.subscription.*`` event in Stripe's envelope (``stripe/event.json``); the
+    subscription object has the fields the demo reads, shaped as Stripe sends them."""
+    event = copy.deepcopy(vendor_json("stripe/event.json"))
+    subscription = {
+        "id": "sub_1QDemoOrdered",
+        "object": "subscription",
+        "customer": "cus_QXg1o8vcGmoR32",
+        "status": "active",
+        "cancel_at_period_end": False,
+        "current_period_end": 1767225600,
+        **subscription_fields,
+    }
+    event.update(
+        id=f"evt_{uuid.uuid4().hex[:24]}", type=event_type, created=created,
+        data={"object": subscription},
+    )  # fmt: skip
+    return event
+
+
+@pytest.mark.django_db
+def test_subscription_events_arriving_out_of_order_leave_the_newest_state(client):
+    now = int(time.time())
+    created = subscription_event("customer.subscription.created", now - 30, status="trialing")
+    past_due = subscription_event("customer.subscription.updated", now - 20, status="past_due")
+    canceled = subscription_event("customer.subscription.deleted", now - 10, status="canceled")
+
+    assert deliver(client, "stripe", created).status == Status.PROCESSED
+    assert deliver(client, "stripe", canceled).status == Status.PROCESSED
+    late = deliver(client, "stripe", past_due)  # older than the deletion: skipped
+
+    subscription = Subscription.objects.get(stripe_id="sub_1QDemoOrdered")
+    assert (subscription.status, subscription.event_id) == ("canceled", canceled["id"])
+    assert subscription.customer == "cus_QXg1o8vcGmoR32"
+    assert subscription.current_period_end.timestamp() == 1767225600
+    assert late.status == Status.PROCESSED
+    run = HandlerRun.objects.get(
+        event=late, handler="sandbox_project.demo.webhooks.sync_subscription"
+    )
+    assert run.status == HandlerRun.Status.SKIPPED
+    assert run.last_error.startswith("stale: version ")
+    assert f"applied by event '{canceled['id']}'" in run.last_error
+    (attempt,) = ProcessingAttempt.objects.filter(event=late)
+    assert (attempt.outcome, attempt.error) == ("processed", "")
+
+
+@pytest.mark.django_db
+def test_a_subscription_event_with_an_unknown_status_fails_for_a_person(client):
+    event = deliver(
+        client,
+        "stripe",
+        subscription_event("customer.subscription.updated", int(time.time()), status="x" * 50),
+    )
+    assert event.status == Status.FAILED
+    assert event.last_error.splitlines()[0] == (
+        "webhooks.exceptions.PermanentFailure: unknown subscription status"
+    )
+    assert "x" * 50 not in event.last_error
+    assert not Subscription.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_subscription_event_without_its_id_fails_naming_the_path(client):
+    payload = subscription_event("customer.subscription.updated", int(time.time()))
+    del payload["data"]["object"]["id"]
+    event = deliver(client, "stripe", payload)
+    assert event.status == Status.FAILED
+    assert "ordering_key 'data.object.id' is missing from the payload" in event.last_error
+
+
+@pytest.mark.django_db
+def test_the_sample_subscription_event_is_kept_by_the_demo(client):
+    """What ``send_test_webhook stripe --type customer.subscription.updated`` sends."""
+    sample = sample_event("stripe", "customer.subscription.updated")
+    event = deliver(client, "stripe", sample.body)
+    assert event.status == Status.PROCESSED
+    subscription = Subscription.objects.get(event_id=sample.event_id)
+    assert (subscription.stripe_id, subscription.status) == (
+        "sub_1PgcDsB7WZ01zgkWnEyMwiTb",
+        "active",
+    )

@@ -23,8 +23,13 @@ from tests.celery_worker import purge_broker, queue_length
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import Ignore, PermanentFailure, conf, dispatch, on, processing, queueing, services
 from webhooks.exceptions import BrokerUnavailable
-from webhooks.models import WebhookEvent
-from webhooks.signals import webhook_failed, webhook_ignored, webhook_processed
+from webhooks.models import HandlerRun, WebhookEvent
+from webhooks.signals import (
+    webhook_failed,
+    webhook_ignored,
+    webhook_processed,
+    webhook_run_finished,
+)
 
 Status = WebhookEvent.Status
 
@@ -167,35 +172,52 @@ def test_retry_delay_is_full_jitter_under_a_doubling_cap():
         assert min(delays) < cap * 0.1 and max(delays) > cap * 0.9
 
 
-# -- one transaction ---------------------------------------------------------------------------
+# -- a transaction per handler ------------------------------------------------------------------
 
 
 @pytest.mark.django_db
-def test_handler_writes_and_the_processed_mark_commit_together(handlers, runs):
-    from tests.handler_runs import record_run
+def test_each_handler_commits_with_its_run_and_a_retry_runs_only_the_failed_one(handlers, runs):
+    from tests.handler_runs import record_run_as, runs_as
 
-    on("stripe", "test.pair")(record_run)
+    @on("stripe", "test.pair")
+    def first(event):
+        record_run_as(event, "first")
 
     @on("stripe", "test.pair")
     def second(event):
+        record_run_as(event, "second")
         if event.attempts == 1:
             raise RuntimeError("second handler fails")
 
     event = WebhookEventFactory(event_type="test.pair")
     assert processing.process_event(event.pk) == Status.PROCESSING
-    assert runs.runs(event.event_id) == []  # the first handler's write was rolled back
+    assert runs_as(event.event_id, "first") == [1]  # committed with its run
+    assert runs_as(event.event_id, "second") == []  # rolled back with its failure
+    states = {r.handler.rsplit(".", 1)[-1]: r for r in HandlerRun.objects.filter(event=event)}
+    assert {n: (r.status, r.attempts) for n, r in states.items()} == {
+        "first": ("processed", 1), "second": ("processing", 1)}  # fmt: skip
+    assert states["second"].last_error.startswith("RuntimeError: second handler fails")
+    event.refresh_from_db()
+    assert states["second"].next_attempt_at == event.next_attempt_at is not None
+    assert event.last_error.startswith("RuntimeError: second handler fails")
 
     WebhookEvent.objects.filter(pk=event.pk).update(next_attempt_at=timezone.now())
     assert processing.process_event(event.pk) == Status.PROCESSED
-    assert [attempt for _, attempt, _ in runs.runs(event.event_id)] == [2]
+    assert runs_as(event.event_id, "first") == [1]  # not run again by the retry
+    assert runs_as(event.event_id, "second") == [2]
+    assert sorted(HandlerRun.objects.filter(event=event).values_list("status", "attempts")) == [
+        ("processed", 1), ("processed", 2)]  # fmt: skip
 
 
 @pytest.mark.django_db(transaction=True)
-def test_nothing_is_committed_when_a_later_handler_fails(handlers, runs):
-    """Seen from another connection: no handler write and no processed mark were committed."""
-    from tests.handler_runs import record_run
+def test_a_later_handler_failing_for_good_leaves_the_earlier_ones_committed(handlers, runs):
+    """Seen from another connection: the first handler's write and its run committed; the
+    event ends failed because one of its runs did."""
+    from tests.handler_runs import record_run_as, runs_as
 
-    on("stripe", "test.pair")(record_run)
+    @on("stripe", "test.pair")
+    def first(event):
+        record_run_as(event, "first")
 
     @on("stripe", "test.pair")
     def second(event):
@@ -203,9 +225,68 @@ def test_nothing_is_committed_when_a_later_handler_fails(handlers, runs):
 
     event = WebhookEventFactory(event_type="test.pair")
     assert processing.process_event(event.pk) == Status.FAILED
-    assert runs.runs(event.event_id) == []
+    assert runs_as(event.event_id, "first") == [1]
     event.refresh_from_db()
     assert event.status == Status.FAILED and event.processed_at is None
+    assert event.last_error.startswith("webhooks.exceptions.PermanentFailure: second handler")
+    assert sorted(HandlerRun.objects.filter(event=event).values_list("status", flat=True)) == [
+        "failed", "processed"]  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_the_events_status_is_derived_from_its_runs():
+    R = HandlerRun.Status
+    assert processing.event_status([]) == Status.IGNORED
+    assert processing.event_status([R.IGNORED, R.IGNORED]) == Status.IGNORED
+    assert processing.event_status([R.PROCESSED, R.IGNORED, R.SKIPPED]) == Status.PROCESSED
+    assert processing.event_status([R.SKIPPED]) == Status.PROCESSED
+    assert processing.event_status([R.FAILED, R.PROCESSED]) == Status.FAILED
+    assert processing.event_status([R.FAILED, R.PROCESSING]) == Status.PROCESSING
+    assert processing.event_status([R.PENDING, R.PROCESSED]) == Status.PROCESSING
+
+
+@pytest.mark.django_db
+def test_an_ignoring_handler_beside_a_processing_one_ends_the_event_processed(handlers):
+    on("stripe", "test.mixed")(lambda event: None)
+
+    @on("stripe", "test.mixed")
+    def not_for_me(event):
+        raise Ignore("not my kind of event")
+
+    event = WebhookEventFactory(event_type="test.mixed")
+    assert processing.process_event(event.pk) == Status.PROCESSED
+    runs = HandlerRun.objects.filter(event=event).values_list("status", "last_error")
+    assert sorted(runs) == [
+        ("ignored", "webhooks.exceptions.Ignore: not my kind of event"),
+        ("processed", ""),
+    ]
+
+
+@pytest.mark.django_db
+def test_run_signals_are_sent_per_run_on_commit(handlers, on_commit):
+    got = []
+
+    def receive(sender, run, event, error, **kwargs):
+        got.append((run.handler.rsplit(".", 1)[-1], run.status, run.attempts, type(error).__name__,
+                    run.duration is not None, run.pk is not None))  # fmt: skip
+
+    @on("stripe", "test.signals")
+    def good(event):
+        pass
+
+    @on("stripe", "test.signals")
+    def bad(event):
+        raise RuntimeError("bad")
+
+    webhook_run_finished.connect(receive, sender=HandlerRun, weak=False)
+    try:
+        event = WebhookEventFactory(event_type="test.signals")
+        with on_commit(execute=True):
+            processing.process_event(event.pk)
+    finally:
+        webhook_run_finished.disconnect(receive, sender=HandlerRun)
+    assert got == [("good", "processed", 1, "NoneType", True, True),
+                   ("bad", "processing", 1, "RuntimeError", True, True)]  # fmt: skip
 
 
 # -- a worker that died mid-handler -------------------------------------------------------------

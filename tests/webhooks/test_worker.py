@@ -29,7 +29,7 @@ from tests.integrations.vendors.conftest import API_KEY, stripe_settings
 from tests.webhooks.conftest import FAST_RETRIES
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import on, queueing
-from webhooks.models import ProcessingAttempt, WebhookEvent
+from webhooks.models import HandlerRun, ProcessingAttempt, WebhookEvent
 from webhooks.testing import post_webhook
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
@@ -243,3 +243,55 @@ def test_reconciled_events_are_processed_by_the_worker(celery_worker, runs, hand
         assert event.source == WebhookEvent.Source.RECONCILE
         assert reaches(event, Status.PROCESSED).attempts == 1
         assert attempts_run(runs, event) == [1]
+
+
+# -- a run per handler -----------------------------------------------------------------------------
+
+PAIR = "tests.worker_app.webhooks.pair_"
+
+
+def test_a_retry_runs_only_the_handler_that_failed(celery_worker, runs):
+    """Two handlers of one event (three registered: the one "added later" included, as for a new
+    event): one fails once. The retry runs it alone; the others ran once."""
+    event = enqueue(event_type="test.pair", payload={"fail_times": 1})
+    done = reaches(event, Status.PROCESSED)
+    assert done.attempts == 2
+    assert runs.runs_as(event.event_id, "steady") == [1]
+    assert runs.runs_as(event.event_id, "later") == [1]
+    assert runs.runs_as(event.event_id, "flaky") == [2]  # attempt 1's write rolled back
+    states = dict(HandlerRun.objects.filter(event=done).values_list("handler", "attempts"))
+    assert states == {f"{PAIR}steady": 1, f"{PAIR}flaky": 2, f"{PAIR}added_later": 1}
+    assert attempt_rows(event) == [(1, "retry"), (2, "processed")]
+
+
+def test_backfill_a_new_handler_over_processed_events_through_the_worker(
+    celery_worker, runs, handlers
+):
+    """Events processed before ``pair_added_later`` existed (runs of the other two only): the
+    backfill runs it over them, and nothing else."""
+    from tests.worker_app.webhooks import pair_added_later
+
+    on("stripe", "test.pair")(pair_added_later)  # the command checks the name in this process
+    events = []
+    for _ in range(3):
+        event = WebhookEventFactory(event_type="test.pair", status=Status.PROCESSED, attempts=1)
+        for name in ("steady", "flaky"):
+            HandlerRun.objects.create(event=event, handler=PAIR + name, status="processed",
+                                      attempts=1)  # fmt: skip
+        events.append(event)
+    untouched = WebhookEventFactory(event_type="test.record", status=Status.PROCESSED)
+    name = f"{PAIR}added_later"
+    out = StringIO()
+    call_command("replay_webhooks", "--handler", name, "--status", "processed", "--dry-run",
+                 stdout=out)  # fmt: skip
+    assert out.getvalue().strip() == "Would replay 3 event(s) (dry run: nothing changed)."
+    call_command("replay_webhooks", "--handler", name, "--status", "processed", stdout=out)
+    for event in events:
+        done = reaches(event, Status.PROCESSED)
+        assert done.attempts == 1
+        wait_until(lambda e=event: runs.runs_as(e.event_id, "later") == [1], timeout=30,
+                   message="the backfilled handler to run")  # fmt: skip
+        assert runs.runs_as(event.event_id, "steady") == []
+        assert runs.runs_as(event.event_id, "flaky") == []
+        assert HandlerRun.objects.get(event=event, handler=name).status == "processed"
+    assert runs.runs(untouched.event_id) == []

@@ -16,9 +16,79 @@ from rest_framework import serializers
 
 from tether.api.fields import DateOrDateTimeField, OneOrManyStringsField
 
-from ..models import WebhookEvent
+from ..models import HandlerRun, WebhookEvent
+from ..registry import HANDLER_NAME_MAX_CHARS
 from ..selectors import visible_headers
-from ..services import REASON_MAX_CHARS
+from ..services import REASON_MAX_CHARS, UnknownHandler, checked_handlers
+
+#: The most handlers one replay request may name.
+REPLAY_HANDLERS_MAX = 50
+
+
+class HandlerRunSerializer(serializers.ModelSerializer):
+    """One handler's run for the event: where it stands, its attempts and last error."""
+
+    duration = serializers.SerializerMethodField(help_text="Seconds the latest run took.")
+
+    class Meta:
+        model = HandlerRun
+        fields = ("handler", "status", "attempts", "last_error", "next_attempt_at",
+                  "started_at", "finished_at", "duration")  # fmt: skip
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.FloatField(allow_null=True))
+    def get_duration(self, run: HandlerRun) -> float | None:
+        duration = run.duration
+        return None if duration is None else duration.total_seconds()
+
+
+class HandlersField(serializers.ListField):
+    """Dotted handler names, each checked against the registry (unknown, malformed or too long:
+    a 400 naming it)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            child=serializers.CharField(max_length=HANDLER_NAME_MAX_CHARS),
+            allow_empty=False,
+            max_length=REPLAY_HANDLERS_MAX,
+            **kwargs,
+        )
+
+    def to_internal_value(self, data: Any) -> list[str]:
+        names: list[str] = super().to_internal_value(data)
+        if len(names) > REPLAY_HANDLERS_MAX:  # checked here: the validators see the list deduped
+            raise serializers.ValidationError(f"Name at most {REPLAY_HANDLERS_MAX} handlers.")
+        try:
+            return checked_handlers(names)
+        except UnknownHandler as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+class HandlerChoiceSerializer(serializers.Serializer):
+    """Which handlers a replay runs: the failed runs (default), ``all_handlers``, or
+    ``handlers``."""
+
+    handlers = HandlersField(
+        required=False,
+        help_text="Run only these handlers (dotted paths as registered with @on), including "
+        "handlers added after the events were processed (a backfill). Default: the failed runs.",
+    )
+    all_handlers = serializers.BooleanField(
+        required=False, default=False, help_text="Run every matching handler again."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        if attrs.get("handlers") and attrs.get("all_handlers"):
+            raise serializers.ValidationError(
+                {"all_handlers": ["Give handlers or all_handlers, not both."]}
+            )
+        return attrs
+
+    def handler_kwargs(self) -> dict[str, Any]:
+        """The validated choice as ``services.replay_events`` keywords."""
+        data = self.validated_data
+        return {"handlers": data.get("handlers"), "all_handlers": data["all_handlers"]}
 
 
 class WebhookEventSerializer(serializers.ModelSerializer):
@@ -55,6 +125,12 @@ class WebhookEventDetailSerializer(WebhookEventSerializer):
     headers = serializers.SerializerMethodField()
     body = serializers.SerializerMethodField()
     body_encoding = serializers.SerializerMethodField()
+    handler_runs = HandlerRunSerializer(
+        many=True,
+        read_only=True,
+        help_text="Each handler's run, in order; empty for an event stored before runs existed "
+        "or that no handler matched.",
+    )
 
     class Meta(WebhookEventSerializer.Meta):
         fields = (
@@ -63,6 +139,7 @@ class WebhookEventDetailSerializer(WebhookEventSerializer):
             "headers",
             "body",
             "body_encoding",
+            "handler_runs",
         )
         read_only_fields = fields
 
@@ -141,7 +218,7 @@ class WebhookEventQuerySerializer(WebhookEventFilterSerializer):
     passthrough = ("cursor", "page_size")
 
 
-class BulkReplaySerializer(WebhookEventFilterSerializer):
+class BulkReplaySerializer(HandlerChoiceSerializer, WebhookEventFilterSerializer):
     """Bulk replay: the list's filters, ``status`` defaulting to ``failed`` as in
     ``replay_webhooks``, an optional ``limit`` and ``dry_run``."""
 
@@ -161,9 +238,13 @@ class ReplayCountSerializer(serializers.Serializer):
 
 
 class IgnoreSerializer(serializers.Serializer):
-    """The body of ``ignore`` and of a single ``replay``: an optional reason, recorded in the
-    event's History (LogEntry) with the API user."""
+    """The body of ``ignore``: an optional reason, recorded in the event's History (LogEntry)
+    with the API user."""
 
     reason = serializers.CharField(
         required=False, allow_blank=True, max_length=REASON_MAX_CHARS, default=""
     )
+
+
+class ReplaySerializer(HandlerChoiceSerializer, IgnoreSerializer):
+    """The body of a single ``replay``: an optional reason, and which handlers run."""

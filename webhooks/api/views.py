@@ -22,6 +22,7 @@ from .serializers import (
     BulkReplaySerializer,
     IgnoreSerializer,
     ReplayCountSerializer,
+    ReplaySerializer,
     WebhookEventDetailSerializer,
     WebhookEventQuerySerializer,
     WebhookEventSerializer,
@@ -64,24 +65,31 @@ class WebhookEventViewSet(OperatorAPIMixin, viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self) -> QuerySet[WebhookEvent]:
         if self.action != "list":
-            return WebhookEvent.objects.all()
+            return WebhookEvent.objects.prefetch_related("handler_runs")
         query = WebhookEventQuerySerializer(data=self.request.query_params)
         query.is_valid(raise_exception=True)
         events = selectors.filter_events(**query.selector_kwargs())
         return events.defer("body", "payload", "headers")
 
     @extend_schema(
-        summary="Replay one event: back to `received`, attempts 0, enqueued",
-        request=IgnoreSerializer,
+        summary="Replay one event: back to `received`, attempts 0, enqueued; its failed runs "
+        "(default), `all_handlers`, or the `handlers` named",
+        request=ReplaySerializer,
         responses={202: WebhookEventDetailSerializer},
     )
     @action(detail=True, methods=["post"])
     def replay(self, request: Request, pk: Any = None) -> Response:
         event = self.get_object()
-        body = IgnoreSerializer(data=request.data)
+        body = ReplaySerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        handlers = body.validated_data.get("handlers")
+        if handlers and not services.handled_by(self.get_queryset().filter(pk=event.pk),
+                                                handlers).exists():  # fmt: skip
+            return Response({"handlers": ["None of these handlers handles this event."]},
+                            status=status.HTTP_400_BAD_REQUEST)  # fmt: skip
         services.replay_event(event, actor=request.user, via=VIA,
-                              reason=body.validated_data["reason"])  # fmt: skip
+                              reason=body.validated_data["reason"],
+                              **body.handler_kwargs())  # fmt: skip
         return Response(self.get_serializer(event).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
@@ -119,7 +127,8 @@ class WebhookEventViewSet(OperatorAPIMixin, viewsets.ReadOnlyModelViewSet):
             events = WebhookEvent.objects.filter(pk__in=first)
         dry_run = body.validated_data["dry_run"]
         count = services.replay_events(events, dry_run=dry_run, actor=request.user, via=VIA,
-                                       reason=body.validated_data["reason"])  # fmt: skip
+                                       reason=body.validated_data["reason"],
+                                       **body.handler_kwargs())  # fmt: skip
         return Response(
             {"count": count},
             status=status.HTTP_200_OK if dry_run else status.HTTP_202_ACCEPTED,

@@ -135,6 +135,19 @@ STRIPE_OBJECTS: dict[str, dict[str, Any]] = {
         "status": "paid",
         "subscription": None,
     },
+    "customer.subscription": {
+        "id": "sub_1PgcDsB7WZ01zgkWnEyMwiTb",
+        "object": "subscription",
+        "cancel_at_period_end": False,
+        "created": 1234567890,
+        "currency": "usd",
+        "current_period_end": 1237159890,
+        "current_period_start": 1234567890,
+        "customer": "cus_QXg1o8vcGmoR32",
+        "livemode": False,
+        "metadata": {},
+        "status": "active",
+    },
 }
 
 STRIPE_ENVELOPE: dict[str, Any] = {
@@ -160,9 +173,13 @@ def github_payload(event: str) -> dict[str, Any] | None:
 
 def stripe_object(event_type: str) -> dict[str, Any]:
     """The ``data.object`` for a Stripe event type (by its prefix: ``invoice.paid`` gives the
-    invoice); the payment intent when the type names no known object."""
-    prefix = event_type.split(".", 1)[0]
-    return copy.deepcopy(STRIPE_OBJECTS.get(prefix, STRIPE_OBJECTS["payment_intent"]))
+    invoice, ``customer.subscription.updated`` the subscription); the payment intent when the
+    type names no known object."""
+    parts = event_type.split(".")
+    for prefix in (".".join(parts[:2]), parts[0]):
+        if prefix in STRIPE_OBJECTS:
+            return copy.deepcopy(STRIPE_OBJECTS[prefix])
+    return copy.deepcopy(STRIPE_OBJECTS["payment_intent"])
 
 
 def stripe_envelope() -> dict[str, Any]:

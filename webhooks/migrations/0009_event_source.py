@@ -10,7 +10,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("webhooks", "0006_processing_attempts"),
+        ("webhooks", "0008_ordering_state"),
     ]
 
     operations = [
