@@ -19,6 +19,8 @@ processed, by ``bench/loadgen.py``:
     no-op handler, against N no-op Celery tasks sent directly and drained by the same worker,
 (g) the same as (d) with three no-op handlers per event (``bench.three`` events: each handler
     runs in its own transaction with its run), in the same rounds as (d) and its baseline,
+(h) the same as (g) with three handlers ordered by object (``ordering_key``): each round's
+    events are N/10 objects x 10 versions, shuffled, posted to ``/webhooks/bench-ordered/``,
 (e) the floor, new events: ``POST /bench/floor/``, a view that only reads the body, parses it
     and runs the app's receive statement (``bench/views.py``; a diagnostic, not the product),
 (f) the floor, duplicates of events stored in (e).
@@ -48,6 +50,7 @@ import argparse
 import json
 import os
 import pickle
+import random
 import shlex
 import shutil
 import socket
@@ -83,6 +86,9 @@ from bench.processes import (  # noqa: E402
 )
 
 ENDPOINT_PATH = "/webhooks/bench/"
+ORDERED_PATH = "/webhooks/bench-ordered/"  # case (h)
+#: Case (h): versions per object.
+VERSIONS_PER_OBJECT = 10
 BARE_PATH = "/bench/bare/"
 FLOOR_PATH = "/bench/floor/"
 #: The async views of (a) and (e) under ASGI (``--asgi``).
@@ -137,7 +143,7 @@ def missing_pieces(cases: str, *, asgi: bool = False) -> list[str]:
         for module, what in (("uvicorn", "uvicorn"), ("psycopg_pool", "psycopg-pool")):
             if importlib.util.find_spec(module) is None:
                 missing.append(f"--asgi needs {what} (the test extra)")
-    if not set(cases) & set("bcdg"):
+    if not set(cases) & set("bcdgh"):
         return missing
     from django.urls import Resolver404, resolve
 
@@ -182,9 +188,20 @@ def make_signer():
 # Requests, built and signed before any timing
 
 
-def event_body(run_id: str, index: int, event_type: str = "payment_intent.succeeded") -> bytes:
+def event_body(
+    run_id: str,
+    index: int,
+    event_type: str = "payment_intent.succeeded",
+    *,
+    version: tuple[int, int] | None = None,
+) -> bytes:
+    """Event ``index`` of ``run_id``; with ``version`` (object, version), that version of one
+    object (case (h): the ordered handlers read ``data.object.id`` and its metadata's version)."""
     intent = {**PAYMENT_INTENT, "id": f"pi_{run_id}_{index:07d}"}
     intent["metadata"] = {"order_id": str(index)}
+    if version is not None:
+        intent["id"] = f"pi_{run_id}_obj{version[0]:05d}"
+        intent["metadata"]["version"] = version[1]
     event = {
         "id": f"evt_{run_id}_{index:07d}",
         "object": "event",
@@ -392,6 +409,18 @@ class Bench:
         bodies = [event_body(self.run_id + prefix, i, **event) for i in range(count)]
         return [raw_post(self.port, path, b, self.sign(b)) for b in bodies], bodies
 
+    def ordered_event_requests(self, prefix: str, count: int) -> list[bytes]:
+        """Case (h): ``count`` events, ``count // 10`` objects x 10 versions, in a shuffled order
+        (seeded by the prefix, so the same in every run), posted to the ordered endpoint."""
+        objects = max(1, count // VERSIONS_PER_OBJECT)
+        versions = [(i % objects, 1 + i // objects) for i in range(count)]
+        random.Random(prefix).shuffle(versions)
+        bodies = [
+            event_body(self.run_id + prefix, i, version=version)
+            for i, version in enumerate(versions)
+        ]
+        return [raw_post(self.port, ORDERED_PATH, b, self.sign(b)) for b in bodies]
+
     def stored_bodies(self, prefix: str, bodies: list[bytes]) -> list[bytes]:
         """Those of ``bodies`` (events ``prefix``) that the database holds: the ones (c) and (f)
         can deliver again (wrk does not wait for the answers still in flight when it stops)."""
@@ -469,14 +498,17 @@ class Bench:
         return start, time.time()
 
     def post_until_processed(
-        self, prefix: str, count: int, timeout: float, **event: str
+        self, prefix: str, count: int, timeout: float, *, ordered: bool = False, **event: str
     ) -> tuple[dict, float]:
         """Post ``count`` new events and wait until all are processed: (loadgen result, end)."""
         from django.db.models import Count
 
         from webhooks.models import WebhookEvent
 
-        requests, _ = self.new_event_requests(prefix, count, **event)
+        if ordered:
+            requests = self.ordered_event_requests(prefix, count)
+        else:
+            requests, _ = self.new_event_requests(prefix, count, **event)
         path = write_loadgen_requests(self.workdir, f"new-{prefix}", requests)
         child = self.loadgen(self.port, path, count=count, duration=timeout, expect='"accepted"')
         events = WebhookEvent.objects.filter(event_id__startswith=f"evt_{self.run_id}{prefix}_")
@@ -516,12 +548,14 @@ class Bench:
         three = {"event_type": THREE_HANDLERS_TYPE}
         if "g" in self.args.cases:
             self.post_until_processed("wg", 8, timeout=60, **three)
+        if "h" in self.args.cases:
+            self.post_until_processed("wh", 20, timeout=60, ordered=True)
 
         # (d), (g) and their baseline alternate in rounds (N split between them, order rotated
         # each round), so that a change in the machine's load hits them alike.
         rounds = max(1, min(self.args.e2e_rounds, n))
         celery = {"n": 0, "wall_s": 0.0}
-        measured = [key for key in "dg" if key in self.args.cases]
+        measured = [key for key in "dgh" if key in self.args.cases]
         e2e = {key: {"n": 0, "wall_s": 0.0, "post_ok": 0, "post_wall_s": 0.0,
                      "post_p99_ms": 0.0, "errors": {}} for key in measured}  # fmt: skip
         for number in range(rounds):
@@ -535,8 +569,9 @@ class Bench:
                     celery["wall_s"] += end - start
                     continue
                 posted, end = self.post_until_processed(
-                    f"{which}{number}", size, timeout, **(three if which == "g" else {})
-                )
+                    f"{which}{number}", size, timeout, ordered=which == "h",
+                    **(three if which == "g" else {}),
+                )  # fmt: skip
                 case = e2e[which]
                 case["n"] += size
                 case["wall_s"] += end - posted["started_at"]
@@ -699,6 +734,8 @@ def summarize(results: dict, *, asgi: bool = False) -> dict:
         "d_over_celery": ratio(rate("d"), rate("celery")),
         "g_over_celery": ratio(rate("g"), rate("celery")),
         "g_over_d": ratio(rate("g"), rate("d")),
+        "h_over_celery": ratio(rate("h"), rate("celery")),
+        "h_over_d": ratio(rate("h"), rate("d")),
         "e_over_a": ratio(rate("e"), rate("a")),
         "f_over_a": ratio(rate("f"), rate("a")),
         "b_over_e": ratio(rate("b"), rate("e")),
@@ -713,7 +750,7 @@ def print_report(bench: Bench, results: dict) -> dict:
     d, celery = results.get("d"), results.get("celery")
     args = bench.args
     summary = summarize(results, asgi=args.asgi)
-    if not any(results.get(key) for key in "abcdefg"):
+    if not any(results.get(key) for key in "abcdefgh"):
         return summary
     print()
     print(
@@ -762,6 +799,11 @@ def print_report(bench: Bench, results: dict) -> dict:
             print(
                 f"{'(g) the same, 3 handlers per event':<{LABEL_WIDTH}}{g['n']:>8}"
                 f"{g['throughput']:>9.0f}   (posting alone {g['post_throughput']:.0f} req/s)"
+            )
+        if h := results.get("h"):
+            print(
+                f"{'(h) the same, 3 ordered handlers':<{LABEL_WIDTH}}{h['n']:>8}"
+                f"{h['throughput']:>9.0f}   (posting alone {h['post_throughput']:.0f} req/s)"
             )
         label = "    bare Celery no-op tasks"
         print(f"{label:<{LABEL_WIDTH}}{celery['n']:>8}{celery['throughput']:>9.0f}")
@@ -908,7 +950,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk's threads (-t)")
     parser.add_argument("--max-rate", type=float, default=4000.0, help="new events signed per s")
     parser.add_argument(
-        "--cases", default="abcdefg", help="the cases to run, e.g. ab or a,e,b (default all)"
+        "--cases", default="abcdefgh", help="the cases to run, e.g. ab or a,e,b (default all)"
     )
     parser.add_argument(
         "--profile",
@@ -937,8 +979,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.cases = args.cases.replace(",", "").replace(" ", "")
-    if not args.cases or set(args.cases) - set("abcdefg"):
-        parser.error(f"--cases: letters among a, b, c, d, e, f, g, not {args.cases!r}")
+    if not args.cases or set(args.cases) - set("abcdefgh"):
+        parser.error(f"--cases: letters among a, b, c, d, e, f, g, h, not {args.cases!r}")
     if args.profile:
         # The profile covers one HTTP case, after each worker's first requests: (b) unless
         # --cases names a or e (the floor, to compare with it). Not c or f: their duplicates
@@ -994,7 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 print("(profiling slows the workers: the figures above are not the benchmark's)")
                 print_profile(workdir, save=args.profile_save)
-            if set(args.cases) & set("dg"):
+            if set(args.cases) & set("dgh"):
                 print(f"end to end ({args.cases}), {args.e2e_events} events each ...", flush=True)
                 results.update(bench.case_end_to_end())
             if args.asgi and not args.profile:

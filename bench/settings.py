@@ -17,6 +17,8 @@ from sandbox_project.settings import *  # noqa: F403
 from sandbox_project.settings import INSTALLED_APPS
 
 BENCH_ENDPOINT = "bench"
+#: Case (h)'s endpoint (same scheme and secret): its three handlers are ordered.
+ORDERED_ENDPOINT = "bench-ordered"
 BENCH_SECRET = "whsec_bench_only_not_a_secret"
 
 _pg = dj_database_url.parse(os.environ.get("TETHER_PG_URL", "postgres://postgres@127.0.0.1:5432/"))
@@ -56,6 +58,7 @@ WEBHOOKS = {
     "TASK_BACKEND": os.environ.get("TETHER_BENCH_TASK_BACKEND", "celery"),
     "ENDPOINTS": {
         BENCH_ENDPOINT: {"PROVIDER": "stripe", "SECRETS": [BENCH_SECRET]},
+        ORDERED_ENDPOINT: {"PROVIDER": "stripe", "SECRETS": [BENCH_SECRET]},
     },
 }
 

@@ -22,3 +22,23 @@ def noop_second(event) -> None:
 @on("bench", THREE_HANDLERS_TYPE)
 def noop_third(event) -> None:
     """Case (g)'s third handler."""
+
+
+#: Case (h): three handlers ordered by the object's id, by the version in its metadata (one
+#: (handler, key) row locked and compared in each handler's transaction).
+ORDERED = {"ordering_key": "data.object.id", "ordering_version": "data.object.metadata.version"}
+
+
+@on("bench-ordered", "*", **ORDERED)  # bench.settings.ORDERED_ENDPOINT
+def ordered_first(event) -> None:
+    """Case (h)'s first ordered handler."""
+
+
+@on("bench-ordered", "*", **ORDERED)
+def ordered_second(event) -> None:
+    """Case (h)'s second ordered handler."""
+
+
+@on("bench-ordered", "*", **ORDERED)
+def ordered_third(event) -> None:
+    """Case (h)'s third ordered handler."""
