@@ -455,8 +455,12 @@ def test_retries_stop_when_the_budget_is_spent(make_things, settings, vendor, ca
     finished = [r for r in caplog.records if "retry budget spent: not retried" in r.getMessage()]
     assert len(finished) == len(spent)
     assert all(r.retry_budget_spent for r in finished)
-    counts = shared_state.budget_counts("things", 10.0)
-    assert counts == (10.0, 3.0)
+    first, retried = shared_state.budget_counts("things", 10.0)
+    # The estimate weighs the previous bucket by what is left of the window: when the calls
+    # straddle a bucket's end, the counts have decayed by the fraction of the window that
+    # passed since (the calls take well under 2 s of the 10 s window). Never more than counted.
+    assert 10.0 * 0.8 <= first <= 10.0
+    assert 3.0 * 0.8 <= retried <= 3.0
 
 
 def test_a_healthy_service_keeps_its_whole_budget(make_things, settings, vendor):
