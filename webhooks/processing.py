@@ -10,7 +10,8 @@ retry is due).
    ``last_attempt_at = now``, status ``processing``). Because the count is committed before any
    handler runs, an attempt whose worker dies mid-handler is still counted: when a claim finds
    every attempt already used (the last one never finished), the event ends ``failed`` without
-   running its handlers again, so a poison event that kills its worker cannot loop forever.
+   running its handlers again (``_end_lost``, one transaction with the lost attempt's row), so a
+   poison event that kills its worker cannot loop forever.
 2. **Run**, one transaction per due handler (``run_handler``; which handlers are due:
    ``_due_runs``, from the event's ``HandlerRun`` rows): lock the row again, with
    ``skip_locked``, and check that the claim is still ours (``storage.lock_claimed``: same
@@ -168,40 +169,38 @@ def _claim(event_pk: int) -> tuple[storage.Claim, datetime] | str | None:
     """Step 1: count the attempt and commit. Returns the claim (its ``attempts`` and the start
     are its token), a final status, or None."""
     now = timezone.now()
-    claimed = storage.claim(
-        event_pk,
-        max_attempts=processing_setting("MAX_ATTEMPTS"),
-        now=now,
-        max_error_chars=LAST_ERROR_MAX_CHARS,
-    )
-    if claimed is None:
-        return None  # gone, locked by an attempt in progress, finished, or not due
-    if claimed.status == Status.FAILED:
-        lost = claimed.last_error.split(";", 1)[0]
-        _record_lost_attempt(event_pk, claimed.attempts, lost, now)
-        transaction.on_commit(partial(_send_failed, event_pk, RuntimeError(lost)))
-        return Status.FAILED
-    return claimed, now
+    max_attempts = processing_setting("MAX_ATTEMPTS")
+    claimed = storage.claim(event_pk, max_attempts=max_attempts, now=now)
+    if claimed is not None:
+        return claimed, now
+    return _end_lost(event_pk, max_attempts, now)
 
 
-def _record_lost_attempt(event_pk: int, number: int, error: str, now: datetime) -> None:
-    """The row of the last attempt, whose worker died: written when a claim ends the event
-    ``failed`` for it (rare, so through the ORM). Its start is the event's ``last_attempt_at``."""
-    started = (
-        WebhookEvent.objects.filter(pk=event_pk).values_list("last_attempt_at", flat=True).first()
-    )
-    ProcessingAttempt.objects.create(
-        event_id=event_pk,
-        number=number,
-        started_at=started or now,
-        finished_at=None,
-        outcome=ProcessingAttempt.Outcome.LOST,
-        error=error,
-    )
-    # The runs that were due in that attempt (one of them was running) end with the event.
-    HandlerRun.objects.filter(event_id=event_pk, status__in=_DUE).update(
-        status=RunStatus.FAILED, last_error=error, next_attempt_at=None
-    )
+def _end_lost(event_pk: int, max_attempts: int, now: datetime) -> str | None:
+    """When the claim counted nothing: if every attempt is used up (the last one's worker died
+    mid-handler), end the event ``failed`` without running its handlers again, in one
+    transaction with the lost attempt's row (its start: the event's ``last_attempt_at``) and the
+    runs that were due in it. ``failed``, or None (missing, locked, finished or not due)."""
+    with transaction.atomic():
+        lost = storage.end_lost(
+            event_pk, max_attempts=max_attempts, now=now, max_error_chars=LAST_ERROR_MAX_CHARS
+        )
+        if lost is None:
+            return None
+        ProcessingAttempt.objects.create(
+            event_id=event_pk,
+            number=lost.attempt,
+            started_at=lost.started_at or now,
+            finished_at=None,
+            outcome=ProcessingAttempt.Outcome.LOST,
+            error=lost.error,
+        )
+        # The runs that were due in that attempt (one of them was running) end with the event.
+        HandlerRun.objects.filter(event_id=event_pk, status__in=_DUE).update(
+            status=RunStatus.FAILED, last_error=lost.error, next_attempt_at=None
+        )
+        transaction.on_commit(partial(_send_failed, event_pk, RuntimeError(lost.error)))
+    return Status.FAILED
 
 
 @dataclass

@@ -7,8 +7,10 @@ touch no cursor themselves.
   the same id, whether the stored body is the same (``insert_once`` without the comparison;
   ``insert_once_with_savepoint``, the portable form).
 - ``stored_conflict(event, alias)``: which stored event a duplicate conflicts with.
-- ``claim(event_pk, ...)``: lock a due event, count the attempt (or end it ``failed`` when every
-  attempt is used up) and commit at once.
+- ``claim(event_pk, ...)``: lock a due event with an attempt left, count the attempt and commit
+  at once.
+- ``end_lost(event_pk, ...)``: end ``failed`` a due event whose every attempt is used up (the
+  last one's worker died), inside the caller's transaction (a rare path: the ORM).
 - ``lock_claimed(event_pk, attempt, started_at)``: the event, locked, if that claim still holds.
 - ``save_outcome(event_pk, ...)``: an attempt's outcome columns and its ``ProcessingAttempt``
   row, and, given a ``RunOutcome``, the handler's ``HandlerRun`` (on PostgreSQL one statement:
@@ -278,26 +280,21 @@ JSON_FIELDS = ("payload", "headers")
 DATETIME_FIELDS = ("received_at", "occurred_at")
 BYTES_FIELDS = ("content_digest",)
 
-#: The claim in one statement (PostgreSQL): lock the row if it is free and due, and either count
-#: the attempt or, when every attempt is used up (the last one's worker died), end it ``failed``.
-#: ``{also}`` is where ``RELAX_COMMIT`` adds its condition.
+#: The claim in one statement (PostgreSQL): lock the row if it is free, due and has an attempt
+#: left, and count the attempt. ``{also}`` is where ``RELAX_COMMIT`` adds its condition.
 CLAIM_SQL = """
 UPDATE {table} SET
-  attempts = CASE WHEN attempts < %(max)s THEN attempts + 1 ELSE attempts END,
-  last_attempt_at = CASE WHEN attempts < %(max)s THEN %(now)s ELSE last_attempt_at END,
-  status = CASE WHEN attempts < %(max)s THEN %(processing)s ELSE %(failed)s END,
-  next_attempt_at = NULL,
-  last_error = CASE WHEN attempts < %(max)s THEN last_error
-    ELSE LEFT('WorkerLost: attempt ' || attempts || ' of ' || %(max)s || ' did not finish'
-              || CASE WHEN last_error = '' THEN '' ELSE '; ' || last_error END, %(max_chars)s)
-  END
+  attempts = attempts + 1,
+  last_attempt_at = %(now)s,
+  status = %(processing)s,
+  next_attempt_at = NULL
 WHERE id = (
   SELECT id FROM {table}
-  WHERE id = %(pk)s AND status IN (%(received)s, %(processing)s)
+  WHERE id = %(pk)s AND status IN (%(received)s, %(processing)s) AND attempts < %(max)s
     AND (next_attempt_at IS NULL OR next_attempt_at <= %(now)s)
   FOR UPDATE SKIP LOCKED
 ){also}
-RETURNING attempts, status, last_error, endpoint, event_type,
+RETURNING attempts, endpoint, event_type,
   (SELECT COUNT(*) FROM {runs} WHERE {runs}.event_id = {table}.id)
 """
 
@@ -586,25 +583,21 @@ def stored_conflict(event: WebhookEvent, alias: str) -> StoredConflict | None:
 
 
 class Claim(NamedTuple):
-    """What a claim wrote: the attempt's number and ``processing``, or, when every attempt was
-    already used, ``failed`` with the ``WorkerLost`` error first in ``last_error``; and what the
-    attempt needs to know before it locks the row again: the event's endpoint and type (which
-    handlers match) and how many ``HandlerRun`` rows it has (none: no need to read them)."""
+    """What a claim wrote, the attempt's number, and what the attempt needs to know before it
+    locks the row again: the event's endpoint and type (which handlers match) and how many
+    ``HandlerRun`` rows it has (none: no need to read them)."""
 
     attempts: int
-    status: str
-    last_error: str
     endpoint: str
     event_type: str
     runs: int
 
 
-def claim(event_pk: int, *, max_attempts: int, now: datetime, max_error_chars: int) -> Claim | None:
+def claim(event_pk: int, *, max_attempts: int, now: datetime) -> Claim | None:
     """Lock the event unless an attempt holds it, and, if it is due (``received`` or
-    ``processing``, and ``next_attempt_at`` empty or reached), count an attempt started at
-    ``now`` (status ``processing``, ``next_attempt_at`` cleared) or, when ``max_attempts`` are
-    already counted, end it ``failed`` with a ``WorkerLost`` error before the previous one (at
-    most ``max_error_chars``). None if it is missing, locked, finished or not due.
+    ``processing``, ``next_attempt_at`` empty or reached) and fewer than ``max_attempts`` are
+    counted, count an attempt started at ``now`` (status ``processing``, ``next_attempt_at``
+    cleared). None if it is missing, locked, finished, not due or out of attempts (``end_lost``).
 
     Committed at once, unless called inside a transaction (then it is part of it)."""
     connection = transaction.get_connection()
@@ -618,46 +611,74 @@ def claim(event_pk: int, *, max_attempts: int, now: datetime, max_error_chars: i
         "now": now,
         "received": Status.RECEIVED,
         "processing": Status.PROCESSING,
-        "failed": Status.FAILED,
-        "max_chars": max_error_chars,
     }
     row = fetch_one(connection, found.claim_relaxed if relax else found.claim, params)
     return None if row is None else Claim(*row)
 
 
-#: What the ORM's claim reads.
-CLAIM_FIELDS = ("id", "status", "attempts", "next_attempt_at", "last_error", "endpoint",
-                "event_type")  # fmt: skip
+def _due(now: datetime) -> Q:
+    """A claimable event's condition, less its attempts (the ORM's form of ``CLAIM_SQL``'s)."""
+    return (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)) & Q(
+        status__in=(Status.RECEIVED, Status.PROCESSING)
+    )
 
 
 def _claim_with_orm(event_pk: int, *, max_attempts: int, now: datetime) -> Claim | None:
     """``claim`` in the ORM's words, for databases other than PostgreSQL."""
     with transaction.atomic():
-        due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
         event = (
             WebhookEvent.objects.select_for_update(skip_locked=True)
-            .only(*CLAIM_FIELDS)
-            .filter(due, pk=event_pk, status__in=(Status.RECEIVED, Status.PROCESSING))
+            .only("id", "attempts", "endpoint", "event_type")
+            .filter(_due(now), pk=event_pk, attempts__lt=max_attempts)
             .first()
         )
         if event is None:
             return None
+        event.attempts += 1
+        event.last_attempt_at = now
+        event.status = Status.PROCESSING
         event.next_attempt_at = None
-        if event.attempts >= max_attempts:
-            # Every attempt has been counted and the last one never recorded an outcome: its
-            # worker died mid-handler. Do not run the handlers again.
-            lost = f"WorkerLost: attempt {event.attempts} of {max_attempts} did not finish"
-            event.status = Status.FAILED
-            event.last_error = f"{lost}; {event.last_error}" if event.last_error else lost
-            event.save(update_fields=["status", "next_attempt_at", "last_error"])
-        else:
-            event.attempts += 1
-            event.last_attempt_at = now
-            event.status = Status.PROCESSING
-            event.save(update_fields=["attempts", "last_attempt_at", "status", "next_attempt_at"])
+        event.save(update_fields=["attempts", "last_attempt_at", "status", "next_attempt_at"])
         runs = HandlerRun.objects.filter(event_id=event_pk).count()
-        return Claim(event.attempts, event.status, event.last_error, event.endpoint,
-                     event.event_type, runs)  # fmt: skip
+        return Claim(event.attempts, event.endpoint, event.event_type, runs)
+
+
+class Lost(NamedTuple):
+    """What ``end_lost`` wrote: the lost attempt's number and start, and its error."""
+
+    attempt: int
+    started_at: datetime | None
+    error: str
+
+
+def end_lost(
+    event_pk: int, *, max_attempts: int, now: datetime, max_error_chars: int
+) -> Lost | None:
+    """Lock the event (``skip_locked``) if it is due and every one of its ``max_attempts`` is
+    counted (the last never recorded an outcome: its worker died mid-handler), and end it
+    ``failed``, a ``WorkerLost`` error before the previous one in ``last_error`` (at most
+    ``max_error_chars``). None if it is missing, locked, finished, not due or has attempts left.
+
+    Must run inside a transaction: the caller records the lost attempt in the same one, so that
+    no reader sees the event ``failed`` without it."""
+    if not transaction.get_connection().in_atomic_block:
+        raise transaction.TransactionManagementError("end_lost runs inside a transaction.")
+    event = (
+        WebhookEvent.objects.select_for_update(skip_locked=True)
+        .only("id", "attempts", "last_attempt_at", "last_error")
+        .filter(_due(now), pk=event_pk, attempts__gte=max_attempts)
+        .first()
+    )
+    if event is None:
+        return None
+    lost = f"WorkerLost: attempt {event.attempts} of {max_attempts} did not finish"
+    event.status = Status.FAILED
+    event.next_attempt_at = None
+    event.last_error = (f"{lost}; {event.last_error}" if event.last_error else lost)[
+        :max_error_chars
+    ]
+    event.save(update_fields=["status", "next_attempt_at", "last_error"])
+    return Lost(event.attempts, event.last_attempt_at, lost)
 
 
 def lock_claimed(event_pk: int, attempt: int, started_at: datetime) -> WebhookEvent | None:

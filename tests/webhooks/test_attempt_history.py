@@ -7,12 +7,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import transaction
+from django.db.transaction import TransactionManagementError
 from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
 
 from tests.webhooks.factories import WebhookEventFactory
-from webhooks import on, processing, services
+from webhooks import on, processing, services, storage
 from webhooks.models import ProcessingAttempt, WebhookEvent
 
 Status = WebhookEvent.Status
@@ -100,6 +102,35 @@ def test_a_lost_last_attempt_is_recorded_when_the_event_ends_failed(handlers):
     assert attempt.started_at == started and attempt.finished_at is None
     assert attempt.error == "WorkerLost: attempt 2 of 2 did not finish"
     assert attempt.duration is None
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(WEBHOOKS={"MAX_ATTEMPTS": 2})
+def test_the_event_ends_failed_in_one_transaction_with_its_lost_attempt(handlers):
+    """No reader sees the event failed without the lost attempt's row: both commit together,
+    and ``end_lost`` refuses to run outside a transaction (where it would commit alone)."""
+    event = WebhookEventFactory(status=Status.PROCESSING, attempts=2,
+                                last_attempt_at=timezone.now())  # fmt: skip
+    with pytest.raises(TransactionManagementError):
+        storage.end_lost(event.pk, max_attempts=2, now=timezone.now(), max_error_chars=100)
+    event.refresh_from_db()
+    assert event.status == Status.PROCESSING
+
+    # A claim finds no attempt left; the failure and the row are written, then rolled back together.
+    with pytest.raises(RuntimeError), transaction.atomic():
+        assert storage.claim(event.pk, max_attempts=2, now=timezone.now()) is None
+        assert processing.process_event(event.pk) == Status.FAILED
+        assert rows(event) == [(2, Outcome.LOST, "WorkerLost: attempt 2 of 2 did not finish")]
+        raise RuntimeError("roll back")
+    event.refresh_from_db()
+    assert (event.status, rows(event)) == (Status.PROCESSING, [])
+
+    # An event with an attempt left is not ended.
+    with transaction.atomic():
+        assert (
+            storage.end_lost(event.pk, max_attempts=3, now=timezone.now(), max_error_chars=100)
+            is None
+        )
 
 
 @pytest.mark.django_db
