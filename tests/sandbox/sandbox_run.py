@@ -23,6 +23,15 @@ SCRIPT = ROOT / "sandbox_project" / "run.sh"
 BANNER = "django-tether sandbox is running"
 
 
+def _terminal_signals() -> None:
+    """In the child before it runs the script: SIGINT and SIGQUIT back to their defaults, as a
+    terminal's shell starts a command. A test run started in the background by a non-interactive
+    shell ignores both and its children inherit that; a shell that starts with SIGINT ignored
+    cannot trap it, so the script's Ctrl-C handling would go untested."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 class SandboxRun:
     def __init__(
         self, state_dir: Path, *, port: int | None = None, env: dict[str, str] | None = None
@@ -58,6 +67,7 @@ class SandboxRun:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own session and process group, as a terminal's
+                preexec_fn=_terminal_signals,
             )
         return self
 
