@@ -1,9 +1,11 @@
 """A separate process that makes successful calls through a ``ServiceClient`` and exits:
-``python -m tests.integrations.breaker.successes_proc VENDOR_URL COUNT [IDLE_SECONDS]``.
+``python -m tests.integrations.breaker.successes_proc URL COUNT [IDLE_SECONDS [FLUSH_SECONDS]]``.
 
 Its database is the test database (``TETHER_DB_NAME``); its service "counted" points at the
 FakeVendor that the test runs on 127.0.0.1. It prints how many calls succeeded, then stays idle
-for ``IDLE_SECONDS`` (default 0) before it exits.
+for ``IDLE_SECONDS`` (default 0) before it exits. ``FLUSH_SECONDS`` replaces the breaker's
+``SUCCESS_FLUSH_INTERVAL`` in this process (its module constant, 30 s), so that a test of the
+idle timer waits a few seconds rather than thirty.
 """
 
 from __future__ import annotations
@@ -13,14 +15,17 @@ import sys
 import time
 
 
-def main(vendor_url: str, count: int, idle: float) -> None:
+def main(vendor_url: str, count: int, idle: float, flush: float | None) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
     import django
 
     django.setup()
     from django.test import override_settings
 
-    from integrations import ServiceClient
+    from integrations import ServiceClient, breaker
+
+    if flush is not None:
+        breaker.SUCCESS_FLUSH_INTERVAL = flush
 
     class Counted(ServiceClient):
         service = "counted"
@@ -34,4 +39,9 @@ def main(vendor_url: str, count: int, idle: float) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 0.0)
+    main(
+        sys.argv[1],
+        int(sys.argv[2]),
+        float(sys.argv[3]) if len(sys.argv) > 3 else 0.0,
+        float(sys.argv[4]) if len(sys.argv) > 4 else None,
+    )
