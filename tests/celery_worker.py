@@ -14,43 +14,22 @@ does not reach another process): ``webhooks={...}`` is merged into its ``WEBHOOK
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
 import sys
-import tempfile
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
 from tests import handler_runs
-from tests.servers import ROOT, subprocess_env
+from tests.servers import ManagedProcess, subprocess_env
 
 
-def wait_until(
-    condition: Callable[[], Any],
-    *,
-    timeout: float,
-    interval: float = 0.1,
-    message: str = "condition",
-) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
+class CeleryWorker(ManagedProcess):
+    name = "celery-worker"
 
-
-class CeleryWorker:
     def __init__(
         self,
         *,
@@ -61,6 +40,7 @@ class CeleryWorker:
         broker_url: str | None = None,
         extra_env: dict[str, str] | None = None,
     ) -> None:
+        super().__init__()
         self.pool = pool
         self.concurrency = concurrency
         self.webhooks = webhooks or {}
@@ -68,19 +48,8 @@ class CeleryWorker:
         self.broker_url = broker_url
         self.extra_env = extra_env or {}
         self.nodename = f"tether-test-{uuid.uuid4().hex[:8]}@localhost"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open while it runs)
-            prefix="tether-worker-", suffix=".log", delete=False
-        )
 
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def env(self) -> dict[str, str]:
-        return subprocess_env(
-            webhooks=self.webhooks, broker_url=self.broker_url, extra=self.extra_env
-        )
-
-    def start(self, timeout: float = 90) -> CeleryWorker:
+    def command(self) -> list[str]:
         command = [
             sys.executable, "-m", "celery", "-A", "sandbox_project", "worker",
             f"--pool={self.pool}", f"--concurrency={self.concurrency}",
@@ -90,48 +59,22 @@ class CeleryWorker:
         ]  # fmt: skip
         if self.queues:
             command.append(f"--queues={self.queues}")
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=self.env(),
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so kill() reaches its children
-        )
-        self.wait_ready(timeout)
-        return self
+        return command
 
-    def wait_ready(self, timeout: float = 90) -> None:
+    def env(self) -> dict[str, str]:
+        return subprocess_env(
+            webhooks=self.webhooks, broker_url=self.broker_url, extra=self.extra_env
+        )
+
+    def start(self, timeout: float = 90) -> Self:
+        return super().start(timeout)
+
+    def ready(self) -> bool:
+        """It answers a ping (its consumer is up)."""
         from sandbox_project.celery import app
 
-        def answered() -> bool:
-            if self.process is None or self.process.poll() is not None:
-                raise AssertionError(f"the Celery worker exited early:\n{self.log()}")
-            replies = app.control.ping(destination=[self.nodename], timeout=0.5)
-            return bool(replies)
-
-        try:
-            wait_until(answered, timeout=timeout, interval=0.2, message="the worker to start")
-        except AssertionError:
-            self.stop()
-            raise AssertionError(f"the Celery worker did not start:\n{self.log()}") from None
-
-    def stop(self, timeout: float = 20) -> None:
-        """Warm shutdown (SIGTERM: finish the current task), SIGKILL if it does not exit."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self._signal_group(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def kill(self) -> None:
-        """SIGKILL the worker's whole process group (main process and pool children)."""
-        if self.process is None:
-            return
-        self._signal_group(signal.SIGKILL)
-        self.process.wait(10)
+        self.check_running()
+        return bool(app.control.ping(destination=[self.nodename], timeout=0.5))
 
     def kill_child(self) -> int:
         """SIGKILL one prefork pool process; the main process stays up. Returns its pid."""
@@ -146,22 +89,8 @@ class CeleryWorker:
         path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         return [int(pid) for pid in path.read_text().split()]
 
-    def _signal_group(self, sig: signal.Signals) -> None:
-        assert self.process is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, sig)  # the group this Popen created (start_new_session)
-
-    def log(self) -> str:
-        self.log_file.flush()
-        return Path(self.log_file.name).read_text(errors="replace")[-6000:]
-
-    def __enter__(self) -> CeleryWorker:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-        self.log_file.close()
-        os.unlink(self.log_file.name)
+    def log(self, tail: int | None = 6000) -> str:
+        return super().log(tail)
 
 
 # Worker settings for fast retries; the worker is another process, so they travel by env vars.
@@ -170,14 +99,15 @@ FAST_RETRIES = {"MAX_ATTEMPTS": 3, "RETRY_BASE_DELAY": 0.2, "RETRY_MAX_DELAY": 0
 
 @pytest.fixture
 def celery_worker(transactional_db):
-    """A real Celery worker (solo pool) on the test database, fast retries; stopped after.
+    """A real Celery worker (solo pool) on the test database, fast retries; killed after.
 
     Use it from any test package's conftest: ``from tests.celery_worker import celery_worker``.
     """
     handler_runs.ensure_table()
     purge_broker()
-    with CeleryWorker(webhooks=FAST_RETRIES) as worker:
-        yield worker
+    worker = CeleryWorker(webhooks=FAST_RETRIES).start()
+    yield worker
+    discard(worker)
 
 
 @pytest.fixture
@@ -195,7 +125,15 @@ def worker_factory(transactional_db):
 
     yield start
     for worker in started:
-        worker.__exit__(None, None, None)
+        discard(worker)
+
+
+def discard(worker: CeleryWorker) -> None:
+    """A fixture's worker after its test: SIGKILLed (a warm shutdown waits about 1.5 s for its
+    broker connection, for nothing the test checks; the next one purges the broker and starts
+    on a flushed database), and its log removed."""
+    worker.kill()
+    worker.close()
 
 
 def queue_length(queue: str = "celery") -> int:

@@ -8,19 +8,13 @@ under ``django_tasks_backend()`` (``override_settings``).
 
     with DbWorker(webhooks={"RETRY_BASE_DELAY": 0.1}) as worker:
         ...
-        worker.kill()          # SIGKILL the worker mid-task
+        worker.kill()          # SIGKILL the worker mid-task (its task is left RUNNING)
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
 import sys
-import tempfile
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,8 +22,8 @@ from django.conf import settings
 from django.test import override_settings
 
 from tests import handler_runs
-from tests.celery_worker import FAST_RETRIES, wait_until
-from tests.servers import ROOT, subprocess_env
+from tests.celery_worker import FAST_RETRIES
+from tests.servers import ManagedProcess, subprocess_env
 
 DJANGO_TASKS = {"TASK_BACKEND": "django"}
 
@@ -39,76 +33,31 @@ def django_tasks_backend(**webhooks: Any) -> override_settings:
     return override_settings(WEBHOOKS={**settings.WEBHOOKS, **DJANGO_TASKS, **webhooks})
 
 
-class DbWorker:
+class DbWorker(ManagedProcess):
+    name = "db-worker"
+
     def __init__(self, *, webhooks: dict[str, Any] | None = None, queues: str = "*") -> None:
+        super().__init__()
         self.webhooks = {**DJANGO_TASKS, **(webhooks or {})}
         self.queues = queues
         self.worker_id = f"tether-test-{uuid.uuid4().hex[:8]}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open while it runs)
-            prefix="tether-db-worker-", suffix=".log", delete=False
-        )
 
-    def start(self, timeout: float = 60) -> DbWorker:
-        command = [
+    def command(self) -> list[str]:
+        return [
             sys.executable, "manage.py", "db_worker", "--no-reload", "--no-startup-delay",
             "--interval=0.1", f"--queue-name={self.queues}", f"--worker-id={self.worker_id}",
             "--verbosity=2",
         ]  # fmt: skip
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=subprocess_env(webhooks=self.webhooks),
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
 
-        def started() -> bool:
-            if self.process is None or self.process.poll() is not None:
-                raise AssertionError(f"db_worker exited early:\n{self.log()}")
-            return f"Starting worker worker_id={self.worker_id}" in self.log()
+    def env(self) -> dict[str, str]:
+        return subprocess_env(webhooks=self.webhooks)
 
-        try:
-            wait_until(started, timeout=timeout, interval=0.1, message="db_worker to start")
-        except AssertionError:
-            self.kill()
-            raise
-        return self
+    def ready(self) -> bool:
+        self.check_running()
+        return f"Starting worker worker_id={self.worker_id}" in self.log()
 
-    def stop(self, timeout: float = 20) -> None:
-        """SIGTERM (finish the current task, then exit), SIGKILL if it does not exit."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self._signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def kill(self) -> None:
-        """SIGKILL the worker (its task is left ``RUNNING`` in the task table)."""
-        if self.process is None:
-            return
-        self._signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def _signal(self, sig: signal.Signals) -> None:
-        assert self.process is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, sig)
-
-    def log(self) -> str:
-        self.log_file.flush()
-        return Path(self.log_file.name).read_text(errors="replace")[-6000:]
-
-    def __enter__(self) -> DbWorker:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-        self.log_file.close()
-        os.unlink(self.log_file.name)
+    def log(self, tail: int | None = 6000) -> str:
+        return super().log(tail)
 
 
 @pytest.fixture
@@ -127,4 +76,4 @@ def db_worker_factory(transactional_db):
     with django_tasks_backend(**FAST_RETRIES):
         yield start
     for worker in started:
-        worker.__exit__(None, None, None)
+        worker.close()

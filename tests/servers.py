@@ -23,8 +23,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Self
 
@@ -90,12 +90,129 @@ def own_database(suffix: str) -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-class GunicornServer:
+def wait_until(
+    condition: Callable[[], Any],
+    *,
+    timeout: float,
+    interval: float = 0.1,
+    message: str = "condition",
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class ManagedProcess:
+    """A subprocess of the test run (a server, a worker, a sweeper): started from ``ROOT`` in the
+    environment ``env()`` gives, in a process group of its own (so that a signal reaches its
+    children), its output in a temporary log that ``log()`` reads.
+
+    ``start()`` (or ``with``) returns once ``ready()`` says so; ``stop()`` sends SIGTERM to the
+    group and SIGKILL if it does not exit in time; ``kill()`` sends SIGKILL at once; leaving the
+    ``with`` stops it and removes the log. Subclasses give ``command()`` and, if they can tell,
+    ``ready()``."""
+
+    #: Its name, in the log file's name and in errors.
+    name = "process"
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open while it runs)
+            prefix=f"tether-{self.name}-", suffix=".log", delete=False
+        )
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return subprocess_env()
+
+    def ready(self) -> bool:
+        """Whether it is ready for the test; raises if it has exited."""
+        self.check_running()
+        return True
+
+    def check_running(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.name} exited early:\n{self.log()}")
+
+    def start(self, timeout: float = 60) -> Self:
+        self.process = subprocess.Popen(
+            self.command(),
+            cwd=ROOT,
+            env=self.env(),
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_until(self.ready, timeout=timeout, message=f"{self.name} to start")
+        except AssertionError as error:
+            log = self.log()
+            self.kill()
+            raise AssertionError(f"{self.name} did not start ({error}):\n{log}") from None
+        return self
+
+    def stop(self, timeout: float = 20) -> int | None:
+        """SIGTERM to the group (a worker finishes its current task), SIGKILL if it has not
+        exited after ``timeout`` seconds. Its exit code (None if it never started)."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.signal_group(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the whole group (main process and children)."""
+        if self.process is None:
+            return
+        self.signal_group(signal.SIGKILL)
+        self.process.wait(10)
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
+    def log(self, tail: int | None = None) -> str:
+        self.log_file.flush()
+        text = Path(self.log_file.name).read_text(errors="replace")
+        return text if tail is None else text[-tail:]
+
+    def close(self) -> int | None:
+        """Stop it and remove its log; its exit code."""
+        try:
+            return self.stop()
+        finally:
+            self.log_file.close()
+            Path(self.log_file.name).unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class GunicornServer(ManagedProcess):
     """The sandbox's WSGI app under gunicorn, in a process group of its own, on a free port.
 
     ``start()`` (or ``with``) returns once it accepts connections; ``stop()`` (or leaving the
     ``with``) terminates the whole group (SIGKILL if it does not exit) and removes the log.
     """
+
+    name = "gunicorn"
 
     def __init__(
         self,
@@ -106,23 +223,17 @@ class GunicornServer:
         workers: int = 1,
         threads: int = 1,
     ) -> None:
+        super().__init__()
         self.port = free_port()
         self.workers = workers
         self.threads = threads
         self.webhooks = webhooks
         self.broker_url = broker_url
         self.extra_env = env
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open while it runs)
-            prefix="tether-gunicorn-", suffix=".log", delete=False
-        )
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    #: The server's name, in errors.
-    name = "gunicorn"
 
     def command(self) -> list[str]:
         return [
@@ -132,32 +243,15 @@ class GunicornServer:
             "--timeout", "30",
         ]  # fmt: skip
 
-    def start(self, timeout: float = 60) -> Self:
-        self.process = subprocess.Popen(
-            self.command(),
-            cwd=ROOT,
-            env=subprocess_env(
-                webhooks=self.webhooks, broker_url=self.broker_url, extra=self.extra_env
-            ),
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so stop() reaches its workers
+    def env(self) -> dict[str, str]:
+        return subprocess_env(
+            webhooks=self.webhooks, broker_url=self.broker_url, extra=self.extra_env
         )
-        deadline = time.monotonic() + timeout
-        while not self._answers():
-            if time.monotonic() > deadline:
-                log = self.log()
-                self.stop()
-                raise AssertionError(f"{self.name} did not start:\n{log}")
-            time.sleep(0.1)
-        return self
 
-    def _answers(self) -> bool:
+    def ready(self) -> bool:
         """Accepting connections (a request waits in the backlog until a worker takes it).
         No request is made, so the server's log holds only what the test causes."""
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"{self.name} exited early:\n{self.log()}")
+        self.check_running()
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                 return True
@@ -173,26 +267,8 @@ class GunicornServer:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-        self.log_file.close()
-        Path(self.log_file.name).unlink(missing_ok=True)
-
-    def log(self) -> str:
-        self.log_file.flush()
-        return Path(self.log_file.name).read_text(errors="replace")
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def stop(self, timeout: float = 15) -> int | None:
+        return super().stop(timeout)
 
 
 class UvicornServer(GunicornServer):
@@ -239,8 +315,6 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        from tests.celery_worker import wait_until
-
         wait_until(self._pong, timeout=10, message="redis-server to start")
 
     @property

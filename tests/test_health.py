@@ -18,9 +18,8 @@ from celery import current_app
 from django.db import connection
 from django.utils import timezone
 
-from tests.celery_worker import wait_until
 from tests.integrations.factories import CircuitBreakerFactory
-from tests.servers import GunicornServer, RedisServer, free_port
+from tests.servers import GunicornServer, RedisServer, free_port, wait_until
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks.conf import webhooks_settings
 from webhooks.health import broker_probe
@@ -164,7 +163,7 @@ def test_health_flips_to_503_when_redis_stops_and_back_when_it_starts():
         )
         assert body["status"] == "ok" and body["broker"] == {"ok": True}
     finally:
-        server.stop()
+        server.close()
         redis.kill()
 
 
@@ -200,4 +199,4 @@ def test_health_and_api_answer_503_when_the_database_is_unreachable():
         assert "tether_circuit_breaker_state{" not in text
         assert "# TYPE tether_webhooks_received_total counter" in text
     finally:
-        server.stop()
+        server.close()

@@ -19,9 +19,9 @@ from integrations import ServiceClient
 from integrations.exceptions import IntegrationUnavailable
 from integrations.testing import FakeVendor, Reply, instant_backoff
 from tests import handler_runs, postgres
-from tests.celery_worker import CeleryWorker, purge_broker, wait_until
+from tests.celery_worker import CeleryWorker, purge_broker
 from tests.integrations.factories import CircuitBreakerFactory
-from tests.servers import ROOT, GunicornServer, subprocess_env
+from tests.servers import ROOT, GunicornServer, subprocess_env, wait_until
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import PermanentFailure, on, processing, services
 from webhooks.models import WebhookEvent
@@ -430,5 +430,5 @@ def test_web_workers_and_celery_worker_aggregate_in_multiprocess_mode(tmp_path):
                 )
                 assert text.count("# TYPE tether_webhooks_stuck gauge") == 1
     finally:
-        server.stop()
+        server.close()
         purge_broker()

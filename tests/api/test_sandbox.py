@@ -9,9 +9,9 @@ import pytest
 from integrations.models import CircuitBreaker
 from tests import handler_runs
 from tests.api.conftest import make_user
-from tests.celery_worker import CeleryWorker, purge_broker, wait_until
+from tests.celery_worker import CeleryWorker, purge_broker
 from tests.integrations.factories import CircuitBreakerFactory
-from tests.servers import GunicornServer
+from tests.servers import GunicornServer, wait_until
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks.models import WebhookEvent
 
@@ -72,5 +72,5 @@ def test_operator_works_the_sandbox_over_http():
             anonymous = httpx.get(f"http://127.0.0.1:{server.port}/api/webhook-events/")
             assert anonymous.status_code == 403
     finally:
-        server.stop()
+        server.close()
         purge_broker()

@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from sandbox_project.demo.models import GitHubPush, Order, Subscription
-from tests.celery_worker import wait_until
+from tests.servers import wait_until
 from tests.vendor import vendor_bytes, vendor_json
 from webhooks import processing, services
 from webhooks.models import HandlerRun, ProcessingAttempt, WebhookEvent

@@ -17,9 +17,8 @@ import pytest
 from django.core.management import call_command
 
 from sandbox_project.demo.models import Order
-from tests.celery_worker import wait_until
 from tests.sandbox.sandbox_run import SandboxRun
-from tests.servers import ROOT
+from tests.servers import ROOT, wait_until
 from webhooks import processing
 from webhooks.models import WebhookEvent
 

@@ -24,9 +24,9 @@ from django.test import override_settings
 from django.utils import timezone
 
 from tests import postgres
-from tests.celery_worker import purge_broker, queued_messages, wait_until
+from tests.celery_worker import purge_broker, queued_messages
 from tests.forking import in_a_child
-from tests.servers import GunicornServer
+from tests.servers import GunicornServer, wait_until
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import conf, dispatch, on, processing, queueing, services
 from webhooks.dispatch import Dispatcher

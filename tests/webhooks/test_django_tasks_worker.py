@@ -21,7 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult, get_date_max
 
-from tests.celery_worker import wait_until
+from tests.servers import wait_until
 from tests.webhooks.conftest import FAST_RETRIES
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import dispatch, queueing

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import ordered_objects, postgres
-from tests.celery_worker import wait_until
+from tests.servers import wait_until
 from webhooks import queueing
 from webhooks.models import HandlerRun, OrderingState, WebhookEvent
 from webhooks.testing import post_webhook

@@ -24,8 +24,8 @@ from django.test import Client, RequestFactory
 
 from tests import postgres
 from tests.asgi import AsgiClient
-from tests.celery_worker import purge_broker, queued_messages, wait_until
-from tests.servers import GunicornServer, UvicornServer, free_port
+from tests.celery_worker import purge_broker, queued_messages
+from tests.servers import GunicornServer, UvicornServer, free_port, wait_until
 from tests.webhooks.providers.gunicorn_server import chunked, http_request
 from tests.webhooks.providers.gunicorn_server import raw_request as send_raw
 from tests.webhooks.providers.signal_log import signals  # noqa: F401  (fixture)

@@ -17,7 +17,8 @@ from django.db.models import F
 from django.test import override_settings
 from django.utils import timezone
 
-from tests.celery_worker import purge_broker, queue_length, queued_messages, wait_until
+from tests.celery_worker import purge_broker, queue_length, queued_messages
+from tests.servers import wait_until
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import services
 from webhooks.exceptions import BrokerUnavailable

@@ -4,12 +4,9 @@ sweeps until SIGTERM, reports a failed sweep and tries again, and refuses a bad 
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
-import tempfile
 from datetime import timedelta
-from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -18,39 +15,30 @@ from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from tests import postgres
-from tests.celery_worker import wait_until
-from tests.servers import ROOT, subprocess_env
+from tests.servers import ManagedProcess, subprocess_env, wait_until
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks.models import WebhookEvent
 
 pytestmark = [pytest.mark.slow]
 
 
-class Sweeper:
-    def __init__(self, *args: str, **env) -> None:
-        self.log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open while it runs)
-            prefix="tether-sweeper-", suffix=".log", delete=False
-        )
-        self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "requeue_stuck_webhooks", "--skip-checks", *args],
-            cwd=ROOT, env=subprocess_env(**env), stdout=self.log_file,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+class Sweeper(ManagedProcess):
+    """``requeue_stuck_webhooks`` with ``args``, started at once, on the test database (with
+    ``subprocess_env``'s options: ``webhooks``, ``broker_url``)."""
 
-    def log(self) -> str:
-        self.log_file.flush()
-        return Path(self.log_file.name).read_text(errors="replace")
+    name = "sweeper"
 
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(20)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-            self.log_file.close()
-            Path(self.log_file.name).unlink()
+    def __init__(self, *args: str, **options: Any) -> None:
+        super().__init__()
+        self.args = args
+        self.options = options
+        self.start()
+
+    def command(self) -> list[str]:
+        return [sys.executable, "manage.py", "requeue_stuck_webhooks", "--skip-checks", *self.args]
+
+    def env(self) -> dict[str, str]:
+        return subprocess_env(**self.options)
 
 
 def stuck(**fields) -> WebhookEvent:
@@ -75,7 +63,7 @@ def test_it_sweeps_until_stopped_enqueueing_django_tasks():
         assert sweeper.process.poll() is None
         log = sweeper.log()
     finally:
-        status = sweeper.stop()
+        status = sweeper.close()
     assert status == 0, log
     assert "Sweeping every 1 s (SIGTERM or Ctrl-C stops)." in log
     assert log.count("Requeued 1 stuck event(s).") == 2, log  # sweeps that found none are quiet
@@ -94,7 +82,7 @@ def test_a_failed_sweep_is_reported_and_the_next_one_tried():
                    message="two failed sweeps")  # fmt: skip
         assert sweeper.process.poll() is None
     finally:
-        status = sweeper.stop()
+        status = sweeper.close()
     assert status == 0
     event.refresh_from_db()
     assert event.requeued_at is None  # nothing recorded for a message never sent

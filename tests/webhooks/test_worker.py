@@ -24,8 +24,8 @@ from django.utils import timezone
 from integrations.testing import instant_backoff
 from integrations.testing.stripe import FakeStripe
 from sandbox_project.celery import app as celery_app
-from tests.celery_worker import wait_until
 from tests.integrations.vendors.conftest import API_KEY, stripe_settings
+from tests.servers import wait_until
 from tests.webhooks.conftest import FAST_RETRIES
 from tests.webhooks.factories import WebhookEventFactory
 from webhooks import on, queueing
