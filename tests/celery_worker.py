@@ -70,11 +70,10 @@ class CeleryWorker(ManagedProcess):
         return super().start(timeout)
 
     def ready(self) -> bool:
-        """It answers a ping (its consumer is up)."""
-        from sandbox_project.celery import app
-
+        """It has logged ``<nodename> ready.``: Celery's ``worker_ready``, once its consumer is
+        up (it answers a ping from then on; polling with pings found it a second later)."""
         self.check_running()
-        return bool(app.control.ping(destination=[self.nodename], timeout=0.5))
+        return f"{self.nodename} ready." in self.log(None)
 
     def kill_child(self) -> int:
         """SIGKILL one prefork pool process; the main process stays up. Returns its pid."""
