@@ -28,7 +28,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
@@ -36,6 +35,8 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
+
+from tether.conf import unknown_key_hint
 
 from .conf import DEFAULTS
 
@@ -188,12 +189,6 @@ def _check_redis(user: Mapping[str, Any]) -> list[CheckMessage]:
     return errors
 
 
-def _suggest(name: str, known: Any) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    listed = ", ".join(sorted(known))
-    return (f"Did you mean {close[0]!r}? " if close else "") + f"Known keys: {listed}."
-
-
 def _check_section(section: str, values: Any, where: str) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
     if not isinstance(values, Mapping):
@@ -211,7 +206,7 @@ def _check_section(section: str, values: Any, where: str) -> list[CheckMessage]:
             errors.append(
                 Error(
                     f"{where} has an unknown key {name!r}.",
-                    hint=_suggest(str(name), rules),
+                    hint=unknown_key_hint(str(name), rules),
                     id="integrations.E004",
                 )
             )
@@ -349,7 +344,7 @@ def check_integrations_settings(app_configs: Any = None, **kwargs: Any) -> list[
             errors.append(
                 Error(
                     f"INTEGRATIONS has an unknown key {key!r}.",
-                    hint=_suggest(str(key), DEFAULTS),
+                    hint=unknown_key_hint(str(key), DEFAULTS),
                     id="integrations.E002",
                 )
             )

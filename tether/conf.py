@@ -25,6 +25,7 @@ settings dicts are not changed (Django's settings page hides them by their key n
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -119,6 +120,14 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def unknown_key_hint(name: str, known: Iterable[str]) -> str:
+    """The hint of a system check that reports an unknown settings key: the closest known key,
+    if one is close ("did you mean"), and every known key."""
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=1)
+    return (f"Did you mean {close[0]!r}? " if close else "") + f"Known keys: {', '.join(known)}."
 
 
 class AppSettings:

@@ -25,7 +25,8 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import selectors, services
-from .models import HandlerRun, ProcessingAttempt, WebhookEvent
+from .models import HandlerRun, OrderingState, ProcessingAttempt, WebhookEvent
+from .ordering import version_text
 from .registry import HANDLER_NAME_MAX_CHARS
 
 if TYPE_CHECKING:
@@ -689,3 +690,42 @@ class WebhookEventAdmin(admin.ModelAdmin):
         self, request: HttpRequest, queryset: QuerySet[WebhookEvent]
     ) -> HttpResponse | None:
         return self._bulk_action(request, queryset, "mark_ignored")
+
+
+@admin.register(OrderingState)
+class OrderingStateAdmin(admin.ModelAdmin):
+    """What each ordered handler has applied, per key (``webhooks.ordering``): read-only, as the
+    runs write it. Deleting a row forgets the key's newest version, so that the key's next
+    event applies whatever its version (the way out after an event with a wrong, far-future
+    version made every later one stale); it needs the delete permission."""
+
+    list_display = ("handler", "key", "newest_version", "applied_by", "applied_at")
+    list_filter = ("handler", "version_kind")
+    search_fields = ("=key", "=event_id", "handler")
+    search_help_text = _("An exact ordering key or event id, or part of a handler's path.")
+    ordering = ("handler", "key")
+    list_per_page = 100
+    show_full_result_count = False
+    fields = ("handler", "key", "newest_version", "version_kind", "applied_by", "applied_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description=_("newest version applied"), ordering="version")
+    def newest_version(self, state: OrderingState) -> str:
+        if state.version is None:
+            return "-"
+        return version_text(state.version, state.version_kind)
+
+    @admin.display(description=_("applied by event"), ordering="event_id")
+    def applied_by(self, state: OrderingState) -> str:
+        if not state.event_id:
+            return "-"
+        url = reverse("admin:webhooks_webhookevent_changelist")
+        return format_html(
+            '<a href="{}?{}">{}</a>', url, urlencode({"q": state.event_id}), state.event_id
+        )

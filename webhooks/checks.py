@@ -16,6 +16,11 @@
 - ``webhooks.E007``: an endpoint name that cannot be a URL path segment.
 - ``webhooks.W001``: a handler registered with ``@on`` for an endpoint that is not configured
   (a typo would otherwise never run).
+- ``webhooks.E010``: an unknown top-level key of ``WEBHOOKS`` (a misspelt setting would
+  otherwise be ignored without a word), with the closest known key.
+- ``webhooks.W005``: a handler ordered (``ordering_key``) without ``ordering_version`` on an
+  endpoint whose deliveries carry no occurred time (GitHub; an ``hmac`` endpoint without
+  ``TIMESTAMP_HEADER``): its version would be missing, and each of its runs would fail.
 - ``webhooks.W002``: an ``hmac`` endpoint relies on something outside what is signed: its
   ``EVENT_ID`` comes from a header and only the body is signed (a delivery re-sent under a new
   id is recognised only by its signed content, while the original is stored), or its
@@ -54,9 +59,18 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
-from .conf import ConfigProblem, processing_config_problems, task_backend, webhooks_settings
+from tether.conf import unknown_key_hint
+
+from .conf import (
+    DEFAULTS,
+    ConfigProblem,
+    processing_config_problems,
+    task_backend,
+    webhooks_settings,
+)
 from .exceptions import WebhookConfigurationError
 from .providers import BUILTIN_PROVIDERS, provider_class
 from .providers.base import LIMIT_OPTIONS, endpoint_key, limit_problem
@@ -72,15 +86,16 @@ def check_webhook_endpoints(app_configs: Any = None, **kwargs: Any) -> list[Chec
 
 @register()
 def check_webhook_handlers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    from .registry import handlers_of_unknown_endpoints
+    """W001: handlers of endpoints that are not configured; W005: ordered handlers whose
+    version would be the occurred time of an endpoint that gives none."""
+    from .registry import handlers_of_unknown_endpoints, registry
 
     endpoints = webhooks_settings["ENDPOINTS"]
     if not isinstance(endpoints, Mapping):
         return []
-    return [
+    messages: list[CheckMessage] = [
         Warning(
-            f"handler {getattr(r.handler, '__module__', '?')}."
-            f"{getattr(r.handler, '__qualname__', r.handler)!s} is registered for the endpoint "
+            f"handler {_handler_name(r.handler)} is registered for the endpoint "
             f'{r.endpoint!r}, which is not in WEBHOOKS["ENDPOINTS"]: it will never run.',
             hint=f"Configured endpoints: {', '.join(sorted(map(str, endpoints))) or 'none'}.",
             obj="settings.WEBHOOKS",
@@ -88,6 +103,29 @@ def check_webhook_handlers(app_configs: Any = None, **kwargs: Any) -> list[Check
         )
         for r in handlers_of_unknown_endpoints(endpoints)
     ]
+    for r in registry:
+        if r.ordering is None or r.ordering.version is not None or r.endpoint not in endpoints:
+            continue
+        config = endpoints[r.endpoint]
+        if _endpoint_problems(r.endpoint, config):
+            continue  # reported as errors
+        if not provider_class(r.endpoint, config).gives_occurred_time(config):
+            messages.append(
+                Warning(
+                    f"handler {_handler_name(r.handler)} is ordered by {r.ordering.key_label!r} "
+                    f"on the endpoint {r.endpoint!r}, whose deliveries carry no occurred time, "
+                    "and names no ordering_version: each of its runs will fail.",
+                    hint="Name the version the payload carries, e.g. "
+                    'ordering_version="pull_request.updated_at" (docs/webhooks/ordering.md).',
+                    obj="settings.WEBHOOKS",
+                    id="webhooks.W005",
+                )
+            )
+    return messages
+
+
+def _handler_name(handler: Any) -> str:
+    return f"{getattr(handler, '__module__', '?')}.{getattr(handler, '__qualname__', handler)!s}"
 
 
 @register()
@@ -114,8 +152,20 @@ def check_webhook_signed_content(app_configs: Any = None, **kwargs: Any) -> list
 
 
 def webhook_config_problems() -> list[ConfigProblem]:
-    """Every problem of ``settings.WEBHOOKS``'s endpoints and limits."""
+    """Every problem of ``settings.WEBHOOKS``'s keys, endpoints and limits."""
     problems: list[ConfigProblem] = []
+    user = getattr(settings, "WEBHOOKS", None) or {}
+    if isinstance(user, Mapping):
+        problems.extend(
+            ConfigProblem(
+                "E010",
+                "WEBHOOKS",
+                f"unknown key {key!r}: it is ignored.",
+                unknown_key_hint(str(key), DEFAULTS),
+            )
+            for key in user
+            if key not in DEFAULTS
+        )
     for option in LIMIT_OPTIONS:
         problem = limit_problem(
             option,

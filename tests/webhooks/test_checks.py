@@ -398,3 +398,21 @@ def test_w002_with_manage_py_check(settings, capsys):
     settings.WEBHOOKS = {"ENDPOINTS": {"partner": {**HMAC, "EVENT_ID": "header:X-Id"}}}
     call_command("check")
     assert "webhooks.W002" in capsys.readouterr().err
+
+
+def test_e010_an_unknown_top_level_key_with_the_closest_known_one(settings):
+    """A misspelt setting would be ignored without a word: MAX_ATTEMPT would leave 8 attempts."""
+    errors = errors_for(settings, {**django_settings.WEBHOOKS, "MAX_ATTEMPT": 3, "ENDPOINT": {}})
+    assert sorted((e.id, e.msg) for e in errors) == [
+        ("webhooks.E010", "WEBHOOKS: unknown key 'ENDPOINT': it is ignored."),
+        ("webhooks.E010", "WEBHOOKS: unknown key 'MAX_ATTEMPT': it is ignored."),
+    ]
+    hints = {e.msg.split("'")[1]: e.hint for e in errors}
+    assert hints["MAX_ATTEMPT"].startswith("Did you mean 'MAX_ATTEMPTS'? Known keys: ")
+    assert hints["ENDPOINT"].startswith("Did you mean 'ENDPOINTS'? ")
+    assert "TASK_BACKEND" in hints["ENDPOINT"]  # every known key listed
+
+    only_unknown = errors_for(settings, {"ZZZ": 1})
+    assert only(only_unknown).hint.startswith("Known keys: ")  # nothing close: no guess
+    with pytest.raises(SystemCheckError, match=r"webhooks\.E010"):
+        call_command("check")

@@ -116,3 +116,45 @@ def test_a_handler_for_an_unconfigured_endpoint_is_a_system_check_warning(handle
     assert "webhooks.W001" in message
     assert "test_registry" in message and "typo" in message and "'strpie'" in message
     assert "stripe" in message  # the hint lists the configured endpoints
+
+
+def test_an_ordered_handler_without_a_version_on_an_endpoint_without_times_is_a_warning(
+    handlers, settings
+):
+    """GitHub deliveries carry no occurred time, the default version: W005 at start-up rather
+    than every run failing. Stripe's events have theirs; naming a version settles it."""
+    from webhooks.checks import check_webhook_handlers
+
+    @on("stripe", "customer.subscription.*", ordering_key="data.object.id")
+    def by_time(event): ...
+
+    @on("github", "pull_request", ordering_key="pull_request.id",
+        ordering_version="pull_request.updated_at")  # fmt: skip
+    def by_version(event): ...
+
+    assert [m.id for m in check_webhook_handlers()] == []
+
+    @on("github", "issues", ordering_key="issue.id")
+    def no_version(event): ...
+
+    [warning] = check_webhook_handlers()
+    assert warning.id == "webhooks.W005"
+    assert "no_version" in warning.msg and "'issue.id'" in warning.msg and "'github'" in warning.msg
+    assert "ordering_version=" in warning.hint
+
+    # hmac: its signed timestamp is the occurred time; without TIMESTAMP_HEADER there is none.
+    hmac = {"PROVIDER": "hmac", "SECRETS": ["s3cr3t-value"], "HEADER": "X-Sig",
+            "EVENT_ID": "json:id", "EVENT_TYPE": "json:type"}  # fmt: skip
+    endpoints = {"untimed": hmac, "timed": {**hmac, "TIMESTAMP_HEADER": "X-Time"}}
+    settings.WEBHOOKS = {**settings.WEBHOOKS, "ENDPOINTS": endpoints}
+    handlers.restore([])  # only the two below
+
+    @on("untimed", "order.*", ordering_key="data.id")
+    def untimed(event): ...
+
+    @on("timed", "order.*", ordering_key="data.id")
+    def timed(event): ...
+
+    assert [(m.id, "untimed" in m.msg) for m in check_webhook_handlers()] == [
+        ("webhooks.W005", True)
+    ]

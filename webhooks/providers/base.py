@@ -230,6 +230,12 @@ class Provider:
         return []
 
     @classmethod
+    def gives_occurred_time(cls, config: Mapping[str, Any]) -> bool:
+        """Whether an endpoint with these settings gives its events an occurred time (the
+        default version of an ordered handler; system check ``webhooks.W005``)."""
+        return True
+
+    @classmethod
     def make_secret(cls) -> str:
         """A new random secret in this provider's format (for tests and forged requests)."""
         return _secrets.token_urlsafe(32)

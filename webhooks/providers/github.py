@@ -60,6 +60,10 @@ class GitHubProvider(Provider):
     event_header = "X-GitHub-Event"
     prefix = b"sha256="
 
+    @classmethod
+    def gives_occurred_time(cls, config: Mapping[str, Any]) -> bool:
+        return False  # a delivery carries no time of its own
+
     def extra_stored_headers(self) -> tuple[str, ...]:
         return (self.delivery_header, self.event_header)
 

@@ -71,6 +71,10 @@ class HmacProvider(Provider):
         "SIGNED_PAYLOAD",
     )
 
+    @classmethod
+    def gives_occurred_time(cls, config: Mapping[str, Any]) -> bool:
+        return bool(config.get("TIMESTAMP_HEADER"))  # the signed timestamp is the occurred time
+
     def __post_init__(self) -> None:
         super().__post_init__()
         config = self.config
