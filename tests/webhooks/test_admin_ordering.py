@@ -48,7 +48,7 @@ def test_the_list_reads_versions_as_times_or_numbers_and_links_the_event(admin_c
 @pytest.mark.parametrize(
     ("query", "keys"),
     [("sub_1", {"sub_1"}), ("evt_42", {"ord_7"}), ("sync_order", {"ord_7", "ord_8"}),
-     ("sub", set()), ("x" * 10_000, set())],
+     ("sub_", set()), ("x" * 10_000, set())],
 )  # fmt: skip
 def test_search_by_exact_key_or_event_or_part_of_the_handler(admin_client, states, query, keys):
     response = admin_client.get(LIST, {"q": query})
@@ -70,7 +70,7 @@ def test_a_missing_or_malformed_id_is_a_clean_not_found(admin_client, states):
     for pk in ("999999", "abc", "1%00"):
         response = admin_client.get(f"{LIST}{pk}/change/", follow=True)
         assert response.status_code == 200  # the admin redirects to the list with a message
-        assert "doesn’t exist" in response.content.decode()
+        assert "exist. Perhaps it was deleted?" in response.content.decode()
 
 
 def test_deleting_a_state_lets_the_keys_next_event_apply(admin_client, handlers):
