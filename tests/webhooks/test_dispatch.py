@@ -28,6 +28,7 @@ from tests.celery_worker import purge_broker, queued_messages
 from tests.forking import in_a_child
 from tests.servers import GunicornServer, wait_until
 from tests.webhooks.factories import WebhookEventFactory
+from tests.webhooks.through_workers import reaches
 from webhooks import conf, dispatch, on, processing, queueing, services
 from webhooks.dispatch import Dispatcher
 from webhooks.models import WebhookEvent
@@ -358,14 +359,6 @@ def test_the_claim_relaxes_only_its_own_commit(handlers):
 
 
 # -- with a real worker and a real web server --------------------------------------------------
-
-
-def reaches(event, *wanted, timeout: float = 30) -> WebhookEvent:
-    def check():
-        current = WebhookEvent.objects.get(pk=event.pk)
-        return current if current.status in wanted else None
-
-    return wait_until(check, timeout=timeout, message=f"{event.event_id} to be {wanted}")
 
 
 @pytest.mark.worker

@@ -16,7 +16,6 @@ from io import StringIO
 import pytest
 from django.core.cache import cache
 from django.core.management import call_command
-from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult, get_date_max
@@ -24,35 +23,13 @@ from django_tasks_db.models import DBTaskResult, get_date_max
 from tests.servers import wait_until
 from tests.webhooks.conftest import FAST_RETRIES
 from tests.webhooks.factories import WebhookEventFactory
+from tests.webhooks.through_workers import attempt_rows, attempts_run, enqueue, reaches
 from webhooks import dispatch, queueing
-from webhooks.models import ProcessingAttempt, WebhookEvent
+from webhooks.models import WebhookEvent
 from webhooks.testing import post_webhook
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 Status = WebhookEvent.Status
-
-
-def reaches(event, *wanted, timeout: float = 30) -> WebhookEvent:
-    def check():
-        current = WebhookEvent.objects.get(pk=event.pk)
-        return current if current.status in wanted else None
-
-    return wait_until(check, timeout=timeout, message=f"{event.event_id} to be {wanted}")
-
-
-def enqueue(**fields) -> WebhookEvent:
-    with transaction.atomic():
-        event = WebhookEventFactory(**fields)
-        queueing.enqueue_on_commit(event)
-    return event
-
-
-def attempts_run(runs, event) -> list[int]:
-    return [attempt for _, attempt, _ in runs.runs(event.event_id)]
-
-
-def attempt_rows(event):
-    return list(ProcessingAttempt.objects.filter(event=event).values_list("number", "outcome"))
 
 
 def tasks_of(event) -> list[DBTaskResult]:

@@ -16,7 +16,6 @@ from io import StringIO
 import pytest
 from django.core.cache import cache
 from django.core.management import call_command
-from django.db import transaction
 from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
@@ -28,31 +27,13 @@ from tests.integrations.vendors.conftest import API_KEY, stripe_settings
 from tests.servers import wait_until
 from tests.webhooks.conftest import FAST_RETRIES
 from tests.webhooks.factories import WebhookEventFactory
+from tests.webhooks.through_workers import attempt_rows, attempts_run, enqueue, reaches
 from webhooks import on, queueing
-from webhooks.models import HandlerRun, ProcessingAttempt, WebhookEvent
+from webhooks.models import HandlerRun, WebhookEvent
 from webhooks.testing import post_webhook
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 Status = WebhookEvent.Status
-
-
-def reaches(event, *wanted, timeout: float = 30) -> WebhookEvent:
-    def check():
-        current = WebhookEvent.objects.get(pk=event.pk)
-        return current if current.status in wanted else None
-
-    return wait_until(check, timeout=timeout, message=f"{event.event_id} to be {wanted}")
-
-
-def enqueue(**fields) -> WebhookEvent:
-    with transaction.atomic():
-        event = WebhookEventFactory(**fields)
-        queueing.enqueue_on_commit(event)
-    return event
-
-
-def attempts_run(runs, event) -> list[int]:
-    return [attempt for _, attempt, _ in runs.runs(event.event_id)]
 
 
 def stripe_event(event_type: str, **payload) -> dict:
@@ -64,10 +45,6 @@ def stripe_event(event_type: str, **payload) -> dict:
         "data": {"object": {}},
         **payload,
     }
-
-
-def attempt_rows(event):
-    return list(ProcessingAttempt.objects.filter(event=event).values_list("number", "outcome"))
 
 
 def test_a_handler_that_fails_then_succeeds_on_retry(celery_worker, runs):
