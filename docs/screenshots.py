@@ -49,6 +49,7 @@ SHOTS = {
     "admin-breaker.png": "an open circuit breaker's page, with its buttons",
     "admin-breaker-action.png": "the Force open form (reason, until)",
     "admin-breaker-confirm.png": "the Force open confirmation page",
+    "admin-ordering.png": "the ordering states of the ordered subscription handler",
 }
 
 
@@ -164,6 +165,16 @@ EVENTS: list[tuple[str, str, dict[str, Any]]] = [
 ]  # fmt: skip
 
 
+#: Subscription events (event id, seconds before now it happened, subscription, status), sent
+#: in this order: each subscription's newer event first, so that its older one is skipped.
+SUBSCRIPTION_EVENTS: list[tuple[str, int, str, str]] = [
+    ("evt_3SubNewer2001", 60, "sub_3Annual2001", "past_due"),
+    ("evt_3SubOlder2001", 3600, "sub_3Annual2001", "active"),
+    ("evt_3SubOnly2002", 600, "sub_3Monthly2002", "trialing"),
+    ("evt_3SubOnly2003", 300, "sub_3Team2003", "active"),
+]
+
+
 def seed_before(password: str) -> None:
     """In a Django process: the admin user and the orders the events refer to."""
     from django.contrib.auth import get_user_model
@@ -194,7 +205,7 @@ def seed_after() -> None:
     from webhooks.processing import process_event
     from webhooks.services import mark_ignored
 
-    for event_id, _type, _pi in EVENTS[:3]:
+    for event_id in [event[0] for event in EVENTS[:3]] + [e[0] for e in SUBSCRIPTION_EVENTS]:
         process_event(WebhookEvent.objects.get(event_id=event_id).pk)
     by_hand = WebhookEvent.objects.get(event_id="evt_3ByHand1003")
     mark_ignored(by_hand, reason="paid by bank transfer; see ticket OPS-118")
@@ -220,14 +231,24 @@ def seed_after() -> None:
 
 
 def send_events(env: dict[str, str], url: str) -> None:
-    for event_id, event_type, payment_intent in EVENTS:
+    now = int(time.time())
+    sent = [
+        (event_id, event_type, now, {"object": "payment_intent", **payment_intent})
+        for event_id, event_type, payment_intent in EVENTS
+    ] + [
+        (event_id, "customer.subscription.updated", now - ago,
+         {"object": "subscription", "id": subscription, "status": status,
+          "customer": "cus_3Demo", "current_period_end": now + 30 * 86400})
+        for event_id, ago, subscription, status in SUBSCRIPTION_EVENTS
+    ]  # fmt: skip
+    for event_id, event_type, created, data_object in sent:
         payload = {
             "id": event_id,
             "object": "event",
             "type": event_type,
-            "created": int(time.time()),
+            "created": created,
             "livemode": False,
-            "data": {"object": {"object": "payment_intent", **payment_intent}},
+            "data": {"object": data_object},
         }
         manage(
             env, "send_test_webhook", "stripe", "--url", url,
@@ -274,6 +295,9 @@ def take(url: str, password: str, out: Path) -> None:
         page.click("input[type=submit]")
         page.wait_for_selector("text=Are you sure?")
         shot("admin-breaker-confirm.png", full_page=False)
+
+        page.goto(f"{url}/admin/webhooks/orderingstate/")
+        shot("admin-ordering.png", full_page=False)
         browser.close()
 
 
