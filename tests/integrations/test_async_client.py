@@ -11,6 +11,7 @@ database work (``sync_to_async``) runs in the test's thread, inside its transact
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -189,6 +190,72 @@ def test_a_cancelled_probe_gives_its_slot_back_at_once(settings, vendor):
     assert row.state == "closed"
     assert row.consecutive_failures == 0  # a cancellation is not the vendor's failure
     assert vendor.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_call_cancelled_while_the_database_grants_its_probe_gives_the_slot_back(settings, vendor):
+    """The probe is being granted off the loop (the breaker's row is locked by an operator's
+    transaction in another connection, so the grant waits) when the task is cancelled: once the
+    grant lands, the slot is given back, not held until its lease ends (15 s here)."""
+    from django.db import connection as this_thread_connection
+    from django.db import transaction
+
+    open_then_wait_out(settings, vendor, max_calls=1)
+    vendor.route("GET", "/v1/rates/EUR", Reply.json({"rate": 7}))
+    locked, unlock = threading.Event(), threading.Event()
+
+    def hold_the_row() -> None:
+        try:
+            with transaction.atomic():
+                CircuitBreaker.objects.select_for_update().get(name="rates")
+                locked.set()
+                unlock.wait(30)
+        finally:
+            this_thread_connection.close()
+
+    def lock_waits() -> int:
+        try:
+            with this_thread_connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                return cursor.fetchone()[0]
+        finally:
+            this_thread_connection.close()
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    assert locked.wait(10)
+
+    async def scenario() -> tuple[int, Any]:
+        task = asyncio.ensure_future(AsyncRates().rate("EUR"))
+        for _ in range(500):  # until the grant waits for the row
+            if await sync_to_async(lock_waits, thread_sensitive=False)():
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the probe's grant never waited for the locked row")
+        task.cancel()
+        unlock.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        in_flight = await sync_to_async(
+            lambda: CircuitBreaker.objects.values_list("half_open_in_flight", flat=True).get()
+        )()
+        # Without the slot back, this call would be refused until the probe's lease ends.
+        return in_flight, await AsyncRates().rate("EUR")
+
+    try:
+        in_flight, rate = on_one_loop(scenario)
+    finally:
+        unlock.set()
+        holder.join(10)
+
+    assert in_flight == 0  # granted, then given back
+    assert rate == 7
+    assert vendor.count() == 1  # the cancelled call never reached the vendor
+    assert CircuitBreaker.objects.get(name="rates").state == "closed"
 
 
 def test_a_cancelled_call_releases_its_connection_and_counts_nothing(settings, vendor):
