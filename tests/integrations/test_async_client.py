@@ -31,6 +31,7 @@ from integrations.exceptions import (
 )
 from integrations.models import CircuitBreaker
 from integrations.testing import Reply, aclose_connections, force_breaker, unused_port_url
+from tests import postgres
 from tests.integrations.rates import AsyncRates, configure
 
 pytestmark = pytest.mark.django_db
@@ -192,6 +193,7 @@ def test_a_cancelled_probe_gives_its_slot_back_at_once(settings, vendor):
     assert vendor.count() == 2
 
 
+@postgres.ROW_LOCKS
 @pytest.mark.django_db(transaction=True)
 def test_a_call_cancelled_while_the_database_grants_its_probe_gives_the_slot_back(settings, vendor):
     """The probe is being granted off the loop (the breaker's row is locked by an operator's
