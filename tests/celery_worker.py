@@ -14,6 +14,8 @@ does not reach another process): ``webhooks={...}`` is merged into its ``WEBHOOK
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import sys
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import pytest
+import redis
 
 from tests import handler_runs
 from tests.servers import ManagedProcess, subprocess_env
@@ -135,26 +138,26 @@ def discard(worker: CeleryWorker) -> None:
     worker.close()
 
 
-def queue_length(queue: str = "celery") -> int:
-    """How many messages wait in ``queue`` on this test run's broker (``TETHER_REDIS_DB``)."""
-    import redis
+def broker() -> redis.Redis:
+    """A client of this test run's broker, the Redis database ``TETHER_REDIS_DB``."""
     from django.conf import settings
 
-    return redis.Redis.from_url(settings.CELERY_BROKER_URL).llen(queue)
+    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
+
+
+def queue_length(queue: str = "celery") -> int:
+    """How many messages wait in ``queue`` on this test run's broker."""
+    with broker() as client:
+        return client.llen(queue)
 
 
 def queued_messages(queue: str = "celery") -> list[tuple[str, list]]:
     """(task name, args) of each message waiting in ``queue`` on this test run's broker, oldest
     first."""
-    import base64
-    import json
-
-    import redis
-    from django.conf import settings
-
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    with broker() as client:
+        raw_messages = client.lrange(queue, 0, -1)
     messages = []
-    for raw in reversed(client.lrange(queue, 0, -1)):
+    for raw in reversed(raw_messages):
         message = json.loads(raw)
         args = json.loads(base64.b64decode(message["body"]))[0]
         messages.append((message["headers"]["task"], args))
@@ -162,8 +165,6 @@ def queued_messages(queue: str = "celery") -> list[tuple[str, list]]:
 
 
 def purge_broker() -> None:
-    """Drop every message left in this test run's Redis database (``TETHER_REDIS_DB``)."""
-    import redis
-    from django.conf import settings
-
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    """Drop every message left in this test run's broker."""
+    with broker() as client:
+        client.flushdb()
