@@ -23,6 +23,9 @@
   (0..10), ``MIN_RETRIES_PER_SECOND`` (0 or more), ``WINDOW`` (0.1..3600 s).
 - ``integrations.E012``: a shared policy (``RATE_LIMIT``, ``SHARED_COOLDOWN``,
   ``CLUSTER_MAX_CONCURRENCY``, ``RETRY_BUDGET``) is on and ``REDIS_URL`` is not set.
+- ``integrations.E013``: an ``ADAPTIVE_THROTTLE`` (global or per service) that is not None or
+  a dict of ``K`` (a number greater than 1, at most 10) and ``WINDOW`` (seconds, greater than 0,
+  at most 3600), finite numbers and not booleans.
 - ``integrations.W001``: ``RETRY`` has ``MAX_DELAY`` below ``BASE_DELAY`` (the cap wins).
 """
 
@@ -125,6 +128,19 @@ def _check_shared_policies(entry: Mapping[str, Any], where: str) -> list[CheckMe
                     f'{where}["{name}"] must be None or an integer from 1 to 100000.',
                     hint="The most calls of the service in flight at once.",
                     id="integrations.E011",
+                )
+            )
+    if "ADAPTIVE_THROTTLE" in entry:
+        from .throttle import AdaptiveThrottle
+
+        try:
+            AdaptiveThrottle.parse(entry["ADAPTIVE_THROTTLE"], f'{where}["ADAPTIVE_THROTTLE"]')
+        except ImproperlyConfigured as exc:
+            errors.append(
+                Error(
+                    str(exc),
+                    hint='None (off), or for example {"K": 2.0, "WINDOW": 120}.',
+                    id="integrations.E013",
                 )
             )
     if "SHARED_COOLDOWN" in entry and not isinstance(entry["SHARED_COOLDOWN"], bool):
