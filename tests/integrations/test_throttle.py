@@ -373,9 +373,7 @@ def ids(settings, integrations):
 @pytest.mark.parametrize("value", BAD, ids=repr)
 def test_checks_refuse_bad_settings_globally_and_per_service(settings, value):
     assert ids(settings, {"ADAPTIVE_THROTTLE": value}) == ["integrations.E013"]
-    assert ids(settings, {"SERVICES": {"a": {"ADAPTIVE_THROTTLE": value}}}) == [
-        "integrations.E013"
-    ]
+    assert ids(settings, {"SERVICES": {"a": {"ADAPTIVE_THROTTLE": value}}}) == ["integrations.E013"]
 
 
 def test_checks_accept_good_settings_without_redis(settings):
@@ -383,13 +381,14 @@ def test_checks_accept_good_settings_without_redis(settings):
     assert ids(settings, {"SERVICES": {"a": {"ADAPTIVE_THROTTLE": None}}}) == []
     settings.INTEGRATIONS = {"SERVICES": {"a": {"ADAPTIVE_THROTTLE": {"K": 1}}}}
     (error,) = check_integrations_settings()
-    assert error.msg.startswith('INTEGRATIONS["SERVICES"][\'a\']["ADAPTIVE_THROTTLE"][\'K\']')
+    assert error.msg.startswith("INTEGRATIONS[\"SERVICES\"]['a'][\"ADAPTIVE_THROTTLE\"]['K']")
     assert '"K"' in error.hint
 
 
 @pytest.mark.django_db
 def test_a_bad_setting_is_refused_at_call_time(make_rates, vendor, settings):
     configure(settings, vendor.url, ADAPTIVE_THROTTLE={"K": 2, "WINDOWS": 60})
-    with pytest.raises(ImproperlyConfigured, match=r"\['rates'\]\[\"ADAPTIVE_THROTTLE\"\].*WINDOWS"):
+    where = r"\['rates'\]\[\"ADAPTIVE_THROTTLE\"\].*WINDOWS"
+    with pytest.raises(ImproperlyConfigured, match=where):
         make_rates().rate("EUR")
     assert vendor.count() == 0
