@@ -104,6 +104,7 @@ def run_one(scenario: str, variant: str, policy: dict | None, calls: int, seed: 
             self.sleep(seconds)
 
     run = Run(scenario, variant, calls)
+    random.seed(seed)  # the retries' jitter (tenacity draws from the module's generator)
     vendor_random = random.Random(seed)
     lock = threading.Lock()
     down_from, down_until = calls * 0.25, calls * 0.5  # in calls (outage)
