@@ -42,6 +42,7 @@ from django.core.checks import CheckMessage, Error, Warning, register
 from tether.conf import unknown_key_hint
 
 from .conf import DEFAULTS
+from .throttle import AdaptiveThrottle
 
 POLICY_SECTIONS = ("TIMEOUT", "RETRY", "BREAKER")
 
@@ -101,7 +102,8 @@ SHARED_POLICY_KEYS = ("RATE_LIMIT", "SHARED_COOLDOWN")
 
 
 def _check_shared_policies(entry: Mapping[str, Any], where: str) -> list[CheckMessage]:
-    """``RATE_LIMIT`` and ``SHARED_COOLDOWN`` of ``INTEGRATIONS`` or of one service."""
+    """``RATE_LIMIT``, ``SHARED_COOLDOWN``, ``RETRY_BUDGET``, the bulkheads and
+    ``ADAPTIVE_THROTTLE`` of ``INTEGRATIONS`` or of one service."""
     from django.core.exceptions import ImproperlyConfigured
 
     from .policies import RateLimit, RetryBudget
@@ -131,8 +133,6 @@ def _check_shared_policies(entry: Mapping[str, Any], where: str) -> list[CheckMe
                 )
             )
     if "ADAPTIVE_THROTTLE" in entry:
-        from .throttle import AdaptiveThrottle
-
         try:
             AdaptiveThrottle.parse(entry["ADAPTIVE_THROTTLE"], f'{where}["ADAPTIVE_THROTTLE"]')
         except ImproperlyConfigured as exc:
