@@ -8,10 +8,12 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from io import StringIO
 from itertools import repeat
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
 
 from integrations.checks import check_integrations_settings
 from integrations.exceptions import (
@@ -392,3 +394,14 @@ def test_a_bad_setting_is_refused_at_call_time(make_rates, vendor, settings):
     with pytest.raises(ImproperlyConfigured, match=where):
         make_rates().rate("EUR")
     assert vendor.count() == 0
+
+
+@pytest.mark.django_db
+def test_the_command_lists_this_processs_probability(vendor, settings, clock):
+    configure(settings, vendor.url, ADAPTIVE_THROTTLE={"K": 2, "WINDOW": 60})
+    throttle = throttle_for("rates")
+    assert throttle is not None
+    throttle.record(clock.now, unavailable())
+    out = StringIO()
+    call_command("circuit_breakers", "list", stdout=out, stderr=StringIO())
+    assert "fleet: throttle p=0.50 here (0 rejected)" in out.getvalue()
