@@ -12,6 +12,7 @@ __all__ = [
     "RateLimited",
     "RetryPolicy",
     "ServiceClient",
+    "Throttled",
     "Timeout",
     "with_fallback",
 ]
@@ -19,7 +20,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .async_client import AsyncServiceClient
     from .client import ServiceClient
-    from .exceptions import BulkheadFull, RateLimited
+    from .exceptions import BulkheadFull, RateLimited, Throttled
     from .fallback import with_fallback
     from .policies import BreakerPolicy, RetryPolicy, Timeout
 
@@ -32,6 +33,7 @@ _LOCATIONS = {
     "Timeout": "policies",
     "RateLimited": "exceptions",
     "BulkheadFull": "exceptions",
+    "Throttled": "exceptions",
 }
 
 

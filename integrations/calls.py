@@ -34,6 +34,7 @@ from .policies import (
     probe_lease_for,
 )
 from .resilience import AttemptInfo, call_with_resilience, call_with_resilience_async
+from .throttle import ClientThrottle, throttle_for
 from .transport import AttemptBounds
 
 if TYPE_CHECKING:
@@ -85,6 +86,9 @@ class CallPolicy:
     #: The policies shared by every process (rate limit, cool-down, bulkheads, retry budget),
     #: from the settings only.
     fleet: FleetGuard | None = None
+    #: This process's adaptive throttle of the service (``ADAPTIVE_THROTTLE``; None: off), from
+    #: the settings only.
+    throttle: ClientThrottle | None = None
 
     @classmethod
     def resolve(cls, service: str, *sources: PolicySource) -> CallPolicy:
@@ -104,7 +108,13 @@ class CallPolicy:
             if source.max_response_bytes:
                 max_response_bytes = source.max_response_bytes
         return cls(
-            service, timeout, retry, breaker, int(max_response_bytes), fleet_guard_for(service)
+            service,
+            timeout,
+            retry,
+            breaker,
+            int(max_response_bytes),
+            fleet_guard_for(service),
+            throttle_for(service),
         )
 
     @property
@@ -136,6 +146,7 @@ class CallPolicy:
             breaker=self.get_breaker(),
             guard=self.fleet,
             slow_call_threshold=self.breaker.slow_call_threshold,
+            throttle=self.throttle,
         )
 
     async def run_async(
@@ -168,6 +179,7 @@ class CallPolicy:
             breaker=_async_breaker()(self.get_breaker()),
             guard=self.fleet,
             slow_call_threshold=self.breaker.slow_call_threshold,
+            throttle=self.throttle,
         )
 
 

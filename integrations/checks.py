@@ -23,6 +23,9 @@
   (0..10), ``MIN_RETRIES_PER_SECOND`` (0 or more), ``WINDOW`` (0.1..3600 s).
 - ``integrations.E012``: a shared policy (``RATE_LIMIT``, ``SHARED_COOLDOWN``,
   ``CLUSTER_MAX_CONCURRENCY``, ``RETRY_BUDGET``) is on and ``REDIS_URL`` is not set.
+- ``integrations.E013``: an ``ADAPTIVE_THROTTLE`` (global or per service) that is not None or
+  a dict of ``K`` (a number greater than 1, at most 10) and ``WINDOW`` (seconds, greater than 0,
+  at most 3600), finite numbers and not booleans.
 - ``integrations.W001``: ``RETRY`` has ``MAX_DELAY`` below ``BASE_DELAY`` (the cap wins).
 """
 
@@ -39,6 +42,7 @@ from django.core.checks import CheckMessage, Error, Warning, register
 from tether.conf import unknown_key_hint
 
 from .conf import DEFAULTS
+from .throttle import AdaptiveThrottle
 
 POLICY_SECTIONS = ("TIMEOUT", "RETRY", "BREAKER")
 
@@ -98,7 +102,8 @@ SHARED_POLICY_KEYS = ("RATE_LIMIT", "SHARED_COOLDOWN")
 
 
 def _check_shared_policies(entry: Mapping[str, Any], where: str) -> list[CheckMessage]:
-    """``RATE_LIMIT`` and ``SHARED_COOLDOWN`` of ``INTEGRATIONS`` or of one service."""
+    """``RATE_LIMIT``, ``SHARED_COOLDOWN``, ``RETRY_BUDGET``, the bulkheads and
+    ``ADAPTIVE_THROTTLE`` of ``INTEGRATIONS`` or of one service."""
     from django.core.exceptions import ImproperlyConfigured
 
     from .policies import RateLimit, RetryBudget
@@ -125,6 +130,17 @@ def _check_shared_policies(entry: Mapping[str, Any], where: str) -> list[CheckMe
                     f'{where}["{name}"] must be None or an integer from 1 to 100000.',
                     hint="The most calls of the service in flight at once.",
                     id="integrations.E011",
+                )
+            )
+    if "ADAPTIVE_THROTTLE" in entry:
+        try:
+            AdaptiveThrottle.parse(entry["ADAPTIVE_THROTTLE"], f'{where}["ADAPTIVE_THROTTLE"]')
+        except ImproperlyConfigured as exc:
+            errors.append(
+                Error(
+                    str(exc),
+                    hint='None (off), or for example {"K": 2.0, "WINDOW": 120}.',
+                    id="integrations.E013",
                 )
             )
     if "SHARED_COOLDOWN" in entry and not isinstance(entry["SHARED_COOLDOWN"], bool):

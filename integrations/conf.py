@@ -66,6 +66,10 @@ DEFAULTS: dict[str, Any] = {
     # "WINDOW": 10.0} lets retries reach 20 % of first attempts (+1/s) over the last 10 s;
     # beyond it a failure is raised without retrying. None = off.
     "RETRY_BUDGET": None,
+    # Client-side adaptive throttling (Google SRE), in each process: {"K": 2.0, "WINDOW": 120}
+    # rejects an attempt locally (Throttled) with probability
+    # max(0, (requests - K * accepts) / (requests + 1)) over the last WINDOW seconds. None = off.
+    "ADAPTIVE_THROTTLE": None,
     "SERVICES": {},
     # Operator API (integrations.api): DRF permission and throttle classes, dotted paths or
     # classes. Model permissions (view/change on CircuitBreaker) are always checked on top.
@@ -86,6 +90,7 @@ SERVICE_KEYS = (
     "MAX_CONCURRENCY",
     "CLUSTER_MAX_CONCURRENCY",
     "RETRY_BUDGET",
+    "ADAPTIVE_THROTTLE",
 )
 
 

@@ -6,8 +6,8 @@ service, the operation and how many attempts were made; the underlying exception
 status and a short reason, never from request headers or URLs with query strings.
 
 Calls our own shared policies refuse before anything is sent are ``RateLimited`` (a
-``RateLimitedError``: the shared rate limit or a cool-down) and ``BulkheadFull``; neither counts
-against the breaker.
+``RateLimitedError``: the shared rate limit or a cool-down), ``BulkheadFull`` and ``Throttled``
+(this process's adaptive throttle); none counts against the breaker.
 
 An operator's breaker action refused for what it asks is ``BreakerNotFound`` (a
 ``LookupError``) or ``InvalidExpiry`` (a ``ValueError``).
@@ -179,6 +179,33 @@ class BulkheadFull(IntegrationError):
     waited for as long as its deadline allowed)."""
 
     breaker_failure = False
+
+
+class Throttled(IntegrationUnavailable):
+    """Not sent: this process's adaptive throttle (``ADAPTIVE_THROTTLE``) rejected the attempt,
+    the vendor having refused too many of the recent ones.
+
+    An ``IntegrationUnavailable`` (the vendor is overloaded, as far as we can tell), with the
+    ``probability`` it was rejected with. The vendor was not called: not a breaker failure, and
+    not retried within the call (a retry would only meet the same throttle); a task may retry
+    it later."""
+
+    retryable = False
+    breaker_failure = False
+
+    def __init__(
+        self,
+        service: str,
+        operation: str,
+        message: str = "",
+        *,
+        probability: float = 0.0,
+        cause: BaseException | None = None,
+        attempts: int = 0,
+    ) -> None:
+        #: The probability the throttle rejected the attempt with (0..1).
+        self.probability = probability
+        super().__init__(service, operation, message, cause=cause, attempts=attempts)
 
 
 class SlowCall(IntegrationError):

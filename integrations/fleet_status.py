@@ -17,6 +17,8 @@ from typing import Any
 from . import shared_state
 from .calls import fleet_guard_for
 from .conf import integrations_settings
+from .resilience import get_backoff_clock
+from .throttle import throttle_for
 
 __all__ = [
     "UNREADABLE_FOR",
@@ -53,6 +55,11 @@ class FleetStatus:
     cluster_max_concurrency: int | None = None
     #: Fleet bulkhead places taken now.
     cluster_in_flight: int | None = None
+    #: The adaptive throttle (``"K=2 over 120s"``), and in THIS process (the one reading):
+    #: the probability it rejects an attempt now and the attempts it rejected since it started.
+    adaptive_throttle: str | None = None
+    throttle_probability: float | None = None
+    throttle_rejected: int | None = None
     error: str | None = None
 
     @property
@@ -63,6 +70,7 @@ class FleetStatus:
             or self.retry_budget
             or self.max_concurrency
             or self.cluster_max_concurrency
+            or self.adaptive_throttle
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -92,6 +100,11 @@ class FleetStatus:
             parts.append(f"in flight {used}/{self.cluster_max_concurrency}")
         if self.max_concurrency:
             parts.append(f"per process max {self.max_concurrency}")
+        if self.adaptive_throttle and self.throttle_probability is not None:
+            parts.append(
+                f"throttle p={self.throttle_probability:.2f} here "
+                f"({self.throttle_rejected} rejected)"
+            )
         return "; ".join(parts)
 
 
@@ -101,12 +114,22 @@ def configured_services() -> list[str]:
 
 
 def fleet_status(service: str) -> FleetStatus:
-    """The fleet policies of ``service`` and their state in Redis now."""
+    """The fleet policies of ``service`` and their state in Redis now (and the adaptive
+    throttle's in this process)."""
     guard = fleet_guard_for(service)
+    throttle = throttle_for(service)
+    local: dict[str, Any] = {}
+    if throttle is not None:
+        local = {
+            "adaptive_throttle": str(throttle.policy),
+            "throttle_probability": round(throttle.probability(get_backoff_clock().monotonic()), 3),
+            "throttle_rejected": throttle.rejected,
+        }
     if guard is None:
-        return FleetStatus(service)
+        return FleetStatus(service, **local)
     limit, budget = guard.rate_limit, guard.retry_budget
     fields: dict[str, Any] = {
+        **local,
         "rate_limit": str(limit) if limit else None,
         "rate_per_second": limit.calls / limit.period if limit else None,
         "shared_cooldown": guard.shared_cooldown,

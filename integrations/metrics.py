@@ -14,6 +14,10 @@ served by ``tether.metrics.metrics_view`` together with the webhook metrics, if 
   ``outcome="rate_limited"`` in ``tether_integration_calls_total``.
 - ``tether_integration_retry_budget_spent_total{service,operation}``: failures raised without
   a retry because the service's retry budget was spent.
+- ``tether_integration_throttled_total{service,operation}``: attempts this process's adaptive
+  throttle rejected locally (``Throttled``; never sent). No gauge of its probability: it is
+  per-process state, and every gauge here is read at scrape time from the state the fleet shares
+  (the database, Redis); the operator views show this process's.
 - ``tether_integration_shared_state_errors_total{service}``: calls that found the shared
   policies' Redis unreachable and went out without them (failing open).
 - ``tether_circuit_breaker_state{breaker,state}``: gauge at scrape time from the database (the
@@ -59,6 +63,7 @@ class Instruments:
     cooldowns: Counter
     shared_state_errors: Counter
     budget_spent: Counter
+    throttled: Counter
 
 
 @functools.cache
@@ -97,6 +102,11 @@ def instruments() -> Instruments:
             "Failures raised without a retry: the service's retry budget was spent.",
             call,
         ),
+        throttled=Counter(
+            "tether_integration_throttled",
+            "Attempts rejected locally by the process's adaptive throttle (never sent).",
+            call,
+        ),
     )
 
 
@@ -126,6 +136,10 @@ def on_cooldown_started(sender: Any, status: str, **kwargs: Any) -> None:
 
 def on_retry_budget_spent(sender: Any, operation: str, **kwargs: Any) -> None:
     instruments().budget_spent.labels(kwargs.get("service", sender), operation).inc()
+
+
+def on_call_throttled(sender: Any, operation: str, **kwargs: Any) -> None:
+    instruments().throttled.labels(kwargs.get("service", sender), operation).inc()
 
 
 def on_shared_state_unavailable(sender: Any, **kwargs: Any) -> None:
@@ -234,6 +248,7 @@ _RECEIVERS = (
     (signals.cooldown_started, on_cooldown_started),
     (signals.shared_state_unavailable, on_shared_state_unavailable),
     (signals.retry_budget_spent, on_retry_budget_spent),
+    (signals.call_throttled, on_call_throttled),
 )
 
 

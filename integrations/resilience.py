@@ -50,6 +50,7 @@ from .exceptions import (
     IntegrationError,
     RateLimitedError,
     SlowCall,
+    Throttled,
     safe_error_text,
 )
 from .signals import call_finished, call_retried, retry_budget_spent
@@ -64,6 +65,7 @@ __all__ = [
     "BackoffClock",
     "BreakerLike",
     "GuardLike",
+    "ThrottleLike",
     "call_with_resilience",
     "call_with_resilience_async",
     "get_backoff_clock",
@@ -116,6 +118,16 @@ class GuardLike(Protocol):
     def allow_retry(self, operation: str) -> bool: ...
 
     def leave(self, operation: str, ticket: Any, error: BaseException | None) -> None: ...
+
+
+class ThrottleLike(Protocol):
+    """The part of ``integrations.throttle.ClientThrottle`` the runners use (no I/O: the async
+    runner calls it as it is): ``before_attempt`` returns or raises ``Throttled``; ``record``
+    counts the outcome of an attempt that went to the vendor (None for a success)."""
+
+    def before_attempt(self, operation: str, now: float) -> None: ...
+
+    def record(self, now: float, error: BaseException | None) -> None: ...
 
 
 class AsyncBreakerLike(Protocol):
@@ -269,6 +281,21 @@ def _counts_against_breaker(error: BaseException) -> bool:
     return not isinstance(error, IntegrationError) or error.breaker_failure
 
 
+def _throttle_before(throttle: ThrottleLike | None, operation: str, clock: BackoffClock) -> None:
+    """Before each attempt, before the shared policies and the breaker are asked: the adaptive
+    throttle lets it go, or raises ``Throttled`` (nothing taken, nothing sent)."""
+    if throttle is not None:
+        throttle.before_attempt(operation, clock.monotonic())
+
+
+def _throttle_after(
+    throttle: ThrottleLike | None, clock: BackoffClock, error: BaseException | None
+) -> None:
+    """After an attempt that went to the vendor: its outcome counted by the adaptive throttle."""
+    if throttle is not None:
+        throttle.record(clock.monotonic(), error)
+
+
 def _slow_call(
     service: str, operation: str, took: float, threshold: float | None
 ) -> SlowCall | None:
@@ -363,6 +390,7 @@ def call_with_resilience(
     clock: BackoffClock | None = None,
     guard: GuardLike | None = None,
     slow_call_threshold: float | None = None,
+    throttle: ThrottleLike | None = None,
 ) -> T:
     """Run ``attempt`` under ``retry`` and ``breaker``; return its result or raise the last
     ``IntegrationError`` (with ``attempts`` set). ``breaker=None`` runs without a breaker.
@@ -370,7 +398,9 @@ def call_with_resilience(
     ``guard`` (the service's shared policies, ``integrations.fleet``) is entered before each
     attempt, before the breaker is asked, and left after it. An attempt that succeeds after
     more than ``slow_call_threshold`` seconds counts as a failure for the breaker
-    (``SlowCall``); its result is still returned."""
+    (``SlowCall``); its result is still returned. ``throttle`` (``integrations.throttle``, this
+    process's adaptive throttle) may reject each attempt before anything else is asked
+    (``Throttled``), and counts the outcome of each attempt sent."""
     clock = clock or _installed_clock
     started = time.perf_counter()
     deadline_at = clock.monotonic() + retry.deadline
@@ -379,6 +409,7 @@ def call_with_resilience(
         guard = None
 
     def one_attempt(number: int) -> T:
+        _throttle_before(throttle, operation, clock)
         if guard is None:
             return breaker_attempt(number)
         ticket = guard.enter(operation, max(0.0, deadline_at - clock.monotonic()), clock, number)
@@ -407,6 +438,7 @@ def call_with_resilience(
         try:
             result = attempt(AttemptInfo(number, max(0.0, deadline_at - clock.monotonic())))
         except BaseException as error:
+            _throttle_after(throttle, clock, error)
             if ended is not None:
                 ended(error)
             if breaker is not None:
@@ -415,6 +447,7 @@ def call_with_resilience(
                 else:
                     breaker.record_success(permit)
             raise
+        _throttle_after(throttle, clock, None)
         if ended is not None:
             ended(None)
         if breaker is not None:
@@ -483,6 +516,7 @@ async def call_with_resilience_async(
     clock: BackoffClock | None = None,
     guard: AsyncGuardLike | None = None,
     slow_call_threshold: float | None = None,
+    throttle: ThrottleLike | None = None,
 ) -> T:
     """``call_with_resilience`` on an event loop: the same loop and the same decisions (the
     functions above), with the breaker's and the shared policies' I/O awaited and the waits
@@ -499,6 +533,7 @@ async def call_with_resilience_async(
         guard = None
 
     async def one_attempt(number: int) -> T:
+        _throttle_before(throttle, operation, clock)
         if guard is None:
             return await breaker_attempt(number)
         ticket = await guard.enter_async(
@@ -535,6 +570,7 @@ async def call_with_resilience_async(
                 await asyncio.shield(breaker.release(permit))
             raise
         except BaseException as error:
+            _throttle_after(throttle, clock, error)
             if ended is not None:
                 await ended(error)
             if breaker is not None:
@@ -543,6 +579,7 @@ async def call_with_resilience_async(
                 else:
                     await breaker.record_success(permit)
             raise
+        _throttle_after(throttle, clock, None)
         if ended is not None:
             await ended(None)
         if breaker is not None:
@@ -612,8 +649,13 @@ def _fail(
 
 
 def _chain(error: BaseException, previous: BaseException | None) -> BaseException:
-    """A circuit refusing a later attempt keeps the vendor's last error as its cause."""
-    if isinstance(error, CircuitOpenError) and error.__cause__ is None and previous is not None:
+    """A circuit or the adaptive throttle refusing a later attempt keeps the vendor's last error
+    as its cause."""
+    if (
+        isinstance(error, CircuitOpenError | Throttled)
+        and error.__cause__ is None
+        and previous is not None
+    ):
         error.__cause__ = previous
     return error
 
@@ -634,10 +676,13 @@ def _finish(
 ) -> None:
     duration = time.perf_counter() - started
     outcome = _outcome(error)
-    # A refused call is expected while a breaker is open (its opening was logged as a warning):
-    # one warning per refused call would flood the log during an outage.
+    # A refused call is expected while a breaker is open (its opening was logged as a warning)
+    # or the adaptive throttle sheds load: one warning per refused call would flood the log
+    # during an outage.
     level = (
-        logging.INFO if error is None or isinstance(error, CircuitOpenError) else logging.WARNING
+        logging.INFO
+        if error is None or isinstance(error, CircuitOpenError | Throttled)
+        else logging.WARNING
     )
     if logger.isEnabledFor(level):
         breaker_state = _breaker_state(breaker)

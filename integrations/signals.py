@@ -13,6 +13,8 @@
   (429, or 503 with ``Retry-After``) and every process now holds its calls for ``seconds``.
 - ``retry_budget_spent(service, operation)``: a call's failure was not retried because the
   service's retry budget was spent.
+- ``call_throttled(service, operation, probability)``: this process's adaptive throttle
+  rejected an attempt locally (``Throttled``) with that probability.
 """
 
 from django.dispatch import Signal
@@ -23,3 +25,4 @@ breaker_transitioned = Signal()
 shared_state_unavailable = Signal()
 cooldown_started = Signal()
 retry_budget_spent = Signal()
+call_throttled = Signal()

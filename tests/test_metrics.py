@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
 
 import httpx
 import pytest
@@ -16,8 +17,9 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from integrations import ServiceClient
-from integrations.exceptions import IntegrationUnavailable
+from integrations.exceptions import IntegrationUnavailable, Throttled
 from integrations.testing import FakeVendor, Reply, instant_backoff
+from integrations.throttle import use_throttle_random
 from tests import handler_runs, postgres
 from tests.celery_worker import CeleryWorker, purge_broker
 from tests.integrations.factories import CircuitBreakerFactory
@@ -306,6 +308,35 @@ def test_a_spent_retry_budget_shows_on_metrics(client, settings):
     retried = "tether_integration_retries_total"
     assert after.value(retried, **call) - before.value(retried, **call) == 1
     assert vendor.count() == 4
+
+
+@pytest.mark.django_db
+def test_local_rejections_of_the_adaptive_throttle_show_on_metrics(client, settings):
+    with FakeVendor() as vendor, use_throttle_random(repeat(0.5).__next__):
+        vendor.route("GET", "/v1/rate", Reply.server_error(503))
+        settings.INTEGRATIONS = {
+            "SERVICES": {
+                "metrics-rates": {
+                    "BASE_URL": vendor.url,
+                    "RETRY": {"MAX_ATTEMPTS": 1},
+                    "BREAKER": {"FAILURE_THRESHOLD": 100},
+                    "ADAPTIVE_THROTTLE": {"K": 2, "WINDOW": 600},
+                }
+            },
+        }
+        before = scrape(client)
+        for _ in range(5):  # p = 0, 1/2 (both sent), then 2/3, 3/4, 4/5 (rejected here)
+            with pytest.raises(IntegrationUnavailable):
+                Rates().rate()
+        after = scrape(client)
+    call = {"service": "metrics-rates", "operation": "rate"}
+    throttled = "tether_integration_throttled_total"
+    assert after.value(throttled, **call) - before.value(throttled, **call) == 3
+    calls = "tether_integration_calls_total"
+    shed = {**call, "outcome": "throttled"}
+    assert after.value(calls, **shed) - before.value(calls, **shed) == 3
+    assert vendor.count() == 2
+    assert issubclass(Throttled, IntegrationUnavailable)
 
 
 @pytest.mark.django_db

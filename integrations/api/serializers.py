@@ -44,6 +44,15 @@ class FleetStatusSerializer(serializers.Serializer):
     max_concurrency = serializers.IntegerField(allow_null=True)
     cluster_max_concurrency = serializers.IntegerField(allow_null=True)
     cluster_in_flight = serializers.IntegerField(allow_null=True)
+    adaptive_throttle = serializers.CharField(allow_null=True, help_text='e.g. "K=2 over 120s".')
+    throttle_probability = serializers.FloatField(
+        allow_null=True,
+        help_text="The probability the adaptive throttle rejects an attempt now, in the process "
+        "that answered this request (it is per process).",
+    )
+    throttle_rejected = serializers.IntegerField(
+        allow_null=True, help_text="Attempts the answering process's adaptive throttle rejected."
+    )
     error = serializers.CharField(
         allow_null=True, help_text="Why Redis could not be read (its state is then null)."
     )

@@ -85,14 +85,17 @@ def reset_local_state() -> None:
     written (which would outlive a test's rolled-back database), pooled connections (the event
     loops' are forgotten: close them with ``integrations.client.aclose_pools()`` on their loop),
     and the shared policies' Redis clients and their "Redis is down" memories (the calls' and
-    the status reads'). ``tether.pytest_plugin`` calls it around each test of any suite."""
+    the status reads'), and the adaptive throttles' counts. ``tether.pytest_plugin`` calls it
+    around each test of any suite."""
     from .. import shared_state
     from ..breaker import clear_local_cache
     from ..client import close_pools
     from ..fleet import forget_unavailable
     from ..fleet_status import forget_unreadable
+    from ..throttle import forget_throttles
 
     clear_local_cache()
+    forget_throttles()
     close_pools()
     forget_unavailable()
     forget_unreadable()
