@@ -68,7 +68,8 @@ bench: $(VENV)/.installed-test
 bench-smoke: $(VENV)/.installed-test
 	./tests/ensure_services.sh
 	status=0; ./bench/ensure_wrk.sh && $(PY) bench/ingest.py --smoke || status=$$?; \
-	$(PY) bench/outbound.py --smoke || status=$$?; exit $$status
+	$(PY) bench/outbound.py --smoke || status=$$?; \
+	$(PY) bench/throttle.py --smoke || status=$$?; exit $$status
 
 # The getting-started page, followed as written (tests/quickstart/check.py): a fresh virtualenv
 # with django-tether pip-installed from this checkout, `django-admin startproject`, the page's
