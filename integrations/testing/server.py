@@ -13,7 +13,8 @@ taking the ``RecordedRequest`` and returning a ``Reply``. Unrouted paths answer 
 is recorded (method, path, query, headers, body, arrival time) before it is answered, including
 those the server then leaves hanging or drops; so is what each answer sent (``answers``: bytes of
 body written, whether it was sent whole), and how many requests were being answered at once
-(``in_flight``, ``max_in_flight``).
+(``in_flight``, ``max_in_flight``: a request counts from its arrival until just before its
+answer's last bytes go out).
 
 Besides healthy and failing answers, a reply can misbehave on the wire: ``Reply.trickle``
 sends its body a few bytes at a time, ``Reply.large`` sends a body of any size (generated as it
@@ -351,12 +352,26 @@ class _Handler(BaseHTTPRequestHandler):
             received_at=time.monotonic(),
         )
         reply, answer = vendor._dispatch_and_count(request)
-        try:
-            self._answer(vendor, reply, answer)
-        finally:
-            vendor._answered()
+        released = False
 
-    def _answer(self, vendor: FakeVendor, reply: Reply, answer: Answer) -> None:
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                vendor._answered()
+
+        try:
+            self._answer(vendor, reply, answer, release)
+        finally:
+            release()
+
+    def _answer(
+        self, vendor: FakeVendor, reply: Reply, answer: Answer, release: Callable[[], None]
+    ) -> None:
+        """Send ``reply``. ``release`` takes the request out of ``in_flight`` just before the
+        answer's last bytes are written: a client never holds its whole answer while its request
+        is still counted, so ``max_in_flight`` is exact for a caller that sends its next request
+        only once it has the previous answer (a bulkhead, a probe limit)."""
         if reply.delay and vendor._closing.wait(reply.delay):
             self.close_connection = True
             return
@@ -379,14 +394,23 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Length", str(length or reply.body_length))
             if reply.action == "truncate":
                 self.send_header("Connection", "close")
+            pieces = iter(reply.pieces())
+            piece = next(pieces, None)
+            if piece is None and not reply.chunked:
+                release()  # the headers are the last bytes
             self.end_headers()
-            for piece in reply.pieces():
+            while piece is not None:
                 if reply.interval and vendor._closing.wait(reply.interval):
                     self.close_connection = True
                     return
+                following = next(pieces, None)
+                if following is None and not reply.chunked:
+                    release()
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if reply.chunked else piece)
                 answer.body_bytes_sent += len(piece)
+                piece = following
             if reply.chunked:
+                release()
                 self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except OSError:  # the client gave up (its timeout, a limit) before we were done
@@ -537,7 +561,8 @@ class FakeVendor:
 
     @property
     def in_flight(self) -> int:
-        """Requests received and not yet answered (or given up on) right now."""
+        """Requests received and not yet answered (or given up on) right now; a request leaves
+        the count just before the last bytes of its answer are written."""
         with self._lock:
             return self._in_flight
 

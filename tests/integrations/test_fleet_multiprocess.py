@@ -161,7 +161,7 @@ def test_a_cluster_bulkhead_of_3_holds_across_4_processes_of_4_threads(vendor):
     results, _ = run_callers(config, service, processes=4, threads=4, seconds=3.0)
 
     assert most_at_once(vendor) == 3  # used to the full, never beyond
-    assert vendor.max_in_flight <= 3 + 1  # (its own count lags the answer's last byte a little)
+    assert vendor.max_in_flight <= 3
     assert all(r.get("success", 0) > 0 for r in results)
     assert sum(r.get("success", 0) for r in results) == vendor.count("GET", PATH)
 
