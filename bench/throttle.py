@@ -5,11 +5,11 @@ throttling (K = 2) per process; measure whether it helps".)
     python bench/throttle.py --smoke    # tiny run that checks the harness (CI)
 
 One process: a ``FakeVendor`` (a real HTTP server on 127.0.0.1) and a ``ServiceClient`` making
-calls that arrive at a fixed rate in virtual time (a manual ``BackoffClock``: call ``i`` starts
-at ``i / RATE`` seconds, its retries after their backoff; the waits are not slept, so a minute of
-traffic runs in seconds, and the throttle's window slides on that clock). The same calls, with
-the same vendor behaviour, are made with ``ADAPTIVE_THROTTLE`` off (the baseline) and on, and
-each run is reported as ratios against the baseline of the same scenario:
+calls that arrive at a fixed rate in virtual time (``integrations.testing.ManualBackoff``: call
+``i`` starts at ``i / RATE`` seconds, its retries after their backoff; the waits are not slept,
+so a minute of traffic runs in seconds, and the throttle's window slides on that clock). The
+same calls, with the same vendor behaviour, are made with ``ADAPTIVE_THROTTLE`` off (the
+baseline) and on, and each run is reported as ratios against the baseline of the same scenario:
 
 - **outage**: the vendor answers 503 to every request from 25 % to 50 % of the run (30 s of the
   default 120 s), then recovers;
@@ -85,23 +85,9 @@ def run_one(scenario: str, variant: str, policy: dict | None, calls: int, seed: 
 
     from integrations import ServiceClient
     from integrations.exceptions import IntegrationError, Throttled
-    from integrations.resilience import BackoffClock, use_backoff_clock
-    from integrations.testing import FakeVendor, Reply, force_breaker
+    from integrations.resilience import use_backoff_clock
+    from integrations.testing import FakeVendor, ManualBackoff, Reply, force_breaker
     from integrations.throttle import use_throttle_random
-
-    class VirtualClock(BackoffClock):
-        """The runner's clock: set to each call's arrival time; its waits only move it on."""
-
-        now = 0.0
-
-        def monotonic(self) -> float:
-            return self.now
-
-        def sleep(self, seconds: float) -> None:
-            self.now += max(0.0, seconds)
-
-        async def sleep_async(self, seconds: float) -> None:
-            self.sleep(seconds)
 
     run = Run(scenario, variant, calls)
     random.seed(seed)  # the retries' jitter (tenacity draws from the module's generator)
@@ -133,7 +119,7 @@ def run_one(scenario: str, variant: str, policy: dict | None, calls: int, seed: 
         pass
 
     Vendor.service = service
-    clock = VirtualClock()
+    clock = ManualBackoff(0.0)  # the calls' arrival times; retries' waits move it on
     with FakeVendor() as vendor:
         vendor.route("GET", PATH, answer)
         settings = {

@@ -3,6 +3,7 @@
 - ``FakeVendor`` / ``Reply``: a real, scriptable HTTP server on 127.0.0.1 (``server.py``).
 - ``instant_backoff()``: waits between retries return at once (and are recorded), while the
   deadline still sees them as elapsed (``ServiceClient`` and ``AsyncServiceClient`` alike).
+- ``ManualBackoff``: a backoff clock that stands still until told (``use_backoff_clock``).
 - ``force_breaker(name, state)``: put a service's circuit breaker in a state, the way an
   operator (or a run of failures) would.
 - ``aclose_connections()``: close the running event loop's connections (``AsyncServiceClient``).
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FakeVendor",
     "InstantBackoff",
+    "ManualBackoff",
     "RecordedRequest",
     "Reply",
     "Route",
@@ -66,6 +68,32 @@ class InstantBackoff(BackoffClock):
     def total(self) -> float:
         """Seconds of waiting skipped so far."""
         return sum(self.sleeps)
+
+
+class ManualBackoff(BackoffClock):
+    """A backoff clock that stands still until told: ``now`` is its time (set it, or
+    ``advance`` it), and a retry's wait moves it on by the wait. For exact tests of what
+    depends on time in a call (a deadline, the adaptive throttle's window)::
+
+        with use_backoff_clock(ManualBackoff()) as clock:
+            ...
+            clock.advance(61)
+    """
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+
+    async def sleep_async(self, seconds: float) -> None:
+        self.advance(seconds)
 
 
 @contextmanager

@@ -25,9 +25,9 @@ from integrations.exceptions import (
 )
 from integrations.fleet_status import fleet_status
 from integrations.models import CircuitBreaker
-from integrations.resilience import BackoffClock, use_backoff_clock
+from integrations.resilience import use_backoff_clock
 from integrations.signals import call_throttled
-from integrations.testing import Reply
+from integrations.testing import ManualBackoff, Reply
 from integrations.throttle import (
     AdaptiveThrottle,
     ClientThrottle,
@@ -38,22 +38,6 @@ from integrations.throttle import (
 from tests.integrations.rates import configure
 
 PATH = "/v1/rates/EUR"
-
-
-class ManualClock(BackoffClock):
-    """A backoff clock that moves only when told (or when the runner waits)."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-
-    async def sleep_async(self, seconds: float) -> None:
-        self.sleep(seconds)
 
 
 def unavailable() -> IntegrationUnavailable:
@@ -167,7 +151,7 @@ def test_the_overload_signal_is_the_hierarchys_retryable():
 
 @pytest.fixture
 def clock():
-    with use_backoff_clock(ManualClock()) as manual:
+    with use_backoff_clock(ManualBackoff()) as manual:
         yield manual
 
 
@@ -211,7 +195,7 @@ def test_local_rejections_never_reach_the_vendor_nor_the_breaker(
 
     # The window slides past the refusals: the next call goes out, and the vendor is back.
     vendor.route("GET", PATH, Reply.json({"rate": "1.1"}))
-    clock.now += 61
+    clock.advance(61)
     assert str(client.rate("EUR")) == "1.1"
     assert vendor.count() == 3
 
