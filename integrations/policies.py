@@ -9,6 +9,7 @@ or a dict of some fields (``{"READ": 2.0}``, keys in either case), merged over w
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -222,6 +223,32 @@ class RateLimit:
         return cls(calls, period, burst)
 
 
+def number_fields(
+    value: object, where: str, known: Mapping[str, str], example: str
+) -> dict[str, float] | None:
+    """The fields of a policy written as a dict of numbers (``RETRY_BUDGET``,
+    ``ADAPTIVE_THROTTLE``), by attribute name: None for None; ``ImproperlyConfigured``, naming
+    ``where``, for a value that is not a dict (``example`` shows one), a key not in ``known``
+    (setting key -> attribute), or a value that is not a finite number (bools refused). The
+    ranges are the caller's to check."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ImproperlyConfigured(
+            f"{where} must be None or a dict like {example}, not {type(value).__name__}."
+        )
+    unknown = sorted(set(map(str, value)) - set(known))
+    if unknown:
+        raise ImproperlyConfigured(
+            f"{where} has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}."
+        )
+    for name, number in value.items():
+        numeric = isinstance(number, int | float) and not isinstance(number, bool)
+        if not numeric or not math.isfinite(number):
+            raise ImproperlyConfigured(f"{where}[{name!r}] must be a finite number.")
+    return {known[str(name)]: float(number) for name, number in value.items()}
+
+
 @dataclass(frozen=True)
 class RetryBudget:
     """Retries of a service across the fleet stay under ``ratio`` of its first attempts over
@@ -247,24 +274,12 @@ class RetryBudget:
     ) -> RetryBudget | None:
         """The budget ``value`` describes (None for None); ``ImproperlyConfigured``, naming
         ``where``, for anything else."""
-        if value is None:
-            return None
         known = {"RATIO": "ratio", "MIN_RETRIES_PER_SECOND": "min_retries_per_second",
                  "WINDOW": "window"}  # fmt: skip
-        if not isinstance(value, Mapping):
-            raise ImproperlyConfigured(
-                f'{where} must be None or a dict like {{"RATIO": 0.2}}, not {type(value).__name__}.'
-            )
-        unknown = sorted(set(map(str, value)) - set(known))
-        if unknown:
-            raise ImproperlyConfigured(
-                f"{where} has unknown key(s) {', '.join(unknown)}; known: "
-                f"{', '.join(sorted(known))}."
-            )
-        for name, number in value.items():
-            if not isinstance(number, int | float) or isinstance(number, bool):
-                raise ImproperlyConfigured(f"{where}[{name!r}] must be a number.")
-        budget = cls(**{known[str(k)]: float(v) for k, v in value.items()})
+        values = number_fields(value, where, known, '{"RATIO": 0.2}')
+        if values is None:
+            return None
+        budget = cls(**values)
         if not 0 <= budget.ratio <= 10:
             raise ImproperlyConfigured(f"{where}['RATIO'] must be in [0, 10].")
         if not 0 <= budget.min_retries_per_second <= 1_000_000:

@@ -33,7 +33,7 @@ import math
 import random
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -43,6 +43,7 @@ from tether.fork import after_fork
 
 from .conf import integrations_settings, service_settings
 from .exceptions import IntegrationError, Throttled
+from .policies import number_fields
 from .signals import call_throttled
 
 __all__ = [
@@ -85,27 +86,11 @@ class AdaptiveThrottle:
     ) -> AdaptiveThrottle | None:
         """The policy ``value`` describes (None for None); ``ImproperlyConfigured``, naming
         ``where``, for anything else."""
-        if value is None:
-            return None
-        if not isinstance(value, Mapping):
-            raise ImproperlyConfigured(
-                f'{where} must be None or a dict like {{"K": 2.0, "WINDOW": 120}}, '
-                f"not {type(value).__name__}."
-            )
         known = {"K": "k", "WINDOW": "window"}
-        unknown = sorted(set(map(str, value)) - set(known))
-        if unknown:
-            raise ImproperlyConfigured(
-                f"{where} has unknown key(s) {', '.join(unknown)}; known: K, WINDOW."
-            )
-        for name, number in value.items():
-            if (
-                not isinstance(number, int | float)
-                or isinstance(number, bool)
-                or not math.isfinite(number)
-            ):
-                raise ImproperlyConfigured(f"{where}[{name!r}] must be a finite number.")
-        policy = cls(**{known[str(k)]: float(v) for k, v in value.items()})
+        values = number_fields(value, where, known, '{"K": 2.0, "WINDOW": 120}')
+        if values is None:
+            return None
+        policy = cls(**values)
         if not 1 < policy.k <= MAX_K:
             raise ImproperlyConfigured(
                 f"{where}['K'] must be greater than 1 and at most {MAX_K:g}."
