@@ -542,10 +542,8 @@ def commands_sent(url: str, run) -> list[str]:
     return sent
 
 
-def test_a_healthy_call_with_every_policy_costs_one_round_trip(settings, vendor, own_redis):
-    """Rate limit, cool-down, retry budget, both bulkheads: one EVALSHA per healthy call, and
-    nothing else (no TIME, no separate lease taken or given back on the call's path)."""
-    vendor.route("GET", PATH, Reply.json({}))
+def configure_every_policy(settings, vendor, own_redis) -> None:
+    """Every fleet policy on for "things", its shared state on ``own_redis``."""
     configure(
         settings,
         vendor,
@@ -556,6 +554,13 @@ def test_a_healthy_call_with_every_policy_costs_one_round_trip(settings, vendor,
         CLUSTER_MAX_CONCURRENCY=4,
     )
     settings.INTEGRATIONS = {**settings.INTEGRATIONS, "REDIS_URL": own_redis.url}
+
+
+def test_a_healthy_call_with_every_policy_costs_one_round_trip(settings, vendor, own_redis):
+    """Rate limit, cool-down, retry budget, both bulkheads: one EVALSHA per healthy call, and
+    nothing else (no TIME, no separate lease taken or given back on the call's path)."""
+    vendor.route("GET", PATH, Reply.json({}))
+    configure_every_policy(settings, vendor, own_redis)
     client = Things()
     client.get_json(PATH, operation="get")  # the script loaded
     sent = commands_sent(
@@ -578,16 +583,7 @@ def test_an_async_call_with_every_policy_costs_one_round_trip_too(settings, vend
     from integrations.testing import aclose_connections
 
     vendor.route("GET", PATH, Reply.json({}))
-    configure(
-        settings,
-        vendor,
-        RATE_LIMIT={"RATE": "1000/s", "BURST": 100},
-        SHARED_COOLDOWN=True,
-        RETRY_BUDGET={"RATIO": 0.2},
-        MAX_CONCURRENCY=4,
-        CLUSTER_MAX_CONCURRENCY=4,
-    )
-    settings.INTEGRATIONS = {**settings.INTEGRATIONS, "REDIS_URL": own_redis.url}
+    configure_every_policy(settings, vendor, own_redis)
     client = AsyncThings()
 
     async def calls(count: int) -> None:
